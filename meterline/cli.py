@@ -1,0 +1,467 @@
+"""The `meterline` command: one entry point per role and tool. Thin: parse, call, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from meterline import devstack
+from meterline.config import Config, ConfigError, load_config
+from meterline.errors import MeterlineError
+from meterline.table import render
+from meterline.workload import DAY_MS, WorkloadSpec
+from schemas.records import UsageEvent
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.run(args)
+        return code
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except MeterlineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meterline", description="Usage metering between product and invoice."
+    )
+    parser.add_argument(
+        "--config", type=Path, help="TOML file (default: $METERLINE_CONFIG or ./meterline.toml)"
+    )
+    commands = parser.add_subparsers(title="commands")
+
+    config = commands.add_parser("config", help="check the configuration").add_subparsers(title="config")
+    check = config.add_parser("check", help="report every problem at once; exit 1 if any")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(run=_config_check)
+
+    dev = commands.add_parser("dev", help="the local stack: tansu, chdb, Stripe fake").add_subparsers(
+        title="dev"
+    )
+    for name, run, text in (
+        ("up", _dev_up, "start what is not running; idempotent"),
+        ("status", _dev_status, "what runs where; exit 1 unless everything answers"),
+        ("down", _dev_down, "stop what `up` started; idempotent"),
+    ):
+        sub = dev.add_parser(name, help=text)
+        sub.add_argument("--json", action="store_true")
+        sub.set_defaults(run=run)
+
+    emit = commands.add_parser("emit", help="send one usage event")
+    emit.add_argument("--customer", required=True)
+    emit.add_argument("--meter", required=True)
+    emit.add_argument("--quantity", type=int, required=True)
+    emit.add_argument("--unit", help="default: the meter's unit")
+    emit.add_argument("--timestamp", type=_timestamp, help="ISO 8601 or epoch ms (default: now)")
+    emit.add_argument("--event-id", help="the dedup key (default: a new UUID)")
+    emit.add_argument("--source", default="meterline-cli")
+    emit.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE", type=_attribute)
+    emit.add_argument("--json", action="store_true")
+    emit.set_defaults(run=_emit)
+
+    generate = commands.add_parser("generate", help="produce a reproducible synthetic workload")
+    _workload_arguments(generate)
+    generate.add_argument(
+        "--expected", type=Path, default=Path("expected.json"), help="where the exact totals go"
+    )
+    generate.add_argument(
+        "--single", action="store_true", help="one event per message instead of packed batches"
+    )
+    generate.add_argument("--dry-run", action="store_true", help="write the expected totals only")
+    generate.add_argument("--json", action="store_true")
+    generate.set_defaults(run=_generate)
+
+    inspect = commands.add_parser("inspect", help="what reached the events topic, judged as the stream will")
+    inspect.add_argument("--expect-messages", type=int, help="stop after this many messages")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(run=_inspect)
+
+    demo = commands.add_parser("demo", help="the whole story on the embedded stack")
+    _workload_arguments(demo, events=100_000)
+    demo.add_argument("--keep", action="store_true", help="leave the local stack running afterwards")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _workload_arguments(parser: argparse.ArgumentParser, events: int = 100_000) -> None:
+    parser.add_argument("--events", type=int, default=events, help="records to produce, bad ones included")
+    parser.add_argument("--customers", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--start", type=_timestamp, help="event time of the first event (default: now - span)"
+    )
+    parser.add_argument(
+        "--span", type=_duration, default=DAY_MS, help="event-time span: 90m, 24h, 30d (default 24h)"
+    )
+    parser.add_argument("--duplicates", type=float, default=0.0, help="rate of retried duplicates")
+    parser.add_argument(
+        "--out-of-order", type=float, default=0.0, help="rate of events out of order within grace"
+    )
+    parser.add_argument("--late", type=float, default=0.0, help="rate of late events (corrections)")
+    parser.add_argument(
+        "--malformed", type=float, default=0.0, help="rate of records that must be dead-lettered"
+    )
+    parser.add_argument("--non-billable", type=float, default=0.05, help="rate of events the filters exclude")
+
+
+# -- config ----------------------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        if args.json:
+            problems = [{"field": p.field, "value": p.shown_value, "why": p.why} for p in exc.problems]
+            print(json.dumps({"ok": False, "source": exc.source, "problems": problems}, indent=2))
+        else:
+            print(exc, file=sys.stderr)
+        return 1
+    meters = [
+        {
+            "meter": m.name,
+            "unit": m.unit,
+            "aggregation": m.aggregation,
+            "stripe_event_name": m.stripe_event_name,
+            "billable": " and ".join(f"{a} in {list(p)}" for a, p in m.billable.items()) or "everything",
+        }
+        for m in config.meters.values()
+    ]
+    if args.json:
+        print(json.dumps({"ok": True, "source": config.source, "meters": meters}, indent=2))
+    else:
+        print(
+            f"configuration OK ({config.source}): {len(meters)} meter(s), "
+            f"{config.windows.size_minutes}-minute windows, Stripe mode {config.stripe.mode}"
+        )
+        print(render(meters))
+    return 0
+
+
+# -- dev stack -------------------------------------------------------------------------------------
+
+
+def _dev_up(args: argparse.Namespace) -> int:
+    config = _load(args)
+    services = devstack.up(config, log=_quiet_if(args.json))
+    if args.json:
+        print(json.dumps({name: vars(s) for name, s in services.items()}, indent=2))
+    else:
+        print(f"local stack up; addresses in {devstack.state_path(config)}")
+    return 0
+
+
+def _dev_status(args: argparse.Namespace) -> int:
+    statuses = devstack.status(_load(args))
+    rows = [vars(s) | {"pid": str(s.pid or "")} for s in statuses]
+    print(json.dumps(rows, indent=2) if args.json else render(rows))
+    return 0 if all(s.answers for s in statuses) else 1
+
+
+def _dev_down(args: argparse.Namespace) -> int:
+    devstack.down(_load(args), log=_quiet_if(args.json))
+    return 0
+
+
+def _quiet_if(quiet: bool) -> Callable[[str], None]:
+    return (lambda _line: None) if quiet else (lambda line: print(line, file=sys.stderr))
+
+
+# -- producing -------------------------------------------------------------------------------------
+
+
+def _emit(args: argparse.Namespace) -> int:
+    from meterline.produce import make_producer
+    from schemas.producer import DeliveryReport
+
+    config = _load(args)
+    meter = config.meters.get(args.meter)
+    event = UsageEvent(
+        event_id=args.event_id or str(uuid.uuid4()),
+        customer_id=args.customer,
+        meter=args.meter,
+        quantity=args.quantity,
+        unit=args.unit or (meter.unit if meter else ""),
+        timestamp=args.timestamp or int(time.time() * 1000),
+        source=args.source,
+        attributes=dict(args.attr),
+    )
+    reports: list[DeliveryReport] = []
+    with make_producer(
+        config, devstack.kafka_bootstrap(config), packing=False, on_delivery=reports.append
+    ) as producer:
+        producer.produce(event)
+    report = reports[0]
+    if report.error is not None:
+        print(f"error: not delivered: {report.error}", file=sys.stderr)
+        return 1
+    result = {
+        "event_id": event.event_id,
+        "topic": config.topics.events,
+        "partition": report.partition,
+        "offset": report.offset,
+    }
+    print(json.dumps(result) if args.json else render([result]))
+    return 0
+
+
+def _spec(args: argparse.Namespace) -> WorkloadSpec:
+    start = args.start if args.start is not None else int(time.time() * 1000) - args.span
+    spec = WorkloadSpec(
+        seed=args.seed,
+        events=args.events,
+        customers=args.customers,
+        start_ms=start,
+        span_ms=args.span,
+        duplicate_rate=args.duplicates,
+        out_of_order_rate=args.out_of_order,
+        late_rate=args.late,
+        malformed_rate=args.malformed,
+        non_billable_rate=args.non_billable,
+    )
+    problems = spec.problems()
+    if problems:
+        raise MeterlineError("invalid workload:\n" + "\n".join(f"  - {p}" for p in problems))
+    return spec
+
+
+def _check_span_is_current(spec: WorkloadSpec, config: Config) -> None:
+    """Good events must not be judged too late or too far ahead when they are produced now."""
+    now = int(time.time() * 1000)
+    oldest_allowed = now - (config.windows.max_lateness_days - 1) * DAY_MS
+    if spec.start_ms - 3_600_000 < oldest_allowed:
+        raise MeterlineError(
+            f"--start {_iso(spec.start_ms)}: late events reach an hour before it, older than "
+            f"{config.windows.max_lateness_days - 1} days; they would be rejected as too_late"
+        )
+    if spec.start_ms + spec.span_ms > now:
+        raise MeterlineError(f"--start + --span ends at {_iso(spec.start_ms + spec.span_ms)}, in the future")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from meterline.produce import produce_workload
+    from meterline.workload import Expected, generate
+
+    config = _load(args)
+    spec = _spec(args)
+    if args.dry_run:
+        expected = Expected(config.windows.size_ms)
+        for _ in generate(spec, config.meters, config.windows.size_ms, expected):
+            pass
+        _write_expected(args.expected, expected.to_json(spec))
+        print(f"expected totals of {spec.events:,} records written to {args.expected}")
+        return 0
+    _check_span_is_current(spec, config)
+    result, expected = produce_workload(
+        config,
+        devstack.kafka_bootstrap(config),
+        spec,
+        packing=False if args.single else None,
+        progress=None if args.json else _progress("produced", spec.events),
+    )
+    document = expected.to_json(spec)
+    _write_expected(args.expected, document)
+    row = {
+        "records": result.records,
+        "messages": result.messages,
+        "seconds": round(result.seconds, 2),
+        "records/s": round(result.records_per_second),
+        "messages/s": round(result.messages_per_second),
+        "packed": result.packed,
+    }
+    if args.json:
+        print(json.dumps({"result": row, "expected": str(args.expected), "records": document["records"]}))
+    else:
+        print(render([row]))
+        print(render([{"outcome": k, "records": v} for k, v in _flat_records(document["records"]).items()]))
+        print(f"expected totals of {len(document['totals']):,} windows written to {args.expected}")
+    return 0
+
+
+def _write_expected(path: Path, document: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(document))  # compact: indent would take the slow pure-Python encoder
+    tmp.replace(path)
+
+
+def _flat_records(records: dict[str, Any]) -> dict[str, int]:
+    flat = {k: v for k, v in records.items() if k != "rejected"}
+    flat.update({f"rejected: {k}": v for k, v in records["rejected"].items()})
+    return flat
+
+
+# -- inspect and demo ------------------------------------------------------------------------------
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    config = _load(args)
+    summary = _summarize(config, args.expect_messages, quiet=args.json)
+    document = _summary_document(summary)
+    print(json.dumps(document, indent=2) if args.json else _summary_text(document))
+    return 0
+
+
+def _summarize(config: Config, expect_messages: int | None, quiet: bool = False) -> Any:
+    from meterline.inspect import summarize_events_topic
+    from schemas.serde import AvroSerde
+
+    def progress(summary: Any) -> None:
+        print(f"\r  read {summary.messages:,} messages, {summary.events:,} events", end="", file=sys.stderr)
+
+    summary = summarize_events_topic(
+        config,
+        devstack.kafka_bootstrap(config),
+        AvroSerde.from_registry_url(config.kafka.schema_registry_url),
+        expect_messages=expect_messages,
+        progress=None if quiet else progress,
+    )
+    if not quiet:
+        print(file=sys.stderr)
+    return summary
+
+
+def _summary_document(summary: Any) -> dict[str, Any]:
+    return {
+        "messages": summary.messages,
+        "batches": summary.batches,
+        "events": summary.events,
+        "records": {
+            "produced": summary.records,
+            "accepted": summary.accepted,
+            "rejected": dict(sorted(summary.rejected.items())),
+            "duplicates": summary.duplicates,
+            "non_billable": summary.non_billable,
+        },
+        "per_partition": {str(p): n for p, n in sorted(summary.per_partition.items())},
+        "totals_by_customer_meter": [
+            {"customer_id": c, "meter": m, "value": v}
+            for (c, m), v in sorted(summary.billable_totals.items())
+        ],
+    }
+
+
+def _summary_text(document: dict[str, Any]) -> str:
+    head = (
+        f"{document['messages']:,} messages ({document['batches']:,} packed batches) holding "
+        f"{document['events']:,} events; messages per partition: "
+        + ", ".join(f"{p}: {n:,}" for p, n in document["per_partition"].items())
+    )
+    outcomes = render([{"outcome": k, "records": v} for k, v in _flat_records(document["records"]).items()])
+    totals = render(document["totals_by_customer_meter"])
+    return f"{head}\n\n{outcomes}\n\nbillable usage by customer and meter:\n{totals}"
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from meterline.produce import produce_workload
+
+    config = _load(args)
+    print("== 1. the local stack (tansu broker, embedded ClickHouse, Stripe fake)")
+    devstack.up(config, log=print)
+    try:
+        spec = _spec(args)
+        _check_span_is_current(spec, config)
+        print(
+            f"\n== 2. generate and produce {spec.events:,} records for {spec.customers} customers "
+            f"(seed {spec.seed}, duplicates {spec.duplicate_rate:.0%}, late {spec.late_rate:.0%}, "
+            f"malformed {spec.malformed_rate:.0%})"
+        )
+        result, expected = produce_workload(
+            config, devstack.kafka_bootstrap(config), spec, progress=_progress("produced", spec.events)
+        )
+        print(
+            render(
+                [
+                    {
+                        "records": result.records,
+                        "messages": result.messages,
+                        "records/s": round(result.records_per_second),
+                        "messages/s": round(result.messages_per_second),
+                    }
+                ]
+            )
+        )
+        print("\n== 3. what reached usage.events, judged as the stream app will judge it")
+        document = _summary_document(_summarize(config, result.messages))
+        print(_summary_text(document))
+        wanted = expected.to_json(spec)
+        same_records = document["records"] == {k: wanted["records"][k] for k in document["records"]}
+        same_totals = document["totals_by_customer_meter"] == wanted["totals_by_customer_meter"]
+        print(
+            "\n== 4. against the generator's exact expectation: "
+            f"outcomes {'match' if same_records else 'DIFFER'}, "
+            f"billable totals {'match' if same_totals else 'DIFFER'}"
+        )
+        return 0 if same_records and same_totals else 1
+    finally:
+        if not args.keep:
+            print("\n== stopping the local stack (use --keep to leave it up)")
+            devstack.down(config, log=print)
+
+
+def _progress(verb: str, total: int) -> Callable[[int, float], None]:
+    def show(done: int, seconds: float) -> None:
+        end = "" if sys.stderr.isatty() else "\n"
+        print(f"\r  {verb} {done:,}/{total:,} ({done / seconds:,.0f}/s)", end=end, file=sys.stderr)
+
+    return show
+
+
+# -- argument types --------------------------------------------------------------------------------
+
+
+def _timestamp(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected ISO 8601 (2026-11-01T00:00:00Z) or epoch ms"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _duration(text: str) -> int:
+    units = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": DAY_MS}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number and s, m, h or d, e.g. 24h")
+    return int(text[:-1]) * units[text[-1]]
+
+
+def _attribute(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    return key, value
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,451 @@
+"""meterline's configuration: one TOML file plus environment overrides, loaded into a frozen,
+validated object. Every problem is reported at once, each with its field, value and why.
+
+Precedence: the built-in defaults (meterline/default.toml), then the file (`--config`,
+$METERLINE_CONFIG, or ./meterline.toml), then the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from meterline.errors import MeterlineError
+
+DEFAULT_FILE = Path(__file__).with_name("default.toml")
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_METER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_MAX_MESSAGE_BYTES = 1_000_000  # Kafka's default message.max.bytes is 1 MiB; keep batches below it
+STRIPE_LATENESS_LIMIT_DAYS = 35
+
+# Well-known variables, and the key each overrides.
+ENV_ALIASES = {
+    "KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
+    "SCHEMA_REGISTRY_URL": ("kafka", "schema_registry_url"),
+    "CLICKHOUSE_DSN": ("clickhouse", "dsn"),
+    "CLICKHOUSE_PASSWORD": ("clickhouse", "password"),
+    "STRIPE_API_KEY": ("stripe", "api_key"),
+    "STRIPE_API_BASE": ("stripe", "api_base"),
+}
+ENV_PREFIX = "METERLINE__"
+
+
+class Secret:
+    """A value that is never printed: repr and str show only whether it is set."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    field: str
+    value: object
+    why: str
+
+    @property
+    def shown_value(self) -> str:
+        return "***" if isinstance(self.value, Secret) else repr(self.value)
+
+    def __str__(self) -> str:
+        return f"{self.field} = {self.shown_value}: {self.why}"
+
+
+class ConfigError(MeterlineError):
+    def __init__(self, problems: list[ConfigProblem], source: str) -> None:
+        self.problems = problems
+        self.source = source
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"{len(problems)} problem(s) in the configuration ({source}):\n{lines}")
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap: str
+    schema_registry_url: str
+    partitions: int
+    replication_factor: int
+
+
+@dataclass(frozen=True)
+class TopicsConfig:
+    events: str
+    events_dlq: str
+    aggregates: str
+    stripe_dlq: str
+    webhooks: str
+
+    def all(self) -> list[str]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+@dataclass(frozen=True)
+class WindowsConfig:
+    size_minutes: int
+    grace_seconds: int
+    idle_timeout_seconds: int
+    max_lateness_days: int
+    max_clock_skew_seconds: int
+    dedup_retention_seconds: int
+
+    @property
+    def size_ms(self) -> int:
+        return self.size_minutes * 60_000
+
+
+@dataclass(frozen=True)
+class ProducerConfig:
+    packing: bool
+    batch_max_events: int
+    batch_max_bytes: int
+    linger_ms: int
+
+
+@dataclass(frozen=True)
+class ClickHouseConfig:
+    dsn: str
+    password: Secret
+
+
+@dataclass(frozen=True)
+class StripeConfig:
+    api_key: Secret
+    api_base: str
+    mode: Literal["meter_events", "meter_event_stream", "usage_records"]
+
+
+@dataclass(frozen=True)
+class DevConfig:
+    state_dir: Path
+    kafka_port: int
+    stripe_port: int
+
+
+@dataclass(frozen=True)
+class MeterConfig:
+    name: str
+    unit: str
+    aggregation: Literal["sum", "count"]
+    stripe_event_name: str
+    billable: Mapping[str, tuple[str, ...]]
+    """attribute -> glob patterns; an event is billable when every attribute matches one pattern."""
+
+
+@dataclass(frozen=True)
+class Config:
+    kafka: KafkaConfig
+    topics: TopicsConfig
+    windows: WindowsConfig
+    producer: ProducerConfig
+    clickhouse: ClickHouseConfig
+    stripe: StripeConfig
+    dev: DevConfig
+    meters: Mapping[str, MeterConfig]
+    source: str
+
+    @property
+    def meter_units(self) -> dict[str, str]:
+        return {name: meter.unit for name, meter in self.meters.items()}
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load and validate; raises ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    path = path or _default_path(env)
+    raw = tomllib.loads(DEFAULT_FILE.read_text())
+    problems: list[ConfigProblem] = []
+    source = "built-in defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            user = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError([ConfigProblem("--config", str(path), "no such file")], source) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(
+                [ConfigProblem("--config", str(path), f"not valid TOML: {exc}")], source
+            ) from None
+        if "meters" in user:  # a file that declares meters replaces the example meters
+            raw.pop("meters")
+        _merge(raw, user)
+    _apply_env(raw, env, problems)
+    config = _build(raw, problems, source)
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def _default_path(env: Mapping[str, str]) -> Path | None:
+    if env.get("METERLINE_CONFIG"):
+        return Path(env["METERLINE_CONFIG"])
+    local = Path("meterline.toml")
+    return local if local.exists() else None
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> None:
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str], problems: list[ConfigProblem]) -> None:
+    for name, (section, key) in ENV_ALIASES.items():
+        if name in env:
+            raw.setdefault(section, {})[key] = env[name]
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if len(path) < 2 or not all(path):
+            problems.append(ConfigProblem(name, text, "expected METERLINE__<SECTION>__<KEY>"))
+            continue
+        table = raw
+        for part in path[:-1]:
+            table = table.setdefault(part, {})
+        table[path[-1]] = _parse_env_value(text)
+
+
+def _parse_env_value(text: str) -> Any:
+    """TOML value syntax where it parses (numbers, booleans, arrays), else the plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+class _Section:
+    """Reads one table, recording type errors and unknown keys instead of stopping at the first."""
+
+    def __init__(self, raw: Mapping[str, Any], name: str, problems: list[ConfigProblem]) -> None:
+        self.name = name
+        self.problems = problems
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            self.problem("", table, "must be a table")
+            table = {}
+        self.table: dict[str, Any] = table
+        self.seen: set[str] = set()
+
+    def problem(self, key: str, value: object, why: str) -> None:
+        self.problems.append(ConfigProblem(f"{self.name}.{key}".rstrip("."), value, why))
+
+    def get(
+        self,
+        key: str,
+        kind: type,
+        fallback: Any,
+        check: Callable[[Any], str | None] | None = None,
+        *,
+        secret: bool = False,
+    ) -> Any:
+        self.seen.add(key)
+        value = self.table.get(key, fallback)
+        shown = Secret(str(value)) if secret else value
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            self.problem(key, shown, f"must be {'an integer' if kind is int else 'a ' + kind.__name__}")
+            return fallback
+        why = check(value) if check else None
+        if why:
+            self.problem(key, shown, why)
+        return value
+
+    def finish(self) -> None:
+        for key in sorted(set(self.table) - self.seen):
+            self.problem(key, self.table[key], f"unknown key (known: {', '.join(sorted(self.seen))})")
+
+
+def _at_least(low: int) -> Callable[[int], str | None]:
+    return lambda v: None if v >= low else f"must be at least {low}"
+
+
+def _between(low: int, high: int, why: str = "") -> Callable[[int], str | None]:
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}{why}"
+
+
+def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> Config:
+    known_sections = {"kafka", "topics", "windows", "producer", "clickhouse", "stripe", "dev", "meters"}
+    for name in sorted(set(raw) - known_sections):
+        problems.append(
+            ConfigProblem(name, raw[name], f"unknown section (known: {', '.join(sorted(known_sections))})")
+        )
+
+    s = _Section(raw, "kafka", problems)
+    kafka = KafkaConfig(
+        bootstrap=s.get("bootstrap", str, ""),
+        schema_registry_url=s.get(
+            "schema_registry_url", str, "", _url_check("http://", "https://", "mock://")
+        ),
+        partitions=s.get("partitions", int, 4, _at_least(1)),
+        replication_factor=s.get("replication_factor", int, 1, _at_least(1)),
+    )
+    s.finish()
+
+    s = _Section(raw, "topics", problems)
+    topic_check = _pattern_check(_TOPIC_NAME, "a Kafka topic name: letters, digits, '.', '_', '-'")
+    topics = TopicsConfig(**{f.name: s.get(f.name, str, "", topic_check) for f in fields(TopicsConfig)})
+    s.finish()
+    names = topics.all()
+    for f in fields(TopicsConfig):
+        if names.count(getattr(topics, f.name)) > 1:
+            s.problem(f.name, getattr(topics, f.name), "two topics must not share a name")
+
+    s = _Section(raw, "windows", problems)
+    windows = WindowsConfig(
+        size_minutes=s.get("size_minutes", int, 1, lambda v: None if v in (1, 5) else "must be 1 or 5"),
+        grace_seconds=s.get("grace_seconds", int, 10, _between(0, 3600)),
+        idle_timeout_seconds=s.get("idle_timeout_seconds", int, 30, _between(1, 86_400)),
+        max_lateness_days=s.get(
+            "max_lateness_days",
+            int,
+            35,
+            _between(1, STRIPE_LATENESS_LIMIT_DAYS, " (Stripe refuses usage older than 35 days)"),
+        ),
+        max_clock_skew_seconds=s.get(
+            "max_clock_skew_seconds",
+            int,
+            300,
+            _between(0, 300, " (Stripe refuses usage more than 5 minutes ahead)"),
+        ),
+        dedup_retention_seconds=s.get("dedup_retention_seconds", int, 3600, _at_least(0)),
+    )
+    s.finish()
+
+    s = _Section(raw, "producer", problems)
+    producer = ProducerConfig(
+        packing=s.get("packing", bool, True),
+        batch_max_events=s.get("batch_max_events", int, 1000, _between(1, 100_000)),
+        batch_max_bytes=s.get(
+            "batch_max_bytes",
+            int,
+            524_288,
+            _between(1024, _MAX_MESSAGE_BYTES, " (Kafka's default message size limit)"),
+        ),
+        linger_ms=s.get("linger_ms", int, 50, _between(0, 60_000)),
+    )
+    s.finish()
+
+    s = _Section(raw, "clickhouse", problems)
+    clickhouse = ClickHouseConfig(
+        dsn=s.get("dsn", str, "", _dsn_check),
+        password=Secret(s.get("password", str, "", secret=True)),
+    )
+    s.finish()
+
+    s = _Section(raw, "stripe", problems)
+    modes = ("meter_events", "meter_event_stream", "usage_records")
+    stripe = StripeConfig(
+        api_key=Secret(s.get("api_key", str, "", _stripe_key_check, secret=True)),
+        api_base=s.get("api_base", str, "", _url_check("http://", "https://")),
+        mode=s.get(
+            "mode",
+            str,
+            "meter_events",
+            lambda v: None if v in modes else f"must be one of {', '.join(modes)}",
+        ),
+    )
+    s.finish()
+
+    s = _Section(raw, "dev", problems)
+    dev = DevConfig(
+        state_dir=Path(s.get("state_dir", str, ".meterline", lambda v: None if v else "must not be empty")),
+        kafka_port=s.get("kafka_port", int, 0, _between(0, 65535)),
+        stripe_port=s.get("stripe_port", int, 0, _between(0, 65535)),
+    )
+    s.finish()
+
+    meters = _build_meters(raw.get("meters", {}), problems)
+    return Config(kafka, topics, windows, producer, clickhouse, stripe, dev, meters, source)
+
+
+def _build_meters(raw: Any, problems: list[ConfigProblem]) -> dict[str, MeterConfig]:
+    if not isinstance(raw, dict) or not raw:
+        problems.append(ConfigProblem("meters", raw, "declare at least one meter as [meters.<name>]"))
+        return {}
+    meters: dict[str, MeterConfig] = {}
+    for name, table in raw.items():
+        if not _METER_NAME.match(name):
+            problems.append(
+                ConfigProblem(f"meters.{name}", name, "a meter name is lowercase letters, digits, '_'")
+            )
+        s = _Section({name: table}, name, problems)
+        s.name = f"meters.{name}"
+        unit = s.get("unit", str, "", lambda v: None if v else "every meter needs a unit (call, byte, ...)")
+        aggregation = s.get(
+            "aggregation", str, "sum", lambda v: None if v in ("sum", "count") else "must be sum or count"
+        )
+        event_name = s.get("stripe_event_name", str, name, lambda v: None if v else "must not be empty")
+        billable = _billable(s.get("billable", dict, {}), s)
+        s.finish()
+        meters[name] = MeterConfig(
+            name, unit, cast(Literal["sum", "count"], aggregation), event_name, billable
+        )
+    return meters
+
+
+def _billable(table: dict[str, Any], s: _Section) -> dict[str, tuple[str, ...]]:
+    rules: dict[str, tuple[str, ...]] = {}
+    for attribute, patterns in table.items():
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if (
+            not isinstance(patterns, list)
+            or not patterns
+            or not all(isinstance(p, str) and p for p in patterns)
+        ):
+            s.problem(
+                f"billable.{attribute}", patterns, 'must be a non-empty list of glob patterns, e.g. ["2??"]'
+            )
+            continue
+        rules[attribute] = tuple(patterns)
+    return rules
+
+
+def _pattern_check(pattern: re.Pattern[str], what: str) -> Callable[[str], str | None]:
+    return lambda v: None if pattern.match(v) else f"must be {what}"
+
+
+def _url_check(*schemes: str) -> Callable[[str], str | None]:
+    return lambda v: (
+        None if not v or v.startswith(schemes) else f"must be empty or start with {' or '.join(schemes)}"
+    )
+
+
+def _dsn_check(dsn: str) -> str | None:
+    if not dsn or dsn.startswith(("http://", "https://")):
+        return None
+    if dsn.startswith("chdb://"):
+        return None if dsn.startswith("chdb:///") else "chdb DSNs take an absolute path: chdb:///abs/path"
+    return "must be empty (embedded), chdb:///abs/path or http(s)://host:8123"
+
+
+def _stripe_key_check(key: str) -> str | None:
+    if not key or key.startswith(("sk_test_", "sk_live_", "rk_test_", "rk_live_")):
+        return None
+    return "a Stripe secret key starts with sk_test_, sk_live_, rk_test_ or rk_live_"

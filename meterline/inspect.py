@@ -1,0 +1,136 @@
+"""What reached the events topic: messages, events, and how each event will be judged.
+
+Reads every partition from the beginning, decodes both wire formats, and classifies each event
+with the same pure rules the stream app applies (validation, timing against the record's own
+timestamp, billable filter, dedup by event_id per partition). The end of the topic is found by
+message count when the caller knows it, else by a quiet period past the high watermark: tansu's
+reported high watermark can lag the real end by a batch (DESIGN §7).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from meterline.config import Config
+from schemas.errors import SchemaError
+from schemas.serde import AvroSerde
+from schemas.validation import check_event, check_timing
+from streams.billable import BillableFilter
+from streams.windows import event_value
+
+_QUIET_S = 2.0
+
+
+@dataclass
+class TopicSummary:
+    messages: int = 0
+    batches: int = 0
+    events: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    non_billable: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    per_partition: Counter[int] = field(default_factory=Counter)
+    billable_totals: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    @property
+    def records(self) -> int:
+        """Events plus undecodable messages: what conservation is counted in."""
+        return self.accepted + sum(self.rejected.values())
+
+
+def summarize_events_topic(
+    config: Config,
+    bootstrap: str,
+    serde: AvroSerde,
+    expect_messages: int | None = None,
+    timeout: float = 120.0,
+    progress: Callable[[TopicSummary], None] | None = None,
+) -> TopicSummary:
+    topic = config.topics.events
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "meterline-inspect", "enable.auto.commit": False}
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        return _consume(config, consumer, serde, expect_messages, timeout, progress)
+    finally:
+        consumer.close()
+
+
+def _consume(
+    config: Config,
+    consumer: Consumer,
+    serde: AvroSerde,
+    expect_messages: int | None,
+    timeout: float,
+    progress: Callable[[TopicSummary], None] | None,
+) -> TopicSummary:
+    summary = TopicSummary()
+    units = config.meter_units
+    filters = {name: BillableFilter(meter.billable) for name, meter in config.meters.items()}
+    lateness_ms = config.windows.max_lateness_days * 86_400_000
+    skew_ms = config.windows.max_clock_skew_seconds * 1000
+    seen: set[tuple[int, str]] = set()
+    deadline = time.monotonic() + timeout
+    last_message = time.monotonic()
+    last_progress = 0.0
+    while time.monotonic() < deadline:
+        if expect_messages is not None and summary.messages >= expect_messages:
+            break
+        messages = consumer.consume(10_000, timeout=0.2)
+        if not messages:
+            if expect_messages is None and time.monotonic() - last_message > _QUIET_S and _at_end(consumer):
+                break
+            continue
+        last_message = time.monotonic()
+        for message in messages:
+            if message.error():
+                continue
+            summary.messages += 1
+            partition: int = message.partition()  # type: ignore[assignment]  # set on consumed messages
+            summary.per_partition[partition] += 1
+            try:
+                decoded = serde.decode_usage(message.value() or b"")
+            except SchemaError as exc:
+                summary.rejected[exc.reason] += 1
+                continue
+            summary.batches += decoded.is_batch
+            record_time = message.timestamp()[1]
+            for event in decoded.events:
+                summary.events += 1
+                error = check_event(event, units) or check_timing(
+                    event.timestamp, record_time, lateness_ms, skew_ms
+                )
+                if error is not None:
+                    summary.rejected[error.reason] += 1
+                    continue
+                summary.accepted += 1
+                if (partition, event.event_id) in seen:
+                    summary.duplicates += 1
+                    continue
+                seen.add((partition, event.event_id))
+                if filters[event.meter](event.attributes):
+                    value = event_value(config.meters[event.meter].aggregation, event.quantity)
+                    summary.billable_totals[(event.customer_id, event.meter)] += value
+                else:
+                    summary.non_billable += 1
+        if progress is not None and time.monotonic() - last_progress > 1:
+            last_progress = time.monotonic()
+            progress(summary)
+    return summary
+
+
+def _at_end(consumer: Consumer) -> bool:
+    for tp in consumer.assignment():
+        _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+        position = consumer.position([tp])[0].offset
+        if position < high and not (position < 0 and high == 0):
+            return False
+    return True

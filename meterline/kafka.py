@@ -1,0 +1,67 @@
+"""Small Kafka admin helpers shared by the dev stack, the CLI and the tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from meterline.errors import MeterlineError
+
+
+class KafkaUnavailableError(MeterlineError):
+    pass
+
+
+def admin(bootstrap: str, **extra: str | int) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000, **extra})
+
+
+def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
+    """True when a broker at `bootstrap` answers a metadata request."""
+    try:
+        # Quiet: while a broker starts, refused connections are expected, not worth a log line.
+        metadata = admin(bootstrap, log_level=0).list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return bool(metadata.brokers)
+
+
+@dataclass(frozen=True)
+class TopicResult:
+    name: str
+    partitions: int
+    created: bool
+
+
+def ensure_topics(
+    bootstrap: str, names: Iterable[str], partitions: int, replication_factor: int = 1, timeout: float = 30
+) -> list[TopicResult]:
+    """Create the topics that do not exist yet; returns each topic's partition count. Idempotent."""
+    client = admin(bootstrap)
+    names = list(names)
+    futures = client.create_topics(
+        [NewTopic(name, partitions, replication_factor) for name in names], request_timeout=timeout
+    )
+    created: dict[str, bool] = {}
+    for name, future in futures.items():
+        try:
+            future.result()
+            created[name] = True
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise KafkaUnavailableError(f"cannot create topic {name!r}: {exc.args[0].str()}") from exc
+            created[name] = False
+    deadline = time.monotonic() + timeout
+    while True:  # creation is asynchronous: wait until every topic has its partitions in the metadata
+        metadata = client.list_topics(timeout=timeout)
+        counts = {n: len(metadata.topics[n].partitions) for n in names if n in metadata.topics}
+        if all(counts.get(n) for n in names):
+            return [TopicResult(n, counts[n], created[n]) for n in names]
+        if time.monotonic() > deadline:
+            missing = [n for n in names if not counts.get(n)]
+            raise KafkaUnavailableError(f"topics {missing} did not appear within {timeout:.0f}s")
+        time.sleep(0.1)

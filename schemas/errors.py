@@ -1,0 +1,64 @@
+"""Errors of the schemas component: undecodable bytes, unknown schemas, invalid events, delivery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from meterline.errors import MeterlineError
+
+if TYPE_CHECKING:
+    from schemas.producer import DeliveryReport
+
+
+class RejectReason(StrEnum):
+    """Why an event cannot be counted; the `error.code` header of `usage.events.dlq`."""
+
+    MALFORMED = "malformed"
+    UNKNOWN_SCHEMA = "unknown_schema"
+    UNKNOWN_METER = "unknown_meter"
+    UNIT_MISMATCH = "unit_mismatch"
+    NEGATIVE_QUANTITY = "negative_quantity"
+    MISSING_FIELD = "missing_field"
+    TOO_LATE = "too_late"
+    TOO_FAR_FUTURE = "too_far_future"
+
+
+class SchemaError(MeterlineError):
+    """Bytes that cannot be turned into a known record."""
+
+    reason: RejectReason = RejectReason.MALFORMED
+
+
+class MalformedRecordError(SchemaError):
+    """The bytes are not a record of any framing we read, or its body does not decode."""
+
+
+class UnknownSchemaError(SchemaError):
+    """The framing is valid but names a schema (fingerprint or registry id) we do not know."""
+
+    reason = RejectReason.UNKNOWN_SCHEMA
+
+
+@dataclass(frozen=True)
+class InvalidEventError(MeterlineError):
+    """A decodable event that breaks a rule of the meter catalog; names the field and its value."""
+
+    reason: RejectReason
+    field: str
+    value: object
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.field}={self.value!r}: {self.detail}"
+
+
+class DeliveryFailedError(MeterlineError):
+    """Messages the broker did not acknowledge; every event inside them is listed."""
+
+    def __init__(self, failed: list[DeliveryReport]) -> None:
+        self.failed = failed
+        events = sum(len(report.events) for report in failed)
+        first = failed[0].error if failed else None
+        super().__init__(f"{events} event(s) in {len(failed)} message(s) were not delivered: {first}")

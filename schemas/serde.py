@@ -1,0 +1,236 @@
+"""Both wire formats of DESIGN §3, told apart by their first bytes.
+
+- Avro single-object encoding: 0xC3 0x01, the 8-byte CRC-64-AVRO fingerprint, the Avro body.
+  Used when no Schema Registry is configured; the fingerprint names a version in schemas/avro.
+- Confluent Schema Registry framing: 0x00, a 4-byte big-endian schema id, the Avro body. Subjects
+  follow the record-name strategy (`meterline.UsageEvent`), because events and batches share a topic.
+
+Either way the writer schema is resolved to this code's newest version of the same record.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from fastavro import schemaless_reader, schemaless_writer
+
+from schemas.catalog import (
+    USAGE_EVENT,
+    USAGE_EVENT_BATCH,
+    WINDOW_AGGREGATE,
+    SchemaCatalog,
+    SchemaVersion,
+    fingerprint_of,
+    parse_for_ints,
+)
+from schemas.errors import MalformedRecordError, UnknownSchemaError
+from schemas.records import UsageEvent, WindowAggregate
+
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = b"\x00"
+_SCHEMA_ID = struct.Struct(">I")
+
+
+class Framing(StrEnum):
+    SINGLE_OBJECT = "single_object"
+    CONFLUENT = "confluent"
+
+
+@dataclass(frozen=True)
+class _Writer:
+    """A writer schema as found on the wire, and the reader schema it resolves to."""
+
+    name: str
+    writer: dict[str, Any]
+    reader: dict[str, Any] | None  # None when writer and reader are the same version
+
+
+@dataclass(frozen=True)
+class DecodedUsage:
+    events: list[UsageEvent]
+    is_batch: bool
+
+
+class AvroSerde:
+    """Encodes and decodes meterline's records; one per process, it caches schema lookups."""
+
+    def __init__(self, catalog: SchemaCatalog | None = None, registry: SchemaRegistryClient | None = None):
+        self.catalog = catalog or SchemaCatalog()
+        self.registry = registry
+        self.framing = Framing.CONFLUENT if registry is not None else Framing.SINGLE_OBJECT
+        self._headers: dict[str, bytes] = {}
+        self._writers: dict[bytes, _Writer] = {}
+
+    @classmethod
+    def from_registry_url(cls, url: str, catalog: SchemaCatalog | None = None) -> AvroSerde:
+        """A serde for `url`, or for single-object encoding when `url` is empty."""
+        if not url:
+            return cls(catalog)
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        return cls(catalog, SchemaRegistryClient.new_client({"url": url}))
+
+    # -- encoding --------------------------------------------------------------------------------
+
+    def encode(self, name: str, datum: dict[str, Any]) -> bytes:
+        """Encode `datum` with this code's newest version of record `name`."""
+        schema = self.catalog.latest(name)
+        buffer = io.BytesIO()
+        buffer.write(self._header(schema))
+        schemaless_writer(buffer, schema.parsed, datum)
+        return buffer.getvalue()
+
+    def encode_event(self, event: UsageEvent) -> bytes:
+        return self.encode(USAGE_EVENT, event_to_avro(event))
+
+    def encode_batch(self, events: list[dict[str, Any]]) -> bytes:
+        """Encode already converted events (see `event_to_avro`) as one UsageEventBatch."""
+        return self.encode(USAGE_EVENT_BATCH, {"events": events})
+
+    def encode_aggregate(self, aggregate: WindowAggregate) -> bytes:
+        return self.encode(WINDOW_AGGREGATE, aggregate_to_avro(aggregate))
+
+    def _header(self, schema: SchemaVersion) -> bytes:
+        header = self._headers.get(schema.name)
+        if header is None:
+            if self.registry is None:
+                header = SINGLE_OBJECT_MAGIC + schema.fingerprint
+            else:
+                from confluent_kafka.schema_registry import Schema
+
+                schema_id = self.registry.register_schema(schema.name, Schema(schema.schema_json, "AVRO"))
+                header = CONFLUENT_MAGIC + _SCHEMA_ID.pack(schema_id)
+            self._headers[schema.name] = header
+        return header
+
+    # -- decoding --------------------------------------------------------------------------------
+
+    def decode(self, data: bytes) -> tuple[str, Any]:
+        """Return (record name, datum) resolved to this code's newest version of that record."""
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            header_len = 10
+        elif data[:1] == CONFLUENT_MAGIC:
+            header_len = 5
+        else:
+            raise MalformedRecordError(
+                f"not a meterline record: first bytes {data[:2].hex() or 'empty'}, expected c301 "
+                "(Avro single-object encoding) or 00 (Schema Registry framing)"
+            )
+        if len(data) < header_len:
+            raise MalformedRecordError(
+                f"record of {len(data)} bytes is shorter than its {header_len}-byte header"
+            )
+        writer = self._writer(data[:header_len])
+        buffer = io.BytesIO(data)
+        buffer.seek(header_len)
+        try:
+            datum = schemaless_reader(buffer, writer.writer, writer.reader)
+        except Exception as exc:  # fastavro raises many types for bad bytes
+            raise MalformedRecordError(f"{writer.name} body does not decode: {exc!r}") from exc
+        if buffer.tell() != len(data):
+            raise MalformedRecordError(
+                f"{writer.name} body has {len(data) - buffer.tell()} trailing bytes after the record"
+            )
+        return writer.name, datum
+
+    def decode_usage(self, data: bytes) -> DecodedUsage:
+        """Decode a UsageEvent or a UsageEventBatch message into events."""
+        name, datum = self.decode(data)
+        if name == USAGE_EVENT:
+            return DecodedUsage([event_from_avro(datum)], is_batch=False)
+        if name == USAGE_EVENT_BATCH:
+            return DecodedUsage([event_from_avro(item) for item in datum["events"]], is_batch=True)
+        raise UnknownSchemaError(f"expected a usage event or batch on this topic, got a {name}")
+
+    def decode_aggregate(self, data: bytes) -> WindowAggregate:
+        name, datum = self.decode(data)
+        if name != WINDOW_AGGREGATE:
+            raise UnknownSchemaError(f"expected a {WINDOW_AGGREGATE}, got a {name}")
+        return aggregate_from_avro(datum)
+
+    def _writer(self, header: bytes) -> _Writer:
+        writer = self._writers.get(header)
+        if writer is None:
+            writer = self._lookup_writer(header)
+            self._writers[header] = writer
+        return writer
+
+    def _lookup_writer(self, header: bytes) -> _Writer:
+        if header[:2] == SINGLE_OBJECT_MAGIC:
+            version = self.catalog.by_fingerprint(header[2:])
+            return self._resolve(version.name, version.parsed)
+        (schema_id,) = _SCHEMA_ID.unpack(header[1:])
+        if self.registry is None:
+            raise UnknownSchemaError(
+                f"record framed for a Schema Registry (schema id {schema_id}) but no registry is configured"
+            )
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            registered = self.registry.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            raise UnknownSchemaError(f"schema id {schema_id} is unknown to the registry: {exc}") from exc
+        definition = json.loads(registered.schema_str or "{}")
+        known = self.catalog.find(fingerprint_of(definition))
+        if known is not None:
+            return self._resolve(known.name, known.parsed)
+        # A version this code does not have (a newer writer): resolve it to our newest one.
+        name = f"{definition.get('namespace', '')}.{definition.get('name', '')}".lstrip(".")
+        return self._resolve(name, parse_for_ints(definition))
+
+    def _resolve(self, name: str, writer: dict[str, Any]) -> _Writer:
+        reader = self.catalog.latest(name).parsed
+        return _Writer(name, writer, None if reader is writer else reader)
+
+
+def event_to_avro(event: UsageEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "customer_id": event.customer_id,
+        "meter": event.meter,
+        "quantity": event.quantity,
+        "unit": event.unit,
+        "timestamp": event.timestamp,
+        "source": event.source,
+        "attributes": event.attributes,
+    }
+
+
+def event_from_avro(datum: dict[str, Any]) -> UsageEvent:
+    return UsageEvent(
+        datum["event_id"],
+        datum["customer_id"],
+        datum["meter"],
+        datum["quantity"],
+        datum["unit"],
+        datum["timestamp"],
+        datum["source"],
+        datum["attributes"],
+    )
+
+
+def aggregate_to_avro(aggregate: WindowAggregate) -> dict[str, Any]:
+    return {
+        "customer_id": aggregate.customer_id,
+        "meter": aggregate.meter,
+        "window_start": aggregate.window_start,
+        "window_end": aggregate.window_end,
+        "source_partition": aggregate.source_partition,
+        "value": aggregate.value,
+        "delta": aggregate.delta,
+        "event_count": aggregate.event_count,
+        "revision": aggregate.revision,
+        "closed_at": aggregate.closed_at,
+    }
+
+
+def aggregate_from_avro(datum: dict[str, Any]) -> WindowAggregate:
+    return WindowAggregate(**{name: datum[name] for name in WindowAggregate.__slots__})

@@ -1,0 +1,71 @@
+"""The rules every usage event must pass before it can be counted, shared by the producer SDK (which
+refuses the event) and the stream app (which dead-letters it). Pure: no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from schemas.errors import InvalidEventError, RejectReason
+from schemas.records import UsageEvent
+
+_REQUIRED_TEXT = ("event_id", "customer_id", "meter", "unit", "source")
+
+
+def check_event(event: UsageEvent, meter_units: Mapping[str, str]) -> InvalidEventError | None:
+    """Return why `event` cannot be counted, or None. `meter_units` maps each declared meter to its unit.
+
+    Returns rather than raises: the stream app calls this for every event on its hot path.
+    """
+    for name in _REQUIRED_TEXT:
+        if not getattr(event, name):
+            return InvalidEventError(
+                RejectReason.MISSING_FIELD, name, getattr(event, name), "must not be empty"
+            )
+    if event.timestamp <= 0:
+        return InvalidEventError(
+            RejectReason.MISSING_FIELD, "timestamp", event.timestamp, "must be epoch milliseconds after 1970"
+        )
+    if event.quantity < 0:
+        return InvalidEventError(
+            RejectReason.NEGATIVE_QUANTITY, "quantity", event.quantity, "usage is never negative"
+        )
+    unit = meter_units.get(event.meter)
+    if unit is None:
+        known = ", ".join(sorted(meter_units)) or "none"
+        return InvalidEventError(
+            RejectReason.UNKNOWN_METER, "meter", event.meter, f"not a declared meter (declared: {known})"
+        )
+    if event.unit != unit:
+        return InvalidEventError(
+            RejectReason.UNIT_MISMATCH, "unit", event.unit, f"meter {event.meter!r} is counted in {unit!r}"
+        )
+    return None
+
+
+def require_valid(event: UsageEvent, meter_units: Mapping[str, str]) -> None:
+    """Raise InvalidEventError naming the field and value if `event` cannot be counted."""
+    error = check_event(event, meter_units)
+    if error is not None:
+        raise error
+
+
+def check_timing(
+    event_time: int, record_time: int, max_lateness_ms: int, max_skew_ms: int
+) -> InvalidEventError | None:
+    """Judge an event's time against its Kafka record's own timestamp, never the wall clock, so that a
+    replay months later decides exactly as the live stream did (DESIGN §4)."""
+    if event_time < record_time - max_lateness_ms:
+        return InvalidEventError(
+            RejectReason.TOO_LATE,
+            "timestamp",
+            event_time,
+            f"more than {max_lateness_ms // 86_400_000} days before its record's timestamp {record_time}",
+        )
+    if event_time > record_time + max_skew_ms:
+        return InvalidEventError(
+            RejectReason.TOO_FAR_FUTURE,
+            "timestamp",
+            event_time,
+            f"more than {max_skew_ms // 1000} s after its record's timestamp {record_time}",
+        )
+    return None

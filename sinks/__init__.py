@@ -1,0 +1,1 @@
+"""Consumers of usage.aggregates: the ClickHouse sink and the Stripe sink."""

@@ -1,0 +1,1 @@
+"""Writing window revisions, raw events and rejections to ClickHouse."""
