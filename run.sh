@@ -1,0 +1,27 @@
+#!/usr/bin/env sh
+# The README's two commands: `./run.sh demo` and `./run.sh test`.
+# Each sets up a virtual environment in .venv (Python 3.11+, nothing else needed) and runs.
+set -eu
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+case "${1:-}" in
+    demo)
+        shift
+        exec .venv/bin/meterline demo --duplicates 0.02 --out-of-order 0.05 --late 0.01 --malformed 0.01 "$@"
+        ;;
+    test)
+        shift
+        .venv/bin/ruff check .
+        .venv/bin/mypy
+        exec .venv/bin/pytest "$@"
+        ;;
+    *)
+        echo "usage: ./run.sh demo|test [args]" >&2
+        exit 2
+        ;;
+esac
