@@ -62,6 +62,8 @@ def config(kafka_bootstrap: str, tmp_path: Path) -> Config:
     """The default configuration pointed at the session broker, with topics unique to this test."""
     base = load_config(None, {"KAFKA_BOOTSTRAP": kafka_bootstrap, "METERLINE__DEV__STATE_DIR": str(tmp_path)})
     suffix = uuid.uuid4().hex[:10]
-    topics = TopicsConfig(**{f.name: f"{getattr(base.topics, f.name)}.{suffix}" for f in dataclasses.fields(TopicsConfig)})
+    topics = TopicsConfig(
+        **{f.name: f"{getattr(base.topics, f.name)}.{suffix}" for f in dataclasses.fields(TopicsConfig)}
+    )
     ensure_topics(kafka_bootstrap, topics.all(), TEST_PARTITIONS)
     return dataclasses.replace(base, topics=topics)

@@ -8,7 +8,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 
 def read_messages(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[Message]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tests-read", "enable.auto.commit": False})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "tests-read", "enable.auto.commit": False}
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])

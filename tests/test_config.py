@@ -13,11 +13,21 @@ import pytest
 from meterline.config import ConfigError, Secret, load_config
 
 
-def meterline(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("METERLINE", "KAFKA_", "STRIPE_", "CLICKHOUSE_"))}
+def meterline(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("METERLINE", "KAFKA_", "STRIPE_", "CLICKHOUSE_"))
+    }
     return subprocess.run(
-        [sys.executable, "-m", "meterline.cli", *args], capture_output=True, text=True, env=clean | (env or {}),
-        cwd=cwd, timeout=120,
+        [sys.executable, "-m", "meterline.cli", *args],
+        capture_output=True,
+        text=True,
+        env=clean | (env or {}),
+        cwd=cwd,
+        timeout=120,
     )
 
 
@@ -32,7 +42,7 @@ def test_three_mistakes_are_all_reported_by_config_check(tmp_path: Path) -> None
     path = tmp_path / "meterline.toml"
     path.write_text(
         "[windows]\nsize_minutes = 3\n\n[kafka]\npartitions = 0\n\n"
-        "[meters.api_calls]\nunit = \"call\"\naggregation = \"average\"\n"
+        '[meters.api_calls]\nunit = "call"\naggregation = "average"\n'
     )
     result = meterline("--config", str(path), "config", "check")
     assert result.returncode == 1
@@ -42,7 +52,9 @@ def test_three_mistakes_are_all_reported_by_config_check(tmp_path: Path) -> None
     assert "meters.api_calls.aggregation = 'average': must be sum or count" in result.stderr
     as_json = json.loads(meterline("--config", str(path), "config", "check", "--json").stdout)
     assert [p["field"] for p in as_json["problems"]] == [
-        "kafka.partitions", "windows.size_minutes", "meters.api_calls.aggregation",
+        "kafka.partitions",
+        "windows.size_minutes",
+        "meters.api_calls.aggregation",
     ]
 
 
@@ -62,8 +74,14 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
 
 def test_unknown_keys_sections_and_types_are_named() -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config(None, {"METERLINE__WINDOWS__SIZE_MINUTE": "5", "METERLINE__KAFKA__PARTITIONS": "many",
-                           "METERLINE__COLOUR__RED": "1"})
+        load_config(
+            None,
+            {
+                "METERLINE__WINDOWS__SIZE_MINUTE": "5",
+                "METERLINE__KAFKA__PARTITIONS": "many",
+                "METERLINE__COLOUR__RED": "1",
+            },
+        )
     text = str(caught.value)
     assert "windows.size_minute = 5: unknown key" in text
     assert "kafka.partitions = 'many': must be an integer" in text

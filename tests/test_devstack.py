@@ -32,7 +32,9 @@ def test_up_status_down_are_idempotent(tmp_path: Path) -> None:
         assert status.returncode == 0, status.stdout
         rows = {s["name"]: s for s in json.loads(status.stdout)}
         assert {n: (r["state"], r["answers"]) for n, r in rows.items()} == {
-            "kafka": ("running", True), "clickhouse": ("embedded", True), "stripe": ("running", True),
+            "kafka": ("running", True),
+            "clickhouse": ("embedded", True),
+            "stripe": ("running", True),
         }
         log = meterline("dev", "up", env=env).stderr
         assert "kafka already running" in log and "stripe fake already running" in log

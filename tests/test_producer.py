@@ -24,8 +24,14 @@ NOW = int(time.time() * 1000)
 
 def event(n: int, customer: str = "cust-1", **changes: object) -> UsageEvent:
     fields: dict[str, object] = {
-        "event_id": f"e-{n}", "customer_id": customer, "meter": "api_calls", "quantity": n,
-        "unit": "call", "timestamp": NOW, "source": "test", "attributes": {"status": "200"},
+        "event_id": f"e-{n}",
+        "customer_id": customer,
+        "meter": "api_calls",
+        "quantity": n,
+        "unit": "call",
+        "timestamp": NOW,
+        "source": "test",
+        "attributes": {"status": "200"},
     }
     return UsageEvent(**(fields | changes))  # type: ignore[arg-type]
 
@@ -80,8 +86,12 @@ def test_partitions_agree_with_librdkafkas_murmur2_partitioner(config: Config) -
     delivered: dict[str, int] = {}
     customers = [f"customer-{n}" for n in range(40)]
     for customer in customers:
-        plain.produce(config.topics.events, b"x", customer.encode(),
-                      on_delivery=lambda err, msg: delivered.__setitem__(msg.key().decode(), msg.partition()))
+        plain.produce(
+            config.topics.events,
+            b"x",
+            customer.encode(),
+            on_delivery=lambda err, msg: delivered.__setitem__(msg.key().decode(), msg.partition()),
+        )
     assert plain.flush(30) == 0
     assert delivered == {c: partition_for(c.encode(), 4) for c in customers}
     assert len(set(delivered.values())) == 4
@@ -151,8 +161,13 @@ def test_every_event_of_an_undelivered_message_is_reported(tmp_path: Path, packi
     config, bootstrap = _own_broker(tmp_path)
     try:
         ensure_topics(bootstrap, ["events"], 2)
-        sdk = UsageProducer(bootstrap, "events", UNITS, packing=PackingPolicy(enabled=packing),
-                            kafka_config={"message.timeout.ms": 3000})
+        sdk = UsageProducer(
+            bootstrap,
+            "events",
+            UNITS,
+            packing=PackingPolicy(enabled=packing),
+            kafka_config={"message.timeout.ms": 3000},
+        )
         devstack.down(config, log=lambda _line: None)
         for n in range(25):
             sdk.produce(event(n, f"c{n % 5}"))
@@ -172,8 +187,9 @@ def test_a_delivery_callback_gets_the_failures_instead(tmp_path: Path) -> None:
     reports: list[DeliveryReport] = []
     try:
         ensure_topics(bootstrap, ["events"], 2)
-        sdk = UsageProducer(bootstrap, "events", UNITS, on_delivery=reports.append,
-                            kafka_config={"message.timeout.ms": 3000})
+        sdk = UsageProducer(
+            bootstrap, "events", UNITS, on_delivery=reports.append, kafka_config={"message.timeout.ms": 3000}
+        )
         sdk.produce(event(1))
         sdk.flush()
         devstack.down(config, log=lambda _line: None)

@@ -18,8 +18,15 @@ from tests.test_config import meterline
 
 START = (int(time.time() * 1000) - 2 * DAY_MS) // 60_000 * 60_000
 SPEC = WorkloadSpec(
-    seed=7, events=20_000, customers=6, start_ms=START, span_ms=DAY_MS,
-    duplicate_rate=0.03, out_of_order_rate=0.05, late_rate=0.02, malformed_rate=0.02,
+    seed=7,
+    events=20_000,
+    customers=6,
+    start_ms=START,
+    span_ms=DAY_MS,
+    duplicate_rate=0.03,
+    out_of_order_rate=0.05,
+    late_rate=0.02,
+    malformed_rate=0.02,
 )
 
 
@@ -60,8 +67,14 @@ def test_expected_totals_recount_from_the_records() -> None:
     assert rejected == sum(expected.rejected.values())
     assert abs(rejected - 0.02 * 20_000) < 80  # the malformed rate, give or take chance
     assert set(expected.rejected) == {
-        "malformed", "unknown_schema", "missing_field", "negative_quantity", "unknown_meter",
-        "unit_mismatch", "too_late", "too_far_future",
+        "malformed",
+        "unknown_schema",
+        "missing_field",
+        "negative_quantity",
+        "unknown_meter",
+        "unit_mismatch",
+        "too_late",
+        "too_far_future",
     }
     assert expected.produced == 20_000 and expected.duplicates > 0 and expected.late > 0
 
@@ -69,7 +82,9 @@ def test_expected_totals_recount_from_the_records() -> None:
 def test_what_reaches_the_topic_is_exactly_the_expected_outcome(config: Config) -> None:
     result, expected = produce_workload(config, config.kafka.bootstrap, SPEC)
     assert result.records == 20_000 and result.packed and result.messages < 2_000
-    summary = summarize_events_topic(config, config.kafka.bootstrap, AvroSerde(), expect_messages=result.messages)
+    summary = summarize_events_topic(
+        config, config.kafka.bootstrap, AvroSerde(), expect_messages=result.messages
+    )
     wanted = expected.to_json(SPEC)
     assert summary.messages == result.messages
     assert summary.records == wanted["records"]["produced"] == 20_000
@@ -87,24 +102,57 @@ def test_generate_and_emit_commands(config: Config, tmp_path: Path) -> None:
         **{f"METERLINE__TOPICS__{k.upper()}": v for k, v in config.topics.__dict__.items()},
     }
     out = tmp_path / "expected.json"
-    result = meterline("generate", "--events", "5000", "--customers", "3", "--seed", "3", "--single",
-                       "--malformed", "0.01", "--expected", str(out), "--json", env=env)
+    result = meterline(
+        "generate",
+        "--events",
+        "5000",
+        "--customers",
+        "3",
+        "--seed",
+        "3",
+        "--single",
+        "--malformed",
+        "0.01",
+        "--expected",
+        str(out),
+        "--json",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["result"]["records"] == 5000 and report["result"]["messages"] == 5000
     document = json.loads(out.read_text())
     assert document["records"]["produced"] == 5000
-    assert sum(t["value"] for t in document["totals"]) == sum(t["value"] for t in document["totals_by_customer_meter"])
+    assert sum(t["value"] for t in document["totals"]) == sum(
+        t["value"] for t in document["totals_by_customer_meter"]
+    )
 
-    emitted = meterline("emit", "--customer", "cust-9", "--meter", "api_calls", "--quantity", "42",
-                        "--attr", "status=200", "--event-id", "cli-1", "--json", env=env)
+    emitted = meterline(
+        "emit",
+        "--customer",
+        "cust-9",
+        "--meter",
+        "api_calls",
+        "--quantity",
+        "42",
+        "--attr",
+        "status=200",
+        "--event-id",
+        "cli-1",
+        "--json",
+        env=env,
+    )
     assert emitted.returncode == 0, emitted.stderr
     where = json.loads(emitted.stdout)
     messages = read_messages(config.kafka.bootstrap, config.topics.events, 5001)
     [message] = [m for m in messages if m.partition() == where["partition"] and m.offset() == where["offset"]]
     [event] = AvroSerde().decode_usage(message.value()).events
     assert (event.event_id, event.customer_id, event.quantity, event.unit, event.attributes) == (
-        "cli-1", "cust-9", 42, "call", {"status": "200"}
+        "cli-1",
+        "cust-9",
+        42,
+        "call",
+        {"status": "200"},
     )
 
     refused = meterline("emit", "--customer", "c", "--meter", "api_calls", "--quantity", "-3", env=env)
