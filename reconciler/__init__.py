@@ -1,0 +1,1 @@
+"""Reconcile, replay, dispute report and invoice preview (rate card math)."""
