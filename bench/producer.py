@@ -16,7 +16,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from meterline import devstack
-from meterline.config import load_config
+from meterline.config import Config, load_config
 from meterline.kafka import ensure_topics
 from meterline.produce import make_producer, produce_workload
 from meterline.table import render
@@ -42,10 +42,15 @@ def main() -> None:
         for events, packing in ((args.events, True), (args.single_events, False)):
             ensure_topics(bootstrap, [config.topics.events], config.kafka.partitions)
             result, _ = produce_workload(config, bootstrap, spec(events), packing=packing)
-            rows.append({"what": f"meterline generate ({'packed' if packing else 'single-event'})",
-                         "events": events, "messages": result.messages,
-                         "events/s": round(result.records_per_second),
-                         "messages/s": round(result.messages_per_second)})
+            rows.append(
+                {
+                    "what": f"meterline generate ({'packed' if packing else 'single-event'})",
+                    "events": events,
+                    "messages": result.messages,
+                    "events/s": round(result.records_per_second),
+                    "messages/s": round(result.messages_per_second),
+                }
+            )
         for events, packing in ((args.events // 2, True), (args.single_events, False)):
             rows.append(_sdk_only(config, bootstrap, spec(events), packing))
     finally:
@@ -70,22 +75,31 @@ def _baseline(bootstrap: str, messages: int) -> dict[str, object]:
                 producer.poll(0.05)
     producer.flush()
     seconds = time.perf_counter() - started
-    return {"what": "confluent-kafka alone (baseline)", "events": messages, "messages": messages,
-            "events/s": round(messages / seconds), "messages/s": round(messages / seconds)}
+    return {
+        "what": "confluent-kafka alone (baseline)",
+        "events": messages,
+        "messages": messages,
+        "events/s": round(messages / seconds),
+        "messages/s": round(messages / seconds),
+    }
 
 
-def _sdk_only(config: object, bootstrap: str, spec: WorkloadSpec, packing: bool) -> dict[str, object]:
+def _sdk_only(config: Config, bootstrap: str, spec: WorkloadSpec, packing: bool) -> dict[str, object]:
     """UsageProducer.produce() on events built beforehand: the cost a product service pays."""
-    events = [e.event for e in generate(spec, config.meters, 60_000, Expected(60_000))]  # type: ignore[attr-defined]
-    producer = make_producer(config, bootstrap, packing=packing)  # type: ignore[arg-type]
+    events = [e.event for e in generate(spec, config.meters, 60_000, Expected(60_000)) if e.event is not None]
+    producer = make_producer(config, bootstrap, packing=packing)
     started = time.perf_counter()
     for event in events:
-        producer.produce(event)  # type: ignore[arg-type]
+        producer.produce(event)
     producer.close()
     seconds = time.perf_counter() - started
-    return {"what": f"UsageProducer.produce ({'packed' if packing else 'single-event'})", "events": len(events),
-            "messages": producer.messages_sent, "events/s": round(len(events) / seconds),
-            "messages/s": round(producer.messages_sent / seconds)}
+    return {
+        "what": f"UsageProducer.produce ({'packed' if packing else 'single-event'})",
+        "events": len(events),
+        "messages": producer.messages_sent,
+        "events/s": round(len(events) / seconds),
+        "messages/s": round(producer.messages_sent / seconds),
+    }
 
 
 if __name__ == "__main__":
