@@ -14,9 +14,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from meterline.config import Config
+from meterline.kafka import consumer_from_beginning
 from schemas.errors import SchemaError
 from schemas.serde import AvroSerde
 from schemas.validation import check_event, check_timing
@@ -52,13 +53,8 @@ def summarize_events_topic(
     timeout: float = 120.0,
     progress: Callable[[TopicSummary], None] | None = None,
 ) -> TopicSummary:
-    topic = config.topics.events
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "meterline-inspect", "enable.auto.commit": False}
-    )
+    consumer = consumer_from_beginning(bootstrap, config.topics.events, "meterline-inspect")
     try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         return _consume(config, consumer, serde, expect_messages, timeout, progress)
     finally:
         consumer.close()

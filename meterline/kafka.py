@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from meterline.errors import MeterlineError
@@ -65,3 +65,11 @@ def ensure_topics(
             missing = [n for n in names if not counts.get(n)]
             raise KafkaUnavailableError(f"topics {missing} did not appear within {timeout:.0f}s")
         time.sleep(0.1)
+
+
+def consumer_from_beginning(bootstrap: str, topic: str, group_id: str) -> Consumer:
+    """A consumer assigned every partition of `topic` from its first offset; it commits nothing."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    return consumer

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import Message
+
+from meterline.kafka import consumer_from_beginning
 
 
 def read_messages(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[Message]:
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "tests-read", "enable.auto.commit": False}
-    )
+    consumer = consumer_from_beginning(bootstrap, topic, "tests-read")
     try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         messages: list[Message] = []
         deadline = time.monotonic() + timeout
         while len(messages) < count and time.monotonic() < deadline:

@@ -10,7 +10,7 @@ from pathlib import Path
 from meterline.config import Config, load_config
 from meterline.inspect import summarize_events_topic
 from meterline.produce import produce_workload
-from meterline.workload import DAY_MS, Expected, WorkloadSpec, generate
+from meterline.workload import DAY_MS, Emission, Expected, WorkloadSpec, generate
 from schemas.serde import AvroSerde
 from schemas.validation import check_event
 from tests.kafka_helpers import read_messages
@@ -30,7 +30,7 @@ SPEC = WorkloadSpec(
 )
 
 
-def run(spec: WorkloadSpec, config: Config) -> tuple[list[object], Expected]:
+def run(spec: WorkloadSpec, config: Config) -> tuple[list[Emission], Expected]:
     expected = Expected(config.windows.size_ms)
     return list(generate(spec, config.meters, config.windows.size_ms, expected)), expected
 
@@ -53,8 +53,8 @@ def test_expected_totals_recount_from_the_records() -> None:
     totals: Counter[tuple[str, str, int]] = Counter()
     rejected = 0
     for emission in emissions:
-        event = emission.event  # type: ignore[attr-defined]
-        if event is None or check_event(event, config.meter_units) or not emission.valid:  # type: ignore[attr-defined]
+        event = emission.event
+        if event is None or check_event(event, config.meter_units) or not emission.valid:
             rejected += 1
             continue
         if event.event_id in counted:
