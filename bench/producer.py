@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -39,12 +40,15 @@ def main() -> None:
             return WorkloadSpec(seed=1, events=events, customers=50, start_ms=start, span_ms=DAY_MS)
 
         rows.append(_baseline(bootstrap, args.single_events))
-        for events, packing in ((args.events, True), (args.single_events, False)):
+        cores = os.cpu_count() or 1
+        runs = [(args.events, True, 1), (args.events, True, cores), (args.single_events, False, cores)]
+        for events, packing, workers in runs:
             ensure_topics(bootstrap, [config.topics.events], config.kafka.partitions)
-            result, _ = produce_workload(config, bootstrap, spec(events), packing=packing)
+            result, _ = produce_workload(config, bootstrap, spec(events), packing=packing, workers=workers)
             rows.append(
                 {
-                    "what": f"meterline generate ({'packed' if packing else 'single-event'})",
+                    "what": f"meterline generate ({'packed' if packing else 'single-event'}, "
+                    f"{workers} worker{'s' if workers > 1 else ''})",
                     "events": events,
                     "messages": result.messages,
                     "events/s": round(result.records_per_second),

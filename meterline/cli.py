@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
@@ -120,6 +121,13 @@ def _workload_arguments(parser: argparse.ArgumentParser, events: int = 100_000) 
         "--malformed", type=float, default=0.0, help="rate of records that must be dead-lettered"
     )
     parser.add_argument("--non-billable", type=float, default=0.05, help="rate of events the filters exclude")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="producer processes, each taking a share of the partitions (default: one per core); "
+        "the records do not depend on it",
+    )
 
 
 # -- config ----------------------------------------------------------------------------------------
@@ -279,6 +287,7 @@ def _generate(args: argparse.Namespace) -> int:
         devstack.kafka_bootstrap(config),
         spec,
         packing=False if args.single else None,
+        workers=args.workers,
         progress=None if args.json else _progress("produced", spec.events),
     )
     document = expected.to_json(spec)
@@ -388,7 +397,11 @@ def _demo(args: argparse.Namespace) -> int:
             f"malformed {spec.malformed_rate:.0%})"
         )
         result, expected = produce_workload(
-            config, devstack.kafka_bootstrap(config), spec, progress=_progress("produced", spec.events)
+            config,
+            devstack.kafka_bootstrap(config),
+            spec,
+            workers=args.workers,
+            progress=_progress("produced", spec.events),
         )
         print(
             render(

@@ -67,6 +67,14 @@ def ensure_topics(
         time.sleep(0.1)
 
 
+def partition_count(bootstrap: str, topic: str, timeout: float = 15) -> int:
+    metadata = admin(bootstrap).list_topics(topic, timeout=timeout)
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise KafkaUnavailableError(f"topic {topic!r} is not usable (run `meterline dev up`?)")
+    return len(found.partitions)
+
+
 def consumer_from_beginning(bootstrap: str, topic: str, group_id: str) -> Consumer:
     """A consumer assigned every partition of `topic` from its first offset; it commits nothing."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False})

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from multiprocessing.sharedctypes import Synchronized
 
 from meterline.config import Config
-from meterline.workload import Expected, WorkloadSpec, generate
+from meterline.kafka import partition_count
+from meterline.workload import Expected, WorkloadSpec, customer_ids, generate
+from schemas.partitioner import partition_for
 from schemas.producer import PackingPolicy, UsageProducer
 from schemas.serde import AvroSerde
 
@@ -53,17 +59,44 @@ def produce_workload(
     spec: WorkloadSpec,
     *,
     packing: bool | None = None,
+    workers: int = 1,
     progress: Callable[[int, float], None] | None = None,
 ) -> tuple[ProduceResult, Expected]:
     """Produce the workload and wait until the broker acknowledged every message (raises
-    DeliveryFailedError otherwise). Returns the throughput and the exact expected outcome."""
-    expected = Expected(config.windows.size_ms)
-    producer = make_producer(config, bootstrap, packing=packing)
+    DeliveryFailedError otherwise). Returns the throughput and the exact expected outcome.
+
+    With several workers, each is a process producing the customers of its share of the partitions:
+    the records and their order within each partition do not depend on the number of workers."""
+    packed = config.producer.packing if packing is None else packing
     started = time.perf_counter()
-    last_progress = started
+    if workers <= 1:
+        outcome = _produce_share(config, bootstrap, spec, packed, None, progress)
+    else:
+        outcome = _produce_in_processes(config, bootstrap, spec, packed, workers, progress)
+    records, messages, expected = outcome
+    seconds = time.perf_counter() - started
+    return ProduceResult(records, messages, seconds, packed), expected
+
+
+def _produce_share(
+    config: Config,
+    bootstrap: str,
+    spec: WorkloadSpec,
+    packed: bool,
+    partitions: frozenset[int] | None,
+    progress: Callable[[int, float], None] | None,
+) -> tuple[int, int, Expected]:
+    """Produce the records of the customers on `partitions` (all when None)."""
+    expected = Expected(config.windows.size_ms)
+    producer = make_producer(config, bootstrap, packing=packed)
+    started = last_progress = time.perf_counter()
     produced = 0
+
+    def owns(customer_id: str) -> bool:
+        return partitions is None or producer.partition_of(customer_id) in partitions
+
     try:
-        for emission in generate(spec, config.meters, config.windows.size_ms, expected):
+        for emission in generate(spec, config.meters, config.windows.size_ms, expected, owns):
             if emission.raw is not None:
                 producer.produce_raw(emission.key, emission.raw)
             elif emission.valid:
@@ -80,6 +113,71 @@ def produce_workload(
                     progress(produced, now - started)
     finally:
         producer.close()
-    seconds = time.perf_counter() - started
-    packed = config.producer.packing if packing is None else packing
-    return ProduceResult(produced, producer.messages_sent, seconds, packed), expected
+    return produced, producer.messages_sent, expected
+
+
+_shared_counter: Synchronized[int] | None = None
+
+
+def _worker_init(counter: Synchronized[int]) -> None:
+    global _shared_counter
+    _shared_counter = counter
+
+
+def _worker(
+    config: Config, bootstrap: str, spec: WorkloadSpec, packed: bool, partitions: frozenset[int]
+) -> tuple[int, int, Expected]:
+    # Nothing built before this point is garbage; keep the collector from re-scanning it.
+    gc.freeze()
+    counter = _shared_counter
+    reported = 0
+
+    def count(produced: int, _seconds: float) -> None:
+        nonlocal reported
+        assert counter is not None
+        with counter.get_lock():
+            counter.value += produced - reported
+        reported = produced
+
+    return _produce_share(config, bootstrap, spec, packed, partitions, count)
+
+
+def _produce_in_processes(
+    config: Config,
+    bootstrap: str,
+    spec: WorkloadSpec,
+    packed: bool,
+    workers: int,
+    progress: Callable[[int, float], None] | None,
+) -> tuple[int, int, Expected]:
+    # Customers draw usage alike, so a partition's load is its number of customers.
+    partitions = partition_count(bootstrap, config.topics.events)
+    load = Counter(partition_for(c.encode(), partitions) for c in customer_ids(spec))
+    shares = balanced_shares(load, workers)
+    # spawn, not fork: the parent may already run librdkafka threads, which a fork would not copy.
+    context = multiprocessing.get_context("spawn")
+    counter = context.Value("q", 0)
+    started = time.perf_counter()
+    with context.Pool(len(shares), initializer=_worker_init, initargs=(counter,)) as pool:
+        pending = pool.starmap_async(_worker, [(config, bootstrap, spec, packed, share) for share in shares])
+        while not pending.ready():
+            pending.wait(1)
+            if progress is not None and not pending.ready():
+                progress(counter.value, time.perf_counter() - started)
+        outcomes = pending.get()
+    expected = Expected(config.windows.size_ms)
+    for _, _, share_expected in outcomes:
+        expected.add(share_expected)
+    return sum(o[0] for o in outcomes), sum(o[1] for o in outcomes), expected
+
+
+def balanced_shares(load: Mapping[int, int], workers: int) -> list[frozenset[int]]:
+    """Split partitions between at most `workers` shares of nearly equal load: the heaviest
+    partition first, each to the lightest share so far. Empty shares are left out."""
+    shares: list[tuple[int, set[int]]] = [(0, set()) for _ in range(workers)]
+    for partition, weight in sorted(load.items(), key=lambda item: (-item[1], item[0])):
+        lightest = min(range(workers), key=lambda n: shares[n][0])
+        total, members = shares[lightest]
+        members.add(partition)
+        shares[lightest] = (total + weight, members)
+    return [frozenset(members) for _, members in shares if members]

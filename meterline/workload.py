@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -20,7 +20,7 @@ from meterline.config import MeterConfig
 from schemas.errors import RejectReason
 from schemas.records import UsageEvent
 from streams.billable import BillableFilter
-from streams.windows import event_value, window_start
+from streams.windows import window_start
 
 DAY_MS = 86_400_000
 _DUPLICATE_HORIZON_MS = 5 * 60_000  # a retry arrives soon after its original, well inside dedup retention
@@ -104,6 +104,19 @@ class Expected:
     def accepted(self) -> int:
         return self.produced - sum(self.rejected.values())
 
+    def add(self, share: Expected) -> None:
+        """Fold in what a worker that generated other customers expects (their windows are disjoint)."""
+        overlap = self.totals.keys() & share.totals.keys()
+        if overlap:
+            raise ValueError(f"shares overlap in {len(overlap)} windows, e.g. {min(overlap)}")
+        self.totals.update(share.totals)
+        self.produced += share.produced
+        self.duplicates += share.duplicates
+        self.non_billable += share.non_billable
+        self.out_of_order += share.out_of_order
+        self.late += share.late
+        self.rejected.update(share.rejected)
+
     def to_json(self, spec: WorkloadSpec) -> dict[str, Any]:
         per_customer_meter: Counter[tuple[str, str]] = Counter()
         for (customer, meter, _), (value, _) in self.totals.items():
@@ -131,14 +144,26 @@ class Expected:
 
 
 def generate(
-    spec: WorkloadSpec, meters: Mapping[str, MeterConfig], window_ms: int, expected: Expected
+    spec: WorkloadSpec,
+    meters: Mapping[str, MeterConfig],
+    window_ms: int,
+    expected: Expected,
+    owns: Callable[[str], bool] | None = None,
 ) -> Iterator[Emission]:
-    """Yield the workload's records in produce order, filling `expected` as it goes."""
+    """Yield the workload's records in produce order, filling `expected` as it goes.
+
+    With `owns`, only the records of customers it accepts are built, yielded and counted, while every
+    random draw still happens: workers that split the customers between them (by partition) produce
+    together exactly the records, in each partition the same order, that one generator would.
+    """
     rng = random.Random(spec.seed)
-    customers = [f"cust-{n:04d}" for n in range(spec.customers)]
+    customers = customer_ids(spec)
+    owned = [owns is None or owns(c) for c in customers]
     meter_list = sorted(meters.values(), key=lambda m: m.name)
     filters = {m.name: BillableFilter(m.billable) for m in meter_list}
-    recent: deque[UsageEvent] = deque(maxlen=64)
+    is_billable: dict[tuple[str, str], bool] = {}  # (meter, status) -> the filter's verdict, memoised
+    counts_events = {m.name: m.aggregation == "count" for m in meter_list}
+    recent: deque[tuple[int, int, int]] = deque(maxlen=64)  # (index, timestamp, bits) of recent events
     step = spec.span_ms / spec.events
     dup_edge = spec.duplicate_rate
     ooo_edge = dup_edge + spec.out_of_order_rate
@@ -147,58 +172,83 @@ def generate(
     totals = expected.totals
     non_billable_below = int(spec.non_billable_rate * 0x10000)
 
-    for i in range(spec.events):
-        expected.produced += 1
-        now = spec.start_ms + int(i * step)
-        roll = rng.random()
-        if roll < dup_edge:
-            original = _recent_original(recent, now, rng)
-            if original is not None:
-                expected.duplicates += 1
-                yield Emission(original)
-                continue
-        if bad_edge > roll >= late_edge:
-            reason = _INVALID[i % len(_INVALID)]
-            expected.rejected[reason] += 1
-            yield _invalid(reason, i, spec, rng.choice(customers), meter_list[0])
-            continue
-        timestamp = now
-        if ooo_edge > roll >= dup_edge:
-            timestamp -= rng.randrange(1, _OUT_OF_ORDER_MS)
-            expected.out_of_order += 1
-        elif late_edge > roll >= ooo_edge:
-            timestamp -= rng.randrange(*_LATE_MS)
-            expected.late += 1
-        # One draw of 64 random bits, sliced, is several times cheaper than a draw per choice.
-        bits = rng.getrandbits(64)
+    def build(i: int, timestamp: int, bits: int) -> UsageEvent:
+        # Everything about an event follows from its index, time and one draw of 64 random bits,
+        # sliced: several times cheaper than a draw per choice, and a duplicate can be rebuilt.
         meter = meter_list[bits % len(meter_list)]
-        customer = customers[(bits >> 8) % len(customers)]
-        quantity = 1 + (bits >> 28) % 999
         billable = (bits >> 40) & 0xFFFF >= non_billable_below
         statuses = _STATUSES_BILLABLE if billable else _STATUSES_NOT_BILLABLE
-        event = UsageEvent(
+        return UsageEvent(
             f"ev-{spec.seed}-{i}",
-            customer,
+            customers[(bits >> 8) % len(customers)],
             meter.name,
-            quantity,
+            1 + (bits >> 28) % 999,
             meter.unit,
             timestamp,
             "generator",
             {"status": statuses[(bits >> 56) % len(statuses)]},
         )
-        recent.append(event)
-        if filters[meter.name](event.attributes):
-            key = (customer, meter.name, window_start(timestamp, window_ms))
+
+    for i in range(spec.events):
+        now = spec.start_ms + int(i * step)
+        roll = rng.random()
+        if roll < dup_edge:
+            original = _recent_original(recent, now, rng)
+            if original is not None:
+                if owned[(original[2] >> 8) % len(customers)]:
+                    expected.produced += 1
+                    expected.duplicates += 1
+                    yield Emission(build(*original))
+                continue
+        if bad_edge > roll >= late_edge:
+            reason = _INVALID[i % len(_INVALID)]
+            customer_index = rng.randrange(len(customers))
+            if owned[customer_index]:
+                expected.produced += 1
+                expected.rejected[reason] += 1
+                yield _invalid(reason, i, spec, customers[customer_index], meter_list[0])
+            continue
+        timestamp = now
+        if ooo_edge > roll >= dup_edge:
+            timestamp -= rng.randrange(1, _OUT_OF_ORDER_MS)
+            kind = "out_of_order"
+        elif late_edge > roll >= ooo_edge:
+            timestamp -= rng.randrange(*_LATE_MS)
+            kind = "late"
+        else:
+            kind = ""
+        bits = rng.getrandbits(64)
+        recent.append((i, timestamp, bits))
+        if not owned[(bits >> 8) % len(customers)]:
+            continue
+        event = build(i, timestamp, bits)
+        expected.produced += 1
+        if kind == "out_of_order":
+            expected.out_of_order += 1
+        elif kind == "late":
+            expected.late += 1
+        verdict_key = (event.meter, event.attributes["status"])
+        verdict = is_billable.get(verdict_key)
+        if verdict is None:
+            verdict = is_billable[verdict_key] = filters[event.meter](event.attributes)
+        if verdict:
+            key = (event.customer_id, event.meter, window_start(timestamp, window_ms))
             total = totals.setdefault(key, [0, 0])
-            total[0] += event_value(meter.aggregation, quantity)
+            total[0] += 1 if counts_events[event.meter] else event.quantity
             total[1] += 1
         else:
             expected.non_billable += 1
         yield Emission(event)
 
 
-def _recent_original(recent: deque[UsageEvent], now: int, rng: random.Random) -> UsageEvent | None:
-    candidates = [e for e in recent if now - e.timestamp < _DUPLICATE_HORIZON_MS]
+def customer_ids(spec: WorkloadSpec) -> list[str]:
+    return [f"cust-{n:04d}" for n in range(spec.customers)]
+
+
+def _recent_original(
+    recent: deque[tuple[int, int, int]], now: int, rng: random.Random
+) -> tuple[int, int, int] | None:
+    candidates = [r for r in recent if now - r[1] < _DUPLICATE_HORIZON_MS]
     return rng.choice(candidates) if candidates else None
 
 

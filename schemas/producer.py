@@ -24,12 +24,11 @@ from meterline.errors import MeterlineError
 from schemas.errors import DeliveryFailedError
 from schemas.partitioner import partition_for
 from schemas.records import UsageEvent
-from schemas.serde import AvroSerde, event_to_avro
+from schemas.serde import AvroSerde
 from schemas.validation import require_valid
 
-# Avro writes a string or a long with at most this many varint bytes of length/value.
-_VARINT_MAX = 10
-_BATCH_OVERHEAD = 10 + 2 * _VARINT_MAX  # header plus the array's block count and terminator
+# The header (at most 10 bytes), the array's block count (a varint, at most 10) and its end marker.
+_BATCH_OVERHEAD = 21
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ class TopicNotFoundError(MeterlineError):
 class _PendingBatch:
     opened_at: float
     events: list[UsageEvent] = field(default_factory=list)
-    data: list[dict[str, Any]] = field(default_factory=list)
+    items: list[bytes] = field(default_factory=list)
     size: int = _BATCH_OVERHEAD
 
 
@@ -165,21 +164,20 @@ class UsageProducer:
         if not self._packing.enabled:
             self._send(partition, event.customer_id.encode(), self._serde.encode_event(event), (event,))
             return
-        size = _encoded_size_bound(event)
-        datum = event_to_avro(event)
         with self._lock:
+            item = self._serde.batch_item(event)
             pending = self._pending.get(partition)
             if pending is not None and (
                 len(pending.events) >= self._packing.max_events
-                or pending.size + size > self._packing.max_bytes
+                or pending.size + len(item) > self._packing.max_bytes
             ):
                 self._send_pending(partition)
                 pending = None
             if pending is None:
                 pending = self._pending[partition] = _PendingBatch(time.monotonic())
             pending.events.append(event)
-            pending.data.append(datum)
-            pending.size += size
+            pending.items.append(item)
+            pending.size += len(item)
 
     def _send_pending(self, partition: int) -> None:
         """Caller holds the lock."""
@@ -187,7 +185,7 @@ class UsageProducer:
         # Every customer in the batch hashes to this partition, so the first one is a valid key:
         # anything that re-partitions by key keeps the batch where it is.
         key = pending.events[0].customer_id.encode()
-        self._send(partition, key, self._serde.encode_batch(pending.data), tuple(pending.events))
+        self._send(partition, key, self._serde.encode_batch(pending.items), tuple(pending.events))
 
     def _linger_loop(self) -> None:
         interval = max(self._packing.linger_ms / 2000, 0.001)
@@ -243,21 +241,3 @@ class UsageProducer:
                 f"topic {self.topic!r} is not usable: {reason} (run `meterline dev up`?)"
             )
         return len(topic.partitions)
-
-
-_FIXED_BOUND = 8 * _VARINT_MAX  # five string lengths, quantity, timestamp, the map's block count
-
-
-def _encoded_size_bound(event: UsageEvent) -> int:
-    """An upper bound of the event's Avro size, cheap enough for the hot path: a character takes
-    one UTF-8 byte in an ASCII string (str.isascii is O(1) in CPython), at most four otherwise."""
-    e = event
-    size = _FIXED_BOUND + _bound(e.event_id) + _bound(e.customer_id) + _bound(e.meter) + _bound(e.unit)
-    size += _bound(e.source)
-    for key, value in e.attributes.items():
-        size += 2 * _VARINT_MAX + _bound(key) + _bound(value)
-    return size
-
-
-def _bound(text: str) -> int:
-    return len(text) if text.isascii() else 4 * len(text)

@@ -45,7 +45,7 @@ def test_single_object_encoding_round_trips_events_and_batches(batch: list[Usage
     serde = AvroSerde()
     single = serde.decode_usage(serde.encode_event(batch[0]))
     assert single.events == [batch[0]] and not single.is_batch
-    packed = serde.decode_usage(serde.encode_batch([event_to_avro(e) for e in batch]))
+    packed = serde.decode_usage(serde.encode_batch([serde.batch_item(e) for e in batch]))
     assert packed.events == batch and packed.is_batch
 
 
@@ -65,7 +65,7 @@ def test_confluent_framing_round_trips_and_names_a_registry_id() -> None:
     data = serde.encode_event(EVENT)
     assert data[0] == 0 and len(data) > 5
     assert serde.decode_usage(data).events == [EVENT]
-    batch = serde.encode_batch([event_to_avro(EVENT)] * 3)
+    batch = serde.encode_batch([serde.batch_item(EVENT)] * 3)
     assert serde.decode_usage(batch).events == [EVENT] * 3
     # Another reader of the same registry reads it too, knowing nothing but the id.
     assert same_registry(serde).decode_usage(data).events == [EVENT]

@@ -11,6 +11,7 @@ from meterline.config import Config, load_config
 from meterline.inspect import summarize_events_topic
 from meterline.produce import produce_workload
 from meterline.workload import DAY_MS, Emission, Expected, WorkloadSpec, generate
+from schemas.partitioner import partition_for
 from schemas.serde import AvroSerde
 from schemas.validation import check_event
 from tests.kafka_helpers import read_messages
@@ -79,8 +80,39 @@ def test_expected_totals_recount_from_the_records() -> None:
     assert expected.produced == 20_000 and expected.duplicates > 0 and expected.late > 0
 
 
+def _partition(emission: Emission, partitions: int) -> int:
+    key = emission.event.customer_id.encode() if emission.event is not None else emission.key
+    return partition_for(key, partitions)
+
+
+def test_workers_splitting_the_partitions_produce_exactly_what_one_generator_would() -> None:
+    config = load_config(None, {})
+    whole, whole_expected = run(SPEC, config)
+    merged = Expected(config.windows.size_ms)
+    per_partition: dict[int, list[Emission]] = {}
+    for share in range(3):
+        expected = Expected(config.windows.size_ms)
+        emissions = list(
+            generate(
+                SPEC,
+                config.meters,
+                config.windows.size_ms,
+                expected,
+                lambda customer, share=share: partition_for(customer.encode(), 4) % 3 == share,
+            )
+        )
+        assert {_partition(e, 4) % 3 for e in emissions} <= {share}
+        for emission in emissions:
+            per_partition.setdefault(_partition(emission, 4), []).append(emission)
+        merged.add(expected)
+    for partition, emissions in per_partition.items():
+        assert emissions == [e for e in whole if _partition(e, 4) == partition]
+    assert sum(map(len, per_partition.values())) == len(whole)
+    assert merged.to_json(SPEC) == whole_expected.to_json(SPEC)
+
+
 def test_what_reaches_the_topic_is_exactly_the_expected_outcome(config: Config) -> None:
-    result, expected = produce_workload(config, config.kafka.bootstrap, SPEC)
+    result, expected = produce_workload(config, config.kafka.bootstrap, SPEC, workers=2)
     assert result.records == 20_000 and result.packed and result.messages < 2_000
     summary = summarize_events_topic(
         config, config.kafka.bootstrap, AvroSerde(), expect_messages=result.messages

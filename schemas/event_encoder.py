@@ -1,0 +1,142 @@
+"""UsageEvent's Avro body written by hand: the producer SDK's hot path.
+
+fastavro spends ~3.3 µs per event of a batch in its generic per-field dispatch, after the SDK has
+built a dict per event; this writes the same bytes in ~2 µs, mostly by caching the encoded form of
+the strings that repeat from event to event (customer, meter, unit, source, attributes). It knows
+exactly one field layout, `LAYOUT`; serde falls back to fastavro for any other, so a new schema
+version can never be written with an old layout. tests/test_event_encoder.py pins it byte for
+byte to fastavro.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from schemas.records import UsageEvent
+
+LAYOUT = (
+    ("event_id", "string"),
+    ("customer_id", "string"),
+    ("meter", "string"),
+    ("quantity", "long"),
+    ("unit", "string"),
+    ("timestamp", "long"),
+    ("source", "string"),
+    ("attributes", ("map", "string")),
+)
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+_CACHED_STRINGS = 65_536  # per cache: enough for every customer of a busy service; cleared when exceeded
+
+
+def layout_of(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The (name, type) of each field of an Avro record definition, logical types ignored."""
+
+    def kind(node: Any) -> Any:
+        if isinstance(node, str):
+            return node
+        if isinstance(node, dict) and node.get("type") == "map":
+            return ("map", kind(node["values"]))
+        if isinstance(node, dict) and isinstance(node.get("type"), str):
+            return node["type"]
+        return repr(node)  # unions, records, arrays: nothing this encoder writes
+
+    return tuple((field["name"], kind(field["type"])) for field in record.get("fields", ()))
+
+
+def encode_long(n: int) -> bytes:
+    """Avro's long: zig-zag, then a little-endian base-128 varint."""
+    if not _LONG_MIN <= n <= _LONG_MAX:
+        raise ValueError(f"{n} does not fit Avro's 64-bit long")
+    zigzag = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while zigzag > 0x7F:
+        out.append(zigzag & 0x7F | 0x80)
+        zigzag >>= 7
+    out.append(zigzag)
+    return bytes(out)
+
+
+_SMALL_LONGS = tuple(encode_long(n) for n in range(8192))  # lengths and typical quantities
+
+
+def _long(n: int) -> bytes:
+    return _SMALL_LONGS[n] if 0 <= n < 8192 else encode_long(n)
+
+
+# Epoch milliseconds from 1970-07-18 to 2039-09-07 zig-zag to 36-42 bits, six varint bytes: written
+# unrolled, they cost a third of the loop.
+_SIX_BYTE_MS = range(1 << 34, 1 << 41)
+
+
+def _six_byte_timestamp(ms: int) -> bytes:
+    z = ms << 1
+    return bytes(
+        (
+            z & 0x7F | 0x80,
+            z >> 7 & 0x7F | 0x80,
+            z >> 14 & 0x7F | 0x80,
+            z >> 21 & 0x7F | 0x80,
+            z >> 28 & 0x7F | 0x80,
+            z >> 35,
+        )
+    )
+
+
+class EventEncoder:
+    """Writes UsageEvent bodies in LAYOUT. Not thread-safe alone; the SDK calls it under its lock."""
+
+    def __init__(self) -> None:
+        self._strings: dict[str, bytes] = {}
+        self._maps: dict[tuple[tuple[str, str], ...], bytes] = {}
+
+    def encode(self, event: UsageEvent) -> bytes:
+        # Cache hits inline (`get(...) or miss(...)`: an encoded string is never empty): a method
+        # call per field would cost as much as the encoding it saves.
+        strings = self._strings.get
+        event_id = event.event_id.encode()
+        timestamp = event.timestamp
+        return b"".join(
+            (
+                _long(len(event_id)),
+                event_id,
+                strings(event.customer_id) or self._string(event.customer_id),
+                strings(event.meter) or self._string(event.meter),
+                _long(event.quantity),
+                strings(event.unit) or self._string(event.unit),
+                _six_byte_timestamp(timestamp) if timestamp in _SIX_BYTE_MS else encode_long(timestamp),
+                strings(event.source) or self._string(event.source),
+                self._maps.get(tuple(event.attributes.items())) or self._map(event.attributes),
+            )
+        )
+
+    def _string(self, text: str) -> bytes:
+        encoded = self._strings.get(text)
+        if encoded is None:
+            raw = text.encode()
+            encoded = _long(len(raw)) + raw
+            if len(self._strings) >= _CACHED_STRINGS:
+                self._strings.clear()
+            self._strings[text] = encoded
+        return encoded
+
+    def _map(self, entries: dict[str, str]) -> bytes:
+        # Attributes repeat (status=200): the whole encoded map is cached, keyed by its items.
+        items = tuple(entries.items())
+        parts = [_long(len(items))] if items else []
+        for key, value in items:
+            parts.append(self._string(key))
+            parts.append(self._string(value))
+        parts.append(b"\x00")
+        encoded = b"".join(parts)
+        if len(self._maps) >= _CACHED_STRINGS:
+            self._maps.clear()
+        self._maps[items] = encoded
+        return encoded
+
+
+def array_body(items: Sequence[bytes]) -> bytes:
+    """An Avro array of already encoded items: one block with its count, then the end marker."""
+    if not items:
+        return b"\x00"
+    return _long(len(items)) + b"".join(items) + b"\x00"

@@ -1,0 +1,73 @@
+"""The hand-written UsageEvent encoder writes exactly fastavro's bytes, or is not used."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from fastavro import schemaless_writer
+from hypothesis import given
+from hypothesis import strategies as st
+
+from schemas.catalog import USAGE_EVENT, USAGE_EVENT_BATCH, SchemaCatalog
+from schemas.event_encoder import LAYOUT, EventEncoder, encode_long, layout_of
+from schemas.records import UsageEvent
+from schemas.serde import AvroSerde, event_to_avro
+from tests.test_serde import EVENT, events
+
+CATALOG = SchemaCatalog()
+EVENT_SCHEMA = CATALOG.latest(USAGE_EVENT)
+BATCH_SCHEMA = CATALOG.latest(USAGE_EVENT_BATCH)
+
+
+def fastavro_bytes(parsed: dict, datum: dict) -> bytes:
+    buffer = io.BytesIO()
+    schemaless_writer(buffer, parsed, datum)
+    return buffer.getvalue()
+
+
+@given(events)
+def test_an_event_is_written_byte_for_byte_as_fastavro_writes_it(event: UsageEvent) -> None:
+    encoder = EventEncoder()
+    expected = fastavro_bytes(EVENT_SCHEMA.parsed, event_to_avro(event))
+    assert encoder.encode(event) == expected
+    assert encoder.encode(event) == expected  # again, from the string cache
+
+
+@given(
+    st.integers(min_value=2**34 - 3, max_value=2**41 + 3)
+    | st.sampled_from([2**34 - 1, 2**34, 2**41 - 1, 2**41])
+)
+def test_timestamps_of_this_century_take_the_unrolled_path_and_the_same_bytes(timestamp: int) -> None:
+    event = UsageEvent("e", "c", "m", 1, "u", timestamp, "s", {"status": "200"})
+    assert EventEncoder().encode(event) == fastavro_bytes(EVENT_SCHEMA.parsed, event_to_avro(event))
+
+
+@given(st.lists(events, max_size=20))
+def test_a_batch_is_written_byte_for_byte_as_fastavro_writes_it(batch: list[UsageEvent]) -> None:
+    serde = AvroSerde(CATALOG)
+    header = serde.encode_batch([])[:10]
+    expected = fastavro_bytes(BATCH_SCHEMA.parsed, {"events": [event_to_avro(e) for e in batch]})
+    assert serde.encode_batch([serde.batch_item(e) for e in batch]) == header + expected
+    assert serde.decode_usage(serde.encode_batch([serde.batch_item(e) for e in batch])).events == batch
+
+
+def test_the_layout_is_the_current_schema_and_nothing_else() -> None:
+    """A new UsageEvent version must fail here first: the encoder would have to learn it."""
+    assert layout_of(EVENT_SCHEMA.definition) == LAYOUT
+    v2 = SchemaCatalog(Path(__file__).parent / "data" / "evolution_v2").latest(USAGE_EVENT)
+    assert layout_of(v2.definition) != LAYOUT
+
+
+def test_another_layout_falls_back_to_fastavro() -> None:
+    v2_catalog = SchemaCatalog(Path(__file__).parent / "data" / "evolution_v2")
+    serde = AvroSerde(v2_catalog)
+    name, datum = serde.decode(serde.encode_event(EVENT))
+    assert name == USAGE_EVENT and datum == event_to_avro(EVENT) | {"region": "unknown"}
+
+
+def test_a_long_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="does not fit"):
+        encode_long(2**63)
+    assert encode_long(-1) == b"\x01" and encode_long(1) == b"\x02" and encode_long(64) == b"\x80\x01"
