@@ -118,6 +118,15 @@ class WindowsConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    app_id: str
+    """Faust's application id: the consumer group and the prefix of the state's changelog topic."""
+    processing_guarantee: Literal["at_least_once", "exactly_once"]
+    store: str
+    """Where window and dedup state lives between changelog writes: rocksdb:// or memory://."""
+
+
+@dataclass(frozen=True)
 class ProducerConfig:
     packing: bool
     batch_max_events: int
@@ -160,6 +169,7 @@ class Config:
     kafka: KafkaConfig
     topics: TopicsConfig
     windows: WindowsConfig
+    stream: StreamConfig
     producer: ProducerConfig
     clickhouse: ClickHouseConfig
     stripe: StripeConfig
@@ -290,7 +300,17 @@ def _between(low: int, high: int, why: str = "") -> Callable[[int], str | None]:
 
 
 def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> Config:
-    known_sections = {"kafka", "topics", "windows", "producer", "clickhouse", "stripe", "dev", "meters"}
+    known_sections = {
+        "kafka",
+        "topics",
+        "windows",
+        "stream",
+        "producer",
+        "clickhouse",
+        "stripe",
+        "dev",
+        "meters",
+    }
     for name in sorted(set(raw) - known_sections):
         problems.append(
             ConfigProblem(name, raw[name], f"unknown section (known: {', '.join(sorted(known_sections))})")
@@ -334,6 +354,27 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
             _between(0, 300, " (Stripe refuses usage more than 5 minutes ahead)"),
         ),
         dedup_retention_seconds=s.get("dedup_retention_seconds", int, 3600, _at_least(0)),
+    )
+    s.finish()
+
+    s = _Section(raw, "stream", problems)
+    guarantees = ("at_least_once", "exactly_once")
+    stream = StreamConfig(
+        app_id=s.get(
+            "app_id", str, "meterline-stream", _pattern_check(_TOPIC_NAME, "usable in a topic name")
+        ),
+        processing_guarantee=s.get(
+            "processing_guarantee",
+            str,
+            "at_least_once",
+            lambda v: None if v in guarantees else f"must be one of {', '.join(guarantees)}",
+        ),
+        store=s.get(
+            "store",
+            str,
+            "rocksdb://",
+            lambda v: None if v in ("rocksdb://", "memory://") else "must be rocksdb:// or memory://",
+        ),
     )
     s.finish()
 
@@ -381,7 +422,7 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
     s.finish()
 
     meters = _build_meters(raw.get("meters", {}), problems)
-    return Config(kafka, topics, windows, producer, clickhouse, stripe, dev, meters, source)
+    return Config(kafka, topics, windows, stream, producer, clickhouse, stripe, dev, meters, source)
 
 
 def _build_meters(raw: Any, problems: list[ConfigProblem]) -> dict[str, MeterConfig]:

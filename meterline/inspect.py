@@ -1,8 +1,8 @@
 """What reached the events topic: messages, events, and how each event will be judged.
 
-Reads every partition from the beginning, decodes both wire formats, and classifies each event
-with the same pure rules the stream app applies (validation, timing against the record's own
-timestamp, billable filter, dedup by event_id per partition). The end of the topic is found by
+Reads every partition from the beginning and judges each record as the stream app does
+(streams.judge: decoding, validation, timing against the record's own timestamp, billable filter),
+then dedups by event_id per partition. The end of the topic is found by
 message count when the caller knows it, else by a quiet period past the high watermark: tansu's
 reported high watermark can lag the real end by a batch (DESIGN §7).
 """
@@ -18,10 +18,8 @@ from confluent_kafka import Consumer
 
 from meterline.config import Config
 from meterline.kafka import consumer_from_beginning
-from schemas.errors import SchemaError
 from schemas.serde import AvroSerde
-from schemas.validation import check_event, check_timing
-from streams.billable import BillableFilter
+from streams.judge import Judge
 from streams.windows import event_value
 
 _QUIET_S = 2.0
@@ -69,10 +67,7 @@ def _consume(
     progress: Callable[[TopicSummary], None] | None,
 ) -> TopicSummary:
     summary = TopicSummary()
-    units = config.meter_units
-    filters = {name: BillableFilter(meter.billable) for name, meter in config.meters.items()}
-    lateness_ms = config.windows.max_lateness_days * 86_400_000
-    skew_ms = config.windows.max_clock_skew_seconds * 1000
+    judge = Judge(config, serde)
     seen: set[tuple[int, str]] = set()
     deadline = time.monotonic() + timeout
     last_message = time.monotonic()
@@ -92,31 +87,23 @@ def _consume(
             summary.messages += 1
             partition: int = message.partition()  # type: ignore[assignment]  # set on consumed messages
             summary.per_partition[partition] += 1
-            try:
-                decoded = serde.decode_usage(message.value() or b"")
-            except SchemaError as exc:
-                summary.rejected[exc.reason] += 1
-                continue
-            summary.batches += decoded.is_batch
-            record_time = message.timestamp()[1]
-            for event in decoded.events:
-                summary.events += 1
-                error = check_event(event, units) or check_timing(
-                    event.timestamp, record_time, lateness_ms, skew_ms
-                )
-                if error is not None:
-                    summary.rejected[error.reason] += 1
-                    continue
-                summary.accepted += 1
-                if (partition, event.event_id) in seen:
-                    summary.duplicates += 1
-                    continue
-                seen.add((partition, event.event_id))
-                if filters[event.meter](event.attributes):
-                    value = event_value(config.meters[event.meter].aggregation, event.quantity)
-                    summary.billable_totals[(event.customer_id, event.meter)] += value
-                else:
-                    summary.non_billable += 1
+            verdict = judge(message.value() or b"", message.timestamp()[1])
+            summary.batches += verdict.is_batch
+            summary.events += verdict.events
+            for rejection in verdict.rejections:
+                summary.rejected[rejection.reason] += 1
+            for billable, events in ((True, verdict.billable), (False, verdict.non_billable)):
+                for event in events:
+                    summary.accepted += 1
+                    if (partition, event.event_id) in seen:
+                        summary.duplicates += 1
+                        continue
+                    seen.add((partition, event.event_id))
+                    if billable:
+                        value = event_value(config.meters[event.meter].aggregation, event.quantity)
+                        summary.billable_totals[(event.customer_id, event.meter)] += value
+                    else:
+                        summary.non_billable += 1
         if progress is not None and time.monotonic() - last_progress > 1:
             last_progress = time.monotonic()
             progress(summary)

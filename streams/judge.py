@@ -1,0 +1,76 @@
+"""Judging one record of `usage.events`: what in it can be counted, and why the rest cannot.
+
+Pure and shared: the stream app, `meterline inspect` and replay all judge with this, so that they
+decide alike. A record that does not decode is rejected whole; a bad event inside a good batch is
+rejected alone, with its index (DESIGN §3). Time rules use the record's own timestamp, never the
+wall clock (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from meterline.config import Config
+from schemas.errors import RejectReason, SchemaError
+from schemas.records import UsageEvent
+from schemas.serde import AvroSerde
+from schemas.validation import check_event, check_timing
+from streams.billable import BillableFilter
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: RejectReason
+    detail: str
+    index: int | None
+    """The event's position in its batch; None when the whole record is rejected."""
+
+
+@dataclass
+class Verdict:
+    billable: list[UsageEvent] = field(default_factory=list)
+    non_billable: list[UsageEvent] = field(default_factory=list)
+    """Valid, but the meter's rule excludes them: counted as such, never billed."""
+    rejections: list[Rejection] = field(default_factory=list)
+    is_batch: bool = False
+    events: int = 0
+    """Events decoded (0 for an undecodable record)."""
+
+    @property
+    def is_tick(self) -> bool:
+        """An empty batch: nothing to count, only the passing of time (see streams.processor)."""
+        return self.is_batch and self.events == 0
+
+
+class Judge:
+    """The rules of one configuration, compiled once."""
+
+    def __init__(self, config: Config, serde: AvroSerde) -> None:
+        self._serde = serde
+        self._units: Mapping[str, str] = config.meter_units
+        self._filters = {name: BillableFilter(meter.billable) for name, meter in config.meters.items()}
+        self._lateness_ms = config.windows.max_lateness_days * 86_400_000
+        self._skew_ms = config.windows.max_clock_skew_seconds * 1000
+
+    def __call__(self, value: bytes, record_time: int) -> Verdict:
+        verdict = Verdict()
+        try:
+            decoded = self._serde.decode_usage(value)
+        except SchemaError as exc:
+            verdict.rejections.append(Rejection(exc.reason, str(exc), None))
+            return verdict
+        verdict.is_batch = decoded.is_batch
+        verdict.events = len(decoded.events)
+        units, filters, lateness, skew = self._units, self._filters, self._lateness_ms, self._skew_ms
+        for index, event in enumerate(decoded.events):
+            error = check_event(event, units) or check_timing(event.timestamp, record_time, lateness, skew)
+            if error is not None:
+                verdict.rejections.append(
+                    Rejection(error.reason, str(error), index if decoded.is_batch else None)
+                )
+            elif filters[event.meter](event.attributes):
+                verdict.billable.append(event)
+            else:
+                verdict.non_billable.append(event)
+        return verdict

@@ -1,0 +1,119 @@
+"""What the stream app remembers, per source partition, and how it is stored.
+
+One `WindowState` per (customer, meter, window_start) and one `PartitionClock` per partition.
+Every entry remembers the last input offset folded into it, so that processing a record again
+after a crash changes nothing (DESIGN §4). A window keeps the event ids it counted (its dedup
+set) until the retention after its close has passed, and the revisions it emitted, so that a
+correction knows its number and delta and a lost emission can be sent again, identically.
+
+Entries are stored as pickled tuples of builtins: fast, and stable across Python versions.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+_FORMAT = 1
+
+
+class WindowKey(NamedTuple):
+    customer_id: str
+    meter: str
+    window_start: int
+
+
+class Revision(NamedTuple):
+    revision: int
+    value: int
+    event_count: int
+    closed_offset: int
+    """The input offset whose processing closed it."""
+    closed_at: int
+    """That record's timestamp (ms): the same when the close is replayed."""
+    watermark: int
+    """The partition's watermark then: the dedup retention runs from it."""
+
+
+@dataclass(slots=True)
+class WindowState:
+    key: WindowKey
+    value: int = 0
+    event_count: int = 0
+    last_offset: int = -1
+    event_ids: set[str] | None = field(default_factory=set)
+    """None once the dedup retention after the close has passed."""
+    revisions: list[Revision] = field(default_factory=list)
+    open: bool = True
+
+    @property
+    def emitted_value(self) -> int:
+        return self.revisions[-1].value if self.revisions else 0
+
+    def encode(self) -> bytes:
+        ids = None if self.event_ids is None else sorted(self.event_ids)
+        revisions = [tuple(r) for r in self.revisions]
+        row = (
+            _FORMAT,
+            tuple(self.key),
+            self.value,
+            self.event_count,
+            self.last_offset,
+            ids,
+            revisions,
+            self.open,
+        )
+        return pickle.dumps(row, protocol=5)
+
+    @classmethod
+    def decode(cls, data: bytes) -> WindowState:
+        fmt, key, value, count, last_offset, ids, revisions, is_open = pickle.loads(data)
+        if fmt != _FORMAT:
+            raise ValueError(f"window state format {fmt} is not {_FORMAT}")
+        return cls(
+            WindowKey(*key),
+            value,
+            count,
+            last_offset,
+            None if ids is None else set(ids),
+            [Revision(*r) for r in revisions],
+            is_open,
+        )
+
+
+@dataclass(slots=True)
+class PartitionClock:
+    watermark: int = -1
+    """The highest event time of a valid event seen on the partition."""
+    last_offset: int = -1
+    """The last input offset fully processed."""
+
+    def encode(self) -> bytes:
+        return pickle.dumps((_FORMAT, self.watermark, self.last_offset), protocol=5)
+
+    @classmethod
+    def decode(cls, data: bytes) -> PartitionClock:
+        fmt, watermark, last_offset = pickle.loads(data)
+        if fmt != _FORMAT:
+            raise ValueError(f"partition clock format {fmt} is not {_FORMAT}")
+        return cls(watermark, last_offset)
+
+
+def window_store_key(partition: int, key: WindowKey) -> bytes:
+    """The table key of a window: the source partition first, so a partition's state is found by it."""
+    return json.dumps([partition, "w", *key]).encode()
+
+
+def clock_store_key(partition: int) -> bytes:
+    return json.dumps([partition, "clock"]).encode()
+
+
+def partition_of_store_key(data: bytes) -> int:
+    partition: int = json.loads(data)[0]
+    return partition
+
+
+def is_clock_key(data: bytes) -> bool:
+    return bool(json.loads(data)[1] == "clock")
