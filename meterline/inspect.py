@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer
 
 from meterline.config import Config
-from meterline.kafka import consumer_from_beginning
+from meterline.kafka import at_end, consumer_from_beginning
 from schemas.serde import AvroSerde
 from streams.judge import Judge
 from streams.windows import event_value
@@ -77,7 +77,7 @@ def _consume(
             break
         messages = consumer.consume(10_000, timeout=0.2)
         if not messages:
-            if expect_messages is None and time.monotonic() - last_message > _QUIET_S and _at_end(consumer):
+            if expect_messages is None and time.monotonic() - last_message > _QUIET_S and at_end(consumer):
                 break
             continue
         last_message = time.monotonic()
@@ -108,12 +108,3 @@ def _consume(
             last_progress = time.monotonic()
             progress(summary)
     return summary
-
-
-def _at_end(consumer: Consumer) -> bool:
-    for tp in consumer.assignment():
-        _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-        position = consumer.position([tp])[0].offset
-        if position < high and not (position < 0 and high == 0):
-            return False
-    return True

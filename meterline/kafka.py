@@ -81,3 +81,14 @@ def consumer_from_beginning(bootstrap: str, topic: str, group_id: str) -> Consum
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     return consumer
+
+
+def at_end(consumer: Consumer) -> bool:
+    """True when the consumer's position is at the high watermark of every assigned partition. Only
+    a hint on tansu, whose watermark can lag a batch (DESIGN §7): callers also wait for quiet."""
+    for tp in consumer.assignment():
+        _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+        position = consumer.position([tp])[0].offset
+        if position < high and not (position < 0 and high == 0):
+            return False
+    return True

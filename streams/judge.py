@@ -24,7 +24,9 @@ class Rejection:
     reason: RejectReason
     detail: str
     index: int | None
-    """The event's position in its batch; None when the whole record is rejected."""
+    """The event's position in its batch; None for a single-event record or an undecodable one."""
+    event: UsageEvent | None
+    """The decoded event, when the record decoded."""
 
 
 @dataclass
@@ -58,7 +60,7 @@ class Judge:
         try:
             decoded = self._serde.decode_usage(value)
         except SchemaError as exc:
-            verdict.rejections.append(Rejection(exc.reason, str(exc), None))
+            verdict.rejections.append(Rejection(exc.reason, str(exc), None, None))
             return verdict
         verdict.is_batch = decoded.is_batch
         verdict.events = len(decoded.events)
@@ -67,7 +69,7 @@ class Judge:
             error = check_event(event, units) or check_timing(event.timestamp, record_time, lateness, skew)
             if error is not None:
                 verdict.rejections.append(
-                    Rejection(error.reason, str(error), index if decoded.is_batch else None)
+                    Rejection(error.reason, str(error), index if decoded.is_batch else None, event)
                 )
             elif filters[event.meter](event.attributes):
                 verdict.billable.append(event)

@@ -1,0 +1,303 @@
+"""The Faust app: `usage.events` in, `usage.aggregates` and `usage.events.dlq` out.
+
+Faust moves the records and keeps the state table's changelog; the decisions are streams.judge and
+streams.processor. Per record, in the agent (so every table write is co-partitioned with the
+source partition, which recovery depends on):
+1. judge the record; send what cannot be counted to the DLQ with the reason and its source;
+2. fold the rest into the partition's processor, which writes the touched windows, then the
+   partition clock, to the table (Faust sends each write to the changelog);
+3. send the revisions it closed to `usage.aggregates`, keyed by customer_id.
+Faust flushes all of these sends before it commits the record's offset (at_least_once). After a
+crash or a rebalance the first record of a partition recovers its state from the table and
+re-sends what may have been lost (PartitionProcessor.recover). A timer sends an empty batch (a
+tick) into a partition that has been quiet for the idle timeout while it has windows due, so that
+wall clock closes them through a record, the same way on every replay.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from meterline.config import Config
+from schemas.records import WindowAggregate
+from schemas.serde import AvroSerde
+from streams.judge import Judge, Verdict
+from streams.processor import PartitionProcessor, ProcessorStats, rules_from
+from streams.state import (
+    PartitionClock,
+    WindowKey,
+    WindowState,
+    clock_store_key,
+    is_clock_key,
+    partition_of_store_key,
+    window_store_key,
+)
+
+log = logging.getLogger("meterline.stream")
+
+
+def _raw() -> faust.Schema[bytes, bytes]:
+    """Bytes in, bytes out: serde and streams.state encode, not Faust's codecs. A new schema for
+    every user: Faust updates a schema it is given, and a table would turn a shared one to json."""
+    return faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+
+class TableStore:
+    """One partition's view of the state table. Writes must happen inside the agent, while the
+    current event is from that partition: Faust sends them to the same changelog partition."""
+
+    def __init__(self, table: Any, partition: int) -> None:
+        self._table = table
+        self._partition = partition
+
+    def load_window(self, key: WindowKey) -> WindowState | None:
+        raw = self._table.get(window_store_key(self._partition, key))
+        return None if raw is None else WindowState.decode(raw)
+
+    def save_window(self, state: WindowState) -> None:
+        self._table[window_store_key(self._partition, state.key)] = state.encode()
+
+    def drop_window(self, key: WindowKey) -> None:
+        self._table.pop(window_store_key(self._partition, key), None)
+
+    def save_clock(self, clock: PartitionClock) -> None:
+        self._table[clock_store_key(self._partition)] = clock.encode()
+
+    def saved_state(self) -> tuple[list[WindowState], PartitionClock | None]:
+        windows, clock = [], None
+        for key, value in self._table.items():
+            if partition_of_store_key(key) != self._partition:
+                continue
+            if is_clock_key(key):
+                clock = PartitionClock.decode(value)
+            else:
+                windows.append(WindowState.decode(value))
+        return windows, clock
+
+
+@dataclass
+class StreamCounters:
+    """What the metrics endpoint will expose; also logged every few seconds."""
+
+    records: int = 0
+    events: int = 0
+    accepted: int = 0
+    non_billable: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    aggregates_sent: int = 0
+    dlq_sent: int = 0
+
+    def snapshot(self, processors: Mapping[int, PartitionProcessor], now_ms: int) -> dict[str, Any]:
+        totals = ProcessorStats()
+        for processor in processors.values():
+            for name, value in vars(processor.stats).items():
+                setattr(totals, name, getattr(totals, name) + value)
+        return {
+            "records": self.records,
+            "events": self.events,
+            "accepted": self.accepted,
+            "non_billable": self.non_billable,
+            "rejected": dict(self.rejected),
+            "duplicates": totals.duplicates,
+            "corrections": totals.corrections,
+            "windows_closed": totals.windows_closed,
+            "open_windows": sum(p.open_windows for p in processors.values()),
+            "replayed_records": totals.replayed_records,
+            "reemitted": totals.reemitted,
+            "aggregates_sent": self.aggregates_sent,
+            "dlq_sent": self.dlq_sent,
+            "watermark_lag_ms": {
+                p: now_ms - processor.clock.watermark
+                for p, processor in sorted(processors.items())
+                if processor.clock.watermark >= 0
+            },
+        }
+
+
+class StreamRuntime:
+    """The per-worker state around the processors: which partitions it owns, and the sends."""
+
+    def __init__(self, config: Config, app: faust.App, table: Any, serde: AvroSerde) -> None:
+        self.config = config
+        self.serde = serde
+        self.judge = Judge(config, serde)
+        self.rules = rules_from(config)
+        self.table = table
+        self.events_topic = app.topic(config.topics.events, schema=_raw())
+        self.dlq_topic = app.topic(config.topics.events_dlq, schema=_raw())
+        self.aggregates_topic = app.topic(config.topics.aggregates, schema=_raw())
+        self.processors: dict[int, PartitionProcessor] = {}
+        self.assigned: set[int] = set()
+        self.last_record: dict[int, float] = {}
+        self.last_tick: dict[int, float] = {}
+        self.counters = StreamCounters()
+        self.tick = serde.encode_batch([])
+
+    def handle(
+        self, partition: int, offset: int, record_time: int, key: bytes | None, value: bytes, headers: Any
+    ) -> None:
+        self.last_record[partition] = time.monotonic()
+        processor = self.processors.get(partition)
+        if processor is None:
+            processor = self._recover(partition, offset)
+        verdict = self.judge(value, record_time)
+        self._count(verdict)
+        for rejection in verdict.rejections:
+            self._dead_letter(partition, offset, key, value, headers, rejection)
+        self._send(processor.process(offset, record_time, verdict))
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop the in-memory state of partitions this worker no longer owns (or owns anew)."""
+        for partition in partitions:
+            self.processors.pop(partition, None)
+
+    def quiet_partitions_due(self) -> list[int]:
+        """Partitions to tick: quiet for the idle timeout and with windows due by wall clock, or
+        not yet recovered since they were assigned (a tick makes the first record arrive)."""
+        idle = self.config.windows.idle_timeout_seconds
+        now = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        due = []
+        for partition in sorted(self.assigned):
+            if now - max(self.last_record.get(partition, 0.0), self.last_tick.get(partition, 0.0)) < idle:
+                continue
+            processor = self.processors.get(partition)
+            if processor is None or processor.due_for_tick(now_ms):
+                due.append(partition)
+                self.last_tick[partition] = now
+        return due
+
+    def _recover(self, partition: int, first_offset: int) -> PartitionProcessor:
+        store = TableStore(self.table, partition)
+        processor = PartitionProcessor(partition, self.rules, store)
+        windows, clock = store.saved_state()
+        again = processor.recover(windows, clock, first_offset)
+        log.info(
+            "partition %d: recovered %d windows (%d open), clock at offset %s; re-sending %d revisions "
+            "closed at or after offset %d",
+            partition,
+            len(windows),
+            processor.open_windows,
+            clock.last_offset if clock else None,
+            len(again),
+            first_offset,
+        )
+        self.processors[partition] = processor
+        self._send(again)
+        return processor
+
+    def _count(self, verdict: Verdict) -> None:
+        c = self.counters
+        c.records += 1
+        c.events += verdict.events
+        c.accepted += len(verdict.billable) + len(verdict.non_billable)
+        c.non_billable += len(verdict.non_billable)
+        for rejection in verdict.rejections:
+            c.rejected[rejection.reason] += 1
+
+    def _dead_letter(
+        self, partition: int, offset: int, key: bytes | None, value: bytes, headers: Any, rejection: Any
+    ) -> None:
+        original = list(headers.items() if isinstance(headers, Mapping) else headers or [])
+        own = {
+            "error.code": str(rejection.reason),
+            "error.detail": rejection.detail,
+            "source.topic": self.config.topics.events,
+            "source.partition": str(partition),
+            "source.offset": str(offset),
+        }
+        if rejection.index is not None:
+            # One bad event of a good batch: the event alone, and where it sat in the batch.
+            own["source.index"] = str(rejection.index)
+            value = self.serde.encode_event(rejection.event)
+        sent_headers = [(k, v) for k, v in original if k not in own] + [
+            (k, v.encode()) for k, v in own.items()
+        ]
+        self.dlq_topic.send_soon(key=key, value=value, headers=sent_headers)
+        self.counters.dlq_sent += 1
+
+    def _send(self, aggregates: list[WindowAggregate]) -> None:
+        for aggregate in aggregates:
+            self.aggregates_topic.send_soon(
+                key=aggregate.customer_id.encode(), value=self.serde.encode_aggregate(aggregate)
+            )
+        self.counters.aggregates_sent += len(aggregates)
+
+
+def build_app(config: Config, bootstrap: str, data_dir: Path) -> tuple[faust.App, StreamRuntime]:
+    app = faust.App(
+        config.stream.app_id,
+        broker=f"kafka://{bootstrap}",
+        store=config.stream.store,
+        processing_guarantee=config.stream.processing_guarantee,
+        datadir=str(data_dir),
+        topic_partitions=config.kafka.partitions,
+        topic_replication_factor=config.kafka.replication_factor,
+        # A group join waits half the session timeout on tansu (DESIGN §7).
+        broker_session_timeout=6,
+        broker_heartbeat_interval=1,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        table_standby_replicas=0,
+    )
+    table = app.Table("state", partitions=config.kafka.partitions, schema=_raw())
+    runtime = StreamRuntime(config, app, table, AvroSerde.from_registry_url(config.kafka.schema_registry_url))
+    events = runtime.events_topic
+
+    @app.agent(events, name="meterline-aggregate")
+    async def aggregate(stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            try:
+                runtime.handle(
+                    message.partition,
+                    message.offset,
+                    round(message.timestamp * 1000),
+                    message.key,
+                    message.value,
+                    message.headers,
+                )
+            except Exception:
+                # Bad input never gets here (it is judged and dead-lettered). A bug or a broken
+                # store does, and Faust would ack the record and go on without it. Stop hard
+                # instead, before anything commits: the record is processed again on restart.
+                log.critical(
+                    "stopping: partition %d offset %d could not be processed",
+                    message.partition,
+                    message.offset,
+                    exc_info=True,
+                )
+                os._exit(70)
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]  # faust's timer decorator is untyped
+    async def tick_quiet_partitions() -> None:
+        for partition in runtime.quiet_partitions_due():
+            events.send_soon(value=runtime.tick, partition=partition)
+
+    @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
+    async def log_counters() -> None:
+        log.info("counters %s", runtime.counters.snapshot(runtime.processors, int(time.time() * 1000)))
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust types the receiver loosely
+    async def on_revoked(app: faust.App, revoked: set[TP], **_: Any) -> None:
+        mine = {tp.partition for tp in revoked if tp.topic == config.topics.events}
+        runtime.assigned -= mine
+        runtime.forget(mine)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(app: faust.App, assigned: set[TP], **_: Any) -> None:
+        mine = {tp.partition for tp in assigned if tp.topic == config.topics.events}
+        runtime.assigned = mine
+        runtime.forget(mine)  # recovered afresh at their first record
+
+    return app, runtime
