@@ -12,7 +12,7 @@ from multiprocessing.sharedctypes import Synchronized
 
 from meterline.config import Config
 from meterline.kafka import partition_count
-from meterline.workload import Expected, WorkloadSpec, customer_ids, generate
+from meterline.workload import Emission, Expected, WorkloadSpec, customer_ids, generate
 from schemas.partitioner import partition_for
 from schemas.producer import PackingPolicy, UsageProducer
 from schemas.serde import AvroSerde
@@ -97,14 +97,7 @@ def _produce_share(
 
     try:
         for emission in generate(spec, config.meters, config.windows.size_ms, expected, owns):
-            if emission.raw is not None:
-                producer.produce_raw(emission.key, emission.raw)
-            elif emission.valid:
-                assert emission.event is not None
-                producer.produce(emission.event)
-            else:
-                assert emission.event is not None
-                producer.produce_unvalidated(emission.event)
+            send(producer, emission)
             produced += 1
             if progress is not None and produced % 10_000 == 0:
                 now = time.perf_counter()
@@ -114,6 +107,18 @@ def _produce_share(
     finally:
         producer.close()
     return produced, producer.messages_sent, expected
+
+
+def send(producer: UsageProducer, emission: Emission) -> None:
+    """Produce one record of a workload: raw bytes as they are, invalid events unvalidated."""
+    if emission.raw is not None:
+        producer.produce_raw(emission.key, emission.raw)
+    elif emission.event is None:
+        raise ValueError("an emission carries an event or raw bytes")
+    elif emission.valid:
+        producer.produce(emission.event)
+    else:
+        producer.produce_unvalidated(emission.event)
 
 
 _shared_counter: Synchronized[int] | None = None

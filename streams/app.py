@@ -250,7 +250,10 @@ def build_app(config: Config, bootstrap: str, data_dir: Path) -> tuple[faust.App
         web_enabled=False,
         table_standby_replicas=0,
     )
-    table = app.Table("state", partitions=config.kafka.partitions, schema=_raw())
+    # key_type and value_type as well as the schema: the changelog's codecs follow the types.
+    table = app.Table(
+        "state", partitions=config.kafka.partitions, schema=_raw(), key_type=bytes, value_type=bytes
+    )
     runtime = StreamRuntime(config, app, table, AvroSerde.from_registry_url(config.kafka.schema_registry_url))
     events = runtime.events_topic
 
