@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=Path,
         help="where this worker keeps its state store (default: <state_dir>/stream/<app_id>); "
-        "two workers on one machine need two",
+        "two workers on one machine need two; `dev up` clears <state_dir>/stream with a new broker",
     )
     stream.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     stream.set_defaults(run=_stream)
@@ -347,7 +347,7 @@ def _stream(args: argparse.Namespace) -> int:
     from streams.app import build_app
 
     config = _load(args)
-    data_dir = args.data_dir or config.dev.state_dir / "stream" / config.stream.app_id
+    data_dir = args.data_dir or devstack.stream_state_dir(config) / config.stream.app_id
     data_dir.mkdir(parents=True, exist_ok=True)
     app, _ = build_app(config, devstack.kafka_bootstrap(config), data_dir.resolve())
     # Faust's worker owns the event loop and the signals: SIGTERM and Ctrl-C stop it cleanly.
@@ -506,11 +506,71 @@ def _demo(args: argparse.Namespace) -> int:
             f"outcomes {'match' if same_records else 'DIFFER'}, "
             f"billable totals {'match' if same_totals else 'DIFFER'}"
         )
-        return 0 if same_records and same_totals else 1
+        print("\n== 5. the stream app folds them into windows (usage.aggregates, usage.events.dlq)")
+        streamed = _demo_stream(args, config, wanted)
+        return 0 if same_records and same_totals and streamed else 1
     finally:
         if not args.keep:
             print("\n== stopping the local stack (use --keep to leave it up)")
             devstack.down(config, log=print)
+
+
+def _demo_stream(args: argparse.Namespace, config: Config, expected: dict[str, Any]) -> bool:
+    """Run one `meterline stream` worker until its output matches the expectation exactly."""
+    import subprocess
+
+    from meterline.verify import read_emitted, verify
+    from schemas.serde import AvroSerde
+
+    log_path = config.dev.state_dir / "stream-demo.log"
+    command = [
+        sys.executable,
+        "-m",
+        "meterline.cli",
+        *(["--config", str(args.config)] if args.config else []),
+    ]
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen([*command, "stream"], stdout=log, stderr=subprocess.STDOUT)
+    print(
+        f"  worker pid {worker.pid}, log {log_path}; the last windows close by wall clock after "
+        f"{config.windows.idle_timeout_seconds} s of quiet (windows.idle_timeout_seconds)"
+    )
+    serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
+    started = time.monotonic()
+    try:
+        while True:
+            emitted = read_emitted(config, devstack.kafka_bootstrap(config), serde, quiet_s=0.5)
+            result = verify(expected, emitted)
+            elapsed = time.monotonic() - started
+            exact = f"{result.windows_matching:,}/{result.windows_expected:,}"
+            print(
+                f"\r  {elapsed:5.0f} s: {exact} windows exact, "
+                f"{sum(result.dlq_found.values()):,} records dead-lettered",
+                end="" if sys.stderr.isatty() else "\n",
+                file=sys.stderr,
+            )
+            if result.ok or elapsed > 300 or worker.poll() is not None:
+                break
+            time.sleep(2)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    print(file=sys.stderr)
+    print(
+        render(
+            [
+                {
+                    "windows exact": f"{result.windows_matching:,} of {result.windows_expected:,}",
+                    "aggregates": emitted.messages,
+                    "corrections (revision > 0)": sum(1 for i in emitted.aggregates if i.revision > 0),
+                    "identity conflicts": result.conflicts,
+                    "dead-lettered": sum(result.dlq_found.values()),
+                    "DLQ as expected": result.dlq_found == result.dlq_expected,
+                }
+            ]
+        )
+    )
+    return result.ok
 
 
 def _progress(verb: str, total: int) -> Callable[[int, float], None]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -160,6 +161,12 @@ def _up_kafka(config: Config, previous: ServiceState | None, log: Any) -> Servic
             return previous
         _stop(previous.pid)
     binary = tansu_binary()
+    stale = stream_state_dir(config)
+    if stale.exists():
+        # Stream state on disk belongs to the broker that just went away with its memory:
+        # recovered against a fresh broker it would count what the new one never saw.
+        shutil.rmtree(stale)
+        log(f"removed stream state of the previous broker ({stale})")
     port = _port(config.dev.kafka_port, "dev.kafka_port")
     address = f"127.0.0.1:{port}"
     url = f"tcp://{address}"
@@ -168,6 +175,11 @@ def _up_kafka(config: Config, previous: ServiceState | None, log: Any) -> Servic
     _wait("kafka", process, log_path, lambda: broker_answers(address, timeout=1))
     log(f"kafka (tansu {TANSU_VERSION}, memory only) at {address}, pid {process.pid}")
     return ServiceState("kafka", address, process.pid, str(log_path))
+
+
+def stream_state_dir(config: Config) -> Path:
+    """Where `meterline stream` keeps its state store by default, one directory per worker."""
+    return config.dev.state_dir / "stream"
 
 
 def tansu_binary() -> str:
