@@ -124,6 +124,8 @@ class StreamConfig:
     processing_guarantee: Literal["at_least_once", "exactly_once"]
     store: str
     """Where window and dedup state lives between changelog writes: rocksdb:// or memory://."""
+    commit_interval_seconds: float
+    """How often offsets are committed: more often means less to process again after a crash."""
 
 
 @dataclass(frozen=True)
@@ -268,7 +270,7 @@ class _Section:
     def get(
         self,
         key: str,
-        kind: type,
+        kind: type | tuple[type, ...],
         fallback: Any,
         check: Callable[[Any], str | None] | None = None,
         *,
@@ -277,9 +279,12 @@ class _Section:
         self.seen.add(key)
         value = self.table.get(key, fallback)
         shown = Secret(str(value)) if secret else value
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
         if not ok:
-            self.problem(key, shown, f"must be {'an integer' if kind is int else 'a ' + kind.__name__}")
+            wanted = {int: "an integer", (int, float): "a number"}.get(
+                kind
+            ) or f"a {getattr(kind, '__name__', kind)}"
+            self.problem(key, shown, f"must be {wanted}")
             return fallback
         why = check(value) if check else None
         if why:
@@ -374,6 +379,14 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
             str,
             "rocksdb://",
             lambda v: None if v in ("rocksdb://", "memory://") else "must be rocksdb:// or memory://",
+        ),
+        commit_interval_seconds=float(
+            s.get(
+                "commit_interval_seconds",
+                (int, float),
+                2.8,
+                lambda v: None if 0.1 <= v <= 60 else "must be between 0.1 and 60",
+            )
         ),
     )
     s.finish()

@@ -60,6 +60,9 @@ class SchemaCatalog:
         for key in sorted(raw):
             self._versions[key] = _build(key, raw)
         self._by_fingerprint = {v.fingerprint: v for v in self._versions.values()}
+        self._latest: dict[str, SchemaVersion] = {}
+        for (name, _), version in sorted(self._versions.items()):
+            self._latest[name] = version  # sorted by version: the last one stays
 
     def get(self, name: str, version: int) -> SchemaVersion:
         try:
@@ -68,10 +71,11 @@ class SchemaCatalog:
             raise UnknownSchemaError(f"no schema {name} v{version} in the catalog") from None
 
     def latest(self, name: str) -> SchemaVersion:
-        versions = [v for (n, _), v in self._versions.items() if n == name]
-        if not versions:
+        """The newest version of record `name` (looked up on every encode: kept in a dict)."""
+        found = self._latest.get(name)
+        if found is None:
             raise UnknownSchemaError(f"no schema named {name} in the catalog")
-        return max(versions, key=lambda v: v.version)
+        return found
 
     def find(self, fp: bytes) -> SchemaVersion | None:
         return self._by_fingerprint.get(fp)

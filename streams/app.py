@@ -240,6 +240,7 @@ def build_app(config: Config, bootstrap: str, data_dir: Path) -> tuple[faust.App
         broker=f"kafka://{bootstrap}",
         store=config.stream.store,
         processing_guarantee=config.stream.processing_guarantee,
+        broker_commit_interval=config.stream.commit_interval_seconds,
         datadir=str(data_dir),
         topic_partitions=config.kafka.partitions,
         topic_replication_factor=config.kafka.replication_factor,

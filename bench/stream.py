@@ -1,0 +1,270 @@
+"""Stream worker throughput on the local stack, beside baselines measured in the same session.
+
+Rows: one `meterline stream` worker end to end (decode, validate, dedup, window, state, emit) on
+packed batch messages and on single-event messages; the raw floor (aiokafka getmany + fastavro
+decode, no Faust); a bare Faust agent (Faust's per-message ceiling); Faust's own tumbling Table
+doing the same sum. Then the worker's memory on 1M and 5M packed events over the same span (same
+windows): state grows with open windows and dedup retention, not with the number of events.
+
+A worker's rate is read from its committed offsets (committed every 0.5 s here), from its first
+commit to the one that covers the topic, so the group join and startup are not counted.
+
+Run: .venv/bin/python bench/stream.py [--events 1000000] [--single-events 200000] [--memory-events 5000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from meterline import devstack
+from meterline.config import Config, TopicsConfig, load_config
+from meterline.kafka import ensure_topics
+from meterline.produce import produce_workload
+from meterline.table import render
+from meterline.workload import DAY_MS, WorkloadSpec
+from schemas.serde import AvroSerde
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--single-events", type=int, default=200_000)
+    parser.add_argument("--memory-events", type=int, default=5_000_000)
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="meterline-bench-stream-"))
+    base = load_config(None, {"METERLINE__DEV__STATE_DIR": str(state)})
+    bootstrap = devstack.up(base, log=lambda _line: None)["kafka"].address
+    rows: list[dict[str, object]] = []
+    try:
+        packed = _topics(base, bootstrap, "packed")
+        single = _topics(base, bootstrap, "single")
+        packed_messages = _produce(packed, bootstrap, args.events, packing=True)
+        single_messages = _produce(single, bootstrap, args.single_events, packing=False)
+        print(
+            f"produced {args.events:,} packed events ({packed_messages:,} messages), "
+            f"{args.single_events:,} single",
+            file=sys.stderr,
+        )
+
+        rows.append(_floor(bootstrap, packed, args.events, packed_messages, "packed"))
+        rows.append(_floor(bootstrap, single, args.single_events, single_messages, "single-event"))
+        rows.append(_worker(state, bootstrap, single, args.single_events, single_messages, "faust-bare"))
+        rows.append(_worker(state, bootstrap, single, args.single_events, single_messages, "faust-table"))
+        rows.append(_worker(state, bootstrap, packed, args.events, packed_messages, "meterline"))
+        rows.append(_worker(state, bootstrap, single, args.single_events, single_messages, "meterline"))
+
+        big = _topics(base, bootstrap, "memory")
+        big_messages = _produce(big, bootstrap, args.memory_events, packing=True)
+        rows.append(_worker(state, bootstrap, big, args.memory_events, big_messages, "meterline"))
+    finally:
+        devstack.down(base, log=lambda _line: None)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
+    print(render(rows))
+    print(json.dumps(rows))
+
+
+def _topics(base: Config, bootstrap: str, name: str) -> Config:
+    suffix = f"{name}-{uuid.uuid4().hex[:6]}"
+    topics = TopicsConfig(
+        **{f.name: f"{getattr(base.topics, f.name)}.{suffix}" for f in dataclasses.fields(TopicsConfig)}
+    )
+    ensure_topics(bootstrap, topics.all(), base.kafka.partitions)
+    return dataclasses.replace(
+        base, topics=topics, kafka=dataclasses.replace(base.kafka, bootstrap=bootstrap)
+    )
+
+
+def _spec(events: int) -> WorkloadSpec:
+    # One day of usage for 50 customers ending a minute ago, whatever the number of events:
+    # the windows are the same, only their contents grow.
+    now = int(time.time() * 1000)
+    return WorkloadSpec(
+        seed=1,
+        events=events,
+        customers=50,
+        start_ms=now - DAY_MS,
+        span_ms=DAY_MS - 60_000,
+        duplicate_rate=0.01,
+        out_of_order_rate=0.02,
+        late_rate=0.001,
+    )
+
+
+def _produce(config: Config, bootstrap: str, events: int, packing: bool) -> int:
+    result, _ = produce_workload(
+        config, bootstrap, _spec(events), packing=packing, workers=os.cpu_count() or 1
+    )
+    return result.messages
+
+
+def _floor(bootstrap: str, config: Config, events: int, messages: int, label: str) -> dict[str, object]:
+    """aiokafka getmany + fastavro decode: what any Python consumer of these bytes pays."""
+    from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+
+    serde = AvroSerde()
+
+    async def consume() -> tuple[int, float]:
+        consumer = AIOKafkaConsumer(
+            config.topics.events,
+            bootstrap_servers=bootstrap,
+            group_id=f"floor-{uuid.uuid4().hex[:6]}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        decoded = seen = 0
+        started = 0.0
+        try:
+            while seen < messages:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+                if batches and not started:
+                    started = time.perf_counter()
+                for records in batches.values():
+                    for record in records:
+                        seen += 1
+                        decoded += len(serde.decode_usage(record.value).events)
+        finally:
+            await consumer.stop()
+        return decoded, time.perf_counter() - started
+
+    decoded, seconds = asyncio.run(consume())
+    return {
+        "what": f"floor: aiokafka getmany + fastavro decode ({label})",
+        "events": decoded,
+        "messages": messages,
+        "events/s": round(decoded / seconds),
+        "RSS MiB": None,
+    }
+
+
+def _worker(
+    state: Path, bootstrap: str, config: Config, events: int, messages: int, kind: str
+) -> dict[str, object]:
+    app_id = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
+    data_dir = state / app_id
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP": bootstrap,
+        "METERLINE__STREAM__APP_ID": app_id,
+        "METERLINE__STREAM__COMMIT_INTERVAL_SECONDS": "0.5",
+        **{
+            f"METERLINE__TOPICS__{f.name.upper()}": getattr(config.topics, f.name)
+            for f in dataclasses.fields(TopicsConfig)
+        },
+    }
+    if kind == "meterline":
+        command = [
+            sys.executable,
+            "-m",
+            "meterline.cli",
+            "stream",
+            "--data-dir",
+            str(data_dir),
+            "--log-level",
+            "warning",
+        ]
+        label = f"meterline stream, 1 worker, rocksdb ({'packed' if messages < events else 'single-event'})"
+    else:
+        command = [
+            sys.executable,
+            str(ROOT / "bench" / "faust_baselines.py"),
+            kind.removeprefix("faust-"),
+            bootstrap,
+            config.topics.events,
+            app_id,
+            str(data_dir),
+        ]
+        label = {
+            "faust-bare": "bare Faust agent, no work (single-event)",
+            "faust-table": "Faust tumbling Table, same sum (single-event)",
+        }[kind]
+    partitions = config.kafka.partitions
+    log = open(state / f"{app_id}.log", "wb")  # noqa: SIM115  # closed below
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    first: tuple[float, int] | None = None
+    last: tuple[float, int, float] = (time.monotonic(), 0, time.time())
+    peak_rss = 0
+    deadline = time.monotonic() + 1800
+    try:
+        # Done when the commits cover every message produced: the broker's high watermark can lag
+        # the real end by a whole batch (DESIGN §7), so it is not the measure. Ticks the worker
+        # adds to quiet partitions only come after.
+        while time.monotonic() < deadline and last[1] < messages and process.poll() is None:
+            time.sleep(0.1)
+            peak_rss = max(peak_rss, _rss_kib(process.pid))
+            done = _committed(bootstrap, app_id, config.topics.events, partitions)
+            now = time.monotonic()
+            if done and first is None:
+                first = (now, done)
+            if done != last[1]:
+                last = (now, done, time.time())
+                print(f"  {label}: {done:,}/{messages:,} messages committed", file=sys.stderr)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+    assert first is not None and last[1] >= messages, f"{label} did not finish: see {state / app_id}.log"
+    started = _first_record_at(state / f"{app_id}.log") if kind == "meterline" else None
+    if started is not None:  # from the first record processed, to the commit covering the last
+        seconds, covered = last[2] - started, events
+    else:  # from the first commit to the last: startup excluded, the first commit's work too
+        seconds, covered = last[0] - first[0], (last[1] - first[1]) / messages * events
+    return {
+        "what": label,
+        "events": events,
+        "messages": messages,
+        "events/s": round(covered / seconds) if seconds else None,
+        "RSS MiB": round(peak_rss / 1024),
+    }
+
+
+def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        offsets = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    finally:
+        consumer.close()
+    return sum(max(tp.offset, 0) for tp in offsets)
+
+
+def _first_record_at(log: Path) -> float | None:
+    """The wall-clock time of the worker's first processed record: it logs each partition's
+    recovery at its first record."""
+    for line in log.read_text(errors="replace").splitlines():
+        if "recovered" in line and line.startswith("["):
+            stamp = line[1 : line.index("]")]
+            return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return None
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    main()
