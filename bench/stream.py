@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--single-events", type=int, default=200_000)
     parser.add_argument("--memory-events", type=int, default=5_000_000)
+    parser.add_argument(
+        "--quix-python", help="a Python with quixstreams 3.x installed (its own venv): adds the Quix row"
+    )
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="meterline-bench-stream-"))
     base = load_config(None, {"METERLINE__DEV__STATE_DIR": str(state)})
@@ -66,6 +69,14 @@ def main() -> None:
         rows.append(_floor(bootstrap, single, args.single_events, single_messages, "single-event"))
         rows.append(_worker(state, bootstrap, single, args.single_events, single_messages, "faust-bare"))
         rows.append(_worker(state, bootstrap, single, args.single_events, single_messages, "faust-table"))
+        if args.quix_python:
+            rows.append(
+                _worker(
+                    state, bootstrap, single, args.single_events, single_messages, "quix", args.quix_python
+                )
+            )
+        else:
+            print("no --quix-python: the Quix Streams row is left out", file=sys.stderr)
         rows.append(_worker(state, bootstrap, packed, args.events, packed_messages, "meterline"))
         rows.append(_worker(state, bootstrap, single, args.single_events, single_messages, "meterline"))
 
@@ -157,7 +168,13 @@ def _floor(bootstrap: str, config: Config, events: int, messages: int, label: st
 
 
 def _worker(
-    state: Path, bootstrap: str, config: Config, events: int, messages: int, kind: str
+    state: Path,
+    bootstrap: str,
+    config: Config,
+    events: int,
+    messages: int,
+    kind: str,
+    python: str = sys.executable,
 ) -> dict[str, object]:
     app_id = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
     data_dir = state / app_id
@@ -179,10 +196,13 @@ def _worker(
             "stream",
             "--data-dir",
             str(data_dir),
-            "--log-level",
-            "warning",
         ]
         label = f"meterline stream, 1 worker, rocksdb ({'packed' if messages < events else 'single-event'})"
+    elif kind == "quix":
+        script = ROOT / "bench" / "quix_baseline.py"
+        command = [python, str(script), bootstrap, config.topics.events, app_id, str(data_dir)]
+        env["PYTHONPATH"] = str(ROOT)
+        label = "Quix Streams 3 tumbling sum per customer (single-event)"
     else:
         command = [
             sys.executable,
