@@ -31,7 +31,7 @@ from faust.types import TP
 from meterline.config import Config
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
-from streams.judge import Judge, Verdict
+from streams.judge import Judge, Rejection, Verdict
 from streams.processor import PartitionProcessor, ProcessorStats, rules_from
 from streams.state import (
     PartitionClock,
@@ -203,10 +203,16 @@ class StreamRuntime:
         c.accepted += len(verdict.billable) + len(verdict.non_billable)
         c.non_billable += len(verdict.non_billable)
         for rejection in verdict.rejections:
-            c.rejected[rejection.reason] += 1
+            c.rejected[str(rejection.reason)] += 1
 
     def _dead_letter(
-        self, partition: int, offset: int, key: bytes | None, value: bytes, headers: Any, rejection: Any
+        self,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes,
+        headers: Any,
+        rejection: Rejection,
     ) -> None:
         original = list(headers.items() if isinstance(headers, Mapping) else headers or [])
         own = {
@@ -216,7 +222,7 @@ class StreamRuntime:
             "source.partition": str(partition),
             "source.offset": str(offset),
         }
-        if rejection.index is not None:
+        if rejection.index is not None and rejection.event is not None:
             # One bad event of a good batch: the event alone, and where it sat in the batch.
             own["source.index"] = str(rejection.index)
             value = self.serde.encode_event(rejection.event)

@@ -26,6 +26,7 @@ from meterline.produce import make_producer, produce_workload, send
 from meterline.verify import Verification, read_emitted, verify
 from meterline.workload import Expected, WorkloadSpec, generate
 from schemas.serde import AvroSerde
+from tests.kafka_helpers import read_messages
 
 HOUR_MS = 3_600_000
 
@@ -149,6 +150,15 @@ def test_a_workload_with_every_kind_of_trouble_comes_out_exact(config: Config, w
     assert result.windows_matching == result.windows_expected > 1_000
     assert sum(result.dlq_found.values()) == sum(document["records"]["rejected"].values()) > 0
     assert document["records"]["accepted"] + sum(result.dlq_found.values()) == 30_000
+
+    dead = read_messages(config.kafka.bootstrap, config.topics.events_dlq, sum(result.dlq_found.values()))
+    headers = [dict(m.headers() or []) for m in dead]
+    assert all(h["source.topic"] == config.topics.events.encode() and h["error.detail"] for h in headers)
+    malformed = [m for m, h in zip(dead, headers, strict=True) if h["error.code"] == b"malformed"]
+    assert malformed and all(m.value() == b'{"event_id": "json-instead-of-avro"}' for m in malformed)
+    # A bad event of a good batch is dead-lettered alone, with its place in the batch.
+    alone = [m for m, h in zip(dead, headers, strict=True) if "source.index" in h]
+    assert alone and all(len(AvroSerde().decode_usage(m.value()).events) == 1 for m in alone)
 
 
 class PacedProducer(threading.Thread):
