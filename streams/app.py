@@ -1,26 +1,28 @@
 """The Faust app: `usage.events` in, `usage.aggregates` and `usage.events.dlq` out.
 
-Faust moves the records and keeps the state table's changelog; the decisions are streams.judge and
-streams.processor. Per record, in the agent (so every table write is co-partitioned with the
-source partition, which recovery depends on):
+Faust consumes, balances partitions between workers and commits offsets; the decisions are
+streams.judge and streams.processor; everything written goes through streams.output (one
+confluent-kafka producer: Faust's own sends were the worker's ceiling). Per record, in the agent:
 1. judge the record; send what cannot be counted to the DLQ with the reason and its source;
 2. fold the rest into the partition's processor, which writes the touched windows, then the
-   partition clock, to the table (Faust sends each write to the changelog);
+   partition clock, to the partition's local state and its changelog partition;
 3. send the revisions it closed to `usage.aggregates`, keyed by customer_id.
-Faust flushes all of these sends before it commits the record's offset (at_least_once). After a
-crash or a rebalance the first record of a partition recovers its state from the table and
-re-sends what may have been lost (PartitionProcessor.recover). A timer sends an empty batch (a
-tick) into a partition that has been quiet for the idle timeout while it has windows due, so that
-wall clock closes them through a record, the same way on every replay.
+Before every commit Faust awaits its producer's flush, which first flushes streams.output: what
+a record caused is delivered before its offset is committed (at_least_once). After a crash or a
+rebalance the first record of a partition rebuilds its state from the changelog and re-sends what
+may have been lost (PartitionProcessor.recover). A timer sends an empty batch (a tick) into a
+partition that has been quiet for the idle timeout while it has windows due, so that wall clock
+closes them through a record, the same way on every replay.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,11 @@ import faust
 from faust.types import TP
 
 from meterline.config import Config
+from meterline.kafka import ensure_topics
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from streams.judge import Judge, Rejection, Verdict
+from streams.output import LocalState, Output, open_local_store, recover
 from streams.processor import PartitionProcessor, ProcessorStats, rules_from
 from streams.state import (
     PartitionClock,
@@ -39,7 +43,6 @@ from streams.state import (
     WindowState,
     clock_store_key,
     is_clock_key,
-    partition_of_store_key,
     window_store_key,
 )
 
@@ -52,32 +55,29 @@ def _raw() -> faust.Schema[bytes, bytes]:
     return faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
-class TableStore:
-    """One partition's view of the state table. Writes must happen inside the agent, while the
-    current event is from that partition: Faust sends them to the same changelog partition."""
+class PartitionStore:
+    """One partition's state entries (streams.output.LocalState: written through to the changelog)."""
 
-    def __init__(self, table: Any, partition: int) -> None:
-        self._table = table
+    def __init__(self, entries: MutableMapping[bytes, bytes], partition: int) -> None:
+        self._entries = entries
         self._partition = partition
 
     def load_window(self, key: WindowKey) -> WindowState | None:
-        raw = self._table.get(window_store_key(self._partition, key))
+        raw = self._entries.get(window_store_key(self._partition, key))
         return None if raw is None else WindowState.decode(raw)
 
     def save_window(self, state: WindowState) -> None:
-        self._table[window_store_key(self._partition, state.key)] = state.encode()
+        self._entries[window_store_key(self._partition, state.key)] = state.encode()
 
     def drop_window(self, key: WindowKey) -> None:
-        self._table.pop(window_store_key(self._partition, key), None)
+        self._entries.pop(window_store_key(self._partition, key), None)
 
     def save_clock(self, clock: PartitionClock) -> None:
-        self._table[clock_store_key(self._partition)] = clock.encode()
+        self._entries[clock_store_key(self._partition)] = clock.encode()
 
     def saved_state(self) -> tuple[list[WindowState], PartitionClock | None]:
         windows, clock = [], None
-        for key, value in self._table.items():
-            if partition_of_store_key(key) != self._partition:
-                continue
+        for key, value in self._entries.items():
             if is_clock_key(key):
                 clock = PartitionClock.decode(value)
             else:
@@ -127,15 +127,14 @@ class StreamCounters:
 class StreamRuntime:
     """The per-worker state around the processors: which partitions it owns, and the sends."""
 
-    def __init__(self, config: Config, app: faust.App, table: Any, serde: AvroSerde) -> None:
+    def __init__(self, config: Config, output: Output, data_dir: Path, serde: AvroSerde) -> None:
         self.config = config
         self.serde = serde
         self.judge = Judge(config, serde)
         self.rules = rules_from(config)
-        self.table = table
-        self.events_topic = app.topic(config.topics.events, schema=_raw())
-        self.dlq_topic = app.topic(config.topics.events_dlq, schema=_raw())
-        self.aggregates_topic = app.topic(config.topics.aggregates, schema=_raw())
+        self.output = output
+        self.data_dir = data_dir
+        self.state_topic = state_topic(config)
         self.processors: dict[int, PartitionProcessor] = {}
         self.assigned: set[int] = set()
         self.last_record: dict[int, float] = {}
@@ -147,6 +146,7 @@ class StreamRuntime:
         self, partition: int, offset: int, record_time: int, key: bytes | None, value: bytes, headers: Any
     ) -> None:
         self.last_record[partition] = time.monotonic()
+        self.output.poll()
         processor = self.processors.get(partition)
         if processor is None:
             processor = self._recover(partition, offset)
@@ -178,9 +178,12 @@ class StreamRuntime:
         return due
 
     def _recover(self, partition: int, first_offset: int) -> PartitionProcessor:
-        store = TableStore(self.table, partition)
+        entries = open_local_store(self.config.stream.store, self.data_dir, partition)
+        read = recover(self.output, self.state_topic, partition, entries)
+        store = PartitionStore(LocalState(self.output, self.state_topic, partition, entries), partition)
         processor = PartitionProcessor(partition, self.rules, store)
         windows, clock = store.saved_state()
+        log.info("partition %d: read %d changelog records", partition, read)
         again = processor.recover(windows, clock, first_offset)
         log.info(
             "partition %d: recovered %d windows (%d open), clock at offset %s; re-sending %d revisions "
@@ -229,14 +232,13 @@ class StreamRuntime:
         sent_headers = [(k, v) for k, v in original if k not in own] + [
             (k, v.encode()) for k, v in own.items()
         ]
-        self.dlq_topic.send_soon(key=key, value=value, headers=sent_headers)
+        self.output.send(self.config.topics.events_dlq, key, value, headers=sent_headers)
         self.counters.dlq_sent += 1
 
     def _send(self, aggregates: list[WindowAggregate]) -> None:
+        topic = self.config.topics.aggregates
         for aggregate in aggregates:
-            self.aggregates_topic.send_soon(
-                key=aggregate.customer_id.encode(), value=self.serde.encode_aggregate(aggregate)
-            )
+            self.output.send(topic, aggregate.customer_id.encode(), self.serde.encode_aggregate(aggregate))
         self.counters.aggregates_sent += len(aggregates)
 
 
@@ -255,14 +257,22 @@ def build_app(config: Config, bootstrap: str, data_dir: Path) -> tuple[faust.App
         broker_heartbeat_interval=1,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
-        table_standby_replicas=0,
     )
-    # key_type and value_type as well as the schema: the changelog's codecs follow the types.
-    table = app.Table(
-        "state", partitions=config.kafka.partitions, schema=_raw(), key_type=bytes, value_type=bytes
-    )
-    runtime = StreamRuntime(config, app, table, AvroSerde.from_registry_url(config.kafka.schema_registry_url))
-    events = runtime.events_topic
+    ensure_topics(bootstrap, [state_topic(config)], config.kafka.partitions, config.kafka.replication_factor)
+    output = Output(bootstrap)
+    serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
+    runtime = StreamRuntime(config, output, data_dir, serde)
+    events = app.topic(config.topics.events, schema=_raw())
+
+    # Faust awaits its producer's flush before every commit: deliver our writes first.
+    faust_producer = app.producer
+    faust_flush = faust_producer.flush
+
+    async def flush_then_commit() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, output.flush)
+        await faust_flush()
+
+    faust_producer.flush = flush_then_commit  # type: ignore[method-assign]
 
     @app.agent(events, name="meterline-aggregate")
     async def aggregate(stream: Any) -> None:
@@ -292,7 +302,7 @@ def build_app(config: Config, bootstrap: str, data_dir: Path) -> tuple[faust.App
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]  # faust's timer decorator is untyped
     async def tick_quiet_partitions() -> None:
         for partition in runtime.quiet_partitions_due():
-            events.send_soon(value=runtime.tick, partition=partition)
+            output.send(config.topics.events, None, runtime.tick, partition=partition)
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
     async def log_counters() -> None:
@@ -311,3 +321,8 @@ def build_app(config: Config, bootstrap: str, data_dir: Path) -> tuple[faust.App
         runtime.forget(mine)  # recovered afresh at their first record
 
     return app, runtime
+
+
+def state_topic(config: Config) -> str:
+    """The changelog of the workers' state: partition p holds the state of usage.events' partition p."""
+    return f"{config.stream.app_id}-state"

@@ -110,10 +110,5 @@ def clock_store_key(partition: int) -> bytes:
     return json.dumps([partition, "clock"]).encode()
 
 
-def partition_of_store_key(data: bytes) -> int:
-    partition: int = json.loads(data)[0]
-    return partition
-
-
 def is_clock_key(data: bytes) -> bool:
     return bool(json.loads(data)[1] == "clock")
