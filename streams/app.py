@@ -246,7 +246,7 @@ def build_app(config: Config, bootstrap: str, data_dir: Path) -> tuple[faust.App
     app = faust.App(
         config.stream.app_id,
         broker=f"kafka://{bootstrap}",
-        store=config.stream.store,
+        store="memory://",  # Faust holds no state here: streams.output keeps it
         processing_guarantee=config.stream.processing_guarantee,
         broker_commit_interval=config.stream.commit_interval_seconds,
         datadir=str(data_dir),

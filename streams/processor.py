@@ -36,7 +36,8 @@ DAY_MS = 86_400_000
 
 
 class Store(Protocol):
-    """A partition's saved state. The app backs it with a changelog-backed Faust table."""
+    """A partition's saved state. The app backs it with a local store written through to a
+    changelog topic (streams.output)."""
 
     def load_window(self, key: WindowKey) -> WindowState | None: ...
 
