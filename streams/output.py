@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+
+from meterline.errors import MeterlineError
 
 log = logging.getLogger("meterline.stream")
 
@@ -38,6 +41,8 @@ class Output:
                 "acks": "all",
                 "linger.ms": 5,
                 "queue.buffering.max.messages": 1_000_000,
+                # Keyed messages (aggregates, dead letters) land where Kafka's Java client would put them.
+                "partitioner": "murmur2_random",
             }
         )
         self._failure: str | None = None
@@ -132,7 +137,9 @@ class RocksEntries(MutableMapping[bytes, bytes]):
         return sum(1 for _ in self)
 
 
-def recover(output: Output, topic: str, partition: int, into: MutableMapping[bytes, bytes]) -> int:
+def recover(
+    output: Output, topic: str, partition: int, into: MutableMapping[bytes, bytes], timeout: float = 600
+) -> int:
     """Fill `into` from the changelog partition; returns the number of records read. The end is
     a marker this call writes first, not the high watermark, which tansu can report short."""
     marker = uuid.uuid4().hex.encode()
@@ -147,8 +154,9 @@ def recover(output: Output, topic: str, partition: int, into: MutableMapping[byt
     )
     consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
     read = 0
+    deadline = time.monotonic() + timeout
     try:
-        while True:
+        while time.monotonic() < deadline:
             for message in consumer.consume(10_000, timeout=1.0):
                 if message.error():
                     continue
@@ -166,3 +174,8 @@ def recover(output: Output, topic: str, partition: int, into: MutableMapping[byt
                     into[key] = value
     finally:
         consumer.close()
+    raise RecoveryError(f"{topic}[{partition}]: the recovery marker did not come back within {timeout:.0f} s")
+
+
+class RecoveryError(MeterlineError):
+    pass
