@@ -264,15 +264,25 @@ def build_app(config: Config, bootstrap: str, data_dir: Path) -> tuple[faust.App
     runtime = StreamRuntime(config, output, data_dir, serde)
     events = app.topic(config.topics.events, schema=_raw())
 
-    # Faust awaits its producer's flush before every commit: deliver our writes first.
+    # Before every commit Faust awaits its producer: flush() at_least_once, commit_transactions()
+    # exactly_once (its own producer; ours stays outside the transaction). Deliver our writes first.
     faust_producer = app.producer
     faust_flush = faust_producer.flush
+    faust_commit_transactions = faust_producer.commit_transactions
+
+    async def deliver_ours() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, output.flush)
 
     async def flush_then_commit() -> None:
-        await asyncio.get_running_loop().run_in_executor(None, output.flush)
+        await deliver_ours()
         await faust_flush()
 
+    async def commit_transactions_after_ours(*args: Any, **kwargs: Any) -> None:
+        await deliver_ours()
+        await faust_commit_transactions(*args, **kwargs)
+
     faust_producer.flush = flush_then_commit  # type: ignore[method-assign]
+    faust_producer.commit_transactions = commit_transactions_after_ours  # type: ignore[method-assign]
 
     @app.agent(events, name="meterline-aggregate")
     async def aggregate(stream: Any) -> None:
