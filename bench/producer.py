@@ -21,7 +21,8 @@ from meterline.config import Config, load_config
 from meterline.kafka import ensure_topics
 from meterline.produce import make_producer, produce_workload
 from meterline.table import render
-from meterline.workload import DAY_MS, Expected, WorkloadSpec, generate
+from meterline.workload import Expected, WorkloadSpec, generate
+from streams.windows import DAY_MS
 
 
 def main() -> None:

@@ -35,8 +35,9 @@ from meterline.config import Config, TopicsConfig, load_config
 from meterline.kafka import ensure_topics
 from meterline.produce import produce_workload
 from meterline.table import render
-from meterline.workload import DAY_MS, WorkloadSpec
+from meterline.workload import WorkloadSpec
 from schemas.serde import AvroSerde
+from streams.windows import DAY_MS
 
 ROOT = Path(__file__).resolve().parent.parent
 

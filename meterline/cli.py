@@ -17,8 +17,9 @@ from meterline import devstack
 from meterline.config import Config, ConfigError, load_config
 from meterline.errors import MeterlineError
 from meterline.table import render
-from meterline.workload import DAY_MS, WorkloadSpec
+from meterline.workload import WorkloadSpec
 from schemas.records import UsageEvent
+from streams.windows import DAY_MS
 
 
 def main(argv: Sequence[str] | None = None) -> int:

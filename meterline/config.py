@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from meterline.errors import MeterlineError
+from streams.windows import DAY_MS
 
 DEFAULT_FILE = Path(__file__).with_name("default.toml")
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -115,6 +116,14 @@ class WindowsConfig:
     @property
     def size_ms(self) -> int:
         return self.size_minutes * 60_000
+
+    @property
+    def max_lateness_ms(self) -> int:
+        return self.max_lateness_days * DAY_MS
+
+    @property
+    def max_clock_skew_ms(self) -> int:
+        return self.max_clock_skew_seconds * 1000
 
 
 @dataclass(frozen=True)

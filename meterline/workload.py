@@ -20,9 +20,8 @@ from meterline.config import MeterConfig
 from schemas.errors import RejectReason
 from schemas.records import UsageEvent
 from streams.billable import BillableFilter
-from streams.windows import window_start
+from streams.windows import DAY_MS, window_start
 
-DAY_MS = 86_400_000
 _DUPLICATE_HORIZON_MS = 5 * 60_000  # a retry arrives soon after its original, well inside dedup retention
 _OUT_OF_ORDER_MS = 5_000  # displacement inside the grace period
 _LATE_MS = (10 * 60_000, 60 * 60_000)  # behind the stream by 10 to 60 minutes: a correction

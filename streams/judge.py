@@ -52,8 +52,8 @@ class Judge:
         self._serde = serde
         self._units: Mapping[str, str] = config.meter_units
         self._filters = {name: BillableFilter(meter.billable) for name, meter in config.meters.items()}
-        self._lateness_ms = config.windows.max_lateness_days * 86_400_000
-        self._skew_ms = config.windows.max_clock_skew_seconds * 1000
+        self._lateness_ms = config.windows.max_lateness_ms
+        self._skew_ms = config.windows.max_clock_skew_ms
 
     def __call__(self, value: bytes, record_time: int) -> Verdict:
         verdict = Verdict()

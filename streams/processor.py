@@ -31,8 +31,7 @@ from meterline.config import Config
 from schemas.records import WindowAggregate
 from streams.judge import Verdict
 from streams.state import PartitionClock, Revision, WindowKey, WindowState
-
-DAY_MS = 86_400_000
+from streams.windows import DAY_MS
 
 
 class Store(Protocol):
@@ -251,6 +250,6 @@ def rules_from(config: Config) -> WindowRules:
         size_ms=w.size_ms,
         grace_ms=w.grace_seconds * 1000,
         dedup_retention_ms=w.dedup_retention_seconds * 1000,
-        forget_after_ms=w.max_lateness_days * DAY_MS + w.max_clock_skew_seconds * 1000 + DAY_MS,
+        forget_after_ms=w.max_lateness_ms + w.max_clock_skew_ms + DAY_MS,
         counts_events={name: meter.aggregation == "count" for name, meter in config.meters.items()},
     )

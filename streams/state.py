@@ -48,10 +48,6 @@ class WindowState:
     revisions: list[Revision] = field(default_factory=list)
     open: bool = True
 
-    @property
-    def emitted_value(self) -> int:
-        return self.revisions[-1].value if self.revisions else 0
-
     def encode(self) -> bytes:
         ids = None if self.event_ids is None else sorted(self.event_ids)
         revisions = [tuple(r) for r in self.revisions]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+DAY_MS = 86_400_000
+
 
 def window_start(timestamp_ms: int, size_ms: int) -> int:
     """Start of the tumbling window holding `timestamp_ms`; windows are aligned to the epoch."""

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterline.config import load_config
-from meterline.workload import DAY_MS, Expected, WorkloadSpec, generate
+from meterline.workload import Expected, WorkloadSpec, generate
 from schemas.records import AggregateIdentity, UsageEvent, WindowAggregate
 from schemas.serde import AvroSerde
 from streams.judge import Judge, Verdict
@@ -30,6 +30,7 @@ from streams.state import (
     is_clock_key,
     window_store_key,
 )
+from streams.windows import DAY_MS
 
 CONFIG = load_config(None, {})
 SERDE = AvroSerde()

@@ -10,10 +10,11 @@ from pathlib import Path
 from meterline.config import Config, load_config
 from meterline.inspect import summarize_events_topic
 from meterline.produce import produce_workload
-from meterline.workload import DAY_MS, Emission, Expected, WorkloadSpec, generate
+from meterline.workload import Emission, Expected, WorkloadSpec, generate
 from schemas.partitioner import partition_for
 from schemas.serde import AvroSerde
 from schemas.validation import check_event
+from streams.windows import DAY_MS
 from tests.kafka_helpers import read_messages
 from tests.test_config import meterline
 
