@@ -20,7 +20,7 @@ from meterline.config import MeterConfig
 from schemas.errors import RejectReason
 from schemas.records import UsageEvent
 from streams.billable import BillableFilter
-from streams.windows import DAY_MS, window_start
+from streams.windows import DAY_MS, event_value, window_start
 
 _DUPLICATE_HORIZON_MS = 5 * 60_000  # a retry arrives soon after its original, well inside dedup retention
 _OUT_OF_ORDER_MS = 5_000  # displacement inside the grace period
@@ -161,7 +161,6 @@ def generate(
     meter_list = sorted(meters.values(), key=lambda m: m.name)
     filters = {m.name: BillableFilter(m.billable) for m in meter_list}
     is_billable: dict[tuple[str, str], bool] = {}  # (meter, status) -> the filter's verdict, memoised
-    counts_events = {m.name: m.aggregation == "count" for m in meter_list}
     recent: deque[tuple[int, int, int]] = deque(maxlen=64)  # (index, timestamp, bits) of recent events
     step = spec.span_ms / spec.events
     dup_edge = spec.duplicate_rate
@@ -233,7 +232,7 @@ def generate(
         if verdict:
             key = (event.customer_id, event.meter, window_start(timestamp, window_ms))
             total = totals.setdefault(key, [0, 0])
-            total[0] += 1 if counts_events[event.meter] else event.quantity
+            total[0] += event_value(meters[event.meter].aggregation, event.quantity)
             total[1] += 1
         else:
             expected.non_billable += 1

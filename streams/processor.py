@@ -31,7 +31,7 @@ from meterline.config import Config
 from schemas.records import WindowAggregate
 from streams.judge import Verdict
 from streams.state import PartitionClock, Revision, WindowKey, WindowState
-from streams.windows import DAY_MS
+from streams.windows import DAY_MS, event_value, window_start
 
 
 class Store(Protocol):
@@ -55,8 +55,8 @@ class WindowRules:
     forget_after_ms: int
     """How long past its end a closed window is kept for corrections: the maximum lateness plus the
     clock skew and a day of margin, after which no event can be accepted for it."""
-    counts_events: Mapping[str, bool]
-    """meter -> True when it counts events, False when it sums quantities."""
+    aggregations: Mapping[str, str]
+    """meter -> its aggregation, `sum` or `count` (see streams.windows.event_value)."""
 
 
 @dataclass
@@ -117,14 +117,14 @@ class PartitionProcessor:
             return []
         self.stats.ticks += verdict.is_tick
         size = self.rules.size_ms
-        counts_events = self.rules.counts_events
+        aggregations = self.rules.aggregations
         touched: dict[WindowKey, WindowState] = {}
         latest_event_time = max((e.timestamp for e in verdict.non_billable), default=-1)
         for event in verdict.billable:
             timestamp = event.timestamp
             if timestamp > latest_event_time:
                 latest_event_time = timestamp
-            key = WindowKey(event.customer_id, event.meter, timestamp - timestamp % size)
+            key = WindowKey(event.customer_id, event.meter, window_start(timestamp, size))
             state = touched.get(key) or self._open.get(key) or self.store.load_window(key) or WindowState(key)
             if state.last_offset >= offset:
                 self.stats.replayed_events += 1
@@ -136,7 +136,7 @@ class PartitionProcessor:
                 continue
             else:
                 state.event_ids.add(event.event_id)
-            state.value += 1 if counts_events[event.meter] else event.quantity
+            state.value += event_value(aggregations[event.meter], event.quantity)
             state.event_count += 1
             self.stats.counted += 1
             touched[key] = state
@@ -251,5 +251,5 @@ def rules_from(config: Config) -> WindowRules:
         grace_ms=w.grace_seconds * 1000,
         dedup_retention_ms=w.dedup_retention_seconds * 1000,
         forget_after_ms=w.max_lateness_ms + w.max_clock_skew_ms + DAY_MS,
-        counts_events={name: meter.aggregation == "count" for name, meter in config.meters.items()},
+        aggregations={name: meter.aggregation for name, meter in config.meters.items()},
     )
