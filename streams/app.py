@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,14 +37,7 @@ from schemas.serde import AvroSerde
 from streams.judge import Judge, Rejection, Verdict
 from streams.output import LocalState, Output, open_local_store, recover
 from streams.processor import PartitionProcessor, ProcessorStats, rules_from
-from streams.state import (
-    PartitionClock,
-    WindowKey,
-    WindowState,
-    clock_store_key,
-    is_clock_key,
-    window_store_key,
-)
+from streams.state import PartitionStore
 
 log = logging.getLogger("meterline.stream")
 
@@ -53,36 +46,6 @@ def _raw() -> faust.Schema[bytes, bytes]:
     """Bytes in, bytes out: serde and streams.state encode, not Faust's codecs. A new schema for
     every user: Faust updates a schema it is given, and a table would turn a shared one to json."""
     return faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-
-
-class PartitionStore:
-    """One partition's state entries (streams.output.LocalState: written through to the changelog)."""
-
-    def __init__(self, entries: MutableMapping[bytes, bytes], partition: int) -> None:
-        self._entries = entries
-        self._partition = partition
-
-    def load_window(self, key: WindowKey) -> WindowState | None:
-        raw = self._entries.get(window_store_key(self._partition, key))
-        return None if raw is None else WindowState.decode(raw)
-
-    def save_window(self, state: WindowState) -> None:
-        self._entries[window_store_key(self._partition, state.key)] = state.encode()
-
-    def drop_window(self, key: WindowKey) -> None:
-        self._entries.pop(window_store_key(self._partition, key), None)
-
-    def save_clock(self, clock: PartitionClock) -> None:
-        self._entries[clock_store_key(self._partition)] = clock.encode()
-
-    def saved_state(self) -> tuple[list[WindowState], PartitionClock | None]:
-        windows, clock = [], None
-        for key, value in self._entries.items():
-            if is_clock_key(key):
-                clock = PartitionClock.decode(value)
-            else:
-                windows.append(WindowState.decode(value))
-        return windows, clock
 
 
 @dataclass

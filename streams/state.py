@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -108,3 +109,33 @@ def clock_store_key(partition: int) -> bytes:
 
 def is_clock_key(data: bytes) -> bool:
     return bool(json.loads(data)[1] == "clock")
+
+
+class PartitionStore:
+    """One partition's state entries (streams.output.LocalState: written through to the changelog)."""
+
+    def __init__(self, entries: MutableMapping[bytes, bytes], partition: int) -> None:
+        self._entries = entries
+        self._partition = partition
+
+    def load_window(self, key: WindowKey) -> WindowState | None:
+        raw = self._entries.get(window_store_key(self._partition, key))
+        return None if raw is None else WindowState.decode(raw)
+
+    def save_window(self, state: WindowState) -> None:
+        self._entries[window_store_key(self._partition, state.key)] = state.encode()
+
+    def drop_window(self, key: WindowKey) -> None:
+        self._entries.pop(window_store_key(self._partition, key), None)
+
+    def save_clock(self, clock: PartitionClock) -> None:
+        self._entries[clock_store_key(self._partition)] = clock.encode()
+
+    def saved_state(self) -> tuple[list[WindowState], PartitionClock | None]:
+        windows, clock = [], None
+        for key, value in self._entries.items():
+            if is_clock_key(key):
+                clock = PartitionClock.decode(value)
+            else:
+                windows.append(WindowState.decode(value))
+        return windows, clock

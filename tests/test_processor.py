@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, MutableMapping
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,14 +22,7 @@ from schemas.records import AggregateIdentity, UsageEvent, WindowAggregate
 from schemas.serde import AvroSerde
 from streams.judge import Judge, Verdict
 from streams.processor import PartitionProcessor, rules_from
-from streams.state import (
-    PartitionClock,
-    WindowKey,
-    WindowState,
-    clock_store_key,
-    is_clock_key,
-    window_store_key,
-)
+from streams.state import PartitionStore
 from streams.windows import DAY_MS
 
 CONFIG = load_config(None, {})
@@ -40,31 +33,29 @@ START = 1_780_000_000_000 // 60_000 * 60_000
 NOW = START + DAY_MS // 4  # the records' timestamps: produce time, after the span
 
 
-class ChangelogStore:
-    """A dict store whose every write is also appended to a log, like a changelog topic."""
+class ChangelogEntries(MutableMapping[bytes, bytes]):
+    """A partition's state entries whose every write is also appended to a log, like the changelog
+    topic behind streams.output.LocalState."""
 
     def __init__(self, data: dict[bytes, bytes], log: list[tuple[bytes, bytes | None]]) -> None:
         self.data, self.log = data, log
 
-    def load_window(self, key: WindowKey) -> WindowState | None:
-        raw = self.data.get(window_store_key(0, key))
-        return None if raw is None else WindowState.decode(raw)
+    def __getitem__(self, key: bytes) -> bytes:
+        return self.data[key]
 
-    def save_window(self, state: WindowState) -> None:
-        self._write(window_store_key(0, state.key), state.encode())
-
-    def drop_window(self, key: WindowKey) -> None:
-        self._write(window_store_key(0, key), None)
-
-    def save_clock(self, clock: PartitionClock) -> None:
-        self._write(clock_store_key(0), clock.encode())
-
-    def _write(self, key: bytes, value: bytes | None) -> None:
+    def __setitem__(self, key: bytes, value: bytes) -> None:
         self.log.append((key, value))
-        if value is None:
-            self.data.pop(key, None)
-        else:
-            self.data[key] = value
+        self.data[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        self.log.append((key, None))
+        del self.data[key]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
 
 
 def recovered(log: list[tuple[bytes, bytes | None]]) -> dict[bytes, bytes]:
@@ -80,11 +71,10 @@ def recovered(log: list[tuple[bytes, bytes | None]]) -> dict[bytes, bytes]:
 def start_processor(
     data: dict[bytes, bytes], log: list, first_offset: int
 ) -> tuple[PartitionProcessor, list]:
-    processor = PartitionProcessor(0, RULES, ChangelogStore(data, log))
-    windows = [WindowState.decode(v) for k, v in data.items() if not is_clock_key(k)]
-    clock = data.get(clock_store_key(0))
-    again = processor.recover(windows, None if clock is None else PartitionClock.decode(clock), first_offset)
-    return processor, again
+    store = PartitionStore(ChangelogEntries(data, log), 0)
+    processor = PartitionProcessor(0, RULES, store)
+    windows, clock = store.saved_state()
+    return processor, processor.recover(windows, clock, first_offset)
 
 
 def records_of(
