@@ -10,6 +10,8 @@ A worker's rate is read from its committed offsets (committed every 0.5 s here),
 commit to the one that covers the topic, so the group join and startup are not counted.
 
 Run: .venv/bin/python bench/stream.py [--events 1000000] [--single-events 200000] [--memory-events 5000000]
+     [--quix-python PATH] [--meterline-only] [--profile DIR]
+(--profile samples each meterline worker with py-spy, if installed, into DIR as collapsed stacks.)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import dataclasses
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +53,12 @@ def main() -> None:
     parser.add_argument(
         "--quix-python", help="a Python with quixstreams 3.x installed (its own venv): adds the Quix row"
     )
+    parser.add_argument(
+        "--meterline-only", action="store_true", help="only the meterline rows (while working on the worker)"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="sample the meterline workers with py-spy into this directory"
+    )
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="meterline-bench-stream-"))
     base = load_config(None, {"METERLINE__DEV__STATE_DIR": str(state)})
@@ -66,24 +75,41 @@ def main() -> None:
             file=sys.stderr,
         )
 
-        rows.append(_floor(bootstrap, packed, args.events, packed_messages, "packed"))
-        rows.append(_floor(bootstrap, single, args.single_events, single_messages, "single-event"))
-        rows.append(_worker(state, bootstrap, single, args.single_events, single_messages, "faust-bare"))
-        rows.append(_worker(state, bootstrap, single, args.single_events, single_messages, "faust-table"))
-        if args.quix_python:
+        if not args.meterline_only:
+            rows.append(_floor(bootstrap, packed, args.events, packed_messages, "packed"))
+            rows.append(_floor(bootstrap, single, args.single_events, single_messages, "single-event"))
+            rows.append(_worker(state, bootstrap, single, args.single_events, single_messages, "faust-bare"))
+            rows.append(_worker(state, bootstrap, single, args.single_events, single_messages, "faust-table"))
+        if args.quix_python and not args.meterline_only:
             rows.append(
                 _worker(
                     state, bootstrap, single, args.single_events, single_messages, "quix", args.quix_python
                 )
             )
-        else:
+        elif not args.meterline_only:
             print("no --quix-python: the Quix Streams row is left out", file=sys.stderr)
-        rows.append(_worker(state, bootstrap, packed, args.events, packed_messages, "meterline"))
-        rows.append(_worker(state, bootstrap, single, args.single_events, single_messages, "meterline"))
+        rows.append(
+            _worker(state, bootstrap, packed, args.events, packed_messages, "meterline", profile=args.profile)
+        )
+        rows.append(
+            _worker(
+                state,
+                bootstrap,
+                single,
+                args.single_events,
+                single_messages,
+                "meterline",
+                profile=args.profile,
+            )
+        )
 
         big = _topics(base, bootstrap, "memory")
         big_messages = _produce(big, bootstrap, args.memory_events, packing=True)
-        rows.append(_worker(state, bootstrap, big, args.memory_events, big_messages, "meterline"))
+        rows.append(
+            _worker(
+                state, bootstrap, big, args.memory_events, big_messages, "meterline", profile=args.profile
+            )
+        )
     finally:
         devstack.down(base, log=lambda _line: None)
     print(
@@ -176,6 +202,7 @@ def _worker(
     messages: int,
     kind: str,
     python: str = sys.executable,
+    profile: Path | None = None,
 ) -> dict[str, object]:
     app_id = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
     data_dir = state / app_id
@@ -199,6 +226,10 @@ def _worker(
             str(data_dir),
         ]
         label = f"meterline stream, 1 worker, rocksdb ({'packed' if messages < events else 'single-event'})"
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+            spy = Path(sys.executable).with_name("py-spy")
+            command = [str(spy), "record", "-f", "raw", "-o", str(profile / f"{app_id}.txt"), "--", *command]
     elif kind == "quix":
         script = ROOT / "bench" / "quix_baseline.py"
         command = [python, str(script), bootstrap, config.topics.events, app_id, str(data_dir)]
@@ -240,7 +271,10 @@ def _worker(
                 last = (now, done, time.time())
                 print(f"  {label}: {done:,}/{messages:,} messages committed", file=sys.stderr)
     finally:
-        process.terminate()
+        if profile is not None and kind == "meterline":
+            process.send_signal(signal.SIGINT)  # py-spy writes its samples and stops the worker
+        else:
+            process.terminate()
         process.wait(timeout=60)
         log.close()
     assert first is not None and last[1] >= messages, f"{label} did not finish: see {state / app_id}.log"

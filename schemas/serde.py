@@ -30,8 +30,8 @@ from schemas.catalog import (
     fingerprint_of,
     parse_for_ints,
 )
+from schemas.encoders import AGGREGATE_LAYOUT, LAYOUT, AggregateEncoder, EventEncoder, array_body, layout_of
 from schemas.errors import MalformedRecordError, UnknownSchemaError
-from schemas.event_encoder import LAYOUT, EventEncoder, array_body, layout_of
 from schemas.records import UsageEvent, WindowAggregate
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class AvroSerde:
         return self._header(self.catalog.latest(USAGE_EVENT_BATCH)) + array_body(items)
 
     def encode_aggregate(self, aggregate: WindowAggregate) -> bytes:
-        return self.encode(WINDOW_AGGREGATE, aggregate_to_avro(aggregate))
+        return self._header(self.catalog.latest(WINDOW_AGGREGATE)) + self._write_aggregate(aggregate)
 
     @cached_property
     def _write_event(self) -> Callable[[UsageEvent], bytes]:
@@ -116,6 +116,19 @@ class AvroSerde:
         # The batch's one field is an array of events of the version the batch references.
         batch = self.catalog.latest(USAGE_EVENT_BATCH).definition
         return _event_writer(batch["fields"][0]["type"]["items"])
+
+    @cached_property
+    def _write_aggregate(self) -> Callable[[WindowAggregate], bytes]:
+        schema = self.catalog.latest(WINDOW_AGGREGATE)
+        if layout_of(schema.definition) == AGGREGATE_LAYOUT:
+            return AggregateEncoder().encode
+
+        def write(aggregate: WindowAggregate) -> bytes:
+            buffer = io.BytesIO()
+            schemaless_writer(buffer, schema.parsed, aggregate_to_avro(aggregate))
+            return buffer.getvalue()
+
+        return write
 
     def _header(self, schema: SchemaVersion) -> bytes:
         header = self._headers.get(schema.name)
@@ -212,7 +225,7 @@ class AvroSerde:
 
 def _event_writer(definition: dict[str, Any]) -> Callable[[UsageEvent], bytes]:
     """The fastest writer of `definition`'s bytes: the hand-written encoder where it knows the
-    layout, fastavro otherwise."""
+    layout, fastavro otherwise (as for aggregates, AvroSerde._write_aggregate)."""
     if layout_of(definition) == LAYOUT:
         return EventEncoder().encode
     parsed = parse_for_ints(definition)

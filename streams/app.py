@@ -4,11 +4,12 @@ Faust consumes, balances partitions between workers and commits offsets; the dec
 streams.judge and streams.processor; everything written goes through streams.output (one
 confluent-kafka producer: Faust's own sends were the worker's ceiling). Per record, in the agent:
 1. judge the record; send what cannot be counted to the DLQ with the reason and its source;
-2. fold the rest into the partition's processor, which writes the touched windows, then the
-   partition clock, to the partition's local state and its changelog partition;
+2. fold the rest into the partition's processor, which saves the touched windows and the
+   partition clock in memory (streams.state.PartitionStore);
 3. send the revisions it closed to `usage.aggregates`, keyed by customer_id.
-Before every commit Faust awaits its producer's flush, which first flushes streams.output: what
-a record caused is delivered before its offset is committed (at_least_once). After a crash or a
+Before every commit Faust awaits its producer's flush, which first writes the saved state to the
+local stores and the changelog, then flushes streams.output: what a record caused is delivered
+before its offset is committed (at_least_once). After a crash or a
 rebalance the first record of a partition rebuilds its state from the changelog and re-sends what
 may have been lost (PartitionProcessor.recover). A timer sends an empty batch (a tick) into a
 partition that has been quiet for the idle timeout while it has windows due, so that wall clock
@@ -99,6 +100,7 @@ class StreamRuntime:
         self.data_dir = data_dir
         self.state_topic = state_topic(config)
         self.processors: dict[int, PartitionProcessor] = {}
+        self.stores: dict[int, PartitionStore] = {}
         self.assigned: set[int] = set()
         self.last_record: dict[int, float] = {}
         self.last_tick: dict[int, float] = {}
@@ -119,10 +121,22 @@ class StreamRuntime:
             self._dead_letter(partition, offset, key, value, headers, rejection)
         self._send(processor.process(offset, record_time, verdict))
 
+    def write_behind(self, partitions: Iterable[int] | None = None) -> int:
+        """Write the state saved since the last call to the local stores and the changelog (sent,
+        not yet delivered: Output.flush does that). Runs on the event loop, between records, so
+        that it writes whole records; returns the number of writes."""
+        chosen = self.stores if partitions is None else [p for p in partitions if p in self.stores]
+        return sum(self.stores[p].write_behind() for p in chosen)
+
     def forget(self, partitions: Iterable[int]) -> None:
-        """Drop the in-memory state of partitions this worker no longer owns (or owns anew)."""
+        """Drop the in-memory state of partitions this worker no longer owns (or owns anew), after
+        writing what they saved."""
+        partitions = list(partitions)
+        if self.write_behind(partitions):
+            self.output.flush()
         for partition in partitions:
             self.processors.pop(partition, None)
+            self.stores.pop(partition, None)
 
     def quiet_partitions_due(self) -> list[int]:
         """Partitions to tick: quiet for the idle timeout and with windows due by wall clock, or
@@ -159,6 +173,7 @@ class StreamRuntime:
             first_offset,
         )
         self.processors[partition] = processor
+        self.stores[partition] = store
         self._send(again)
         return processor
 
@@ -228,12 +243,15 @@ def build_app(config: Config, bootstrap: str, data_dir: Path) -> tuple[faust.App
     events = app.topic(config.topics.events, schema=_raw())
 
     # Before every commit Faust awaits its producer: flush() at_least_once, commit_transactions()
-    # exactly_once (its own producer; ours stays outside the transaction). Deliver our writes first.
+    # exactly_once (its own producer; ours stays outside the transaction). Write the state behind
+    # and deliver our writes first. Faust chose the offsets to commit before it called this, so
+    # records processed while the flush runs are neither in the write nor in the commit.
     faust_producer = app.producer
     faust_flush = faust_producer.flush
     faust_commit_transactions = faust_producer.commit_transactions
 
     async def deliver_ours() -> None:
+        runtime.write_behind()
         await asyncio.get_running_loop().run_in_executor(None, output.flush)
 
     async def flush_then_commit() -> None:

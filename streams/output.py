@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import uuid
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from meterline.errors import MeterlineError
+from streams.state import Entries
 
 log = logging.getLogger("meterline.stream")
 
@@ -72,74 +74,90 @@ class Output:
             self._failure = f"{message.topic()}[{message.partition()}]: {error}"
 
 
-class LocalState(MutableMapping[bytes, bytes]):
-    """One source partition's state entries, written through to the changelog partition."""
+class LocalState:
+    """One source partition's state entries (streams.state.Entries): a local store, written
+    through to the partition's changelog partition."""
 
-    def __init__(
-        self, output: Output, topic: str, partition: int, data: MutableMapping[bytes, bytes]
-    ) -> None:
-        self._output, self._topic, self._partition, self._data = output, topic, partition, data
+    def __init__(self, output: Output, topic: str, partition: int, local: Entries) -> None:
+        self._output, self._topic, self._partition, self._local = output, topic, partition, local
 
-    def __getitem__(self, key: bytes) -> bytes:
-        return self._data[key]
+    def get(self, key: bytes) -> bytes | None:
+        return self._local.get(key)
 
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        self._data[key] = value
-        self._output.send(self._topic, key, value, partition=self._partition)
+    def items(self) -> Iterable[tuple[bytes, bytes]]:
+        return self._local.items()
 
-    def __delitem__(self, key: bytes) -> None:
-        del self._data[key]
-        self._output.send(self._topic, key, None, partition=self._partition)
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
+    def write(self, changes: Mapping[bytes, bytes | None]) -> None:
+        for key, value in changes.items():
+            self._output.send(self._topic, key, value, partition=self._partition)
+        self._local.write(changes)
 
 
-def open_local_store(store: str, data_dir: Path, partition: int) -> MutableMapping[bytes, bytes]:
-    """An empty local store: a dict (memory://) or a RocksDB directory (rocksdb://), which the
-    changelog then fills. Rebuilt on every assignment: the changelog is the truth."""
+class MemoryStore:
+    """memory://: the entries in a dict."""
+
+    def __init__(self) -> None:
+        self._data: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._data.get(key)
+
+    def items(self) -> Iterable[tuple[bytes, bytes]]:
+        return self._data.items()
+
+    def write(self, changes: Mapping[bytes, bytes | None]) -> None:
+        for key, value in changes.items():
+            if value is None:
+                self._data.pop(key, None)
+            else:
+                self._data[key] = value
+
+
+class RocksStore:
+    """rocksdb://: the entries in a RocksDB directory (rocksdict), off the Python heap. Each write
+    is one batch without RocksDB's write-ahead log: the store is rebuilt from the changelog on every
+    assignment, so its own durability buys nothing."""
+
+    def __init__(self, path: Path) -> None:
+        from rocksdict import Options, Rdict, WriteOptions
+
+        self._db = Rdict(str(path), Options(raw_mode=True))
+        options = WriteOptions()
+        options.disable_wal = True  # type: ignore[method-assign, assignment]  # a property; the stubs say method
+        self._db.set_write_options(options)
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(key)
+        return value
+
+    def items(self) -> Iterable[tuple[bytes, bytes]]:
+        return cast(Iterable[tuple[bytes, bytes]], self._db.items())  # raw mode: bytes keys and values
+
+    def write(self, changes: Mapping[bytes, bytes | None]) -> None:
+        from rocksdict import WriteBatch
+
+        batch = WriteBatch(raw_mode=True)
+        for key, value in changes.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        self._db.write(batch)
+
+
+def open_local_store(store: str, data_dir: Path, partition: int) -> Entries:
+    """An empty local store, which the changelog then fills: a dict (memory://) or a RocksDB
+    directory (rocksdb://). Rebuilt on every assignment: the changelog is the truth."""
     if store == "memory://":
-        return {}
-    import shutil
-
-    from rocksdict import Rdict
-
+        return MemoryStore()
     path = data_dir / f"state-{partition}"
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
-    return RocksEntries(Rdict(str(path)))
+    return RocksStore(path)
 
 
-class RocksEntries(MutableMapping[bytes, bytes]):
-    """rocksdict's Rdict as a mapping: it has [], del and keys(), but iterating it is not by key."""
-
-    def __init__(self, db: Any) -> None:
-        self._db = db
-
-    def __getitem__(self, key: bytes) -> bytes:
-        value: bytes = self._db[key]
-        return value
-
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        self._db[key] = value
-
-    def __delitem__(self, key: bytes) -> None:
-        del self._db[key]
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._db.keys())
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-def recover(
-    output: Output, topic: str, partition: int, into: MutableMapping[bytes, bytes], timeout: float = 600
-) -> int:
+def recover(output: Output, topic: str, partition: int, into: Entries, timeout: float = 600) -> int:
     """Fill `into` from the changelog partition; returns the number of records read. The end is
     a marker this call writes first, not the high watermark, which tansu can report short."""
     marker = uuid.uuid4().hex.encode()
@@ -157,6 +175,7 @@ def recover(
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
+            changes: dict[bytes, bytes | None] = {}
             for message in consumer.consume(10_000, timeout=1.0):
                 if message.error():
                     continue
@@ -164,14 +183,12 @@ def recover(
                 key = message.key()
                 if key == _MARKER_KEY:
                     if message.value() == marker:
+                        into.write(changes)
                         return read
                     continue
                 assert key is not None
-                value = message.value()
-                if value is None:
-                    into.pop(key, None)  # a deleted window
-                else:
-                    into[key] = value
+                changes[key] = message.value()  # None: a deleted window
+            into.write(changes)
     finally:
         consumer.close()
     raise RecoveryError(f"{topic}[{partition}]: the recovery marker did not come back within {timeout:.0f} s")

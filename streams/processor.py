@@ -5,15 +5,18 @@ app (streams.app), replay and the property tests drive it alike.
 How a record at offset `o` is processed:
 0. If the partition clock's `last_offset >= o`, the record was fully applied before a crash: skip it.
 1. Each billable event goes to its window (customer, meter, window_start). A window whose
-   `last_offset >= o` was saved by this record already (a crash cut its writes short): skip.
+   `last_offset >= o` was saved by this record or a later one before a crash (the store writes
+   behind, so a crash can leave some windows ahead of the clock): it already holds what this
+   record did to it, so the record neither counts into it, nor closes it, nor ages it.
 2. An event id already in the window's dedup set is a duplicate: not counted.
 3. The partition's watermark becomes the highest event time seen.
 4. Open windows close when `window_end + grace <= watermark`; on an empty batch (a tick, sent
    by the app into a quiet partition) also when `window_end + grace <= the tick's timestamp`.
    Each close emits the next revision: revision 0 first, then one per late correction, with
    `delta` = value - the previous revision's value.
-5. Every window written (touched, closed, aged) is stamped with `o`; the partition clock is
-   written last, so that it marks records whose writes are all saved.
+5. Every window saved (touched, closed, aged) is stamped with `o`, then the partition clock. The
+   store writes them behind, the clock last (streams.state.PartitionStore), so that the stored
+   clock marks records whose writes are all stored.
 
 Every decision depends on the records alone (their events, offsets and timestamps; wall clock
 enters only as the timestamp of a tick record), so a replay decides exactly as the first run did
@@ -35,8 +38,8 @@ from streams.windows import DAY_MS, event_value, window_start
 
 
 class Store(Protocol):
-    """A partition's saved state. The app backs it with a local store written through to a
-    changelog topic (streams.output)."""
+    """A partition's saved state (streams.state.PartitionStore: a local store and a changelog
+    topic, written behind)."""
 
     def load_window(self, key: WindowKey) -> WindowState | None: ...
 
@@ -186,11 +189,17 @@ class PartitionProcessor:
         if is_tick:
             limit = max(limit, record_time - self.rules.grace_ms)
         closed = []
+        ahead = []
         while self._closing and self._closing[0][0] <= limit:
-            _, key = heapq.heappop(self._closing)
-            state = self._open.pop(key, None)
+            entry = heapq.heappop(self._closing)
+            key = entry[1]
+            state = self._open.get(key)
             if state is None:  # a second heap entry of a window already closed
                 continue
+            if state.last_offset >= offset:  # step 1: a later record's state, closed by a later record
+                ahead.append(entry)
+                continue
+            del self._open[key]
             state.open = False
             previous = state.revisions[-1].revision if state.revisions else -1
             revision = Revision(
@@ -201,6 +210,8 @@ class PartitionProcessor:
             self.stats.corrections += revision.revision > 0
             self._track_closed(state)
             closed.append((state, self._aggregate(key, revision, state)))
+        for entry in ahead:
+            heapq.heappush(self._closing, entry)
         return closed
 
     def _save(self, state: WindowState, offset: int) -> None:
@@ -211,12 +222,17 @@ class PartitionProcessor:
         """Past its retention a closed window forgets its event ids; past the maximum lateness it is
         dropped. Both judged by the watermark, so a replay ages alike."""
         watermark = self.clock.watermark
+        ahead = []
         while self._aging and self._aging[0][0] <= watermark:
-            _, forget, key = heapq.heappop(self._aging)
+            entry = heapq.heappop(self._aging)
+            _, forget, key = entry
             if key in self._open or key in touched:
                 continue  # reopened by a correction: aged again when it closes
             state = self.store.load_window(key)
             if state is None or state.open:
+                continue
+            if state.last_offset >= offset:  # step 1: a later record's state, aged by a later record
+                ahead.append(entry)
                 continue
             if not forget and state.event_ids is not None:
                 state.event_ids = None
@@ -224,6 +240,8 @@ class PartitionProcessor:
                 self._track_closed(state)
             elif forget and state.event_ids is None:
                 self.store.drop_window(key)
+        for entry in ahead:
+            heapq.heappush(self._aging, entry)
 
     def _aggregate(self, key: WindowKey, revision: Revision, state: WindowState) -> WindowAggregate:
         previous = 0

@@ -11,11 +11,10 @@ Entries are stored as pickled tuples of builtins: fast, and stable across Python
 
 from __future__ import annotations
 
-import json
 import pickle
-from collections.abc import MutableMapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 _FORMAT = 1
 
@@ -99,39 +98,77 @@ class PartitionClock:
 
 
 def window_store_key(partition: int, key: WindowKey) -> bytes:
-    """The table key of a window: the source partition first, so a partition's state is found by it."""
-    return json.dumps([partition, "w", *key]).encode()
+    """The store key of a window (a pickled tuple: a quarter of json's cost, and as unambiguous)."""
+    return pickle.dumps((partition, "w", *key), protocol=5)
 
 
 def clock_store_key(partition: int) -> bytes:
-    return json.dumps([partition, "clock"]).encode()
+    return pickle.dumps((partition, "clock"), protocol=5)
 
 
 def is_clock_key(data: bytes) -> bool:
-    return bool(json.loads(data)[1] == "clock")
+    return bool(pickle.loads(data)[1] == "clock")
+
+
+class Entries(Protocol):
+    """Stored entries by key: streams.output's local stores, and LocalState around them."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def items(self) -> Iterable[tuple[bytes, bytes]]: ...
+
+    def write(self, changes: Mapping[bytes, bytes | None]) -> None:
+        """Apply `changes` in their order; None deletes."""
 
 
 class PartitionStore:
-    """One partition's state entries (streams.output.LocalState: written through to the changelog)."""
+    """One partition's state entries, written behind: saves stay in memory until `write_behind()`,
+    which the app calls before every commit (streams.app), so a window touched by many records in a
+    commit interval is encoded and sent to the changelog once. The entries are
+    streams.output.LocalState (a local store written through to the changelog topic).
 
-    def __init__(self, entries: MutableMapping[bytes, bytes], partition: int) -> None:
+    Exactness holds as with writes in record order: `write_behind()` writes every changed window
+    (each stamped with the last offset folded into it) and the clock last, and Faust commits only
+    offsets processed before it ran. A crash mid-way leaves windows stamped ahead of the clock,
+    which processing skips by their stamps (streams.processor step 1)."""
+
+    def __init__(self, entries: Entries, partition: int) -> None:
         self._entries = entries
         self._partition = partition
+        self._changed: dict[WindowKey, WindowState | None] = {}  # None: dropped
+        self._clock: PartitionClock | None = None
 
     def load_window(self, key: WindowKey) -> WindowState | None:
+        if key in self._changed:
+            return self._changed[key]
         raw = self._entries.get(window_store_key(self._partition, key))
         return None if raw is None else WindowState.decode(raw)
 
     def save_window(self, state: WindowState) -> None:
-        self._entries[window_store_key(self._partition, state.key)] = state.encode()
+        self._changed[state.key] = state
 
     def drop_window(self, key: WindowKey) -> None:
-        self._entries.pop(window_store_key(self._partition, key), None)
+        self._changed[key] = None
 
     def save_clock(self, clock: PartitionClock) -> None:
-        self._entries[clock_store_key(self._partition)] = clock.encode()
+        self._clock = clock
+
+    def write_behind(self) -> int:
+        """Write what changed since the last call, the clock last; returns the number of writes."""
+        partition = self._partition
+        changes = {
+            window_store_key(partition, key): None if state is None else state.encode()
+            for key, state in self._changed.items()
+        }
+        if self._clock is not None:
+            changes[clock_store_key(partition)] = self._clock.encode()
+        self._entries.write(changes)
+        self._changed.clear()
+        self._clock = None
+        return len(changes)
 
     def saved_state(self) -> tuple[list[WindowState], PartitionClock | None]:
+        """What the entries hold (on recovery, before anything changed)."""
         windows, clock = [], None
         for key, value in self._entries.items():
             if is_clock_key(key):

@@ -1,17 +1,18 @@
 """The pure aggregation (judge + partition processor) is exact for any order, duplication, lateness,
 batching, tick timing and crash point of a generated workload: no broker, no Faust.
 
-A crash is modelled as the stream app meets it: the state changelog keeps a prefix of its writes,
-the committed offset lies at or before the last record whose writes are all in that prefix (Faust
-flushes before it commits), emissions of records before it were delivered and any of the later
-ones may be lost. Recovery loads the prefix and processing restarts at the committed offset.
+A crash is modelled as the stream app meets it: the store writes behind at commits chosen at
+random, the state changelog keeps a prefix of its writes, the committed offset lies at or before
+the last record whose writes are all in that prefix (Faust writes and flushes before it commits),
+emissions of records before it were delivered and any of the later ones may be lost. Recovery
+loads the prefix and processing restarts at the committed offset.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, Mapping
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,7 +23,7 @@ from schemas.records import AggregateIdentity, UsageEvent, WindowAggregate
 from schemas.serde import AvroSerde
 from streams.judge import Judge, Verdict
 from streams.processor import PartitionProcessor, rules_from
-from streams.state import PartitionStore
+from streams.state import PartitionClock, PartitionStore, WindowState, is_clock_key
 from streams.windows import DAY_MS
 
 CONFIG = load_config(None, {})
@@ -33,29 +34,26 @@ START = 1_780_000_000_000 // 60_000 * 60_000
 NOW = START + DAY_MS // 4  # the records' timestamps: produce time, after the span
 
 
-class ChangelogEntries(MutableMapping[bytes, bytes]):
+class ChangelogEntries:
     """A partition's state entries whose every write is also appended to a log, like the changelog
     topic behind streams.output.LocalState."""
 
     def __init__(self, data: dict[bytes, bytes], log: list[tuple[bytes, bytes | None]]) -> None:
         self.data, self.log = data, log
 
-    def __getitem__(self, key: bytes) -> bytes:
-        return self.data[key]
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
 
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.log.append((key, value))
-        self.data[key] = value
+    def items(self) -> Iterable[tuple[bytes, bytes]]:
+        return self.data.items()
 
-    def __delitem__(self, key: bytes) -> None:
-        self.log.append((key, None))
-        del self.data[key]
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.data)
-
-    def __len__(self) -> int:
-        return len(self.data)
+    def write(self, changes: Mapping[bytes, bytes | None]) -> None:
+        for key, value in changes.items():
+            self.log.append((key, value))
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
 
 
 def recovered(log: list[tuple[bytes, bytes | None]]) -> dict[bytes, bytes]:
@@ -70,11 +68,11 @@ def recovered(log: list[tuple[bytes, bytes | None]]) -> dict[bytes, bytes]:
 
 def start_processor(
     data: dict[bytes, bytes], log: list, first_offset: int
-) -> tuple[PartitionProcessor, list]:
+) -> tuple[PartitionProcessor, PartitionStore, list]:
     store = PartitionStore(ChangelogEntries(data, log), 0)
     processor = PartitionProcessor(0, RULES, store)
     windows, clock = store.saved_state()
-    return processor, processor.recover(windows, clock, first_offset)
+    return processor, store, processor.recover(windows, clock, first_offset)
 
 
 def records_of(
@@ -142,11 +140,18 @@ def sums_by_window(aggregates: Iterable[WindowAggregate]) -> dict[tuple[str, str
     shuffle=st.sampled_from([0.0, 0.05, 0.5]),
     max_batch=st.sampled_from([1, 7, 50]),
     tick_rate=st.sampled_from([0.0, 0.02, 0.2]),
+    commit_rate=st.sampled_from([1.0, 0.3, 0.05]),
     crashes=st.integers(0, 3),
     plan_seed=st.integers(0, 2**32),
 )
 def test_totals_are_exact_for_any_order_batching_ticks_and_crashes(
-    seed: int, shuffle: float, max_batch: int, tick_rate: float, crashes: int, plan_seed: int
+    seed: int,
+    shuffle: float,
+    max_batch: int,
+    tick_rate: float,
+    commit_rate: float,
+    crashes: int,
+    plan_seed: int,
 ) -> None:
     plan = random.Random(plan_seed)  # orders, batch sizes, ticks and crash points
     spec = WorkloadSpec(
@@ -171,7 +176,7 @@ def test_totals_are_exact_for_any_order_batching_ticks_and_crashes(
     crash_at = sorted(plan.sample(range(len(with_ticks)), min(crashes, len(with_ticks))))
 
     log: list[tuple[bytes, bytes | None]] = []
-    processor, delivered = start_processor({}, log, 0)
+    processor, store, delivered = start_processor({}, log, 0)
     in_flight: list[tuple[int, WindowAggregate]] = []
     writes_done: dict[int, int] = {}  # offset -> log length once its writes were made
     rejected: Counter[str] = Counter()
@@ -187,7 +192,7 @@ def test_totals_are_exact_for_any_order_batching_ticks_and_crashes(
             del log[kept:]
             writes_done = {o: n for o, n in writes_done.items() if o < committed}
             rejected = Counter({k: v for k, v in rejected.items() if k[0] < committed})
-            processor, again = start_processor(recovered(log), log, committed)
+            processor, store, again = start_processor(recovered(log), log, committed)
             delivered += again
             offset = committed
             continue
@@ -196,7 +201,9 @@ def test_totals_are_exact_for_any_order_batching_ticks_and_crashes(
         for rejection in verdict.rejections:
             rejected[(offset, rejection.index)] = rejection.reason
         in_flight += [(offset, a) for a in processor.process(offset, timestamp, verdict)]
-        writes_done[offset] = len(log)
+        if plan.random() < commit_rate:  # the app writes behind before each commit
+            store.write_behind()
+            writes_done[offset] = len(log)
         offset += 1
     delivered += [a for _, a in in_flight]
 
@@ -205,7 +212,7 @@ def test_totals_are_exact_for_any_order_batching_ticks_and_crashes(
 
 
 def test_a_late_event_emits_the_next_revision_with_its_delta() -> None:
-    processor, _ = start_processor({}, [], 0)
+    processor, _, _ = start_processor({}, [], 0)
     minute = START
 
     def record(offset: int, *events: tuple[str, int, int]) -> list[WindowAggregate]:
@@ -221,3 +228,18 @@ def test_a_late_event_emits_the_next_revision_with_its_delta() -> None:
     assert (late.revision, late.value, late.delta, late.event_count) == (1, 16, 4, 3)
     assert processor.stats.duplicates == 1 and processor.stats.corrections == 1
     assert record(3, ("a", 5, minute + 1)) == []  # a duplicate never reopens a window
+
+
+def test_the_store_writes_each_changed_window_once_per_commit_and_the_clock_last() -> None:
+    log: list[tuple[bytes, bytes | None]] = []
+    processor, store, _ = start_processor({}, log, 0)
+    for offset in range(10):
+        event = UsageEvent(f"e{offset}", "c", "egress_bytes", 1, "byte", START + offset, "t", {})
+        processor.process(offset, NOW, JUDGE(SERDE.encode_batch([SERDE.batch_item(event)]), NOW))
+    assert log == []  # nothing written before the commit
+    assert store.write_behind() == 2
+    [(window_key, window), (clock_key, clock)] = log
+    assert is_clock_key(clock_key) and not is_clock_key(window_key)
+    assert WindowState.decode(window).value == 10 and WindowState.decode(window).last_offset == 9
+    assert PartitionClock.decode(clock).last_offset == 9  # type: ignore[arg-type]
+    assert store.write_behind() == 0
