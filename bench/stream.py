@@ -43,6 +43,7 @@ from schemas.serde import AvroSerde
 from streams.windows import DAY_MS
 
 ROOT = Path(__file__).resolve().parent.parent
+LIVE_SPAN_MS = 21 * 60_000
 
 
 def main() -> None:
@@ -103,6 +104,15 @@ def main() -> None:
             )
         )
 
+        # Live traffic: the same 1M events over 20 minutes of event time (3,000 windows, ~330
+        # events each), as a worker keeping up with the present sees them.
+        live = _topics(base, bootstrap, "live")
+        live_messages = _produce(live, bootstrap, args.events, packing=True, span_ms=LIVE_SPAN_MS)
+        rows.append(
+            _worker(state, bootstrap, live, args.events, live_messages, "meterline", profile=args.profile)
+        )
+        rows[-1]["what"] = f"{rows[-1]['what']}, 20 min of event time"
+
         big = _topics(base, bootstrap, "memory")
         big_messages = _produce(big, bootstrap, args.memory_events, packing=True)
         rows.append(
@@ -131,25 +141,25 @@ def _topics(base: Config, bootstrap: str, name: str) -> Config:
     )
 
 
-def _spec(events: int) -> WorkloadSpec:
-    # One day of usage for 50 customers ending a minute ago, whatever the number of events:
-    # the windows are the same, only their contents grow.
+def _spec(events: int, span_ms: int = DAY_MS) -> WorkloadSpec:
+    # By default one day of usage for 50 customers ending a minute ago, whatever the number of
+    # events: the windows are the same, only their contents grow.
     now = int(time.time() * 1000)
     return WorkloadSpec(
         seed=1,
         events=events,
         customers=50,
-        start_ms=now - DAY_MS,
-        span_ms=DAY_MS - 60_000,
+        start_ms=now - span_ms,
+        span_ms=span_ms - 60_000,
         duplicate_rate=0.01,
         out_of_order_rate=0.02,
         late_rate=0.001,
     )
 
 
-def _produce(config: Config, bootstrap: str, events: int, packing: bool) -> int:
+def _produce(config: Config, bootstrap: str, events: int, packing: bool, span_ms: int = DAY_MS) -> int:
     result, _ = produce_workload(
-        config, bootstrap, _spec(events), packing=packing, workers=os.cpu_count() or 1
+        config, bootstrap, _spec(events, span_ms), packing=packing, workers=os.cpu_count() or 1
     )
     return result.messages
 

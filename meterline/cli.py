@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -100,6 +101,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     stream.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     stream.set_defaults(run=_stream)
+
+    migrate = commands.add_parser("migrate", help="bring ClickHouse's tables to this version; idempotent")
+    migrate.add_argument("--json", action="store_true")
+    migrate.set_defaults(run=_migrate)
+
+    sink = commands.add_parser("sink", help="run a sink").add_subparsers(title="sink")
+    clickhouse = sink.add_parser(
+        "clickhouse", help="usage.aggregates, dead letters and accepted raw events into ClickHouse"
+    )
+    clickhouse.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    clickhouse.set_defaults(run=_sink_clickhouse)
+
+    sql = commands.add_parser("sql", help="run a read-only query against the configured ClickHouse")
+    sql.add_argument("query")
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.set_defaults(run=_sql)
 
     check = commands.add_parser(
         "verify", help="compare usage.aggregates and the DLQ with the expected totals of `generate`"
@@ -353,6 +370,66 @@ def _stream(args: argparse.Namespace) -> int:
     app, _ = build_app(config, devstack.kafka_bootstrap(config), data_dir.resolve())
     # Faust's worker owns the event loop and the signals: SIGTERM and Ctrl-C stop it cleanly.
     faust.Worker(app, loglevel=args.log_level).execute_from_commandline()
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from sinks.clickhouse.client import connect
+    from sinks.clickhouse.migrate import migrate
+
+    config = _load(args)
+    client = connect(config)
+    try:
+        result = migrate(client, config.clickhouse.raw_events_ttl_days)
+    finally:
+        client.close()
+    applied = [f"{m.version:04d}_{m.name}" for m in result.applied]
+    if args.json:
+        print(json.dumps({"applied": applied, "version": result.current}))
+    else:
+        print(f"schema version {result.current}; applied now: {', '.join(applied) or 'nothing (up to date)'}")
+    return 0
+
+
+def _sink_clickhouse(args: argparse.Namespace) -> int:
+    import signal
+
+    from sinks.clickhouse.sink import ClickHouseSink
+
+    config = _load(args)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+    )
+    stopping = []
+    # SIGTERM and Ctrl-C finish the current flush, flush the rest, commit and close.
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stopping.append(True))
+    ClickHouseSink(config, devstack.kafka_bootstrap(config)).run(lambda: bool(stopping))
+    return 0
+
+
+def _sql(args: argparse.Namespace) -> int:
+    from sinks.clickhouse.client import ClickHouseError, connect
+
+    config = _load(args)
+    client = connect(config)
+    try:
+        result = client.query(args.query, settings={"readonly": 1})
+    except Exception as exc:  # clickhouse-connect's errors carry ClickHouse's own message
+        raise ClickHouseError(f"the query failed: {exc}") from exc
+    finally:
+        client.close()
+    rows = [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+    if args.format == "json":
+        print(json.dumps(rows, default=str))
+    elif args.format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(result.column_names)
+        writer.writerows(result.result_rows)
+    else:
+        print(render(rows) if rows else f"(no rows; columns: {', '.join(result.column_names)})")
     return 0
 
 

@@ -149,6 +149,13 @@ class ProducerConfig:
 class ClickHouseConfig:
     dsn: str
     password: Secret
+    raw_events: bool
+    """Whether the sink also stores accepted raw events (usage_events) for audit and disputes."""
+    raw_events_ttl_days: int
+    batch_rows: int
+    """The sink inserts a partition's buffer when it holds this many rows..."""
+    batch_seconds: float
+    """...or when its oldest row has waited this long."""
 
 
 @dataclass(frozen=True)
@@ -418,6 +425,17 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
     clickhouse = ClickHouseConfig(
         dsn=s.get("dsn", str, "", _dsn_check),
         password=Secret(s.get("password", str, "", secret=True)),
+        raw_events=s.get("raw_events", bool, True),
+        raw_events_ttl_days=s.get("raw_events_ttl_days", int, 400, _between(1, 36_500)),
+        batch_rows=s.get("batch_rows", int, 20_000, _between(1, 1_000_000)),
+        batch_seconds=float(
+            s.get(
+                "batch_seconds",
+                (int, float),
+                1.0,
+                lambda v: None if 0 < v <= 600 else "must be more than 0 and at most 600",
+            )
+        ),
     )
     s.finish()
 

@@ -209,7 +209,7 @@ def _up_clickhouse(config: Config) -> ServiceState:
     if dsn.startswith("chdb://"):
         Path(dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
     if not _answers("clickhouse", dsn):
-        raise DevStackError(f"ClickHouse at {_redact(dsn)} does not answer SELECT 1")
+        raise DevStackError(f"ClickHouse at {redact_dsn(dsn)} does not answer SELECT 1")
     return ServiceState("clickhouse", dsn, None)
 
 
@@ -360,7 +360,7 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _redact(dsn: str) -> str:
+def redact_dsn(dsn: str) -> str:
     """Hide a password embedded in a DSN (scheme://user:password@host)."""
     if "@" in dsn and "://" in dsn:
         scheme, rest = dsn.split("://", 1)

@@ -1,0 +1,172 @@
+"""What each consumed Kafka record becomes in ClickHouse: pure functions, one per table.
+
+A route names the table, its columns, and the function that turns one record into rows. The sink
+(sinks.clickhouse.sink) only buffers, inserts and commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Message
+
+from meterline.config import Config
+from schemas.errors import SchemaError
+from schemas.serde import AvroSerde
+from streams.judge import Judge
+
+Row = list[Any]
+
+
+@dataclass(frozen=True)
+class Route:
+    table: str
+    columns: Sequence[str]
+    rows: Callable[[Message], list[Row]]
+
+
+REVISION_COLUMNS = (
+    "customer_id",
+    "meter",
+    "window_start",
+    "window_end",
+    "source_partition",
+    "revision",
+    "value",
+    "delta",
+    "event_count",
+    "closed_at",
+)
+
+EVENT_COLUMNS = (
+    "event_id",
+    "customer_id",
+    "meter",
+    "quantity",
+    "unit",
+    "timestamp",
+    "source",
+    "attributes",
+    "billable",
+    "source_partition",
+    "source_offset",
+)
+
+DLQ_COLUMNS = (
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "source_index",
+    "error_code",
+    "error_detail",
+    "customer_id",
+    "meter",
+    "key",
+    "value",
+    "dlq_partition",
+    "dlq_offset",
+    "received_at",
+)
+
+
+def routes(config: Config, serde: AvroSerde) -> dict[str, Route]:
+    """Topic -> route, for the topics the sink consumes under `config`."""
+    chosen = {
+        config.topics.aggregates: Route("usage_window_revisions", REVISION_COLUMNS, aggregate_rows(serde)),
+        config.topics.events_dlq: Route("dlq_events", DLQ_COLUMNS, dlq_rows(serde)),
+    }
+    if config.clickhouse.raw_events:
+        chosen[config.topics.events] = Route("usage_events", EVENT_COLUMNS, event_rows(Judge(config, serde)))
+    return chosen
+
+
+def aggregate_rows(serde: AvroSerde) -> Callable[[Message], list[Row]]:
+    def rows(record: Message) -> list[Row]:
+        a = serde.decode_aggregate(_value(record))
+        return [
+            [
+                a.customer_id,
+                a.meter,
+                a.window_start,
+                a.window_end,
+                a.source_partition,
+                a.revision,
+                a.value,
+                a.delta,
+                a.event_count,
+                a.closed_at,
+            ]
+        ]
+
+    return rows
+
+
+def event_rows(judge: Judge) -> Callable[[Message], list[Row]]:
+    """The accepted events of a usage.events record, judged as the stream app judges them (its
+    rejections are dlq_events' business, ticks have none)."""
+
+    def rows(record: Message) -> list[Row]:
+        verdict = judge(_value(record), record.timestamp()[1])
+        partition, offset = record.partition(), record.offset()
+        return [
+            [
+                e.event_id,
+                e.customer_id,
+                e.meter,
+                e.quantity,
+                e.unit,
+                e.timestamp,
+                e.source,
+                e.attributes,
+                billable,
+                partition,
+                offset,
+            ]
+            for events, billable in ((verdict.billable, True), (verdict.non_billable, False))
+            for e in events
+        ]
+
+    return rows
+
+
+def dlq_rows(serde: AvroSerde) -> Callable[[Message], list[Row]]:
+    def rows(record: Message) -> list[Row]:
+        raw = record.headers() or []
+        pairs = raw.items() if isinstance(raw, dict) else raw
+        headers = {k: v.decode(errors="replace") if isinstance(v, bytes) else v or "" for k, v in pairs}
+        value = record.value() or b""
+        customer_id = meter = ""
+        try:  # a rejected event of a batch is re-encoded alone: say whose it was
+            events = serde.decode_usage(value).events
+            if len(events) == 1:
+                customer_id, meter = events[0].customer_id, events[0].meter
+        except SchemaError:
+            pass  # undecodable: that is why it is here
+        return [
+            [
+                headers.get("source.topic", ""),
+                int(headers.get("source.partition", 0)),
+                int(headers.get("source.offset", 0)),
+                int(headers.get("source.index", -1)),
+                headers.get("error.code", "unknown"),
+                headers.get("error.detail", ""),
+                customer_id,
+                meter,
+                record.key() or b"",
+                value,
+                record.partition(),
+                record.offset(),
+                record.timestamp()[1],
+            ]
+        ]
+
+    return rows
+
+
+def _value(record: Message) -> bytes:
+    value = record.value()
+    if value is None:
+        raise ValueError(f"partition {record.partition()} offset {record.offset()}: a record without a value")
+    return value
