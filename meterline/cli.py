@@ -110,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     clickhouse = sink.add_parser(
         "clickhouse", help="usage.aggregates, dead letters and accepted raw events into ClickHouse"
     )
+    clickhouse.add_argument("--group", default="meterline-sink-clickhouse", help="its Kafka consumer group")
     clickhouse.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     clickhouse.set_defaults(run=_sink_clickhouse)
 
@@ -404,7 +405,7 @@ def _sink_clickhouse(args: argparse.Namespace) -> int:
     # SIGTERM and Ctrl-C finish the current flush, flush the rest, commit and close.
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stopping.append(True))
-    ClickHouseSink(config, devstack.kafka_bootstrap(config)).run(lambda: bool(stopping))
+    ClickHouseSink(config, devstack.kafka_bootstrap(config), group_id=args.group).run(lambda: bool(stopping))
     return 0
 
 

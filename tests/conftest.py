@@ -19,6 +19,7 @@ import pytest
 from meterline import devstack
 from meterline.config import Config, TopicsConfig, load_config
 from meterline.kafka import ensure_topics
+from tests.pipeline import Workers
 
 TEST_PARTITIONS = 4
 
@@ -67,3 +68,11 @@ def config(kafka_bootstrap: str, tmp_path: Path) -> Config:
     )
     ensure_topics(kafka_bootstrap, topics.all(), TEST_PARTITIONS)
     return dataclasses.replace(base, topics=topics)
+
+
+@pytest.fixture
+def workers(config: Config, tmp_path: Path) -> Iterator[Workers]:
+    """`meterline stream` processes for this test, stopped after it."""
+    running = Workers(config, tmp_path)
+    yield running
+    running.stop_all()

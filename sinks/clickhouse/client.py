@@ -8,6 +8,7 @@ that gets logged.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,8 +49,12 @@ def connect(config: Config, dsn: str | None = None) -> Client:
 
 def unavailable(dsn: str, exc: BaseException) -> ClickHouseUnavailableError:
     """The error to raise for `exc`, met while reaching `dsn`."""
-    if dsn.startswith("chdb://") and "Cannot lock file" in str(exc):
-        return ClickHouseBusyError(busy_message(Path(dsn.removeprefix("chdb://"))))
+    if dsn.startswith("chdb://"):
+        directory = Path(dsn.removeprefix("chdb://"))
+        # chdb reports a held directory only on stderr ("Cannot lock file"); the exception just
+        # says the engine failed to start. The status file names the holder.
+        if _holder(directory) is not None:
+            return ClickHouseBusyError(busy_message(directory))
     return ClickHouseUnavailableError(f"ClickHouse at {redact_dsn(dsn)} is unavailable: {exc}")
 
 
@@ -64,14 +69,14 @@ def busy_message(directory: Path) -> str:
 
 
 def _holder(directory: Path) -> str | None:
-    """`PID (command line)` of the process holding `directory`, from the status file ClickHouse
-    writes there."""
+    """`PID (command line)` of another live process holding `directory`, from the status file
+    ClickHouse writes there, or None."""
     try:
         lines = (directory / "status").read_text().splitlines()
     except OSError:
         return None
     pid = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("PID:")), None)
-    if pid is None:
+    if pid is None or not pid.isdigit() or int(pid) == os.getpid() or not Path(f"/proc/{pid}").exists():
         return None
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meterline.sink.clickhouse")
 
-GROUP_ID = "meterline-sink-clickhouse"
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 10.0
 
 
@@ -86,7 +85,7 @@ class ClickHouseSink:
         config: Config,
         bootstrap: str,
         dsn: str | None = None,
-        group_id: str = GROUP_ID,
+        group_id: str = "meterline-sink-clickhouse",
         on_flushed: Callable[[Flushed], None] | None = None,
     ) -> None:
         self.config = config
