@@ -18,7 +18,7 @@ from meterline import devstack
 from meterline.config import Config, ConfigError, load_config
 from meterline.errors import MeterlineError
 from meterline.table import render
-from meterline.workload import WorkloadSpec
+from meterline.workload import Expected, WorkloadSpec
 from schemas.records import UsageEvent
 from streams.windows import DAY_MS
 
@@ -306,7 +306,7 @@ def _check_span_is_current(spec: WorkloadSpec, config: Config) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     from meterline.produce import produce_workload
-    from meterline.workload import Expected, generate
+    from meterline.workload import generate
 
     config = _load(args)
     spec = _spec(args)
@@ -587,7 +587,11 @@ def _demo(args: argparse.Namespace) -> int:
         )
         print("\n== 5. the stream app folds them into windows (usage.aggregates, usage.events.dlq)")
         streamed = _demo_stream(args, config, wanted)
-        return 0 if same_records and same_totals and streamed else 1
+        print(
+            "\n== 6. the ClickHouse sink writes them for analysts (usage_windows, dlq_events, usage_events)"
+        )
+        stored = _demo_clickhouse(args, config, expected)
+        return 0 if same_records and same_totals and streamed and stored else 1
     finally:
         if not args.keep:
             print("\n== stopping the local stack (use --keep to leave it up)")
@@ -650,6 +654,70 @@ def _demo_stream(args: argparse.Namespace, config: Config, expected: dict[str, A
         )
     )
     return result.ok
+
+
+def _demo_clickhouse(args: argparse.Namespace, config: Config, expected: Expected) -> bool:
+    """Migrate, run `meterline sink clickhouse` until it has committed everything, stop it (the
+    embedded engine allows one process), then compare the FINAL totals and show analysts' queries."""
+    import subprocess
+
+    from meterline.kafka import committed_reaches, read_ends
+    from sinks.clickhouse import queries
+    from sinks.clickhouse.client import connect
+    from sinks.clickhouse.migrate import migrate
+
+    client = connect(config)
+    try:
+        migrated = migrate(client, config.clickhouse.raw_events_ttl_days)
+    finally:
+        client.close()
+    print(f"  schema version {migrated.current} ({len(migrated.applied)} migrations applied now)")
+    bootstrap = devstack.kafka_bootstrap(config)
+    ends = read_ends(bootstrap, config.topics.all())
+    log_path = config.dev.state_dir / "sink-clickhouse-demo.log"
+    command = [
+        sys.executable,
+        "-m",
+        "meterline.cli",
+        *(["--config", str(args.config)] if args.config else []),
+    ]
+    with open(log_path, "wb") as log:
+        sink = subprocess.Popen([*command, "sink", "clickhouse"], stdout=log, stderr=subprocess.STDOUT)
+    print(f"  sink pid {sink.pid}, log {log_path}")
+    started = time.monotonic()
+    try:
+        while not committed_reaches(bootstrap, "meterline-sink-clickhouse", ends):
+            if sink.poll() is not None or time.monotonic() - started > 300:
+                print(f"  the sink did not catch up: see {log_path}")
+                return False
+            time.sleep(0.5)
+    finally:
+        sink.terminate()  # flushes, commits, closes the engine's directory
+        sink.wait(timeout=60)
+    print(f"  caught up in {time.monotonic() - started:.1f} s")
+    client = connect(config)
+    try:
+        stored = {
+            (customer, meter, start): [value, count]
+            for customer, meter, start, value, count in client.query(
+                "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), sum(value), "
+                "sum(event_count) FROM usage_windows FINAL GROUP BY customer_id, meter, window_start"
+            ).result_rows
+        }
+        exact = sum(1 for key, total in expected.totals.items() if stored.get(key) == total)
+        same = stored == expected.totals
+        print(
+            f"  usage_windows FINAL against the generator's totals: {exact:,} of "
+            f"{len(expected.totals):,} windows exact{'' if same else ', DIFFERENT'}"
+        )
+        for title in ("top customers by meter", "windows with corrections", "dead letters by reason"):
+            result = client.query(queries.ALL[title])
+            rows = [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+            print(f"\n  {title} (meterline sql, see the README):")
+            print(render(rows) if rows else "  (none)")
+    finally:
+        client.close()
+    return same
 
 
 def _progress(verb: str, total: int) -> Callable[[int, float], None]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -92,3 +93,36 @@ def at_end(consumer: Consumer) -> bool:
         if position < high and not (position < 0 and high == 0):
             return False
     return True
+
+
+def read_ends(bootstrap: str, topics: Iterable[str], quiet_s: float = 1.0) -> dict[tuple[str, int], int]:
+    """The offset after the last record of every non-empty partition of `topics`, found by reading
+    them to the end and waiting for quiet (never by the high watermark alone)."""
+    ends: dict[tuple[str, int], int] = {}
+    for topic in topics:
+        consumer = consumer_from_beginning(bootstrap, topic, f"meterline-ends-{uuid.uuid4().hex[:8]}")
+        quiet_since = time.monotonic()
+        try:
+            while True:
+                messages = consumer.consume(10_000, timeout=0.2)
+                for message in messages:
+                    partition, offset = message.partition(), message.offset()
+                    if not message.error() and partition is not None and offset is not None:
+                        ends[(topic, partition)] = offset + 1
+                if messages:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > quiet_s and at_end(consumer):
+                    break
+        finally:
+            consumer.close()
+    return ends
+
+
+def committed_reaches(bootstrap: str, group_id: str, ends: Mapping[tuple[str, int], int]) -> bool:
+    """Whether `group_id` has committed at least `ends` (topic, partition -> offset) everywhere."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False})
+    try:
+        committed = consumer.committed([TopicPartition(t, p) for t, p in ends], timeout=10)
+    finally:
+        consumer.close()
+    return all(tp.offset >= ends[(tp.topic, tp.partition)] for tp in committed)

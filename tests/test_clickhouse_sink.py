@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from meterline.config import Config
-from meterline.kafka import at_end, consumer_from_beginning
+from meterline.kafka import committed_reaches, read_ends
 from meterline.produce import produce_workload
 from meterline.workload import Expected
+from sinks.clickhouse import queries
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import DowngradeError, available, migrate
 from tests.conftest import _docker_answers
@@ -121,50 +121,13 @@ class Sink:
             p.read_text(errors="replace")[-4000:] for p in sorted(self.tmp_path.glob("sink-*.log"))
         )
 
-    def wait_caught_up(self, bootstrap: str, ends: dict[str, dict[int, int]], timeout: float = 180) -> None:
-        """Until the sink's commits reach `ends` (topic -> partition -> offset after the last record)."""
-        wanted = [
-            TopicPartition(t, p, o) for t, by_partition in ends.items() for p, o in by_partition.items()
-        ]
+    def wait_caught_up(self, bootstrap: str, ends: dict[tuple[str, int], int], timeout: float = 180) -> None:
+        """Until the sink's commits reach `ends` (meterline.kafka.read_ends)."""
         deadline = time.monotonic() + timeout
-        consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": self.group, "enable.auto.commit": False}
-        )
-        try:
-            while True:
-                committed = {
-                    (tp.topic, tp.partition): tp.offset for tp in consumer.committed(wanted, timeout=10)
-                }
-                if all(committed[(tp.topic, tp.partition)] >= tp.offset for tp in wanted):
-                    return
-                assert self.process is None or self.process.poll() is None, self.logs()
-                assert time.monotonic() < deadline, (committed, ends, self.logs())
-                time.sleep(0.5)
-        finally:
-            consumer.close()
-
-
-def ends_of(bootstrap: str, topics: list[str]) -> dict[str, dict[int, int]]:
-    """The offset after the last record of every partition, read to the end (not by watermark)."""
-    ends: dict[str, dict[int, int]] = {}
-    for topic in topics:
-        consumer = consumer_from_beginning(bootstrap, topic, f"test-ends-{uuid.uuid4().hex[:8]}")
-        found: dict[int, int] = {}
-        quiet_since = time.monotonic()
-        try:
-            while True:
-                messages = consumer.consume(10_000, timeout=0.2)
-                for message in messages:
-                    if not message.error():
-                        found[message.partition()] = message.offset() + 1  # type: ignore[index, operator]
-                if messages:
-                    quiet_since = time.monotonic()
-                elif time.monotonic() - quiet_since > 1.0 and at_end(consumer):
-                    break
-        finally:
-            consumer.close()
-        ends[topic] = found
-    return ends
+        while not committed_reaches(bootstrap, self.group, ends):
+            assert self.process is None or self.process.poll() is None, self.logs()
+            assert time.monotonic() < deadline, (ends, self.logs())
+            time.sleep(0.5)
 
 
 @pytest.fixture
@@ -234,9 +197,16 @@ def test_a_workload_through_stream_and_sink_is_exact_in_clickhouse(
     _, expected = produce_workload(config, config.kafka.bootstrap, spec)
     dead = run_pipeline(config, workers, expected.to_json(spec))
     sink.start()
-    sink.wait_caught_up(config.kafka.bootstrap, ends_of(config.kafka.bootstrap, list(config.topics.all())))
+    sink.wait_caught_up(config.kafka.bootstrap, read_ends(config.kafka.bootstrap, config.topics.all()))
     sink.stop()
     assert_exact(config, clickhouse_dsn, expected, dead)
+    # The README's analysts' queries are these, and they answer on this data.
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for title, sql in queries.ALL.items():
+        assert f"```sql\n{sql}\n```" in readme, (
+            f"the README's {title!r} query differs from sinks/clickhouse/queries.py"
+        )
+        assert query(config, clickhouse_dsn, sql), f"{title!r} returned no rows"
 
 
 def test_sigkill_the_sink_three_times_mid_run_changes_no_total(
@@ -255,7 +225,7 @@ def test_sigkill_the_sink_three_times_mid_run_changes_no_total(
     document = producing.finish()
     dead = sum(wait_until_exact(config, document, workers, timeout=240).dlq_found.values())
     workers.stop_all()
-    sink.wait_caught_up(config.kafka.bootstrap, ends_of(config.kafka.bootstrap, list(config.topics.all())))
+    sink.wait_caught_up(config.kafka.bootstrap, read_ends(config.kafka.bootstrap, config.topics.all()))
     sink.stop()
     assert_exact(config, clickhouse_dsn, producing.expected, dead)
 
@@ -283,7 +253,7 @@ def test_an_unavailable_target_delays_rows_but_loses_and_doubles_none(
     assert holder.stdout is not None and holder.stdout.readline() == b"holding\n"
     sink.start()
     assert holder.wait(timeout=60) == 0
-    sink.wait_caught_up(config.kafka.bootstrap, ends_of(config.kafka.bootstrap, list(config.topics.all())))
+    sink.wait_caught_up(config.kafka.bootstrap, read_ends(config.kafka.bootstrap, config.topics.all()))
     sink.stop()
     assert "held by process" in sink.logs() and "retrying the insert" in sink.logs()
     assert_exact(config, clickhouse_dsn, expected, dead)
