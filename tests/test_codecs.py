@@ -1,4 +1,4 @@
-"""The hand-written UsageEvent and WindowAggregate encoders write fastavro's bytes exactly, or are unused."""
+"""The hand-written codecs write and read fastavro's bytes exactly, or are not used."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.catalog import USAGE_EVENT, USAGE_EVENT_BATCH, WINDOW_AGGREGATE, SchemaCatalog
-from schemas.encoders import AGGREGATE_LAYOUT, LAYOUT, AggregateEncoder, EventEncoder, encode_long, layout_of
+from schemas.codecs import (
+    AGGREGATE_LAYOUT,
+    LAYOUT,
+    AggregateDecoder,
+    AggregateEncoder,
+    EventEncoder,
+    encode_long,
+    layout_of,
+)
+from schemas.errors import MalformedRecordError
 from schemas.records import UsageEvent, WindowAggregate
 from schemas.serde import AvroSerde, aggregate_to_avro, event_to_avro
 from tests.test_serde import EVENT, events
@@ -111,3 +120,19 @@ def test_an_aggregate_int_field_out_of_range_is_refused() -> None:
 def test_the_aggregate_layout_is_the_current_schema() -> None:
     """A new WindowAggregate version must fail here first: the encoder would have to learn it."""
     assert layout_of(AGGREGATE_SCHEMA.definition) == AGGREGATE_LAYOUT
+
+
+@given(aggregates)
+def test_an_aggregate_is_read_as_fastavro_reads_it(aggregate: WindowAggregate) -> None:
+    body = fastavro_bytes(AGGREGATE_SCHEMA.parsed, aggregate_to_avro(aggregate))
+    assert AggregateDecoder().decode(b"header" + body, 6) == aggregate
+
+
+@given(aggregates, st.data())
+def test_a_cut_or_padded_aggregate_is_malformed(aggregate: WindowAggregate, data: st.DataObject) -> None:
+    serde = AvroSerde(CATALOG)
+    encoded = serde.encode_aggregate(aggregate)
+    cut = data.draw(st.integers(min_value=11, max_value=len(encoded) - 1))
+    for broken in (encoded[:cut], encoded + b"\x00"):
+        with pytest.raises(MalformedRecordError):
+            serde.decode_aggregate(broken)

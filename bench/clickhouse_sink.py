@@ -1,0 +1,238 @@
+"""ClickHouse sink throughput and latency on the local stack (tansu + the embedded engine, chdb).
+
+Rows:
+- baseline: clickhouse-connect inserting the same rows into the same table in the sink's batch
+  size, no Kafka (the ceiling the sink can approach);
+- the sink (ClickHouseSink, in this process) draining a backlog of aggregates already on
+  usage.aggregates: rows/s from its first insert to the commit that covers the backlog;
+- the sink keeping up with aggregates produced at a steady rate: latency from each aggregate's
+  Kafka timestamp (when the stream app sent it, i.e. when its window closed) to the return of
+  the insert that made it visible, median and p99, with the default batch_seconds.
+
+Run: .venv/bin/python bench/clickhouse_sink.py [--rows 500000] [--rate 2000] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from confluent_kafka import Producer
+
+from meterline import devstack
+from meterline.config import Config, TopicsConfig, load_config
+from meterline.kafka import committed_reaches, ensure_topics, read_ends
+from meterline.table import render
+from schemas.records import WindowAggregate
+from schemas.serde import AvroSerde
+from sinks.clickhouse.client import connect
+from sinks.clickhouse.migrate import migrate
+from sinks.clickhouse.rows import REVISION_COLUMNS
+from sinks.clickhouse.sink import ClickHouseSink, Flushed
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+MINUTE_MS = 60_000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=500_000)
+    parser.add_argument("--rate", type=int, default=2_000, help="aggregates/s in the latency run")
+    parser.add_argument("--seconds", type=int, default=20, help="length of the latency run")
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="meterline-bench-sink-"))
+    base = load_config(
+        None, {"METERLINE__DEV__STATE_DIR": str(state), "METERLINE__CLICKHOUSE__RAW_EVENTS": "false"}
+    )
+    bootstrap = devstack.up(base, log=lambda _line: None)["kafka"].address
+    dsn = f"chdb://{state / 'bench-clickhouse'}"
+    rows: list[dict[str, object]] = []
+    try:
+        client = connect(base, dsn)
+        migrate(client, base.clickhouse.raw_events_ttl_days)
+        rows.append(_baseline(client, args.rows, base.clickhouse.batch_rows))
+        client.close()
+
+        backlog = _topics(base, bootstrap, "backlog")
+        _produce(backlog, bootstrap, _aggregates(args.rows, seed=1))
+        rows.append(_drain(backlog, bootstrap, dsn, args.rows))
+
+        live = _topics(base, bootstrap, "live")
+        rows.append(_latency(live, bootstrap, dsn, args.rate, args.seconds))
+    finally:
+        devstack.down(base, log=lambda _line: None)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
+    print(render(rows))
+    print(json.dumps(rows))
+
+
+def _topics(base: Config, bootstrap: str, name: str) -> Config:
+    suffix = f"{name}-{uuid.uuid4().hex[:6]}"
+    topics = TopicsConfig(
+        **{f.name: f"{getattr(base.topics, f.name)}.{suffix}" for f in dataclasses.fields(TopicsConfig)}
+    )
+    ensure_topics(bootstrap, topics.all(), base.kafka.partitions)
+    return dataclasses.replace(base, topics=topics)
+
+
+def _aggregates(count: int, seed: int) -> list[WindowAggregate]:
+    """`count` distinct window revisions: 200 customers x 3 meters, consecutive minutes."""
+    start = (int(time.time() * 1000) - 30 * 86_400_000) // MINUTE_MS * MINUTE_MS
+    meters = ("api_calls", "egress_bytes", "compute_ms")
+    made = []
+    for n in range(count):
+        window = start + (n // 600) * MINUTE_MS  # 600 = 200 customers x 3 meters
+        value = (n * 7919 + seed) % 10_000
+        made.append(
+            WindowAggregate(
+                f"cust-{n % 200:04d}",
+                meters[n % 3],
+                window,
+                window + MINUTE_MS,
+                n % 4,
+                value,
+                value,
+                1 + n % 50,
+                0,
+                window + 90_000,
+            )
+        )
+    return made
+
+
+def _produce(config: Config, bootstrap: str, aggregates: list[WindowAggregate]) -> None:
+    serde = AvroSerde()
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    for aggregate in aggregates:
+        while True:
+            try:
+                producer.produce(
+                    config.topics.aggregates, serde.encode_aggregate(aggregate), aggregate.customer_id
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    producer.flush()
+
+
+def _baseline(client: Client, count: int, batch: int) -> dict[str, object]:
+    data = [
+        [
+            a.customer_id,
+            a.meter,
+            a.window_start,
+            a.window_end,
+            a.source_partition,
+            a.revision,
+            a.value,
+            a.delta,
+            a.event_count,
+            a.closed_at,
+        ]
+        for a in _aggregates(count, seed=2)
+    ]
+    started = time.perf_counter()
+    for first in range(0, count, batch):
+        client.insert(
+            "usage_window_revisions", data[first : first + batch], column_names=list(REVISION_COLUMNS)
+        )
+    seconds = time.perf_counter() - started
+    return {
+        "what": f"baseline: clickhouse-connect inserts into chdb, {batch:,} rows each",
+        "rows": count,
+        "rows/s": round(count / seconds),
+        "latency median ms": None,
+        "latency p99 ms": None,
+    }
+
+
+class SinkThread(threading.Thread):
+    """The sink running in this process, recording what each flush made visible."""
+
+    def __init__(self, config: Config, bootstrap: str, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap = bootstrap
+        self.flushed: list[Flushed] = []
+        self.stopping = threading.Event()
+        self.sink = ClickHouseSink(
+            config,
+            bootstrap,
+            dsn=dsn,
+            group_id=f"bench-sink-{uuid.uuid4().hex[:6]}",
+            on_flushed=self.flushed.append,
+        )
+
+    def run(self) -> None:
+        self.sink.run(self.stopping.is_set)
+
+    def stop_when_committed(self, ends: dict[tuple[str, int], int]) -> None:
+        while not committed_reaches(self.bootstrap, self.sink.group_id, ends):
+            time.sleep(1.0)  # each check is a new consumer: not too often, it shares the GIL
+        self.stopping.set()
+        self.join()
+
+
+def _drain(config: Config, bootstrap: str, dsn: str, count: int) -> dict[str, object]:
+    ends = read_ends(bootstrap, [config.topics.aggregates])
+    sink = SinkThread(config, bootstrap, dsn)
+    sink.start()
+    sink.stop_when_committed(ends)
+    flushed = sink.flushed
+    first_insert = min(f.visible_at for f in flushed)
+    last_insert = max(f.visible_at for f in flushed)
+    first_rows = min(flushed, key=lambda f: f.visible_at).rows
+    rate = (count - first_rows) / (last_insert - first_insert)
+    return {
+        "what": "meterline sink clickhouse, draining a backlog of aggregates",
+        "rows": count,
+        "rows/s": round(rate),
+        "latency median ms": None,
+        "latency p99 ms": None,
+    }
+
+
+def _latency(config: Config, bootstrap: str, dsn: str, rate: int, seconds: int) -> dict[str, object]:
+    sink = SinkThread(config, bootstrap, dsn)
+    sink.start()
+    time.sleep(8)  # joined the group
+    serde = AvroSerde()
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    aggregates = _aggregates(rate * seconds, seed=3)
+    started = time.monotonic()
+    for n, aggregate in enumerate(aggregates):
+        producer.produce(config.topics.aggregates, serde.encode_aggregate(aggregate), aggregate.customer_id)
+        producer.poll(0)
+        if n % 100 == 0:
+            time.sleep(max(0.0, started + n / rate - time.monotonic()))
+    producer.flush()
+    sink.stop_when_committed(read_ends(bootstrap, [config.topics.aggregates]))
+    latencies = sorted(f.visible_at * 1000 - t for f in sink.flushed for t in f.record_times_ms)
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    return {
+        "what": f"meterline sink clickhouse, {rate:,} aggregates/s arriving (batch_seconds "
+        f"{config.clickhouse.batch_seconds:g})",
+        "rows": len(latencies),
+        "rows/s": None,
+        "latency median ms": round(statistics.median(latencies)),
+        "latency p99 ms": round(p99),
+    }
+
+
+if __name__ == "__main__":
+    main()
