@@ -49,7 +49,8 @@ def clickhouse_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
         pytest.skip("no ClickHouse server: set CLICKHOUSE_DSN=http://... or run a Docker engine")
     from testcontainers.clickhouse import ClickHouseContainer
 
-    with ClickHouseContainer("clickhouse/clickhouse-server:24.8") as server:
+    # The HTTP port, which clickhouse-connect speaks (the container's default URL is the native one).
+    with ClickHouseContainer("clickhouse/clickhouse-server:24.8", port=8123) as server:
         yield server.get_connection_url().replace("clickhouse://", "http://", 1)
 
 
