@@ -1,0 +1,437 @@
+"""What the Stripe fake knows and the rules it applies, without HTTP: the objects meterline uses
+(customers, products, prices, meters, subscriptions), meter events and their summaries, legacy
+usage records. sinks.stripe.fake serves it; tests/test_stripe_fake.py pins each rule to Stripe's
+documented behaviour.
+
+Rules kept from Stripe (docs.stripe.com, API 2026-10-28):
+- a meter event's `identifier` is unique over a rolling 24 hours: a second one is refused with
+  `duplicate_meter_event`; its `timestamp` must lie within the past 35 days and at most 5 minutes
+  ahead; its value (a string in the payload) must be a whole number here (DESIGN §3);
+- meter events are processed asynchronously: an event for an unknown customer or without an active
+  meter is accepted and lands in the meter's error reports instead of its summaries;
+- event summaries take minute-aligned `start_time`/`end_time` and group by `hour` or `day` (UTC);
+- legacy usage records exist only for API versions before 2025-03-31.basil.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DAY_S = 86_400
+IDENTIFIER_WINDOW_S = DAY_S
+MAX_PAST_S = 35 * DAY_S
+MAX_FUTURE_S = 5 * 60
+USAGE_RECORDS_REMOVED_IN = "2025-03-31"  # basil: the legacy usage records API is gone from there on
+
+
+class StripeError(Exception):
+    """An error response: HTTP status, Stripe's error type, code, message and param."""
+
+    def __init__(
+        self, status: int, type_: str, message: str, code: str | None = None, param: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.type, self.code, self.param = status, type_, code, param
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"type": self.type, "message": str(self)}
+        if self.code:
+            error["code"] = self.code
+        if self.param:
+            error["param"] = self.param
+        return {"error": error}
+
+
+def invalid(message: str, code: str | None = None, param: str | None = None) -> StripeError:
+    return StripeError(400, "invalid_request_error", message, code, param)
+
+
+def missing(kind: str, object_id: str, param: str = "id") -> StripeError:
+    return StripeError(
+        404, "invalid_request_error", f"No such {kind}: '{object_id}'", "resource_missing", param
+    )
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+@dataclass
+class MeterEvent:
+    event_name: str
+    identifier: str
+    customer: str
+    value: int
+    timestamp: int
+    created: int
+
+
+@dataclass
+class FakeStripeState:
+    """All objects, under one lock: the server is threaded."""
+
+    customers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    products: dict[str, dict[str, Any]] = field(default_factory=dict)
+    prices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    meters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    meter_events: list[MeterEvent] = field(default_factory=list)
+    error_reports: list[dict[str, Any]] = field(default_factory=list)
+    usage_records: dict[str, list[dict[str, Any]]] = field(
+        default_factory=dict
+    )  # subscription item -> records
+    identifiers: dict[str, int] = field(default_factory=dict)  # identifier -> when it was first accepted
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    clock: Any = time.time  # tests move time
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    # -- customers, products, prices, meters, subscriptions ---------------------------------------
+
+    def create_customer(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        customer_id = new_id("cus")
+        customer = {
+            "id": customer_id,
+            "object": "customer",
+            "created": self.now(),
+            "email": params.get("email"),
+            "name": params.get("name"),
+            "metadata": dict(params.get("metadata") or {}),
+            "livemode": False,
+        }
+        with self.lock:
+            self.customers[customer_id] = customer
+        return customer
+
+    def search_customers(self, query: str) -> list[dict[str, Any]]:
+        """Stripe's search syntax, the one clause meterline uses: metadata['key']:'value'."""
+        import re
+
+        match = re.fullmatch(r"\s*metadata\['([^']+)'\]\s*:\s*'([^']*)'\s*", query)
+        if match is None:
+            raise invalid(f"Unsupported search query: {query}", param="query")
+        key, value = match.groups()
+        with self.lock:
+            return [c for c in self.customers.values() if c["metadata"].get(key) == value]
+
+    def create_product(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        if not params.get("name"):
+            raise invalid("Missing required param: name.", "parameter_missing", "name")
+        product = {
+            "id": params.get("id") or new_id("prod"),
+            "object": "product",
+            "name": params["name"],
+            "active": True,
+            "metadata": dict(params.get("metadata") or {}),
+            "created": self.now(),
+        }
+        with self.lock:
+            if product["id"] in self.products:
+                raise invalid(f"Product already exists: {product['id']}", "resource_already_exists", "id")
+            self.products[product["id"]] = product
+        return product
+
+    def create_price(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        product = params.get("product")
+        with self.lock:
+            if product not in self.products:
+                raise missing("product", str(product), "product")
+            lookup_key = params.get("lookup_key")
+            if lookup_key and any(p.get("lookup_key") == lookup_key for p in self.prices.values()):
+                if params.get("transfer_lookup_key") not in ("true", True):
+                    raise invalid(
+                        f"A price (`{lookup_key}`) already uses that lookup key.", "lookup_key_already_exists"
+                    )
+                for other in self.prices.values():
+                    if other.get("lookup_key") == lookup_key:
+                        other["lookup_key"] = None
+            recurring = dict(params.get("recurring") or {})
+            price = {
+                "id": new_id("price"),
+                "object": "price",
+                "product": product,
+                "currency": params.get("currency", "usd"),
+                "unit_amount_decimal": params.get("unit_amount_decimal"),
+                "billing_scheme": params.get("billing_scheme", "per_unit"),
+                "tiers_mode": params.get("tiers_mode"),
+                "tiers": params.get("tiers"),
+                "recurring": recurring or None,
+                "lookup_key": lookup_key,
+                "metadata": dict(params.get("metadata") or {}),
+                "active": True,
+                "created": self.now(),
+            }
+            self.prices[price["id"]] = price
+        return price
+
+    def list_prices(self, lookup_keys: list[str]) -> list[dict[str, Any]]:
+        with self.lock:
+            return [p for p in self.prices.values() if not lookup_keys or p.get("lookup_key") in lookup_keys]
+
+    def create_meter(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        for name in ("display_name", "event_name", "default_aggregation"):
+            if not params.get(name):
+                raise invalid(f"Missing required param: {name}.", "parameter_missing", name)
+        formula = params["default_aggregation"].get("formula")
+        if formula not in ("sum", "count", "last"):
+            raise invalid(
+                f"Invalid default_aggregation[formula]: {formula}", param="default_aggregation[formula]"
+            )
+        with self.lock:
+            if any(
+                m["event_name"] == params["event_name"] and m["status"] == "active"
+                for m in self.meters.values()
+            ):
+                raise invalid(
+                    f"An active meter with event_name `{params['event_name']}` already exists.",
+                    param="event_name",
+                )
+            meter = {
+                "id": new_id("mtr"),
+                "object": "billing.meter",
+                "display_name": params["display_name"],
+                "event_name": params["event_name"],
+                "status": "active",
+                "default_aggregation": {"formula": formula},
+                "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
+                "value_settings": {"event_payload_key": "value"},
+                "event_time_window": None,
+                "created": self.now(),
+                "livemode": False,
+            }
+            self.meters[meter["id"]] = meter
+        return meter
+
+    def meter(self, meter_id: str) -> dict[str, Any]:
+        with self.lock:
+            found = self.meters.get(meter_id)
+        if found is None:
+            raise missing("billing.meter", meter_id)
+        return found
+
+    def create_subscription(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        customer = params.get("customer")
+        items = params.get("items") or []
+        with self.lock:
+            if customer not in self.customers:
+                raise missing("customer", str(customer), "customer")
+            start = self.now()
+            subscription_id = new_id("sub")
+            data = []
+            for item in items:
+                price = self.prices.get(item.get("price"))
+                if price is None:
+                    raise missing("price", str(item.get("price")), "items[price]")
+                data.append(
+                    {
+                        "id": new_id("si"),
+                        "object": "subscription_item",
+                        "price": price,
+                        "subscription": subscription_id,
+                    }
+                )
+            subscription = {
+                "id": subscription_id,
+                "object": "subscription",
+                "customer": customer,
+                "status": "active",
+                "items": {"object": "list", "data": data, "has_more": False},
+                "current_period_start": start,
+                "current_period_end": start + 30 * DAY_S,
+                "metadata": dict(params.get("metadata") or {}),
+                "created": start,
+            }
+            self.subscriptions[subscription_id] = subscription
+        return subscription
+
+    def list_subscriptions(self, customer: str | None) -> list[dict[str, Any]]:
+        with self.lock:
+            return [s for s in self.subscriptions.values() if customer is None or s["customer"] == customer]
+
+    # -- meter events ----------------------------------------------------------------------------
+
+    def record_meter_event(self, params: Mapping[str, Any], timestamp: int | None) -> dict[str, Any]:
+        """POST /v1/billing/meter_events and each event of a v2 stream (whose errors Stripe reports
+        asynchronously; the v2 handler turns them into error reports)."""
+        event_name = params.get("event_name")
+        payload = params.get("payload")
+        if not event_name:
+            raise invalid("Missing required param: event_name.", "parameter_missing", "event_name")
+        if not isinstance(payload, Mapping):
+            raise invalid("Missing required param: payload.", "parameter_missing", "payload")
+        now = self.now()
+        when = now if timestamp is None else timestamp
+        if when < now - MAX_PAST_S:
+            raise invalid(
+                "Timestamp must be within the past 35 calendar days.",
+                "timestamp_too_far_in_past",
+                "timestamp",
+            )
+        if when > now + MAX_FUTURE_S:
+            raise invalid(
+                "Timestamp must be at most 5 minutes in the future.", "timestamp_in_future", "timestamp"
+            )
+        raw_value = str(payload.get("value", ""))
+        if not raw_value.lstrip("-").isdigit():
+            raise invalid(
+                f"Invalid value `{raw_value}` for payload[value]: must be a whole number.",
+                "meter_event_invalid_value",
+                "payload[value]",
+            )
+        identifier = str(params.get("identifier") or new_id("mev"))
+        with self.lock:
+            first = self.identifiers.get(identifier)
+            if first is not None and now - first < IDENTIFIER_WINDOW_S:
+                raise invalid(
+                    f"An event with identifier `{identifier}` was already reported in the last 24 hours.",
+                    "duplicate_meter_event",
+                    "identifier",
+                )
+            self.identifiers[identifier] = now
+            customer = str(payload.get("stripe_customer_id", ""))
+            active = [
+                m for m in self.meters.values() if m["event_name"] == event_name and m["status"] == "active"
+            ]
+            problem = None
+            if not active:
+                problem = ("no_meter", f"No active meter for event_name `{event_name}`.")
+            elif not customer:
+                problem = ("meter_event_no_customer_defined", "The payload has no stripe_customer_id.")
+            elif customer not in self.customers:
+                problem = ("meter_event_customer_not_found", f"No such customer: '{customer}'")
+            if problem is not None:
+                self.error_reports.append(
+                    {
+                        "code": problem[0],
+                        "message": problem[1],
+                        "identifier": identifier,
+                        "event_name": event_name,
+                    }
+                )
+            else:
+                self.meter_events.append(
+                    MeterEvent(event_name, identifier, customer, int(raw_value), when, now)
+                )
+        return {
+            "object": "billing.meter_event",
+            "created": now,
+            "event_name": event_name,
+            "identifier": identifier,
+            "livemode": False,
+            "payload": {k: str(v) for k, v in payload.items()},
+            "timestamp": when,
+        }
+
+    def event_summaries(
+        self, meter_id: str, customer: str, start: int, end: int, grouping: str | None
+    ) -> list[dict[str, Any]]:
+        meter = self.meter(meter_id)
+        if start % 60 or end % 60:
+            raise invalid(
+                "start_time and end_time must be aligned with minute boundaries.", param="start_time"
+            )
+        if end <= start:
+            raise invalid("end_time must be after start_time.", param="end_time")
+        if grouping not in (None, "hour", "day"):
+            raise invalid(f"Invalid value_grouping_window: {grouping}", param="value_grouping_window")
+        size = {"hour": 3_600, "day": DAY_S}.get(grouping or "", end - start)
+        formula = meter["default_aggregation"]["formula"]
+        buckets: dict[int, list[MeterEvent]] = {}
+        with self.lock:
+            for event in self.meter_events:
+                if (
+                    event.event_name == meter["event_name"]
+                    and event.customer == customer
+                    and start <= event.timestamp < end
+                ):
+                    bucket = start if grouping is None else event.timestamp - event.timestamp % size
+                    buckets.setdefault(bucket, []).append(event)
+        summaries = []
+        for bucket_start in sorted(buckets):
+            events = buckets[bucket_start]
+            if formula == "sum":
+                value = sum(e.value for e in events)
+            elif formula == "count":
+                value = len(events)
+            else:
+                value = max(events, key=lambda e: (e.timestamp, e.created)).value
+            summaries.append(
+                {
+                    "id": f"mtrusg_{meter_id}_{customer}_{bucket_start}",
+                    "object": "billing.meter_event_summary",
+                    "aggregated_value": value,
+                    "start_time": max(bucket_start, start),
+                    "end_time": min(bucket_start + size, end),
+                    "meter": meter_id,
+                    "livemode": False,
+                }
+            )
+        return summaries
+
+    # -- legacy usage records --------------------------------------------------------------------
+
+    def record_usage(
+        self, item_id: str, params: Mapping[str, Any], api_version: str | None
+    ) -> dict[str, Any]:
+        if api_version is None or api_version >= USAGE_RECORDS_REMOVED_IN:
+            raise invalid(
+                "Usage records are not available in this API version: send a Stripe-Version before "
+                f"{USAGE_RECORDS_REMOVED_IN}.basil, or use billing meters.",
+                "api_version_unsupported",
+            )
+        quantity = str(params.get("quantity", ""))
+        if not quantity.isdigit():
+            raise invalid(f"Invalid integer: {quantity}", param="quantity")
+        action = params.get("action", "increment")
+        if action not in ("increment", "set"):
+            raise invalid(f"Invalid action: {action}", param="action")
+        timestamp = int(params.get("timestamp") or self.now())
+        with self.lock:
+            if not any(i["id"] == item_id for s in self.subscriptions.values() for i in s["items"]["data"]):
+                raise missing("subscription_item", item_id)
+            record = {
+                "id": new_id("mbur"),
+                "object": "usage_record",
+                "livemode": False,
+                "quantity": int(quantity),
+                "subscription_item": item_id,
+                "timestamp": timestamp,
+                "action": action,
+            }
+            self.usage_records.setdefault(item_id, []).append(record)
+        return {k: v for k, v in record.items() if k != "action"}
+
+    def usage_record_summary(self, item_id: str) -> dict[str, Any]:
+        with self.lock:
+            records = list(self.usage_records.get(item_id, []))
+            subscription = next(
+                (
+                    s
+                    for s in self.subscriptions.values()
+                    if any(i["id"] == item_id for i in s["items"]["data"])
+                ),
+                None,
+            )
+        if subscription is None:
+            raise missing("subscription_item", item_id)
+        total = 0
+        for record in sorted(records, key=lambda r: r["timestamp"]):
+            total = record["quantity"] if record["action"] == "set" else total + record["quantity"]
+        return {
+            "id": f"sis_{item_id}",
+            "object": "usage_record_summary",
+            "invoice": None,
+            "livemode": False,
+            "period": {
+                "start": subscription["current_period_start"],
+                "end": subscription["current_period_end"],
+            },
+            "subscription_item": item_id,
+            "total_usage": total,
+        }

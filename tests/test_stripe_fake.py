@@ -1,0 +1,260 @@
+"""The Stripe fake behaves as Stripe documents, through the official stripe library.
+
+Each test names the behaviour of Stripe it pins (docs.stripe.com, API 2026-10-28). No broker.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import stripe
+
+from sinks.stripe.fake import FakeStripe, Faults, make_server
+
+KEY = "sk_test_meterline_fake"
+NOW = int(time.time())
+MINUTE = 60
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[FakeStripe, str]]:
+    stripe_fake = FakeStripe(seed=1)
+    server = make_server(stripe_fake)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield stripe_fake, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def client(base: str, key: str = KEY) -> stripe.StripeClient:
+    return stripe.StripeClient(key, base_addresses={"api": base, "meter_events": base}, max_network_retries=0)
+
+
+@pytest.fixture
+def api(fake: tuple[FakeStripe, str]) -> stripe.StripeClient:
+    return client(fake[1])
+
+
+def setup_meter(api: stripe.StripeClient, event_name: str = "api_calls") -> tuple[str, str]:
+    meter = api.v1.billing.meters.create(
+        {"display_name": "API calls", "event_name": event_name, "default_aggregation": {"formula": "sum"}}
+    )
+    customer = api.v1.customers.create(
+        {"email": "a@example.com", "metadata": {"meterline_customer_id": "cust-1"}}
+    )
+    return meter.id, customer.id
+
+
+def report(
+    api: stripe.StripeClient, customer: str, value: Any, timestamp: int, identifier: str, **options: Any
+) -> Any:
+    return api.v1.billing.meter_events.create(
+        {
+            "event_name": "api_calls",
+            "payload": {"stripe_customer_id": customer, "value": str(value)},
+            "timestamp": timestamp,
+            "identifier": identifier,
+        },
+        options,  # type: ignore[arg-type]
+    )
+
+
+def summaries(
+    api: stripe.StripeClient, meter: str, customer: str, start: int, end: int, **extra: str
+) -> list[Any]:
+    listed = api.v1.billing.meters.event_summaries.list(
+        meter,
+        {"customer": customer, "start_time": start, "end_time": end, **extra},  # type: ignore[typeddict-item]
+    )
+    return list(listed.auto_paging_iter())
+
+
+def test_meter_events_sum_into_summaries_by_hour_and_day(api: stripe.StripeClient) -> None:
+    meter, customer = setup_meter(api)
+    hour = (NOW - 3 * 3600) // 3600 * 3600
+    for n, (offset, value) in enumerate([(60, 5), (120, 7), (3600 + 60, 11)]):
+        event = report(api, customer, value, hour + offset, f"id-{n}")
+        assert (event.identifier, event.payload["value"], event.timestamp) == (
+            f"id-{n}",
+            str(value),
+            hour + offset,
+        )
+    whole = summaries(api, meter, customer, hour, hour + 2 * 3600)
+    assert [s.aggregated_value for s in whole] == [23]
+    by_hour = summaries(api, meter, customer, hour, hour + 2 * 3600, value_grouping_window="hour")
+    assert [(s.start_time, s.end_time, s.aggregated_value) for s in by_hour] == [
+        (hour, hour + 3600, 12),
+        (hour + 3600, hour + 7200, 11),
+    ]
+
+
+def test_summaries_need_minute_aligned_bounds(api: stripe.StripeClient) -> None:
+    meter, customer = setup_meter(api)
+    start = NOW // MINUTE * MINUTE - 3600
+    with pytest.raises(stripe.InvalidRequestError, match="minute boundaries"):
+        summaries(api, meter, customer, start + 1, start + 3600)
+
+
+def test_an_identifier_is_accepted_once_within_24_hours(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    _, customer = setup_meter(api)
+    report(api, customer, 5, NOW - 600, "same")
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        report(api, customer, 5, NOW - 600, "same")
+    assert refused.value.code == "duplicate_meter_event"
+    fake[0].state.clock = lambda: time.time() + 86_400 + 1  # a day later the identifier is free again
+    report(api, customer, 5, int(time.time()) + 86_400 - 600, "same")
+    assert len(fake[0].state.meter_events) == 2
+
+
+@pytest.mark.parametrize(
+    ("age", "code"),
+    [(35 * 86_400 + 60, "timestamp_too_far_in_past"), (-(5 * 60 + 60), "timestamp_in_future")],
+)
+def test_timestamps_beyond_35_days_past_or_5_minutes_ahead_are_refused(
+    api: stripe.StripeClient, age: int, code: str
+) -> None:
+    _, customer = setup_meter(api)
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        report(api, customer, 1, int(time.time()) - age, f"t-{age}")
+    assert refused.value.code == code
+    report(api, customer, 1, int(time.time()) - 35 * 86_400 + 60, "inside-past")
+    report(api, customer, 1, int(time.time()) + 4 * 60, "inside-future")
+
+
+def test_values_must_be_whole_numbers(api: stripe.StripeClient) -> None:
+    _, customer = setup_meter(api)
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        report(api, customer, "1.5", NOW - 60, "half")
+    assert refused.value.code == "meter_event_invalid_value"
+
+
+def test_an_unknown_customer_is_accepted_then_reported_as_an_error(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    setup_meter(api)
+    report(api, "cus_nobody", 3, NOW - 60, "lost")  # Stripe processes meter events asynchronously
+    assert fake[0].state.error_reports[-1]["code"] == "meter_event_customer_not_found"
+    assert fake[0].state.meter_events == []
+
+
+def test_an_idempotency_key_replays_the_first_result_and_refuses_other_parameters(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    _, customer = setup_meter(api)
+    first = report(api, customer, 5, NOW - 60, "k1", idempotency_key="key-1")
+    again = report(api, customer, 5, NOW - 60, "k1", idempotency_key="key-1")
+    assert again.last_response.headers.get("Idempotent-Replayed") == "true"  # type: ignore[union-attr]
+    assert again.to_dict() == first.to_dict() and len(fake[0].state.meter_events) == 1
+    with pytest.raises(stripe.IdempotencyError, match="same parameters"):
+        report(api, customer, 6, NOW - 60, "k1", idempotency_key="key-1")
+
+
+def test_an_injected_500_is_not_saved_but_a_dropped_answer_is(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    _, customer = setup_meter(api)
+    fake[0].faults = Faults(error_rate=1.0)
+    with pytest.raises(stripe.APIError):
+        report(api, customer, 5, NOW - 60, "e1", idempotency_key="key-e")
+    fake[0].faults = Faults()
+    assert report(api, customer, 5, NOW - 60, "e1", idempotency_key="key-e").identifier == "e1"
+    fake[0].faults = Faults(drop_rate=1.0)
+    with pytest.raises(stripe.APIConnectionError):
+        report(api, customer, 7, NOW - 60, "d1", idempotency_key="key-d")
+    fake[0].faults = Faults()
+    replay = report(api, customer, 7, NOW - 60, "d1", idempotency_key="key-d")  # it had worked
+    assert replay.last_response.headers.get("Idempotent-Replayed") == "true"  # type: ignore[union-attr]
+    assert [e.identifier for e in fake[0].state.meter_events] == ["e1", "d1"]
+
+
+def test_beyond_the_rate_limit_stripe_answers_429(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    _, customer = setup_meter(api)
+    fake[0].faults = Faults(rate_limit_per_second=5)
+    outcomes = []
+    for n in range(20):
+        try:
+            report(api, customer, 1, NOW - 60, f"r{n}")
+            outcomes.append("ok")
+        except stripe.RateLimitError as exc:
+            assert exc.http_status == 429
+            outcomes.append("429")
+    assert "429" in outcomes and outcomes.count("ok") >= 1
+
+
+def test_the_v2_stream_takes_up_to_100_events_with_a_15_minute_session(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    _, customer = setup_meter(api)
+    session = api.v2.billing.meter_event_session.create()
+    stream = client(fake[1], session.authentication_token)
+
+    def events(count: int, prefix: str) -> list[dict[str, Any]]:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(NOW - 120))
+        return [
+            {
+                "event_name": "api_calls",
+                "identifier": f"{prefix}-{n}",
+                "payload": {"stripe_customer_id": customer, "value": "2"},
+                "timestamp": stamp,
+            }
+            for n in range(count)
+        ]
+
+    stream.v2.billing.meter_event_stream.create({"events": events(100, "s")})  # type: ignore[typeddict-item]
+    assert sum(e.value for e in fake[0].state.meter_events) == 200
+    with pytest.raises(stripe.InvalidRequestError, match="At most 100"):
+        stream.v2.billing.meter_event_stream.create({"events": events(101, "t")})  # type: ignore[typeddict-item]
+    fake[0]._sessions[session.authentication_token] = time.time() - 1  # 15 minutes later
+    with pytest.raises(stripe.TemporarySessionExpiredError) as expired:
+        stream.v2.billing.meter_event_stream.create({"events": events(1, "u")})  # type: ignore[typeddict-item]
+    assert expired.value.http_status == 401
+
+
+def test_legacy_usage_records_need_an_api_version_before_basil(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    _, customer = setup_meter(api)
+    product = api.v1.products.create({"name": "API"})
+    price = api.v1.prices.create(
+        {
+            "product": product.id,
+            "currency": "usd",
+            "unit_amount_decimal": "0.1",
+            "recurring": {"interval": "month", "usage_type": "metered"},
+        }  # type: ignore[typeddict-item]
+    )
+    subscription = api.v1.subscriptions.create({"customer": customer, "items": [{"price": price.id}]})
+    item = subscription["items"]["data"][0]["id"]
+    path = f"/v1/subscription_items/{item}/usage_records"
+    with pytest.raises(stripe.InvalidRequestError, match="not available in this API version"):
+        api.raw_request("post", path, quantity=5, timestamp=NOW - 60, action="increment")
+    old = {"stripe_version": "2024-06-20"}
+    for quantity in (5, 7):
+        api.raw_request("post", path, quantity=quantity, timestamp=NOW - 60, action="increment", **old)  # type: ignore[arg-type]
+    summary = json.loads(
+        urllib.request.urlopen(
+            urllib.request.Request(
+                f"{fake[1]}/v1/subscription_items/{item}/usage_record_summaries",
+                headers={"Authorization": f"Bearer {KEY}"},
+            )
+        ).read()
+    )
+    assert summary["data"][0]["total_usage"] == 12
+
+
+def test_requests_without_an_api_key_are_refused(fake: tuple[FakeStripe, str]) -> None:
+    request = urllib.request.Request(f"{fake[1]}/v1/billing/meters")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request)
+    assert refused.value.code == 401
