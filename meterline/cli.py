@@ -114,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     clickhouse.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     clickhouse.set_defaults(run=_sink_clickhouse)
 
+    stripe_sink = sink.add_parser("stripe", help="report usage.aggregates to Stripe once per window revision")
+    stripe_sink.add_argument("--group", default="meterline-sink-stripe", help="its Kafka consumer group")
+    stripe_sink.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    stripe_sink.set_defaults(run=_sink_stripe)
+
     sql = commands.add_parser("sql", help="run a read-only query against the configured ClickHouse")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -393,19 +398,36 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _sink_clickhouse(args: argparse.Namespace) -> int:
-    import signal
-
     from sinks.clickhouse.sink import ClickHouseSink
 
     config = _load(args)
+    _run_until_signalled(
+        args,
+        lambda stop: ClickHouseSink(config, devstack.kafka_bootstrap(config), group_id=args.group).run(stop),
+    )
+    return 0
+
+
+def _run_until_signalled(args: argparse.Namespace, run: Callable[[Callable[[], bool]], None]) -> None:
+    """Run a sink's loop with logging; SIGTERM and Ctrl-C let it finish its batch, flush, commit and close."""
+    import signal
+
     logging.basicConfig(
         level=args.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
     )
-    stopping = []
-    # SIGTERM and Ctrl-C finish the current flush, flush the rest, commit and close.
+    stopping: list[bool] = []
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stopping.append(True))
-    ClickHouseSink(config, devstack.kafka_bootstrap(config), group_id=args.group).run(lambda: bool(stopping))
+    run(lambda: bool(stopping))
+
+
+def _sink_stripe(args: argparse.Namespace) -> int:
+    from sinks.stripe.sink import StripeSink
+
+    config = _load(args)
+    _run_until_signalled(
+        args, lambda stop: StripeSink(config, devstack.kafka_bootstrap(config), group_id=args.group).run(stop)
+    )
     return 0
 
 

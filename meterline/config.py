@@ -163,6 +163,14 @@ class StripeConfig:
     api_key: Secret
     api_base: str
     mode: Literal["meter_events", "meter_event_stream", "usage_records"]
+    customers: Mapping[str, str]
+    """meterline customer id -> Stripe customer id; others are looked up by metadata, cached."""
+    customer_metadata_key: str
+    requests_per_second: float
+    concurrency: int
+    timeout_seconds: float
+    legacy_api_version: str
+    """The Stripe-Version sent with legacy usage records (they are gone from 2025-03-31.basil on)."""
 
 
 @dataclass(frozen=True)
@@ -449,6 +457,41 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
             str,
             "meter_events",
             lambda v: None if v in modes else f"must be one of {', '.join(modes)}",
+        ),
+        customers=s.get(
+            "customers",
+            dict,
+            {},
+            lambda v: (
+                None
+                if all(isinstance(c, str) and c.startswith("cus_") for c in v.values())
+                else "values must be Stripe customer ids (cus_...)"
+            ),
+        ),
+        customer_metadata_key=s.get("customer_metadata_key", str, "meterline_customer_id"),
+        requests_per_second=float(
+            s.get(
+                "requests_per_second",
+                (int, float),
+                20,
+                lambda v: (
+                    None if 0 < v <= 10_000 else "must be more than 0 (Stripe allows 25/s in test mode)"
+                ),
+            )
+        ),
+        concurrency=s.get("concurrency", int, 4, _between(1, 64)),
+        timeout_seconds=float(
+            s.get(
+                "timeout_seconds", (int, float), 10, lambda v: None if 0 < v <= 120 else "must be in (0, 120]"
+            )
+        ),
+        legacy_api_version=s.get(
+            "legacy_api_version",
+            str,
+            "2024-06-20",
+            lambda v: (
+                None if v < "2025-03-31" else "usage records need a Stripe-Version before 2025-03-31.basil"
+            ),
         ),
     )
     s.finish()

@@ -86,6 +86,21 @@ def kafka_bootstrap(config: Config) -> str:
     return kafka.address
 
 
+FAKE_STRIPE_KEY = "sk_test_meterline_fake"
+
+
+def stripe_endpoint(config: Config) -> tuple[str, str]:
+    """(API base, secret key): Stripe itself when a key is configured, else the local fake."""
+    if config.stripe.api_key:
+        return config.stripe.api_base or "https://api.stripe.com", config.stripe.api_key.reveal()
+    if config.stripe.api_base:
+        return config.stripe.api_base, FAKE_STRIPE_KEY
+    fake = read_state(config).get("stripe")
+    if fake is None:
+        raise DevStackError("no Stripe: run `meterline dev up` (the fake) or set STRIPE_API_KEY")
+    return fake.address, FAKE_STRIPE_KEY
+
+
 def clickhouse_dsn(config: Config) -> str:
     return config.clickhouse.dsn or f"chdb://{(config.dev.state_dir / 'clickhouse').absolute()}"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from meterline import devstack
 from meterline.config import Config, TopicsConfig, load_config
 from meterline.kafka import ensure_topics
+from sinks.stripe.fake import FakeStripe, make_server
 from tests.pipeline import Workers
 
 TEST_PARTITIONS = 4
@@ -76,3 +78,15 @@ def workers(config: Config, tmp_path: Path) -> Iterator[Workers]:
     running = Workers(config, tmp_path)
     yield running
     running.stop_all()
+
+
+@pytest.fixture
+def stripe_fake() -> Iterator[tuple[FakeStripe, str]]:
+    """The Stripe fake on a free loopback port, in this process (its state is inspected directly)."""
+    fake = FakeStripe(seed=1)
+    server = make_server(fake)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield fake, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

@@ -6,16 +6,14 @@ Each test names the behaviour of Stripe it pins (docs.stripe.com, API 2026-10-28
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import stripe
 
-from sinks.stripe.fake import FakeStripe, Faults, make_server
+from sinks.stripe.fake import FakeStripe, Faults
 
 KEY = "sk_test_meterline_fake"
 NOW = int(time.time())
@@ -23,14 +21,8 @@ MINUTE = 60
 
 
 @pytest.fixture
-def fake() -> Iterator[tuple[FakeStripe, str]]:
-    stripe_fake = FakeStripe(seed=1)
-    server = make_server(stripe_fake)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield stripe_fake, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def fake(stripe_fake: tuple[FakeStripe, str]) -> tuple[FakeStripe, str]:
+    return stripe_fake
 
 
 def client(base: str, key: str = KEY) -> stripe.StripeClient:

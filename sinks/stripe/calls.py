@@ -1,0 +1,219 @@
+"""The Stripe calls of each reporting mode, through the stripe library, with meterline's own
+retries: the library's are off, so that every retry reuses the same Idempotency-Key and is counted.
+
+Retried (backoff with full jitter, capped, without limit: usage must not be dropped): 429, 5xx,
+connection errors and timeouts, an idempotency key still in use, an expired v2 session (renewed).
+Settled: `duplicate_meter_event` means Stripe already has that identifier (a report whose answer
+was lost): sent. Refused for good: any other invalid request (its code is kept); an
+authentication or permission error stops the sink instead, as it would refuse everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import stripe
+
+from meterline.errors import MeterlineError
+from sinks.stripe.report import Outcome, Report, Status, idempotency_key
+
+log = logging.getLogger("meterline.sink.stripe")
+
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.25, 10.0
+STREAM_BATCH = 100  # Stripe's limit per meter_event_stream call
+SESSION_MARGIN_S = 60  # renew a v2 session this long before it expires
+
+
+class StripeAccessError(MeterlineError):
+    """Stripe refuses the key: nothing can be reported until the configuration is fixed."""
+
+
+class RateLimiter:
+    """A token bucket shared by the sink's threads: at most `per_second` calls, in bursts of one second."""
+
+    def __init__(self, per_second: float) -> None:
+        self.per_second = per_second
+        self._tokens = per_second
+        self._since = time.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                self._tokens = min(self.per_second, self._tokens + (now - self._since) * self.per_second)
+                self._since = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                wait = (1 - self._tokens) / self.per_second
+            time.sleep(wait)
+
+
+def make_client(api_base: str, api_key: str, timeout_s: float) -> stripe.StripeClient:
+    return stripe.StripeClient(
+        api_key,
+        base_addresses={"api": api_base, "meter_events": api_base}
+        if "api.stripe.com" not in api_base
+        else None,
+        max_network_retries=0,
+        http_client=stripe.RequestsClient(timeout=timeout_s),
+    )
+
+
+class Caller:
+    """Makes one report (or one stream batch) until it settles; counts what happened."""
+
+    def __init__(
+        self, api_base: str, api_key: str, timeout_s: float, limiter: RateLimiter, legacy_version: str
+    ) -> None:
+        self.api_base, self.timeout_s = api_base, timeout_s
+        self.client = make_client(api_base, api_key, timeout_s)
+        self.limiter = limiter
+        self.legacy_version = legacy_version
+        self.calls = 0
+        self.retries = 0
+        self._lock = threading.Lock()
+        self._session: tuple[str, float] | None = None  # v2 token, expiry (epoch s)
+
+    # -- the modes ---------------------------------------------------------------------------------
+
+    def meter_event(self, report: Report) -> Outcome:
+        params = {
+            "event_name": report.stripe_event_name,
+            "payload": {"stripe_customer_id": report.stripe_customer, "value": str(report.value)},
+            "timestamp": report.timestamp,
+            "identifier": report.identifier,
+        }
+        key = idempotency_key(report.aggregate.identity, "meter_events")
+        return self._settle(
+            lambda: self.client.v1.billing.meter_events.create(params, {"idempotency_key": key}),  # type: ignore[arg-type]
+            Status.SENT,
+        )
+
+    def usage_record(self, report: Report) -> Outcome:
+        """Legacy accounts: an increment on the customer's subscription item, synchronous at Stripe."""
+        key = idempotency_key(report.aggregate.identity, "usage_records")
+        return self._settle(
+            lambda: self.client.raw_request(
+                "post",
+                f"/v1/subscription_items/{report.subscription_item}/usage_records",
+                quantity=report.value,
+                timestamp=report.timestamp,
+                action="increment",
+                idempotency_key=key,
+                stripe_version=self.legacy_version,
+            ),
+            Status.CONFIRMED,
+        )
+
+    def stream(self, reports: Sequence[Report]) -> Outcome:
+        """Up to 100 reports in one v2 meter_event_stream call; Stripe validates them
+        asynchronously (refusals come back as meter error reports), so success means sent."""
+        events = [
+            {
+                "event_name": r.stripe_event_name,
+                "identifier": r.identifier,
+                "payload": {"stripe_customer_id": r.stripe_customer, "value": str(r.value)},
+                "timestamp": datetime.fromtimestamp(r.timestamp, UTC)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"),
+            }
+            for r in reports
+        ]
+        digest = hashlib.sha256("\n".join(r.identifier for r in reports).encode()).hexdigest()[:32]
+
+        def call() -> Any:
+            session_client = make_client(self.api_base, self._session_token(), self.timeout_s)
+            return session_client.v2.billing.meter_event_stream.create(
+                {"events": events},  # type: ignore[typeddict-item]
+                {"idempotency_key": f"meterline:stream:{digest}"},
+            )
+
+        return self._settle(call, Status.SENT)
+
+    # -- retries -----------------------------------------------------------------------------------
+
+    def _settle(self, call: Callable[[], Any], success: Status) -> Outcome:
+        try:
+            response, attempts = self.retrying(call)
+        except stripe.InvalidRequestError as exc:
+            attempts = getattr(exc, "meterline_attempts", 1)
+            message, request_id = str(exc.user_message or exc), exc.request_id or ""
+            if exc.code == "duplicate_meter_event":  # Stripe has it: the first answer was lost
+                return Outcome(Status.SENT, attempts, exc.code, message, request_id)
+            return Outcome(Status.FAILED, attempts, exc.code or "invalid_request", message, request_id)
+        except stripe.IdempotencyError as exc:  # same key, other parameters: never retried into success
+            attempts = getattr(exc, "meterline_attempts", 1)
+            return Outcome(Status.FAILED, attempts, "idempotency_conflict", str(exc), exc.request_id or "")
+        return Outcome(success, attempts, request_id=_request_id(response))
+
+    def retrying(self, call: Callable[[], Any]) -> tuple[Any, int]:
+        """(the response, attempts): transient failures are retried; a refusal is raised with the
+        number of attempts on it (`meterline_attempts`)."""
+        delay = _BACKOFF_FIRST
+        attempts = 0
+        while True:
+            self.limiter.acquire()
+            attempts += 1
+            with self._lock:
+                self.calls += 1
+            try:
+                return call(), attempts
+            except stripe.TemporarySessionExpiredError as exc:
+                with self._lock:
+                    self._session = None
+                error: Exception = exc
+            except stripe.IdempotencyError as exc:
+                if exc.http_status != 409:  # 409: the same key is still running: retry
+                    exc.meterline_attempts = attempts  # type: ignore[attr-defined]
+                    raise
+                error = exc
+            except stripe.InvalidRequestError as exc:
+                exc.meterline_attempts = attempts  # type: ignore[attr-defined]
+                raise
+            except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+                raise StripeAccessError(f"Stripe refuses meterline's key: {exc}") from exc
+            except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as exc:
+                error = exc
+            with self._lock:
+                self.retries += 1
+            wait = random.uniform(0, delay)
+            log.warning(
+                "stripe call failed (%s: %s); retry %d in %.2f s", type(error).__name__, error, attempts, wait
+            )
+            time.sleep(wait)
+            delay = min(delay * 2, _BACKOFF_MAX)
+
+    def _session_token(self) -> str:
+        with self._lock:
+            if self._session is not None and self._session[1] - SESSION_MARGIN_S > time.time():
+                return self._session[0]
+        session = self.client.v2.billing.meter_event_session.create()
+        expires = session.expires_at
+        expiry = expires.timestamp() if isinstance(expires, datetime) else _epoch(expires)
+        with self._lock:
+            self._session = (session.authentication_token, expiry)
+        return session.authentication_token
+
+
+def _request_id(response: Any) -> str:
+    """Stripe's Request-Id of a library object's response, or of a raw response."""
+    last = getattr(response, "last_response", None)
+    if last is not None:
+        return str(getattr(last, "request_id", "") or "")
+    headers = getattr(response, "headers", None) or {}
+    return str(headers.get("request-id") or headers.get("Request-Id") or "")
+
+
+def _epoch(value: Any) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()

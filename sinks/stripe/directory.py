@@ -1,0 +1,68 @@
+"""Who is who at Stripe: a meterline customer's Stripe customer, and (legacy usage records) the
+subscription item that bills a meter. Configured mappings win; others are looked up once and
+cached: customers by their metadata (`stripe.customer_metadata_key`), subscription items by the
+lookup key of their price (`meterline_<meter>`, as `meterline stripe sync` names them).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from meterline.config import StripeConfig
+from sinks.stripe.calls import Caller
+
+NEGATIVE_TTL_S = 60.0  # an unknown customer is looked up again after this long (it may be created)
+
+
+def price_lookup_key(meter: str) -> str:
+    return f"meterline_{meter}"
+
+
+class Directory:
+    def __init__(self, config: StripeConfig, caller: Caller) -> None:
+        self.config = config
+        self.caller = caller
+        self._customers: dict[str, tuple[str | None, float]] = {}
+        self._items: dict[tuple[str, str], tuple[str | None, float]] = {}
+        self._lock = threading.Lock()
+
+    def customer(self, customer_id: str) -> str | None:
+        configured = self.config.customers.get(customer_id)
+        if configured:
+            return configured
+        return self._cached(self._customers, customer_id, lambda: self._search_customer(customer_id))
+
+    def subscription_item(self, stripe_customer: str, meter: str) -> str | None:
+        return self._cached(
+            self._items, (stripe_customer, meter), lambda: self._find_item(stripe_customer, meter)
+        )
+
+    def _cached(self, cache: dict[Any, tuple[str | None, float]], key: Any, look_up: Any) -> str | None:
+        with self._lock:
+            hit = cache.get(key)
+        if hit is not None and (hit[0] is not None or time.monotonic() - hit[1] < NEGATIVE_TTL_S):
+            return hit[0]
+        found: str | None = look_up()
+        with self._lock:
+            cache[key] = (found, time.monotonic())
+        return found
+
+    def _search_customer(self, customer_id: str) -> str | None:
+        query = f"metadata['{self.config.customer_metadata_key}']:'{customer_id}'"
+        result, _ = self.caller.retrying(lambda: self.caller.client.v1.customers.search({"query": query}))
+        return str(result.data[0].id) if result.data else None
+
+    def _find_item(self, stripe_customer: str, meter: str) -> str | None:
+        wanted = price_lookup_key(meter)
+        listed, _ = self.caller.retrying(
+            lambda: self.caller.client.v1.subscriptions.list(
+                {"customer": stripe_customer, "status": "active"}
+            )
+        )
+        for subscription in listed.data:
+            for item in subscription["items"]["data"]:
+                if item["price"].get("lookup_key") == wanted:
+                    return str(item["id"])
+        return None

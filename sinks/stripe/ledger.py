@@ -1,0 +1,85 @@
+"""The Stripe sink's ledger, `stripe_reports` in ClickHouse: what was reported, how it ended,
+with attempts, the last error and Stripe's request id. Rows are appended; the latest per identity
+wins (ReplacingMergeTree on updated_at), so reads use FINAL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from schemas.records import AggregateIdentity, WindowAggregate
+from sinks.stripe.report import Outcome, Status, identifier
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+COLUMNS = (
+    "customer_id",
+    "meter",
+    "window_start",
+    "source_partition",
+    "revision",
+    "identifier",
+    "mode",
+    "stripe_customer",
+    "stripe_event_name",
+    "value",
+    "status",
+    "attempts",
+    "error_code",
+    "last_error",
+    "stripe_request_id",
+    "updated_at",
+)
+
+
+class Ledger:
+    def __init__(self, client: Client, mode: str) -> None:
+        self.client = client
+        self.mode = mode
+        self._last_version = 0
+
+    def statuses(self, identities: Iterable[AggregateIdentity]) -> dict[AggregateIdentity, Status]:
+        """The current status of each identity the ledger knows."""
+        wanted = list(identities)
+        if not wanted:
+            return {}
+        rows = self.client.query(
+            "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, revision, "
+            "toString(status) FROM stripe_reports FINAL WHERE "
+            "(customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, revision) "
+            "IN %(wanted)s",
+            parameters={"wanted": [tuple(i) for i in wanted]},
+        ).result_rows
+        return {AggregateIdentity(c, m, int(w), int(p), int(r)): Status(s) for c, m, w, p, r, s in rows}
+
+    def record(self, entries: Sequence[tuple[WindowAggregate, str, str, Outcome]]) -> None:
+        """Append (aggregate, Stripe customer, Stripe event name, outcome) rows."""
+        if not entries:
+            return
+        # A later write must win even within the same millisecond: versions only grow.
+        now = self._last_version = max(int(time.time() * 1000), self._last_version + 1)
+        rows = [
+            [
+                a.customer_id,
+                a.meter,
+                a.window_start,
+                a.source_partition,
+                a.revision,
+                identifier(a.identity),
+                self.mode,
+                stripe_customer,
+                event_name,
+                a.delta,
+                str(outcome.status),
+                outcome.attempts,
+                outcome.error_code,
+                outcome.last_error[:1000],
+                outcome.request_id,
+                now,
+            ]
+            for a, stripe_customer, event_name, outcome in entries
+        ]
+        self.client.insert("stripe_reports", rows, column_names=list(COLUMNS))

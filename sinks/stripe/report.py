@@ -1,0 +1,91 @@
+"""What the Stripe sink reports for one window revision, and how it ended: pure values.
+
+The identifier Stripe dedups on and the Idempotency-Key come from the aggregate identity alone
+(DESIGN §3), so every retry, replay or restart sends the same ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from schemas.records import AggregateIdentity, WindowAggregate
+
+MAX_PAST_S = 35 * 86_400  # Stripe refuses meter events older than 35 days
+PAST_MARGIN_S = 3_600  # refuse an hour early: the call may be retried for a while
+_IDENTIFIER_MAX = 100  # Stripe's limit
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the sink is done with it (its offset may be committed)."""
+        return self is not Status.PENDING
+
+
+class Reason(StrEnum):
+    """Why a revision is not billed through Stripe (usage.stripe.dlq's error.code)."""
+
+    UNKNOWN_CUSTOMER = "unknown_customer"
+    UNKNOWN_METER = "unknown_meter"
+    NO_SUBSCRIPTION_ITEM = "no_subscription_item"
+    TIMESTAMP_TOO_OLD = "timestamp_too_old"
+    INVALID_VALUE = "invalid_value"
+    REFUSED = "refused_by_stripe"
+
+
+def identifier(identity: AggregateIdentity) -> str:
+    """Readable when it fits Stripe's 100 characters (support can search for it), hashed when not."""
+    readable = "ml:" + ":".join(str(part) for part in identity)
+    if len(readable) <= _IDENTIFIER_MAX:
+        return readable
+    digest = hashlib.sha256(readable.encode()).hexdigest()[:40]
+    return f"ml:{digest}"
+
+
+def idempotency_key(identity: AggregateIdentity, mode: str) -> str:
+    return f"meterline:{mode}:{identifier(identity)}"
+
+
+@dataclass(frozen=True)
+class Report:
+    aggregate: WindowAggregate
+    stripe_customer: str
+    stripe_event_name: str
+    subscription_item: str | None = None  # usage_records mode
+
+    @property
+    def identifier(self) -> str:
+        return identifier(self.aggregate.identity)
+
+    @property
+    def value(self) -> int:
+        """What Stripe adds: the revision's delta (revision 0's delta is its whole value)."""
+        return self.aggregate.delta
+
+    @property
+    def timestamp(self) -> int:
+        """Seconds: the window's start, so the usage lands in the billing period it belongs to."""
+        return self.aggregate.window_start // 1000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    attempts: int = 0
+    error_code: str = ""
+    last_error: str = ""
+    request_id: str = ""
+
+
+def too_old(aggregate: WindowAggregate, now_s: float | None = None) -> bool:
+    """Whether Stripe would refuse the window's timestamp (checked before the call)."""
+    now = time.time() if now_s is None else now_s
+    return aggregate.window_start // 1000 < now - MAX_PAST_S + PAST_MARGIN_S

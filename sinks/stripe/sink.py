@@ -1,0 +1,262 @@
+"""`meterline sink stripe`: every window revision on usage.aggregates reported to Stripe once.
+
+Per batch of consumed aggregates, in this order:
+1. Decode each and resolve who it bills (Stripe customer, meter event name, the subscription
+   item for legacy usage records). Refuse before any call what Stripe would refuse for good: an
+   unknown customer or meter, a window older than Stripe's 35 days.
+2. Read the ledger: a revision already sent, confirmed or failed (before a crash or a rebalance)
+   is not reported again.
+3. Write `pending` rows for the rest: the ledger shows a batch that was interrupted.
+4. Report: per (customer, meter) one call at a time in offset order, groups concurrently, under
+   the client-side rate limit; each call retried until it settles (sinks.stripe.calls), with the
+   identifier and Idempotency-Key of its aggregate identity.
+5. Write the outcomes to the ledger; send every refused revision to usage.stripe.dlq with its
+   reason, and wait until the DLQ has them.
+6. Commit the batch's offsets: only now is every revision in a terminal state.
+A crash anywhere re-reads the batch: step 2 skips what settled, and what was in flight is sent
+again with the same identifier and key, which Stripe answers with the first result (or
+`duplicate_meter_event`): no identifier is billed twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from meterline import devstack
+from meterline.config import Config
+from schemas.records import WindowAggregate
+from schemas.serde import AvroSerde
+from sinks.clickhouse.client import connect
+from sinks.stripe.calls import STREAM_BATCH, Caller, RateLimiter
+from sinks.stripe.directory import Directory
+from sinks.stripe.ledger import Ledger
+from sinks.stripe.report import Outcome, Reason, Report, Status, identifier, too_old
+
+log = logging.getLogger("meterline.sink.stripe")
+
+BATCH = 500
+
+
+@dataclass
+class StripeSinkStats:
+    aggregates: int = 0
+    already_settled: int = 0
+    sent: int = 0
+    confirmed: int = 0
+    failed: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Item:
+    message: Message
+    aggregate: WindowAggregate
+    report: Report | None  # None: refused in step 1
+    refusal: Outcome | None
+
+
+class StripeSink:
+    def __init__(
+        self, config: Config, bootstrap: str, dsn: str | None = None, group_id: str = "meterline-sink-stripe"
+    ) -> None:
+        self.config = config
+        self.mode = config.stripe.mode
+        self.group_id = group_id
+        api_base, api_key = devstack.stripe_endpoint(config)
+        self.caller = Caller(
+            api_base,
+            api_key,
+            config.stripe.timeout_seconds,
+            RateLimiter(config.stripe.requests_per_second),
+            config.stripe.legacy_api_version,
+        )
+        self.directory = Directory(config.stripe, self.caller)
+        self.event_names = {name: meter.stripe_event_name for name, meter in config.meters.items()}
+        self.serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
+        self.stats = StripeSinkStats()
+        self._client = connect(config, dsn)
+        self.ledger = Ledger(self._client, self.mode)
+        self._pool = ThreadPoolExecutor(config.stripe.concurrency, thread_name_prefix="stripe")
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000,  # a group join waits half of it on tansu (DESIGN §7)
+                "heartbeat.interval.ms": 1000,
+            }
+        )
+        self._dlq = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        self._consumer.subscribe([self.config.topics.aggregates])
+        last_log = time.monotonic()
+        try:
+            while not should_stop():
+                messages = [m for m in self._consumer.consume(BATCH, timeout=0.5) if self._usable(m)]
+                if messages:
+                    self._process(messages)
+                if time.monotonic() - last_log >= 10:
+                    last_log = time.monotonic()
+                    log.info(
+                        "progress %s calls=%d retries=%d",
+                        vars(self.stats),
+                        self.caller.calls,
+                        self.caller.retries,
+                    )
+        finally:
+            self._consumer.close()
+            self._pool.shutdown()
+            self._client.close()
+        log.info("stopped %s calls=%d retries=%d", vars(self.stats), self.caller.calls, self.caller.retries)
+
+    def _process(self, messages: list[Message]) -> None:
+        # 1. Decode, resolve, refuse early.
+        items = [self._resolve(m) for m in messages]
+        self.stats.aggregates += len(items)
+        # 2. What settled before is not reported again.
+        settled = self.ledger.statuses(i.aggregate.identity for i in items)
+        todo = [
+            i
+            for i in items
+            if not (i.aggregate.identity in settled and settled[i.aggregate.identity].terminal)
+        ]
+        self.stats.already_settled += len(items) - len(todo)
+        # 3. Pending, before any call.
+        to_call = [i for i in todo if i.report is not None]
+        self.ledger.record([self._entry(i, Outcome(Status.PENDING)) for i in to_call])
+        # 4. Report.
+        outcomes = self._report([i.report for i in to_call if i.report is not None])
+        results = [(i, outcomes[i.report.identifier]) for i in to_call if i.report is not None]
+        results += [(i, i.refusal) for i in todo if i.refusal is not None]
+        # 5. Outcomes to the ledger, refusals to the DLQ.
+        self.ledger.record([self._entry(i, outcome) for i, outcome in results])
+        for item, outcome in results:
+            self._count(outcome)
+            if outcome.status is Status.FAILED:
+                self._dead_letter(item, outcome)
+        if self._dlq.flush(30) > 0:
+            raise KafkaException(
+                KafkaError(KafkaError._MSG_TIMED_OUT, "usage.stripe.dlq did not take the refusals")
+            )
+        # 6. Commit.
+        ends: dict[tuple[str, int], int] = {}
+        for message in messages:
+            key = (message.topic() or "", message.partition() or 0)
+            ends[key] = max(ends.get(key, 0), (message.offset() or 0) + 1)
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False
+            )
+        except KafkaException as exc:  # revoked meanwhile: the new owner finds them settled (step 2)
+            log.warning("commit failed (%s); the batch will be read again and found settled", exc)
+
+    def _resolve(self, message: Message) -> _Item:
+        aggregate = self.serde.decode_aggregate(message.value() or b"")
+        event_name = self.event_names.get(aggregate.meter)
+        if event_name is None:
+            return self._refused(
+                message, aggregate, Reason.UNKNOWN_METER, f"meter {aggregate.meter!r} is not configured"
+            )
+        if too_old(aggregate):
+            return self._refused(
+                message,
+                aggregate,
+                Reason.TIMESTAMP_TOO_OLD,
+                "the window is older than Stripe's 35 days (less an hour)",
+            )
+        stripe_customer = self.directory.customer(aggregate.customer_id)
+        if stripe_customer is None:
+            return self._refused(
+                message,
+                aggregate,
+                Reason.UNKNOWN_CUSTOMER,
+                f"no Stripe customer for {aggregate.customer_id!r} (stripe.customers, or metadata "
+                f"{self.config.stripe.customer_metadata_key})",
+            )
+        item = None
+        if self.mode == "usage_records":
+            item = self.directory.subscription_item(stripe_customer, aggregate.meter)
+            if item is None:
+                return self._refused(
+                    message,
+                    aggregate,
+                    Reason.NO_SUBSCRIPTION_ITEM,
+                    f"{stripe_customer} has no active subscription item priced for {aggregate.meter}",
+                )
+        return _Item(message, aggregate, Report(aggregate, stripe_customer, event_name, item), None)
+
+    @staticmethod
+    def _refused(message: Message, aggregate: WindowAggregate, reason: Reason, detail: str) -> _Item:
+        return _Item(message, aggregate, None, Outcome(Status.FAILED, 0, str(reason), detail))
+
+    def _report(self, reports: Sequence[Report]) -> dict[str, Outcome]:
+        if self.mode == "meter_event_stream":
+            outcomes: dict[str, Outcome] = {}
+            for first in range(0, len(reports), STREAM_BATCH):
+                chunk = reports[first : first + STREAM_BATCH]
+                outcome = self.caller.stream(chunk)
+                outcomes.update({r.identifier: outcome for r in chunk})
+            return outcomes
+        call = self.caller.usage_record if self.mode == "usage_records" else self.caller.meter_event
+        groups: dict[tuple[str, str], list[Report]] = defaultdict(list)
+        for report in reports:  # offset order within a group: one call in flight per customer and meter
+            groups[(report.aggregate.customer_id, report.aggregate.meter)].append(report)
+
+        def run(group: list[Report]) -> list[tuple[str, Outcome]]:
+            return [(r.identifier, call(r)) for r in group]
+
+        return {key: outcome for done in self._pool.map(run, groups.values()) for key, outcome in done}
+
+    def _entry(self, item: _Item, outcome: Outcome) -> tuple[WindowAggregate, str, str, Outcome]:
+        report = item.report
+        return (
+            item.aggregate,
+            report.stripe_customer if report else "",
+            report.stripe_event_name if report else "",
+            outcome,
+        )
+
+    def _count(self, outcome: Outcome) -> None:
+        if outcome.status is Status.SENT:
+            self.stats.sent += 1
+        elif outcome.status is Status.CONFIRMED:
+            self.stats.confirmed += 1
+        elif outcome.status is Status.FAILED:
+            self.stats.failed += 1
+            self.stats.by_reason[outcome.error_code] = self.stats.by_reason.get(outcome.error_code, 0) + 1
+
+    def _dead_letter(self, item: _Item, outcome: Outcome) -> None:
+        message = item.message
+        headers = {
+            "error.code": outcome.error_code or str(Reason.REFUSED),
+            "error.detail": outcome.last_error,
+            "identifier": identifier(item.aggregate.identity),
+            "source.topic": message.topic() or "",
+            "source.partition": str(message.partition()),
+            "source.offset": str(message.offset()),
+        }
+        self._dlq.produce(
+            self.config.topics.stripe_dlq,
+            message.value(),
+            item.aggregate.customer_id.encode(),
+            headers=[(k, v.encode()) for k, v in headers.items()],
+        )
+
+    @staticmethod
+    def _usable(message: Message) -> bool:
+        error = message.error()
+        if error is None:
+            return True
+        if error.code() == KafkaError._PARTITION_EOF:
+            return False
+        raise KafkaException(error)

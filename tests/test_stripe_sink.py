@@ -1,0 +1,340 @@
+"""`meterline sink stripe` against the broker, the Stripe fake and the embedded ClickHouse (its
+ledger): Stripe's totals equal the expected ones exactly, through injected 500s, 429s, timeouts,
+dropped answers and SIGKILLs, and every refusal lands in usage.stripe.dlq and the ledger.
+
+Stripe's totals are read as the reconciler will: meter event summaries per customer and meter.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stripe
+from confluent_kafka import Producer
+
+from meterline.config import Config
+from meterline.kafka import committed_reaches, read_ends
+from meterline.produce import produce_workload
+from meterline.workload import Expected, WorkloadSpec, customer_ids
+from schemas.records import WindowAggregate
+from schemas.serde import AvroSerde
+from sinks.clickhouse.client import connect
+from sinks.clickhouse.migrate import migrate
+from sinks.stripe.fake import FakeStripe, Faults
+from sinks.stripe.report import identifier
+from tests.kafka_helpers import read_messages
+from tests.pipeline import Workers, wait_until_exact
+
+KEY = "sk_test_meterline_fake"
+HOUR_MS = 3_600_000
+
+
+def small_workload(seed: int, events: int = 6_000) -> WorkloadSpec:
+    """Few windows (3 customers, 2 hours): a Stripe call each, at a test's pace."""
+    now = int(time.time() * 1000)
+    return WorkloadSpec(
+        seed=seed,
+        events=events,
+        customers=3,
+        start_ms=now - 2 * HOUR_MS,
+        span_ms=2 * HOUR_MS - 60_000,
+        duplicate_rate=0.03,
+        out_of_order_rate=0.05,
+        late_rate=0.02,
+        malformed_rate=0.01,
+    )
+
+
+def stripe_api(base: str) -> stripe.StripeClient:
+    return stripe.StripeClient(KEY, base_addresses={"api": base}, max_network_retries=0)
+
+
+def set_up_stripe(config: Config, base: str, customers: list[str]) -> dict[str, str]:
+    """Meters for the configured meters, and a Stripe customer per meterline customer (found by
+    the sink through their metadata). Returns meter name -> Stripe meter id."""
+    api = stripe_api(base)
+    meters = {}
+    for name, meter in config.meters.items():
+        created = api.v1.billing.meters.create(
+            {
+                "display_name": name,
+                "event_name": meter.stripe_event_name,
+                "default_aggregation": {"formula": "sum"},
+            }
+        )
+        meters[name] = created.id
+    for customer in customers:
+        api.v1.customers.create({"metadata": {"meterline_customer_id": customer}})
+    return meters
+
+
+def stripe_totals(
+    base: str, meters: dict[str, str], customers: list[str], span: tuple[int, int]
+) -> dict[tuple[str, str], int]:
+    """Per (meterline customer, meter): Stripe's aggregated value over `span` (epoch ms)."""
+    api = stripe_api(base)
+    start, end = span[0] // 60_000 * 60, (span[1] // 60_000 + 1) * 60
+    totals = {}
+    for customer in customers:
+        [found] = api.v1.customers.search({"query": f"metadata['meterline_customer_id']:'{customer}'"}).data
+        for meter, meter_id in meters.items():
+            summaries = api.v1.billing.meters.event_summaries.list(
+                meter_id, {"customer": found.id, "start_time": start, "end_time": end}
+            )
+            value = sum(s.aggregated_value for s in summaries.auto_paging_iter())
+            if value:
+                totals[(customer, meter)] = int(value)
+    return totals
+
+
+def expected_by_customer_meter(expected: Expected) -> dict[tuple[str, str], int]:
+    totals: Counter[tuple[str, str]] = Counter()
+    for (customer, meter, _), (value, _) in expected.totals.items():
+        totals[(customer, meter)] += value
+    return {k: v for k, v in totals.items() if v}
+
+
+class StripeSinkProcess:
+    def __init__(self, workers: Workers, base: str, dsn: str, tmp_path: Path, **env: str) -> None:
+        self.env = {
+            **workers.env,
+            "CLICKHOUSE_DSN": dsn,
+            "METERLINE__STRIPE__API_BASE": base,
+            "METERLINE__STRIPE__REQUESTS_PER_SECOND": "400",
+            "METERLINE__STRIPE__CONCURRENCY": "8",
+            "METERLINE__STRIPE__TIMEOUT_SECONDS": "1",
+            **env,
+        }
+        self.group = f"test-stripe-sink-{uuid.uuid4().hex[:8]}"
+        self.tmp_path = tmp_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.tmp_path / f"stripe-sink-{self.starts}.log", "wb")  # noqa: SIM115  # closed with the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "meterline.cli", "sink", "stripe", "--group", self.group],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            assert self.process.wait(timeout=120) == 0, self.logs()
+
+    def logs(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace")[-4000:] for p in sorted(self.tmp_path.glob("stripe-sink-*.log"))
+        )
+
+    def wait_caught_up(self, bootstrap: str, ends: dict[tuple[str, int], int], timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not committed_reaches(bootstrap, self.group, ends):
+            assert self.process is None or self.process.poll() is None, self.logs()
+            assert time.monotonic() < deadline, self.logs()
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def ledger_dsn(config: Config, tmp_path: Path) -> str:
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    client = connect(config, dsn)
+    try:
+        migrate(client, config.clickhouse.raw_events_ttl_days)
+    finally:
+        client.close()
+    return dsn
+
+
+@pytest.fixture
+def stripe_sink(
+    workers: Workers, stripe_fake: tuple[FakeStripe, str], ledger_dsn: str, tmp_path: Path
+) -> Iterator[StripeSinkProcess]:
+    process = StripeSinkProcess(workers, stripe_fake[1], ledger_dsn, tmp_path)
+    yield process
+    if process.process is not None and process.process.poll() is None:
+        process.process.kill()
+
+
+def ledger(config: Config, dsn: str) -> list[tuple[Any, ...]]:
+    client = connect(config, dsn)
+    try:
+        return list(
+            client.query(
+                "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, "
+                "revision, "
+                "toString(status), error_code, identifier, attempts FROM stripe_reports FINAL"
+            ).result_rows
+        )
+    finally:
+        client.close()
+
+
+def stream_aggregates(config: Config, workers: Workers, spec: WorkloadSpec) -> Expected:
+    """Produce the workload and run a stream worker until usage.aggregates is exact."""
+    _, expected = produce_workload(config, config.kafka.bootstrap, spec)
+    workers.start("w1")
+    wait_until_exact(config, expected.to_json(spec), workers, timeout=180)
+    workers.stop_all()
+    return expected
+
+
+def assert_reported_exactly(
+    config: Config,
+    fake: FakeStripe,
+    base: str,
+    meters: dict[str, str],
+    spec: WorkloadSpec,
+    expected: Expected,
+    dsn: str,
+) -> None:
+    starts = [start for _, _, start in expected.totals]  # late events reach before the span's start
+    span = (min(starts), max(starts) + 60_000)
+    assert stripe_totals(base, meters, customer_ids(spec), span) == expected_by_customer_meter(expected)
+    accepted = [e.identifier for e in fake.state.meter_events]
+    assert len(accepted) == len(set(accepted))  # no identifier reported twice
+    rows = ledger(config, dsn)
+    assert {r[5] for r in rows} == {"sent"}, Counter(r[5] for r in rows)
+    assert sorted(r[7] for r in rows) == sorted(accepted)  # every revision once, each with its identifier
+
+
+def test_a_workload_reaches_stripe_exactly(
+    config: Config,
+    workers: Workers,
+    stripe_fake: tuple[FakeStripe, str],
+    stripe_sink: StripeSinkProcess,
+    ledger_dsn: str,
+) -> None:
+    fake, base = stripe_fake
+    spec = small_workload(seed=31)
+    meters = set_up_stripe(config, base, customer_ids(spec))
+    expected = stream_aggregates(config, workers, spec)
+    stripe_sink.start()
+    stripe_sink.wait_caught_up(
+        config.kafka.bootstrap, read_ends(config.kafka.bootstrap, [config.topics.aggregates])
+    )
+    stripe_sink.stop()
+    assert_reported_exactly(config, fake, base, meters, spec, expected, ledger_dsn)
+
+
+def test_faults_and_sigkills_change_no_total_and_report_no_identifier_twice(
+    config: Config,
+    workers: Workers,
+    stripe_fake: tuple[FakeStripe, str],
+    stripe_sink: StripeSinkProcess,
+    ledger_dsn: str,
+) -> None:
+    fake, base = stripe_fake
+    spec = small_workload(seed=32)
+    meters = set_up_stripe(config, base, customer_ids(spec))
+    expected = stream_aggregates(config, workers, spec)
+    # 10% 500s, 5% answers dropped after the work was done, 5% answers later than the sink's
+    # 1 s timeout, and a rate limit below the sink's own: 429 bursts.
+    fake.faults = Faults(
+        rate_limit_per_second=150, error_rate=0.1, drop_rate=0.05, slow_rate=0.05, slow_seconds=1.5
+    )
+    rng = random.Random()
+    stripe_sink.start()
+    for _ in range(3):
+        time.sleep(rng.uniform(1.5, 5))
+        stripe_sink.kill()
+        stripe_sink.start()
+    stripe_sink.wait_caught_up(
+        config.kafka.bootstrap, read_ends(config.kafka.bootstrap, [config.topics.aggregates])
+    )
+    stripe_sink.stop()
+    fake.faults = Faults()
+    assert "retry" in stripe_sink.logs()  # the faults were met
+    assert_reported_exactly(config, fake, base, meters, spec, expected, ledger_dsn)
+
+
+def test_each_refusal_lands_in_the_dlq_and_the_ledger_with_its_reason(
+    config: Config,
+    workers: Workers,
+    stripe_fake: tuple[FakeStripe, str],
+    stripe_sink: StripeSinkProcess,
+    ledger_dsn: str,
+) -> None:
+    fake, base = stripe_fake
+    set_up_stripe(config, base, ["known"])
+    now = int(time.time() * 1000) // 60_000 * 60_000
+    day = 86_400_000
+
+    def aggregate(customer: str, meter: str, start: int, revision: int = 0) -> WindowAggregate:
+        return WindowAggregate(customer, meter, start, start + 60_000, 0, 7, 7, 1, revision, start + 70_000)
+
+    cases = {
+        "unknown_customer": aggregate("nobody", "api_calls", now - HOUR_MS),
+        "unknown_meter": aggregate("known", "not_a_meter", now - HOUR_MS),
+        "timestamp_too_old": aggregate("known", "api_calls", now - 40 * day),
+        # Passes the sink's own check, but this Stripe's clock runs ahead: Stripe refuses it.
+        "timestamp_too_far_in_past": aggregate("known", "api_calls", now - 35 * day + 2 * HOUR_MS),
+        "ok": aggregate("known", "api_calls", now - HOUR_MS),
+    }
+    fake.state.clock = lambda: time.time() + 3 * HOUR_MS / 1000
+    serde = AvroSerde()
+    producer = Producer({"bootstrap.servers": config.kafka.bootstrap})
+    for a in cases.values():
+        producer.produce(config.topics.aggregates, serde.encode_aggregate(a), a.customer_id.encode())
+    producer.flush()
+    stripe_sink.start()
+    stripe_sink.wait_caught_up(
+        config.kafka.bootstrap, read_ends(config.kafka.bootstrap, [config.topics.aggregates])
+    )
+    stripe_sink.stop()
+
+    refused = read_messages(config.kafka.bootstrap, config.topics.stripe_dlq, 4)
+    by_reason = {dict(m.headers() or [])["error.code"].decode(): m for m in refused}
+    assert set(by_reason) == {
+        "unknown_customer",
+        "unknown_meter",
+        "timestamp_too_old",
+        "timestamp_too_far_in_past",
+    }
+    for reason, message in by_reason.items():
+        assert serde.decode_aggregate(message.value() or b"") == cases[reason]
+        assert dict(message.headers() or [])["identifier"].decode() == identifier(cases[reason].identity)
+    statuses = {(r[0], r[1], r[2]): (r[5], r[6]) for r in ledger(config, ledger_dsn)}
+    for reason, a in cases.items():
+        assert statuses[(a.customer_id, a.meter, a.window_start)] == (
+            ("sent", "") if reason == "ok" else ("failed", reason)
+        )
+    assert [e.identifier for e in fake.state.meter_events] == [identifier(cases["ok"].identity)]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("STRIPE_API_KEY"), reason="no STRIPE_API_KEY: Stripe test mode not reachable"
+)
+def test_stripe_test_mode_takes_a_meter_event_from_the_same_code(config: Config) -> None:
+    from sinks.stripe.calls import Caller, RateLimiter
+    from sinks.stripe.report import Report, Status
+
+    caller = Caller("https://api.stripe.com", os.environ["STRIPE_API_KEY"], 20, RateLimiter(5), "2024-06-20")
+    customer = caller.client.v1.customers.create({"metadata": {"meterline_customer_id": "meterline-test"}})
+    start = int(time.time() * 1000) // 60_000 * 60_000 - HOUR_MS
+    report = Report(
+        WindowAggregate("meterline-test", "api_calls", start, start + 60_000, 0, 1, 1, 1, 0, start + 70_000),
+        customer.id,
+        config.meters["api_calls"].stripe_event_name,
+    )
+    outcome = caller.meter_event(report)
+    assert outcome.status is Status.SENT and outcome.request_id.startswith("req_")
