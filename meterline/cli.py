@@ -119,6 +119,16 @@ def _parser() -> argparse.ArgumentParser:
     stripe_sink.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     stripe_sink.set_defaults(run=_sink_stripe)
 
+    stripe_commands = commands.add_parser("stripe", help="Stripe's side of the rate card").add_subparsers(
+        title="stripe"
+    )
+    sync = stripe_commands.add_parser(
+        "sync", help="create the meters and products the configured meters need"
+    )
+    sync.add_argument("--dry-run", action="store_true", help="show what would be created, change nothing")
+    sync.add_argument("--json", action="store_true")
+    sync.set_defaults(run=_stripe_sync)
+
     sql = commands.add_parser("sql", help="run a read-only query against the configured ClickHouse")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -415,6 +425,7 @@ def _run_until_signalled(args: argparse.Namespace, run: Callable[[Callable[[], b
     logging.basicConfig(
         level=args.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
     )
+    logging.getLogger("stripe").setLevel(logging.WARNING)  # it logs every request at INFO
     stopping: list[bool] = []
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stopping.append(True))
@@ -428,6 +439,18 @@ def _sink_stripe(args: argparse.Namespace) -> int:
     _run_until_signalled(
         args, lambda stop: StripeSink(config, devstack.kafka_bootstrap(config), group_id=args.group).run(stop)
     )
+    return 0
+
+
+def _stripe_sync(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sinks.stripe.calls import caller_for
+    from sinks.stripe.sync import sync
+
+    config = _load(args)
+    changes = [dataclasses.asdict(c) for c in sync(config, caller_for(config), dry_run=args.dry_run)]
+    print(json.dumps(changes) if args.json else render(changes))
     return 0
 
 

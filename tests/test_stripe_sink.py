@@ -31,8 +31,10 @@ from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
+from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.fake import FakeStripe, Faults
 from sinks.stripe.report import identifier
+from sinks.stripe.sync import sync
 from tests.kafka_helpers import read_messages
 from tests.pipeline import Workers, wait_until_exact
 
@@ -61,19 +63,15 @@ def stripe_api(base: str) -> stripe.StripeClient:
 
 
 def set_up_stripe(config: Config, base: str, customers: list[str]) -> dict[str, str]:
-    """Meters for the configured meters, and a Stripe customer per meterline customer (found by
+    """`stripe sync` (meters and products), and a Stripe customer per meterline customer (found by
     the sink through their metadata). Returns meter name -> Stripe meter id."""
     api = stripe_api(base)
-    meters = {}
-    for name, meter in config.meters.items():
-        created = api.v1.billing.meters.create(
-            {
-                "display_name": name,
-                "event_name": meter.stripe_event_name,
-                "default_aggregation": {"formula": "sum"},
-            }
-        )
-        meters[name] = created.id
+    changes = sync(config, Caller(base, KEY, 5, RateLimiter(1000), "2024-06-20"))
+    assert {c.action for c in changes} == {"created"}
+    meters = {
+        name: next(c.stripe_id for c in changes if c.kind == "meter" and c.name == meter.stripe_event_name)
+        for name, meter in config.meters.items()
+    }
     for customer in customers:
         api.v1.customers.create({"metadata": {"meterline_customer_id": customer}})
     return meters
@@ -217,23 +215,67 @@ def assert_reported_exactly(
     assert sorted(r[7] for r in rows) == sorted(accepted)  # every revision once, each with its identifier
 
 
-def test_a_workload_reaches_stripe_exactly(
+def subscribe(config: Config, base: str, customers: list[str]) -> dict[tuple[str, str], str]:
+    """Legacy accounts: a metered price per meter (lookup key meterline_<meter>, on the products
+    `stripe sync` made) and a subscription per customer. Returns (customer, meter) -> item id."""
+    api = stripe_api(base)
+    prices = {
+        name: api.v1.prices.create(
+            {
+                "product": f"meterline_{name}",
+                "currency": "usd",
+                "unit_amount_decimal": "0.1",
+                "lookup_key": f"meterline_{name}",
+                "recurring": {"interval": "month", "usage_type": "metered"},
+            }
+        ).id
+        for name in config.meters
+    }
+    items = {}
+    for customer in customers:
+        [found] = api.v1.customers.search({"query": f"metadata['meterline_customer_id']:'{customer}'"}).data
+        subscription = api.v1.subscriptions.create(
+            {"customer": found.id, "items": [{"price": price} for price in prices.values()]}
+        )
+        for item in subscription["items"]["data"]:
+            meter = next(name for name, price in prices.items() if price == item["price"]["id"])
+            items[(customer, meter)] = item["id"]
+    return items
+
+
+@pytest.mark.parametrize("mode", ["meter_events", "meter_event_stream", "usage_records"])
+def test_a_workload_reaches_stripe_exactly_in_every_mode(
     config: Config,
     workers: Workers,
     stripe_fake: tuple[FakeStripe, str],
     stripe_sink: StripeSinkProcess,
     ledger_dsn: str,
+    mode: str,
 ) -> None:
     fake, base = stripe_fake
     spec = small_workload(seed=31)
     meters = set_up_stripe(config, base, customer_ids(spec))
+    items = subscribe(config, base, customer_ids(spec)) if mode == "usage_records" else {}
     expected = stream_aggregates(config, workers, spec)
+    stripe_sink.env["METERLINE__STRIPE__MODE"] = mode
     stripe_sink.start()
     stripe_sink.wait_caught_up(
         config.kafka.bootstrap, read_ends(config.kafka.bootstrap, [config.topics.aggregates])
     )
     stripe_sink.stop()
-    assert_reported_exactly(config, fake, base, meters, spec, expected, ledger_dsn)
+    if mode != "usage_records":
+        assert_reported_exactly(config, fake, base, meters, spec, expected, ledger_dsn)
+        return
+    totals = {
+        key: summary["total_usage"]
+        for key, item in items.items()
+        if (summary := fake.state.usage_record_summary(item))["total_usage"]
+    }
+    assert totals == expected_by_customer_meter(expected)
+    rows = ledger(config, ledger_dsn)
+    assert {r[5] for r in rows} == {"confirmed"} and len(rows) == sum(
+        len(v) for v in fake.state.usage_records.values()
+    )
 
 
 def test_faults_and_sigkills_change_no_total_and_report_no_identifier_twice(
@@ -338,3 +380,21 @@ def test_stripe_test_mode_takes_a_meter_event_from_the_same_code(config: Config)
     )
     outcome = caller.meter_event(report)
     assert outcome.status is Status.SENT and outcome.request_id.startswith("req_")
+
+
+def test_stripe_sync_creates_what_is_missing_once_and_dry_run_changes_nothing(
+    config: Config, stripe_fake: tuple[FakeStripe, str]
+) -> None:
+    fake, base = stripe_fake
+    caller = Caller(base, KEY, 5, RateLimiter(1000), "2024-06-20")
+    planned = sync(config, caller, dry_run=True)
+    assert (
+        {c.action for c in planned} == {"would create"} and not fake.state.meters and not fake.state.products
+    )
+    made = sync(config, caller)
+    assert [(c.kind, c.name, c.action) for c in made] == [(c.kind, c.name, "created") for c in planned]
+    again = sync(config, caller)
+    assert {c.action for c in again} == {"exists"} and [c.stripe_id for c in again] == [
+        c.stripe_id for c in made
+    ]
+    assert len(fake.state.meters) == len(config.meters) == len(fake.state.products)

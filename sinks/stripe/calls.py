@@ -21,6 +21,8 @@ from typing import Any
 
 import stripe
 
+from meterline import devstack
+from meterline.config import Config
 from meterline.errors import MeterlineError
 from sinks.stripe.report import Outcome, Report, Status, idempotency_key
 
@@ -202,6 +204,18 @@ class Caller:
         with self._lock:
             self._session = (session.authentication_token, expiry)
         return session.authentication_token
+
+
+def caller_for(config: Config) -> Caller:
+    """The configured Stripe (or the local fake), under the configured limits."""
+    api_base, api_key = devstack.stripe_endpoint(config)
+    return Caller(
+        api_base,
+        api_key,
+        config.stripe.timeout_seconds,
+        RateLimiter(config.stripe.requests_per_second),
+        config.stripe.legacy_api_version,
+    )
 
 
 def _request_id(response: Any) -> str:

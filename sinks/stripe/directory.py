@@ -63,6 +63,6 @@ class Directory:
         )
         for subscription in listed.data:
             for item in subscription["items"]["data"]:
-                if item["price"].get("lookup_key") == wanted:
+                if getattr(item["price"], "lookup_key", None) == wanted:
                     return str(item["id"])
         return None

@@ -137,6 +137,13 @@ class FakeStripeState:
             self.products[product["id"]] = product
         return product
 
+    def product(self, product_id: str) -> dict[str, Any]:
+        with self.lock:
+            found = self.products.get(product_id)
+        if found is None:
+            raise missing("product", product_id)
+        return found
+
     def create_price(self, params: Mapping[str, Any]) -> dict[str, Any]:
         product = params.get("product")
         with self.lock:

@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from meterline import devstack
 from meterline.config import Config
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
-from sinks.stripe.calls import STREAM_BATCH, Caller, RateLimiter
+from sinks.stripe.calls import STREAM_BATCH, caller_for
 from sinks.stripe.directory import Directory
 from sinks.stripe.ledger import Ledger
 from sinks.stripe.report import Outcome, Reason, Report, Status, identifier, too_old
@@ -69,14 +68,7 @@ class StripeSink:
         self.config = config
         self.mode = config.stripe.mode
         self.group_id = group_id
-        api_base, api_key = devstack.stripe_endpoint(config)
-        self.caller = Caller(
-            api_base,
-            api_key,
-            config.stripe.timeout_seconds,
-            RateLimiter(config.stripe.requests_per_second),
-            config.stripe.legacy_api_version,
-        )
+        self.caller = caller_for(config)
         self.directory = Directory(config.stripe, self.caller)
         self.event_names = {name: meter.stripe_event_name for name, meter in config.meters.items()}
         self.serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
