@@ -9,7 +9,8 @@ rate limiting and injectable faults.
 - Faults (POST /_fake/faults, JSON): `rate_limit_per_second` (429 beyond it), `error_rate` (500
   before executing), `drop_rate` (executes, then closes the connection without answering: the
   client cannot know it worked), `slow_rate`/`slow_seconds` (executes, answers late).
-- Inspection for tests: GET /_fake/meter_events, /_fake/error_reports, /_fake/usage_records.
+- Inspection for tests and benchmarks: GET /_fake/meter_events, /_fake/error_reports,
+  /_fake/usage_records, /_fake/stats.
 
 Run: python -m sinks.stripe.fake --port N
 """
@@ -21,6 +22,7 @@ import hashlib
 import json
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -283,6 +285,12 @@ class FakeStripe:
                 return list(s.error_reports)
             if path == "/_fake/usage_records":
                 return dict(s.usage_records)
+            if path == "/_fake/stats":
+                return {
+                    "calls": self.calls,
+                    "meter_events": len(s.meter_events),
+                    "error_reports": len(s.error_reports),
+                }
         raise StripeError(404, "invalid_request_error", f"Unrecognized fake URL: {path}")
 
 
@@ -359,6 +367,12 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "meterline-stripe-fake"
     protocol_version = "HTTP/1.1"
     fake: FakeStripe
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes; without this, Nagle's algorithm and the client's
+        # delayed ACK hold every keep-alive response ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_GET(self) -> None:
         self._serve("GET")
