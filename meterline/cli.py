@@ -129,6 +129,17 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--json", action="store_true")
     sync.set_defaults(run=_stripe_sync)
 
+    invoice = commands.add_parser("invoice", help="what a customer's invoice will say").add_subparsers(
+        title="invoice"
+    )
+    preview = invoice.add_parser(
+        "preview", help="a period's invoice lines from ClickHouse's totals and the rate card"
+    )
+    preview.add_argument("--customer", required=True)
+    preview.add_argument("--period", required=True, help="YYYY-MM (UTC)")
+    preview.add_argument("--json", action="store_true")
+    preview.set_defaults(run=_invoice_preview)
+
     sql = commands.add_parser("sql", help="run a read-only query against the configured ClickHouse")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -451,6 +462,62 @@ def _stripe_sync(args: argparse.Namespace) -> int:
     config = _load(args)
     changes = [dataclasses.asdict(c) for c in sync(config, caller_for(config), dry_run=args.dry_run)]
     print(json.dumps(changes) if args.json else render(changes))
+    return 0
+
+
+def _invoice_preview(args: argparse.Namespace) -> int:
+    from reconciler.pricing import describe, invoice, money, quantity_text
+    from reconciler.usage import customer_usage, period_bounds
+    from sinks.clickhouse.client import connect
+
+    config = _load(args)
+    start, end = period_bounds(args.period)
+    plan = config.plan_for(args.customer)
+    client = connect(config)
+    try:
+        usage = customer_usage(client, args.customer, start, end)
+    finally:
+        client.close()
+    bill = invoice(plan, usage)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "customer": args.customer,
+                    "period": args.period,
+                    "plan": plan.name,
+                    "currency": plan.currency,
+                    "usage": usage,
+                    "lines": [
+                        {
+                            "description": line.description,
+                            "meter": line.meter,
+                            "quantity": str(line.quantity),
+                            "unit_price": None if line.unit_price is None else str(line.unit_price),
+                            "amount": str(line.amount),
+                        }
+                        for line in bill.lines
+                    ],
+                    "total": str(bill.total),
+                }
+            )
+        )
+        return 0
+    print(f"Invoice preview for {args.customer}, {args.period} (UTC), plan {plan.name}")
+    rows = [
+        {
+            "line": line.description,
+            "quantity": quantity_text(line.quantity),
+            "unit price": "" if line.unit_price is None else money(line.unit_price, plan.currency),
+            "amount": money(line.amount, plan.currency),
+        }
+        for line in bill.lines
+    ]
+    rows.append(
+        {"line": "Total", "quantity": "", "unit price": "", "amount": money(bill.total, plan.currency)}
+    )
+    print(render(rows))
+    print(describe(bill))
     return 0
 
 

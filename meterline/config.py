@@ -12,10 +12,12 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from meterline.errors import MeterlineError
+from reconciler.pricing import MeterPrice, Plan, Rounding, Tier
 from streams.windows import DAY_MS
 
 DEFAULT_FILE = Path(__file__).with_name("default.toml")
@@ -191,6 +193,13 @@ class MeterConfig:
 
 
 @dataclass(frozen=True)
+class BillingConfig:
+    default_plan: str
+    customers: Mapping[str, str]
+    """meterline customer id -> plan name; everyone else is on default_plan."""
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: KafkaConfig
     topics: TopicsConfig
@@ -201,7 +210,18 @@ class Config:
     stripe: StripeConfig
     dev: DevConfig
     meters: Mapping[str, MeterConfig]
+    plans: Mapping[str, Plan]
+    billing: BillingConfig
     source: str
+
+    def plan_for(self, customer_id: str) -> Plan:
+        name = self.billing.customers.get(customer_id, self.billing.default_plan)
+        if not name:
+            raise ConfigError(
+                [ConfigProblem("billing.default_plan", "", f"no plan for {customer_id!r}: declare [plans]")],
+                self.source,
+            )
+        return self.plans[name]
 
     @property
     def meter_units(self) -> dict[str, str]:
@@ -225,8 +245,10 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
             raise ConfigError(
                 [ConfigProblem("--config", str(path), f"not valid TOML: {exc}")], source
             ) from None
-        if "meters" in user:  # a file that declares meters replaces the example meters
+        if "meters" in user:  # a file that declares meters replaces the example meters...
             raw.pop("meters")
+        if "meters" in user or "plans" in user:  # ...and the example plans, which price them
+            raw.pop("plans")
         _merge(raw, user)
     _apply_env(raw, env, problems)
     config = _build(raw, problems, source)
@@ -330,6 +352,8 @@ def _between(low: int, high: int, why: str = "") -> Callable[[int], str | None]:
 
 def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> Config:
     known_sections = {
+        "billing",
+        "plans",
         "kafka",
         "topics",
         "windows",
@@ -505,7 +529,139 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
     s.finish()
 
     meters = _build_meters(raw.get("meters", {}), problems)
-    return Config(kafka, topics, windows, stream, producer, clickhouse, stripe, dev, meters, source)
+    plans = _build_plans(raw.get("plans", {}), meters, problems)
+    s = _Section(raw, "billing", problems)
+    billing = BillingConfig(
+        default_plan=s.get(
+            "default_plan",
+            str,
+            "standard" if "standard" in plans else "",
+            lambda v: None if not v or v in plans else f"no plan {v!r} in [plans]",
+        ),
+        customers=s.get(
+            "customers",
+            dict,
+            {},
+            lambda v: next(
+                (f"{c} is on plan {n!r}, which [plans] lacks" for c, n in v.items() if n not in plans), None
+            ),
+        ),
+    )
+    s.finish()
+    return Config(
+        kafka, topics, windows, stream, producer, clickhouse, stripe, dev, meters, plans, billing, source
+    )
+
+
+def _build_plans(
+    raw: Any, meters: Mapping[str, MeterConfig], problems: list[ConfigProblem]
+) -> dict[str, Plan]:
+    if not isinstance(raw, dict):
+        problems.append(ConfigProblem("plans", raw, "must be tables [plans.<name>]"))
+        return {}
+    plans = {}
+    for name, table in raw.items():
+        s = _Section({name: table}, name, problems)
+        s.name = f"plans.{name}"
+        currency = s.get(
+            "currency",
+            str,
+            "usd",
+            lambda v: None if re.fullmatch(r"[a-z]{3}", v) else "an ISO code, e.g. usd",
+        )
+        base_fee = _money(s, "base_fee", "0")
+        prices_raw = s.get("prices", dict, {})
+        s.finish()
+        prices = {}
+        for meter, price_table in prices_raw.items():
+            p = _Section({meter: price_table}, meter, problems)
+            p.name = f"plans.{name}.prices.{meter}"
+            if meter not in meters:
+                p.problem("", meter, f"no meter {meter!r} in [meters]")
+            expected_unit = meters[meter].unit if meter in meters else ""
+            p.get("unit", str, expected_unit, _unit_check(expected_unit))
+            tiers_mode = p.get(
+                "tiers_mode",
+                str,
+                "",
+                lambda v: None if v in ("", "graduated", "volume") else "graduated or volume",
+            )
+            tiers = _tiers(p, p.get("tiers", list, []), bool(tiers_mode))
+            prices[meter] = MeterPrice(
+                meter=meter,
+                label=p.get("label", str, meter.replace("_", " ")),
+                billed_unit=p.get("billed_unit", str, expected_unit),
+                per=Decimal(p.get("per", int, 1, _at_least(1))),
+                decimals=p.get("decimals", int, 0, _between(0, 6)),
+                rounding=cast(
+                    Rounding,
+                    p.get(
+                        "rounding",
+                        str,
+                        "up",
+                        lambda v: None if v in ("up", "down", "half_up") else "up, down or half_up",
+                    ),
+                ),
+                included=Decimal(p.get("included", int, 0, _at_least(0))),
+                overage_price=_money(p, "overage_price", "0") if not tiers_mode else None,
+                tiers_mode=cast(Literal["graduated", "volume"] | None, tiers_mode or None),
+                tiers=tiers,
+            )
+            p.finish()
+        plans[name] = Plan(name, currency, base_fee, prices)
+    return plans
+
+
+def _unit_check(unit: str) -> Callable[[str], str | None]:
+    return lambda v: (
+        None
+        if v == unit
+        else f"unit mismatch: the meter counts in {unit!r}; a price in another unit bills wrong amounts"
+    )
+
+
+def _money(s: _Section, key: str, fallback: str) -> Decimal:
+    """Money is written as a string ("0.001"), so that no float rounding reaches an invoice."""
+    text = s.get(key, (str, int, float), fallback, _money_check)
+    return _decimal(text) or Decimal(0)
+
+
+def _money_check(value: object) -> str | None:
+    if isinstance(value, float):
+        return f'write money as a string ("{value}"): a float cannot hold it exactly'
+    amount = _decimal(value)
+    return None if amount is not None and amount >= 0 else 'a non-negative amount as a string, e.g. "0.001"'
+
+
+def _decimal(value: object) -> Decimal | None:
+    try:
+        return Decimal(str(value)) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    except ArithmeticError:
+        return None
+
+
+def _tiers(p: _Section, raw: list[Any], wanted: bool) -> tuple[Tier, ...]:
+    if not wanted:
+        if raw:
+            p.problem("tiers", raw, "tiers need tiers_mode = graduated or volume")
+        return ()
+    tiers = []
+    for n, entry in enumerate(raw):
+        if not isinstance(entry, dict) or "unit_price" not in entry:
+            p.problem(
+                f"tiers[{n}]", entry, 'each tier is { up_to = N, unit_price = "0.01" }; the last has no up_to'
+            )
+            continue
+        up_to = entry.get("up_to")
+        price, fee = _decimal(entry["unit_price"]), _decimal(entry.get("flat_fee", "0"))
+        if price is None or fee is None:
+            p.problem(f"tiers[{n}]", entry, "unit_price and flat_fee are amounts written as strings")
+            continue
+        tiers.append(Tier(None if up_to is None else Decimal(up_to), price, fee))
+    edges = [t.up_to for t in tiers]
+    if not tiers or edges[-1] is not None or None in edges[:-1] or edges[:-1] != sorted(set(edges[:-1])):  # type: ignore[type-var]
+        p.problem("tiers", raw, "tiers rise strictly (up_to) and only the last one is open-ended")
+    return tuple(tiers)
 
 
 def _build_meters(raw: Any, problems: list[ConfigProblem]) -> dict[str, MeterConfig]:

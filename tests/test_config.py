@@ -98,3 +98,29 @@ def test_secrets_are_never_printed(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert "stripe.api_key = ***: a Stripe secret key starts with" in bad.stderr
     assert "pk_live_wrong_kind_of_key" not in bad.stderr + bad.stdout
+
+
+def test_plan_mistakes_are_config_errors_reported_together() -> None:
+    raw_env = {
+        "METERLINE__PLANS__STANDARD__PRICES__API_CALLS__UNIT": "second",  # the meter counts calls
+        "METERLINE__PLANS__STANDARD__PRICES__API_CALLS__OVERAGE_PRICE": "0.1",  # a float, not "0.1"
+        "METERLINE__BILLING__CUSTOMERS": '{ "cust-1" = "gold" }',
+    }
+    with pytest.raises(ConfigError) as error:
+        load_config(None, raw_env)
+    fields = {p.field: p.why for p in error.value.problems}
+    assert "unit mismatch" in fields["plans.standard.prices.api_calls.unit"]
+    assert "string" in fields["plans.standard.prices.api_calls.overage_price"]
+    assert "gold" in fields["billing.customers"]
+
+
+def test_the_default_plan_is_the_seed_s_rate_card() -> None:
+    from decimal import Decimal
+
+    config = load_config(None, {})
+    price = config.plan_for("anyone").prices["api_calls"]
+    assert (price.included, price.overage_price, price.billed_unit) == (
+        Decimal(1_000_000),
+        Decimal("0.001"),
+        "call",
+    )

@@ -66,7 +66,7 @@ class FakeStripe:
         self._saved: dict[str, _Saved] = {}
         self._running: set[str] = set()
         self._sessions: dict[str, float] = {}  # token -> expiry
-        self._bucket = (0.0, time.monotonic())  # tokens, when
+        self._bucket = (0.0, time.monotonic(), 0.0)  # tokens, when, for which limit
         self._lock = threading.Lock()
 
     # -- the pipeline every API call goes through ---------------------------------------------------
@@ -105,18 +105,19 @@ class FakeStripe:
         limit = self.faults.rate_limit_per_second
         if limit > 0:
             with self._lock:
-                tokens, since = self._bucket
+                tokens, since, for_limit = self._bucket
                 now = time.monotonic()
-                tokens = min(limit, tokens + (now - since) * limit)
+                # A new limit starts with a full second's burst, as a bucket that was idle would.
+                tokens = limit if for_limit != limit else min(limit, tokens + (now - since) * limit)
                 if tokens < 1:
-                    self._bucket = (tokens, now)
+                    self._bucket = (tokens, now, limit)
                     raise StripeError(
                         429,
                         "invalid_request_error",
                         "Request rate limit exceeded (the fake's limit).",
                         "rate_limit",
                     )
-                self._bucket = (tokens - 1, now)
+                self._bucket = (tokens - 1, now, limit)
 
     def _idempotent(
         self, key: str, method: str, path: str, query: dict[str, Any], body: bytes, headers: dict[str, str]

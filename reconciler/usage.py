@@ -1,0 +1,41 @@
+"""Our totals, from ClickHouse's final window rows: what the invoice preview, the reconciler and
+the dispute report start from."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from meterline.errors import MeterlineError
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+
+class PeriodError(MeterlineError):
+    pass
+
+
+def period_bounds(period: str) -> tuple[int, int]:
+    """[start, end) in epoch ms of a billing period written YYYY-MM (a UTC calendar month)."""
+    try:
+        start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError:
+        raise PeriodError(f"period {period!r}: expected YYYY-MM, e.g. 2026-11") from None
+    end = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+def customer_usage(client: Client, customer_id: str, start_ms: int, end_ms: int) -> dict[str, int]:
+    """meter -> total in its base unit, over the windows that start in [start, end)."""
+    rows = client.query(
+        "SELECT meter, sum(value) FROM usage_windows FINAL WHERE customer_id = %(customer)s "
+        "AND window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
+        "AND window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC') GROUP BY meter",
+        parameters={"customer": customer_id, "start": start_ms, "end": end_ms},
+    ).result_rows
+    return {meter: int(total) for meter, total in rows}
