@@ -140,6 +140,18 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--json", action="store_true")
     preview.set_defaults(run=_invoice_preview)
 
+    reconcile = commands.add_parser(
+        "reconcile", help="compare Stripe's totals with ours; exit 1 when they drift beyond --threshold"
+    )
+    reconcile.add_argument("--period", required=True, help="YYYY-MM (UTC)")
+    reconcile.add_argument("--customer")
+    reconcile.add_argument("--meter")
+    reconcile.add_argument(
+        "--threshold", type=int, default=0, help="tolerated drift in base units (default 0)"
+    )
+    reconcile.add_argument("--json", action="store_true")
+    reconcile.set_defaults(run=_reconcile)
+
     sql = commands.add_parser("sql", help="run a read-only query against the configured ClickHouse")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -521,6 +533,88 @@ def _invoice_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    from reconciler.reconcile import reconcile
+    from sinks.clickhouse.client import connect
+    from sinks.stripe.calls import caller_for
+
+    config = _load(args)
+    client = connect(config)
+    try:
+        result = reconcile(
+            config,
+            client,
+            caller_for(config),
+            args.period,
+            args.customer,
+            args.meter,
+            args.threshold,
+            progress=None if args.json else _count_progress("customers compared"),
+        )
+    finally:
+        client.close()
+    if not args.json:
+        print(file=sys.stderr)
+
+    def pct(value: Any) -> str:
+        return "" if value is None else f"{value}%"
+
+    pairs = [
+        {
+            "customer": d.key[0],
+            "meter": d.key[1],
+            "ours": d.ours,
+            "Stripe": d.theirs,
+            "drift": d.drift,
+            "drift %": pct(d.percent),
+        }
+        for d in result.pairs
+    ]
+    hours = [
+        {
+            "customer": d.key[0],
+            "meter": d.key[1],
+            "hour (UTC)": datetime.fromtimestamp(d.key[2] / 1000, UTC).strftime("%Y-%m-%d %H:00"),
+            "ours": d.ours,
+            "Stripe": d.theirs,
+            "drift": d.drift,
+        }
+        for d in result.hours
+    ]
+    unbilled = [vars(u) for u in result.unbilled]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "run_id": result.run_id,
+                    "period": result.period,
+                    "ok": result.ok,
+                    "pairs": pairs,
+                    "hours": hours,
+                    "unbilled": unbilled,
+                    "dead_letters": result.dead_letters,
+                }
+            )
+        )
+    else:
+        drifting = len(result.drifting)
+        print(f"Reconciliation {result.run_id}, {result.period}: {len(pairs)} pairs of customer and meter,")
+        print(f"{drifting} drifting beyond {result.threshold} units")
+        print(render(pairs) if pairs else "(no usage in the period)")
+        if hours:
+            print("\nHours that differ:")
+            print(render(hours))
+        if unbilled:
+            print("\nUnbilled on purpose (refused; in usage.stripe.dlq and the ledger):")
+            print(render(unbilled))
+        if result.dead_letters:
+            print(
+                "\nDead letters in the period (never counted): "
+                + ", ".join(f"{k} {v:,}" for k, v in result.dead_letters.items())
+            )
+    return 0 if result.ok else 1
+
+
 def _sql(args: argparse.Namespace) -> int:
     from sinks.clickhouse.client import ClickHouseError, connect
 
@@ -900,6 +994,14 @@ def _demo_stripe(args: argparse.Namespace, config: Config, spec: WorkloadSpec, e
     exact = all(row["drift"] == 0 for row in rows)
     print(f"  Stripe's meter event summaries {'equal' if exact else 'DIFFER FROM'} the generator's totals")
     return exact
+
+
+def _count_progress(verb: str) -> Callable[[int, int], None]:
+    def show(done: int, total: int) -> None:
+        end = "" if sys.stderr.isatty() else "\n"
+        print(f"\r  {verb}: {done:,}/{total:,}", end=end, file=sys.stderr)
+
+    return show
 
 
 def _progress(verb: str, total: int) -> Callable[[int, float], None]:

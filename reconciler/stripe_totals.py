@@ -24,25 +24,49 @@ def meter_ids(caller: Caller, config: Config) -> dict[str, str]:
     }
 
 
+class StripeTotals:
+    """Stripe's aggregated values for meterline customers and meters (meter event summaries)."""
+
+    def __init__(self, caller: Caller, config: Config) -> None:
+        self.caller = caller
+        self.meters = meter_ids(caller, config)
+        self.directory = Directory(config.stripe, caller)
+
+    def total(self, customer: str, meter: str, start_ms: int, end_ms: int) -> int:
+        return sum(self.by_hour(customer, meter, start_ms, end_ms, grouping=None).values())
+
+    def by_hour(
+        self, customer: str, meter: str, start_ms: int, end_ms: int, grouping: str | None = "hour"
+    ) -> dict[int, int]:
+        """Bucket start (epoch ms) -> value, over [start, end) widened to whole minutes as Stripe
+        requires; empty when Stripe knows neither the customer nor the meter."""
+        stripe_customer = self.directory.customer(customer)
+        meter_id = self.meters.get(meter)
+        if stripe_customer is None or meter_id is None:
+            return {}
+        params = {
+            "customer": stripe_customer,
+            "start_time": start_ms // 60_000 * 60,
+            "end_time": -(-end_ms // 60_000) * 60,
+        }
+        if grouping:
+            params["value_grouping_window"] = grouping
+        summaries, _ = self.caller.retrying(
+            lambda: self.caller.client.v1.billing.meters.event_summaries.list(meter_id, params)  # type: ignore[arg-type]
+        )
+        found: dict[int, int] = {}
+        for summary in summaries.auto_paging_iter():
+            found[int(summary.start_time) * 1000] = found.get(int(summary.start_time) * 1000, 0) + int(
+                summary.aggregated_value
+            )
+        return {k: v for k, v in found.items() if v}
+
+
 def meter_totals(
     caller: Caller, config: Config, customers: Iterable[str], start_ms: int, end_ms: int
 ) -> dict[tuple[str, str], int]:
-    """Stripe's aggregated value per (meterline customer, meter) over [start, end), widened to whole
-    minutes as Stripe requires. Customers Stripe does not know are left out."""
-    meters = meter_ids(caller, config)
-    directory = Directory(config.stripe, caller)
-    start, end = start_ms // 60_000 * 60, -(-end_ms // 60_000) * 60
-    totals: dict[tuple[str, str], int] = {}
-    for customer in customers:
-        stripe_customer = directory.customer(customer)
-        if stripe_customer is None:
-            continue
-        for meter, meter_id in meters.items():
-            params = {"customer": stripe_customer, "start_time": start, "end_time": end}
-            summaries, _ = caller.retrying(
-                lambda m=meter_id, p=params: caller.client.v1.billing.meters.event_summaries.list(m, p)  # type: ignore[misc]
-            )
-            value = sum(int(s.aggregated_value) for s in summaries.auto_paging_iter())
-            if value:
-                totals[(customer, meter)] = value
-    return totals
+    """Stripe's aggregated value per (meterline customer, meter) over [start, end). Customers
+    Stripe does not know are left out."""
+    stripe = StripeTotals(caller, config)
+    totals = {(c, m): stripe.total(c, m, start_ms, end_ms) for c in customers for m in stripe.meters}
+    return {k: v for k, v in totals.items() if v}

@@ -1,0 +1,235 @@
+"""`meterline reconcile`: do Stripe's totals equal ours, and where not, which hours differ?
+
+1. Our totals per (customer, meter) over the period: ClickHouse `usage_windows FINAL`.
+2. Stripe's: meter event summaries over the same period (legacy accounts: the usage record
+   summary of the subscription item, which covers the subscription's current billing period).
+3. Every pair whose drift exceeds the threshold is drilled into by hour: our hourly totals
+   against Stripe's summaries grouped by hour (meter events only: usage records have no hours).
+4. Usage that is not billed on purpose is listed beside: revisions Stripe refused or the sink
+   refused (the ledger's `failed` rows), and the dead letters of the period by reason.
+5. The run is stored in `reconciliation_runs`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from meterline.config import Config
+from reconciler.compare import Difference, compare, differing
+from reconciler.stripe_totals import StripeTotals
+from reconciler.usage import period_bounds
+from sinks.stripe.calls import Caller
+from sinks.stripe.directory import Directory
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+Pair = tuple[str, str]  # customer, meter
+Hour = tuple[str, str, int]  # customer, meter, hour start (epoch ms)
+
+
+@dataclass(frozen=True)
+class Unbilled:
+    customer_id: str
+    meter: str
+    reason: str
+    value: int
+    revisions: int
+
+
+@dataclass
+class Reconciliation:
+    run_id: str
+    period: str
+    threshold: int
+    pairs: list[Difference[Pair]] = field(default_factory=list)
+    hours: list[Difference[Hour]] = field(default_factory=list)
+    unbilled: list[Unbilled] = field(default_factory=list)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def drifting(self) -> list[Difference[Pair]]:
+        return differing(self.pairs, self.threshold)
+
+    @property
+    def ok(self) -> bool:
+        return not self.drifting
+
+
+def reconcile(
+    config: Config,
+    client: Client,
+    caller: Caller,
+    period: str,
+    customer: str | None = None,
+    meter: str | None = None,
+    threshold: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Reconciliation:
+    start, end = period_bounds(period)
+    result = Reconciliation(uuid.uuid4().hex[:12], period, threshold)
+    # 1. Ours.
+    ours = _our_totals(client, start, end, customer, meter)
+    customers = sorted({c for c, _ in ours} | ({customer} if customer else set()))
+    meters = [meter] if meter else list(config.meters)
+    # 2. Stripe's.
+    theirs: dict[Pair, int] = {}
+    stripe = StripeTotals(caller, config)
+    items = Directory(config.stripe, caller)
+    for n, who in enumerate(customers, 1):
+        for what in meters:
+            if config.stripe.mode == "usage_records":
+                theirs[(who, what)] = _usage_record_total(caller, items, who, what)
+            else:
+                theirs[(who, what)] = stripe.total(who, what, start, end)
+        if progress:
+            progress(n, len(customers))
+    result.pairs = compare(ours, {k: v for k, v in theirs.items() if v})
+    # 3. The hours of what drifts.
+    if config.stripe.mode != "usage_records":
+        for pair in result.drifting:
+            who, what = pair.key
+            our_hours = _our_hours(client, who, what, start, end)
+            their_hours = stripe.by_hour(who, what, start, end)
+            result.hours += differing(
+                compare(
+                    {(who, what, h): v for h, v in our_hours.items()},
+                    {(who, what, h): v for h, v in their_hours.items()},
+                )
+            )
+    # 4. Not billed on purpose.
+    result.unbilled = _unbilled(client, start, end, customer, meter)
+    result.dead_letters = _dead_letters(client, start, end)
+    # 5. Kept.
+    _store(client, result, start, config.stripe.mode)
+    return result
+
+
+def _where(customer: str | None, meter: str | None) -> str:
+    return (" AND customer_id = %(customer)s" if customer else "") + (
+        " AND meter = %(meter)s" if meter else ""
+    )
+
+
+def _window_range() -> str:
+    return (
+        "window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
+        "AND window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC')"
+    )
+
+
+def _our_totals(
+    client: Client, start: int, end: int, customer: str | None, meter: str | None
+) -> dict[Pair, int]:
+    rows = client.query(
+        f"SELECT customer_id, meter, sum(value) FROM usage_windows FINAL WHERE {_window_range()}"
+        f"{_where(customer, meter)} GROUP BY customer_id, meter",
+        parameters={"start": start, "end": end, "customer": customer, "meter": meter},
+    ).result_rows
+    return {(c, m): int(v) for c, m, v in rows if v}
+
+
+def _our_hours(client: Client, customer: str, meter: str, start: int, end: int) -> dict[int, int]:
+    rows = client.query(
+        "SELECT toUnixTimestamp(toStartOfHour(window_start)) * 1000, sum(value) FROM usage_windows FINAL "
+        f"WHERE {_window_range()}{_where(customer, meter)} GROUP BY 1",
+        parameters={"start": start, "end": end, "customer": customer, "meter": meter},
+    ).result_rows
+    return {int(h): int(v) for h, v in rows if v}
+
+
+def _usage_record_total(caller: Caller, directory: Directory, customer: str, meter: str) -> int:
+    stripe_customer = directory.customer(customer)
+    item = None if stripe_customer is None else directory.subscription_item(stripe_customer, meter)
+    if item is None:
+        return 0
+    response, _ = caller.retrying(
+        lambda: caller.client.raw_request(
+            "get",
+            f"/v1/subscription_items/{item}/usage_record_summaries",
+            stripe_version=caller.legacy_version,
+        )
+    )
+    return sum(int(s["total_usage"]) for s in json.loads(response.body)["data"])
+
+
+def _unbilled(
+    client: Client, start: int, end: int, customer: str | None, meter: str | None
+) -> list[Unbilled]:
+    rows = client.query(
+        "SELECT customer_id, meter, error_code, sum(value), count() FROM stripe_reports FINAL "
+        f"WHERE status = 'failed' AND {_window_range()}{_where(customer, meter)} "
+        "GROUP BY customer_id, meter, error_code ORDER BY customer_id, meter, error_code",
+        parameters={"start": start, "end": end, "customer": customer, "meter": meter},
+    ).result_rows
+    return [Unbilled(c, m, r, int(v), int(n)) for c, m, r, v, n in rows]
+
+
+def _dead_letters(client: Client, start: int, end: int) -> dict[str, int]:
+    rows = client.query(
+        "SELECT error_code, count() FROM dlq_events FINAL "
+        "WHERE received_at >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
+        "AND received_at < fromUnixTimestamp64Milli(%(end)s, 'UTC') GROUP BY error_code ORDER BY error_code",
+        parameters={"start": start, "end": end},
+    ).result_rows
+    return {str(code): int(n) for code, n in rows}
+
+
+def _store(client: Client, result: Reconciliation, start: int, mode: str) -> None:
+    now = int(time.time() * 1000)
+    source = "usage_records" if mode == "usage_records" else "meter_event_summaries"
+    rows = [
+        [
+            result.run_id,
+            now,
+            result.period,
+            "period",
+            d.key[0],
+            d.key[1],
+            start,
+            d.ours,
+            d.theirs,
+            d.drift,
+            source,
+        ]
+        for d in result.pairs
+    ]
+    rows += [
+        [
+            result.run_id,
+            now,
+            result.period,
+            "hour",
+            d.key[0],
+            d.key[1],
+            d.key[2],
+            d.ours,
+            d.theirs,
+            d.drift,
+            source,
+        ]
+        for d in result.hours
+    ]
+    if rows:
+        client.insert(
+            "reconciliation_runs",
+            rows,
+            column_names=[
+                "run_id",
+                "run_at",
+                "period",
+                "level",
+                "customer_id",
+                "meter",
+                "hour_start",
+                "ours",
+                "stripe",
+                "drift",
+                "source",
+            ],
+        )

@@ -1,0 +1,154 @@
+"""`meterline reconcile` between the embedded ClickHouse and the Stripe fake, both filled by the real
+sinks: zero drift after a clean run; a Stripe meter event deleted (or one added) is found by
+customer, meter and hour with the right amount, and the command exits 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from meterline.config import Config
+from meterline.kafka import committed_reaches, read_ends
+from reconciler.compare import Difference, compare
+from reconciler.reconcile import reconcile
+from schemas.records import WindowAggregate
+from schemas.serde import AvroSerde
+from sinks.clickhouse.client import connect
+from sinks.clickhouse.migrate import migrate
+from sinks.clickhouse.sink import ClickHouseSink
+from sinks.stripe.calls import Caller, RateLimiter
+from sinks.stripe.fake import FakeStripe
+from sinks.stripe.fake_state import MeterEvent
+from sinks.stripe.sink import StripeSink
+from tests.test_stripe_sink import KEY, set_up_stripe
+
+MINUTE = 60_000
+CUSTOMERS = ["cust-0000", "cust-0001", "cust-0002"]
+
+
+def test_compare_reports_both_sides_and_the_drift() -> None:
+    found = compare({"a": 10, "b": 5, "z": 0}, {"a": 10, "b": 7, "c": 1})
+    assert found == [Difference("a", 10, 10), Difference("b", 5, 7), Difference("c", 0, 1)]
+    assert [(d.drift, d.percent) for d in found] == [(0, 0), (2, 40), (1, None)]
+
+
+def run_sink(sink: ClickHouseSink | StripeSink, bootstrap: str, ends: dict[tuple[str, int], int]) -> None:
+    stopping = threading.Event()
+    thread = threading.Thread(target=sink.run, args=(stopping.is_set,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not committed_reaches(bootstrap, sink.group_id, ends):
+        assert thread.is_alive() and time.monotonic() < deadline
+        time.sleep(0.3)
+    stopping.set()
+    thread.join(timeout=60)
+
+
+def test_reconcile_finds_the_customer_meter_and_hour_that_drift(
+    config: Config, stripe_fake: tuple[FakeStripe, str], tmp_path: Path
+) -> None:
+    fake, base = stripe_fake
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    client = connect(config, dsn)
+    migrate(client, 400)
+    client.close()
+    set_up_stripe(config, base, CUSTOMERS)
+    # Windows of the last 90 minutes (within this month, and within Stripe's 35 days).
+    now = int(time.time() * 1000) // MINUTE * MINUTE
+    month = datetime.fromtimestamp(now / 1000, UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    start = max(int(month.timestamp() * 1000), now - 90 * MINUTE)
+    period = month.strftime("%Y-%m")
+    serde = AvroSerde()
+    producer = Producer({"bootstrap.servers": config.kafka.bootstrap})
+    for n in range((now - start) // MINUTE):
+        for customer in CUSTOMERS:
+            for meter in config.meters:
+                window = start + n * MINUTE
+                value = 1 + (n * 31 + len(customer) + len(meter)) % 500
+                a = WindowAggregate(
+                    customer, meter, window, window + MINUTE, 0, value, value, 1, 0, window + MINUTE
+                )
+                producer.produce(config.topics.aggregates, serde.encode_aggregate(a), customer.encode())
+    producer.flush()
+    ends = read_ends(config.kafka.bootstrap, [config.topics.aggregates])
+    run_sink(
+        ClickHouseSink(config, config.kafka.bootstrap, dsn=dsn, group_id="test-reconcile-ch"),
+        config.kafka.bootstrap,
+        ends,
+    )
+    stripe_config = _with_fake(config, base)
+    run_sink(
+        StripeSink(stripe_config, config.kafka.bootstrap, dsn=dsn, group_id="test-reconcile-stripe"),
+        config.kafka.bootstrap,
+        ends,
+    )
+
+    caller = Caller(base, KEY, 5, RateLimiter(1000), "2024-06-20")
+    client = connect(config, dsn)
+    try:
+        clean = reconcile(stripe_config, client, caller, period)
+        assert clean.ok and len(clean.pairs) == len(CUSTOMERS) * len(config.meters) and clean.hours == []
+        assert all(d.drift == 0 for d in clean.pairs)
+    finally:
+        client.close()
+
+    # Stripe loses one meter event and gains one nobody sent.
+    lost = next(
+        e
+        for e in fake.state.meter_events
+        if e.customer == fake.state.meter_events[0].customer and e.event_name == "api_calls"
+    )
+    fake.state.meter_events.remove(lost)
+    extra_customer = next(
+        c for c in fake.state.customers.values() if c["metadata"]["meterline_customer_id"] == "cust-0002"
+    )
+    fake.state.meter_events.append(
+        MeterEvent("egress_bytes", "stray", extra_customer["id"], 77, start // 1000 + 5, start // 1000)
+    )
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP": config.kafka.bootstrap,
+        "CLICKHOUSE_DSN": dsn,
+        "METERLINE__STRIPE__API_BASE": base,
+        "METERLINE__DEV__STATE_DIR": str(tmp_path),
+    }
+    shown = subprocess.run(
+        [sys.executable, "-m", "meterline.cli", "reconcile", "--period", period, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 1 and shown.stdout.startswith("{"), shown.stderr
+    report = json.loads(shown.stdout)
+    lost_customer = next(
+        c["metadata"]["meterline_customer_id"]
+        for c in fake.state.customers.values()
+        if c["id"] == lost.customer
+    )
+    lost_hour = datetime.fromtimestamp(lost.timestamp - lost.timestamp % 3600, UTC).strftime("%Y-%m-%d %H:00")
+    extra_hour = datetime.fromtimestamp((start // 1000) - (start // 1000) % 3600, UTC).strftime(
+        "%Y-%m-%d %H:00"
+    )
+    assert [(h["customer"], h["meter"], h["hour (UTC)"], h["drift"]) for h in report["hours"]] == sorted(
+        [(lost_customer, "api_calls", lost_hour, -lost.value), ("cust-0002", "egress_bytes", extra_hour, 77)],
+        key=lambda h: repr((h[0], h[1], h[2])),
+    )
+    drifting = {(p["customer"], p["meter"]): p["drift"] for p in report["pairs"] if p["drift"]}
+    assert drifting == {(lost_customer, "api_calls"): -lost.value, ("cust-0002", "egress_bytes"): 77}
+
+
+def _with_fake(config: Config, base: str) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(
+        config,
+        stripe=dataclasses.replace(config.stripe, api_base=base, requests_per_second=1000, concurrency=8),
+    )
