@@ -799,7 +799,9 @@ def _demo(args: argparse.Namespace) -> int:
         stored = _demo_clickhouse(args, config, expected)
         print("\n== 7. the Stripe sink reports every window revision once (the Stripe fake)")
         billed = _demo_stripe(args, config, spec, expected)
-        return 0 if same_records and same_totals and streamed and stored and billed else 1
+        print("\n== 8. reconciliation and an invoice preview, this month")
+        reconciled = _demo_reconcile(config, spec)
+        return 0 if same_records and same_totals and streamed and stored and billed and reconciled else 1
     finally:
         if not args.keep:
             print("\n== stopping the local stack (use --keep to leave it up)")
@@ -994,6 +996,35 @@ def _demo_stripe(args: argparse.Namespace, config: Config, spec: WorkloadSpec, e
     exact = all(row["drift"] == 0 for row in rows)
     print(f"  Stripe's meter event summaries {'equal' if exact else 'DIFFER FROM'} the generator's totals")
     return exact
+
+
+def _demo_reconcile(config: Config, spec: WorkloadSpec) -> bool:
+    from meterline.workload import customer_ids
+    from reconciler.pricing import describe, invoice
+    from reconciler.reconcile import reconcile
+    from reconciler.usage import customer_usage, period_bounds
+    from sinks.clickhouse.client import connect
+    from sinks.stripe.calls import caller_for
+
+    period = datetime.now(UTC).strftime("%Y-%m")
+    client = connect(config)
+    try:
+        result = reconcile(config, client, caller_for(config), period)
+        drift = sum(abs(d.drift) for d in result.pairs)
+        print(
+            f"  meterline reconcile --period {period}: {len(result.pairs)} pairs of customer and meter, "
+            f"total drift {drift} units, {len(result.hours)} hours differ (run {result.run_id})"
+        )
+        if result.dead_letters:
+            print("  dead letters: " + ", ".join(f"{k} {v:,}" for k, v in result.dead_letters.items()))
+        customer = customer_ids(spec)[0]
+        start, end = period_bounds(period)
+        bill = invoice(config.plan_for(customer), customer_usage(client, customer, start, end))
+        print(f"  meterline invoice preview --customer {customer} --period {period}:")
+        print(f"  {describe(bill)}")
+    finally:
+        client.close()
+    return result.ok
 
 
 def _count_progress(verb: str) -> Callable[[int, int], None]:
