@@ -152,6 +152,20 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--json", action="store_true")
     reconcile.set_defaults(run=_reconcile)
 
+    replay = commands.add_parser(
+        "replay", help="re-derive window totals from usage.events and compare them with ClickHouse and Stripe"
+    )
+    replay.add_argument("--from", dest="start", type=_timestamp, required=True, help="ISO 8601 or epoch ms")
+    replay.add_argument(
+        "--to", dest="end", type=_timestamp, required=True, help="ISO 8601 or epoch ms (exclusive)"
+    )
+    replay.add_argument("--customer")
+    replay.add_argument(
+        "--repair", action="store_true", help="emit correcting revisions so that both sinks converge"
+    )
+    replay.add_argument("--json", action="store_true")
+    replay.set_defaults(run=_replay)
+
     sql = commands.add_parser("sql", help="run a read-only query against the configured ClickHouse")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -613,6 +627,98 @@ def _reconcile(args: argparse.Namespace) -> int:
                 + ", ".join(f"{k} {v:,}" for k, v in result.dead_letters.items())
             )
     return 0 if result.ok else 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from confluent_kafka import Producer
+
+    from reconciler.compare import compare
+    from reconciler.replay import clickhouse_differences, rederive, repairs, reported_windows, stored_windows
+    from reconciler.stripe_totals import StripeTotals
+    from schemas.serde import AvroSerde
+    from sinks.clickhouse.client import connect
+    from sinks.stripe.calls import caller_for
+
+    config = _load(args)
+    bootstrap = devstack.kafka_bootstrap(config)
+    rederived = rederive(
+        config,
+        bootstrap,
+        args.start,
+        args.end,
+        args.customer,
+        None if args.json else _count_progress("partitions re-derived"),
+    )
+    client = connect(config)
+    try:
+        stored = stored_windows(client, args.start, args.end, args.customer)
+        reported = reported_windows(client, args.start, args.end, args.customer)
+    finally:
+        client.close()
+    in_clickhouse = clickhouse_differences(rederived, stored)
+    pairs: Counter[tuple[str, str]] = Counter()
+    for (customer, meter, _), value in rederived.windows().items():
+        pairs[(customer, meter)] += value
+    stripe = StripeTotals(caller_for(config), config)
+    theirs = {(c, m): stripe.total(c, m, args.start, args.end) for c, m in pairs}
+    in_stripe = [d for d in compare({k: v for k, v in theirs.items() if v}, dict(pairs)) if d.drift]
+    fixes = repairs(rederived, stored, reported, config.windows.size_ms) if args.repair else []
+    if fixes:
+        serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
+        producer = Producer(
+            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"}
+        )
+        for fix in fixes:
+            producer.produce(config.topics.aggregates, serde.encode_aggregate(fix), fix.customer_id.encode())
+        if producer.flush(60):
+            raise MeterlineError("the correcting revisions were not all delivered: run the repair again")
+    summary = {
+        "records": rederived.records,
+        "events": rederived.events,
+        "events/s": round(rederived.events / rederived.seconds) if rederived.seconds else None,
+        "windows": len(rederived.windows()),
+        "ClickHouse differs": len(in_clickhouse),
+        "Stripe differs": len(in_stripe),
+        "repairs emitted": len(fixes),
+    }
+    clickhouse_rows = [
+        {
+            "customer": d.key[0],
+            "meter": d.key[1],
+            "window (UTC)": datetime.fromtimestamp(d.key[2] / 1000, UTC).strftime("%Y-%m-%d %H:%M"),
+            "ClickHouse": d.ours,
+            "re-derived": d.theirs,
+            "difference": d.drift,
+        }
+        for d in in_clickhouse
+    ]
+    stripe_rows = [
+        {
+            "customer": d.key[0],
+            "meter": d.key[1],
+            "Stripe": d.ours,
+            "re-derived": d.theirs,
+            "difference": d.drift,
+        }
+        for d in in_stripe
+    ]
+    if args.json:
+        print(json.dumps({**summary, "clickhouse": clickhouse_rows, "stripe": stripe_rows}))
+    else:
+        print(file=sys.stderr)
+        print(render([summary]))
+        if clickhouse_rows:
+            print("\nWindows where ClickHouse differs from the events:")
+            print(render(clickhouse_rows[:50]))
+        if stripe_rows:
+            print("\nCustomers and meters where Stripe differs from the events:")
+            print(render(stripe_rows))
+        if fixes:
+            print(f"\nEmitted {len(fixes)} correcting revisions to {config.topics.aggregates}:")
+            print("the sinks apply them; replay again once they have caught up to see zero differences.")
+    return 0 if not (in_clickhouse or in_stripe) or fixes else 1
 
 
 def _sql(args: argparse.Namespace) -> int:

@@ -1,0 +1,260 @@
+"""`meterline replay`: re-derive the window totals of a time range from usage.events with the stream
+app's own code (streams.judge, streams.processor), compare them with ClickHouse and Stripe, and
+with `repair` emit correcting revisions so that both sinks converge.
+
+Which records: an event is accepted only when its record's timestamp lies within the maximum
+lateness after it and the clock skew before it (DESIGN §4), so every event of a window in
+[from, to) sits in a record stamped at or after `from - skew`. Each partition is read from the
+offset of that time (offsets_for_times; reading earlier records costs time, not exactness) to its
+end, found by reading until quiet, not by the high watermark alone. Records stamped after
+`to + lateness` cannot count into the range (their events for it are too late), so reading them
+costs time only; no stop offset is trusted: tansu answers offsets_for_times with 0 for a time
+after its last record. The
+partitions are re-derived in parallel processes: there is no state to commit, so nothing but
+decoding and folding is paid per event.
+
+The repair of a window (per source partition, as its identity is) is its next revision:
+`value` = the re-derived total (what ClickHouse keeps, latest revision wins) and `delta` = that
+total minus what Stripe was sent for the window (the ledger's sent and confirmed rows), so that
+Stripe, which adds deltas, converges too. Its identity and contents depend only on what is
+stored, so running it again before the sinks caught up re-emits the same revision, which both
+sinks keep once; once they have, a second run finds nothing to repair.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from confluent_kafka import Consumer, TopicPartition
+
+from meterline.config import Config
+from meterline.kafka import partition_count
+from reconciler.compare import Difference, compare
+from schemas.records import WindowAggregate
+from schemas.serde import AvroSerde
+from streams.judge import Judge
+from streams.output import MemoryStore
+from streams.processor import PartitionProcessor, rules_from
+from streams.state import PartitionStore
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+WindowId = tuple[str, str, int]  # customer, meter, window_start
+PartitionWindow = tuple[str, str, int, int]  # + source partition
+QUIET_S = 2.0
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    partition: int
+    records: int
+    events: int
+    totals: dict[WindowId, tuple[int, int]]  # -> value, event_count
+
+
+@dataclass
+class Rederived:
+    records: int = 0
+    events: int = 0
+    seconds: float = 0.0
+    by_partition: dict[PartitionWindow, tuple[int, int]] = field(default_factory=dict)
+
+    def windows(self) -> dict[WindowId, int]:
+        totals: dict[WindowId, int] = {}
+        for (customer, meter, start, _), (value, _) in self.by_partition.items():
+            totals[(customer, meter, start)] = totals.get((customer, meter, start), 0) + value
+        return {k: v for k, v in totals.items() if v}
+
+
+def rederive(
+    config: Config,
+    bootstrap: str,
+    start_ms: int,
+    end_ms: int,
+    customer: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Rederived:
+    """The totals of the windows starting in [start, end), per source partition."""
+    partitions = range(partition_count(bootstrap, config.topics.events))
+    jobs = [(config, bootstrap, p, start_ms, end_ms, customer) for p in partitions]
+    started = time.monotonic()
+    result = Rederived()
+    workers = max(1, min(len(jobs), multiprocessing.cpu_count()))
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for done, part in enumerate(pool.imap_unordered(_rederive_partition, jobs), 1):
+            result.records += part.records
+            result.events += part.events
+            for (c, m, w), totals in part.totals.items():
+                result.by_partition[(c, m, w, part.partition)] = totals
+            if progress:
+                progress(done, len(jobs))
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _rederive_partition(job: tuple[Config, str, int, int, int, str | None]) -> PartitionResult:
+    config, bootstrap, partition, start_ms, end_ms, customer = job
+    serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
+    judge = Judge(config, serde)
+    processor = PartitionProcessor(partition, rules_from(config), PartitionStore(MemoryStore(), partition))
+    first = _first_offset(config, bootstrap, partition, start_ms)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"meterline-replay-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 52_428_800,
+        }
+    )
+    consumer.assign([TopicPartition(config.topics.events, partition, first)])
+    records = events = 0
+    last_offset, last_time = first - 1, 0
+    quiet_since = time.monotonic()
+    try:
+        while True:
+            messages = consumer.consume(5_000, timeout=0.2)
+            if not messages:
+                if time.monotonic() - quiet_since > QUIET_S and _at_end(consumer, partition, config):
+                    break
+                continue
+            quiet_since = time.monotonic()
+            for message in messages:
+                offset = message.offset()
+                if message.error() or offset is None:
+                    continue
+                record_time = message.timestamp()[1]
+                verdict = judge(message.value() or b"", record_time)
+                processor.process(offset, record_time, verdict)
+                records += 1
+                events += verdict.events
+                last_offset, last_time = offset, max(last_time, record_time)
+    finally:
+        consumer.close()
+    # A last tick closes every open window, as wall clock would have.
+    tick = judge(serde.encode_batch([]), last_time + 365 * 86_400_000)
+    processor.process(last_offset + 1, last_time + 365 * 86_400_000, tick)
+    totals = {}
+    for state in _windows(processor):
+        key = state.key
+        if start_ms <= key.window_start < end_ms and (customer is None or key.customer_id == customer):
+            totals[(key.customer_id, key.meter, key.window_start)] = (state.value, state.event_count)
+    return PartitionResult(partition, records, events, totals)
+
+
+def _windows(processor: PartitionProcessor) -> Iterable:  # type: ignore[type-arg]
+    store = processor.store
+    assert isinstance(store, PartitionStore)
+    store.write_behind()
+    windows, _ = store.saved_state()
+    return windows
+
+
+def _first_offset(config: Config, bootstrap: str, partition: int, start_ms: int) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "meterline-replay-offsets"})
+    try:
+        since = max(0, start_ms - config.windows.max_clock_skew_ms)
+        [found] = consumer.offsets_for_times(
+            [TopicPartition(config.topics.events, partition, since)], timeout=10
+        )
+    finally:
+        consumer.close()
+    if found.offset >= 0:
+        return int(found.offset)
+    return _high(bootstrap, config.topics.events, partition)  # nothing stamped that late: only what comes
+
+
+def _high(bootstrap: str, topic: str, partition: int) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "meterline-replay-offsets"})
+    try:
+        return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1])
+    finally:
+        consumer.close()
+
+
+def _at_end(consumer: Consumer, partition: int, config: Config) -> bool:
+    tp = TopicPartition(config.topics.events, partition)
+    _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+    position = consumer.position([tp])[0].offset
+    return position < 0 or position >= high
+
+
+# -- comparing and repairing -----------------------------------------------------------------------
+
+
+def stored_windows(
+    client: Client, start_ms: int, end_ms: int, customer: str | None
+) -> dict[PartitionWindow, tuple[int, int]]:
+    """ClickHouse's latest (value, revision) per window and source partition."""
+    rows = client.query(
+        "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, value, revision "
+        "FROM usage_windows FINAL WHERE window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
+        "AND window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC')"
+        + (" AND customer_id = %(customer)s" if customer else ""),
+        parameters={"start": start_ms, "end": end_ms, "customer": customer},
+    ).result_rows
+    return {(c, m, int(w), int(p)): (int(v), int(r)) for c, m, w, p, v, r in rows}
+
+
+def reported_windows(
+    client: Client, start_ms: int, end_ms: int, customer: str | None
+) -> dict[PartitionWindow, tuple[int, int]]:
+    """What the Stripe sink reported per window and source partition: (deltas sent, highest revision)."""
+    rows = client.query(
+        "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, "
+        "sum(value), max(revision) "
+        "FROM stripe_reports FINAL WHERE status IN ('sent', 'confirmed') "
+        "AND window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
+        "AND window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC')"
+        + (" AND customer_id = %(customer)s" if customer else "")
+        + " GROUP BY customer_id, meter, window_start, source_partition",
+        parameters={"start": start_ms, "end": end_ms, "customer": customer},
+    ).result_rows
+    return {(c, m, int(w), int(p)): (int(v), int(r)) for c, m, w, p, v, r in rows}
+
+
+def clickhouse_differences(
+    rederived: Rederived, stored: dict[PartitionWindow, tuple[int, int]]
+) -> list[Difference[WindowId]]:
+    ours: dict[WindowId, int] = {}
+    for (c, m, w, _), (value, _) in stored.items():
+        ours[(c, m, w)] = ours.get((c, m, w), 0) + value
+    return [d for d in compare({k: v for k, v in ours.items() if v}, rederived.windows()) if d.drift]
+
+
+def repairs(
+    rederived: Rederived,
+    stored: dict[PartitionWindow, tuple[int, int]],
+    reported: dict[PartitionWindow, tuple[int, int]],
+    window_ms: int,
+) -> list[WindowAggregate]:
+    """The next revision of every (window, partition) whose stored or reported total is not the
+    re-derived one."""
+    fixes = []
+    for key in sorted(set(rederived.by_partition) | set(stored) | set(reported)):
+        value, count = rederived.by_partition.get(key, (0, 0))
+        stored_value, stored_revision = stored.get(key, (0, -1))
+        sent, reported_revision = reported.get(key, (0, -1))
+        if stored_value == value and sent == value:
+            continue
+        customer, meter, window_start, partition = key
+        fixes.append(
+            WindowAggregate(
+                customer_id=customer,
+                meter=meter,
+                window_start=window_start,
+                window_end=window_start + window_ms,
+                source_partition=partition,
+                value=value,
+                delta=value - sent,
+                event_count=count,
+                revision=max(stored_revision, reported_revision) + 1,
+                closed_at=window_start + window_ms,  # deterministic: a second run emits the same revision
+            )
+        )
+    return fixes
