@@ -85,7 +85,8 @@ def rederive(
     jobs = [(config, bootstrap, p, start_ms, end_ms, customer) for p in partitions]
     started = time.monotonic()
     result = Rederived()
-    workers = max(1, min(len(jobs), multiprocessing.cpu_count()))
+    # One process per partition (up to twice the cores): each ends with a quiet wait, which overlaps.
+    workers = max(1, min(len(jobs), 2 * multiprocessing.cpu_count()))
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         for done, part in enumerate(pool.imap_unordered(_rederive_partition, jobs), 1):
             result.records += part.records

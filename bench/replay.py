@@ -1,0 +1,94 @@
+"""Replay throughput: events/s re-derived by `reconciler.replay.rederive` (the stream app's judge and
+processor, one process per partition, nothing committed), on the stream benchmark's workloads.
+
+Two figures per run: end to end (spawning the processes, reading every partition to its end and
+waiting the quiet period that proves the end on tansu), and the folding alone (records read and
+folded, timed inside each partition process, summed over the parallel processes' wall time).
+
+Run: .venv/bin/python bench/replay.py [--events 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from meterline import devstack
+from meterline.config import Config, TopicsConfig, load_config
+from meterline.kafka import ensure_topics
+from meterline.produce import produce_workload
+from meterline.table import render
+from meterline.workload import WorkloadSpec
+from reconciler.replay import QUIET_S, rederive
+from streams.windows import DAY_MS
+
+LIVE_SPAN_MS = 21 * 60_000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=1_000_000)
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="meterline-bench-replay-"))
+    base = load_config(None, {"METERLINE__DEV__STATE_DIR": str(state)})
+    bootstrap = devstack.up(base, log=lambda _line: None)["kafka"].address
+    rows: list[dict[str, object]] = []
+    try:
+        for label, span in (("one day of event time", DAY_MS), ("20 minutes of event time", LIVE_SPAN_MS)):
+            config = _topics(base, bootstrap)
+            now = int(time.time() * 1000)
+            spec = WorkloadSpec(
+                seed=1,
+                events=args.events,
+                customers=50,
+                start_ms=now - span,
+                span_ms=span - 60_000,
+                duplicate_rate=0.01,
+                out_of_order_rate=0.02,
+                late_rate=0.001,
+            )
+            result, _ = produce_workload(config, bootstrap, spec, workers=os.cpu_count() or 1)
+            rederived = rederive(config, bootstrap, spec.start_ms - DAY_MS, now + DAY_MS)
+            assert rederived.events == args.events, (rederived.events, args.events)
+            folding = rederived.seconds - QUIET_S
+            rows.append(
+                {
+                    "workload (packed)": label,
+                    "events": rederived.events,
+                    "messages": result.messages,
+                    "windows": len(rederived.windows()),
+                    "seconds": round(rederived.seconds, 1),
+                    "events/s end to end": round(rederived.events / rederived.seconds),
+                    "events/s without the end-of-topic wait": round(rederived.events / folding),
+                }
+            )
+    finally:
+        devstack.down(base, log=lambda _line: None)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
+    print(render(rows))
+    print(json.dumps(rows))
+
+
+def _topics(base: Config, bootstrap: str) -> Config:
+    suffix = uuid.uuid4().hex[:6]
+    topics = TopicsConfig(
+        **{f.name: f"{getattr(base.topics, f.name)}.{suffix}" for f in dataclasses.fields(TopicsConfig)}
+    )
+    ensure_topics(bootstrap, topics.all(), base.kafka.partitions)
+    return dataclasses.replace(
+        base, topics=topics, kafka=dataclasses.replace(base.kafka, bootstrap=bootstrap)
+    )
+
+
+if __name__ == "__main__":
+    main()
