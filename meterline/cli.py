@@ -166,6 +166,13 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true")
     replay.set_defaults(run=_replay)
 
+    dispute = commands.add_parser("dispute", help='answer "why is my bill higher?" for a customer and period')
+    dispute.add_argument("--customer", required=True)
+    dispute.add_argument("--period", required=True, help="YYYY-MM (UTC)")
+    dispute.add_argument("--format", choices=["csv", "json", "html"], default="html")
+    dispute.add_argument("--output", type=Path, help="write here instead of standard output")
+    dispute.set_defaults(run=_dispute)
+
     sql = commands.add_parser("sql", help="run a read-only query against the configured ClickHouse")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -719,6 +726,30 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"\nEmitted {len(fixes)} correcting revisions to {config.topics.aggregates}:")
             print("the sinks apply them; replay again once they have caught up to see zero differences.")
     return 0 if not (in_clickhouse or in_stripe) or fixes else 1
+
+
+def _dispute(args: argparse.Namespace) -> int:
+    from reconciler import dispute
+    from sinks.clickhouse.client import connect
+
+    config = _load(args)
+    client = connect(config)
+    try:
+        report = dispute.query(config, client, args.customer, args.period)
+    finally:
+        client.close()
+    render_as = {"csv": dispute.render_csv, "json": dispute.render_json, "html": dispute.render_html}[
+        args.format
+    ]
+    text = render_as(report)
+    if args.output:
+        args.output.write_text(text)
+        print(
+            f"wrote {args.output} ({len(report.hours)} hours of usage, {len(report.carriers)} Stripe reports)"
+        )
+    else:
+        print(text)
+    return 0
 
 
 def _sql(args: argparse.Namespace) -> int:

@@ -1,0 +1,248 @@
+"""`meterline dispute`: everything support needs to answer "why is my bill higher?" for one
+customer and period: usage by day and hour, how each day's usage falls into the included quantity,
+overage or tiers, the invoice lines, and the Stripe identifiers that carried the usage.
+Assembling it is pure (`build`); the queries and the renderers are around it.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from meterline.config import Config
+from reconciler.pricing import Invoice, MeterPrice, invoice, money, quantity_text
+from reconciler.usage import period_bounds
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+
+@dataclass(frozen=True)
+class HourUsage:
+    meter: str
+    hour: int  # epoch ms
+    quantity: int  # base units
+    corrected_windows: int
+
+
+@dataclass(frozen=True)
+class DayShare:
+    """How a day's usage of a meter falls into the price's bands (included, overage, tiers)."""
+
+    meter: str
+    day: str
+    quantity: int
+    cumulative: int
+    bands: Mapping[str, int]  # band -> base units of this day in it
+
+
+@dataclass(frozen=True)
+class Carrier:
+    """A Stripe report that carried part of the usage."""
+
+    meter: str
+    window_start: int
+    revision: int
+    value: int
+    identifier: str
+    status: str
+    stripe_request_id: str
+
+
+@dataclass(frozen=True)
+class DisputeReport:
+    customer: str
+    period: str
+    plan: str
+    currency: str
+    hours: list[HourUsage]
+    days: list[DayShare]
+    bill: Invoice
+    carriers: list[Carrier]
+
+
+def bands(price: MeterPrice) -> list[tuple[str, int | None]]:
+    """(band name, its upper bound in base units, None: open) in order."""
+    if price.tiers_mode is None:
+        included = int(price.included * price.per)
+        return ([("included", included)] if included else []) + [("overage" if included else "billed", None)]
+    return [
+        (f"tier {n}", None if t.up_to is None else int(t.up_to * price.per))
+        for n, t in enumerate(price.tiers, 1)
+    ]
+
+
+def build(
+    config: Config, customer: str, period: str, hours: Sequence[HourUsage], carriers: Sequence[Carrier]
+) -> DisputeReport:
+    plan = config.plan_for(customer)
+    usage: dict[str, int] = {}
+    for h in hours:
+        usage[h.meter] = usage.get(h.meter, 0) + h.quantity
+    days: list[DayShare] = []
+    for meter, price in plan.prices.items():
+        by_day: dict[str, int] = {}
+        for h in hours:
+            if h.meter == meter:
+                day = datetime.fromtimestamp(h.hour / 1000, UTC).date().isoformat()
+                by_day[day] = by_day.get(day, 0) + h.quantity
+        cumulative = 0
+        for day in sorted(by_day):
+            quantity = by_day[day]
+            shares: dict[str, int] = {}
+            floor = 0
+            for name, top in bands(price):
+                low, high = (
+                    max(cumulative, floor),
+                    cumulative + quantity if top is None else min(cumulative + quantity, top),
+                )
+                if high > low:
+                    shares[name] = high - low
+                if top is not None:
+                    floor = top
+            cumulative += quantity
+            days.append(DayShare(meter, day, quantity, cumulative, shares))
+    return DisputeReport(
+        customer, period, plan.name, plan.currency, list(hours), days, invoice(plan, usage), list(carriers)
+    )
+
+
+def query(config: Config, client: Client, customer: str, period: str) -> DisputeReport:
+    start, end = period_bounds(period)
+    params = {"customer": customer, "start": start, "end": end}
+    in_period = (
+        "customer_id = %(customer)s AND window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
+        "AND window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC')"
+    )
+    hours = [
+        HourUsage(str(m), int(h), int(q), int(c))
+        for m, h, q, c in client.query(
+            "SELECT meter, toUnixTimestamp(toStartOfHour(window_start)) * 1000, sum(value), "
+            f"countIf(revision > 0) FROM usage_windows FINAL WHERE {in_period} GROUP BY 1, 2 ORDER BY 1, 2",
+            parameters=params,
+        ).result_rows
+    ]
+    carriers = [
+        Carrier(str(m), int(w), int(r), int(v), str(i), str(s), str(q))
+        for m, w, r, v, i, s, q in client.query(
+            "SELECT meter, toUnixTimestamp64Milli(window_start), revision, value, identifier, "
+            f"toString(status), stripe_request_id FROM stripe_reports FINAL WHERE {in_period} "
+            "ORDER BY meter, window_start, revision",
+            parameters=params,
+        ).result_rows
+    ]
+    return build(config, customer, period, hours, carriers)
+
+
+# -- renderers ---------------------------------------------------------------------------------------
+
+
+def _hour(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:00")
+
+
+def _sections(report: DisputeReport) -> list[tuple[str, list[dict[str, Any]]]]:
+    lines = [
+        {
+            "line": line.description,
+            "quantity": quantity_text(line.quantity),
+            "unit price": "" if line.unit_price is None else money(line.unit_price, report.currency),
+            "amount": money(line.amount, report.currency),
+        }
+        for line in report.bill.lines
+    ] + [
+        {
+            "line": "Total",
+            "quantity": "",
+            "unit price": "",
+            "amount": money(report.bill.total, report.currency),
+        }
+    ]
+    return [
+        ("Invoice lines", lines),
+        (
+            "Usage by day, and where it falls",
+            [
+                {"meter": d.meter, "day": d.day, "quantity": d.quantity, "cumulative": d.cumulative}
+                | {band: d.bands.get(band, 0) for band in sorted({b for x in report.days for b in x.bands})}
+                for d in report.days
+            ],
+        ),
+        (
+            "Usage by hour (UTC)",
+            [
+                {
+                    "meter": h.meter,
+                    "hour": _hour(h.hour),
+                    "quantity": h.quantity,
+                    "corrected windows": h.corrected_windows,
+                }
+                for h in report.hours
+            ],
+        ),
+        (
+            "Stripe reports that carried it",
+            [
+                {
+                    "meter": c.meter,
+                    "window": datetime.fromtimestamp(c.window_start / 1000, UTC).strftime("%Y-%m-%d %H:%M"),
+                    "revision": c.revision,
+                    "value": c.value,
+                    "identifier": c.identifier,
+                    "status": c.status,
+                    "request id": c.stripe_request_id,
+                }
+                for c in report.carriers
+            ],
+        ),
+    ]
+
+
+def render_json(report: DisputeReport) -> str:
+    def default(value: object) -> object:
+        return str(value) if isinstance(value, Decimal) else repr(value)
+
+    return json.dumps(asdict(report), default=default)
+
+
+def render_csv(report: DisputeReport) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["customer", report.customer, "period", report.period, "plan", report.plan])
+    for title, rows in _sections(report):
+        writer.writerow([])
+        writer.writerow([title])
+        if rows:
+            writer.writerow(list(rows[0]))
+            writer.writerows([list(r.values()) for r in rows])
+    return out.getvalue()
+
+
+def render_html(report: DisputeReport) -> str:
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>Usage of {html.escape(report.customer)}, {html.escape(report.period)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}</style>",
+        "</head><body>",
+        f"<h1>Usage of {html.escape(report.customer)}, {html.escape(report.period)} (UTC), plan "
+        f"{html.escape(report.plan)}</h1>",
+    ]
+    for title, rows in _sections(report):
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if not rows:
+            parts.append("<p>None.</p>")
+            continue
+        parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0]) + "</tr>")
+        for row in rows:
+            parts.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,123 @@
+"""`meterline dispute`: the seed customer's month explained: which day crossed the included
+quantity, the invoice lines, and the Stripe identifiers that carried the usage."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from meterline.config import load_config
+from reconciler.dispute import Carrier, HourUsage, build, render_html
+from sinks.clickhouse.client import connect
+from sinks.clickhouse.migrate import migrate
+from sinks.clickhouse.rows import REVISION_COLUMNS
+from sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
+
+NOV_1 = 1_793_491_200_000  # 2026-11-01T00:00:00Z
+HOUR = 3_600_000
+DAY = 24 * HOUR
+
+
+def test_the_day_that_crossed_the_included_quantity_is_shown() -> None:
+    config = load_config(None, {})
+    hours = [
+        HourUsage("api_calls", NOV_1 + 9 * HOUR, 800_000, 0),
+        HourUsage("api_calls", NOV_1 + DAY + 9 * HOUR, 300_000, 1),
+        HourUsage("api_calls", NOV_1 + DAY + 10 * HOUR, 100_000, 0),
+    ]
+    carriers = [
+        Carrier("api_calls", NOV_1 + 9 * HOUR, 0, 800_000, "ml:cust-seed:api_calls:1:0:0", "sent", "req_1")
+    ]
+    report = build(config, "cust-seed", "2026-11", hours, carriers)
+    days = [(d.day, d.quantity, d.cumulative, dict(d.bands)) for d in report.days if d.meter == "api_calls"]
+    assert days == [
+        ("2026-11-01", 800_000, 800_000, {"included": 800_000}),
+        ("2026-11-02", 400_000, 1_200_000, {"included": 200_000, "overage": 200_000}),
+    ]
+    assert str(report.bill.total) == "200.00"
+    page = render_html(report)
+    assert "ml:cust-seed:api_calls:1:0:0" in page and "$200.00" in page and "<script" not in page
+
+
+def test_the_command_writes_csv_json_and_html_from_clickhouse(tmp_path: Path) -> None:
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    client = connect(load_config(None, {}), dsn)
+    try:
+        migrate(client, 400)
+        windows = [
+            [
+                "cust-<b>",
+                "api_calls",
+                NOV_1 + n * HOUR,
+                NOV_1 + n * HOUR + 60_000,
+                0,
+                0,
+                600_000,
+                600_000,
+                6,
+                NOV_1,
+            ]
+            for n in range(2)
+        ]
+        client.insert("usage_window_revisions", windows, column_names=list(REVISION_COLUMNS))
+        ledger = [
+            [
+                "cust-<b>",
+                "api_calls",
+                w[2],
+                0,
+                0,
+                f"ml:id-{n}",
+                "meter_events",
+                "cus_1",
+                "api_calls",
+                600_000,
+                "sent",
+                1,
+                "",
+                "",
+                f"req_{n}",
+                NOV_1,
+            ]
+            for n, w in enumerate(windows)
+        ]
+        client.insert("stripe_reports", ledger, column_names=list(LEDGER_COLUMNS))
+    finally:
+        client.close()
+    env = {**os.environ, "CLICKHOUSE_DSN": dsn, "METERLINE__DEV__STATE_DIR": str(tmp_path)}
+
+    def dispute(fmt: str) -> str:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "meterline.cli",
+                "dispute",
+                "--customer",
+                "cust-<b>",
+                "--period",
+                "2026-11",
+                "--format",
+                fmt,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    as_json = json.loads(dispute("json"))
+    assert as_json["bill"]["total"] == "200.00" and [c["identifier"] for c in as_json["carriers"]] == [
+        "ml:id-0",
+        "ml:id-1",
+    ]
+    rows = list(csv.reader(io.StringIO(dispute("csv"))))
+    assert ["Total", "", "", "$200.00"] in rows and any("req_1" in row for row in rows)
+    page = dispute("html")
+    assert "cust-&lt;b&gt;" in page and "cust-<b>" not in page  # escaped
