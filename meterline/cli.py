@@ -173,6 +173,14 @@ def _parser() -> argparse.ArgumentParser:
     dispute.add_argument("--output", type=Path, help="write here instead of standard output")
     dispute.set_defaults(run=_dispute)
 
+    webhooks = commands.add_parser(
+        "webhooks", help="receive Stripe webhooks (verified, kept on stripe.webhooks) and process each once"
+    )
+    webhooks.add_argument("--port", type=int, help="default: stripe.webhook_port")
+    webhooks.add_argument("--group", default="meterline-webhooks", help="the consumer's Kafka group")
+    webhooks.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    webhooks.set_defaults(run=_webhooks)
+
     sql = commands.add_parser("sql", help="run a read-only query against the configured ClickHouse")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -749,6 +757,31 @@ def _dispute(args: argparse.Namespace) -> int:
         )
     else:
         print(text)
+    return 0
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    import threading
+
+    from sinks.clickhouse.client import connect
+    from sinks.stripe.webhooks import PATH, WebhookConsumer, make_receiver
+
+    config = _load(args)
+    bootstrap = devstack.kafka_bootstrap(config)
+    receiver = make_receiver(config, bootstrap, devstack.webhook_secret(config), args.port)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    host, port = receiver.server_address[:2]
+    client = connect(config)
+
+    def consume(stop: Callable[[], bool]) -> None:
+        logging.getLogger("meterline.webhooks").info("listening on http://%s:%s%s", host, port, PATH)
+        WebhookConsumer(config, bootstrap, client, group_id=args.group).run(stop)
+
+    try:
+        _run_until_signalled(args, consume)
+    finally:
+        receiver.shutdown()
+        client.close()
     return 0
 
 

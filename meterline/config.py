@@ -32,6 +32,7 @@ ENV_ALIASES = {
     "SCHEMA_REGISTRY_URL": ("kafka", "schema_registry_url"),
     "CLICKHOUSE_DSN": ("clickhouse", "dsn"),
     "CLICKHOUSE_PASSWORD": ("clickhouse", "password"),
+    "STRIPE_WEBHOOK_SECRET": ("stripe", "webhook_secret"),
     "STRIPE_API_KEY": ("stripe", "api_key"),
     "STRIPE_API_BASE": ("stripe", "api_base"),
 }
@@ -173,6 +174,10 @@ class StripeConfig:
     timeout_seconds: float
     legacy_api_version: str
     """The Stripe-Version sent with legacy usage records (they are gone from 2025-03-31.basil on)."""
+    webhook_secret: Secret
+    """The endpoint's signing secret (whsec_...); the local fake signs with FAKE_WEBHOOK_SECRET."""
+    webhook_port: int
+    webhook_tolerance_seconds: int
 
 
 @dataclass(frozen=True)
@@ -517,6 +522,17 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
                 None if v < "2025-03-31" else "usage records need a Stripe-Version before 2025-03-31.basil"
             ),
         ),
+        webhook_secret=Secret(
+            s.get(
+                "webhook_secret",
+                str,
+                "",
+                lambda v: None if not v or v.startswith("whsec_") else "a webhook secret starts with whsec_",
+                secret=True,
+            )
+        ),
+        webhook_port=s.get("webhook_port", int, 8787, _between(0, 65535)),
+        webhook_tolerance_seconds=s.get("webhook_tolerance_seconds", int, 300, _between(1, 3600)),
     )
     s.finish()
 

@@ -87,6 +87,18 @@ def kafka_bootstrap(config: Config) -> str:
 
 
 FAKE_STRIPE_KEY = "sk_test_meterline_fake"
+FAKE_WEBHOOK_SECRET = "whsec_meterline_fake"
+
+
+def webhook_secret(config: Config) -> str:
+    """The configured endpoint secret, else the local fake's."""
+    if config.stripe.webhook_secret:
+        return config.stripe.webhook_secret.reveal()
+    if config.stripe.api_key:
+        raise DevStackError(
+            "STRIPE_API_KEY is set but no webhook secret: set STRIPE_WEBHOOK_SECRET (whsec_...)"
+        )
+    return FAKE_WEBHOOK_SECRET
 
 
 def stripe_endpoint(config: Config) -> tuple[str, str]:

@@ -9,6 +9,12 @@ rate limiting and injectable faults.
 - Faults (POST /_fake/faults, JSON): `rate_limit_per_second` (429 beyond it), `error_rate` (500
   before executing), `drop_rate` (executes, then closes the connection without answering: the
   client cannot know it worked), `slow_rate`/`slow_seconds` (executes, answers late).
+- Webhooks: POST /_fake/webhook_endpoint {"url", "secret"} registers the endpoint; POST
+  /_fake/events {"type", "object", ...} sends it a signed event (Stripe-Signature as Stripe signs)
+  and answers with the endpoint's status. `id`, `created`, `signed_at` and `secret` may be given, to
+  send a duplicate, an old event, a stale signature or a wrong one. The meter error report event
+  carries `data.errors` [{code, identifier, message}] (Stripe's is a thin event whose details are
+  fetched; the fake inlines them).
 - Inspection for tests and benchmarks: GET /_fake/meter_events, /_fake/error_reports,
   /_fake/usage_records, /_fake/stats.
 
@@ -25,6 +31,8 @@ import re
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -33,6 +41,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from sinks.stripe.fake_state import DAY_S, FakeStripeState, StripeError, invalid, new_id
+from sinks.stripe.webhook_signature import sign
 
 SESSION_SECONDS = 15 * 60
 STREAM_MAX_EVENTS = 100
@@ -67,6 +76,7 @@ class FakeStripe:
         self._running: set[str] = set()
         self._sessions: dict[str, float] = {}  # token -> expiry
         self._bucket = (0.0, time.monotonic(), 0.0)  # tokens, when, for which limit
+        self.webhook_endpoint: tuple[str, str] | None = None  # url, secret
         self._lock = threading.Lock()
 
     # -- the pipeline every API call goes through ---------------------------------------------------
@@ -275,6 +285,39 @@ class FakeStripe:
                     )
         return {}
 
+    # -- webhooks ----------------------------------------------------------------------------------
+
+    def send_event(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Sign and POST an event to the registered endpoint; returns its id and the answer's status."""
+        if self.webhook_endpoint is None:
+            raise invalid("No webhook endpoint: POST /_fake/webhook_endpoint first.")
+        url, secret = self.webhook_endpoint
+        created = int(request.get("created") or time.time())
+        event = {
+            "id": request.get("id") or new_id("evt"),
+            "object": "event",
+            "api_version": "2026-10-28.endive",
+            "created": created,
+            "livemode": False,
+            "type": request["type"],
+            "data": {
+                "object": request.get("object", {}),
+                **({"errors": request["errors"]} if "errors" in request else {}),
+            },
+        }
+        payload = json.dumps(event).encode()
+        signed_at = int(request.get("signed_at") or time.time())
+        header = sign(payload, request.get("secret") or secret, signed_at)
+        delivery = urllib.request.Request(
+            url, payload, {"Content-Type": "application/json", "Stripe-Signature": header}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(delivery, timeout=10) as answer:
+                status = answer.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        return {"id": event["id"], "status": status}
+
     # -- inspection --------------------------------------------------------------------------------
 
     def inspect(self, path: str) -> Any:
@@ -406,6 +449,17 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/_fake/faults" and method == "POST":
             self.fake.faults = Faults(**json.loads(body or b"{}"))
             self._reply(200, asdict(self.fake.faults), {})
+            return
+        if path == "/_fake/webhook_endpoint" and method == "POST":
+            given = json.loads(body)
+            self.fake.webhook_endpoint = (given["url"], given["secret"])
+            self._reply(200, {"url": given["url"]}, {})
+            return
+        if path == "/_fake/events" and method == "POST":
+            try:
+                self._reply(200, self.fake.send_event(json.loads(body)), {})
+            except StripeError as exc:
+                self._reply(exc.status, exc.body(), {})
             return
         try:
             self._reply(200, self.fake.inspect(path), {})

@@ -1,0 +1,198 @@
+"""`meterline webhooks` end to end: the Stripe fake signs and sends events to the receiver, which
+keeps only verified ones on stripe.webhooks; the consumer processes each event id once, in any
+arrival order. Signatures are also pinned without I/O."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meterline.config import Config
+from meterline.devstack import FAKE_WEBHOOK_SECRET
+from meterline.kafka import committed_reaches, read_ends
+from schemas.records import WindowAggregate
+from sinks.clickhouse.client import connect
+from sinks.clickhouse.migrate import migrate
+from sinks.stripe.fake import FakeStripe
+from sinks.stripe.ledger import Ledger
+from sinks.stripe.report import Outcome, Status, identifier
+from sinks.stripe.webhook_signature import SignatureError, sign, verify
+from tests.kafka_helpers import read_messages
+
+NOW = int(time.time())
+
+
+def test_a_signature_verifies_only_with_its_secret_payload_and_time() -> None:
+    header = sign(b'{"id": "evt_1"}', "whsec_a", NOW)
+    verify(b'{"id": "evt_1"}', header, "whsec_a", NOW)
+    verify(b'{"id": "evt_1"}', f"{header},v1=rolled-secret-signature", "whsec_a", NOW + 299)
+    for payload, head, secret, now, why in [
+        (b'{"id": "evt_2"}', header, "whsec_a", NOW, "no v1 signature matches"),
+        (b'{"id": "evt_1"}', header, "whsec_b", NOW, "no v1 signature matches"),
+        (b'{"id": "evt_1"}', header, "whsec_a", NOW + 301, "tolerance"),
+        (b'{"id": "evt_1"}', "v1=abc", "whsec_a", NOW, "one t="),
+        (b'{"id": "evt_1"}', None, "whsec_a", NOW, "no Stripe-Signature"),
+    ]:
+        with pytest.raises(SignatureError, match=why):
+            verify(payload, head, secret, now)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def post(base: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{base}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=20) as answer:
+        result: dict[str, Any] = json.loads(answer.read())
+    return result
+
+
+def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
+    config: Config, stripe_fake: tuple[FakeStripe, str], tmp_path: Path
+) -> None:
+    _, base = stripe_fake
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    aggregate = WindowAggregate(
+        "cust-1", "api_calls", (NOW - 3600) * 1000, (NOW - 3540) * 1000, 0, 5, 5, 1, 0, NOW * 1000
+    )
+    client = connect(config, dsn)
+    try:
+        migrate(client, 400)
+        Ledger(client, "meter_events").record(
+            [(aggregate, "cus_1", "api_calls", Outcome(Status.SENT, 1, request_id="req_1"))]
+        )
+    finally:
+        client.close()
+    port = free_port()
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP": config.kafka.bootstrap,
+        "CLICKHOUSE_DSN": dsn,
+        "METERLINE__DEV__STATE_DIR": str(tmp_path),
+        "METERLINE__STRIPE__API_BASE": base,
+        "METERLINE__TOPICS__EVENTS": config.topics.events,
+        "METERLINE__TOPICS__WEBHOOKS": config.topics.webhooks,
+    }
+    log_path = tmp_path / "webhooks.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "meterline.cli",
+                "webhooks",
+                "--port",
+                str(port),
+                "--group",
+                "test-webhooks",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while b"listening on" not in log_path.read_bytes():
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        post(
+            base,
+            "/_fake/webhook_endpoint",
+            {"url": f"http://127.0.0.1:{port}/webhooks/stripe", "secret": FAKE_WEBHOOK_SECRET},
+        )
+
+        def send(**event: Any) -> int:
+            return int(post(base, "/_fake/events", event)["status"])
+
+        # Refused, and nothing kept: a wrong secret, a stale signature.
+        assert send(type="invoice.created", object={"id": "in_bad"}, secret="whsec_wrong") == 400
+        assert send(type="invoice.created", object={"id": "in_old"}, signed_at=NOW - 600) == 400
+        # Kept and processed: the invoice (ticks every partition), twice (processed once).
+        invoice = {"id": "in_1", "customer": "cus_1", "period_start": NOW - 86_400, "period_end": NOW}
+        assert send(id="evt_invoice", type="invoice.created", object=invoice) == 200
+        assert send(id="evt_invoice", type="invoice.created", object=invoice) == 200
+        # Out of order: the newer subscription state arrives first.
+        newer = {
+            "id": "sub_1",
+            "customer": "cus_1",
+            "status": "active",
+            "current_period_start": NOW,
+            "current_period_end": NOW + 86_400,
+        }
+        older = {**newer, "status": "past_due"}
+        assert (
+            send(id="evt_sub_2", type="customer.subscription.updated", object=newer, created=NOW - 10) == 200
+        )
+        assert (
+            send(id="evt_sub_1", type="customer.subscription.updated", object=older, created=NOW - 100) == 200
+        )
+        # Stripe refused a meter event it had accepted.
+        errors = [
+            {
+                "identifier": identifier(aggregate.identity),
+                "code": "meter_event_customer_not_found",
+                "message": "No such customer",
+            }
+        ]
+        assert (
+            send(
+                id="evt_err",
+                type="v1.billing.meter.error_report_triggered",
+                object={"id": "mtr_1"},
+                errors=errors,
+            )
+            == 200
+        )
+        finalized = {
+            **invoice,
+            "status": "open",
+            "lines": {"data": [{"description": "API calls", "quantity": 5, "amount": 1}]},
+        }
+        assert send(id="evt_final", type="invoice.finalized", object=finalized) == 200
+
+        kept = read_messages(config.kafka.bootstrap, config.topics.webhooks, 6)
+        assert len(kept) == 6 and {json.loads(m.value())["id"] for m in kept} == {
+            "evt_invoice",
+            "evt_sub_2",
+            "evt_sub_1",
+            "evt_err",
+            "evt_final",
+        }
+        ends = read_ends(config.kafka.bootstrap, [config.topics.webhooks])
+        deadline = time.monotonic() + 60
+        while not committed_reaches(config.kafka.bootstrap, "test-webhooks", ends):
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.3)
+        ticks = read_messages(config.kafka.bootstrap, config.topics.events, config.kafka.partitions)
+        assert sorted(m.partition() for m in ticks) == list(range(config.kafka.partitions))  # once, not twice
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    logs = log_path.read_text()
+    assert "already processed" in logs and "ALERT" in logs
+    client = connect(config, dsn)
+    try:
+        assert client.query("SELECT count() FROM stripe_webhook_events FINAL").result_rows == [(5,)]
+        assert client.query("SELECT status FROM stripe_subscriptions FINAL").result_rows == [("active",)]
+        assert client.query("SELECT toString(status), error_code FROM stripe_reports FINAL").result_rows == [
+            ("failed", "meter_event_customer_not_found")
+        ]
+        [(lines,)] = client.query("SELECT lines FROM stripe_invoices FINAL").result_rows
+        assert json.loads(lines)[0]["quantity"] == 5
+    finally:
+        client.close()
