@@ -5,8 +5,10 @@
    summary of the subscription item, which covers the subscription's current billing period).
 3. Every pair whose drift exceeds the threshold is drilled into by hour: our hourly totals
    against Stripe's summaries grouped by hour (meter events only: usage records have no hours).
-4. Usage that is not billed on purpose is listed beside: revisions Stripe refused or the sink
-   refused (the ledger's `failed` rows), and the dead letters of the period by reason.
+4. Usage that is not billed is listed beside: revisions Stripe refused or the sink refused (the
+   ledger's `failed` rows), corrections that arrived after the invoice of their period was
+   finalized (known from the `invoice.finalized` webhook: Stripe has them, the invoice does not),
+   and the dead letters of the period by reason.
 5. The run is stored in `reconciliation_runs`.
 """
 
@@ -103,16 +105,19 @@ def reconcile(
                 )
             )
     # 4. Not billed on purpose.
-    result.unbilled = _unbilled(client, start, end, customer, meter)
+    result.unbilled = _unbilled(client, start, end, customer, meter) + late_corrections(
+        client, start, end, customer, meter
+    )
     result.dead_letters = _dead_letters(client, start, end)
     # 5. Kept.
     _store(client, result, start, config.stripe.mode)
     return result
 
 
-def _where(customer: str | None, meter: str | None) -> str:
-    return (" AND customer_id = %(customer)s" if customer else "") + (
-        " AND meter = %(meter)s" if meter else ""
+def _where(customer: str | None, meter: str | None, table: str = "") -> str:
+    prefix = f"{table}." if table else ""
+    return (f" AND {prefix}customer_id = %(customer)s" if customer else "") + (
+        f" AND {prefix}meter = %(meter)s" if meter else ""
     )
 
 
@@ -168,6 +173,29 @@ def _unbilled(
         parameters={"start": start, "end": end, "customer": customer, "meter": meter},
     ).result_rows
     return [Unbilled(c, m, r, int(v), int(n)) for c, m, r, v, n in rows]
+
+
+def late_corrections(
+    client: Client, start: int, end: int, customer: str | None, meter: str | None
+) -> list[Unbilled]:
+    """Corrections (revision > 0) stored after the invoice covering their window was finalized."""
+    where = _where(customer, meter, "r")
+    rows = client.query(
+        "SELECT r.customer_id, r.meter, i.invoice_id, sum(r.delta), count() "
+        "FROM usage_window_revisions AS r FINAL "
+        "INNER JOIN (SELECT customer_id, meter, window_start, source_partition, revision, stripe_customer "
+        "            FROM stripe_reports FINAL) AS l "
+        "USING (customer_id, meter, window_start, source_partition, revision) "
+        "INNER JOIN (SELECT invoice_id, stripe_customer, period_start, period_end, event_created "
+        "            FROM stripe_invoices FINAL) AS i ON i.stripe_customer = l.stripe_customer "
+        "WHERE r.revision > 0 AND r.window_start >= i.period_start AND r.window_start < i.period_end "
+        "AND r.inserted_at > i.event_created "
+        "AND r.window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
+        f"AND r.window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC'){where} "
+        "GROUP BY r.customer_id, r.meter, i.invoice_id ORDER BY 1, 2, 3",
+        parameters={"start": start, "end": end, "customer": customer, "meter": meter},
+    ).result_rows
+    return [Unbilled(c, m, f"after invoice {inv} was finalized", int(v), int(n)) for c, m, inv, v, n in rows]
 
 
 def _dead_letters(client: Client, start: int, end: int) -> dict[str, int]:

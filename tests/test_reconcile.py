@@ -152,3 +152,54 @@ def _with_fake(config: Config, base: str) -> Config:
         config,
         stripe=dataclasses.replace(config.stripe, api_base=base, requests_per_second=1000, concurrency=8),
     )
+
+
+def test_a_correction_stored_after_its_invoice_was_finalized_is_listed_as_unbilled(
+    config: Config, tmp_path: Path
+) -> None:
+    from reconciler.reconcile import late_corrections
+    from sinks.clickhouse.rows import REVISION_COLUMNS
+    from sinks.stripe.ledger import Ledger
+    from sinks.stripe.report import Outcome, Status
+
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    client = connect(config, dsn)
+    try:
+        migrate(client, 400)
+        start = 1_793_491_200_000  # 2026-11-01
+        base = WindowAggregate("cust-0000", "api_calls", start, start + MINUTE, 0, 10, 10, 1, 0, start)
+        late = WindowAggregate("cust-0000", "api_calls", start, start + MINUTE, 0, 14, 4, 2, 1, start)
+        for a in (base, late):
+            row = [getattr(a, c) for c in REVISION_COLUMNS]
+            client.insert("usage_window_revisions", [row], column_names=list(REVISION_COLUMNS))
+        Ledger(client, "meter_events").record(
+            [(a, "cus_1", "api_calls", Outcome(Status.SENT, 1)) for a in (base, late)]
+        )
+        client.insert(  # finalized (by its webhook) before the correction was stored: now
+            "stripe_invoices",
+            [
+                [
+                    "in_1",
+                    "cus_1",
+                    "open",
+                    start // 1000,
+                    start // 1000 + 30 * 86_400,
+                    "[]",
+                    start // 1000 + 86_400,
+                ]
+            ],
+            column_names=[
+                "invoice_id",
+                "stripe_customer",
+                "status",
+                "period_start",
+                "period_end",
+                "lines",
+                "event_created",
+            ],
+        )
+        [unbilled] = late_corrections(client, start, start + 30 * 86_400_000, None, None)
+        assert (unbilled.customer_id, unbilled.value, unbilled.revisions) == ("cust-0000", 4, 1)
+        assert "in_1" in unbilled.reason
+    finally:
+        client.close()
