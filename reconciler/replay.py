@@ -6,10 +6,12 @@ Which records: an event is accepted only when its record's timestamp lies within
 lateness after it and the clock skew before it (DESIGN §4), so every event of a window in
 [from, to) sits in a record stamped at or after `from - skew`. Each partition is read from the
 offset of that time (offsets_for_times; reading earlier records costs time, not exactness) to its
-end, found by reading until quiet, not by the high watermark alone. Records stamped after
-`to + lateness` cannot count into the range (their events for it are too late), so reading them
-costs time only; no stop offset is trusted: tansu answers offsets_for_times with 0 for a time
-after its last record. The
+end. The end is a marker replay appends to every partition first: a tick (the empty batch the
+stream app itself sends into quiet partitions, so the stream app takes it as one) carrying the
+header `meterline.replay.end` with this run's id. Neither the high watermark (tansu's counts
+batches, not records) nor offsets_for_times for a stop (tansu answers 0 for a time after its last
+record) is trusted. Records stamped after `to + lateness` cannot count into the range (their
+events for it are too late), so reading them costs time only. The
 partitions are re-derived in parallel processes: there is no state to commit, so nothing but
 decoding and folding is paid per event.
 
@@ -30,9 +32,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from meterline.config import Config
+from meterline.errors import MeterlineError
 from meterline.kafka import partition_count
 from reconciler.compare import Difference, compare
 from schemas.records import WindowAggregate
@@ -47,7 +50,12 @@ if TYPE_CHECKING:
 
 WindowId = tuple[str, str, int]  # customer, meter, window_start
 PartitionWindow = tuple[str, str, int, int]  # + source partition
-QUIET_S = 2.0
+END_HEADER = "meterline.replay.end"
+MARKER_TIMEOUT_S = 600.0
+
+
+class ReplayError(MeterlineError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -82,10 +90,11 @@ def rederive(
 ) -> Rederived:
     """The totals of the windows starting in [start, end), per source partition."""
     partitions = range(partition_count(bootstrap, config.topics.events))
-    jobs = [(config, bootstrap, p, start_ms, end_ms, customer) for p in partitions]
     started = time.monotonic()
+    marker = _mark_ends(config, bootstrap, partitions)
+    jobs = [(config, bootstrap, p, start_ms, end_ms, customer, marker) for p in partitions]
     result = Rederived()
-    # One process per partition (up to twice the cores): each ends with a quiet wait, which overlaps.
+    # One process per partition, up to twice the cores: a partition's reading waits on the broker.
     workers = max(1, min(len(jobs), 2 * multiprocessing.cpu_count()))
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         for done, part in enumerate(pool.imap_unordered(_rederive_partition, jobs), 1):
@@ -99,9 +108,22 @@ def rederive(
     return result
 
 
-def _rederive_partition(job: tuple[Config, str, int, int, int, str | None]) -> PartitionResult:
-    config, bootstrap, partition, start_ms, end_ms, customer = job
+def _mark_ends(config: Config, bootstrap: str, partitions: Iterable[int]) -> bytes:
+    """Append this run's end marker to every partition; returns its id."""
+    marker = uuid.uuid4().hex.encode()
+    tick = AvroSerde.from_registry_url(config.kafka.schema_registry_url).encode_batch([])
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for partition in partitions:
+        producer.produce(config.topics.events, tick, partition=partition, headers=[(END_HEADER, marker)])
+    if producer.flush(30) > 0:
+        raise ReplayError("the end markers were not delivered to usage.events")
+    return marker
+
+
+def _rederive_partition(job: tuple[Config, str, int, int, int, str | None, bytes]) -> PartitionResult:
+    config, bootstrap, partition, start_ms, end_ms, customer, marker = job
     serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
+    tick_bytes = serde.encode_batch([])
     judge = Judge(config, serde)
     processor = PartitionProcessor(partition, rules_from(config), PartitionStore(MemoryStore(), partition))
     first = _first_offset(config, bootstrap, partition, start_ms)
@@ -116,21 +138,24 @@ def _rederive_partition(job: tuple[Config, str, int, int, int, str | None]) -> P
     consumer.assign([TopicPartition(config.topics.events, partition, first)])
     records = events = 0
     last_offset, last_time = first - 1, 0
-    quiet_since = time.monotonic()
+    deadline = time.monotonic() + MARKER_TIMEOUT_S
     try:
-        while True:
-            messages = consumer.consume(5_000, timeout=0.2)
-            if not messages:
-                if time.monotonic() - quiet_since > QUIET_S and _at_end(consumer, partition, config):
-                    break
-                continue
-            quiet_since = time.monotonic()
-            for message in messages:
+        reading = True
+        while reading:
+            if time.monotonic() > deadline:
+                raise ReplayError(
+                    f"partition {partition}: the end marker did not come back in {MARKER_TIMEOUT_S:.0f} s"
+                )
+            for message in consumer.consume(5_000, timeout=0.2):
                 offset = message.offset()
                 if message.error() or offset is None:
                     continue
+                value = message.value() or b""
+                if value == tick_bytes and (END_HEADER, marker) in (message.headers() or []):
+                    reading = False
+                    break
                 record_time = message.timestamp()[1]
-                verdict = judge(message.value() or b"", record_time)
+                verdict = judge(value, record_time)
                 processor.process(offset, record_time, verdict)
                 records += 1
                 events += verdict.events
@@ -165,24 +190,7 @@ def _first_offset(config: Config, bootstrap: str, partition: int, start_ms: int)
         )
     finally:
         consumer.close()
-    if found.offset >= 0:
-        return int(found.offset)
-    return _high(bootstrap, config.topics.events, partition)  # nothing stamped that late: only what comes
-
-
-def _high(bootstrap: str, topic: str, partition: int) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "meterline-replay-offsets"})
-    try:
-        return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1])
-    finally:
-        consumer.close()
-
-
-def _at_end(consumer: Consumer, partition: int, config: Config) -> bool:
-    tp = TopicPartition(config.topics.events, partition)
-    _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-    position = consumer.position([tp])[0].offset
-    return position < 0 or position >= high
+    return max(int(found.offset), 0)  # -1: none that late, yet the end marker is: from the start
 
 
 # -- comparing and repairing -----------------------------------------------------------------------
