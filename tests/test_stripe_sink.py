@@ -7,6 +7,7 @@ Stripe's totals are read as the reconciler will: meter event summaries per custo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -16,6 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +69,7 @@ def set_up_stripe(config: Config, base: str, customers: list[str]) -> dict[str, 
     the sink through their metadata). Returns meter name -> Stripe meter id."""
     api = stripe_api(base)
     changes = sync(config, Caller(base, KEY, 5, RateLimiter(1000), "2024-06-20"))
-    assert {c.action for c in changes} == {"created"}
+    assert {c.action for c in changes if c.kind != "price"} == {"created"}
     meters = {
         name: next(c.stripe_id for c in changes if c.kind == "meter" and c.name == meter.stripe_event_name)
         for name, meter in config.meters.items()
@@ -388,13 +390,39 @@ def test_stripe_sync_creates_what_is_missing_once_and_dry_run_changes_nothing(
     fake, base = stripe_fake
     caller = Caller(base, KEY, 5, RateLimiter(1000), "2024-06-20")
     planned = sync(config, caller, dry_run=True)
-    assert (
-        {c.action for c in planned} == {"would create"} and not fake.state.meters and not fake.state.products
-    )
+    assert not fake.state.meters and not fake.state.products and not fake.state.prices
     made = sync(config, caller)
-    assert [(c.kind, c.name, c.action) for c in made] == [(c.kind, c.name, "created") for c in planned]
-    again = sync(config, caller)
-    assert {c.action for c in again} == {"exists"} and [c.stripe_id for c in again] == [
-        c.stripe_id for c in made
+    actions = {(c.kind, c.name): c.action for c in made}
+    assert actions == {(c.kind, c.name): c.action.replace("would create", "created") for c in planned}
+    assert actions[("price", "meterline_standard_api_calls")] == "created"
+    # The seed's price: 1,000,000 included, then $0.001 = 0.1 cent per call, on the api_calls meter.
+    [price] = fake.state.list_prices(["meterline_standard_api_calls"])
+    assert price["tiers"] == [
+        {"up_to": "1000000", "unit_amount_decimal": "0"},
+        {"up_to": "inf", "unit_amount_decimal": "0.1"},
     ]
+    assert price["recurring"]["meter"] == fake.state.meters[price["recurring"]["meter"]]["id"]
+    # What Stripe cannot bill exactly as the preview does is reported, never approximated.
+    assert actions[("price", "meterline_standard_egress_bytes")].startswith("not representable")
+    again = sync(config, caller)
+    assert {c.action for c in again if c.action != actions[(c.kind, c.name)] or "not" not in c.action} <= {
+        "exists"
+    }
     assert len(fake.state.meters) == len(config.meters) == len(fake.state.products)
+    assert len(fake.state.prices) == 1
+    # A changed rate card replaces the price under the same lookup key.
+    cheaper = dataclasses.replace(
+        config.plans["standard"],
+        prices={
+            **config.plans["standard"].prices,
+            "api_calls": dataclasses.replace(
+                config.plans["standard"].prices["api_calls"], overage_price=Decimal("0.0005")
+            ),
+        },
+    )
+    changed = dataclasses.replace(config, plans={"standard": cheaper})
+    assert ("price", "meterline_standard_api_calls", "replaced") in {
+        (c.kind, c.name, c.action) for c in sync(changed, caller)
+    }
+    [current] = fake.state.list_prices(["meterline_standard_api_calls"])
+    assert current["tiers"][1]["unit_amount_decimal"] == "0.05" and len(fake.state.prices) == 2

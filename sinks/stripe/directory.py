@@ -1,7 +1,8 @@
 """Who is who at Stripe: a meterline customer's Stripe customer, and (legacy usage records) the
 subscription item that bills a meter. Configured mappings win; others are looked up once and
-cached: customers by their metadata (`stripe.customer_metadata_key`), subscription items by the
-lookup key of their price (`meterline_<meter>`, as `meterline stripe sync` names them).
+cached: customers by their metadata (`stripe.customer_metadata_key`), subscription items by their
+price's metadata `meterline_meter` (as `meterline stripe sync` creates prices) or, for prices made
+by hand, its lookup key `meterline_<meter>`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,6 @@ from meterline.config import StripeConfig
 from sinks.stripe.calls import Caller
 
 NEGATIVE_TTL_S = 60.0  # an unknown customer is looked up again after this long (it may be created)
-
-
-def price_lookup_key(meter: str) -> str:
-    return f"meterline_{meter}"
 
 
 class Directory:
@@ -55,7 +52,6 @@ class Directory:
         return str(result.data[0].id) if result.data else None
 
     def _find_item(self, stripe_customer: str, meter: str) -> str | None:
-        wanted = price_lookup_key(meter)
         listed, _ = self.caller.retrying(
             lambda: self.caller.client.v1.subscriptions.list(
                 {"customer": stripe_customer, "status": "active"}
@@ -63,6 +59,18 @@ class Directory:
         )
         for subscription in listed.data:
             for item in subscription["items"]["data"]:
-                if getattr(item["price"], "lookup_key", None) == wanted:
+                price = item["price"]
+                if (
+                    metadata(price).get("meterline_meter") == meter
+                    or getattr(price, "lookup_key", None) == f"meterline_{meter}"
+                ):
                     return str(item["id"])
         return None
+
+
+def metadata(stripe_object: Any) -> dict[str, str]:
+    """A Stripe object's metadata as a dict (a StripeObject has no .get)."""
+    found = getattr(stripe_object, "metadata", None)
+    if found is None:
+        return {}
+    return dict(found.to_dict()) if hasattr(found, "to_dict") else dict(found)

@@ -1,27 +1,32 @@
-"""`meterline stripe sync`: the Stripe objects the configured meters need, created when missing.
+"""`meterline stripe sync`: the Stripe objects the configured meters and plans need.
 
 Per meter: a billing meter for its `stripe_event_name` (sum of the reported deltas) and a product
-with the deterministic id `meterline_<meter>`. Idempotent: what exists is found (meters by event
-name, products by id) and left alone; `dry_run` only says what would be created. Prices belong to
-plans and are created with them (the rate card).
+with the deterministic id `meterline_<meter>`. Per plan and meter: a metered price with the lookup
+key `meterline_<plan>_<meter>` (sinks.stripe.prices; one Stripe cannot bill exactly is reported,
+not created); per plan with a base fee, a licensed price `meterline_<plan>_base` on the product
+`meterline_plan_<plan>`. Idempotent: what exists is found (meters by event name, products by id,
+prices by lookup key) and left alone; a price whose terms changed in the rate card is replaced
+(Stripe prices are immutable: a new one takes over the lookup key). `dry_run` changes nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import stripe
 
 from meterline.config import Config
 from sinks.stripe.calls import Caller
-from sinks.stripe.directory import price_lookup_key
+from sinks.stripe.directory import metadata
+from sinks.stripe.prices import base_fee_price, lookup_key, metered_price
 
 
 @dataclass(frozen=True)
 class Change:
     kind: str
     name: str
-    action: str  # "exists", "created", "would create"
+    action: str  # "exists", "created", "would create", "replaced", "would replace", "not representable: ..."
     stripe_id: str
 
 
@@ -29,7 +34,7 @@ def sync(config: Config, caller: Caller, dry_run: bool = False) -> list[Change]:
     client = caller.client
     listed, _ = caller.retrying(lambda: client.v1.billing.meters.list({"status": "active", "limit": 100}))
     meters = {m.event_name: m.id for m in listed.auto_paging_iter()}
-    changes = []
+    changes: list[Change] = []
     for name, meter in sorted(config.meters.items()):
         event_name = meter.stripe_event_name
         if event_name in meters:
@@ -43,22 +48,64 @@ def sync(config: Config, caller: Caller, dry_run: bool = False) -> list[Change]:
                 "default_aggregation": {"formula": "sum"},
             }
             created, _ = caller.retrying(lambda p=params: client.v1.billing.meters.create(p))  # type: ignore[misc]
+            meters[event_name] = created.id
             changes.append(Change("meter", event_name, "created", created.id))
-        product_id = price_lookup_key(name)
-        try:
-            caller.retrying(lambda p=product_id: client.v1.products.retrieve(p))  # type: ignore[misc]
-            changes.append(Change("product", product_id, "exists", product_id))
-        except stripe.InvalidRequestError as exc:
-            if exc.code != "resource_missing":
-                raise
-            if dry_run:
-                changes.append(Change("product", product_id, "would create", ""))
+        changes.append(
+            _product(caller, product_id(name), f"{name} ({meter.unit})", {"meterline_meter": name}, dry_run)
+        )
+    for plan in sorted(config.plans.values(), key=lambda p: p.name):
+        if plan.base_fee:
+            product = f"meterline_plan_{plan.name}"
+            changes.append(
+                _product(caller, product, f"{plan.name} plan", {"meterline_plan": plan.name}, dry_run)
+            )
+            changes.append(_price(caller, base_fee_price(plan, product), dry_run))
+        for meter_name, price in sorted(plan.prices.items()):
+            terms = metered_price(
+                plan,
+                price,
+                meters.get(config.meters[meter_name].stripe_event_name) or "",
+                product_id(meter_name),
+            )
+            if isinstance(terms, str):
+                changes.append(
+                    Change("price", lookup_key(plan.name, meter_name), f"not representable: {terms}", "")
+                )
             else:
-                params = {
-                    "id": product_id,
-                    "name": f"{name} ({meter.unit})",
-                    "metadata": {"meterline_meter": name},
-                }
-                caller.retrying(lambda p=params: client.v1.products.create(p))  # type: ignore[misc]
-                changes.append(Change("product", product_id, "created", product_id))
+                changes.append(_price(caller, terms, dry_run))
     return changes
+
+
+def product_id(meter: str) -> str:
+    return f"meterline_{meter}"
+
+
+def _product(caller: Caller, product: str, name: str, metadata: dict[str, str], dry_run: bool) -> Change:
+    client = caller.client
+    try:
+        caller.retrying(lambda: client.v1.products.retrieve(product))
+        return Change("product", product, "exists", product)
+    except stripe.InvalidRequestError as exc:
+        if exc.code != "resource_missing":
+            raise
+    if dry_run:
+        return Change("product", product, "would create", "")
+    caller.retrying(lambda: client.v1.products.create({"id": product, "name": name, "metadata": metadata}))
+    return Change("product", product, "created", product)
+
+
+def _price(caller: Caller, params: dict[str, Any], dry_run: bool) -> Change:
+    client = caller.client
+    key = params["lookup_key"]
+    listed, _ = caller.retrying(lambda: client.v1.prices.list({"lookup_keys": [key]}))
+    existing = listed.data[0] if listed.data else None
+    if (
+        existing is not None
+        and metadata(existing).get("meterline_fingerprint") == params["metadata"]["meterline_fingerprint"]
+    ):
+        return Change("price", key, "exists", existing.id)
+    if dry_run:
+        return Change("price", key, "would replace" if existing else "would create", "")
+    create: dict[str, Any] = {**params, **({"transfer_lookup_key": True} if existing else {})}
+    created, _ = caller.retrying(lambda: client.v1.prices.create(create))  # type: ignore[arg-type]
+    return Change("price", key, "replaced" if existing else "created", created.id)
