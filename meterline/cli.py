@@ -9,7 +9,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -1039,9 +1039,7 @@ def _demo_stream(args: argparse.Namespace, config: Config, expected: dict[str, A
 def _demo_clickhouse(args: argparse.Namespace, config: Config, expected: Expected) -> bool:
     """Migrate, run `meterline sink clickhouse` until it has committed everything, stop it (the
     embedded engine allows one process), then compare the FINAL totals and show analysts' queries."""
-    import subprocess
 
-    from meterline.kafka import committed_reaches, read_ends
     from sinks.clickhouse import queries
     from sinks.clickhouse.client import connect
     from sinks.clickhouse.migrate import migrate
@@ -1052,29 +1050,8 @@ def _demo_clickhouse(args: argparse.Namespace, config: Config, expected: Expecte
     finally:
         client.close()
     print(f"  schema version {migrated.current} ({len(migrated.applied)} migrations applied now)")
-    bootstrap = devstack.kafka_bootstrap(config)
-    ends = read_ends(bootstrap, config.topics.all())
-    log_path = config.dev.state_dir / "sink-clickhouse-demo.log"
-    command = [
-        sys.executable,
-        "-m",
-        "meterline.cli",
-        *(["--config", str(args.config)] if args.config else []),
-    ]
-    with open(log_path, "wb") as log:
-        sink = subprocess.Popen([*command, "sink", "clickhouse"], stdout=log, stderr=subprocess.STDOUT)
-    print(f"  sink pid {sink.pid}, log {log_path}")
-    started = time.monotonic()
-    try:
-        while not committed_reaches(bootstrap, "meterline-sink-clickhouse", ends):
-            if sink.poll() is not None or time.monotonic() - started > 300:
-                print(f"  the sink did not catch up: see {log_path}")
-                return False
-            time.sleep(0.5)
-    finally:
-        sink.terminate()  # flushes, commits, closes the engine's directory
-        sink.wait(timeout=60)
-    print(f"  caught up in {time.monotonic() - started:.1f} s")
+    if not _demo_sink(args, config, "clickhouse", config.topics.all(), os.environ):
+        return False
     client = connect(config)
     try:
         stored = {
@@ -1103,10 +1080,8 @@ def _demo_clickhouse(args: argparse.Namespace, config: Config, expected: Expecte
 def _demo_stripe(args: argparse.Namespace, config: Config, spec: WorkloadSpec, expected: Expected) -> bool:
     """Sync the meters, give each demo customer a Stripe customer (what onboarding does), run
     `meterline sink stripe` until it has committed everything, then read Stripe's totals back."""
-    import subprocess
     from collections import Counter
 
-    from meterline.kafka import committed_reaches, read_ends
     from meterline.workload import customer_ids
     from reconciler.stripe_totals import meter_totals
     from sinks.stripe.calls import caller_for
@@ -1115,38 +1090,18 @@ def _demo_stripe(args: argparse.Namespace, config: Config, spec: WorkloadSpec, e
 
     caller = caller_for(config)
     synced = sync(config, caller)
-    print(f"  stripe sync: {', '.join(f'{c.kind} {c.name} {c.action}' for c in synced)}")
+    print("  meterline stripe sync:")
+    print(render([{"kind": c.kind, "name": c.name, "action": c.action} for c in synced]))
     directory = Directory(config.stripe, caller)
     customers = customer_ids(spec)
     for customer in customers:
         if directory.customer(customer) is None:
             caller.client.v1.customers.create({"metadata": {config.stripe.customer_metadata_key: customer}})
-    bootstrap = devstack.kafka_bootstrap(config)
-    ends = read_ends(bootstrap, [config.topics.aggregates])
-    log_path = config.dev.state_dir / "sink-stripe-demo.log"
-    command = [
-        sys.executable,
-        "-m",
-        "meterline.cli",
-        *(["--config", str(args.config)] if args.config else []),
-    ]
     env = dict(os.environ)
     if not config.stripe.api_key:  # the fake has no rate limit of its own: lift the sink's (20/s)
         env["METERLINE__STRIPE__REQUESTS_PER_SECOND"] = "1000"
-    with open(log_path, "wb") as log:
-        sink = subprocess.Popen([*command, "sink", "stripe"], stdout=log, stderr=subprocess.STDOUT, env=env)
-    print(f"  sink pid {sink.pid} (mode {config.stripe.mode}), log {log_path}")
-    started = time.monotonic()
-    try:
-        while not committed_reaches(bootstrap, "meterline-sink-stripe", ends):
-            if sink.poll() is not None or time.monotonic() - started > 600:
-                print(f"  the sink did not catch up: see {log_path}")
-                return False
-            time.sleep(1)
-    finally:
-        sink.terminate()
-        sink.wait(timeout=120)
-    print(f"  caught up in {time.monotonic() - started:.1f} s")
+    if not _demo_sink(args, config, "stripe", [config.topics.aggregates], env):
+        return False
     ours: Counter[tuple[str, str]] = Counter()
     for (customer, meter, _), (value, _) in expected.totals.items():
         ours[(customer, meter)] += value
@@ -1166,6 +1121,41 @@ def _demo_stripe(args: argparse.Namespace, config: Config, spec: WorkloadSpec, e
     exact = all(row["drift"] == 0 for row in rows)
     print(f"  Stripe's meter event summaries {'equal' if exact else 'DIFFER FROM'} the generator's totals")
     return exact
+
+
+def _demo_sink(
+    args: argparse.Namespace, config: Config, kind: str, topics: Sequence[str], env: Mapping[str, str]
+) -> bool:
+    """Run `meterline sink <kind>` until its group has committed everything on `topics`, then stop
+    it (it flushes, commits and lets go of the embedded ClickHouse directory)."""
+    import subprocess
+
+    from meterline.kafka import committed_reaches, read_ends
+
+    bootstrap = devstack.kafka_bootstrap(config)
+    ends = read_ends(bootstrap, topics)
+    log_path = config.dev.state_dir / f"sink-{kind}-demo.log"
+    command = [
+        sys.executable,
+        "-m",
+        "meterline.cli",
+        *(["--config", str(args.config)] if args.config else []),
+    ]
+    with open(log_path, "wb") as log:
+        sink = subprocess.Popen([*command, "sink", kind], stdout=log, stderr=subprocess.STDOUT, env=dict(env))
+    print(f"  sink pid {sink.pid}, log {log_path}")
+    started = time.monotonic()
+    try:
+        while not committed_reaches(bootstrap, f"meterline-sink-{kind}", ends):
+            if sink.poll() is not None or time.monotonic() - started > 600:
+                print(f"  the sink did not catch up: see {log_path}")
+                return False
+            time.sleep(0.5)
+    finally:
+        sink.terminate()
+        sink.wait(timeout=120)
+    print(f"  caught up in {time.monotonic() - started:.1f} s")
+    return True
 
 
 def _demo_reconcile(config: Config, spec: WorkloadSpec) -> bool:

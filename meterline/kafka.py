@@ -76,6 +76,23 @@ def partition_count(bootstrap: str, topic: str, timeout: float = 15) -> int:
     return len(found.partitions)
 
 
+def group_consumer(bootstrap: str, group_id: str) -> Consumer:
+    """A member of `group_id` that commits explicitly (offset store off, no auto commit), starting
+    at the earliest offset when the group has none. A group join waits half the session timeout
+    on tansu (DESIGN §7), hence 6 s."""
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+        }
+    )
+
+
 def consumer_from_beginning(bootstrap: str, topic: str, group_id: str) -> Consumer:
     """A consumer assigned every partition of `topic` from its first offset; it commits nothing."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False})

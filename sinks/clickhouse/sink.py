@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from meterline.config import Config
 from meterline.devstack import clickhouse_dsn
+from meterline.kafka import group_consumer
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import ClickHouseError, ClickHouseUnavailableError, connect, unavailable
 from sinks.clickhouse.rows import Route, Row, routes
@@ -97,18 +98,7 @@ class ClickHouseSink:
         self._buffers: dict[tuple[str, int], Buffer] = {}
         self._record_times: dict[tuple[str, int], list[int]] = {}
         self._client: Client | None = None
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                # A group join waits half the session timeout on tansu (DESIGN §7).
-                "session.timeout.ms": 6000,
-                "heartbeat.interval.ms": 1000,
-            }
-        )
+        self._consumer = group_consumer(bootstrap, group_id)
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         self._consumer.subscribe(list(self.routes), on_revoke=self._revoked, on_lost=self._revoked)

@@ -27,9 +27,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from meterline.config import Config
+from meterline.kafka import group_consumer
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
@@ -76,17 +77,7 @@ class StripeSink:
         self._client = connect(config, dsn)
         self.ledger = Ledger(self._client, self.mode)
         self._pool = ThreadPoolExecutor(config.stripe.concurrency, thread_name_prefix="stripe")
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": 6000,  # a group join waits half of it on tansu (DESIGN §7)
-                "heartbeat.interval.ms": 1000,
-            }
-        )
+        self._consumer = group_consumer(bootstrap, group_id)
         self._dlq = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
 
     def run(self, should_stop: Callable[[], bool]) -> None:

@@ -28,10 +28,10 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer
+from confluent_kafka import KafkaException, Message, Producer
 
 from meterline.config import Config
-from meterline.kafka import partition_count
+from meterline.kafka import group_consumer, partition_count
 from schemas.serde import AvroSerde
 from sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
 from sinks.stripe.webhook_signature import SignatureError, verify
@@ -108,16 +108,7 @@ class WebhookConsumer:
         self.group_id = group_id
         self.processed = 0
         self.duplicates = 0
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": 6000,
-                "heartbeat.interval.ms": 1000,
-            }
-        )
+        self._consumer = group_consumer(bootstrap, group_id)
         self._ticks = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "invoice.created": self._invoice_created,
