@@ -125,7 +125,8 @@ def _rederive_partition(job: tuple[Config, str, int, int, int, str | None, bytes
     serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
     tick_bytes = serde.encode_batch([])
     judge = Judge(config, serde)
-    processor = PartitionProcessor(partition, rules_from(config), PartitionStore(MemoryStore(), partition))
+    store = PartitionStore(MemoryStore(), partition)
+    processor = PartitionProcessor(partition, rules_from(config), store)
     first = _first_offset(config, bootstrap, partition, start_ms)
     consumer = Consumer(
         {
@@ -165,20 +166,14 @@ def _rederive_partition(job: tuple[Config, str, int, int, int, str | None, bytes
     # A last tick closes every open window, as wall clock would have.
     tick = judge(serde.encode_batch([]), last_time + 365 * 86_400_000)
     processor.process(last_offset + 1, last_time + 365 * 86_400_000, tick)
+    store.write_behind()
+    windows, _ = store.saved_state()
     totals = {}
-    for state in _windows(processor):
+    for state in windows:
         key = state.key
         if start_ms <= key.window_start < end_ms and (customer is None or key.customer_id == customer):
             totals[(key.customer_id, key.meter, key.window_start)] = (state.value, state.event_count)
     return PartitionResult(partition, records, events, totals)
-
-
-def _windows(processor: PartitionProcessor) -> Iterable:  # type: ignore[type-arg]
-    store = processor.store
-    assert isinstance(store, PartitionStore)
-    store.write_behind()
-    windows, _ = store.saved_state()
-    return windows
 
 
 def _first_offset(config: Config, bootstrap: str, partition: int, start_ms: int) -> int:
