@@ -36,6 +36,7 @@ from sinks.clickhouse.migrate import migrate
 from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.fake import FakeStripe, Faults
 from sinks.stripe.report import identifier
+from sinks.stripe.sink import StripeSink
 from sinks.stripe.sync import sync
 from tests.kafka_helpers import read_messages
 from tests.pipeline import Workers, wait_until_exact
@@ -426,3 +427,44 @@ def test_stripe_sync_creates_what_is_missing_once_and_dry_run_changes_nothing(
     }
     [current] = fake.state.list_prices(["meterline_standard_api_calls"])
     assert current["tiers"][1]["unit_amount_decimal"] == "0.05" and len(fake.state.prices) == 2
+
+
+def test_a_legacy_customer_without_a_subscription_item_is_refused_before_the_call(
+    config: Config, stripe_fake: tuple[FakeStripe, str], ledger_dsn: str
+) -> None:
+    from tests.test_reconcile import run_sink
+
+    fake, base = stripe_fake
+    set_up_stripe(config, base, ["subscribed", "unsubscribed"])
+    subscribe(config, base, ["subscribed"])
+    now = int(time.time() * 1000) // 60_000 * 60_000
+    cases = {
+        customer: WindowAggregate(
+            customer, "api_calls", now - HOUR_MS, now - HOUR_MS + 60_000, 0, 9, 9, 1, 0, now
+        )
+        for customer in ("subscribed", "unsubscribed")
+    }
+    serde = AvroSerde()
+    producer = Producer({"bootstrap.servers": config.kafka.bootstrap})
+    for a in cases.values():
+        producer.produce(config.topics.aggregates, serde.encode_aggregate(a), a.customer_id.encode())
+    producer.flush()
+    legacy = dataclasses.replace(
+        config,
+        stripe=dataclasses.replace(
+            config.stripe, api_base=base, mode="usage_records", requests_per_second=100
+        ),
+    )
+    ends = read_ends(config.kafka.bootstrap, [config.topics.aggregates])
+    run_sink(
+        StripeSink(legacy, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-legacy"),
+        config.kafka.bootstrap,
+        ends,
+    )
+
+    [refused] = read_messages(config.kafka.bootstrap, config.topics.stripe_dlq, 1)
+    assert dict(refused.headers() or [])["error.code"] == b"no_subscription_item"
+    assert serde.decode_aggregate(refused.value() or b"") == cases["unsubscribed"]
+    statuses = {r[0]: (r[5], r[6]) for r in ledger(config, ledger_dsn)}
+    assert statuses == {"subscribed": ("confirmed", ""), "unsubscribed": ("failed", "no_subscription_item")}
+    assert [r["quantity"] for records in fake.state.usage_records.values() for r in records] == [9]
