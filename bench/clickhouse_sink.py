@@ -15,7 +15,6 @@ Run: .venv/bin/python bench/clickhouse_sink.py [--rows 500000] [--rate 2000] [--
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -30,8 +29,8 @@ from typing import TYPE_CHECKING
 from confluent_kafka import Producer
 
 from meterline import devstack
-from meterline.config import Config, TopicsConfig, load_config
-from meterline.kafka import committed_reaches, ensure_topics, read_ends
+from meterline.config import Config, load_config
+from meterline.kafka import committed_reaches, isolated_topics, read_ends
 from meterline.table import render
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
@@ -65,11 +64,11 @@ def main() -> None:
         rows.append(_baseline(client, args.rows, base.clickhouse.batch_rows))
         client.close()
 
-        backlog = _topics(base, bootstrap, "backlog")
+        backlog = isolated_topics(base, bootstrap, "backlog")
         _produce(backlog, bootstrap, _aggregates(args.rows, seed=1))
         rows.append(_drain(backlog, bootstrap, dsn, args.rows))
 
-        live = _topics(base, bootstrap, "live")
+        live = isolated_topics(base, bootstrap, "live")
         rows.append(_latency(live, bootstrap, dsn, args.rate, args.seconds))
     finally:
         devstack.down(base, log=lambda _line: None)
@@ -79,15 +78,6 @@ def main() -> None:
     )
     print(render(rows))
     print(json.dumps(rows))
-
-
-def _topics(base: Config, bootstrap: str, name: str) -> Config:
-    suffix = f"{name}-{uuid.uuid4().hex[:6]}"
-    topics = TopicsConfig(
-        **{f.name: f"{getattr(base.topics, f.name)}.{suffix}" for f in dataclasses.fields(TopicsConfig)}
-    )
-    ensure_topics(bootstrap, topics.all(), base.kafka.partitions)
-    return dataclasses.replace(base, topics=topics)
 
 
 def _aggregates(count: int, seed: int) -> list[WindowAggregate]:
@@ -132,21 +122,7 @@ def _produce(config: Config, bootstrap: str, aggregates: list[WindowAggregate]) 
 
 
 def _baseline(client: Client, count: int, batch: int) -> dict[str, object]:
-    data = [
-        [
-            a.customer_id,
-            a.meter,
-            a.window_start,
-            a.window_end,
-            a.source_partition,
-            a.revision,
-            a.value,
-            a.delta,
-            a.event_count,
-            a.closed_at,
-        ]
-        for a in _aggregates(count, seed=2)
-    ]
+    data = [[getattr(a, column) for column in REVISION_COLUMNS] for a in _aggregates(count, seed=2)]
     started = time.perf_counter()
     for first in range(0, count, batch):
         client.insert(

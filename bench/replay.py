@@ -10,18 +10,16 @@ Run: .venv/bin/python bench/replay.py [--events 1000000]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from meterline import devstack
-from meterline.config import Config, TopicsConfig, load_config
-from meterline.kafka import ensure_topics
+from meterline.config import load_config
+from meterline.kafka import isolated_topics
 from meterline.produce import produce_workload
 from meterline.table import render
 from meterline.workload import WorkloadSpec
@@ -41,7 +39,7 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     try:
         for label, span in (("one day of event time", DAY_MS), ("20 minutes of event time", LIVE_SPAN_MS)):
-            config = _topics(base, bootstrap)
+            config = isolated_topics(base, bootstrap)
             now = int(time.time() * 1000)
             spec = WorkloadSpec(
                 seed=1,
@@ -74,17 +72,6 @@ def main() -> None:
     )
     print(render(rows))
     print(json.dumps(rows))
-
-
-def _topics(base: Config, bootstrap: str) -> Config:
-    suffix = uuid.uuid4().hex[:6]
-    topics = TopicsConfig(
-        **{f.name: f"{getattr(base.topics, f.name)}.{suffix}" for f in dataclasses.fields(TopicsConfig)}
-    )
-    ensure_topics(bootstrap, topics.all(), base.kafka.partitions)
-    return dataclasses.replace(
-        base, topics=topics, kafka=dataclasses.replace(base.kafka, bootstrap=bootstrap)
-    )
 
 
 if __name__ == "__main__":

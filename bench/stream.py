@@ -35,7 +35,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from meterline import devstack
 from meterline.config import Config, TopicsConfig, load_config
-from meterline.kafka import ensure_topics
+from meterline.kafka import isolated_topics
 from meterline.produce import produce_workload
 from meterline.table import render
 from meterline.workload import WorkloadSpec
@@ -66,8 +66,8 @@ def main() -> None:
     bootstrap = devstack.up(base, log=lambda _line: None)["kafka"].address
     rows: list[dict[str, object]] = []
     try:
-        packed = _topics(base, bootstrap, "packed")
-        single = _topics(base, bootstrap, "single")
+        packed = isolated_topics(base, bootstrap, "packed")
+        single = isolated_topics(base, bootstrap, "single")
         packed_messages = _produce(packed, bootstrap, args.events, packing=True)
         single_messages = _produce(single, bootstrap, args.single_events, packing=False)
         print(
@@ -106,14 +106,14 @@ def main() -> None:
 
         # Live traffic: the same 1M events over 20 minutes of event time (3,000 windows, ~330
         # events each), as a worker keeping up with the present sees them.
-        live = _topics(base, bootstrap, "live")
+        live = isolated_topics(base, bootstrap, "live")
         live_messages = _produce(live, bootstrap, args.events, packing=True, span_ms=LIVE_SPAN_MS)
         rows.append(
             _worker(state, bootstrap, live, args.events, live_messages, "meterline", profile=args.profile)
         )
         rows[-1]["what"] = f"{rows[-1]['what']}, 20 min of event time"
 
-        big = _topics(base, bootstrap, "memory")
+        big = isolated_topics(base, bootstrap, "memory")
         big_messages = _produce(big, bootstrap, args.memory_events, packing=True)
         rows.append(
             _worker(
@@ -128,17 +128,6 @@ def main() -> None:
     )
     print(render(rows))
     print(json.dumps(rows))
-
-
-def _topics(base: Config, bootstrap: str, name: str) -> Config:
-    suffix = f"{name}-{uuid.uuid4().hex[:6]}"
-    topics = TopicsConfig(
-        **{f.name: f"{getattr(base.topics, f.name)}.{suffix}" for f in dataclasses.fields(TopicsConfig)}
-    )
-    ensure_topics(bootstrap, topics.all(), base.kafka.partitions)
-    return dataclasses.replace(
-        base, topics=topics, kafka=dataclasses.replace(base.kafka, bootstrap=bootstrap)
-    )
 
 
 def _spec(events: int, span_ms: int = DAY_MS) -> WorkloadSpec:

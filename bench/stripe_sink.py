@@ -32,8 +32,8 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from meterline import devstack
-from meterline.config import Config, TopicsConfig, load_config
-from meterline.kafka import committed_reaches, ensure_topics, read_ends
+from meterline.config import Config, load_config
+from meterline.kafka import committed_reaches, isolated_topics, read_ends
 from meterline.table import render
 from meterline.workload import Expected, WorkloadSpec, generate
 from schemas.records import WindowAggregate
@@ -68,7 +68,7 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     try:
         for days_ago, mode in ((1, "meter_events"), (2, "meter_event_stream")):
-            config = _topics(
+            config = isolated_topics(
                 dataclasses.replace(base, stripe=dataclasses.replace(base.stripe, mode=mode)), bootstrap
             )
             _produce(config, bootstrap, args.revisions, days_ago)  # other windows: other identifiers
@@ -96,15 +96,6 @@ def _stats(fake: str) -> dict[str, int]:
     with urllib.request.urlopen(f"{fake}/_fake/stats") as response:
         stats: dict[str, int] = json.loads(response.read())
     return stats
-
-
-def _topics(config: Config, bootstrap: str) -> Config:
-    suffix = uuid.uuid4().hex[:6]
-    topics = TopicsConfig(
-        **{f.name: f"{getattr(config.topics, f.name)}.{suffix}" for f in dataclasses.fields(TopicsConfig)}
-    )
-    ensure_topics(bootstrap, topics.all(), config.kafka.partitions)
-    return dataclasses.replace(config, topics=topics)
 
 
 def _produce(config: Config, bootstrap: str, count: int, days_ago: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from meterline.config import Config, TopicsConfig
 from meterline.errors import MeterlineError
 
 
@@ -143,3 +145,16 @@ def committed_reaches(bootstrap: str, group_id: str, ends: Mapping[tuple[str, in
     finally:
         consumer.close()
     return all(tp.offset >= ends[(tp.topic, tp.partition)] for tp in committed)
+
+
+def isolated_topics(config: Config, bootstrap: str, label: str = "", partitions: int | None = None) -> Config:
+    """A copy of `config` on `bootstrap` whose topics carry a suffix of their own, created there:
+    tests and benchmarks that share one broker do not see each other's records."""
+    suffix = f"{label}-{uuid.uuid4().hex[:8]}" if label else uuid.uuid4().hex[:10]
+    topics = TopicsConfig(
+        **{f.name: f"{getattr(config.topics, f.name)}.{suffix}" for f in dataclasses.fields(TopicsConfig)}
+    )
+    ensure_topics(bootstrap, topics.all(), partitions or config.kafka.partitions)
+    return dataclasses.replace(
+        config, topics=topics, kafka=dataclasses.replace(config.kafka, bootstrap=bootstrap)
+    )

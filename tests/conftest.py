@@ -8,18 +8,16 @@ session.timeout.ms, so consumers here use 6000 ms).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from meterline import devstack
-from meterline.config import Config, TopicsConfig, load_config
-from meterline.kafka import ensure_topics
+from meterline.config import Config, load_config
+from meterline.kafka import isolated_topics
 from sinks.stripe.fake import FakeStripe, make_server
 from tests.pipeline import Workers
 
@@ -64,12 +62,7 @@ def broker_config(state_dir: Path, **env: str) -> Config:
 def config(kafka_bootstrap: str, tmp_path: Path) -> Config:
     """The default configuration pointed at the session broker, with topics unique to this test."""
     base = load_config(None, {"KAFKA_BOOTSTRAP": kafka_bootstrap, "METERLINE__DEV__STATE_DIR": str(tmp_path)})
-    suffix = uuid.uuid4().hex[:10]
-    topics = TopicsConfig(
-        **{f.name: f"{getattr(base.topics, f.name)}.{suffix}" for f in dataclasses.fields(TopicsConfig)}
-    )
-    ensure_topics(kafka_bootstrap, topics.all(), TEST_PARTITIONS)
-    return dataclasses.replace(base, topics=topics)
+    return isolated_topics(base, kafka_bootstrap, partitions=TEST_PARTITIONS)
 
 
 @pytest.fixture
