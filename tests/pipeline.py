@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from meterline.config import Config
+from meterline.kafka import committed_reaches
 from meterline.produce import make_producer, send
 from meterline.verify import Verification, read_emitted, verify
 from meterline.workload import Expected, WorkloadSpec, generate
@@ -151,3 +152,50 @@ class PacedProducer(threading.Thread):
         self.join()
         assert self.error is None, self.error
         return self.expected.to_json(self.spec)
+
+
+class SinkProcess:
+    """A `meterline sink <kind>` process of its own consumer group, started, killed and stopped at will."""
+
+    def __init__(
+        self, kind: str, env: dict[str, str], tmp_path: Path, stop_timeout: float, catch_up_timeout: float
+    ) -> None:
+        self.kind, self.env, self.tmp_path = kind, env, tmp_path
+        self.stop_timeout, self.catch_up_timeout = stop_timeout, catch_up_timeout
+        self.group = f"test-sink-{kind}-{uuid.uuid4().hex[:8]}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.tmp_path / f"sink-{self.kind}-{self.starts}.log", "wb")  # noqa: SIM115  # closed with the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "meterline.cli", "sink", self.kind, "--group", self.group],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            assert self.process.wait(timeout=self.stop_timeout) == 0, self.logs()
+
+    def logs(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace")[-4000:]
+            for p in sorted(self.tmp_path.glob(f"sink-{self.kind}-*.log"))
+        )
+
+    def wait_caught_up(self, bootstrap: str, ends: dict[tuple[str, int], int]) -> None:
+        """Until the sink's commits reach `ends` (meterline.kafka.read_ends)."""
+        deadline = time.monotonic() + self.catch_up_timeout
+        while not committed_reaches(bootstrap, self.group, ends):
+            assert self.process is None or self.process.poll() is None, self.logs()
+            assert time.monotonic() < deadline, (ends, self.logs())
+            time.sleep(0.5)

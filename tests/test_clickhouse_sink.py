@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,14 +22,14 @@ from typing import Any
 import pytest
 
 from meterline.config import Config
-from meterline.kafka import committed_reaches, read_ends
+from meterline.kafka import read_ends
 from meterline.produce import produce_workload
 from meterline.workload import Expected
 from sinks.clickhouse import queries
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import DowngradeError, available, migrate
 from tests.conftest import _docker_answers
-from tests.pipeline import PacedProducer, Workers, wait_until_exact, workload
+from tests.pipeline import PacedProducer, SinkProcess, Workers, wait_until_exact, workload
 
 DAY_MS = 86_400_000
 
@@ -82,59 +80,16 @@ def query(config: Config, dsn: str, sql: str) -> list[tuple[Any, ...]]:
         client.close()
 
 
-class Sink:
-    """A `meterline sink clickhouse` process, started, killed and stopped at will."""
-
-    def __init__(self, workers: Workers, dsn: str, tmp_path: Path) -> None:
-        self.env = {
-            **workers.env,
-            "CLICKHOUSE_DSN": dsn,
-            "METERLINE__CLICKHOUSE__BATCH_SECONDS": "0.5",
-            "METERLINE__CLICKHOUSE__BATCH_ROWS": "3000",
-        }
-        self.group = f"test-sink-{uuid.uuid4().hex[:8]}"
-        self.tmp_path = tmp_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log = open(self.tmp_path / f"sink-{self.starts}.log", "wb")  # noqa: SIM115  # closed with the process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "meterline.cli", "sink", "clickhouse", "--group", self.group],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            assert self.process.wait(timeout=60) == 0, self.logs()
-
-    def logs(self) -> str:
-        return "\n".join(
-            p.read_text(errors="replace")[-4000:] for p in sorted(self.tmp_path.glob("sink-*.log"))
-        )
-
-    def wait_caught_up(self, bootstrap: str, ends: dict[tuple[str, int], int], timeout: float = 180) -> None:
-        """Until the sink's commits reach `ends` (meterline.kafka.read_ends)."""
-        deadline = time.monotonic() + timeout
-        while not committed_reaches(bootstrap, self.group, ends):
-            assert self.process is None or self.process.poll() is None, self.logs()
-            assert time.monotonic() < deadline, (ends, self.logs())
-            time.sleep(0.5)
-
-
 @pytest.fixture
-def sink(workers: Workers, clickhouse_dsn: str, config: Config, tmp_path: Path) -> Iterator[Sink]:
+def sink(workers: Workers, clickhouse_dsn: str, config: Config, tmp_path: Path) -> Iterator[SinkProcess]:
     fresh(config, clickhouse_dsn)
-    process = Sink(workers, clickhouse_dsn, tmp_path)
+    env = {
+        **workers.env,
+        "CLICKHOUSE_DSN": clickhouse_dsn,
+        "METERLINE__CLICKHOUSE__BATCH_SECONDS": "0.5",
+        "METERLINE__CLICKHOUSE__BATCH_ROWS": "3000",
+    }
+    process = SinkProcess("clickhouse", env, tmp_path, stop_timeout=60, catch_up_timeout=180)
     yield process
     if process.process is not None and process.process.poll() is None:
         process.process.kill()
@@ -192,7 +147,7 @@ def run_pipeline(config: Config, workers: Workers, document: dict[str, Any]) -> 
 
 
 def test_a_workload_through_stream_and_sink_is_exact_in_clickhouse(
-    config: Config, workers: Workers, sink: Sink, clickhouse_dsn: str
+    config: Config, workers: Workers, sink: SinkProcess, clickhouse_dsn: str
 ) -> None:
     spec = workload(30_000, seed=21)
     _, expected = produce_workload(config, config.kafka.bootstrap, spec)
@@ -211,7 +166,7 @@ def test_a_workload_through_stream_and_sink_is_exact_in_clickhouse(
 
 
 def test_sigkill_the_sink_three_times_mid_run_changes_no_total(
-    config: Config, workers: Workers, sink: Sink, clickhouse_dsn: str
+    config: Config, workers: Workers, sink: SinkProcess, clickhouse_dsn: str
 ) -> None:
     rng = random.Random()
     workers.start("w1")
@@ -232,7 +187,7 @@ def test_sigkill_the_sink_three_times_mid_run_changes_no_total(
 
 
 def test_an_unavailable_target_delays_rows_but_loses_and_doubles_none(
-    config: Config, workers: Workers, sink: Sink, clickhouse_dsn: str, tmp_path: Path
+    config: Config, workers: Workers, sink: SinkProcess, clickhouse_dsn: str, tmp_path: Path
 ) -> None:
     if not clickhouse_dsn.startswith("chdb://"):
         pytest.skip("made unavailable by holding the embedded engine's directory")

@@ -10,11 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
@@ -26,7 +22,7 @@ import stripe
 from confluent_kafka import Producer
 
 from meterline.config import Config
-from meterline.kafka import committed_reaches, read_ends
+from meterline.kafka import read_ends
 from meterline.produce import produce_workload
 from meterline.workload import Expected, WorkloadSpec, customer_ids
 from schemas.records import WindowAggregate
@@ -39,7 +35,7 @@ from sinks.stripe.report import identifier
 from sinks.stripe.sink import StripeSink
 from sinks.stripe.sync import sync
 from tests.kafka_helpers import read_messages
-from tests.pipeline import Workers, wait_until_exact
+from tests.pipeline import SinkProcess, Workers, wait_until_exact
 
 KEY = "sk_test_meterline_fake"
 HOUR_MS = 3_600_000
@@ -106,55 +102,6 @@ def expected_by_customer_meter(expected: Expected) -> dict[tuple[str, str], int]
     return {k: v for k, v in totals.items() if v}
 
 
-class StripeSinkProcess:
-    def __init__(self, workers: Workers, base: str, dsn: str, tmp_path: Path, **env: str) -> None:
-        self.env = {
-            **workers.env,
-            "CLICKHOUSE_DSN": dsn,
-            "METERLINE__STRIPE__API_BASE": base,
-            "METERLINE__STRIPE__REQUESTS_PER_SECOND": "400",
-            "METERLINE__STRIPE__CONCURRENCY": "8",
-            "METERLINE__STRIPE__TIMEOUT_SECONDS": "1",
-            **env,
-        }
-        self.group = f"test-stripe-sink-{uuid.uuid4().hex[:8]}"
-        self.tmp_path = tmp_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log = open(self.tmp_path / f"stripe-sink-{self.starts}.log", "wb")  # noqa: SIM115  # closed with the process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "meterline.cli", "sink", "stripe", "--group", self.group],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            assert self.process.wait(timeout=120) == 0, self.logs()
-
-    def logs(self) -> str:
-        return "\n".join(
-            p.read_text(errors="replace")[-4000:] for p in sorted(self.tmp_path.glob("stripe-sink-*.log"))
-        )
-
-    def wait_caught_up(self, bootstrap: str, ends: dict[tuple[str, int], int], timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while not committed_reaches(bootstrap, self.group, ends):
-            assert self.process is None or self.process.poll() is None, self.logs()
-            assert time.monotonic() < deadline, self.logs()
-            time.sleep(0.5)
-
-
 @pytest.fixture
 def ledger_dsn(config: Config, tmp_path: Path) -> str:
     dsn = f"chdb://{tmp_path / 'clickhouse'}"
@@ -169,8 +116,16 @@ def ledger_dsn(config: Config, tmp_path: Path) -> str:
 @pytest.fixture
 def stripe_sink(
     workers: Workers, stripe_fake: tuple[FakeStripe, str], ledger_dsn: str, tmp_path: Path
-) -> Iterator[StripeSinkProcess]:
-    process = StripeSinkProcess(workers, stripe_fake[1], ledger_dsn, tmp_path)
+) -> Iterator[SinkProcess]:
+    env = {
+        **workers.env,
+        "CLICKHOUSE_DSN": ledger_dsn,
+        "METERLINE__STRIPE__API_BASE": stripe_fake[1],
+        "METERLINE__STRIPE__REQUESTS_PER_SECOND": "400",
+        "METERLINE__STRIPE__CONCURRENCY": "8",
+        "METERLINE__STRIPE__TIMEOUT_SECONDS": "1",
+    }
+    process = SinkProcess("stripe", env, tmp_path, stop_timeout=120, catch_up_timeout=300)
     yield process
     if process.process is not None and process.process.poll() is None:
         process.process.kill()
@@ -251,7 +206,7 @@ def test_a_workload_reaches_stripe_exactly_in_every_mode(
     config: Config,
     workers: Workers,
     stripe_fake: tuple[FakeStripe, str],
-    stripe_sink: StripeSinkProcess,
+    stripe_sink: SinkProcess,
     ledger_dsn: str,
     mode: str,
 ) -> None:
@@ -285,7 +240,7 @@ def test_faults_and_sigkills_change_no_total_and_report_no_identifier_twice(
     config: Config,
     workers: Workers,
     stripe_fake: tuple[FakeStripe, str],
-    stripe_sink: StripeSinkProcess,
+    stripe_sink: SinkProcess,
     ledger_dsn: str,
 ) -> None:
     fake, base = stripe_fake
@@ -316,7 +271,7 @@ def test_each_refusal_lands_in_the_dlq_and_the_ledger_with_its_reason(
     config: Config,
     workers: Workers,
     stripe_fake: tuple[FakeStripe, str],
-    stripe_sink: StripeSinkProcess,
+    stripe_sink: SinkProcess,
     ledger_dsn: str,
 ) -> None:
     fake, base = stripe_fake
