@@ -16,6 +16,12 @@ case "${1:-}" in
         ;;
     test)
         shift
+        # The dashboard is tested in a real browser: Debian's chromium (no browser download).
+        if ! command -v chromium >/dev/null 2>&1; then
+            echo "installing Debian's chromium for the dashboard's browser test" >&2
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        fi
+        export METERLINE_REQUIRE_BROWSER=1   # a missing browser fails the test instead of skipping it
         .venv/bin/ruff check .
         .venv/bin/mypy
         exec .venv/bin/pytest "$@"

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from meterline import devstack
+from meterline import devstack, forward, logs
 from meterline.config import Config, ConfigError, load_config
 from meterline.errors import MeterlineError
 from meterline.table import render
@@ -25,11 +25,19 @@ from streams.windows import DAY_MS
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
     try:
+        if args.command in forward.COMMANDS:
+            config = _load(args)
+            running = (
+                forward.running(config) if devstack.clickhouse_dsn(config).startswith("chdb://") else None
+            )
+            if running is not None:
+                return forward.forward(running, argv)
         code: int = args.run(args)
         return code
     except ConfigError as exc:
@@ -49,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", type=Path, help="TOML file (default: $METERLINE_CONFIG or ./meterline.toml)"
     )
-    commands = parser.add_subparsers(title="commands")
+    commands = parser.add_subparsers(title="commands", dest="command")
 
     config = commands.add_parser("config", help="check the configuration").add_subparsers(title="config")
     check = config.add_parser("check", help="report every problem at once; exit 1 if any")
@@ -99,8 +107,18 @@ def _parser() -> argparse.ArgumentParser:
         help="where this worker keeps its state store (default: <state_dir>/stream/<app_id>); "
         "two workers on one machine need two; `dev up` clears <state_dir>/stream with a new broker",
     )
-    stream.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _role_arguments(stream)
     stream.set_defaults(run=_stream)
+
+    run_all = commands.add_parser(
+        "run",
+        help="every role in one process: stream app, both sinks, webhooks, scheduled reconcile, "
+        "with the dashboard, metrics and an API on [run] port",
+    )
+    run_all.add_argument("--data-dir", type=Path, help="the stream app's state store (as for `stream`)")
+    run_all.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run_all.add_argument("--log-format", default="text", choices=logs.FORMATS)
+    run_all.set_defaults(run=_run)
 
     migrate = commands.add_parser("migrate", help="bring ClickHouse's tables to this version; idempotent")
     migrate.add_argument("--json", action="store_true")
@@ -111,12 +129,12 @@ def _parser() -> argparse.ArgumentParser:
         "clickhouse", help="usage.aggregates, dead letters and accepted raw events into ClickHouse"
     )
     clickhouse.add_argument("--group", default="meterline-sink-clickhouse", help="its Kafka consumer group")
-    clickhouse.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _role_arguments(clickhouse)
     clickhouse.set_defaults(run=_sink_clickhouse)
 
     stripe_sink = sink.add_parser("stripe", help="report usage.aggregates to Stripe once per window revision")
     stripe_sink.add_argument("--group", default="meterline-sink-stripe", help="its Kafka consumer group")
-    stripe_sink.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _role_arguments(stripe_sink)
     stripe_sink.set_defaults(run=_sink_stripe)
 
     stripe_commands = commands.add_parser("stripe", help="Stripe's side of the rate card").add_subparsers(
@@ -143,7 +161,11 @@ def _parser() -> argparse.ArgumentParser:
     reconcile = commands.add_parser(
         "reconcile", help="compare Stripe's totals with ours; exit 1 when they drift beyond --threshold"
     )
-    reconcile.add_argument("--period", required=True, help="YYYY-MM (UTC)")
+    reconcile.add_argument(
+        "--period",
+        default=datetime.now(UTC).strftime("%Y-%m"),
+        help="YYYY-MM (UTC; default: this month, as a scheduled job wants)",
+    )
     reconcile.add_argument("--customer")
     reconcile.add_argument("--meter")
     reconcile.add_argument(
@@ -178,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     webhooks.add_argument("--port", type=int, help="default: stripe.webhook_port")
     webhooks.add_argument("--group", default="meterline-webhooks", help="the consumer's Kafka group")
-    webhooks.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _role_arguments(webhooks)
     webhooks.set_defaults(run=_webhooks)
 
     sql = commands.add_parser("sql", help="run a read-only query against the configured ClickHouse")
@@ -203,6 +225,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the local stack running afterwards")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _role_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every long-running role takes: logging, and where it serves /metrics, /healthz, /readyz."""
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=logs.FORMATS)
+    parser.add_argument(
+        "--http-port", type=int, help="serve /metrics, /healthz and /readyz on [run] host at this port"
+    )
 
 
 def _workload_arguments(parser: argparse.ArgumentParser, events: int = 100_000) -> None:
@@ -430,15 +461,34 @@ def _flat_records(records: dict[str, Any]) -> dict[str, int]:
 def _stream(args: argparse.Namespace) -> int:
     import faust
 
+    from meterline import metrics
+    from meterline.server import Health, serve
     from streams.app import build_app
 
     config = _load(args)
     data_dir = args.data_dir or devstack.stream_state_dir(config) / config.stream.app_id
     data_dir.mkdir(parents=True, exist_ok=True)
-    app, _ = build_app(config, devstack.kafka_bootstrap(config), data_dir.resolve())
+    app, runtime = build_app(config, devstack.kafka_bootstrap(config), data_dir.resolve())
+    if args.http_port is not None:
+        health = Health({"stream": "starting"})
+        metrics.register_stream(runtime.snapshot)
+        serve(config.run.host, args.http_port, health)
+
+        @app.task  # type: ignore[untyped-decorator]  # runs once the Faust app has started
+        async def started() -> None:
+            health.set("stream", "ready")
+
     # Faust's worker owns the event loop and the signals: SIGTERM and Ctrl-C stop it cleanly.
-    faust.Worker(app, loglevel=args.log_level).execute_from_commandline()
+    faust.Worker(
+        app, loglevel=args.log_level, logging_config=logs.config_dict(args.log_level, args.log_format)
+    ).execute_from_commandline()
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from meterline.run import run
+
+    return run(_load(args), args.config, args.data_dir, args.log_level, args.log_format)
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -465,23 +515,38 @@ def _sink_clickhouse(args: argparse.Namespace) -> int:
     config = _load(args)
     _run_until_signalled(
         args,
+        config,
+        "sink-clickhouse",
         lambda stop: ClickHouseSink(config, devstack.kafka_bootstrap(config), group_id=args.group).run(stop),
     )
     return 0
 
 
-def _run_until_signalled(args: argparse.Namespace, run: Callable[[Callable[[], bool]], None]) -> None:
-    """Run a sink's loop with logging; SIGTERM and Ctrl-C let it finish its batch, flush, commit and close."""
+def _run_until_signalled(
+    args: argparse.Namespace, config: Config, role: str, run: Callable[[Callable[[], bool]], None]
+) -> None:
+    """Run a role's loop with logging (and /metrics, /healthz, /readyz with --http-port); SIGTERM
+    and Ctrl-C let it finish its batch, flush, commit and close."""
     import signal
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
-    )
-    logging.getLogger("stripe").setLevel(logging.WARNING)  # it logs every request at INFO
+    from meterline.server import Health, serve
+
+    logs.setup(args.log_level, args.log_format)
+    health = Health({role: "starting"})
+    server = serve(config.run.host, args.http_port, health) if args.http_port is not None else None
     stopping: list[bool] = []
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stopping.append(True))
-    run(lambda: bool(stopping))
+
+    def should_stop() -> bool:
+        health.set(role, "stopping" if stopping else "ready")
+        return bool(stopping)
+
+    try:
+        run(should_stop)
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 def _sink_stripe(args: argparse.Namespace) -> int:
@@ -489,7 +554,10 @@ def _sink_stripe(args: argparse.Namespace) -> int:
 
     config = _load(args)
     _run_until_signalled(
-        args, lambda stop: StripeSink(config, devstack.kafka_bootstrap(config), group_id=args.group).run(stop)
+        args,
+        config,
+        "sink-stripe",
+        lambda stop: StripeSink(config, devstack.kafka_bootstrap(config), group_id=args.group).run(stop),
     )
     return 0
 
@@ -778,7 +846,7 @@ def _webhooks(args: argparse.Namespace) -> int:
         WebhookConsumer(config, bootstrap, client, group_id=args.group).run(stop)
 
     try:
-        _run_until_signalled(args, consume)
+        _run_until_signalled(args, config, "webhooks", consume)
     finally:
         receiver.shutdown()
         client.close()

@@ -188,6 +188,16 @@ class DevConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    host: str
+    """Where every HTTP server of meterline listens (API, dashboard, metrics, webhooks)."""
+    port: int
+    """`meterline run`'s HTTP API, dashboard and metrics."""
+    reconcile_every_minutes: int
+    """`meterline run` reconciles the current period this often (0: never)."""
+
+
+@dataclass(frozen=True)
 class MeterConfig:
     name: str
     unit: str
@@ -214,6 +224,7 @@ class Config:
     clickhouse: ClickHouseConfig
     stripe: StripeConfig
     dev: DevConfig
+    run: RunConfig
     meters: Mapping[str, MeterConfig]
     plans: Mapping[str, Plan]
     billing: BillingConfig
@@ -367,6 +378,7 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
         "clickhouse",
         "stripe",
         "dev",
+        "run",
         "meters",
     }
     for name in sorted(set(raw) - known_sections):
@@ -544,6 +556,14 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
     )
     s.finish()
 
+    s = _Section(raw, "run", problems)
+    run = RunConfig(
+        host=s.get("host", str, "127.0.0.1", lambda v: None if v else "must not be empty"),
+        port=s.get("port", int, 8790, _between(0, 65535)),
+        reconcile_every_minutes=s.get("reconcile_every_minutes", int, 60, _between(0, 7 * 24 * 60)),
+    )
+    s.finish()
+
     meters = _build_meters(raw.get("meters", {}), problems)
     plans = _build_plans(raw.get("plans", {}), meters, problems)
     s = _Section(raw, "billing", problems)
@@ -565,7 +585,7 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
     )
     s.finish()
     return Config(
-        kafka, topics, windows, stream, producer, clickhouse, stripe, dev, meters, plans, billing, source
+        kafka, topics, windows, stream, producer, clickhouse, stripe, dev, run, meters, plans, billing, source
     )
 
 

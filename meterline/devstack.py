@@ -269,6 +269,8 @@ def _clickhouse_answers(dsn: str) -> bool:
 def _up_stripe(config: Config, previous: ServiceState | None, log: Any) -> ServiceState:
     if config.stripe.api_key:
         return ServiceState("stripe", config.stripe.api_base or "https://api.stripe.com", None)
+    if config.stripe.api_base:  # a fake (or a mock) someone else runs
+        return ServiceState("stripe", config.stripe.api_base, None)
     if previous is not None and previous.pid is not None and _is_ours(previous):
         if _http_answers(previous.address):
             log(f"stripe fake already running at {previous.address} (pid {previous.pid})")

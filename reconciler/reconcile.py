@@ -15,13 +15,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from meterline import metrics
 from meterline.config import Config
+from meterline.logs import context
 from reconciler.compare import Difference, compare, differing
 from reconciler.stripe_totals import StripeTotals
 from reconciler.usage import period_bounds
@@ -30,6 +33,8 @@ from sinks.stripe.directory import Directory
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
+
+log = logging.getLogger("meterline.reconcile")
 
 Pair = tuple[str, str]  # customer, meter
 Hour = tuple[str, str, int]  # customer, meter, hour start (epoch ms)
@@ -111,6 +116,18 @@ def reconcile(
     result.dead_letters = _dead_letters(client, start, end)
     # 5. Kept.
     _store(client, result, start, config.stripe.mode)
+    metrics.RECONCILE_RUNS.labels("ok" if result.ok else "drift").inc()
+    metrics.RECONCILE_DRIFT_UNITS.set(sum(abs(d.drift) for d in result.pairs))
+    metrics.RECONCILE_DRIFTING_PAIRS.set(len(result.drifting))
+    metrics.RECONCILE_LAST_RUN.set_to_current_time()
+    for drift in result.hours:
+        customer_id, meter_name, hour = drift.key
+        log.warning(
+            "drift of %d units in the hour starting %d",
+            drift.drift,
+            hour,
+            extra=context(customer=customer_id, meter=meter_name, window=hour, run_id=result.run_id),
+        )
     return result
 
 

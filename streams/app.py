@@ -72,6 +72,7 @@ class StreamCounters:
             "accepted": self.accepted,
             "non_billable": self.non_billable,
             "rejected": dict(self.rejected),
+            "counted": totals.counted,
             "duplicates": totals.duplicates,
             "corrections": totals.corrections,
             "windows_closed": totals.windows_closed,
@@ -176,6 +177,10 @@ class StreamRuntime:
         self.stores[partition] = store
         self._send(again)
         return processor
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters now; safe from another thread (the metrics endpoint's)."""
+        return self.counters.snapshot(dict(self.processors), int(time.time() * 1000))
 
     def _count(self, verdict: Verdict) -> None:
         c = self.counters
@@ -297,7 +302,7 @@ def build_app(config: Config, bootstrap: str, data_dir: Path) -> tuple[faust.App
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
     async def log_counters() -> None:
-        log.info("counters %s", runtime.counters.snapshot(runtime.processors, int(time.time() * 1000)))
+        log.info("counters %s", runtime.snapshot())
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust types the receiver loosely
     async def on_revoked(app: faust.App, revoked: set[TP], **_: Any) -> None:

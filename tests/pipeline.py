@@ -199,3 +199,72 @@ class SinkProcess:
             assert self.process is None or self.process.poll() is None, self.logs()
             assert time.monotonic() < deadline, (ends, self.logs())
             time.sleep(0.5)
+
+
+class RunProcess:
+    """A `meterline run` process (all roles in one), started, killed and stopped at will; commands
+    started beside it with the same environment run inside it (meterline.forward)."""
+
+    def __init__(self, env: dict[str, str], tmp_path: Path) -> None:
+        self.env, self.tmp_path = env, tmp_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def run_file(self) -> Path:
+        return Path(self.env["METERLINE__DEV__STATE_DIR"]) / "run.json"
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.tmp_path / f"run-{self.starts}.log", "wb")  # noqa: SIM115  # closed with the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "meterline.cli", "run"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def url(self, timeout: float = 60) -> str:
+        """Its HTTP address, once it has announced it and answers /readyz."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process.poll() is None, self.logs()
+            assert time.monotonic() < deadline, f"not ready within {timeout} s:\n{self.logs()}"
+            try:
+                announced = json.loads(self.run_file.read_text())
+                if announced["pid"] == self.process.pid:
+                    url = str(announced["url"])
+                    with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                        if response.status == 200:
+                            return url
+            except (OSError, ValueError, urllib.error.URLError):
+                pass
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> int:
+        """SIGTERM; its exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=180)
+
+    def command(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "meterline.cli", *args],
+            env=self.env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    def logs(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace")[-6000:] for p in sorted(self.tmp_path.glob("run-*.log"))
+        )

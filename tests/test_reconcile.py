@@ -28,7 +28,7 @@ from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.fake import FakeStripe
 from sinks.stripe.fake_state import MeterEvent
 from sinks.stripe.sink import StripeSink
-from tests.test_stripe_sink import KEY, set_up_stripe
+from tests.stripe_helpers import KEY, set_up_stripe
 
 MINUTE = 60_000
 CUSTOMERS = ["cust-0000", "cust-0001", "cust-0002"]

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import stripe
 from confluent_kafka import Producer
 
 from meterline.config import Config
@@ -36,8 +35,8 @@ from sinks.stripe.sink import StripeSink
 from sinks.stripe.sync import sync
 from tests.kafka_helpers import read_messages
 from tests.pipeline import SinkProcess, Workers, wait_until_exact
+from tests.stripe_helpers import KEY, expected_by_customer_meter, set_up_stripe, stripe_api, stripe_totals
 
-KEY = "sk_test_meterline_fake"
 HOUR_MS = 3_600_000
 
 
@@ -55,51 +54,6 @@ def small_workload(seed: int, events: int = 6_000) -> WorkloadSpec:
         late_rate=0.02,
         malformed_rate=0.01,
     )
-
-
-def stripe_api(base: str) -> stripe.StripeClient:
-    return stripe.StripeClient(KEY, base_addresses={"api": base}, max_network_retries=0)
-
-
-def set_up_stripe(config: Config, base: str, customers: list[str]) -> dict[str, str]:
-    """`stripe sync` (meters and products), and a Stripe customer per meterline customer (found by
-    the sink through their metadata). Returns meter name -> Stripe meter id."""
-    api = stripe_api(base)
-    changes = sync(config, Caller(base, KEY, 5, RateLimiter(1000), "2024-06-20"))
-    assert {c.action for c in changes if c.kind != "price"} == {"created"}
-    meters = {
-        name: next(c.stripe_id for c in changes if c.kind == "meter" and c.name == meter.stripe_event_name)
-        for name, meter in config.meters.items()
-    }
-    for customer in customers:
-        api.v1.customers.create({"metadata": {"meterline_customer_id": customer}})
-    return meters
-
-
-def stripe_totals(
-    base: str, meters: dict[str, str], customers: list[str], span: tuple[int, int]
-) -> dict[tuple[str, str], int]:
-    """Per (meterline customer, meter): Stripe's aggregated value over `span` (epoch ms)."""
-    api = stripe_api(base)
-    start, end = span[0] // 60_000 * 60, (span[1] // 60_000 + 1) * 60
-    totals = {}
-    for customer in customers:
-        [found] = api.v1.customers.search({"query": f"metadata['meterline_customer_id']:'{customer}'"}).data
-        for meter, meter_id in meters.items():
-            summaries = api.v1.billing.meters.event_summaries.list(
-                meter_id, {"customer": found.id, "start_time": start, "end_time": end}
-            )
-            value = sum(s.aggregated_value for s in summaries.auto_paging_iter())
-            if value:
-                totals[(customer, meter)] = int(value)
-    return totals
-
-
-def expected_by_customer_meter(expected: Expected) -> dict[tuple[str, str], int]:
-    totals: Counter[tuple[str, str]] = Counter()
-    for (customer, meter, _), (value, _) in expected.totals.items():
-        totals[(customer, meter)] += value
-    return {k: v for k, v in totals.items() if v}
 
 
 @pytest.fixture

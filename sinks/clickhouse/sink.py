@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from meterline import metrics
 from meterline.config import Config
 from meterline.devstack import clickhouse_dsn
 from meterline.kafka import group_consumer
@@ -99,14 +100,22 @@ class ClickHouseSink:
         self._record_times: dict[tuple[str, int], list[int]] = {}
         self._client: Client | None = None
         self._consumer = group_consumer(bootstrap, group_id)
+        metrics.SINK_LAG_SECONDS.labels("clickhouse").set_function(self.oldest_pending_seconds)
+
+    def oldest_pending_seconds(self) -> float:
+        """How long the oldest buffered record has waited for its insert and commit."""
+        since = min((b.since for b in list(self._buffers.values())), default=None)
+        return 0.0 if since is None else time.monotonic() - since
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         self._consumer.subscribe(list(self.routes), on_revoke=self._revoked, on_lost=self._revoked)
         last_log = time.monotonic()
         try:
             while not should_stop():
-                for message in self._consumer.consume(1000, timeout=0.2):
+                messages = self._consumer.consume(1000, timeout=0.2)
+                for message in messages:
                     self._take(message)
+                metrics.SINK_RECORDS.labels("clickhouse").inc(len(messages))
                 self._flush_due()
                 if time.monotonic() - last_log >= 10:
                     last_log = time.monotonic()
@@ -152,6 +161,7 @@ class ClickHouseSink:
         if buffer is None:
             return
         topic, partition = key
+        started = time.monotonic()
         # 1. The token: where the rows came from, nothing else.
         token = f"{self.group_id}/{topic}/{partition}/{buffer.first_offset}-{buffer.last_offset}"
         # 2. Insert, retrying while ClickHouse is unavailable.
@@ -175,6 +185,7 @@ class ClickHouseSink:
         if self._buffers.get(key) is buffer:
             del self._buffers[key]
         times = self._record_times.pop(key, [])
+        metrics.SINK_FLUSH_SECONDS.labels("clickhouse").observe(time.monotonic() - started)
         if self.on_flushed is not None and buffer.rows:
             self.on_flushed(Flushed(buffer.route.table, partition, len(buffer.rows), times, time.time()))
 
@@ -189,6 +200,7 @@ class ClickHouseSink:
                     return True
                 except ClickHouseUnavailableError as exc:
                     self.stats.retries += 1
+                    metrics.SINK_RETRIES.labels("clickhouse").inc()
                     self._client = None
                     wait = delay * random.uniform(0.5, 1.0)
                     log.warning("%s; retrying the insert of %s in %.1f s", exc, token, wait)
@@ -223,6 +235,7 @@ class ClickHouseSink:
             raise ClickHouseError(f"insert into {buffer.route.table} failed: {exc}") from exc
         self.stats.inserts += 1
         self.stats.rows[buffer.route.table] = self.stats.rows.get(buffer.route.table, 0) + len(buffer.rows)
+        metrics.CLICKHOUSE_ROWS.labels(buffer.route.table).inc(len(buffer.rows))
 
     def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:

@@ -21,7 +21,7 @@ from typing import Any
 
 import stripe
 
-from meterline import devstack
+from meterline import devstack, metrics
 from meterline.config import Config
 from meterline.errors import MeterlineError
 from sinks.stripe.report import Outcome, Report, Status, idempotency_key
@@ -167,6 +167,7 @@ class Caller:
             attempts += 1
             with self._lock:
                 self.calls += 1
+            metrics.STRIPE_CALLS.inc()
             try:
                 return call(), attempts
             except stripe.TemporarySessionExpiredError as exc:
@@ -179,6 +180,7 @@ class Caller:
                     raise
                 error = exc
             except stripe.InvalidRequestError as exc:
+                metrics.STRIPE_ERRORS.labels(exc.code or "invalid_request").inc()
                 exc.meterline_attempts = attempts  # type: ignore[attr-defined]
                 raise
             except (stripe.AuthenticationError, stripe.PermissionError) as exc:
@@ -187,6 +189,8 @@ class Caller:
                 error = exc
             with self._lock:
                 self.retries += 1
+            metrics.STRIPE_RETRIES.inc()
+            metrics.STRIPE_ERRORS.labels(type(error).__name__).inc()
             wait = random.uniform(0, delay)
             log.warning(
                 "stripe call failed (%s: %s); retry %d in %.2f s", type(error).__name__, error, attempts, wait

@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from meterline import metrics
 from meterline.config import Config
 from meterline.kafka import group_consumer
+from meterline.logs import context
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
@@ -79,6 +81,13 @@ class StripeSink:
         self._pool = ThreadPoolExecutor(config.stripe.concurrency, thread_name_prefix="stripe")
         self._consumer = group_consumer(bootstrap, group_id)
         self._dlq = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+        self._batch_since: float | None = None
+        metrics.SINK_LAG_SECONDS.labels("stripe").set_function(self.oldest_pending_seconds)
+
+    def oldest_pending_seconds(self) -> float:
+        """How long the batch being reported has waited since it was consumed (0 between batches)."""
+        since = self._batch_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         self._consumer.subscribe([self.config.topics.aggregates])
@@ -87,7 +96,11 @@ class StripeSink:
             while not should_stop():
                 messages = [m for m in self._consumer.consume(BATCH, timeout=0.5) if self._usable(m)]
                 if messages:
+                    self._batch_since = time.monotonic()
+                    metrics.SINK_RECORDS.labels("stripe").inc(len(messages))
                     self._process(messages)
+                    metrics.SINK_FLUSH_SECONDS.labels("stripe").observe(time.monotonic() - self._batch_since)
+                    self._batch_since = None
                 if time.monotonic() - last_log >= 10:
                     last_log = time.monotonic()
                     log.info(
@@ -123,8 +136,11 @@ class StripeSink:
         results += [(i, i.refusal) for i in todo if i.refusal is not None]
         # 5. Outcomes to the ledger, refusals to the DLQ.
         self.ledger.record([self._entry(i, outcome) for i, outcome in results])
+        answered_at = time.time() * 1000
         for item, outcome in results:
             self._count(outcome)
+            if item.report is not None:
+                metrics.STRIPE_REPORT_LATENCY.observe(max(0.0, answered_at - item.aggregate.closed_at) / 1000)
             if outcome.status is Status.FAILED:
                 self._dead_letter(item, outcome)
         if self._dlq.flush(30) > 0:
@@ -210,6 +226,7 @@ class StripeSink:
         )
 
     def _count(self, outcome: Outcome) -> None:
+        metrics.STRIPE_REPORTS.labels(str(outcome.status)).inc()
         if outcome.status is Status.SENT:
             self.stats.sent += 1
         elif outcome.status is Status.CONFIRMED:
@@ -220,6 +237,19 @@ class StripeSink:
 
     def _dead_letter(self, item: _Item, outcome: Outcome) -> None:
         message = item.message
+        aggregate = item.aggregate
+        log.warning(
+            "not billed: %s (%s); sent to %s",
+            outcome.error_code,
+            outcome.last_error,
+            self.config.topics.stripe_dlq,
+            extra=context(
+                customer=aggregate.customer_id,
+                meter=aggregate.meter,
+                window=aggregate.window_start,
+                identifier=identifier(aggregate.identity),
+            ),
+        )
         headers = {
             "error.code": outcome.error_code or str(Reason.REFUSED),
             "error.detail": outcome.last_error,

@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaException, Message, Producer
 
+from meterline import metrics
 from meterline.config import Config
 from meterline.kafka import group_consumer, partition_count
+from meterline.logs import context
 from schemas.serde import AvroSerde
 from sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
 from sinks.stripe.webhook_signature import SignatureError, verify
@@ -69,6 +71,7 @@ def make_receiver(
                 event_id, event_type = str(event["id"]), str(event["type"])
             except SignatureError as exc:
                 log.warning("refused a webhook: %s", exc)
+                metrics.WEBHOOK_EVENTS.labels("unverified", "refused").inc()
                 self._reply(400, {"error": str(exc)})
                 return
             except (ValueError, KeyError, TypeError):
@@ -93,7 +96,8 @@ def make_receiver(
         def log_message(self, format: str, *args: object) -> None:
             log.debug(format, *args)
 
-    server = ThreadingHTTPServer(("127.0.0.1", config.stripe.webhook_port if port is None else port), Handler)
+    address = (config.run.host, config.stripe.webhook_port if port is None else port)
+    server = ThreadingHTTPServer(address, Handler)
     server.daemon_threads = True
     return server
 
@@ -137,7 +141,13 @@ class WebhookConsumer:
         ).result_rows[0][0]
         if seen:
             self.duplicates += 1
-            log.info("webhook %s (%s) already processed: skipped", event_id, event_type)
+            metrics.WEBHOOK_EVENTS.labels(event_type, "duplicate").inc()
+            log.info(
+                "webhook %s (%s) already processed: skipped",
+                event_id,
+                event_type,
+                extra=context(event_id=event_id),
+            )
             return
         handler = self._handlers.get(event_type)
         if handler is None and event_type.startswith("customer.subscription."):
@@ -152,6 +162,7 @@ class WebhookConsumer:
             column_names=["event_id", "type", "created"],
         )
         self.processed += 1
+        metrics.WEBHOOK_EVENTS.labels(event_type, "processed").inc()
 
     # -- handlers ----------------------------------------------------------------------------------
 
@@ -168,6 +179,7 @@ class WebhookConsumer:
             "before it finalizes",
             invoice.get("id"),
             invoice.get("customer"),
+            extra=context(invoice=invoice.get("id")),
         )
 
     def _invoice_finalized(self, event: dict[str, Any]) -> None:
@@ -242,6 +254,17 @@ class WebhookConsumer:
                 updated_at=now,
             )
             updated.append([record[c] for c in LEDGER_COLUMNS])
+            log.error(
+                "ALERT: Stripe refused meter event %s after accepting it: %s",
+                record["identifier"],
+                record["error_code"],
+                extra=context(
+                    customer=record["customer_id"],
+                    meter=record["meter"],
+                    window=record["window_start"],
+                    identifier=record["identifier"],
+                ),
+            )
         if updated:
             self.client.insert("stripe_reports", updated, column_names=list(LEDGER_COLUMNS))
         log.error(

@@ -1,0 +1,289 @@
+"""The usage dashboard `meterline run` serves per customer (/customers/<id>).
+
+One JSON document (/api/customers/<id>/usage) carries everything the page shows: usage over time
+per meter (by hour or day, from `usage_windows FINAL`), how the period's usage splits into
+included and overage, the invoice so far and the projected invoice for the whole period. The page
+draws it with a few lines of its own script (no CDN here, nor in many production networks).
+Money stays Decimal until it becomes text; the page only prints what the server computed.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import ROUND_FLOOR, Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+from meterline.config import Config
+from reconciler.pricing import Invoice, MeterPrice, billed_quantity, invoice, money, quantity_text
+from reconciler.usage import period_bounds
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+Grain = Literal["hour", "day"]
+
+
+def projected_usage(usage: Mapping[str, int], start_ms: int, end_ms: int, now_ms: int) -> dict[str, int]:
+    """Usage at the end of the period if it goes on at the rate so far (whole base units, down).
+
+    A period that is over is what it was; one not begun projects nothing."""
+    if now_ms >= end_ms:
+        return dict(usage)
+    elapsed = now_ms - start_ms
+    if elapsed <= 0:
+        return {meter: 0 for meter in usage}
+    scale = Decimal(end_ms - start_ms) / Decimal(elapsed)
+    return {
+        meter: int((Decimal(units) * scale).to_integral_value(ROUND_FLOOR)) for meter, units in usage.items()
+    }
+
+
+def allowance(price: MeterPrice, base_units: int) -> tuple[Decimal, Decimal, Decimal]:
+    """(used, included, overage) in the price's billed unit."""
+    used = billed_quantity(price, base_units)
+    included = min(used, price.included)
+    return used, included, used - included
+
+
+def series(
+    client: Client, customer: str, start_ms: int, end_ms: int, grain: Grain
+) -> dict[str, list[tuple[int, int]]]:
+    """meter -> [(bucket start ms, total)], buckets with usage only, in time order."""
+    bucket = {"hour": "toStartOfHour", "day": "toStartOfDay"}[grain]
+    rows = client.query(
+        f"SELECT meter, toUnixTimestamp({bucket}(window_start)) * 1000 AS t, sum(value) "
+        "FROM usage_windows FINAL WHERE customer_id = %(customer)s "
+        "AND window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
+        "AND window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC') GROUP BY meter, t ORDER BY meter, t",
+        parameters={"customer": customer, "start": start_ms, "end": end_ms},
+    ).result_rows
+    out: dict[str, list[tuple[int, int]]] = {}
+    for meter, t, value in rows:
+        out.setdefault(str(meter), []).append((int(t), int(value)))
+    return out
+
+
+def document(
+    config: Config,
+    client: Client,
+    customer: str,
+    period: str | None = None,
+    grain: Grain = "hour",
+    now_ms: int | None = None,
+) -> dict[str, Any]:
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    period = period or datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y-%m")
+    start, end = period_bounds(period)
+    plan = config.plan_for(customer)
+    by_meter = series(client, customer, start, end, grain)
+    usage = {meter: sum(v for _, v in points) for meter, points in by_meter.items()}
+    meters = []
+    for name, meter in config.meters.items():
+        price = plan.prices.get(name)
+        row: dict[str, Any] = {"meter": name, "unit": meter.unit, "used_base_units": usage.get(name, 0)}
+        if price is not None:
+            used, included, overage = allowance(price, usage.get(name, 0))
+            row.update(
+                label=price.label,
+                billed_unit=price.billed_unit,
+                used=quantity_text(used),
+                included=quantity_text(included),
+                included_limit=quantity_text(price.included),
+                overage=quantity_text(overage),
+            )
+        meters.append(row)
+    return {
+        "customer": customer,
+        "period": period,
+        "grain": grain,
+        "plan": plan.name,
+        "currency": plan.currency,
+        "as_of": now_ms,
+        "period_start": start,
+        "period_end": end,
+        "meters": meters,
+        "series": {meter: [[t, v] for t, v in points] for meter, points in by_meter.items()},
+        "invoice": _invoice_json(invoice(plan, usage)),
+        "projected": _invoice_json(invoice(plan, projected_usage(usage, start, end, now_ms))),
+    }
+
+
+def _invoice_json(bill: Invoice) -> dict[str, Any]:
+    return {
+        "lines": [
+            {
+                "description": line.description,
+                "quantity": quantity_text(line.quantity),
+                "unit_price": "" if line.unit_price is None else money(line.unit_price, bill.currency),
+                "amount": money(line.amount, bill.currency),
+            }
+            for line in bill.lines
+        ],
+        "total": money(bill.total, bill.currency),
+    }
+
+
+def page(customer: str) -> str:
+    """The page: a shell whose script fetches the document and draws it."""
+    return _PAGE.replace("__CUSTOMER_HTML__", html.escape(customer)).replace(
+        "__CUSTOMER_JSON__", json.dumps(customer).replace("</", "<\\/")
+    )
+
+
+def index(customers: list[str]) -> str:
+    links = (
+        "".join(f'<li><a href="/customers/{html.escape(c)}">{html.escape(c)}</a></li>' for c in customers)
+        or "<li>no usage yet</li>"
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>meterline</title></head><body>"
+        f"<h1>meterline: customers with usage</h1><ul>{links}</ul>"
+        "<p><a href='/metrics'>metrics</a> · <a href='/readyz'>readiness</a></p></body></html>"
+    )
+
+
+def customers(client: Client) -> list[str]:
+    return [
+        str(c)
+        for (c,) in client.query("SELECT DISTINCT customer_id FROM usage_windows ORDER BY 1").result_rows
+    ]
+
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<link rel="icon" href="data:,">
+<title>Usage: __CUSTOMER_HTML__</title>
+<style>
+  body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1d2433; }
+  h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 24px 0 8px; }
+  .muted { color: #667085; }
+  table { border-collapse: collapse; } td, th { padding: 4px 10px; border-bottom: 1px solid #e4e7ec; }
+  th { text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+  .chart { margin: 8px 0 16px; } .chart rect { fill: #3e63dd; } .chart rect:hover { fill: #1f3fb8; }
+  .chart text { font-size: 11px; fill: #667085; }
+  nav a { margin-right: 12px; }
+</style>
+</head>
+<body>
+<h1>Usage of __CUSTOMER_HTML__</h1>
+<div class="muted" id="summary">loading…</div>
+<nav id="controls"></nav>
+<h2>This period: included and overage</h2>
+<table id="allowance"></table>
+<h2>Usage over time</h2>
+<div id="charts"></div>
+<h2>Invoice so far</h2>
+<table id="invoice"></table>
+<h2>Projected invoice for the whole period</h2>
+<p class="muted">If usage goes on at the rate so far.</p>
+<table id="projected"></table>
+<script>
+"use strict";
+const customer = __CUSTOMER_JSON__;
+const params = new URLSearchParams(location.search);
+const svgNS = "http://www.w3.org/2000/svg";
+
+function el(tag, attrs, text) {
+  const node = tag === "svg" || tag === "rect" || tag === "text" || tag === "title" || tag === "line"
+    ? document.createElementNS(svgNS, tag) : document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function fill(table, header, rows, numeric) {
+  table.replaceChildren(el("tr", {}));
+  header.forEach(h => table.firstChild.appendChild(el("th", {}, h)));
+  for (const row of rows) {
+    const tr = el("tr", {});
+    row.forEach((cell, i) => tr.appendChild(el("td", numeric.includes(i) ? {class: "num"} : {}, cell)));
+    table.appendChild(tr);
+  }
+}
+
+function invoiceRows(bill) {
+  return bill.lines.map(l => [l.description, l.quantity, l.unit_price, l.amount])
+    .concat([["Total", "", "", bill.total]]);
+}
+
+function when(ms, grain) {
+  const iso = new Date(ms).toISOString();
+  return grain === "day" ? iso.slice(0, 10) : iso.slice(0, 13).replace("T", " ") + ":00";
+}
+
+function chart(meter, label, points, grain) {
+  const width = 900, height = 160, pad = 28;
+  const max = Math.max(1, ...points.map(p => p[1]));
+  const svg = el("svg", {class: "chart", width, height: height + pad, "data-meter": meter,
+                         role: "img", "aria-label": label + " by " + grain});
+  // Bars sit at their time: an hour without usage is a gap, not a neighbour moved closer.
+  const bucket = grain === "day" ? 86400000 : 3600000;
+  const first = points.length ? points[0][0] : 0;
+  const slots = points.length ? (points[points.length - 1][0] - first) / bucket + 1 : 1;
+  const step = (width - 2 * pad) / slots;
+  points.forEach(([t, value]) => {
+    const h = Math.max(1, (value / max) * height);
+    const x = pad + ((t - first) / bucket) * step;
+    const bar = el("rect", {x, y: height - h, width: Math.max(1, step - 1), height: h,
+                            "data-t": t, "data-value": value});
+    bar.appendChild(el("title", {}, when(t, grain) + ": " + value.toLocaleString("en-US")));
+    svg.appendChild(bar);
+  });
+  svg.appendChild(el("text", {x: pad, y: 12}, "max " + max.toLocaleString("en-US")));
+  if (points.length) {
+    svg.appendChild(el("text", {x: pad, y: height + 16}, when(points[0][0], grain)));
+    svg.appendChild(el("text", {x: width - pad, y: height + 16, "text-anchor": "end"},
+                       when(points[points.length - 1][0], grain)));
+  }
+  return svg;
+}
+
+async function load() {
+  const query = new URLSearchParams({grain: params.get("grain") || "hour"});
+  if (params.get("period")) query.set("period", params.get("period"));
+  const response = await fetch("/api/customers/" + encodeURIComponent(customer) + "/usage?" + query);
+  if (!response.ok) throw new Error("usage API answered " + response.status);
+  const doc = await response.json();
+  document.getElementById("summary").textContent =
+    `Plan ${doc.plan}, period ${doc.period}, as of ${new Date(doc.as_of).toISOString().slice(0, 16)} UTC`;
+  const controls = document.getElementById("controls");
+  controls.replaceChildren();
+  for (const grain of ["hour", "day"]) {
+    const link = new URLSearchParams({grain, period: doc.period});
+    controls.appendChild(el("a", {href: "?" + link}, "by " + grain));
+  }
+  const priced = doc.meters.filter(m => m.label);
+  fill(document.getElementById("allowance"), ["meter", "used", "included (of limit)", "overage", "billed in"],
+       priced.map(m => [m.label, m.used, m.included_limit === "0" ? "none included" : m.included + " of " +
+                        m.included_limit, m.overage, m.billed_unit]),
+       [1, 2, 3]);
+  const charts = document.getElementById("charts");
+  charts.replaceChildren();
+  for (const m of doc.meters) {
+    const points = doc.series[m.meter] || [];
+    charts.appendChild(el("div", {}, `${m.label || m.meter} (${m.unit}), by ${doc.grain}: ` +
+                          `${m.used_base_units.toLocaleString("en-US")} in the period`));
+    charts.appendChild(chart(m.meter, m.label || m.meter, points, doc.grain));
+  }
+  fill(document.getElementById("invoice"), ["line", "quantity", "unit price", "amount"],
+       invoiceRows(doc.invoice), [1, 2, 3]);
+  fill(document.getElementById("projected"), ["line", "quantity", "unit price", "amount"],
+       invoiceRows(doc.projected), [1, 2, 3]);
+  document.body.dataset.ready = "1";
+}
+
+load().catch(error => {
+  document.getElementById("summary").textContent = "could not load usage: " + error.message;
+  document.body.dataset.ready = "error";
+  console.error(error);
+});
+</script>
+</body>
+</html>
+"""

@@ -1,0 +1,191 @@
+"""`meterline run`: every role in one process, on the embedded stack or on configured services.
+
+- The stream app (Faust) runs on the main thread: it owns the event loop and the signals.
+- The ClickHouse sink, the Stripe sink, the webhook consumer and the scheduled reconcile each run
+  their loop on a thread; the webhook receiver and the HTTP server (API, dashboard, /metrics,
+  /healthz, /readyz) serve from threads of their own.
+- One ClickHouse client is opened first and kept for the whole run: with the embedded engine it
+  holds the data directory, and commands started beside `run` execute inside it (meterline.forward).
+
+SIGTERM or Ctrl-C stops Faust (it flushes and commits), then every loop is told to stop and
+finishes its batch, flushes and commits, then the servers close and the stack `run` started (if
+it started one) stops. A role that dies takes the process down with exit code 1, for a supervisor
+to restart: exactness never depended on a clean stop (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from meterline import api, devstack, forward, logs, metrics
+from meterline.config import Config
+from meterline.errors import MeterlineError
+from meterline.server import Health, serve
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+log = logging.getLogger("meterline.run")
+
+Loop = Callable[[Callable[[], bool]], None]
+"""A role's loop: runs until the callable it is given returns True."""
+
+
+@dataclass
+class Roles:
+    """The roles running on threads, and what they report to /healthz and /readyz."""
+
+    health: Health
+    stopping: threading.Event = field(default_factory=threading.Event)
+    failures: list[str] = field(default_factory=list)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self, name: str, loop: Loop) -> None:
+        def should_stop() -> bool:
+            # Asked once per poll: a role that asks is running its loop.
+            self.health.set(name, "stopping" if self.stopping.is_set() else "ready")
+            return self.stopping.is_set()
+
+        def body() -> None:
+            try:
+                loop(should_stop)
+                self.health.set(name, "stopped")
+            except BaseException as exc:
+                log.critical(
+                    "role %s failed: stopping meterline run", name, exc_info=True, extra={"role": name}
+                )
+                self.health.set(name, f"failed: {type(exc).__name__}: {exc}")
+                self.failures.append(name)
+                os.kill(os.getpid(), signal.SIGTERM)  # Faust stops, then the other roles
+
+        self.health.set(name, "starting")
+        thread = threading.Thread(target=body, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def stop(self, timeout_s: float) -> None:
+        self.stopping.set()
+        deadline = time.monotonic() + timeout_s
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.error("role %s did not stop within %.0f s", thread.name, timeout_s)
+
+
+def reconcile_periodically(config: Config, client: Client, should_stop: Callable[[], bool]) -> None:
+    """Reconcile the current month every [run] reconcile_every_minutes, the first time one interval
+    after the start (the sinks catch up first). A failed run is logged; the next one tries again."""
+    from reconciler.reconcile import reconcile
+    from sinks.stripe.calls import caller_for
+
+    every_s = config.run.reconcile_every_minutes * 60
+    next_at = time.monotonic() + every_s
+    while not should_stop():
+        if every_s and time.monotonic() >= next_at:
+            next_at += every_s
+            period = datetime.now(UTC).strftime("%Y-%m")
+            try:
+                result = reconcile(config, client, caller_for(config), period)
+            except MeterlineError as exc:
+                log.error("scheduled reconcile of %s failed: %s", period, exc)
+                continue
+            drift = sum(abs(d.drift) for d in result.pairs)
+            (log.info if result.ok else log.warning)(
+                "scheduled reconcile of %s: %d pairs, drift %d units",
+                period,
+                len(result.pairs),
+                drift,
+                extra={"run_id": result.run_id},
+            )
+        time.sleep(0.5)
+
+
+def run(
+    config: Config, config_path: Path | None, data_dir: Path | None, log_level: str, log_format: str
+) -> int:
+    import faust
+
+    from sinks.clickhouse.client import connect
+    from sinks.clickhouse.migrate import migrate
+    from sinks.clickhouse.sink import ClickHouseSink
+    from sinks.stripe.sink import StripeSink
+    from sinks.stripe.webhooks import PATH, WebhookConsumer, make_receiver
+    from streams.app import build_app
+
+    logs.setup(log_level, log_format)
+    stack_was_up = any(s.state == "running" for s in devstack.status(config))
+    devstack.up(config, log=log.info)
+    bootstrap = devstack.kafka_bootstrap(config)
+    client = connect(config)
+    try:
+        migrated = migrate(client, config.clickhouse.raw_events_ttl_days)
+        log.info("ClickHouse schema version %d", migrated.current)
+        data_dir = data_dir or devstack.stream_state_dir(config) / config.stream.app_id
+        data_dir.mkdir(parents=True, exist_ok=True)
+        app, runtime = build_app(config, bootstrap, data_dir.resolve())
+    except BaseException:
+        client.close()
+        raise
+    health = Health()
+    metrics.register_stream(runtime.snapshot)
+    health.set("stream", "starting")
+
+    @app.task  # type: ignore[untyped-decorator]  # runs once the Faust app has started
+    async def stream_started() -> None:
+        health.set("stream", "ready")
+
+    roles = Roles(health)
+    roles.start("sink-clickhouse", lambda stop: ClickHouseSink(config, bootstrap).run(stop))
+    roles.start("sink-stripe", lambda stop: StripeSink(config, bootstrap).run(stop))
+    roles.start("webhooks", lambda stop: WebhookConsumer(config, bootstrap, client).run(stop))
+    roles.start("reconcile", lambda stop: reconcile_periodically(config, client, stop))
+    receiver = make_receiver(config, bootstrap, devstack.webhook_secret(config))
+    threading.Thread(target=receiver.serve_forever, name="webhook-receiver", daemon=True).start()
+
+    def execute(argv: list[str]) -> int:
+        from meterline.cli import main
+
+        if config_path is not None and "--config" not in argv:
+            argv = ["--config", str(config_path.absolute()), *argv]
+        return main(argv)
+
+    server = serve(config.run.host, config.run.port, health, api.routes(config, client, execute))
+    url = f"http://{config.run.host}:{server.server_address[1]}"
+    forward.announce(config, url)
+    log.info(
+        "meterline run is up: dashboard %s/customers/<customer>, metrics %s/metrics, webhooks http://%s:%d%s",
+        url,
+        url,
+        *receiver.server_address[:2],
+        PATH,
+    )
+    try:
+        # redirect_stdouts off: commands run through the API print to their caller (meterline.forward).
+        worker = faust.Worker(
+            app,
+            loglevel=log_level,
+            logging_config=logs.config_dict(log_level, log_format),
+            redirect_stdouts=False,
+        )
+        worker.execute_from_commandline()
+    except SystemExit:
+        pass
+    finally:
+        log.info("stopping the roles: each finishes its batch, flushes and commits")
+        roles.stop(timeout_s=120)
+        receiver.shutdown()
+        server.shutdown()
+        forward.withdraw(config)
+        client.close()
+        if not stack_was_up:
+            devstack.down(config, log=log.info)
+    return 1 if roles.failures else 0

@@ -1,0 +1,60 @@
+"""Stripe's side of a test: set up meters and customers in the fake, read its totals back as the
+reconciler does (meter event summaries per customer and meter)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import stripe
+
+from meterline.config import Config
+from meterline.workload import Expected
+from sinks.stripe.calls import Caller, RateLimiter
+from sinks.stripe.sync import sync
+
+KEY = "sk_test_meterline_fake"
+
+
+def stripe_api(base: str) -> stripe.StripeClient:
+    return stripe.StripeClient(KEY, base_addresses={"api": base}, max_network_retries=0)
+
+
+def set_up_stripe(config: Config, base: str, customers: list[str]) -> dict[str, str]:
+    """`stripe sync` (meters and products), and a Stripe customer per meterline customer (found by
+    the sink through their metadata). Returns meter name -> Stripe meter id."""
+    api = stripe_api(base)
+    changes = sync(config, Caller(base, KEY, 5, RateLimiter(1000), "2024-06-20"))
+    assert {c.action for c in changes if c.kind != "price"} == {"created"}
+    meters = {
+        name: next(c.stripe_id for c in changes if c.kind == "meter" and c.name == meter.stripe_event_name)
+        for name, meter in config.meters.items()
+    }
+    for customer in customers:
+        api.v1.customers.create({"metadata": {"meterline_customer_id": customer}})
+    return meters
+
+
+def stripe_totals(
+    base: str, meters: dict[str, str], customers: list[str], span: tuple[int, int]
+) -> dict[tuple[str, str], int]:
+    """Per (meterline customer, meter): Stripe's aggregated value over `span` (epoch ms)."""
+    api = stripe_api(base)
+    start, end = span[0] // 60_000 * 60, (span[1] // 60_000 + 1) * 60
+    totals = {}
+    for customer in customers:
+        [found] = api.v1.customers.search({"query": f"metadata['meterline_customer_id']:'{customer}'"}).data
+        for meter, meter_id in meters.items():
+            summaries = api.v1.billing.meters.event_summaries.list(
+                meter_id, {"customer": found.id, "start_time": start, "end_time": end}
+            )
+            value = sum(s.aggregated_value for s in summaries.auto_paging_iter())
+            if value:
+                totals[(customer, meter)] = int(value)
+    return totals
+
+
+def expected_by_customer_meter(expected: Expected) -> dict[tuple[str, str], int]:
+    totals: Counter[tuple[str, str]] = Counter()
+    for (customer, meter, _), (value, _) in expected.totals.items():
+        totals[(customer, meter)] += value
+    return {k: v for k, v in totals.items() if v}

@@ -1,0 +1,359 @@
+"""`meterline run`: every role in one process against the broker, the embedded ClickHouse and the
+Stripe fake. SIGKILLed and restarted mid-run, it still ends with every window exact in ClickHouse
+and every total exact in Stripe. While it holds the embedded ClickHouse, `sql`, `reconcile`,
+`invoice preview` and `dispute` started beside it run inside it; its /metrics, /healthz and /readyz
+answer with the pipeline's real counts; the dashboard is tested in test_dashboard.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from meterline.config import Config
+from meterline.produce import produce_workload
+from meterline.workload import Expected, WorkloadSpec, customer_ids
+from reconciler.pricing import invoice, money
+from sinks.stripe.fake import FakeStripe
+from tests.pipeline import HOUR_MS, PacedProducer, RunProcess, Workers, workload
+from tests.stripe_helpers import expected_by_customer_meter, set_up_stripe, stripe_totals
+
+WINDOWS = (
+    "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start) AS w, sum(value) AS v, "
+    "sum(event_count) AS n FROM usage_windows FINAL GROUP BY customer_id, meter, w"
+)
+
+
+def run_environment(workers: Workers, stripe_base: str) -> dict[str, str]:
+    return {
+        **workers.env,
+        "METERLINE__STRIPE__API_BASE": stripe_base,
+        "METERLINE__STRIPE__REQUESTS_PER_SECOND": "400",
+        "METERLINE__STRIPE__CONCURRENCY": "8",
+        "METERLINE__STRIPE__TIMEOUT_SECONDS": "2",
+        "METERLINE__RUN__PORT": "0",
+        "METERLINE__STRIPE__WEBHOOK_PORT": "0",
+    }
+
+
+def clickhouse_windows(run: RunProcess) -> dict[tuple[str, str, int], tuple[int, int]]:
+    done = run.command("sql", "--format", "json", WINDOWS)
+    assert done.returncode == 0, done.stderr
+    return {
+        (r["customer_id"], r["meter"], int(r["w"])): (int(r["v"]), int(r["n"]))
+        for r in json.loads(done.stdout)
+    }
+
+
+def wait_until_settled(
+    run: RunProcess, base: str, meters: dict[str, str], spec: WorkloadSpec, expected: Expected, timeout: float
+) -> None:
+    """Until ClickHouse holds exactly the expected windows and Stripe exactly the expected totals."""
+    wanted_windows = {k: (v, n) for k, (v, n) in expected.totals.items()}
+    wanted_stripe = expected_by_customer_meter(expected)
+    starts = [start for _, _, start in expected.totals]  # late events reach before the span's start
+    span = (min(starts), max(starts) + 60_000)
+    deadline = time.monotonic() + timeout
+    windows: dict[tuple[str, str, int], tuple[int, int]] = {}
+    stripe: dict[tuple[str, str], int] = {}
+    while time.monotonic() < deadline:
+        windows = clickhouse_windows(run)
+        stripe = stripe_totals(base, meters, customer_ids(spec), span)
+        if windows == wanted_windows and stripe == wanted_stripe:
+            return
+        time.sleep(3)
+    differing = [k for k in wanted_windows.keys() | windows.keys() if wanted_windows.get(k) != windows.get(k)]
+    raise AssertionError(
+        f"not exact within {timeout} s: {len(differing)} windows differ, e.g. "
+        f"{[(k, wanted_windows.get(k), windows.get(k)) for k in differing[:5]]}; "
+        f"Stripe {stripe} != {wanted_stripe}\n{run.logs()}"
+    )
+
+
+def test_run_survives_sigkills_with_every_total_exact(
+    config: Config, workers: Workers, stripe_fake: tuple[FakeStripe, str], tmp_path: Path
+) -> None:
+    _, base = stripe_fake
+    spec = workload(events=30_000, seed=71)
+    meters = set_up_stripe(config, base, customer_ids(spec))
+    run = RunProcess(run_environment(workers, base), tmp_path)
+    run.start()
+    run.url()
+    producer = PacedProducer(config, spec, seconds=25)
+    producer.start()
+    rng = random.Random()
+    for _ in range(3):
+        time.sleep(rng.uniform(2, 8))  # anywhere: mid-batch, mid-insert, mid-Stripe-call
+        run.kill()
+        run.start()
+    producer.finish()
+    run.url(timeout=120)
+    wait_until_settled(run, base, meters, spec, producer.expected, timeout=300)
+    assert run.starts == 4
+    assert run.stop() == 0, run.logs()
+    assert not run.run_file.exists()  # a clean stop withdraws its address
+
+
+# -- one settled run, looked at from outside --------------------------------------------------------
+
+
+class Settled:
+    def __init__(
+        self, run: RunProcess, url: str, spec: WorkloadSpec, expected: Expected, config: Config
+    ) -> None:
+        self.run, self.url, self.spec, self.expected, self.config = run, url, spec, expected, config
+
+    @property
+    def period(self) -> str:
+        return datetime.fromtimestamp(self.spec.start_ms / 1000, UTC).strftime("%Y-%m")
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+
+@pytest.fixture(scope="module")
+def settled(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settled]:
+    """A `meterline run` that has taken a small workload (3 customers, 2 hours) into ClickHouse and
+    Stripe exactly, for the tests below to question."""
+    import threading
+
+    from meterline.config import load_config
+    from meterline.kafka import isolated_topics
+    from sinks.stripe.fake import make_server
+
+    tmp_path = tmp_path_factory.mktemp("settled-run")
+    base_config = load_config(
+        None, {"KAFKA_BOOTSTRAP": kafka_bootstrap, "METERLINE__DEV__STATE_DIR": str(tmp_path)}
+    )
+    config = isolated_topics(base_config, kafka_bootstrap, partitions=4)
+    fake = FakeStripe(seed=2)
+    server = make_server(fake)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    now = int(time.time() * 1000)
+    spec = WorkloadSpec(
+        seed=72,
+        events=6_000,
+        customers=3,
+        start_ms=now - 2 * HOUR_MS,
+        span_ms=2 * HOUR_MS - 60_000,
+        duplicate_rate=0.03,
+        out_of_order_rate=0.05,
+        late_rate=0.02,
+        malformed_rate=0.01,
+    )
+    meters = set_up_stripe(config, base, customer_ids(spec))
+    run = RunProcess(run_environment(Workers(config, tmp_path), base), tmp_path)
+    run.start()
+    url = run.url()
+    _, expected = produce_workload(config, kafka_bootstrap, spec)
+    wait_until_settled(run, base, meters, spec, expected, timeout=240)
+    yield Settled(run, url, spec, expected, config)
+    code = run.stop()
+    server.shutdown()
+    assert code == 0, run.logs()
+
+
+def usage_in(settled: Settled, customer: str) -> dict[str, int]:
+    from reconciler.usage import period_bounds
+
+    start, end = period_bounds(settled.period)
+    usage: dict[str, int] = {}
+    for (c, meter, window), (value, _) in settled.expected.totals.items():
+        if c == customer and start <= window < end:
+            usage[meter] = usage.get(meter, 0) + value
+    return usage
+
+
+def test_commands_beside_run_execute_inside_it(settled: Settled, tmp_path: Path) -> None:
+    run = settled.run
+    customer = customer_ids(settled.spec)[0]
+
+    count = run.command("sql", "--format", "json", "SELECT count() AS n FROM usage_windows FINAL")
+    assert count.returncode == 0, count.stderr
+    assert "inside meterline run" in count.stderr
+    assert json.loads(count.stdout) == [{"n": len(clickhouse_windows(run))}]
+
+    refused = run.command("sql", "SELECT no_such_column FROM usage_windows")
+    assert refused.returncode == 1
+    assert "no_such_column" in refused.stderr  # ClickHouse's own message reaches the caller
+
+    reconciled = run.command("reconcile", "--period", settled.period, "--json")
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    document = json.loads(reconciled.stdout)
+    assert document["ok"] and all(pair["drift"] == 0 for pair in document["pairs"])
+
+    preview = run.command("invoice", "preview", "--customer", customer, "--period", settled.period, "--json")
+    assert preview.returncode == 0, preview.stderr
+    bill = invoice(settled.config.plan_for(customer), usage_in(settled, customer))
+    assert json.loads(preview.stdout)["total"] == str(bill.total)
+
+    # A relative --output is the caller's directory, not run's.
+    dispute = run.command(
+        "dispute",
+        "--customer",
+        customer,
+        "--period",
+        settled.period,
+        "--format",
+        "csv",
+        "--output",
+        "d.csv",
+        cwd=tmp_path,
+    )
+    assert dispute.returncode == 0, dispute.stderr
+    assert customer in (tmp_path / "d.csv").read_text()
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_health_and_readiness_report_the_pipeline(settled: Settled) -> None:
+    status, body = settled.get("/readyz")
+    assert status == 200, body
+    assert set(json.loads(body)["roles"]) == {
+        "stream",
+        "sink-clickhouse",
+        "sink-stripe",
+        "webhooks",
+        "reconcile",
+    }
+    assert settled.get("/healthz")[0] == 200
+
+    status, text = settled.get("/metrics")
+    assert status == 200
+    samples = metric_samples(text)
+    expected = settled.expected
+    # The stream's counters are the generator's exact outcomes.
+    assert samples[("meterline_stream_events_total", (("outcome", "accepted"),))] == expected.accepted
+    assert samples[("meterline_stream_events_total", (("outcome", "counted"),))] == sum(
+        count for _, count in expected.totals.values()
+    )
+    # Only billable events are deduplicated; a copy of a non-billable one counts as non-billable.
+    duplicates = samples[("meterline_stream_events_total", (("outcome", "duplicate"),))]
+    non_billable = samples[("meterline_stream_events_total", (("outcome", "non_billable"),))]
+    assert duplicates + non_billable == expected.duplicates + expected.non_billable
+    assert duplicates <= expected.duplicates
+    for reason, count in expected.rejected.items():
+        assert samples[("meterline_stream_rejected_total", (("reason", reason),))] == count
+    # Every window revision was settled with Stripe once, after a flush of each sink.
+    aggregates = samples[("meterline_stream_aggregates_sent_total", ())]
+    assert samples[("meterline_stripe_reports_total", (("status", "sent"),))] == aggregates
+    assert samples[("meterline_stripe_calls_total", ())] >= aggregates
+    assert samples[("meterline_stripe_report_latency_seconds_count", ())] == aggregates
+    assert samples[("meterline_clickhouse_rows_total", (("table", "usage_window_revisions"),))] == aggregates
+    assert samples[("meterline_sink_flush_seconds_count", (("sink", "clickhouse"),))] > 0
+    assert samples[("meterline_sink_lag_seconds", (("sink", "stripe"),))] == 0
+
+
+def test_an_unknown_route_and_a_bad_grain_are_refused_clearly(settled: Settled) -> None:
+    assert settled.get("/nothing-here")[0] == 404
+    status, body = settled.get("/api/customers/cust-0000/usage?grain=week")
+    assert status == 400 and "week" in body
+    status, body = settled.get("/api/customers/cust-0000/usage?period=2026-13")
+    assert status == 400 and "2026-13" in body
+
+
+# -- the dashboard, in a real browser ---------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # Without these, Chromium calls home at start: refused here, many connections at a time.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def expected_buckets(settled: Settled, customer: str, bucket_ms: int) -> dict[str, dict[int, int]]:
+    from reconciler.usage import period_bounds
+
+    start, end = period_bounds(settled.period)
+    out: dict[str, dict[int, int]] = {}
+    for (c, meter, window), (value, _) in settled.expected.totals.items():
+        if c == customer and start <= window < end and value:
+            bucket = out.setdefault(meter, {})
+            bucket[window // bucket_ms * bucket_ms] = bucket.get(window // bucket_ms * bucket_ms, 0) + value
+    return out
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("METERLINE_REQUIRE_BROWSER"),
+    reason="no /usr/bin/chromium (Debian's chromium package); ./run.sh test installs it and requires it",
+)
+def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from meterline.dashboard import allowance
+    from reconciler.pricing import quantity_text
+
+    customer = customer_ids(settled.spec)[1]
+    plan = settled.config.plan_for(customer)
+    usage = usage_in(settled, customer)
+    bill = invoice(plan, usage)
+    _, body = settled.get(f"/api/customers/{customer}/usage?period={settled.period}")
+    projected_total = json.loads(body)["projected"]["total"]
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(f"{settled.url}/customers/{customer}?period={settled.period}")
+            page.wait_for_function("document.body.dataset.ready === '1'", timeout=20_000)
+            for grain, bucket_ms in (("hour", HOUR_MS), ("day", 24 * HOUR_MS)):
+                if grain == "day":
+                    page.click("text=by day")
+                    page.wait_for_url("**grain=day**")
+                    page.wait_for_function("document.body.dataset.ready === '1'", timeout=20_000)
+                for meter, wanted in expected_buckets(settled, customer, bucket_ms).items():
+                    bars = page.eval_on_selector_all(
+                        f"svg[data-meter='{meter}'] rect",
+                        "rs => rs.map(r => [+r.dataset.t, +r.dataset.value, r.getBBox().height])",
+                    )
+                    assert {t: v for t, v, _ in bars} == wanted, (grain, meter)
+                    assert all(height >= 1 for _, _, height in bars)  # drawn, not just in the DOM
+                    assert page.locator(f"svg[data-meter='{meter}']").is_visible()
+            allowance_rows = page.eval_on_selector_all(
+                "#allowance tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+            )
+            api_calls = plan.prices["api_calls"]
+            used, included, overage = allowance(api_calls, usage.get("api_calls", 0))
+            assert [
+                api_calls.label,
+                quantity_text(used),
+                f"{quantity_text(included)} of 1,000,000",
+                quantity_text(overage),
+                api_calls.billed_unit,
+            ] in allowance_rows
+            invoice_total = page.eval_on_selector(
+                "#invoice tr:last-child td:last-child", "c => c.textContent"
+            )
+            assert invoice_total == money(bill.total, bill.currency)
+            projected = page.eval_on_selector("#projected tr:last-child td:last-child", "c => c.textContent")
+            assert projected == projected_total
+        finally:
+            browser.close()
+    assert problems == []
