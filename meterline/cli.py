@@ -9,12 +9,12 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from meterline import devstack, forward, logs
+from meterline import devstack, forward, inspect, logs, progress
 from meterline.config import Config, ConfigError, load_config
 from meterline.errors import MeterlineError
 from meterline.table import render
@@ -221,8 +221,12 @@ def _parser() -> argparse.ArgumentParser:
     inspect.set_defaults(run=_inspect)
 
     demo = commands.add_parser("demo", help="the whole story on the embedded stack")
-    _workload_arguments(demo, events=100_000)
-    demo.add_argument("--keep", action="store_true", help="leave the local stack running afterwards")
+    _workload_arguments(demo, events=60_000, customers=5, span=None)
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the local stack and `meterline run` (the dashboard) running",
+    )
     demo.set_defaults(run=_demo)
     return parser
 
@@ -236,15 +240,22 @@ def _role_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _workload_arguments(parser: argparse.ArgumentParser, events: int = 100_000) -> None:
+def _workload_arguments(
+    parser: argparse.ArgumentParser, events: int = 100_000, customers: int = 10, span: int | None = DAY_MS
+) -> None:
     parser.add_argument("--events", type=int, default=events, help="records to produce, bad ones included")
-    parser.add_argument("--customers", type=int, default=10)
+    parser.add_argument("--customers", type=int, default=customers)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--start", type=_timestamp, help="event time of the first event (default: now - span)"
     )
     parser.add_argument(
-        "--span", type=_duration, default=DAY_MS, help="event-time span: 90m, 24h, 30d (default 24h)"
+        "--span",
+        type=_duration,
+        default=span,
+        help="event-time span: 90m, 24h, 30d (default: "
+        + ("24h" if span == DAY_MS else "this month so far, with --start its first instant")
+        + ")",
     )
     parser.add_argument("--duplicates", type=float, default=0.0, help="rate of retried duplicates")
     parser.add_argument(
@@ -422,7 +433,7 @@ def _generate(args: argparse.Namespace) -> int:
         spec,
         packing=False if args.single else None,
         workers=args.workers,
-        progress=None if args.json else _progress("produced", spec.events),
+        progress=None if args.json else progress.rate("produced", spec.events),
     )
     document = expected.to_json(spec)
     _write_expected(args.expected, document)
@@ -438,7 +449,8 @@ def _generate(args: argparse.Namespace) -> int:
         print(json.dumps({"result": row, "expected": str(args.expected), "records": document["records"]}))
     else:
         print(render([row]))
-        print(render([{"outcome": k, "records": v} for k, v in _flat_records(document["records"]).items()]))
+        outcomes = inspect.flat_records(document["records"])
+        print(render([{"outcome": k, "records": v} for k, v in outcomes.items()]))
         print(f"expected totals of {len(document['totals']):,} windows written to {args.expected}")
     return 0
 
@@ -447,12 +459,6 @@ def _write_expected(path: Path, document: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(document))  # compact: indent would take the slow pure-Python encoder
     tmp.replace(path)
-
-
-def _flat_records(records: dict[str, Any]) -> dict[str, int]:
-    flat = {k: v for k, v in records.items() if k != "rejected"}
-    flat.update({f"rejected: {k}": v for k, v in records["rejected"].items()})
-    return flat
 
 
 # -- inspect and demo ------------------------------------------------------------------------------
@@ -646,7 +652,7 @@ def _reconcile(args: argparse.Namespace) -> int:
             args.customer,
             args.meter,
             args.threshold,
-            progress=None if args.json else _count_progress("customers compared"),
+            progress=None if args.json else progress.counter("customers compared"),
         )
     finally:
         client.close()
@@ -732,7 +738,7 @@ def _replay(args: argparse.Namespace) -> int:
         args.start,
         args.end,
         args.customer,
-        None if args.json else _count_progress("partitions re-derived"),
+        None if args.json else progress.counter("partitions re-derived"),
     )
     client = connect(config)
     try:
@@ -929,346 +935,24 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     config = _load(args)
-    summary = _summarize(config, args.expect_messages, quiet=args.json)
-    document = _summary_document(summary)
-    print(json.dumps(document, indent=2) if args.json else _summary_text(document))
+    document = inspect.summarize(config, args.expect_messages, quiet=args.json).document()
+    print(json.dumps(document, indent=2) if args.json else inspect.describe(document))
     return 0
 
 
-def _summarize(config: Config, expect_messages: int | None, quiet: bool = False) -> Any:
-    from meterline.inspect import summarize_events_topic
-    from schemas.serde import AvroSerde
-
-    def progress(summary: Any) -> None:
-        print(f"\r  read {summary.messages:,} messages, {summary.events:,} events", end="", file=sys.stderr)
-
-    summary = summarize_events_topic(
-        config,
-        devstack.kafka_bootstrap(config),
-        AvroSerde.from_registry_url(config.kafka.schema_registry_url),
-        expect_messages=expect_messages,
-        progress=None if quiet else progress,
-    )
-    if not quiet:
-        print(file=sys.stderr)
-    return summary
-
-
-def _summary_document(summary: Any) -> dict[str, Any]:
-    return {
-        "messages": summary.messages,
-        "batches": summary.batches,
-        "events": summary.events,
-        "records": {
-            "produced": summary.records,
-            "accepted": summary.accepted,
-            "rejected": dict(sorted(summary.rejected.items())),
-            "duplicates": summary.duplicates,
-            "non_billable": summary.non_billable,
-        },
-        "per_partition": {str(p): n for p, n in sorted(summary.per_partition.items())},
-        "totals_by_customer_meter": [
-            {"customer_id": c, "meter": m, "value": v}
-            for (c, m), v in sorted(summary.billable_totals.items())
-        ],
-    }
-
-
-def _summary_text(document: dict[str, Any]) -> str:
-    head = (
-        f"{document['messages']:,} messages ({document['batches']:,} packed batches) holding "
-        f"{document['events']:,} events; messages per partition: "
-        + ", ".join(f"{p}: {n:,}" for p, n in document["per_partition"].items())
-    )
-    outcomes = render([{"outcome": k, "records": v} for k, v in _flat_records(document["records"]).items()])
-    totals = render(document["totals_by_customer_meter"])
-    return f"{head}\n\n{outcomes}\n\nbillable usage by customer and meter:\n{totals}"
-
-
 def _demo(args: argparse.Namespace) -> int:
-    from meterline.produce import produce_workload
+    from meterline.demo import demo
 
     config = _load(args)
-    print("== 1. the local stack (tansu broker, embedded ClickHouse, Stripe fake)")
-    devstack.up(config, log=print)
-    try:
-        spec = _spec(args)
-        _check_span_is_current(spec, config)
-        print(
-            f"\n== 2. generate and produce {spec.events:,} records for {spec.customers} customers "
-            f"(seed {spec.seed}, duplicates {spec.duplicate_rate:.0%}, late {spec.late_rate:.0%}, "
-            f"malformed {spec.malformed_rate:.0%})"
-        )
-        result, expected = produce_workload(
-            config,
-            devstack.kafka_bootstrap(config),
-            spec,
-            workers=args.workers,
-            progress=_progress("produced", spec.events),
-        )
-        print(
-            render(
-                [
-                    {
-                        "records": result.records,
-                        "messages": result.messages,
-                        "records/s": round(result.records_per_second),
-                        "messages/s": round(result.messages_per_second),
-                    }
-                ]
-            )
-        )
-        print("\n== 3. what reached usage.events, judged as the stream app will judge it")
-        document = _summary_document(_summarize(config, result.messages))
-        print(_summary_text(document))
-        wanted = expected.to_json(spec)
-        same_records = document["records"] == {k: wanted["records"][k] for k in document["records"]}
-        same_totals = document["totals_by_customer_meter"] == wanted["totals_by_customer_meter"]
-        print(
-            "\n== 4. against the generator's exact expectation: "
-            f"outcomes {'match' if same_records else 'DIFFER'}, "
-            f"billable totals {'match' if same_totals else 'DIFFER'}"
-        )
-        print("\n== 5. the stream app folds them into windows (usage.aggregates, usage.events.dlq)")
-        streamed = _demo_stream(args, config, wanted)
-        print(
-            "\n== 6. the ClickHouse sink writes them for analysts (usage_windows, dlq_events, usage_events)"
-        )
-        stored = _demo_clickhouse(args, config, expected)
-        print("\n== 7. the Stripe sink reports every window revision once (the Stripe fake)")
-        billed = _demo_stripe(args, config, spec, expected)
-        print("\n== 8. reconciliation and an invoice preview, this month")
-        reconciled = _demo_reconcile(config, spec)
-        return 0 if same_records and same_totals and streamed and stored and billed and reconciled else 1
-    finally:
-        if not args.keep:
-            print("\n== stopping the local stack (use --keep to leave it up)")
-            devstack.down(config, log=print)
-
-
-def _demo_stream(args: argparse.Namespace, config: Config, expected: dict[str, Any]) -> bool:
-    """Run one `meterline stream` worker until its output matches the expectation exactly."""
-    import subprocess
-
-    from meterline.verify import read_emitted, verify
-    from schemas.serde import AvroSerde
-
-    log_path = config.dev.state_dir / "stream-demo.log"
-    command = [
-        sys.executable,
-        "-m",
-        "meterline.cli",
-        *(["--config", str(args.config)] if args.config else []),
-    ]
-    with open(log_path, "wb") as log:
-        worker = subprocess.Popen([*command, "stream"], stdout=log, stderr=subprocess.STDOUT)
-    print(
-        f"  worker pid {worker.pid}, log {log_path}; the last windows close by wall clock after "
-        f"{config.windows.idle_timeout_seconds} s of quiet (windows.idle_timeout_seconds)"
-    )
-    serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
-    started = time.monotonic()
-    try:
-        while True:
-            emitted = read_emitted(config, devstack.kafka_bootstrap(config), serde, quiet_s=0.5)
-            result = verify(expected, emitted)
-            elapsed = time.monotonic() - started
-            exact = f"{result.windows_matching:,}/{result.windows_expected:,}"
-            print(
-                f"\r  {elapsed:5.0f} s: {exact} windows exact, "
-                f"{sum(result.dlq_found.values()):,} records dead-lettered",
-                end="" if sys.stderr.isatty() else "\n",
-                file=sys.stderr,
-            )
-            if result.ok or elapsed > 300 or worker.poll() is not None:
-                break
-            time.sleep(2)
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
-    print(file=sys.stderr)
-    print(
-        render(
-            [
-                {
-                    "windows exact": f"{result.windows_matching:,} of {result.windows_expected:,}",
-                    "aggregates": emitted.messages,
-                    "corrections (revision > 0)": sum(1 for i in emitted.aggregates if i.revision > 0),
-                    "identity conflicts": result.conflicts,
-                    "dead-lettered": sum(result.dlq_found.values()),
-                    "DLQ as expected": result.dlq_found == result.dlq_expected,
-                }
-            ]
-        )
-    )
-    return result.ok
-
-
-def _demo_clickhouse(args: argparse.Namespace, config: Config, expected: Expected) -> bool:
-    """Migrate, run `meterline sink clickhouse` until it has committed everything, stop it (the
-    embedded engine allows one process), then compare the FINAL totals and show analysts' queries."""
-
-    from sinks.clickhouse import queries
-    from sinks.clickhouse.client import connect
-    from sinks.clickhouse.migrate import migrate
-
-    client = connect(config)
-    try:
-        migrated = migrate(client, config.clickhouse.raw_events_ttl_days)
-    finally:
-        client.close()
-    print(f"  schema version {migrated.current} ({len(migrated.applied)} migrations applied now)")
-    if not _demo_sink(args, config, "clickhouse", config.topics.all(), os.environ):
-        return False
-    client = connect(config)
-    try:
-        stored = {
-            (customer, meter, start): [value, count]
-            for customer, meter, start, value, count in client.query(
-                "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), sum(value), "
-                "sum(event_count) FROM usage_windows FINAL GROUP BY customer_id, meter, window_start"
-            ).result_rows
-        }
-        exact = sum(1 for key, total in expected.totals.items() if stored.get(key) == total)
-        same = stored == expected.totals
-        print(
-            f"  usage_windows FINAL against the generator's totals: {exact:,} of "
-            f"{len(expected.totals):,} windows exact{'' if same else ', DIFFERENT'}"
-        )
-        for title in ("top customers by meter", "windows with corrections", "dead letters by reason"):
-            result = client.query(queries.ALL[title])
-            rows = [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
-            print(f"\n  {title} (meterline sql, see the README):")
-            print(render(rows) if rows else "  (none)")
-    finally:
-        client.close()
-    return same
-
-
-def _demo_stripe(args: argparse.Namespace, config: Config, spec: WorkloadSpec, expected: Expected) -> bool:
-    """Sync the meters, give each demo customer a Stripe customer (what onboarding does), run
-    `meterline sink stripe` until it has committed everything, then read Stripe's totals back."""
-    from collections import Counter
-
-    from meterline.workload import customer_ids
-    from reconciler.stripe_totals import meter_totals
-    from sinks.stripe.calls import caller_for
-    from sinks.stripe.directory import Directory
-    from sinks.stripe.sync import sync
-
-    caller = caller_for(config)
-    synced = sync(config, caller)
-    print("  meterline stripe sync:")
-    print(render([{"kind": c.kind, "name": c.name, "action": c.action} for c in synced]))
-    directory = Directory(config.stripe, caller)
-    customers = customer_ids(spec)
-    for customer in customers:
-        if directory.customer(customer) is None:
-            caller.client.v1.customers.create({"metadata": {config.stripe.customer_metadata_key: customer}})
-    env = dict(os.environ)
-    if not config.stripe.api_key:  # the fake has no rate limit of its own: lift the sink's (20/s)
-        env["METERLINE__STRIPE__REQUESTS_PER_SECOND"] = "1000"
-    if not _demo_sink(args, config, "stripe", [config.topics.aggregates], env):
-        return False
-    ours: Counter[tuple[str, str]] = Counter()
-    for (customer, meter, _), (value, _) in expected.totals.items():
-        ours[(customer, meter)] += value
-    starts = [start for _, _, start in expected.totals]
-    theirs = meter_totals(caller, config, customers, min(starts), max(starts) + config.windows.size_ms)
-    rows = [
-        {
-            "customer": c,
-            "meter": m,
-            "expected": ours[(c, m)],
-            "Stripe": theirs.get((c, m), 0),
-            "drift": theirs.get((c, m), 0) - ours[(c, m)],
-        }
-        for c, m in sorted(k for k in ours if ours[k])
-    ]
-    print(render(rows))
-    exact = all(row["drift"] == 0 for row in rows)
-    print(f"  Stripe's meter event summaries {'equal' if exact else 'DIFFER FROM'} the generator's totals")
-    return exact
-
-
-def _demo_sink(
-    args: argparse.Namespace, config: Config, kind: str, topics: Sequence[str], env: Mapping[str, str]
-) -> bool:
-    """Run `meterline sink <kind>` until its group has committed everything on `topics`, then stop
-    it (it flushes, commits and lets go of the embedded ClickHouse directory)."""
-    import subprocess
-
-    from meterline.kafka import committed_reaches, read_ends
-
-    bootstrap = devstack.kafka_bootstrap(config)
-    ends = read_ends(bootstrap, topics)
-    log_path = config.dev.state_dir / f"sink-{kind}-demo.log"
-    command = [
-        sys.executable,
-        "-m",
-        "meterline.cli",
-        *(["--config", str(args.config)] if args.config else []),
-    ]
-    with open(log_path, "wb") as log:
-        sink = subprocess.Popen([*command, "sink", kind], stdout=log, stderr=subprocess.STDOUT, env=dict(env))
-    print(f"  sink pid {sink.pid}, log {log_path}")
-    started = time.monotonic()
-    try:
-        while not committed_reaches(bootstrap, f"meterline-sink-{kind}", ends):
-            if sink.poll() is not None or time.monotonic() - started > 600:
-                print(f"  the sink did not catch up: see {log_path}")
-                return False
-            time.sleep(0.5)
-    finally:
-        sink.terminate()
-        sink.wait(timeout=120)
-    print(f"  caught up in {time.monotonic() - started:.1f} s")
-    return True
-
-
-def _demo_reconcile(config: Config, spec: WorkloadSpec) -> bool:
-    from meterline.workload import customer_ids
-    from reconciler.pricing import describe, invoice
-    from reconciler.reconcile import reconcile
-    from reconciler.usage import customer_usage, period_bounds
-    from sinks.clickhouse.client import connect
-    from sinks.stripe.calls import caller_for
-
-    period = datetime.now(UTC).strftime("%Y-%m")
-    client = connect(config)
-    try:
-        result = reconcile(config, client, caller_for(config), period)
-        drift = sum(abs(d.drift) for d in result.pairs)
-        print(
-            f"  meterline reconcile --period {period}: {len(result.pairs)} pairs of customer and meter, "
-            f"total drift {drift} units, {len(result.hours)} hours differ (run {result.run_id})"
-        )
-        if result.dead_letters:
-            print("  dead letters: " + ", ".join(f"{k} {v:,}" for k, v in result.dead_letters.items()))
-        customer = customer_ids(spec)[0]
-        start, end = period_bounds(period)
-        bill = invoice(config.plan_for(customer), customer_usage(client, customer, start, end))
-        print(f"  meterline invoice preview --customer {customer} --period {period}:")
-        print(f"  {describe(bill)}")
-    finally:
-        client.close()
-    return result.ok
-
-
-def _count_progress(verb: str) -> Callable[[int, int], None]:
-    def show(done: int, total: int) -> None:
-        end = "" if sys.stderr.isatty() else "\n"
-        print(f"\r  {verb}: {done:,}/{total:,}", end=end, file=sys.stderr)
-
-    return show
-
-
-def _progress(verb: str, total: int) -> Callable[[int, float], None]:
-    def show(done: int, seconds: float) -> None:
-        end = "" if sys.stderr.isatty() else "\n"
-        print(f"\r  {verb} {done:,}/{total:,} ({done / seconds:,.0f}/s)", end=end, file=sys.stderr)
-
-    return show
+    if args.span is None:  # a month of usage: this billing month so far
+        now_ms = int(time.time() * 1000)
+        if args.start is None:
+            month_start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            args.start = int(month_start.timestamp() * 1000)
+        args.span = max(60_000, now_ms - args.start - 60_000)
+    spec = _spec(args)
+    _check_span_is_current(spec, config)
+    return demo(config, args.config, spec, args.workers, args.keep)
 
 
 # -- argument types --------------------------------------------------------------------------------

@@ -81,11 +81,13 @@ def absolute_paths(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def forward(run: RunningRun, argv: Sequence[str]) -> int:
+def forward(run: RunningRun, argv: Sequence[str], announce: bool = True) -> int:
     """Run `argv` inside `run`; print what it prints; its exit code."""
-    print(
-        f"(running inside meterline run, pid {run.pid}, which holds the embedded ClickHouse)", file=sys.stderr
-    )
+    if announce:
+        print(
+            f"(running inside meterline run, pid {run.pid}, which holds the embedded ClickHouse)",
+            file=sys.stderr,
+        )
     request = urllib.request.Request(
         f"{run.url}/api/cli",
         data=json.dumps({"argv": absolute_paths(argv)}).encode(),

@@ -9,15 +9,19 @@ reported high watermark can lag the real end by a batch (DESIGN §7).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Consumer
 
+from meterline import devstack
 from meterline.config import Config
 from meterline.kafka import at_end, consumer_from_beginning
+from meterline.table import render
 from schemas.serde import AvroSerde
 from streams.judge import Judge
 from streams.windows import event_value
@@ -41,6 +45,63 @@ class TopicSummary:
     def records(self) -> int:
         """Events plus undecodable messages: what conservation is counted in."""
         return self.accepted + sum(self.rejected.values())
+
+    def document(self) -> dict[str, Any]:
+        """For --json, and in the shape of the generator's expectation (`records`, totals)."""
+        return {
+            "messages": self.messages,
+            "batches": self.batches,
+            "events": self.events,
+            "records": {
+                "produced": self.records,
+                "accepted": self.accepted,
+                "rejected": dict(sorted(self.rejected.items())),
+                "duplicates": self.duplicates,
+                "non_billable": self.non_billable,
+            },
+            "per_partition": {str(p): n for p, n in sorted(self.per_partition.items())},
+            "totals_by_customer_meter": [
+                {"customer_id": c, "meter": m, "value": v}
+                for (c, m), v in sorted(self.billable_totals.items())
+            ],
+        }
+
+
+def summarize(config: Config, expect_messages: int | None, quiet: bool = False) -> TopicSummary:
+    """The configured events topic, summarized with progress on stderr (unless quiet)."""
+
+    def progress(summary: TopicSummary) -> None:
+        print(f"\r  read {summary.messages:,} messages, {summary.events:,} events", end="", file=sys.stderr)
+
+    summary = summarize_events_topic(
+        config,
+        devstack.kafka_bootstrap(config),
+        AvroSerde.from_registry_url(config.kafka.schema_registry_url),
+        expect_messages=expect_messages,
+        progress=None if quiet else progress,
+    )
+    if not quiet:
+        print(file=sys.stderr)
+    return summary
+
+
+def describe(document: dict[str, Any]) -> str:
+    """A summary's document as text: messages, outcomes, billable totals."""
+    head = (
+        f"{document['messages']:,} messages ({document['batches']:,} packed batches) holding "
+        f"{document['events']:,} events; messages per partition: "
+        + ", ".join(f"{p}: {n:,}" for p, n in document["per_partition"].items())
+    )
+    outcomes = render([{"outcome": k, "records": v} for k, v in flat_records(document["records"]).items()])
+    totals = render(document["totals_by_customer_meter"])
+    return f"{head}\n\n{outcomes}\n\nbillable usage by customer and meter:\n{totals}"
+
+
+def flat_records(records: dict[str, Any]) -> dict[str, int]:
+    """{"rejected": {reason: n}, ...} as one level: "rejected: reason"."""
+    flat = {k: v for k, v in records.items() if k != "rejected"}
+    flat.update({f"rejected: {k}": v for k, v in records["rejected"].items()})
+    return flat
 
 
 def summarize_events_topic(

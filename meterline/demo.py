@@ -1,0 +1,318 @@
+"""`meterline demo`: the whole story on the embedded stack, checked against the generator.
+
+A month of usage (this billing month so far) for a few customers, with duplicates, late and
+malformed records, goes through `meterline run` (every role in one process). Then what a billing
+engineer would look at, each through `run` since it holds the embedded ClickHouse: ClickHouse's
+totals, Stripe's, a zero-drift reconciliation, the dead letters, and an invoice preview in the
+seed's terms. Every number is compared with the generator's exact expectation; the demo exits 1
+if any differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+from meterline import devstack, forward, inspect, progress
+from meterline.config import Config
+from meterline.kafka import committed_reaches, read_ends
+from meterline.table import render
+from meterline.workload import Expected, WorkloadSpec, customer_ids
+
+WINDOWS = (
+    "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start) AS w, sum(value) AS v, "
+    "sum(event_count) AS n FROM usage_windows FINAL GROUP BY customer_id, meter, w"
+)
+TOTALS = (
+    "SELECT customer_id AS customer, meter, sum(value) AS total, count() AS windows, "
+    "countIf(revision > 0) AS corrected FROM usage_windows FINAL "
+    "GROUP BY customer, meter ORDER BY customer, meter"
+)
+DEAD_LETTERS = (
+    "SELECT error_code AS reason, count() AS records FROM dlq_events FINAL GROUP BY reason ORDER BY reason"
+)
+
+
+def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, workers: int, keep: bool) -> int:
+    from meterline.produce import produce_workload
+
+    print("== 1. the local stack (tansu broker, embedded ClickHouse, Stripe fake)")
+    devstack.up(config, log=print)
+    run: subprocess.Popen[bytes] | None = None
+    try:
+        month = datetime.fromtimestamp(spec.start_ms / 1000, UTC).strftime("%Y-%m")
+        print(
+            f"\n== 2. a month of usage: {spec.events:,} records for {spec.customers} customers from "
+            f"{_iso(spec.start_ms)} to {_iso(spec.start_ms + spec.span_ms)} (seed {spec.seed}; duplicates "
+            f"{spec.duplicate_rate:.0%}, late {spec.late_rate:.0%}, malformed {spec.malformed_rate:.0%})"
+        )
+        result, expected = produce_workload(
+            config,
+            devstack.kafka_bootstrap(config),
+            spec,
+            workers=workers,
+            progress=progress.rate("produced", spec.events),
+        )
+        print(file=sys.stderr)
+        print(
+            render(
+                [
+                    {
+                        "records": result.records,
+                        "messages": result.messages,
+                        "records/s": round(result.records_per_second),
+                    }
+                ]
+            )
+        )
+        print("\n== 3. what reached usage.events, judged as the stream app will judge it")
+        judged = inspect.summarize(config, result.messages).document()
+        print(inspect.describe(judged))
+        wanted = expected.to_json(spec)
+        judged_right = judged["records"] == {k: wanted["records"][k] for k in judged["records"]}
+        print(f"  against the generator's expectation: {'the same' if judged_right else 'DIFFERENT'}")
+
+        print("\n== 4. Stripe onboarding: `meterline stripe sync`, and a Stripe customer per demo customer")
+        _onboard(config, spec)
+
+        print("\n== 5. `meterline run`: the stream app, both sinks, webhooks and reconcile in one process")
+        run, address = _start_run(config, config_path)
+        streamed = _wait_streamed(config, wanted, run)
+        caught_up = streamed and _wait_sinks(config, run)
+
+        print("\n== 6. ClickHouse's totals (`meterline sql`, executed inside `run`, which holds ClickHouse)")
+        stored = _clickhouse(address, expected)
+        print("\n== 7. Stripe's totals (meter event summaries) against the generator's")
+        billed = _stripe(config, spec, expected)
+        print(f"\n== 8. `meterline reconcile --period {month}`")
+        reconciled = _inside(address, "reconcile", "--period", month)[0] == 0
+        print(
+            "\n== 9. dead letters: never counted, kept with their reason (dlq_events, from usage.events.dlq)"
+        )
+        dead_letters_right = _dead_letters(address, expected)
+        customer = customer_ids(spec)[0]
+        print(f"\n== 10. `meterline invoice preview --customer {customer} --period {month}`")
+        previewed = _inside(address, "invoice", "preview", "--customer", customer, "--period", month)[0] == 0
+        print(f"\n== the usage dashboard: {address.url}/customers/{customer}")
+        ok = (
+            judged_right
+            and caught_up
+            and stored
+            and billed
+            and reconciled
+            and dead_letters_right
+            and previewed
+        )
+        print(f"\n{'every number matches the generator' if ok else 'SOMETHING DIFFERS: see above'}")
+        if keep:
+            print(
+                f"`meterline run` (pid {run.pid}) and the stack stay up (--keep): stop with kill {run.pid}; "
+                "meterline dev down"
+            )
+            run = None
+        return 0 if ok else 1
+    finally:
+        if run is not None:
+            run.terminate()
+            run.wait(timeout=180)
+        if not keep:
+            print("\n== stopping `meterline run` and the local stack (use --keep to leave them up)")
+            devstack.down(config, log=print)
+
+
+def _onboard(config: Config, spec: WorkloadSpec) -> None:
+    from sinks.stripe.calls import caller_for
+    from sinks.stripe.directory import Directory
+    from sinks.stripe.sync import sync
+
+    caller = caller_for(config)
+    synced = sync(config, caller)
+    print(render([{"kind": c.kind, "name": c.name, "action": c.action} for c in synced]))
+    directory = Directory(config.stripe, caller)
+    for customer in customer_ids(spec):
+        if directory.customer(customer) is None:
+            caller.client.v1.customers.create({"metadata": {config.stripe.customer_metadata_key: customer}})
+    print(
+        f"  {spec.customers} Stripe customers carry metadata {config.stripe.customer_metadata_key}=<our id>"
+    )
+
+
+def _start_run(
+    config: Config, config_path: Path | None
+) -> tuple[subprocess.Popen[bytes], forward.RunningRun]:
+    env = dict(os.environ)
+    if not config.stripe.api_key:
+        # The fake has no rate limit of its own: lift the sink's (20/s, Stripe test mode's), and
+        # backfill a month through meter event streams, Stripe's high-throughput API.
+        env["METERLINE__STRIPE__REQUESTS_PER_SECOND"] = "1000"
+        env["METERLINE__STRIPE__MODE"] = "meter_event_stream"
+    log_path = config.dev.state_dir / "run-demo.log"
+    command = [
+        sys.executable,
+        "-m",
+        "meterline.cli",
+        *(["--config", str(config_path)] if config_path else []),
+        "run",
+    ]
+    with open(log_path, "wb") as log:
+        run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 120
+    while True:
+        address = forward.running(config)
+        if address is not None and address.pid == run.pid and _ready(address.url):
+            break
+        if run.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"`meterline run` did not come up: see {log_path}")
+        time.sleep(0.5)
+    print(f"  pid {run.pid}, log {log_path}; {address.url}/readyz says every role is ready")
+    return run, address
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait_streamed(config: Config, wanted: dict[str, object], run: subprocess.Popen[bytes]) -> bool:
+    """Until usage.aggregates and usage.events.dlq match the expectation exactly."""
+    from meterline.verify import read_emitted, verify
+    from schemas.serde import AvroSerde
+
+    print(
+        f"  the last windows close by wall clock after {config.windows.idle_timeout_seconds} s of quiet "
+        "(windows.idle_timeout_seconds)"
+    )
+    serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
+    started = time.monotonic()
+    while True:
+        emitted = read_emitted(config, devstack.kafka_bootstrap(config), serde, quiet_s=0.5)
+        result = verify(wanted, emitted)
+        elapsed = time.monotonic() - started
+        print(
+            f"\r  {elapsed:5.0f} s: {result.windows_matching:,}/{result.windows_expected:,} windows exact on "
+            f"usage.aggregates, {sum(result.dlq_found.values()):,} records dead-lettered",
+            end="" if sys.stderr.isatty() else "\n",
+            file=sys.stderr,
+        )
+        if result.ok or elapsed > 600 or run.poll() is not None:
+            break
+        time.sleep(2)
+    print(file=sys.stderr)
+    print(
+        render(
+            [
+                {
+                    "windows exact": f"{result.windows_matching:,} of {result.windows_expected:,}",
+                    "aggregates": emitted.messages,
+                    "corrections (revision > 0)": sum(1 for i in emitted.aggregates if i.revision > 0),
+                    "identity conflicts": result.conflicts,
+                    "DLQ as expected": result.dlq_found == result.dlq_expected,
+                }
+            ]
+        )
+    )
+    return result.ok
+
+
+def _wait_sinks(config: Config, run: subprocess.Popen[bytes]) -> bool:
+    """Until the Stripe sink, then the ClickHouse sink (it also stores the Stripe sink's dead
+    letters), have committed everything their topics hold now."""
+    bootstrap = devstack.kafka_bootstrap(config)
+    started = time.monotonic()
+    for group, topics in (
+        ("meterline-sink-stripe", [config.topics.aggregates]),
+        ("meterline-sink-clickhouse", config.topics.all()),
+    ):
+        ends = read_ends(bootstrap, topics)
+        while not committed_reaches(bootstrap, group, ends):
+            if run.poll() is not None or time.monotonic() - started > 900:
+                print(f"  {group} did not catch up")
+                return False
+            time.sleep(0.5)
+        print(f"  {group} caught up after {time.monotonic() - started:.1f} s")
+    return True
+
+
+def _inside(address: forward.RunningRun, *argv: str, show: bool = True) -> tuple[int, str]:
+    """Run a command inside `run` (meterline.forward), as `meterline <argv>` beside it would."""
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        code = forward.forward(address, argv, announce=False)
+    if show:
+        print(captured.getvalue(), end="")
+    return code, captured.getvalue()
+
+
+def _clickhouse(address: forward.RunningRun, expected: Expected) -> bool:
+    _inside(address, "sql", TOTALS)
+    code, output = _inside(address, "sql", "--format", "json", WINDOWS, show=False)
+    stored = {
+        (r["customer_id"], r["meter"], int(r["w"])): (int(r["v"]), int(r["n"])) for r in json.loads(output)
+    }
+    wanted = {key: (value, count) for key, (value, count) in expected.totals.items()}
+    exact = sum(1 for key, total in wanted.items() if stored.get(key) == total)
+    same = code == 0 and stored == wanted
+    verdict = "" if same else ", DIFFERENT"
+    print(f"  usage_windows FINAL, window by window: {exact:,} of {len(wanted):,} exact{verdict}")
+    return same
+
+
+def _dead_letters(address: forward.RunningRun, expected: Expected) -> bool:
+    code, output = _inside(address, "sql", "--format", "json", DEAD_LETTERS, show=False)
+    stored = {row["reason"]: int(row["records"]) for row in json.loads(output)} if code == 0 else {}
+    rows = [
+        {
+            "reason": reason,
+            "expected": expected.rejected.get(reason, 0),
+            "in ClickHouse": stored.get(reason, 0),
+        }
+        for reason in sorted(set(stored) | set(expected.rejected))
+    ]
+    print(render(rows))
+    same = code == 0 and stored == dict(expected.rejected)
+    print(f"  every rejected record is there with its reason: {'yes' if same else 'NO'}")
+    return same
+
+
+def _stripe(config: Config, spec: WorkloadSpec, expected: Expected) -> bool:
+    from reconciler.stripe_totals import meter_totals
+    from sinks.stripe.calls import caller_for
+
+    ours: Counter[tuple[str, str]] = Counter()
+    for (customer, meter, _), (value, _) in expected.totals.items():
+        ours[(customer, meter)] += value
+    starts = [start for _, _, start in expected.totals]
+    theirs = meter_totals(
+        caller_for(config), config, customer_ids(spec), min(starts), max(starts) + config.windows.size_ms
+    )
+    rows = [
+        {
+            "customer": c,
+            "meter": m,
+            "expected": ours[(c, m)],
+            "Stripe": theirs.get((c, m), 0),
+            "drift": theirs.get((c, m), 0) - ours[(c, m)],
+        }
+        for c, m in sorted(k for k in ours if ours[k])
+    ]
+    print(render(rows))
+    exact = all(row["drift"] == 0 for row in rows)
+    print(f"  Stripe {'equals' if exact else 'DIFFERS FROM'} the generator for all {len(rows)} pairs")
+    return exact
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
