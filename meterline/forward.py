@@ -132,6 +132,10 @@ class _PerThreadStream(io.TextIOBase):
     def isatty(self) -> bool:
         return self.target.isatty()
 
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # TextIOBase declares it read-only
+        return self.default.encoding
+
     def fileno(self) -> int:
         return self.default.fileno()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -11,8 +12,11 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from meterline import metrics
 from meterline.config import Config, TopicsConfig
 from meterline.errors import MeterlineError
+
+log = logging.getLogger("meterline.kafka")
 
 
 class KafkaUnavailableError(MeterlineError):
@@ -158,3 +162,32 @@ def isolated_topics(config: Config, bootstrap: str, label: str = "", partitions:
     return dataclasses.replace(
         config, topics=topics, kafka=dataclasses.replace(config.kafka, bootstrap=bootstrap)
     )
+
+
+class Assignment:
+    """The partitions a sink's consumer holds, logged on every change and exported as
+    meterline_sink_partitions: a sink that holds none while its topics have data is stuck, and
+    nothing else would show it (its lag is 0: it has nothing pending)."""
+
+    def __init__(self, sink: str) -> None:
+        self.sink = sink
+        self.held: set[tuple[str, int]] = set()
+        metrics.SINK_PARTITIONS.labels(sink).set(0)
+
+    def assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.held |= {(tp.topic, tp.partition) for tp in partitions}
+        self._changed("assigned", partitions)
+
+    def revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.held -= {(tp.topic, tp.partition) for tp in partitions}
+        self._changed("revoked", partitions)
+
+    def _changed(self, what: str, partitions: list[TopicPartition]) -> None:
+        metrics.SINK_PARTITIONS.labels(self.sink).set(len(self.held))
+        log.info(
+            "sink %s: %s %s; holds %d partitions",
+            self.sink,
+            what,
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing",
+            len(self.held),
+        )

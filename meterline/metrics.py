@@ -28,6 +28,9 @@ SINK_LAG_SECONDS = Gauge(
     "Age of the oldest record a sink has consumed but not yet committed (0 when caught up).",
     ["sink"],
 )
+SINK_PARTITIONS = Gauge(
+    "meterline_sink_partitions", "Partitions a sink's consumer holds (0: assigned none: stuck).", ["sink"]
+)
 SINK_RETRIES = Counter(
     "meterline_sink_retries", "ClickHouse writes retried while it was unavailable.", ["sink"]
 )

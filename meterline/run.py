@@ -143,14 +143,6 @@ def run(
     async def stream_started() -> None:
         health.set("stream", "ready")
 
-    roles = Roles(health)
-    roles.start("sink-clickhouse", lambda stop: ClickHouseSink(config, bootstrap).run(stop))
-    roles.start("sink-stripe", lambda stop: StripeSink(config, bootstrap).run(stop))
-    roles.start("webhooks", lambda stop: WebhookConsumer(config, bootstrap, client).run(stop))
-    roles.start("reconcile", lambda stop: reconcile_periodically(config, client, stop))
-    receiver = make_receiver(config, bootstrap, devstack.webhook_secret(config))
-    threading.Thread(target=receiver.serve_forever, name="webhook-receiver", daemon=True).start()
-
     def execute(argv: list[str]) -> int:
         from meterline.cli import main
 
@@ -158,7 +150,22 @@ def run(
             argv = ["--config", str(config_path.absolute()), *argv]
         return main(argv)
 
-    server = serve(config.run.host, config.run.port, health, api.routes(config, client, execute))
+    # The ports first: a port in use stops `run` before any role has started.
+    try:
+        server = serve(config.run.host, config.run.port, health, api.routes(config, client, execute))
+        receiver = make_receiver(config, bootstrap, devstack.webhook_secret(config))
+    except OSError as exc:
+        client.close()
+        raise MeterlineError(
+            f"cannot listen on {config.run.host} ({exc.strerror}): [run] port {config.run.port} and "
+            f"[stripe] webhook_port {config.stripe.webhook_port} must be free (0: any free port)"
+        ) from exc
+    threading.Thread(target=receiver.serve_forever, name="webhook-receiver", daemon=True).start()
+    roles = Roles(health)
+    roles.start("sink-clickhouse", lambda stop: ClickHouseSink(config, bootstrap).run(stop))
+    roles.start("sink-stripe", lambda stop: StripeSink(config, bootstrap).run(stop))
+    roles.start("webhooks", lambda stop: WebhookConsumer(config, bootstrap, client).run(stop))
+    roles.start("reconcile", lambda stop: reconcile_periodically(config, client, stop))
     url = f"http://{config.run.host}:{server.server_address[1]}"
     forward.announce(config, url)
     log.info(

@@ -248,6 +248,10 @@ class RunProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
 
+    def kill_if_running(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
+
     def stop(self) -> int:
         """SIGTERM; its exit code."""
         assert self.process is not None

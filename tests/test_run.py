@@ -10,6 +10,7 @@ import json
 import os
 import random
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from meterline.produce import produce_workload
 from meterline.workload import Expected, WorkloadSpec, customer_ids
 from reconciler.pricing import invoice, money
 from sinks.stripe.fake import FakeStripe
+from tests.conftest import TEST_PARTITIONS
 from tests.pipeline import HOUR_MS, PacedProducer, RunProcess, Workers, workload
 from tests.stripe_helpers import expected_by_customer_meter, set_up_stripe, stripe_totals
 
@@ -78,13 +80,20 @@ def wait_until_settled(
     )
 
 
+@pytest.fixture
+def run(workers: Workers, stripe_fake: tuple[FakeStripe, str], tmp_path: Path) -> Iterator[RunProcess]:
+    """A `meterline run` for this test (not started), killed after it if still running."""
+    process = RunProcess(run_environment(workers, stripe_fake[1]), tmp_path)
+    yield process
+    process.kill_if_running()
+
+
 def test_run_survives_sigkills_with_every_total_exact(
-    config: Config, workers: Workers, stripe_fake: tuple[FakeStripe, str], tmp_path: Path
+    config: Config, stripe_fake: tuple[FakeStripe, str], run: RunProcess
 ) -> None:
     _, base = stripe_fake
     spec = workload(events=30_000, seed=71)
     meters = set_up_stripe(config, base, customer_ids(spec))
-    run = RunProcess(run_environment(workers, base), tmp_path)
     run.start()
     run.url()
     producer = PacedProducer(config, spec, seconds=25)
@@ -100,6 +109,63 @@ def test_run_survives_sigkills_with_every_total_exact(
     assert run.starts == 4
     assert run.stop() == 0, run.logs()
     assert not run.run_file.exists()  # a clean stop withdraws its address
+
+
+def test_a_standalone_role_serves_its_own_metrics_and_health(workers: Workers, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a free port for the role to take
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "sink.log"
+    with open(log, "wb") as out:
+        role = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "meterline.cli",
+                "sink",
+                "clickhouse",
+                "--group",  # its own: the run tests' sinks use the default groups
+                f"test-sink-{port}",
+                "--http-port",
+                str(port),
+                "--log-format",
+                "json",
+            ],
+            env=workers.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert role.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+                    assert json.loads(response.read()) == {"ok": True, "roles": {"sink-clickhouse": "ready"}}
+                    break
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.5)
+        # Until its group has assigned it its partitions: stopping a member while its
+        # join is pending leaves the group stuck on tansu, for whoever joins it next.
+        held = ("meterline_sink_partitions", (("sink", "clickhouse"),))
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                samples = metric_samples(response.read().decode())
+            if samples.get(held):
+                break
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        assert samples[held] == 3 * TEST_PARTITIONS  # usage.aggregates, the DLQ, raw usage.events
+        assert samples[("meterline_sink_lag_seconds", (("sink", "clickhouse"),))] == 0
+    finally:
+        role.terminate()
+        assert role.wait(timeout=60) == 0
+    logged = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any(entry["logger"] == "meterline.sink.clickhouse" for entry in logged)
 
 
 # -- one settled run, looked at from outside --------------------------------------------------------
@@ -156,14 +222,16 @@ def settled(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
     )
     meters = set_up_stripe(config, base, customer_ids(spec))
     run = RunProcess(run_environment(Workers(config, tmp_path), base), tmp_path)
-    run.start()
-    url = run.url()
-    _, expected = produce_workload(config, kafka_bootstrap, spec)
-    wait_until_settled(run, base, meters, spec, expected, timeout=240)
-    yield Settled(run, url, spec, expected, config)
-    code = run.stop()
-    server.shutdown()
-    assert code == 0, run.logs()
+    try:
+        run.start()
+        url = run.url()
+        _, expected = produce_workload(config, kafka_bootstrap, spec)
+        wait_until_settled(run, base, meters, spec, expected, timeout=240)
+        yield Settled(run, url, spec, expected, config)
+        assert run.stop() == 0, run.logs()
+    finally:
+        run.kill_if_running()
+        server.shutdown()
 
 
 def usage_in(settled: Settled, customer: str) -> dict[str, int]:
@@ -199,6 +267,14 @@ def test_commands_beside_run_execute_inside_it(settled: Settled, tmp_path: Path)
     assert preview.returncode == 0, preview.stderr
     bill = invoice(settled.config.plan_for(customer), usage_in(settled, customer))
     assert json.loads(preview.stdout)["total"] == str(bill.total)
+
+    # Replay re-derives the windows from usage.events, inside run, and finds nothing to repair.
+    starts = [start for _, _, start in settled.expected.totals]
+    replayed = run.command("replay", "--from", str(min(starts)), "--to", str(max(starts) + 60_000), "--json")
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    summary = json.loads(replayed.stdout)
+    assert summary["windows"] == len(settled.expected.totals)
+    assert (summary["ClickHouse differs"], summary["Stripe differs"]) == (0, 0)
 
     # A relative --output is the caller's directory, not run's.
     dispute = run.command(
@@ -261,6 +337,8 @@ def test_metrics_health_and_readiness_report_the_pipeline(settled: Settled) -> N
     assert samples[("meterline_clickhouse_rows_total", (("table", "usage_window_revisions"),))] == aggregates
     assert samples[("meterline_sink_flush_seconds_count", (("sink", "clickhouse"),))] > 0
     assert samples[("meterline_sink_lag_seconds", (("sink", "stripe"),))] == 0
+    assert samples[("meterline_sink_partitions", (("sink", "clickhouse"),))] > 0
+    assert samples[("meterline_sink_partitions", (("sink", "stripe"),))] > 0
 
 
 def test_an_unknown_route_and_a_bad_grain_are_refused_clearly(settled: Settled) -> None:

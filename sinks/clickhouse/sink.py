@@ -32,7 +32,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from meterline import metrics
 from meterline.config import Config
 from meterline.devstack import clickhouse_dsn
-from meterline.kafka import group_consumer
+from meterline.kafka import Assignment, group_consumer
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import ClickHouseError, ClickHouseUnavailableError, connect, unavailable
 from sinks.clickhouse.rows import Route, Row, routes
@@ -100,6 +100,7 @@ class ClickHouseSink:
         self._record_times: dict[tuple[str, int], list[int]] = {}
         self._client: Client | None = None
         self._consumer = group_consumer(bootstrap, group_id)
+        self._assignment = Assignment("clickhouse")
         metrics.SINK_LAG_SECONDS.labels("clickhouse").set_function(self.oldest_pending_seconds)
 
     def oldest_pending_seconds(self) -> float:
@@ -108,7 +109,12 @@ class ClickHouseSink:
         return 0.0 if since is None else time.monotonic() - since
 
     def run(self, should_stop: Callable[[], bool]) -> None:
-        self._consumer.subscribe(list(self.routes), on_revoke=self._revoked, on_lost=self._revoked)
+        self._consumer.subscribe(
+            list(self.routes),
+            on_assign=self._assignment.assigned,
+            on_revoke=self._revoked,
+            on_lost=self._revoked,
+        )
         last_log = time.monotonic()
         try:
             while not should_stop():
@@ -238,6 +244,7 @@ class ClickHouseSink:
         metrics.CLICKHOUSE_ROWS.labels(buffer.route.table).inc(len(buffer.rows))
 
     def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assignment.revoked(_consumer, partitions)
         for tp in partitions:
             if self._buffers.pop((tp.topic, tp.partition), None) is not None:
                 log.info(

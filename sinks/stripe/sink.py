@@ -31,7 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 
 from meterline import metrics
 from meterline.config import Config
-from meterline.kafka import group_consumer
+from meterline.kafka import Assignment, group_consumer
 from meterline.logs import context
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
@@ -90,7 +90,13 @@ class StripeSink:
         return 0.0 if since is None else time.monotonic() - since
 
     def run(self, should_stop: Callable[[], bool]) -> None:
-        self._consumer.subscribe([self.config.topics.aggregates])
+        assignment = Assignment("stripe")
+        self._consumer.subscribe(
+            [self.config.topics.aggregates],
+            on_assign=assignment.assigned,
+            on_revoke=assignment.revoked,
+            on_lost=assignment.revoked,
+        )
         last_log = time.monotonic()
         try:
             while not should_stop():
