@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from meterline import devstack, forward, inspect, progress
 from meterline.config import Config
+from meterline.errors import MeterlineError
 from meterline.kafka import committed_reaches, read_ends
 from meterline.table import render
 from meterline.workload import Expected, WorkloadSpec, customer_ids
@@ -46,7 +48,7 @@ DEAD_LETTERS = (
 def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, workers: int, keep: bool) -> int:
     from meterline.produce import produce_workload
 
-    print("== 1. the local stack (tansu broker, embedded ClickHouse, Stripe fake)")
+    _clear_the_stack(config)
     devstack.up(config, log=print)
     run: subprocess.Popen[bytes] | None = None
     try:
@@ -128,6 +130,32 @@ def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, workers: 
         if not keep:
             print("\n== stopping `meterline run` and the local stack (use --keep to leave them up)")
             devstack.down(config, log=print)
+
+
+def _clear_the_stack(config: Config) -> None:
+    """Every number is compared with the generator's, so the demo starts from nothing: a new
+    broker and Stripe fake, and an empty embedded ClickHouse. Only on the local stack."""
+    external = [
+        name
+        for name, value in (
+            ("KAFKA_BOOTSTRAP", config.kafka.bootstrap),
+            ("CLICKHOUSE_DSN", config.clickhouse.dsn),
+            ("STRIPE_API_KEY", config.stripe.api_key),
+            ("STRIPE_API_BASE", config.stripe.api_base),
+        )
+        if value
+    ]
+    if external:
+        raise MeterlineError(f"the demo runs on the local stack only: unset {', '.join(external)}")
+    running = forward.running(config)
+    if running is not None:
+        raise MeterlineError(
+            f"`meterline run` (pid {running.pid}) is up: stop it first; the demo starts its own"
+        )
+    clickhouse = config.dev.state_dir / "clickhouse"
+    print(f"== 1. the local stack, afresh: a new broker and Stripe fake, an empty ClickHouse at {clickhouse}")
+    devstack.down(config, log=lambda _line: None)
+    shutil.rmtree(clickhouse, ignore_errors=True)
 
 
 def _onboard(config: Config, spec: WorkloadSpec) -> None:
