@@ -723,6 +723,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     from confluent_kafka import Producer
 
+    from meterline.kafka import settings
     from reconciler.compare import compare
     from reconciler.replay import clickhouse_differences, rederive, repairs, reported_windows, stored_windows
     from reconciler.stripe_totals import StripeTotals
@@ -757,7 +758,7 @@ def _replay(args: argparse.Namespace) -> int:
     if fixes:
         serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
         producer = Producer(
-            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"}
+            settings(bootstrap, {"enable.idempotence": True, "partitioner": "murmur2_random"})
         )
         for fix in fixes:
             producer.produce(config.topics.aggregates, serde.encode_aggregate(fix), fix.customer_id.encode())

@@ -17,6 +17,13 @@ from meterline.config import Config, TopicsConfig
 from meterline.errors import MeterlineError
 
 log = logging.getLogger("meterline.kafka")
+_LIBRDKAFKA = logging.getLogger("meterline.librdkafka")
+
+
+def settings(bootstrap: str, extra: Mapping[str, object] | None = None) -> dict[str, object]:
+    """A confluent-kafka client's settings: librdkafka's own log lines (disconnects, retries) go
+    through Python logging, so they take the process's --log-format instead of raw stderr."""
+    return {"bootstrap.servers": bootstrap, "logger": _LIBRDKAFKA, **(extra or {})}
 
 
 class KafkaUnavailableError(MeterlineError):
@@ -87,21 +94,23 @@ def group_consumer(bootstrap: str, group_id: str) -> Consumer:
     at the earliest offset when the group has none. A group join waits half the session timeout
     on tansu (DESIGN §7), hence 6 s."""
     return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 1000,
-        }
+        settings(
+            bootstrap,
+            {
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 1000,
+            },
+        )
     )
 
 
 def consumer_from_beginning(bootstrap: str, topic: str, group_id: str) -> Consumer:
     """A consumer assigned every partition of `topic` from its first offset; it commits nothing."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False})
+    consumer = Consumer(settings(bootstrap, {"group.id": group_id, "enable.auto.commit": False}))
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     return consumer
@@ -143,7 +152,7 @@ def read_ends(bootstrap: str, topics: Iterable[str], quiet_s: float = 1.0) -> di
 
 def committed_reaches(bootstrap: str, group_id: str, ends: Mapping[tuple[str, int], int]) -> bool:
     """Whether `group_id` has committed at least `ends` (topic, partition -> offset) everywhere."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False})
+    consumer = Consumer(settings(bootstrap, {"group.id": group_id, "enable.auto.commit": False}))
     try:
         committed = consumer.committed([TopicPartition(t, p) for t, p in ends], timeout=10)
     finally:

@@ -36,7 +36,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from meterline.config import Config
 from meterline.errors import MeterlineError
-from meterline.kafka import partition_count
+from meterline.kafka import partition_count, settings
 from reconciler.compare import Difference, compare
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
@@ -112,7 +112,7 @@ def _mark_ends(config: Config, bootstrap: str, partitions: Iterable[int]) -> byt
     """Append this run's end marker to every partition; returns its id."""
     marker = uuid.uuid4().hex.encode()
     tick = AvroSerde.from_registry_url(config.kafka.schema_registry_url).encode_batch([])
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer = Producer(settings(bootstrap, {"enable.idempotence": True}))
     for partition in partitions:
         producer.produce(config.topics.events, tick, partition=partition, headers=[(END_HEADER, marker)])
     if producer.flush(30) > 0:
@@ -129,12 +129,14 @@ def _rederive_partition(job: tuple[Config, str, int, int, int, str | None, bytes
     processor = PartitionProcessor(partition, rules_from(config), store)
     first = _first_offset(config, bootstrap, partition, start_ms)
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"meterline-replay-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "fetch.max.bytes": 52_428_800,
-        }
+        settings(
+            bootstrap,
+            {
+                "group.id": f"meterline-replay-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "fetch.max.bytes": 52_428_800,
+            },
+        )
     )
     consumer.assign([TopicPartition(config.topics.events, partition, first)])
     records = events = 0
@@ -177,7 +179,7 @@ def _rederive_partition(job: tuple[Config, str, int, int, int, str | None, bytes
 
 
 def _first_offset(config: Config, bootstrap: str, partition: int, start_ms: int) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "meterline-replay-offsets"})
+    consumer = Consumer(settings(bootstrap, {"group.id": "meterline-replay-offsets"}))
     try:
         since = max(0, start_ms - config.windows.max_clock_skew_ms)
         [found] = consumer.offsets_for_times(

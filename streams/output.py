@@ -26,6 +26,7 @@ from typing import Any, cast
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from meterline.errors import MeterlineError
+from meterline.kafka import settings
 from streams.state import Entries
 
 log = logging.getLogger("meterline.stream")
@@ -37,15 +38,17 @@ class Output:
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
         self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "queue.buffering.max.messages": 1_000_000,
-                # Keyed messages (aggregates, dead letters) land where Kafka's Java client would put them.
-                "partitioner": "murmur2_random",
-            }
+            settings(
+                bootstrap,
+                {
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 5,
+                    "queue.buffering.max.messages": 1_000_000,
+                    # Keyed messages (aggregates, dead letters) land where Kafka's Java client would put them.
+                    "partitioner": "murmur2_random",
+                },
+            )
         )
         self._failure: str | None = None
 
@@ -164,11 +167,7 @@ def recover(output: Output, topic: str, partition: int, into: Entries, timeout: 
     output.send(topic, _MARKER_KEY, marker, partition=partition)
     output.flush()
     consumer = Consumer(
-        {
-            "bootstrap.servers": output.bootstrap,
-            "group.id": f"recovery-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-        }
+        settings(output.bootstrap, {"group.id": f"recovery-{uuid.uuid4().hex}", "enable.auto.commit": False})
     )
     consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
     read = 0

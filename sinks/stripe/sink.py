@@ -31,7 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 
 from meterline import metrics
 from meterline.config import Config
-from meterline.kafka import Assignment, group_consumer
+from meterline.kafka import Assignment, group_consumer, settings
 from meterline.logs import context
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
@@ -80,7 +80,7 @@ class StripeSink:
         self.ledger = Ledger(self._client, self.mode)
         self._pool = ThreadPoolExecutor(config.stripe.concurrency, thread_name_prefix="stripe")
         self._consumer = group_consumer(bootstrap, group_id)
-        self._dlq = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+        self._dlq = Producer(settings(bootstrap, {"enable.idempotence": True, "linger.ms": 5}))
         self._batch_since: float | None = None
         metrics.SINK_LAG_SECONDS.labels("stripe").set_function(self.oldest_pending_seconds)
 

@@ -32,7 +32,7 @@ from confluent_kafka import KafkaException, Message, Producer
 
 from meterline import metrics
 from meterline.config import Config
-from meterline.kafka import group_consumer, partition_count
+from meterline.kafka import group_consumer, partition_count, settings
 from meterline.logs import context
 from schemas.serde import AvroSerde
 from sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
@@ -49,7 +49,7 @@ PATH = "/webhooks/stripe"
 def make_receiver(
     config: Config, bootstrap: str, secret: str, port: int | None = None
 ) -> ThreadingHTTPServer:
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 0})
+    producer = Producer(settings(bootstrap, {"enable.idempotence": True, "linger.ms": 0}))
     tolerance = config.stripe.webhook_tolerance_seconds
     topic = config.topics.webhooks
 
@@ -113,7 +113,7 @@ class WebhookConsumer:
         self.processed = 0
         self.duplicates = 0
         self._consumer = group_consumer(bootstrap, group_id)
-        self._ticks = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+        self._ticks = Producer(settings(bootstrap, {"enable.idempotence": True}))
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "invoice.created": self._invoice_created,
             "invoice.finalized": self._invoice_finalized,
