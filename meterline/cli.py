@@ -467,23 +467,14 @@ def _write_expected(path: Path, document: dict[str, Any]) -> None:
 def _stream(args: argparse.Namespace) -> int:
     import faust
 
-    from meterline import metrics
+    from meterline.run import stream_app
     from meterline.server import Health, serve
-    from streams.app import build_app
 
     config = _load(args)
-    data_dir = args.data_dir or devstack.stream_state_dir(config) / config.stream.app_id
-    data_dir.mkdir(parents=True, exist_ok=True)
-    app, runtime = build_app(config, devstack.kafka_bootstrap(config), data_dir.resolve())
+    health = Health()
+    app = stream_app(config, devstack.kafka_bootstrap(config), args.data_dir, health)
     if args.http_port is not None:
-        health = Health({"stream": "starting"})
-        metrics.register_stream(runtime.snapshot)
         serve(config.run.host, args.http_port, health)
-
-        @app.task  # type: ignore[untyped-decorator]  # runs once the Faust app has started
-        async def started() -> None:
-            health.set("stream", "ready")
-
     # Faust's worker owns the event loop and the signals: SIGTERM and Ctrl-C stop it cleanly.
     faust.Worker(
         app, loglevel=args.log_level, logging_config=logs.config_dict(args.log_level, args.log_format)

@@ -18,8 +18,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,8 +79,12 @@ def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, workers: 
         judged = inspect.summarize(config, result.messages).document()
         print(inspect.describe(judged))
         wanted = expected.to_json(spec)
-        judged_right = judged["records"] == {k: wanted["records"][k] for k in judged["records"]}
-        print(f"  against the generator's expectation: {'the same' if judged_right else 'DIFFERENT'}")
+        judged_right = (
+            judged["records"] == {k: wanted["records"][k] for k in judged["records"]}
+            and judged["totals_by_customer_meter"] == wanted["totals_by_customer_meter"]
+        )
+        verdict = "the same outcomes and totals" if judged_right else "DIFFERENT"
+        print(f"  against the generator's expectation: {verdict}")
 
         print("\n== 4. Stripe onboarding: `meterline stripe sync`, and a Stripe customer per demo customer")
         _onboard(config, spec)
@@ -197,21 +199,13 @@ def _start_run(
     deadline = time.monotonic() + 120
     while True:
         address = forward.running(config)
-        if address is not None and address.pid == run.pid and _ready(address.url):
+        if address is not None and address.pid == run.pid and devstack.http_ok(f"{address.url}/readyz"):
             break
         if run.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"`meterline run` did not come up: see {log_path}")
         time.sleep(0.5)
     print(f"  pid {run.pid}, log {log_path}; {address.url}/readyz says every role is ready")
     return run, address
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _wait_streamed(config: Config, wanted: dict[str, object], run: subprocess.Popen[bytes]) -> bool:

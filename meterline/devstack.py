@@ -272,7 +272,7 @@ def _up_stripe(config: Config, previous: ServiceState | None, log: Any) -> Servi
     if config.stripe.api_base:  # a fake (or a mock) someone else runs
         return ServiceState("stripe", config.stripe.api_base, None)
     if previous is not None and previous.pid is not None and _is_ours(previous):
-        if _http_answers(previous.address):
+        if http_ok(f"{previous.address}/healthz"):
             log(f"stripe fake already running at {previous.address} (pid {previous.pid})")
             return previous
         _stop(previous.pid)
@@ -280,14 +280,15 @@ def _up_stripe(config: Config, previous: ServiceState | None, log: Any) -> Servi
     address = f"http://127.0.0.1:{port}"
     log_path = config.dev.state_dir / "stripe-fake.log"
     process = _spawn([sys.executable, "-m", "sinks.stripe.fake", "--port", str(port)], log_path)
-    _wait("stripe fake", process, log_path, lambda: _http_answers(address))
+    _wait("stripe fake", process, log_path, lambda: http_ok(f"{address}/healthz"))
     log(f"stripe fake at {address}, pid {process.pid}")
     return ServiceState("stripe", address, process.pid, str(log_path))
 
 
-def _http_answers(base: str) -> bool:
+def http_ok(url: str) -> bool:
+    """Whether GET `url` answers 200 within 2 s."""
     try:
-        with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -303,7 +304,7 @@ def _answers(name: str, address: str) -> bool:
         return _clickhouse_answers(address)
     if address.startswith("https://api.stripe.com"):
         return True  # real Stripe: not probed without a call that costs an API request
-    return _http_answers(address)
+    return http_ok(f"{address}/healthz")
 
 
 def _port(configured: int, field: str) -> int:

@@ -32,6 +32,7 @@ from meterline.errors import MeterlineError
 from meterline.server import Health, serve
 
 if TYPE_CHECKING:
+    import faust
     from clickhouse_connect.driver.client import Client
 
 log = logging.getLogger("meterline.run")
@@ -109,6 +110,24 @@ def reconcile_periodically(config: Config, client: Client, should_stop: Callable
         time.sleep(0.5)
 
 
+def stream_app(config: Config, bootstrap: str, data_dir: Path | None, health: Health) -> faust.App:
+    """The stream app, its state store in `data_dir` (default: <state_dir>/stream/<app_id>), its
+    counters on /metrics, and `ready` on /readyz once Faust has started it."""
+    from streams.app import build_app
+
+    data_dir = data_dir or devstack.stream_state_dir(config) / config.stream.app_id
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app, runtime = build_app(config, bootstrap, data_dir.resolve())
+    metrics.register_stream(runtime.snapshot)
+    health.set("stream", "starting")
+
+    @app.task  # type: ignore[untyped-decorator]  # runs once the Faust app has started
+    async def started() -> None:
+        health.set("stream", "ready")
+
+    return app
+
+
 def run(
     config: Config, config_path: Path | None, data_dir: Path | None, log_level: str, log_format: str
 ) -> int:
@@ -119,29 +138,20 @@ def run(
     from sinks.clickhouse.sink import ClickHouseSink
     from sinks.stripe.sink import StripeSink
     from sinks.stripe.webhooks import PATH, WebhookConsumer, make_receiver
-    from streams.app import build_app
 
     logs.setup(log_level, log_format)
     stack_was_up = any(s.state == "running" for s in devstack.status(config))
     devstack.up(config, log=log.info)
     bootstrap = devstack.kafka_bootstrap(config)
     client = connect(config)
+    health = Health()
     try:
         migrated = migrate(client, config.clickhouse.raw_events_ttl_days)
         log.info("ClickHouse schema version %d", migrated.current)
-        data_dir = data_dir or devstack.stream_state_dir(config) / config.stream.app_id
-        data_dir.mkdir(parents=True, exist_ok=True)
-        app, runtime = build_app(config, bootstrap, data_dir.resolve())
+        app = stream_app(config, bootstrap, data_dir, health)
     except BaseException:
         client.close()
         raise
-    health = Health()
-    metrics.register_stream(runtime.snapshot)
-    health.set("stream", "starting")
-
-    @app.task  # type: ignore[untyped-decorator]  # runs once the Faust app has started
-    async def stream_started() -> None:
-        health.set("stream", "ready")
 
     def execute(argv: list[str]) -> int:
         from meterline.cli import main

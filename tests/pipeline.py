@@ -201,6 +201,18 @@ class SinkProcess:
             time.sleep(0.5)
 
 
+def http_get(url: str) -> tuple[int, str]:
+    """(status, body), error statuses included; an unreachable server raises URLError."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 class RunProcess:
     """A `meterline run` process (all roles in one), started, killed and stopped at will; commands
     started beside it with the same environment run inside it (meterline.forward)."""
@@ -225,7 +237,6 @@ class RunProcess:
         """Its HTTP address, once it has announced it and answers /readyz."""
         import json
         import urllib.error
-        import urllib.request
 
         assert self.process is not None
         deadline = time.monotonic() + timeout
@@ -236,9 +247,8 @@ class RunProcess:
                 announced = json.loads(self.run_file.read_text())
                 if announced["pid"] == self.process.pid:
                     url = str(announced["url"])
-                    with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                        if response.status == 200:
-                            return url
+                    if http_get(f"{url}/readyz")[0] == 200:
+                        return url
             except (OSError, ValueError, urllib.error.URLError):
                 pass
             time.sleep(0.5)

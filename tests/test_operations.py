@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.error
-import urllib.request
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from meterline.forward import absolute_paths
 from meterline.logs import JsonFormatter, TextFormatter, context
 from meterline.server import Health, Response, serve
 from reconciler.pricing import MeterPrice
+from tests.pipeline import http_get
 
 DAY = 86_400_000
 
@@ -65,14 +64,6 @@ def test_forwarded_paths_are_the_callers(tmp_path: Path, monkeypatch: pytest.Mon
     assert absolute_paths(["sql", "SELECT 1"]) == ["sql", "SELECT 1"]
 
 
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def test_health_routes_and_a_failing_route() -> None:
     health = Health({"stream": "starting"})
 
@@ -88,21 +79,21 @@ def test_health_routes_and_a_failing_route() -> None:
     server = serve("127.0.0.1", 0, health, routes)
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        assert get(f"{base}/healthz")[0] == 200
-        assert get(f"{base}/readyz")[0] == 503  # starting
+        assert http_get(f"{base}/healthz")[0] == 200
+        assert http_get(f"{base}/readyz")[0] == 503  # starting
         health.set("stream", "ready")
-        status, body = get(f"{base}/readyz")
+        status, body = http_get(f"{base}/readyz")
         assert status == 200 and json.loads(body) == {"ok": True, "roles": {"stream": "ready"}}
         health.set("sink", "failed: boom")
-        assert get(f"{base}/healthz")[0] == 503 and get(f"{base}/readyz")[0] == 503
-        assert json.loads(get(f"{base}/customers/cust-1?grain=day")[1]) == {
+        assert http_get(f"{base}/healthz")[0] == 503 and http_get(f"{base}/readyz")[0] == 503
+        assert json.loads(http_get(f"{base}/customers/cust-1?grain=day")[1]) == {
             "path": "/customers/cust-1",
             "query": {"grain": "day"},
         }
-        assert get(f"{base}/customers")[0] == 404  # the prefix route is /customers/...
-        status, body = get(f"{base}/boom")
+        assert http_get(f"{base}/customers")[0] == 404  # the prefix route is /customers/...
+        status, body = http_get(f"{base}/boom")
         assert status == 500 and "the handler broke" in body
-        assert get(f"{base}/metrics")[0] == 200  # the server survived the broken route
+        assert http_get(f"{base}/metrics")[0] == 200  # the server survived the broken route
     finally:
         server.shutdown()
 

@@ -11,7 +11,6 @@ import os
 import random
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +24,7 @@ from meterline.workload import Expected, WorkloadSpec, customer_ids
 from reconciler.pricing import invoice, money
 from sinks.stripe.fake import FakeStripe
 from tests.conftest import TEST_PARTITIONS
-from tests.pipeline import HOUR_MS, PacedProducer, RunProcess, Workers, workload
+from tests.pipeline import HOUR_MS, PacedProducer, RunProcess, Workers, http_get, workload
 from tests.stripe_helpers import expected_by_customer_meter, set_up_stripe, stripe_totals
 
 WINDOWS = (
@@ -144,17 +143,18 @@ def test_a_standalone_role_serves_its_own_metrics_and_health(workers: Workers, t
         while True:
             assert role.poll() is None and time.monotonic() < deadline, log.read_text()
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-                    assert json.loads(response.read()) == {"ok": True, "roles": {"sink-clickhouse": "ready"}}
-                    break
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.5)
+                status, body = http_get(f"http://127.0.0.1:{port}/readyz")
+            except (urllib.error.URLError, OSError):  # not listening yet
+                status, body = 0, ""
+            if status == 200:
+                assert json.loads(body) == {"ok": True, "roles": {"sink-clickhouse": "ready"}}
+                break
+            time.sleep(0.5)
         # Until its group has assigned it its partitions: stopping a member while its
         # join is pending leaves the group stuck on tansu, for whoever joins it next.
         held = ("meterline_sink_partitions", (("sink", "clickhouse"),))
         while True:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-                samples = metric_samples(response.read().decode())
+            samples = metric_samples(http_get(f"http://127.0.0.1:{port}/metrics")[1])
             if samples.get(held):
                 break
             assert time.monotonic() < deadline, log.read_text()
@@ -183,11 +183,7 @@ class Settled:
         return datetime.fromtimestamp(self.spec.start_ms / 1000, UTC).strftime("%Y-%m")
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
+        return http_get(f"{self.url}{path}")
 
 
 @pytest.fixture(scope="module")
