@@ -9,7 +9,6 @@ session.timeout.ms, so consumers here use 6000 ms).
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +17,9 @@ import pytest
 from meterline import devstack
 from meterline.config import Config, load_config
 from meterline.kafka import isolated_topics
-from sinks.stripe.fake import FakeStripe, make_server
+from sinks.stripe.fake import FakeStripe
 from tests.pipeline import Workers
+from tests.stripe_helpers import serve_fake
 
 TEST_PARTITIONS = 4
 
@@ -58,11 +58,18 @@ def broker_config(state_dir: Path, **env: str) -> Config:
     return load_config(None, {"METERLINE__DEV__STATE_DIR": str(state_dir), **env})
 
 
+def isolated_config(kafka_bootstrap: str, state_dir: Path) -> Config:
+    """The default configuration pointed at the session broker, with topics of its own."""
+    base = load_config(
+        None, {"KAFKA_BOOTSTRAP": kafka_bootstrap, "METERLINE__DEV__STATE_DIR": str(state_dir)}
+    )
+    return isolated_topics(base, kafka_bootstrap, partitions=TEST_PARTITIONS)
+
+
 @pytest.fixture
 def config(kafka_bootstrap: str, tmp_path: Path) -> Config:
     """The default configuration pointed at the session broker, with topics unique to this test."""
-    base = load_config(None, {"KAFKA_BOOTSTRAP": kafka_bootstrap, "METERLINE__DEV__STATE_DIR": str(tmp_path)})
-    return isolated_topics(base, kafka_bootstrap, partitions=TEST_PARTITIONS)
+    return isolated_config(kafka_bootstrap, tmp_path)
 
 
 @pytest.fixture
@@ -76,10 +83,7 @@ def workers(config: Config, tmp_path: Path) -> Iterator[Workers]:
 @pytest.fixture
 def stripe_fake() -> Iterator[tuple[FakeStripe, str]]:
     """The Stripe fake on a free loopback port, in this process (its state is inspected directly)."""
-    fake = FakeStripe(seed=1)
-    server = make_server(fake)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield fake, f"http://127.0.0.1:{server.server_address[1]}"
+    fake, server, base = serve_fake(seed=1)
+    yield fake, base
     server.shutdown()
     server.server_close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +37,36 @@ def workload(events: int, seed: int) -> WorkloadSpec:
         late_rate=0.01,
         malformed_rate=0.01,
     )
+
+
+def small_workload(seed: int, events: int = 6_000) -> WorkloadSpec:
+    """Few windows (3 customers, 2 hours): a Stripe call each, at a test's pace."""
+    now = int(time.time() * 1000)
+    return WorkloadSpec(
+        seed=seed,
+        events=events,
+        customers=3,
+        start_ms=now - 2 * HOUR_MS,
+        span_ms=2 * HOUR_MS - 60_000,
+        duplicate_rate=0.03,
+        out_of_order_rate=0.05,
+        late_rate=0.02,
+        malformed_rate=0.01,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_meterline(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`meterline <args>` in its own process, stdout and stderr into `log_path`."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "meterline.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 class Workers:
@@ -69,20 +100,9 @@ class Workers:
 
     def start(self, name: str) -> None:
         self.starts += 1
-        log = open(self.tmp_path / f"{name}-{self.starts}.log", "wb")  # noqa: SIM115  # closed with the process
         self.log_of[name] = self.tmp_path / f"{name}-{self.starts}.log"
-        self.running[name] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "meterline.cli",
-                "stream",
-                "--data-dir",
-                str(self.tmp_path / name),
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        self.running[name] = start_meterline(
+            ["stream", "--data-dir", str(self.tmp_path / name)], self.env, self.log_of[name]
         )
 
     def kill(self, name: str) -> None:
@@ -168,12 +188,10 @@ class SinkProcess:
 
     def start(self) -> None:
         self.starts += 1
-        log = open(self.tmp_path / f"sink-{self.kind}-{self.starts}.log", "wb")  # noqa: SIM115  # closed with the process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "meterline.cli", "sink", self.kind, "--group", self.group],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        self.process = start_meterline(
+            ["sink", self.kind, "--group", self.group],
+            self.env,
+            self.tmp_path / f"sink-{self.kind}-{self.starts}.log",
         )
 
     def kill(self) -> None:
@@ -228,10 +246,7 @@ class RunProcess:
 
     def start(self) -> None:
         self.starts += 1
-        log = open(self.tmp_path / f"run-{self.starts}.log", "wb")  # noqa: SIM115  # closed with the process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "meterline.cli", "run"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
+        self.process = start_meterline(["run"], self.env, self.tmp_path / f"run-{self.starts}.log")
 
     def url(self, timeout: float = 60) -> str:
         """Its HTTP address, once it has announced it and answers /readyz."""

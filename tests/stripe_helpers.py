@@ -3,16 +3,28 @@ reconciler does (meter event summaries per customer and meter)."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
+from http.server import ThreadingHTTPServer
 
 import stripe
 
 from meterline.config import Config
 from meterline.workload import Expected
 from sinks.stripe.calls import Caller, RateLimiter
+from sinks.stripe.fake import FakeStripe, make_server
 from sinks.stripe.sync import sync
 
 KEY = "sk_test_meterline_fake"
+
+
+def serve_fake(seed: int) -> tuple[FakeStripe, ThreadingHTTPServer, str]:
+    """The Stripe fake on a free loopback port, in this process (its state is inspected directly):
+    the fake, its server (shut it down after) and its base address."""
+    fake = FakeStripe(seed=seed)
+    server = make_server(fake)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return fake, server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def stripe_api(base: str) -> stripe.StripeClient:

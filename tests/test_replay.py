@@ -22,10 +22,9 @@ from sinks.clickhouse.rows import REVISION_COLUMNS
 from sinks.clickhouse.sink import ClickHouseSink
 from sinks.stripe.fake import FakeStripe
 from sinks.stripe.sink import StripeSink
-from tests.pipeline import Workers, wait_until_exact
+from tests.pipeline import Workers, small_workload, wait_until_exact
 from tests.stripe_helpers import set_up_stripe
 from tests.test_reconcile import run_sink
-from tests.test_stripe_sink import small_workload
 
 
 def test_replay_finds_a_corrupted_window_and_repair_converges_both_sinks(

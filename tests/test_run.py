@@ -23,9 +23,19 @@ from meterline.produce import produce_workload
 from meterline.workload import Expected, WorkloadSpec, customer_ids
 from reconciler.pricing import invoice, money
 from sinks.stripe.fake import FakeStripe
-from tests.conftest import TEST_PARTITIONS
-from tests.pipeline import HOUR_MS, PacedProducer, RunProcess, Workers, http_get, workload
-from tests.stripe_helpers import expected_by_customer_meter, set_up_stripe, stripe_totals
+from tests.conftest import TEST_PARTITIONS, isolated_config
+from tests.pipeline import (
+    HOUR_MS,
+    PacedProducer,
+    RunProcess,
+    Workers,
+    free_port,
+    http_get,
+    small_workload,
+    start_meterline,
+    workload,
+)
+from tests.stripe_helpers import expected_by_customer_meter, serve_fake, set_up_stripe, stripe_totals
 
 WINDOWS = (
     "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start) AS w, sum(value) AS v, "
@@ -111,33 +121,20 @@ def test_run_survives_sigkills_with_every_total_exact(
 
 
 def test_a_standalone_role_serves_its_own_metrics_and_health(workers: Workers, tmp_path: Path) -> None:
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as probe:  # a free port for the role to take
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = tmp_path / "sink.log"
-    with open(log, "wb") as out:
-        role = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "meterline.cli",
-                "sink",
-                "clickhouse",
-                "--group",  # its own: the run tests' sinks use the default groups
-                f"test-sink-{port}",
-                "--http-port",
-                str(port),
-                "--log-format",
-                "json",
-            ],
-            env=workers.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    # Its own group: the run tests' sinks use the default groups.
+    args = [
+        "sink",
+        "clickhouse",
+        "--group",
+        f"test-sink-{port}",
+        "--http-port",
+        str(port),
+        "--log-format",
+        "json",
+    ]
+    role = start_meterline(args, workers.env, log)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -190,33 +187,10 @@ class Settled:
 def settled(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settled]:
     """A `meterline run` that has taken a small workload (3 customers, 2 hours) into ClickHouse and
     Stripe exactly, for the tests below to question."""
-    import threading
-
-    from meterline.config import load_config
-    from meterline.kafka import isolated_topics
-    from sinks.stripe.fake import make_server
-
     tmp_path = tmp_path_factory.mktemp("settled-run")
-    base_config = load_config(
-        None, {"KAFKA_BOOTSTRAP": kafka_bootstrap, "METERLINE__DEV__STATE_DIR": str(tmp_path)}
-    )
-    config = isolated_topics(base_config, kafka_bootstrap, partitions=4)
-    fake = FakeStripe(seed=2)
-    server = make_server(fake)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    now = int(time.time() * 1000)
-    spec = WorkloadSpec(
-        seed=72,
-        events=6_000,
-        customers=3,
-        start_ms=now - 2 * HOUR_MS,
-        span_ms=2 * HOUR_MS - 60_000,
-        duplicate_rate=0.03,
-        out_of_order_rate=0.05,
-        late_rate=0.02,
-        malformed_rate=0.01,
-    )
+    config = isolated_config(kafka_bootstrap, tmp_path)
+    _, server, base = serve_fake(seed=2)
+    spec = small_workload(seed=72)
     meters = set_up_stripe(config, base, customer_ids(spec))
     run = RunProcess(run_environment(Workers(config, tmp_path), base), tmp_path)
     try:

@@ -34,26 +34,10 @@ from sinks.stripe.report import identifier
 from sinks.stripe.sink import StripeSink
 from sinks.stripe.sync import sync
 from tests.kafka_helpers import read_messages
-from tests.pipeline import SinkProcess, Workers, wait_until_exact
+from tests.pipeline import SinkProcess, Workers, small_workload, wait_until_exact
 from tests.stripe_helpers import KEY, expected_by_customer_meter, set_up_stripe, stripe_api, stripe_totals
 
 HOUR_MS = 3_600_000
-
-
-def small_workload(seed: int, events: int = 6_000) -> WorkloadSpec:
-    """Few windows (3 customers, 2 hours): a Stripe call each, at a test's pace."""
-    now = int(time.time() * 1000)
-    return WorkloadSpec(
-        seed=seed,
-        events=events,
-        customers=3,
-        start_ms=now - 2 * HOUR_MS,
-        span_ms=2 * HOUR_MS - 60_000,
-        duplicate_rate=0.03,
-        out_of_order_rate=0.05,
-        late_rate=0.02,
-        malformed_rate=0.01,
-    )
 
 
 @pytest.fixture

@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -28,6 +25,7 @@ from sinks.stripe.ledger import Ledger
 from sinks.stripe.report import Outcome, Status, identifier
 from sinks.stripe.webhook_signature import SignatureError, sign, verify
 from tests.kafka_helpers import read_messages
+from tests.pipeline import free_port, start_meterline
 
 NOW = int(time.time())
 
@@ -45,12 +43,6 @@ def test_a_signature_verifies_only_with_its_secret_payload_and_time() -> None:
     ]:
         with pytest.raises(SignatureError, match=why):
             verify(payload, head, secret, now)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def post(base: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -89,22 +81,7 @@ def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
         "METERLINE__TOPICS__WEBHOOKS": config.topics.webhooks,
     }
     log_path = tmp_path / "webhooks.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "meterline.cli",
-                "webhooks",
-                "--port",
-                str(port),
-                "--group",
-                "test-webhooks",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_meterline(["webhooks", "--port", str(port), "--group", "test-webhooks"], env, log_path)
     try:
         deadline = time.monotonic() + 60
         while b"listening on" not in log_path.read_bytes():
