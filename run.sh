@@ -1,6 +1,6 @@
 #!/usr/bin/env sh
 # The README's two commands: `./run.sh demo` and `./run.sh test`.
-# Each sets up a virtual environment in .venv (Python 3.11+, nothing else needed) and runs.
+# Each sets up a virtual environment in .venv (Python 3.11+ and a C compiler: one module is compiled) and runs.
 set -eu
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"

@@ -86,7 +86,8 @@ class PartitionProcessor:
     store: Store
     clock: PartitionClock = field(default_factory=PartitionClock)
     stats: ProcessorStats = field(default_factory=ProcessorStats)
-    _open: dict[WindowKey, WindowState] = field(default_factory=dict)
+    # keyed by WindowKey, looked up also by plain (customer, meter, window_start) tuples
+    _open: dict[tuple[str, str, int], WindowState] = field(default_factory=dict)
     _closing: list[tuple[int, WindowKey]] = field(default_factory=list)  # heap of (window_end, key)
     # heap of (deadline, forget, key) of closed windows: forget=False drops the dedup set, True the window
     _aging: list[tuple[int, bool, WindowKey]] = field(default_factory=list)
@@ -121,14 +122,19 @@ class PartitionProcessor:
         self.stats.ticks += verdict.is_tick
         size = self.rules.size_ms
         aggregations = self.rules.aggregations
-        touched: dict[WindowKey, WindowState] = {}
+        touched: dict[tuple[str, str, int], WindowState] = {}
         latest_event_time = max((e.timestamp for e in verdict.non_billable), default=-1)
         for event in verdict.billable:
             timestamp = event.timestamp
             if timestamp > latest_event_time:
                 latest_event_time = timestamp
-            key = WindowKey(event.customer_id, event.meter, window_start(timestamp, size))
-            state = touched.get(key) or self._open.get(key) or self.store.load_window(key) or WindowState(key)
+            # A plain tuple is cheaper to build than a WindowKey and finds it in the dicts (equal,
+            # same hash); the WindowKey is made only for a window not in memory.
+            slot = (event.customer_id, event.meter, window_start(timestamp, size))
+            state = touched.get(slot) or self._open.get(slot)
+            if state is None:
+                key = WindowKey(*slot)
+                state = self.store.load_window(key) or WindowState(key)
             if state.last_offset >= offset:
                 self.stats.replayed_events += 1
                 continue
@@ -142,8 +148,8 @@ class PartitionProcessor:
             state.value += event_value(aggregations[event.meter], event.quantity)
             state.event_count += 1
             self.stats.counted += 1
-            touched[key] = state
-            if not state.open or key not in self._open:
+            touched[state.key] = state
+            if not state.open or state.key not in self._open:
                 state.open = True
                 self._track_open(state)
         if latest_event_time > self.clock.watermark:
@@ -218,7 +224,7 @@ class PartitionProcessor:
         state.last_offset = offset
         self.store.save_window(state)
 
-    def _age(self, touched: Mapping[WindowKey, WindowState], offset: int) -> None:
+    def _age(self, touched: Mapping[tuple[str, str, int], WindowState], offset: int) -> None:
         """Past its retention a closed window forgets its event ids; past the maximum lateness it is
         dropped. Both judged by the watermark, so a replay ages alike."""
         watermark = self.clock.watermark

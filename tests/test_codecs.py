@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from fastavro import schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
+from schemas._event_reader import read_events
 from schemas.catalog import USAGE_EVENT, USAGE_EVENT_BATCH, WINDOW_AGGREGATE, SchemaCatalog
 from schemas.codecs import (
     AGGREGATE_LAYOUT,
@@ -22,7 +24,7 @@ from schemas.codecs import (
 )
 from schemas.errors import MalformedRecordError
 from schemas.records import UsageEvent, WindowAggregate
-from schemas.serde import AvroSerde, aggregate_to_avro, event_to_avro
+from schemas.serde import AvroSerde, DecodedUsage, aggregate_to_avro, event_from_avro, event_to_avro
 from tests.test_serde import EVENT, events
 
 CATALOG = SchemaCatalog()
@@ -136,3 +138,90 @@ def test_a_cut_or_padded_aggregate_is_malformed(aggregate: WindowAggregate, data
     for broken in (encoded[:cut], encoded + b"\x00"):
         with pytest.raises(MalformedRecordError):
             serde.decode_aggregate(broken)
+
+
+# -- the compiled event reader (schemas/_event_reader.pyx) --------------------------------------
+
+
+def fastavro_outcome(serde: AvroSerde, data: bytes) -> list[UsageEvent] | str:
+    """What the fastavro path makes of `data`: its events, or "malformed"."""
+    try:
+        name, datum = serde.decode(data)
+    except MalformedRecordError:
+        return "malformed"
+    items = datum["events"] if name == USAGE_EVENT_BATCH else [datum]
+    return [event_from_avro(item) for item in items]
+
+
+def serde_batch_of(event: UsageEvent) -> bytes:
+    serde = AvroSerde(CATALOG)
+    return serde.encode_batch([serde.batch_item(event)])
+
+
+def reader_outcome(serde: AvroSerde, data: bytes) -> list[UsageEvent] | str:
+    try:
+        return serde.decode_usage(data).events
+    except MalformedRecordError:
+        return "malformed"
+
+
+@given(st.lists(events, max_size=20))
+def test_events_written_by_fastavro_are_read_as_fastavro_reads_them(batch: list[UsageEvent]) -> None:
+    serde = AvroSerde(CATALOG)
+    batch_header, event_header = serde.encode_batch([])[:10], serde.encode_event(EVENT)[:10]
+    body = fastavro_bytes(BATCH_SCHEMA.parsed, {"events": [event_to_avro(e) for e in batch]})
+    assert read_events(batch_header + body, 10, True) == batch
+    assert serde.decode_usage(batch_header + body) == DecodedUsage(batch, is_batch=True)
+    for event in batch:
+        single = event_header + fastavro_bytes(EVENT_SCHEMA.parsed, event_to_avro(event))
+        assert serde.decode_usage(single) == DecodedUsage([event], is_batch=False)
+
+
+@given(st.lists(events, min_size=1, max_size=5), st.data())
+def test_damaged_bytes_fail_or_read_exactly_as_fastavro_reads_them(
+    batch: list[UsageEvent], data: st.DataObject
+) -> None:
+    """Cut, a byte replaced or a byte inserted: the reader and fastavro agree on every outcome, and
+    nothing but MalformedRecordError escapes. One difference is deliberate: a varint of more than
+    ten bytes, which fastavro wraps into some number, is malformed to the reader."""
+    serde = AvroSerde(CATALOG)
+    encoded = serde.encode_batch([serde.batch_item(e) for e in batch])
+    at = data.draw(st.integers(min_value=10, max_value=len(encoded) - 1))
+    byte = bytes([data.draw(st.integers(min_value=0, max_value=255))])
+    for damaged in (
+        encoded[:at],
+        encoded[:at] + byte + encoded[at + 1 :],
+        encoded[:at] + byte + encoded[at:],
+    ):
+        outcome = reader_outcome(serde, damaged)
+        may_hold_overlong_varint = re.search(rb"[\x80-\xff]{10}", damaged) is not None
+        assert outcome == fastavro_outcome(serde, damaged) or (
+            may_hold_overlong_varint and outcome == "malformed"
+        )
+
+
+def test_blocks_with_a_byte_size_are_read_as_fastavro_reads_them() -> None:
+    """Avro lets a writer give a negative block count followed by the block's size in bytes."""
+    serde = AvroSerde(CATALOG)
+    event = serde.batch_item(EVENT)
+    sized_attributes = event.replace(b"\x02\x0cstatus\x06200\x00", b"\x01\x16\x0cstatus\x06200\x00")
+    assert sized_attributes != event
+    sized_batch = (
+        serde.encode_batch([])[:10] + encode_long(-2) + encode_long(len(event) * 2) + event * 2 + b"\x00"
+    )
+    for data in (sized_batch, serde.encode_batch([sized_attributes])):
+        assert reader_outcome(serde, data) == fastavro_outcome(serde, data)
+        assert reader_outcome(serde, data) in ([EVENT, EVENT], [EVENT])
+
+
+def test_an_overlong_varint_or_a_bad_position_is_malformed() -> None:
+    with pytest.raises(ValueError, match="more than 64 bits"):
+        read_events(b"\xff" * 12, 0, True)
+    overlong_quantity = serde_batch_of(EVENT).replace(
+        b"\xf2\xc0\x01", b"\xf2\xc0\x81" + b"\x80" * 8 + b"\x00"
+    )
+    assert fastavro_outcome(AvroSerde(CATALOG), overlong_quantity) != "malformed"  # fastavro wraps it
+    assert reader_outcome(AvroSerde(CATALOG), overlong_quantity) == "malformed"
+    with pytest.raises(ValueError, match="outside a record"):
+        read_events(b"\x00", 5, True)
+    assert read_events(b"\x00", 0, True) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,3 +177,20 @@ def test_the_grafana_dashboard_shows_exactly_the_metrics_meterline_exports() -> 
     )
     uids = {source["uid"] for source in provisioned["datasources"]}
     assert {p["datasource"]["uid"] for p in dashboard["panels"] if p["type"] != "row"} <= uids
+
+
+def test_the_image_copies_everything_the_package_build_reads() -> None:
+    """The build stage copies the files pyproject.toml and setup.py need, and every package."""
+    lines = (DEPLOY / "Dockerfile").read_text().splitlines()
+    copied = {
+        source
+        for line in lines
+        if line.startswith("COPY ") and "--from=" not in line
+        for source in line.split()[1:-1]
+    }
+    root = DEPLOY.parent
+    assert all((root / source).exists() for source in copied), copied
+    packages = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert {"pyproject.toml", "setup.py", "README.md"} | {
+        p.rstrip("*") for p in packages["include"]
+    } <= copied

@@ -1,0 +1,3 @@
+from schemas.records import UsageEvent
+
+def read_events(data: bytes, pos: int, batch: bool) -> list[UsageEvent]: ...
