@@ -41,9 +41,8 @@ from reconciler.compare import Difference, compare
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from streams.judge import Judge
-from streams.output import MemoryStore
 from streams.processor import PartitionProcessor, rules_from
-from streams.state import PartitionStore
+from streams.state import UnsavedStore
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -94,8 +93,9 @@ def rederive(
     marker = _mark_ends(config, bootstrap, partitions)
     jobs = [(config, bootstrap, p, start_ms, end_ms, customer, marker) for p in partitions]
     result = Rederived()
-    # One process per partition, up to twice the cores: a partition's reading waits on the broker.
-    workers = max(1, min(len(jobs), 2 * multiprocessing.cpu_count()))
+    # A process per core, each taking partitions in turn: more processes only pay more start-up
+    # (imports) on the same cores (4.4 s against 4.0 s for a day of usage, 2 cores, 4 partitions).
+    workers = max(1, min(len(jobs), multiprocessing.cpu_count()))
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         for done, part in enumerate(pool.imap_unordered(_rederive_partition, jobs), 1):
             result.records += part.records
@@ -125,8 +125,7 @@ def _rederive_partition(job: tuple[Config, str, int, int, int, str | None, bytes
     serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
     tick_bytes = serde.encode_batch([])
     judge = Judge(config, serde)
-    store = PartitionStore(MemoryStore(), partition)
-    processor = PartitionProcessor(partition, rules_from(config), store)
+    processor = PartitionProcessor(partition, rules_from(config), UnsavedStore())
     first = _first_offset(config, bootstrap, partition, start_ms)
     consumer = Consumer(
         settings(
@@ -139,6 +138,16 @@ def _rederive_partition(job: tuple[Config, str, int, int, int, str | None, bytes
         )
     )
     consumer.assign([TopicPartition(config.topics.events, partition, first)])
+    # The totals are those of the revisions the processor emits, as the stream app's are, the latest
+    # of a window winning: not what its state holds at the end, which has forgotten the windows
+    # the watermark left more than the maximum lateness behind (a range long past, read to now).
+    totals: dict[WindowId, tuple[int, int]] = {}
+
+    def fold(aggregates: list[WindowAggregate]) -> None:
+        for a in aggregates:
+            if start_ms <= a.window_start < end_ms and customer in (None, a.customer_id):
+                totals[(a.customer_id, a.meter, a.window_start)] = (a.value, a.event_count)
+
     records = events = 0
     last_offset, last_time = first - 1, 0
     deadline = time.monotonic() + MARKER_TIMEOUT_S
@@ -159,7 +168,7 @@ def _rederive_partition(job: tuple[Config, str, int, int, int, str | None, bytes
                     break
                 record_time = message.timestamp()[1]
                 verdict = judge(value, record_time)
-                processor.process(offset, record_time, verdict)
+                fold(processor.process(offset, record_time, verdict))
                 records += 1
                 events += verdict.events
                 last_offset, last_time = offset, max(last_time, record_time)
@@ -167,14 +176,7 @@ def _rederive_partition(job: tuple[Config, str, int, int, int, str | None, bytes
         consumer.close()
     # A last tick closes every open window, as wall clock would have.
     tick = judge(serde.encode_batch([]), last_time + 365 * 86_400_000)
-    processor.process(last_offset + 1, last_time + 365 * 86_400_000, tick)
-    store.write_behind()
-    windows, _ = store.saved_state()
-    totals = {}
-    for state in windows:
-        key = state.key
-        if start_ms <= key.window_start < end_ms and (customer is None or key.customer_id == customer):
-            totals[(key.customer_id, key.meter, key.window_start)] = (state.value, state.event_count)
+    fold(processor.process(last_offset + 1, last_time + 365 * 86_400_000, tick))
     return PartitionResult(partition, records, events, totals)
 
 

@@ -121,6 +121,26 @@ class Entries(Protocol):
         """Apply `changes` in their order; None deletes."""
 
 
+class UnsavedStore:
+    """A partition's state in memory only, nothing encoded: for replay, which commits nothing and
+    so has nothing to recover."""
+
+    def __init__(self) -> None:
+        self._windows: dict[WindowKey, WindowState] = {}
+
+    def load_window(self, key: WindowKey) -> WindowState | None:
+        return self._windows.get(key)
+
+    def save_window(self, state: WindowState) -> None:
+        self._windows[state.key] = state
+
+    def drop_window(self, key: WindowKey) -> None:
+        self._windows.pop(key, None)
+
+    def save_clock(self, clock: PartitionClock) -> None:
+        pass  # the processor holds its clock; nothing reads it back
+
+
 class PartitionStore:
     """One partition's state entries, written behind: saves stay in memory until `write_behind()`,
     which the app calls before every commit (streams.app), so a window touched by many records in a

@@ -9,19 +9,26 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Producer
+
 from meterline.config import Config
-from meterline.kafka import read_ends
+from meterline.kafka import read_ends, settings
 from meterline.produce import produce_workload
 from meterline.workload import customer_ids
+from reconciler.replay import rederive
+from schemas.records import UsageEvent
+from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 from sinks.clickhouse.rows import REVISION_COLUMNS
 from sinks.clickhouse.sink import ClickHouseSink
 from sinks.stripe.fake import FakeStripe
 from sinks.stripe.sink import StripeSink
+from streams.windows import DAY_MS
 from tests.pipeline import Workers, small_workload, wait_until_exact
 from tests.stripe_helpers import set_up_stripe
 from tests.test_reconcile import run_sink
@@ -126,3 +133,39 @@ def test_replay_finds_a_corrupted_window_and_repair_converges_both_sinks(
     assert after["repairs emitted"] == 0  # a second repair changes nothing
     sent = sorted(e.identifier for e in fake.state.meter_events)
     assert len(sent) == len(set(sent))
+
+
+def test_replaying_an_old_range_keeps_its_windows_while_the_topic_goes_on_for_months(config: Config) -> None:
+    """On-call replays a month long past: the records after it move the watermark months on, past
+    the point where the stream app forgets a window (the maximum lateness and a day). The range's
+    totals are those the stream app emitted for it, not what is left in state at the end."""
+    serde = AvroSerde()
+    producer = Producer(settings(config.kafka.bootstrap, {"enable.idempotence": True}))
+    now = int(time.time() * 1000)
+    old = now - 90 * DAY_MS
+    quantities = {"cust-a": (3, 4), "cust-b": (5,)}
+
+    def send(customer: str, at: int, quantity: int, n: int) -> None:
+        event = UsageEvent(f"{customer}-{at}-{n}", customer, "egress_bytes", quantity, "byte", at, "t", {})
+        producer.produce(
+            config.topics.events,
+            serde.encode_batch([serde.batch_item(event)]),
+            key=customer.encode(),
+            timestamp=at + 1_000,
+        )
+
+    for customer, amounts in quantities.items():
+        for n, quantity in enumerate(amounts):
+            send(customer, old + 10_000, quantity, n)
+        # Months later: the old window closes, then, an hour on, is past its dedup retention and
+        # far past the maximum lateness: the stream app forgets it.
+        send(customer, now - 2 * 3_600_000, 1, 0)
+        send(customer, now - 60_000, 1, 0)
+    assert producer.flush(30) == 0
+
+    rederived = rederive(config, config.kafka.bootstrap, old - DAY_MS, old + DAY_MS)
+    start = old + 10_000 - (old + 10_000) % config.windows.size_ms
+    assert rederived.windows() == {
+        ("cust-a", "egress_bytes", start): 7,
+        ("cust-b", "egress_bytes", start): 5,
+    }
