@@ -1,10 +1,11 @@
 """Stream worker throughput on the local stack, beside baselines measured in the same session.
 
 Rows: one `meterline stream` worker end to end (decode, validate, dedup, window, state, emit) on
-packed batch messages and on single-event messages; the raw floor (aiokafka getmany + fastavro
-decode, no Faust); a bare Faust agent (Faust's per-message ceiling); Faust's own tumbling Table
-doing the same sum. Then the worker's memory on 1M and 5M packed events over the same span (same
-windows): state grows with open windows and dedup retention, not with the number of events.
+packed batch messages and on single-event messages; the raw floor (aiokafka getmany and decoding
+into UsageEvents, no Faust: with fastavro, and with meterline's compiled reader); a bare Faust
+agent (Faust's per-message ceiling); Faust's own tumbling Table doing the same sum. Then the
+worker's memory on 1M and 5M packed events over the same span (same windows): state grows with
+open windows and dedup retention, not with the number of events.
 
 A worker's rate is read from its committed offsets (committed every 0.5 s here), from its first
 commit to the one that covers the topic, so the group join and startup are not counted.
@@ -39,7 +40,9 @@ from meterline.kafka import isolated_topics
 from meterline.produce import produce_workload
 from meterline.table import render
 from meterline.workload import WorkloadSpec
-from schemas.serde import AvroSerde
+from schemas.catalog import USAGE_EVENT_BATCH
+from schemas.records import UsageEvent
+from schemas.serde import AvroSerde, event_from_avro
 from streams.windows import DAY_MS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,8 +80,11 @@ def main() -> None:
         )
 
         if not args.meterline_only:
-            rows.append(_floor(bootstrap, packed, args.events, packed_messages, "packed"))
-            rows.append(_floor(bootstrap, single, args.single_events, single_messages, "single-event"))
+            for reader in ("fastavro", "compiled reader"):
+                rows.append(_floor(bootstrap, packed, args.events, packed_messages, "packed", reader))
+                rows.append(
+                    _floor(bootstrap, single, args.single_events, single_messages, "single-event", reader)
+                )
             rows.append(_worker(state, bootstrap, single, args.single_events, single_messages, "faust-bare"))
             rows.append(_worker(state, bootstrap, single, args.single_events, single_messages, "faust-table"))
         if args.quix_python and not args.meterline_only:
@@ -153,11 +159,23 @@ def _produce(config: Config, bootstrap: str, events: int, packing: bool, span_ms
     return result.messages
 
 
-def _floor(bootstrap: str, config: Config, events: int, messages: int, label: str) -> dict[str, object]:
-    """aiokafka getmany + fastavro decode: what any Python consumer of these bytes pays."""
+def _floor(
+    bootstrap: str, config: Config, events: int, messages: int, label: str, reader: str
+) -> dict[str, object]:
+    """aiokafka getmany + decoding into UsageEvents, with fastavro (what any Python consumer of these
+    bytes pays) or with meterline's compiled reader (what the worker pays)."""
     from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 
     serde = AvroSerde()
+
+    def fastavro_events(value: bytes) -> list[UsageEvent]:
+        name, datum = serde.decode(value)
+        return [event_from_avro(item) for item in (datum["events"] if name == USAGE_EVENT_BATCH else [datum])]
+
+    def reader_events(value: bytes) -> list[UsageEvent]:
+        return serde.decode_usage(value).events
+
+    decode = fastavro_events if reader == "fastavro" else reader_events
 
     async def consume() -> tuple[int, float]:
         consumer = AIOKafkaConsumer(
@@ -178,14 +196,14 @@ def _floor(bootstrap: str, config: Config, events: int, messages: int, label: st
                 for records in batches.values():
                     for record in records:
                         seen += 1
-                        decoded += len(serde.decode_usage(record.value).events)
+                        decoded += len(decode(record.value))
         finally:
             await consumer.stop()
         return decoded, time.perf_counter() - started
 
     decoded, seconds = asyncio.run(consume())
     return {
-        "what": f"floor: aiokafka getmany + fastavro decode ({label})",
+        "what": f"floor: aiokafka getmany + {reader} ({label})",
         "events": decoded,
         "messages": messages,
         "events/s": round(decoded / seconds),
@@ -278,6 +296,7 @@ def _worker(
         log.close()
     assert first is not None and last[1] >= messages, f"{label} did not finish: see {state / app_id}.log"
     started = _first_record_at(state / f"{app_id}.log") if kind == "meterline" else None
+    covered: float
     if started is not None:  # from the first record processed, to the commit covering the last
         seconds, covered = last[2] - started, events
     else:  # from the first commit to the last: startup excluded, the first commit's work too

@@ -28,6 +28,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Literal
 
 from confluent_kafka import Producer
 
@@ -67,7 +68,11 @@ def main() -> None:
     _set_up(fake, base)
     rows: list[dict[str, object]] = []
     try:
-        for days_ago, mode in ((1, "meter_events"), (2, "meter_event_stream")):
+        modes: tuple[tuple[int, Literal["meter_events", "meter_event_stream"]], ...] = (
+            (1, "meter_events"),
+            (2, "meter_event_stream"),
+        )
+        for days_ago, mode in modes:
             config = isolated_topics(
                 dataclasses.replace(base, stripe=dataclasses.replace(base.stripe, mode=mode)), bootstrap
             )
