@@ -152,6 +152,23 @@ class AvroSerde:
             self._headers[schema.name] = header
         return header
 
+    def _known_header(self, schema: SchemaVersion) -> bytes | None:
+        """The header of records of `schema` as this code writes them, found without writing
+        anything (a reader may hold read-only registry credentials): by fingerprint, or the id the
+        registry has for it; None when the registry has none yet."""
+        if self.registry is None or schema.name in self._headers:
+            return self._header(schema)
+        from confluent_kafka.schema_registry import Schema
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            registered = self.registry.lookup_schema(schema.name, Schema(schema.schema_json, "AVRO"))
+        except SchemaRegistryError:
+            return None
+        if registered.schema_id is None:
+            return None
+        return CONFLUENT_MAGIC + _SCHEMA_ID.pack(registered.schema_id)
+
     # -- decoding --------------------------------------------------------------------------------
 
     def decode(self, data: bytes) -> tuple[str, Any]:
@@ -217,7 +234,7 @@ class AvroSerde:
         schema = self.catalog.latest(WINDOW_AGGREGATE)
         if layout_of(schema.definition) != AGGREGATE_LAYOUT:
             return None
-        return self._header(schema)
+        return self._known_header(schema)
 
     @cached_property
     def _usage_headers(self) -> dict[bytes, bool]:
@@ -226,10 +243,11 @@ class AvroSerde:
         event = self.catalog.latest(USAGE_EVENT)
         batch = self.catalog.latest(USAGE_EVENT_BATCH)
         headers = {}
-        if layout_of(event.definition) == LAYOUT:
-            headers[self._header(event)] = False
-        if layout_of(batch.definition["fields"][0]["type"]["items"]) == LAYOUT:
-            headers[self._header(batch)] = True
+        event_header, batch_header = self._known_header(event), self._known_header(batch)
+        if event_header is not None and layout_of(event.definition) == LAYOUT:
+            headers[event_header] = False
+        if batch_header is not None and layout_of(batch.definition["fields"][0]["type"]["items"]) == LAYOUT:
+            headers[batch_header] = True
         return headers
 
     @cached_property

@@ -71,6 +71,21 @@ def test_confluent_framing_round_trips_and_names_a_registry_id() -> None:
     assert same_registry(serde).decode_usage(data).events == [EVENT]
 
 
+def test_a_registry_reader_registers_nothing_and_reads_by_the_ids_it_finds() -> None:
+    """Readers may hold read-only credentials: reading looks schemas up, never registers them."""
+    writer = registry_serde("reader-registers-nothing")
+    event = writer.encode_event(EVENT)
+    assert writer.registry is not None and writer.registry.get_subjects() == ["meterline.UsageEvent"]
+    reader = same_registry(writer)
+    assert reader.decode_usage(event).events == [EVENT]  # the compiled reader: its id is known
+    with pytest.raises(UnknownSchemaError):  # looks up WindowAggregate's id: not registered
+        reader.decode_aggregate(event)
+    assert writer.registry.get_subjects() == ["meterline.UsageEvent"]
+    # A batch written later, once its schema is registered, is read as well (through fastavro).
+    batch = writer.encode_batch([writer.batch_item(EVENT)])
+    assert reader.decode_usage(batch).events == [EVENT]
+
+
 def test_a_registry_reader_also_reads_single_object_records() -> None:
     assert registry_serde("mixed").decode_usage(AvroSerde().encode_event(EVENT)).events == [EVENT]
 
