@@ -40,9 +40,7 @@ from meterline.kafka import isolated_topics
 from meterline.produce import produce_workload
 from meterline.table import render
 from meterline.workload import WorkloadSpec
-from schemas.catalog import USAGE_EVENT_BATCH
-from schemas.records import UsageEvent
-from schemas.serde import AvroSerde, event_from_avro
+from schemas.serde import AvroSerde
 from streams.windows import DAY_MS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,14 +166,7 @@ def _floor(
 
     serde = AvroSerde()
 
-    def fastavro_events(value: bytes) -> list[UsageEvent]:
-        name, datum = serde.decode(value)
-        return [event_from_avro(item) for item in (datum["events"] if name == USAGE_EVENT_BATCH else [datum])]
-
-    def reader_events(value: bytes) -> list[UsageEvent]:
-        return serde.decode_usage(value).events
-
-    decode = fastavro_events if reader == "fastavro" else reader_events
+    decode = serde.decode_usage_with_fastavro if reader == "fastavro" else serde.decode_usage
 
     async def consume() -> tuple[int, float]:
         consumer = AIOKafkaConsumer(
@@ -196,7 +187,7 @@ def _floor(
                 for records in batches.values():
                     for record in records:
                         seen += 1
-                        decoded += len(decode(record.value))
+                        decoded += len(decode(record.value).events)
         finally:
             await consumer.stop()
         return decoded, time.perf_counter() - started

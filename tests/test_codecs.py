@@ -24,7 +24,7 @@ from schemas.codecs import (
 )
 from schemas.errors import MalformedRecordError
 from schemas.records import UsageEvent, WindowAggregate
-from schemas.serde import AvroSerde, DecodedUsage, aggregate_to_avro, event_from_avro, event_to_avro
+from schemas.serde import AvroSerde, DecodedUsage, aggregate_to_avro, event_to_avro
 from tests.test_serde import EVENT, events
 
 CATALOG = SchemaCatalog()
@@ -146,11 +146,9 @@ def test_a_cut_or_padded_aggregate_is_malformed(aggregate: WindowAggregate, data
 def fastavro_outcome(serde: AvroSerde, data: bytes) -> list[UsageEvent] | str:
     """What the fastavro path makes of `data`: its events, or "malformed"."""
     try:
-        name, datum = serde.decode(data)
+        return serde.decode_usage_with_fastavro(data).events
     except MalformedRecordError:
         return "malformed"
-    items = datum["events"] if name == USAGE_EVENT_BATCH else [datum]
-    return [event_from_avro(item) for item in items]
 
 
 def serde_batch_of(event: UsageEvent) -> bytes:
