@@ -24,35 +24,27 @@ from schemas.serde import AvroSerde
 HOUR_MS = 3_600_000
 
 
-def workload(events: int, seed: int) -> WorkloadSpec:
+def workload(
+    events: int, seed: int, customers: int = 12, hours: int = 6, late_rate: float = 0.01
+) -> WorkloadSpec:
+    """The last `hours` of usage, ending a minute ago, with every kind of disorder mixed in."""
     now = int(time.time() * 1000)
     return WorkloadSpec(
         seed=seed,
         events=events,
-        customers=12,
-        start_ms=now - 6 * HOUR_MS,
-        span_ms=6 * HOUR_MS - 60_000,
+        customers=customers,
+        start_ms=now - hours * HOUR_MS,
+        span_ms=hours * HOUR_MS - 60_000,
         duplicate_rate=0.03,
         out_of_order_rate=0.05,
-        late_rate=0.01,
+        late_rate=late_rate,
         malformed_rate=0.01,
     )
 
 
 def small_workload(seed: int, events: int = 6_000) -> WorkloadSpec:
     """Few windows (3 customers, 2 hours): a Stripe call each, at a test's pace."""
-    now = int(time.time() * 1000)
-    return WorkloadSpec(
-        seed=seed,
-        events=events,
-        customers=3,
-        start_ms=now - 2 * HOUR_MS,
-        span_ms=2 * HOUR_MS - 60_000,
-        duplicate_rate=0.03,
-        out_of_order_rate=0.05,
-        late_rate=0.02,
-        malformed_rate=0.01,
-    )
+    return workload(events, seed, customers=3, hours=2, late_rate=0.02)
 
 
 def free_port() -> int:
