@@ -31,11 +31,14 @@ def routes(config: Config, client: Client, execute: Callable[[list[str]], int]) 
         parts = request.path.removeprefix("/api/customers/").split("/")
         if len(parts) != 2 or parts[1] != "usage" or not parts[0]:
             return Response.json(
-                {"error": "GET /api/customers/<customer>/usage?period=YYYY-MM&grain=hour|day"}, 404
+                {"error": "GET /api/customers/<customer>/usage?period=YYYY-MM&grain=hour|day&as_of=MS"}, 404
             )
         grain = request.query.get("grain", "hour")
         if grain not in ("hour", "day"):
             return Response.json({"error": f"grain {grain!r}: expected hour or day"}, 400)
+        as_of = request.query.get("as_of", "")
+        if as_of and not as_of.isdigit():
+            return Response.json({"error": f"as_of {as_of!r}: expected milliseconds since the epoch"}, 400)
         try:
             document = dashboard.document(
                 config,
@@ -43,6 +46,7 @@ def routes(config: Config, client: Client, execute: Callable[[list[str]], int]) 
                 parts[0],
                 request.query.get("period") or None,
                 "day" if grain == "day" else "hour",
+                int(as_of) if as_of else None,
             )
         except MeterlineError as exc:
             return Response.json({"error": str(exc)}, 400)

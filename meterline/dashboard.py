@@ -73,10 +73,12 @@ def document(
     customer: str,
     period: str | None = None,
     grain: Grain = "hour",
-    now_ms: int | None = None,
+    as_of_ms: int | None = None,
 ) -> dict[str, Any]:
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    period = period or datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y-%m")
+    """The page's document; the projection is for the instant `as_of_ms` (default now), which the
+    document states, so that the page and a second reading agree."""
+    as_of_ms = int(time.time() * 1000) if as_of_ms is None else as_of_ms
+    period = period or datetime.fromtimestamp(as_of_ms / 1000, UTC).strftime("%Y-%m")
     start, end = period_bounds(period)
     plan = config.plan_for(customer)
     by_meter = series(client, customer, start, end, grain)
@@ -102,13 +104,13 @@ def document(
         "grain": grain,
         "plan": plan.name,
         "currency": plan.currency,
-        "as_of": now_ms,
+        "as_of": as_of_ms,
         "period_start": start,
         "period_end": end,
         "meters": meters,
         "series": {meter: [[t, v] for t, v in points] for meter, points in by_meter.items()},
         "invoice": _invoice_json(invoice(plan, usage)),
-        "projected": _invoice_json(invoice(plan, projected_usage(usage, start, end, now_ms))),
+        "projected": _invoice_json(invoice(plan, projected_usage(usage, start, end, as_of_ms))),
     }
 
 
@@ -181,7 +183,7 @@ _PAGE = """<!doctype html>
 <h2>Invoice so far</h2>
 <table id="invoice"></table>
 <h2>Projected invoice for the whole period</h2>
-<p class="muted">If usage goes on at the rate so far.</p>
+<p class="muted" id="projection-basis">If usage goes on at the rate so far.</p>
 <table id="projected"></table>
 <script>
 "use strict";
@@ -246,16 +248,19 @@ function chart(meter, label, points, grain) {
 
 async function load() {
   const query = new URLSearchParams({grain: params.get("grain") || "hour"});
-  if (params.get("period")) query.set("period", params.get("period"));
+  for (const key of ["period", "as_of"]) if (params.get(key)) query.set(key, params.get(key));
   const response = await fetch("/api/customers/" + encodeURIComponent(customer) + "/usage?" + query);
   if (!response.ok) throw new Error("usage API answered " + response.status);
   const doc = await response.json();
-  document.getElementById("summary").textContent =
-    `Plan ${doc.plan}, period ${doc.period}, as of ${new Date(doc.as_of).toISOString().slice(0, 16)} UTC`;
+  const asOf = new Date(doc.as_of).toISOString().slice(0, 19).replace("T", " ") + " UTC";
+  document.getElementById("summary").textContent = `Plan ${doc.plan}, period ${doc.period}, as of ${asOf}`;
+  document.getElementById("projection-basis").textContent =
+    `If usage goes on at the rate it had until ${asOf}.`;
   const controls = document.getElementById("controls");
   controls.replaceChildren();
   for (const grain of ["hour", "day"]) {
     const link = new URLSearchParams({grain, period: doc.period});
+    if (params.get("as_of")) link.set("as_of", params.get("as_of"));
     controls.appendChild(el("a", {href: "?" + link}, "by " + grain));
   }
   const priced = doc.meters.filter(m => m.label);

@@ -354,15 +354,26 @@ def expected_buckets(settled: Settled, customer: str, bucket_ms: int) -> dict[st
 def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> None:
     from playwright.sync_api import sync_playwright
 
-    from meterline.dashboard import allowance
+    from meterline.dashboard import allowance, projected_usage
     from reconciler.pricing import quantity_text
+    from reconciler.usage import period_bounds
 
     customer = customer_ids(settled.spec)[1]
     plan = settled.config.plan_for(customer)
     usage = usage_in(settled, customer)
     bill = invoice(plan, usage)
-    _, body = settled.get(f"/api/customers/{customer}/usage?period={settled.period}")
-    projected_total = json.loads(body)["projected"]["total"]
+    # The projection is for one instant, stated in the document: pinned, so the page and this
+    # reading of the API project the same usage whatever the clock did between them.
+    as_of = settled.spec.start_ms + settled.spec.span_ms
+    _, body = settled.get(f"/api/customers/{customer}/usage?period={settled.period}&as_of={as_of}")
+    document = json.loads(body)
+    start, end = period_bounds(settled.period)
+    projected_bill = invoice(plan, projected_usage(usage, start, end, as_of))
+    assert (document["as_of"], document["projected"]["total"]) == (
+        as_of,
+        money(projected_bill.total, projected_bill.currency),
+    )
+    projected_total = document["projected"]["total"]
     problems: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
@@ -370,7 +381,7 @@ def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> 
             page = browser.new_page()
             page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
             page.on("pageerror", lambda e: problems.append(str(e)))
-            page.goto(f"{settled.url}/customers/{customer}?period={settled.period}")
+            page.goto(f"{settled.url}/customers/{customer}?period={settled.period}&as_of={as_of}")
             page.wait_for_function("document.body.dataset.ready === '1'", timeout=20_000)
             for grain, bucket_ms in (("hour", HOUR_MS), ("day", 24 * HOUR_MS)):
                 if grain == "day":

@@ -22,6 +22,9 @@ MINUTE = 60
 
 @pytest.fixture
 def fake(stripe_fake: tuple[FakeStripe, str]) -> tuple[FakeStripe, str]:
+    """The fake with its clock pinned at NOW: its limits are judged against the instant the test
+    computed its timestamps from, never a second reading of the wall clock."""
+    stripe_fake[0].state.clock = lambda: NOW
     return stripe_fake
 
 
@@ -102,8 +105,8 @@ def test_an_identifier_is_accepted_once_within_24_hours(
     with pytest.raises(stripe.InvalidRequestError) as refused:
         report(api, customer, 5, NOW - 600, "same")
     assert refused.value.code == "duplicate_meter_event"
-    fake[0].state.clock = lambda: time.time() + 86_400 + 1  # a day later the identifier is free again
-    report(api, customer, 5, int(time.time()) + 86_400 - 600, "same")
+    fake[0].state.clock = lambda: NOW + 86_400 + 1  # a day later the identifier is free again
+    report(api, customer, 5, NOW + 86_400 - 600, "same")
     assert len(fake[0].state.meter_events) == 2
 
 
@@ -112,14 +115,14 @@ def test_an_identifier_is_accepted_once_within_24_hours(
     [(35 * 86_400 + 60, "timestamp_too_far_in_past"), (-(5 * 60 + 60), "timestamp_in_future")],
 )
 def test_timestamps_beyond_35_days_past_or_5_minutes_ahead_are_refused(
-    api: stripe.StripeClient, age: int, code: str
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient, age: int, code: str
 ) -> None:
     _, customer = setup_meter(api)
     with pytest.raises(stripe.InvalidRequestError) as refused:
-        report(api, customer, 1, int(time.time()) - age, f"t-{age}")
+        report(api, customer, 1, NOW - age, f"t-{age}")
     assert refused.value.code == code
-    report(api, customer, 1, int(time.time()) - 35 * 86_400 + 60, "inside-past")
-    report(api, customer, 1, int(time.time()) + 4 * 60, "inside-future")
+    report(api, customer, 1, NOW - 35 * 86_400 + 60, "inside-past")
+    report(api, customer, 1, NOW + 4 * 60, "inside-future")
 
 
 def test_values_must_be_whole_numbers(api: stripe.StripeClient) -> None:
@@ -207,7 +210,7 @@ def test_the_v2_stream_takes_up_to_100_events_with_a_15_minute_session(
     assert sum(e.value for e in fake[0].state.meter_events) == 200
     with pytest.raises(stripe.InvalidRequestError, match="At most 100"):
         stream.v2.billing.meter_event_stream.create({"events": events(101, "t")})  # type: ignore[typeddict-item]
-    fake[0]._sessions[session.authentication_token] = time.time() - 1  # 15 minutes later
+    fake[0].state.clock = lambda: NOW + 15 * 60 + 1  # the session's 15 minutes are over
     with pytest.raises(stripe.TemporarySessionExpiredError) as expired:
         stream.v2.billing.meter_event_stream.create({"events": events(1, "u")})  # type: ignore[typeddict-item]
     assert expired.value.http_status == 401

@@ -228,7 +228,7 @@ def test_each_refusal_lands_in_the_dlq_and_the_ledger_with_its_reason(
         "timestamp_too_far_in_past": aggregate("known", "api_calls", now - 35 * day + 2 * HOUR_MS),
         "ok": aggregate("known", "api_calls", now - HOUR_MS),
     }
-    fake.state.clock = lambda: time.time() + 3 * HOUR_MS / 1000
+    fake.state.clock = lambda: (now + 3 * HOUR_MS) / 1000  # pinned: 3 hours past the test's instant
     serde = AvroSerde()
     producer = Producer({"bootstrap.servers": config.kafka.bootstrap})
     for a in cases.values():

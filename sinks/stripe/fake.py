@@ -135,7 +135,7 @@ class FakeStripe:
         fingerprint = hashlib.sha256(f"{method} {path}\n".encode() + body).hexdigest()
         with self._lock:
             saved = self._saved.get(key)
-            if saved is not None and time.time() - saved.at > DAY_S:
+            if saved is not None and self.state.clock() - saved.at > DAY_S:
                 del self._saved[key]
                 saved = None
             if saved is not None:
@@ -159,7 +159,7 @@ class FakeStripe:
         try:
             result = self._route(method, path, query, body, headers)
             with self._lock:
-                self._saved[key] = _Saved(fingerprint, 200, result, time.time())
+                self._saved[key] = _Saved(fingerprint, 200, result, self.state.clock())
             return 200, result, False
         finally:
             with self._lock:
@@ -245,7 +245,7 @@ class FakeStripe:
 
     def _new_session(self, match: Any, params: Any, query: Any, headers: Any) -> Any:
         token = f"ek_test_{new_id('mes')}"
-        now = time.time()
+        now = self.state.clock()
         with self._lock:
             self._sessions[token] = now + SESSION_SECONDS
         return {
@@ -261,7 +261,7 @@ class FakeStripe:
         token = headers.get("authorization", "").removeprefix("Bearer ")
         with self._lock:
             expiry = self._sessions.get(token)
-        if expiry is None or expiry < time.time():
+        if expiry is None or expiry < self.state.clock():
             raise StripeError(  # v2 errors carry a specific type: this one is what the library maps
                 401,
                 "temporary_session_expired",
@@ -292,7 +292,7 @@ class FakeStripe:
         if self.webhook_endpoint is None:
             raise invalid("No webhook endpoint: POST /_fake/webhook_endpoint first.")
         url, secret = self.webhook_endpoint
-        created = int(request.get("created") or time.time())
+        created = int(request.get("created") or self.state.clock())
         event = {
             "id": request.get("id") or new_id("evt"),
             "object": "event",
@@ -306,7 +306,7 @@ class FakeStripe:
             },
         }
         payload = json.dumps(event).encode()
-        signed_at = int(request.get("signed_at") or time.time())
+        signed_at = int(request.get("signed_at") or self.state.clock())
         header = sign(payload, request.get("secret") or secret, signed_at)
         delivery = urllib.request.Request(
             url, payload, {"Content-Type": "application/json", "Stripe-Signature": header}, method="POST"
