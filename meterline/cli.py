@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meterline import devstack, forward, inspect, logs, progress
 from meterline.config import Config, ConfigError, load_config
@@ -21,6 +21,9 @@ from meterline.table import render
 from meterline.workload import Expected, WorkloadSpec
 from schemas.records import UsageEvent
 from streams.windows import DAY_MS
+
+if TYPE_CHECKING:
+    from reconciler.pricing import Invoice
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,6 +160,20 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--period", required=True, help="YYYY-MM (UTC)")
     preview.add_argument("--json", action="store_true")
     preview.set_defaults(run=_invoice_preview)
+    quote = invoice.add_parser(
+        "quote", help="the invoice a plan gives for the usage stated (no ClickHouse): support's calculator"
+    )
+    quote.add_argument("--plan", required=True)
+    quote.add_argument(
+        "--usage",
+        action="append",
+        default=[],
+        metavar="METER=QUANTITY",
+        help="usage in the meter's base unit (calls, bytes, ms), once per meter; missing meters used none",
+    )
+    quote.add_argument("--currency", help="the plan's currency, stated to check it (no conversion)")
+    quote.add_argument("--json", action="store_true")
+    quote.set_defaults(run=_invoice_quote)
 
     reconcile = commands.add_parser(
         "reconcile", help="compare Stripe's totals with ours; exit 1 when they drift beyond --threshold"
@@ -572,7 +589,7 @@ def _stripe_sync(args: argparse.Namespace) -> int:
 
 
 def _invoice_preview(args: argparse.Namespace) -> int:
-    from reconciler.pricing import describe, invoice, money, quantity_text
+    from reconciler.pricing import invoice
     from reconciler.usage import customer_usage, period_bounds
     from sinks.clickhouse.client import connect
 
@@ -584,47 +601,57 @@ def _invoice_preview(args: argparse.Namespace) -> int:
         usage = customer_usage(client, args.customer, start, end)
     finally:
         client.close()
-    bill = invoice(plan, usage)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "customer": args.customer,
-                    "period": args.period,
-                    "plan": plan.name,
-                    "currency": plan.currency,
-                    "usage": usage,
-                    "lines": [
-                        {
-                            "description": line.description,
-                            "meter": line.meter,
-                            "quantity": str(line.quantity),
-                            "unit_price": None if line.unit_price is None else str(line.unit_price),
-                            "amount": str(line.amount),
-                        }
-                        for line in bill.lines
-                    ],
-                    "total": str(bill.total),
-                }
-            )
-        )
-        return 0
-    print(f"Invoice preview for {args.customer}, {args.period} (UTC), plan {plan.name}")
-    rows = [
-        {
-            "line": line.description,
-            "quantity": quantity_text(line.quantity),
-            "unit price": "" if line.unit_price is None else money(line.unit_price, plan.currency),
-            "amount": money(line.amount, plan.currency),
-        }
-        for line in bill.lines
-    ]
-    rows.append(
-        {"line": "Total", "quantity": "", "unit price": "", "amount": money(bill.total, plan.currency)}
-    )
-    print(render(rows))
-    print(describe(bill))
+    heading = f"Invoice preview for {args.customer}, {args.period} (UTC), plan {plan.name}"
+    extra = {"customer": args.customer, "period": args.period, "usage": usage}
+    _print_invoice(invoice(plan, usage), heading, extra, args.json)
     return 0
+
+
+def _invoice_quote(args: argparse.Namespace) -> int:
+    from reconciler.pricing import invoice
+
+    config = _load(args)
+    plan = config.plans.get(args.plan)
+    if plan is None:
+        raise MeterlineError(
+            f"--plan {args.plan!r}: no such plan; configured: {', '.join(sorted(config.plans))}"
+        )
+    if args.currency and args.currency.lower() != plan.currency:
+        raise MeterlineError(
+            f"--currency {args.currency!r}: plan {plan.name!r} is priced in {plan.currency}, "
+            "and meterline does not convert currencies"
+        )
+    usage: dict[str, int] = {}
+    problems = []
+    for text in args.usage:
+        meter, _, quantity = text.partition("=")
+        if meter not in plan.prices:
+            problems.append(f"--usage {text!r}: plan {plan.name!r} prices no meter {meter!r}")
+        elif not quantity.isdigit():
+            unit = config.meters[meter].unit if meter in config.meters else "base unit"
+            problems.append(
+                f"--usage {text!r}: the quantity is a whole number of {unit}s, e.g. {meter}=1200000"
+            )
+        else:
+            usage[meter] = usage.get(meter, 0) + int(quantity)
+    if problems:
+        raise MeterlineError("; ".join(problems))
+    heading = f"Quote on plan {plan.name} for " + (
+        ", ".join(f"{q:,} {config.meters[m].unit} of {m}" for m, q in usage.items()) or "no usage"
+    )
+    _print_invoice(invoice(plan, usage), heading, {"usage": usage}, args.json)
+    return 0
+
+
+def _print_invoice(bill: Invoice, heading: str, extra: dict[str, Any], as_json: bool) -> None:
+    from reconciler.invoice_text import describe, rows, to_json
+
+    if as_json:
+        print(json.dumps({**extra, **to_json(bill)}))
+        return
+    print(heading)
+    print(render(rows(bill)))
+    print(describe(bill))
 
 
 def _reconcile(args: argparse.Namespace) -> int:

@@ -16,8 +16,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from core.currencies import UnknownCurrency, currency
 from meterline.errors import MeterlineError
 from reconciler.pricing import MeterPrice, Plan, Rounding, Tier
+from sinks.stripe.prices import base_fee_terms, stripe_terms
 from streams.windows import DAY_MS
 
 DEFAULT_FILE = Path(__file__).with_name("default.toml")
@@ -599,12 +601,7 @@ def _build_plans(
     for name, table in raw.items():
         s = _Section({name: table}, name, problems)
         s.name = f"plans.{name}"
-        currency = s.get(
-            "currency",
-            str,
-            "usd",
-            lambda v: None if re.fullmatch(r"[a-z]{3}", v) else "an ISO code, e.g. usd",
-        )
+        currency = s.get("currency", str, "usd", _currency_check)
         base_fee = _money(s, "base_fee", "0")
         prices_raw = s.get("prices", dict, {})
         s.finish()
@@ -642,10 +639,40 @@ def _build_plans(
                 overage_price=_money(p, "overage_price", "0") if not tiers_mode else None,
                 tiers_mode=cast(Literal["graduated", "volume"] | None, tiers_mode or None),
                 tiers=tiers,
+                billed_by_stripe=p.get("billed_by_stripe", bool, True),
             )
             p.finish()
-        plans[name] = Plan(name, currency, base_fee, prices)
+        plan = Plan(name, currency, base_fee, prices)
+        if _currency_check(currency) is None:
+            _check_billable(plan, problems)
+        plans[name] = plan
     return plans
+
+
+def _currency_check(code: str) -> str | None:
+    try:
+        found = currency(code)
+    except UnknownCurrency as exc:
+        return str(exc)
+    return None if found.code == code else f"write it in lowercase, as Stripe does: {found.code!r}"
+
+
+def _check_billable(plan: Plan, problems: list[ConfigProblem]) -> None:
+    """Every price billed through Stripe must be one Stripe bills exactly as the preview computes it."""
+    base_fee = base_fee_terms(plan)
+    if plan.base_fee and isinstance(base_fee, str):
+        problems.append(ConfigProblem(f"plans.{plan.name}.base_fee", str(plan.base_fee), base_fee))
+    for meter, price in plan.prices.items():
+        terms = stripe_terms(plan, price)
+        if price.billed_by_stripe and isinstance(terms, str):
+            problems.append(
+                ConfigProblem(
+                    f"plans.{plan.name}.prices.{meter}",
+                    price.label,
+                    f"Stripe cannot bill this price exactly: {terms} (or set billed_by_stripe = false "
+                    "to price it here and invoice it some other way)",
+                )
+            )
 
 
 def _unit_check(unit: str) -> Callable[[str], str | None]:

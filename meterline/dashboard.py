@@ -18,7 +18,8 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from meterline.config import Config
-from reconciler.pricing import Invoice, MeterPrice, billed_quantity, invoice, money, quantity_text
+from reconciler.invoice_text import money, quantity_text, rows
+from reconciler.pricing import Invoice, MeterPrice, billed_quantity, invoice
 from reconciler.usage import period_bounds
 
 if TYPE_CHECKING:
@@ -115,18 +116,8 @@ def document(
 
 
 def _invoice_json(bill: Invoice) -> dict[str, Any]:
-    return {
-        "lines": [
-            {
-                "description": line.description,
-                "quantity": quantity_text(line.quantity),
-                "unit_price": "" if line.unit_price is None else money(line.unit_price, bill.currency),
-                "amount": money(line.amount, bill.currency),
-            }
-            for line in bill.lines
-        ],
-        "total": money(bill.total, bill.currency),
-    }
+    """The rows as the page draws them (each Stripe line, its breakdown, the total), as text."""
+    return {"rows": rows(bill), "total": money(bill.total, bill.currency)}
 
 
 def page(customer: str) -> str:
@@ -210,8 +201,7 @@ function fill(table, header, rows, numeric) {
 }
 
 function invoiceRows(bill) {
-  return bill.lines.map(l => [l.description, l.quantity, l.unit_price, l.amount])
-    .concat([["Total", "", "", bill.total]]);
+  return bill.rows.map(r => [r.line, r.quantity, r["unit price"], r.amount]);
 }
 
 function when(ms, grain) {

@@ -17,7 +17,8 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from meterline.config import Config
-from reconciler.pricing import Invoice, MeterPrice, invoice, money, quantity_text
+from reconciler import invoice_text
+from reconciler.pricing import Invoice, MeterPrice, invoice
 from reconciler.usage import period_bounds
 
 if TYPE_CHECKING:
@@ -149,24 +150,8 @@ def _hour(ms: int) -> str:
 
 
 def _sections(report: DisputeReport) -> list[tuple[str, list[dict[str, Any]]]]:
-    lines = [
-        {
-            "line": line.description,
-            "quantity": quantity_text(line.quantity),
-            "unit price": "" if line.unit_price is None else money(line.unit_price, report.currency),
-            "amount": money(line.amount, report.currency),
-        }
-        for line in report.bill.lines
-    ] + [
-        {
-            "line": "Total",
-            "quantity": "",
-            "unit price": "",
-            "amount": money(report.bill.total, report.currency),
-        }
-    ]
     return [
-        ("Invoice lines", lines),
+        ("Invoice lines", invoice_text.rows(report.bill)),
         (
             "Usage by day, and where it falls",
             [
@@ -209,7 +194,7 @@ def render_json(report: DisputeReport) -> str:
     def default(value: object) -> object:
         return str(value) if isinstance(value, Decimal) else repr(value)
 
-    return json.dumps(asdict(report), default=default)
+    return json.dumps({**asdict(report), "bill": invoice_text.to_json(report.bill)}, default=default)
 
 
 def render_csv(report: DisputeReport) -> str:

@@ -1,13 +1,15 @@
-"""The rate card's arithmetic: from a period's usage to invoice lines. Pure; money is Decimal.
+"""The rate card's arithmetic: from a period's usage to Stripe's invoice lines. Pure; money is Decimal.
 
-A meter's price turns usage in the meter's base unit (calls, bytes, ms) into billed units (calls,
-GB, seconds: `per` base units each), rounded by the declared rule to the declared decimals, then
-prices them one of three ways:
+An invoice is a list of lines that are exactly Stripe's line items: one for the base fee's price
+and one per metered price. A metered price turns usage in the meter's base unit (calls, bytes, ms)
+into billed units (calls, GB, seconds: `per` base units each), rounded by the declared rule to the
+declared decimals, then prices them one of three ways, whose rows are the line's breakdown:
 - included + overage: the first `included` units at no charge, the rest at `overage_price`;
 - graduated tiers: each tier prices the units that fall in it (plus its flat fee if reached);
 - volume tiers: the tier the whole quantity falls in prices every unit (plus its flat fee).
-Amounts are exact products; the invoice total is rounded once, half up, to the currency's minor
-unit, so that no line's rounding compounds into another's ("why is it off by $0.01?").
+A line's exact amount is rounded half up to the currency's minor unit, and the total is the sum of
+the rounded lines: Stripe rounds "on the line item level of your invoices ... each will be rounded
+before summing up the total" (https://stripe.com/docs/billing/subscriptions/decimal-amounts).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Literal
 
+from core.currencies import currency
+
 Rounding = Literal["up", "down", "half_up"]
 _ROUNDING = {"up": ROUND_CEILING, "down": ROUND_FLOOR, "half_up": ROUND_HALF_UP}
-CENT = Decimal("0.01")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class MeterPrice:
     overage_price: Decimal | None = None
     tiers_mode: Literal["graduated", "volume"] | None = None
     tiers: tuple[Tier, ...] = ()
+    billed_by_stripe: bool = True
+    """False: priced here (preview, dashboard) but invoiced some other way, never through Stripe."""
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,34 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class Part:
+    """One row of a line's breakdown (the included units, the overage, a tier), exact."""
+
+    description: str
+    quantity: Decimal
+    unit_price: Decimal
+    amount: Decimal
+    """quantity x unit_price, plus the tier's flat fee where it applies; not rounded."""
+
+
+@dataclass(frozen=True)
 class Line:
+    """One Stripe invoice line item: the base fee's price, or one metered price."""
+
     description: str
     meter: str | None
+    """None for the base fee."""
     quantity: Decimal
-    unit_price: Decimal | None
+    parts: tuple[Part, ...]
+    exact_amount: Decimal
     amount: Decimal
+    """exact_amount rounded half up to the currency's minor unit: what the invoice shows."""
+    billed_by_stripe: bool = True
+
+    @property
+    def unit_price(self) -> Decimal | None:
+        """The line's one rate, when it has one (a base fee, a plain per-unit price)."""
+        return self.parts[0].unit_price if len(self.parts) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -68,8 +95,17 @@ class Invoice:
     plan: str
     currency: str
     lines: tuple[Line, ...]
-    total: Decimal
-    """Sum of the lines, rounded half up to cents once."""
+
+    @property
+    def total(self) -> Decimal:
+        """The sum of the rounded lines (exact: each is a whole number of minor units)."""
+        return currency(self.currency).round(sum((line.amount for line in self.lines), Decimal(0)))
+
+    @property
+    def stripe_total(self) -> Decimal:
+        """What Stripe's invoice totals: the lines of prices billed through Stripe."""
+        stripe_lines = (line.amount for line in self.lines if line.billed_by_stripe)
+        return currency(self.currency).round(sum(stripe_lines, Decimal(0)))
 
 
 def billed_quantity(price: MeterPrice, base_units: int) -> Decimal:
@@ -79,43 +115,63 @@ def billed_quantity(price: MeterPrice, base_units: int) -> Decimal:
     return exact.quantize(step, rounding=_ROUNDING[price.rounding])
 
 
-def meter_lines(price: MeterPrice, base_units: int) -> list[Line]:
-    quantity = billed_quantity(price, base_units)
+def meter_parts(price: MeterPrice, quantity: Decimal) -> list[Part]:
+    """The breakdown of `quantity` billed units on `price`."""
     if price.tiers_mode is None:
         return _included_and_overage(price, quantity)
     if price.tiers_mode == "graduated":
         return _graduated(price, quantity)
-    return _volume(price, quantity)
+    return [_volume(price, quantity)]
+
+
+def meter_line(price: MeterPrice, base_units: int, currency_code: str) -> Line:
+    quantity = billed_quantity(price, base_units)
+    parts = tuple(meter_parts(price, quantity))
+    exact = sum((p.amount for p in parts), Decimal(0))
+    return Line(
+        price.label,
+        price.meter,
+        quantity,
+        parts,
+        exact,
+        currency(currency_code).round(exact),
+        price.billed_by_stripe,
+    )
 
 
 def invoice(plan: Plan, usage: Mapping[str, int]) -> Invoice:
     """The plan's lines for a period's usage (meter -> base units; missing meters used nothing)."""
     lines: list[Line] = []
     if plan.base_fee:
-        lines.append(Line("Base fee", None, Decimal(1), plan.base_fee, plan.base_fee))
-    for meter, price in plan.prices.items():
-        lines.extend(meter_lines(price, usage.get(meter, 0)))
-    total = sum((line.amount for line in lines), Decimal(0)).quantize(CENT, rounding=ROUND_HALF_UP)
-    return Invoice(plan.name, plan.currency, tuple(lines), total)
-
-
-def _included_and_overage(price: MeterPrice, quantity: Decimal) -> list[Line]:
-    lines = []
-    if price.included:
+        fee = Part("Base fee", Decimal(1), plan.base_fee, plan.base_fee)
         lines.append(
             Line(
-                f"Included {price.label}", price.meter, min(quantity, price.included), Decimal(0), Decimal(0)
+                "Base fee",
+                None,
+                Decimal(1),
+                (fee,),
+                plan.base_fee,
+                currency(plan.currency).round(plan.base_fee),
             )
         )
+    for meter, price in plan.prices.items():
+        lines.append(meter_line(price, usage.get(meter, 0), plan.currency))
+    return Invoice(plan.name, plan.currency, tuple(lines))
+
+
+def _included_and_overage(price: MeterPrice, quantity: Decimal) -> list[Part]:
+    parts = []
+    if price.included:
+        parts.append(Part(f"Included {price.label}", min(quantity, price.included), Decimal(0), Decimal(0)))
     overage = max(quantity - price.included, Decimal(0))
     unit_price = price.overage_price or Decimal(0)
     label = f"Overage {price.label}" if price.included else price.label
-    lines.append(Line(label, price.meter, overage, unit_price, overage * unit_price))
-    return lines
+    parts.append(Part(label, overage, unit_price, overage * unit_price))
+    return parts
 
 
-def _graduated(price: MeterPrice, quantity: Decimal) -> list[Line]:
-    lines = []
+def _graduated(price: MeterPrice, quantity: Decimal) -> list[Part]:
+    parts = []
     floor = Decimal(0)
     for n, tier in enumerate(price.tiers, 1):
         if quantity <= floor and n > 1:
@@ -123,34 +179,23 @@ def _graduated(price: MeterPrice, quantity: Decimal) -> list[Line]:
         top = quantity if tier.up_to is None else min(quantity, tier.up_to)
         units = max(top - floor, Decimal(0))
         amount = units * tier.unit_price + (tier.flat_fee if units > 0 else Decimal(0))
-        lines.append(
-            Line(
-                f"{price.label}, {_tier_range(floor, tier.up_to)}",
-                price.meter,
-                units,
-                tier.unit_price,
-                amount,
-            )
-        )
+        parts.append(Part(f"{price.label}, {_tier_range(floor, tier.up_to)}", units, tier.unit_price, amount))
         if tier.up_to is None:
             break
         floor = tier.up_to
-    return lines
+    return parts
 
 
-def _volume(price: MeterPrice, quantity: Decimal) -> list[Line]:
+def _volume(price: MeterPrice, quantity: Decimal) -> Part:
     tier = next(t for t in price.tiers if t.up_to is None or quantity <= t.up_to)
     floor = _floor_of(price.tiers, tier)
     amount = quantity * tier.unit_price + (tier.flat_fee if quantity > 0 else Decimal(0))
-    return [
-        Line(
-            f"{price.label}, all units at the {_tier_range(floor, tier.up_to)} rate",
-            price.meter,
-            quantity,
-            tier.unit_price,
-            amount,
-        )
-    ]
+    return Part(
+        f"{price.label}, all units at the {_tier_range(floor, tier.up_to)} rate",
+        quantity,
+        tier.unit_price,
+        amount,
+    )
 
 
 def _floor_of(tiers: Sequence[Tier], tier: Tier) -> Decimal:
@@ -160,31 +205,3 @@ def _floor_of(tiers: Sequence[Tier], tier: Tier) -> Decimal:
 
 def _tier_range(floor: Decimal, up_to: Decimal | None) -> str:
     return f"{floor + 1:,} and up" if up_to is None else f"{floor + 1:,} to {up_to:,}"
-
-
-def money(amount: Decimal, currency: str) -> str:
-    """$200.00; sub-cent unit prices keep their digits ($0.001)."""
-    symbol = {"usd": "$", "eur": "€", "gbp": "£"}.get(currency.lower(), "")
-    shown = amount.quantize(CENT) if amount == amount.quantize(CENT) else amount.normalize()
-    text = f"{shown:,}"
-    return f"{symbol}{text}" if symbol else f"{text} {currency.upper()}"
-
-
-def quantity_text(quantity: Decimal) -> str:
-    return f"{quantity.normalize():,}" if quantity != quantity.to_integral() else f"{int(quantity):,}"
-
-
-def describe(invoice: Invoice) -> str:
-    """One line of text in the seed's shape:
-    "Included API calls 1,000,000 / Overage API calls 200,000 at $0.001 / Total $200.00"."""
-    parts = []
-    for line in invoice.lines:
-        if line.meter is None:  # the base fee
-            parts.append(f"{line.description} {money(line.amount, invoice.currency)}")
-            continue
-        text = f"{line.description} {quantity_text(line.quantity)}"
-        if line.unit_price:
-            text += f" at {money(line.unit_price, invoice.currency)}"
-        parts.append(text)
-    parts.append(f"Total {money(invoice.total, invoice.currency)}")
-    return " / ".join(parts)

@@ -124,3 +124,48 @@ def test_the_default_plan_is_the_seed_s_rate_card() -> None:
         Decimal("0.001"),
         "call",
     )
+
+
+def test_prices_stripe_cannot_bill_and_currencies_it_does_not_list_are_reported_at_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "meterline.toml"
+    path.write_text(
+        '[plans.standard]\ncurrency = "usd"\n\n'
+        "[plans.standard.prices.compute_ms]\n"  # Stripe cannot divide a tiered price's quantity
+        'unit = "millisecond"\nper = 1000\ntiers_mode = "graduated"\n'
+        'tiers = [{ up_to = 3600, unit_price = "0" }, { unit_price = "0.0001" }]\n\n'
+        "[plans.standard.prices.egress_bytes]\n"  # nor round it half up
+        'unit = "byte"\nper = 1000000000\ndecimals = 2\nrounding = "half_up"\noverage_price = "0.09"\n\n'
+        '[plans.mars]\ncurrency = "xyz"\n\n'
+        '[plans.yen]\ncurrency = "JPY"\n'
+    )
+    result = meterline("--config", str(path), "config", "check", "--json")
+    problems = {p["field"]: p["why"] for p in json.loads(result.stdout)["problems"]}
+    assert result.returncode == 1
+    assert "not compatible with tiered pricing" in problems["plans.standard.prices.compute_ms"]
+    assert "not half up" in problems["plans.standard.prices.egress_bytes"]
+    assert "billed_by_stripe = false" in problems["plans.standard.prices.egress_bytes"]
+    assert problems["plans.mars.currency"].startswith("currency 'xyz': not one of Stripe's currencies")
+    assert problems["plans.yen.currency"] == "write it in lowercase, as Stripe does: 'jpy'"
+
+
+def test_a_price_not_billed_through_stripe_is_priced_and_labelled_so(tmp_path: Path) -> None:
+    from reconciler.invoice_text import rows
+    from reconciler.pricing import invoice
+
+    path = tmp_path / "meterline.toml"
+    path.write_text(
+        "[plans.standard.prices.egress_bytes]\n"
+        'unit = "byte"\nlabel = "egress"\nper = 1000000000\ndecimals = 2\nrounding = "half_up"\n'
+        'overage_price = "0.09"\nbilled_by_stripe = false\n'
+    )
+    plan = load_config(path, {}).plans["standard"]
+    bill = invoice(plan, {"egress_bytes": 1_235_000_000})
+    assert (str(bill.total), str(bill.stripe_total)) == ("0.11", "0.00")
+    assert [r["line"] for r in rows(bill)] == [
+        "egress (not billed through Stripe)",
+        "  egress",
+        "Billed through Stripe",
+        "Total",
+    ]

@@ -1,4 +1,5 @@
-"""`meterline invoice preview` on ClickHouse's final windows: the seed's invoice, to the cent."""
+"""`meterline invoice preview` on ClickHouse's final windows, and `meterline invoice quote` on usage
+stated: the seed's invoice, each Stripe line to the cent."""
 
 from __future__ import annotations
 
@@ -79,9 +80,49 @@ def test_the_seed_customer_s_november_invoice(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert (
         "Included API calls 1,000,000 / Overage API calls 200,000 at $0.001 / egress 1.24 at $0.09 / "
-        "compute seconds, 1 to 3,600 0 / Total $200.11" in shown.stdout
+        "compute, 1 to 3,600,000 0 / Total $200.11" in shown.stdout
     )
+    # Each Stripe line with its cents, its breakdown exact beneath it: egress's $0.1116 bills $0.11.
+    table = [line.split() for line in shown.stdout.splitlines()]
+    assert ["API", "calls", "1,200,000", "$200.00"] in table
+    assert ["egress", "1.24", "$0.09", "$0.11"] in table and ["egress", "1.24", "$0.09", "$0.1116"] in table
     as_json = json.loads(subprocess.run([*command, "--json"], env=env, capture_output=True, text=True).stdout)
     assert as_json["usage"] == {"api_calls": 1_200_000, "egress_bytes": 1_234_000_001}
-    assert as_json["total"] == "200.11"
-    assert [line["amount"] for line in as_json["lines"]] == ["0", "200.000", "0.1116", "0"]
+    assert (as_json["total"], as_json["total_minor_units"], as_json["stripe_total"]) == (
+        "200.11",
+        20011,
+        "200.11",
+    )
+    assert [(line["exact_amount"], line["amount"]) for line in as_json["lines"]] == [
+        ("200.000", "200.00"),
+        ("0.1116", "0.11"),
+        ("0", "0.00"),
+    ]
+
+
+def quote(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meterline.cli", "invoice", "quote", *args], capture_output=True, text=True
+    )
+
+
+def test_a_quote_prices_the_usage_stated_with_the_preview_s_lines_and_no_clickhouse() -> None:
+    shown = quote("--plan", "standard", "--usage", "api_calls=1200000", "--usage", "egress_bytes=1234000001")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[-1] == (
+        "Included API calls 1,000,000 / Overage API calls 200,000 at $0.001 / egress 1.24 at $0.09 / "
+        "compute, 1 to 3,600,000 0 / Total $200.11"
+    )
+    as_json = json.loads(quote("--plan", "standard", "--usage", "compute_ms=3600001", "--json").stdout)
+    assert [line["amount"] for line in as_json["lines"]] == ["0.00", "0.00", "0.00"]  # $0.0000001
+    assert (as_json["usage"], as_json["total"]) == ({"compute_ms": 3_600_001}, "0.00")
+
+
+def test_a_quote_names_each_bad_argument() -> None:
+    refused = quote("--plan", "standard", "--usage", "gpu_hours=5", "--usage", "api_calls=1.5")
+    assert refused.returncode == 1
+    assert "--usage 'gpu_hours=5': plan 'standard' prices no meter 'gpu_hours'" in refused.stderr
+    assert "--usage 'api_calls=1.5': the quantity is a whole number of calls" in refused.stderr
+    wrong = quote("--plan", "standard", "--currency", "eur")
+    assert "plan 'standard' is priced in usd" in wrong.stderr and wrong.returncode == 1
+    assert "no such plan" in quote("--plan", "gold").stderr

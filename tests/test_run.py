@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from meterline.config import Config
 from meterline.produce import produce_workload
 from meterline.workload import Expected, WorkloadSpec, customer_ids
-from reconciler.pricing import invoice, money
+from reconciler.invoice_text import money
+from reconciler.pricing import invoice
 from sinks.stripe.fake import FakeStripe
 from tests.conftest import TEST_PARTITIONS, isolated_config
 from tests.pipeline import (
@@ -355,7 +356,7 @@ def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> 
     from playwright.sync_api import sync_playwright
 
     from meterline.dashboard import allowance, projected_usage
-    from reconciler.pricing import quantity_text
+    from reconciler.invoice_text import quantity_text
     from reconciler.usage import period_bounds
 
     customer = customer_ids(settled.spec)[1]

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 DAY_S = 86_400
@@ -55,6 +56,39 @@ def missing(kind: str, object_id: str, param: str = "id") -> StripeError:
     return StripeError(
         404, "invalid_request_error", f"No such {kind}: '{object_id}'", "resource_missing", param
     )
+
+
+def _check_price_terms(params: Mapping[str, Any]) -> None:
+    """What Stripe refuses of a price's terms, each from its page:
+    - "Quantity transformation isn't compatible with tiered pricing"; `round` is up or down
+      (https://docs.stripe.com/billing/subscriptions/usage-based/transform-quantities);
+    - `unit_amount_decimal` "accepts decimals up to 12 decimal places"
+      (https://stripe.com/docs/billing/subscriptions/decimal-amounts); `flat_amount_decimal`
+      represents an integer of minor units (API reference, price tiers)."""
+    transform = params.get("transform_quantity")
+    if transform and params.get("billing_scheme") == "tiered":
+        raise invalid(
+            "Quantity transformation isn't compatible with tiered pricing.", param="transform_quantity"
+        )
+    if transform and transform.get("round") not in ("up", "down"):
+        raise invalid(
+            "Invalid transform_quantity[round]: must be up or down.", param="transform_quantity[round]"
+        )
+    amounts = [("unit_amount_decimal", params.get("unit_amount_decimal"))]
+    for n, tier in enumerate(params.get("tiers") or []):
+        amounts.append((f"tiers[{n}][unit_amount_decimal]", tier.get("unit_amount_decimal")))
+        flat = tier.get("flat_amount_decimal")
+        if flat is not None and Decimal(str(flat)) != Decimal(str(flat)).to_integral_value():
+            raise invalid(
+                f"Invalid decimal: {flat}; must be an integer.", param=f"tiers[{n}][flat_amount_decimal]"
+            )
+    for name, value in amounts:
+        if value is not None and -Decimal(str(value)).normalize().as_tuple().exponent > 12:  # type: ignore[operator]
+            raise invalid(f"Invalid decimal: {value}; at most 12 decimal places.", param=name)
+
+
+def _transform(raw: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if not raw else {"divide_by": int(raw["divide_by"]), "round": raw["round"]}
 
 
 def new_id(prefix: str) -> str:
@@ -159,6 +193,7 @@ class FakeStripeState:
                     if other.get("lookup_key") == lookup_key:
                         other["lookup_key"] = None
             recurring = dict(params.get("recurring") or {})
+            _check_price_terms(params)
             price = {
                 "id": new_id("price"),
                 "object": "price",
@@ -168,6 +203,7 @@ class FakeStripeState:
                 "billing_scheme": params.get("billing_scheme", "per_unit"),
                 "tiers_mode": params.get("tiers_mode"),
                 "tiers": params.get("tiers"),
+                "transform_quantity": _transform(params.get("transform_quantity")),
                 "recurring": recurring or None,
                 "lookup_key": lookup_key,
                 "metadata": dict(params.get("metadata") or {}),

@@ -1,10 +1,23 @@
-"""A rate card price as a Stripe metered price: pure. Stripe amounts are in the currency's minor
-unit (cents), as decimal strings; a price Stripe cannot bill exactly as meterline's invoice preview
+"""A rate card price as a Stripe price: pure. Stripe takes amounts in the currency's minor unit
+(cents; whole yen) as decimal strings; a price Stripe cannot bill exactly as meterline's invoice
 computes it is refused with the reason, never approximated.
 
-What Stripe can represent: a quantity divided by `per` only on a per-unit price, rounded up or
-down to a whole unit (`transform_quantity`); tiers (graduated or volume) on the quantity as
-reported; included + overage as two graduated tiers (the included ones at 0).
+How billed units reach Stripe: Stripe counts whole units, so a price billed with `decimals` counts
+hundredths (for 2) of the billed unit. Stripe divides the reported base units by
+`per / 10^decimals` and rounds up or down (`transform_quantity`), and the unit amount is per
+hundredth. Egress at $0.09 per GB, 2 decimals, rounded up: divide_by 10,000,000 bytes, round up,
+0.09 cents each.
+
+What Stripe cannot represent, each with its page:
+- a quantity transform together with tiers or an included quantity (included units are a free
+  first tier): "Quantity transformation isn't compatible with tiered pricing"
+  (https://docs.stripe.com/billing/subscriptions/usage-based/transform-quantities);
+- half-up rounding of a divided quantity: `transform_quantity.round` is `up` or `down` (same page);
+- more than 12 decimals of a minor unit in a unit amount, and a flat amount that is not a whole
+  number of minor units (https://stripe.com/docs/billing/subscriptions/decimal-amounts; the API's
+  `flat_amount_decimal` "represents an integer in the minor units");
+- `per` that is not a whole multiple of 10^decimals: `divide_by` is a whole number;
+- included together with tiers: two pricings of the same units.
 """
 
 from __future__ import annotations
@@ -14,9 +27,10 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from core.currencies import Currency, currency
 from reconciler.pricing import MeterPrice, Plan
 
-MINOR_UNITS = Decimal(100)
+MAX_UNIT_AMOUNT_DECIMALS = 12
 
 
 def lookup_key(plan: str, meter: str) -> str:
@@ -27,57 +41,90 @@ def base_fee_lookup_key(plan: str) -> str:
     return f"meterline_{plan}_base"
 
 
-def _cents(amount: Decimal) -> str:
-    return format((amount * MINOR_UNITS).normalize(), "f")
+def stripe_terms(plan: Plan, price: MeterPrice) -> dict[str, Any] | str:
+    """How Stripe prices `price` (billing scheme, amounts in minor units, quantity transform), or
+    why it cannot bill it exactly."""
+    unit = currency(plan.currency)
+    scale = Decimal(10) ** price.decimals
+    divide_by = price.per / scale
+    if divide_by != divide_by.to_integral_value() or divide_by < 1:
+        return (
+            f"per = {price.per} is not a whole multiple of 10^decimals ({scale}): Stripe divides "
+            "the reported quantity by a whole number (transform_quantity.divide_by)"
+        )
+    if price.included and price.tiers_mode is not None:
+        return "included and tiers price the same units twice: use a free first tier instead"
+    terms: dict[str, Any] = {}
+    if divide_by > 1:
+        if price.tiers_mode is not None or price.included:
+            return (
+                "Stripe's quantity transform (per > 1) is not compatible with tiered pricing, and "
+                "included units are a free first tier: price the meter in its base unit instead"
+            )
+        if price.rounding == "half_up":
+            return "Stripe rounds a divided quantity up or down only (transform_quantity.round), not half up"
+        terms["transform_quantity"] = {"divide_by": int(divide_by), "round": price.rounding}
+    try:
+        if price.tiers_mode is not None:
+            terms["billing_scheme"] = "tiered"
+            terms["tiers_mode"] = price.tiers_mode
+            terms["tiers"] = [
+                {
+                    "up_to": "inf" if t.up_to is None else _whole(t.up_to * scale, f"tier up_to {t.up_to}"),
+                    "unit_amount_decimal": _unit_amount(unit, t.unit_price, scale),
+                    **({"flat_amount_decimal": _flat_amount(unit, t.flat_fee)} if t.flat_fee else {}),
+                }
+                for t in price.tiers
+            ]
+        elif price.included:
+            terms["billing_scheme"] = "tiered"
+            terms["tiers_mode"] = "graduated"
+            terms["tiers"] = [
+                {"up_to": _whole(price.included * scale, "included"), "unit_amount_decimal": "0"},
+                {"up_to": "inf", "unit_amount_decimal": _unit_amount(unit, _overage(price), scale)},
+            ]
+        else:
+            terms["unit_amount_decimal"] = _unit_amount(unit, _overage(price), scale)
+    except _Unrepresentable as exc:
+        return str(exc)
+    return terms
 
 
 def metered_price(plan: Plan, price: MeterPrice, meter_id: str, product: str) -> dict[str, Any] | str:
     """The params of `POST /v1/prices` for `price`, or why Stripe cannot bill it exactly."""
+    terms = stripe_terms(plan, price)
+    if isinstance(terms, str):
+        return terms
     params: dict[str, Any] = {
         "product": product,
         "currency": plan.currency,
         "lookup_key": lookup_key(plan.name, price.meter),
         "recurring": {"interval": "month", "usage_type": "metered", "meter": meter_id},
         "metadata": {"meterline_meter": price.meter, "meterline_plan": plan.name},
+        **terms,
     }
-    if price.per != 1:
-        if price.tiers_mode is not None or price.included:
-            return f"{price.meter}: Stripe divides quantities only on per-unit prices (no tiers or included)"
-        if price.decimals or price.rounding == "half_up":
-            return f"{price.meter}: Stripe rounds a divided quantity up or down to whole units only"
-        params["transform_quantity"] = {"divide_by": int(price.per), "round": price.rounding}
-    if price.tiers_mode is not None:
-        params["billing_scheme"] = "tiered"
-        params["tiers_mode"] = price.tiers_mode
-        params["tiers"] = [
-            {
-                "up_to": "inf" if t.up_to is None else int(t.up_to),
-                "unit_amount_decimal": _cents(t.unit_price),
-                **({"flat_amount_decimal": _cents(t.flat_fee)} if t.flat_fee else {}),
-            }
-            for t in price.tiers
-        ]
-    elif price.included:
-        params["billing_scheme"] = "tiered"
-        params["tiers_mode"] = "graduated"
-        params["tiers"] = [
-            {"up_to": int(price.included), "unit_amount_decimal": "0"},
-            {"up_to": "inf", "unit_amount_decimal": _cents(price.overage_price or Decimal(0))},
-        ]
-    else:
-        params["unit_amount_decimal"] = _cents(price.overage_price or Decimal(0))
     params["metadata"]["meterline_fingerprint"] = fingerprint(params)
     return params
 
 
-def base_fee_price(plan: Plan, product: str) -> dict[str, Any]:
+def base_fee_terms(plan: Plan) -> dict[str, Any] | str:
+    try:
+        return {"unit_amount_decimal": _unit_amount(currency(plan.currency), plan.base_fee, Decimal(1))}
+    except _Unrepresentable as exc:
+        return f"base fee: {exc}"
+
+
+def base_fee_price(plan: Plan, product: str) -> dict[str, Any] | str:
+    terms = base_fee_terms(plan)
+    if isinstance(terms, str):
+        return terms
     params: dict[str, Any] = {
         "product": product,
         "currency": plan.currency,
         "lookup_key": base_fee_lookup_key(plan.name),
-        "unit_amount_decimal": _cents(plan.base_fee),
         "recurring": {"interval": "month", "usage_type": "licensed"},
         "metadata": {"meterline_plan": plan.name},
+        **terms,
     }
     params["metadata"]["meterline_fingerprint"] = fingerprint(params)
     return params
@@ -87,3 +134,38 @@ def fingerprint(params: dict[str, Any]) -> str:
     """What identifies a price's terms: a changed rate card has another fingerprint."""
     terms = {k: v for k, v in params.items() if k != "metadata"}
     return hashlib.sha256(json.dumps(terms, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Unrepresentable(ValueError):
+    pass
+
+
+def _overage(price: MeterPrice) -> Decimal:
+    return price.overage_price or Decimal(0)
+
+
+def _unit_amount(unit: Currency, amount: Decimal, scale: Decimal) -> str:
+    """An amount per billed unit as minor units per Stripe unit (a 1/scale of a billed unit)."""
+    minor = (unit.to_minor(amount) / scale).normalize()
+    if -minor.as_tuple().exponent > MAX_UNIT_AMOUNT_DECIMALS:  # type: ignore[operator]
+        raise _Unrepresentable(
+            f"unit price {amount} {unit.code} is {minor:f} minor units per Stripe unit: more than the "
+            f"{MAX_UNIT_AMOUNT_DECIMALS} decimals Stripe's unit_amount_decimal takes"
+        )
+    return format(minor, "f")
+
+
+def _flat_amount(unit: Currency, amount: Decimal) -> str:
+    minor = unit.to_minor(amount)
+    if minor != minor.to_integral_value():
+        raise _Unrepresentable(
+            f"flat fee {amount} {unit.code} is {minor.normalize():f} minor units: Stripe's "
+            "flat_amount_decimal is a whole number of minor units"
+        )
+    return format(minor.normalize(), "f")
+
+
+def _whole(quantity: Decimal, what: str) -> int:
+    if quantity != quantity.to_integral_value():
+        raise _Unrepresentable(f"{what} is {quantity} Stripe units: Stripe's tiers end at whole units")
+    return int(quantity)

@@ -3,10 +3,11 @@
 Per meter: a billing meter for its `stripe_event_name` (sum of the reported deltas) and a product
 with the deterministic id `meterline_<meter>`. Per plan and meter: a metered price with the lookup
 key `meterline_<plan>_<meter>` (sinks.stripe.prices; one Stripe cannot bill exactly is reported,
-not created); per plan with a base fee, a licensed price `meterline_<plan>_base` on the product
-`meterline_plan_<plan>`. Idempotent: what exists is found (meters by event name, products by id,
-prices by lookup key) and left alone; a price whose terms changed in the rate card is replaced
-(Stripe prices are immutable: a new one takes over the lookup key). `dry_run` changes nothing.
+not created; one marked `billed_by_stripe = false` is skipped); per plan with a base fee, a
+licensed price `meterline_<plan>_base` on the product `meterline_plan_<plan>`. Idempotent: what
+exists is found (meters by event name, products by id, prices by lookup key) and left alone; a
+price whose terms changed in the rate card is replaced (Stripe prices are immutable: a new one
+takes over the lookup key). `dry_run` changes nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import stripe
 from meterline.config import Config
 from sinks.stripe.calls import Caller
 from sinks.stripe.directory import metadata
-from sinks.stripe.prices import base_fee_price, lookup_key, metered_price
+from sinks.stripe.prices import base_fee_lookup_key, base_fee_price, lookup_key, metered_price
 
 
 @dataclass(frozen=True)
@@ -59,20 +60,21 @@ def sync(config: Config, caller: Caller, dry_run: bool = False) -> list[Change]:
             changes.append(
                 _product(caller, product, f"{plan.name} plan", {"meterline_plan": plan.name}, dry_run)
             )
-            changes.append(_price(caller, base_fee_price(plan, product), dry_run))
+            changes.append(
+                _price(caller, base_fee_lookup_key(plan.name), base_fee_price(plan, product), dry_run)
+            )
         for meter_name, price in sorted(plan.prices.items()):
+            key = lookup_key(plan.name, meter_name)
+            if not price.billed_by_stripe:
+                changes.append(Change("price", key, "skipped: not billed through Stripe", ""))
+                continue
             terms = metered_price(
                 plan,
                 price,
                 meters.get(config.meters[meter_name].stripe_event_name) or "",
                 product_id(meter_name),
             )
-            if isinstance(terms, str):
-                changes.append(
-                    Change("price", lookup_key(plan.name, meter_name), f"not representable: {terms}", "")
-                )
-            else:
-                changes.append(_price(caller, terms, dry_run))
+            changes.append(_price(caller, key, terms, dry_run))
     return changes
 
 
@@ -94,9 +96,10 @@ def _product(caller: Caller, product: str, name: str, metadata: dict[str, str], 
     return Change("product", product, "created", product)
 
 
-def _price(caller: Caller, params: dict[str, Any], dry_run: bool) -> Change:
+def _price(caller: Caller, key: str, params: dict[str, Any] | str, dry_run: bool) -> Change:
+    if isinstance(params, str):  # config check refuses these; a rate card built in code may not
+        return Change("price", key, f"not representable: {params}", "")
     client = caller.client
-    key = params["lookup_key"]
     listed, _ = caller.retrying(lambda: client.v1.prices.list({"lookup_keys": [key]}))
     existing = listed.data[0] if listed.data else None
     if (
