@@ -857,6 +857,7 @@ def _webhooks(args: argparse.Namespace) -> int:
     import threading
 
     from sinks.clickhouse.client import connect
+    from sinks.stripe.calls import caller_for
     from sinks.stripe.webhooks import PATH, WebhookConsumer, make_receiver
 
     config = _load(args)
@@ -868,7 +869,7 @@ def _webhooks(args: argparse.Namespace) -> int:
 
     def consume(stop: Callable[[], bool]) -> None:
         logging.getLogger("meterline.webhooks").info("listening on http://%s:%s%s", host, port, PATH)
-        WebhookConsumer(config, bootstrap, client, group_id=args.group).run(stop)
+        WebhookConsumer(config, bootstrap, client, caller_for(config), group_id=args.group).run(stop)
 
     try:
         _run_until_signalled(args, config, "webhooks", consume)

@@ -136,6 +136,7 @@ def run(
     from sinks.clickhouse.client import connect
     from sinks.clickhouse.migrate import migrate
     from sinks.clickhouse.sink import ClickHouseSink
+    from sinks.stripe.calls import caller_for
     from sinks.stripe.sink import StripeSink
     from sinks.stripe.webhooks import PATH, WebhookConsumer, make_receiver
 
@@ -174,7 +175,9 @@ def run(
     roles = Roles(health)
     roles.start("sink-clickhouse", lambda stop: ClickHouseSink(config, bootstrap).run(stop))
     roles.start("sink-stripe", lambda stop: StripeSink(config, bootstrap).run(stop))
-    roles.start("webhooks", lambda stop: WebhookConsumer(config, bootstrap, client).run(stop))
+    roles.start(
+        "webhooks", lambda stop: WebhookConsumer(config, bootstrap, client, caller_for(config)).run(stop)
+    )
     roles.start("reconcile", lambda stop: reconcile_periodically(config, client, stop))
     url = f"http://{config.run.host}:{server.server_address[1]}"
     forward.announce(config, url)

@@ -253,3 +253,49 @@ def test_requests_without_an_api_key_are_refused(fake: tuple[FakeStripe, str]) -
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request)
     assert refused.value.code == 401
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "duplicate"),
+    [
+        ("duplicate_meter_event", "An event with this identifier already exists.", True),
+        (None, "An event with identifier 'mtr-1' already exists.", True),  # the message alone says so
+        (None, "Duplicate identifier: mtr-1", True),
+        ("timestamp_too_far_in_past", "The identifier's event is too old.", False),
+        (None, "No such customer: 'cus_x'", False),
+    ],
+)
+def test_a_duplicate_identifier_is_known_by_its_code_or_its_message(
+    code: str | None, message: str, duplicate: bool
+) -> None:
+    """The page documents uniqueness "within a rolling period of at least 24 hours"
+    (https://docs.stripe.com/api/billing/meter-event/create), not the error's form: the safe
+    reading is to take only a clear duplicate for delivered, and refuse everything else."""
+    from sinks.stripe.calls import is_duplicate_identifier
+
+    exc = stripe.InvalidRequestError(message, "identifier", code=code)
+    assert is_duplicate_identifier(exc) is duplicate
+
+
+def test_a_meter_error_report_is_a_thin_event_stripe_python_parses_and_fetches(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    """https://docs.stripe.com/api/v2/core/events/object: the notification has no data; the event
+    fetched has the errors by type, with sample errors naming each request's identifier."""
+    errors = [
+        {"identifier": f"id-{n}", "code": "meter_event_customer_not_found", "message": "No such customer"}
+        for n in range(7)
+    ]
+    notification = fake[0]._thin_event(
+        "evt_t1", {"type": "v1.billing.meter.error_report_triggered", "errors": errors}, NOW
+    )
+    parsed = api.parse_event_notification_without_verification(json.dumps(notification))
+    assert (parsed.type, parsed.created) == (
+        "v1.billing.meter.error_report_triggered",
+        notification["created"],
+    )
+    event = parsed.fetch_event()
+    [error_type] = event.data.reason.error_types
+    assert (error_type.code, error_type.error_count) == ("meter_event_customer_not_found", 7)
+    # Samples, not all: meterline must not rely on a report naming every refused event.
+    assert [e.request.identifier for e in error_type.sample_errors] == [f"id-{n}" for n in range(5)]

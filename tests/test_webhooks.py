@@ -10,9 +10,11 @@ import signal
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import stripe
 
 from meterline.config import Config
 from meterline.devstack import FAKE_WEBHOOK_SECRET
@@ -23,26 +25,28 @@ from sinks.clickhouse.migrate import migrate
 from sinks.stripe.fake import FakeStripe
 from sinks.stripe.ledger import Ledger
 from sinks.stripe.report import Outcome, Status, identifier
-from sinks.stripe.webhook_signature import SignatureError, sign, verify
 from tests.kafka_helpers import read_messages
 from tests.pipeline import free_port, start_meterline
 
 NOW = int(time.time())
 
 
-def test_a_signature_verifies_only_with_its_secret_payload_and_time() -> None:
-    header = sign(b'{"id": "evt_1"}', "whsec_a", NOW)
-    verify(b'{"id": "evt_1"}', header, "whsec_a", NOW)
-    verify(b'{"id": "evt_1"}', f"{header},v1=rolled-secret-signature", "whsec_a", NOW + 299)
-    for payload, head, secret, now, why in [
-        (b'{"id": "evt_2"}', header, "whsec_a", NOW, "no v1 signature matches"),
-        (b'{"id": "evt_1"}', header, "whsec_b", NOW, "no v1 signature matches"),
-        (b'{"id": "evt_1"}', header, "whsec_a", NOW + 301, "tolerance"),
-        (b'{"id": "evt_1"}', "v1=abc", "whsec_a", NOW, "one t="),
-        (b'{"id": "evt_1"}', None, "whsec_a", NOW, "no Stripe-Signature"),
+def test_a_signature_verifies_only_with_its_secret_payload_and_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """stripe-python's own check (https://docs.stripe.com/webhooks#verify-events), on a pinned clock."""
+    monkeypatch.setattr("stripe._webhook.time", SimpleNamespace(time=lambda: NOW))
+    verify = stripe.WebhookSignature.verify_header
+    header = stripe.WebhookSignature.generate_signature_header('{"id": "evt_1"}', "whsec_a", NOW - 299)
+    verify(b'{"id": "evt_1"}', header, "whsec_a", 300)
+    verify(b'{"id": "evt_1"}', f"{header},v1=rolled-secret-signature", "whsec_a", 300)
+    stale = stripe.WebhookSignature.generate_signature_header('{"id": "evt_1"}', "whsec_a", NOW - 301)
+    for payload, head, secret, why in [
+        (b'{"id": "evt_2"}', header, "whsec_a", "No signatures found matching"),
+        (b'{"id": "evt_1"}', header, "whsec_b", "No signatures found matching"),
+        (b'{"id": "evt_1"}', stale, "whsec_a", "outside the tolerance zone"),
+        (b'{"id": "evt_1"}', "v1=abc", "whsec_a", "Unable to extract timestamp"),
     ]:
-        with pytest.raises(SignatureError, match=why):
-            verify(payload, head, secret, now)
+        with pytest.raises(stripe.SignatureVerificationError, match=why):
+            verify(payload, head, secret, 300)
 
 
 def post(base: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -103,15 +107,22 @@ def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
         invoice = {"id": "in_1", "customer": "cus_1", "period_start": NOW - 86_400, "period_end": NOW}
         assert send(id="evt_invoice", type="invoice.created", object=invoice) == 200
         assert send(id="evt_invoice", type="invoice.created", object=invoice) == 200
-        # Out of order: the newer subscription state arrives first.
+        # Out of order: the newer subscription state arrives first. The newer is in the shape of
+        # API 2025-03-31.basil and later (the period on each item), the older in the earlier one.
+        item = {"id": "si_1", "price": {"id": "price_1", "lookup_key": "meterline_standard_api_calls"}}
         newer = {
             "id": "sub_1",
             "customer": "cus_1",
             "status": "active",
-            "current_period_start": NOW,
-            "current_period_end": NOW + 86_400,
+            "items": {"data": [{**item, "current_period_start": NOW, "current_period_end": NOW + 86_400}]},
         }
-        older = {**newer, "status": "past_due"}
+        older = {
+            **newer,
+            "status": "past_due",
+            "items": {"data": [item]},
+            "current_period_start": NOW - 86_400,
+            "current_period_end": NOW,
+        }
         assert (
             send(id="evt_sub_2", type="customer.subscription.updated", object=newer, created=NOW - 10) == 200
         )
@@ -135,6 +146,13 @@ def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
             )
             == 200
         )
+        # A type meterline does not handle is recorded and skipped; one it cannot read (a
+        # subscription with no period anywhere) is logged and recorded, never retried forever.
+        assert send(id="evt_unknown", type="charge.succeeded", object={"id": "ch_1"}) == 200
+        broken = {"id": "sub_2", "customer": "cus_1", "status": "active", "items": {"data": [item]}}
+        assert send(id="evt_bad", type="customer.subscription.created", object=broken) == 200
+        gone = {"type": "v1.billing.meter.error_report_triggered", "errors": errors, "fetchable": False}
+        assert send(id="evt_gone", object={"id": "mtr_1"}, **gone) == 200  # Stripe answers 404 for it
         finalized = {
             **invoice,
             "status": "open",
@@ -142,14 +160,21 @@ def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
         }
         assert send(id="evt_final", type="invoice.finalized", object=finalized) == 200
 
-        kept = read_messages(config.kafka.bootstrap, config.topics.webhooks, 6)
-        assert len(kept) == 6 and {json.loads(m.value())["id"] for m in kept} == {
+        kept = read_messages(config.kafka.bootstrap, config.topics.webhooks, 9)
+        assert len(kept) == 9 and {json.loads(m.value())["id"] for m in kept} == {
+            "evt_gone",
             "evt_invoice",
             "evt_sub_2",
             "evt_sub_1",
             "evt_err",
+            "evt_unknown",
+            "evt_bad",
             "evt_final",
         }
+        # Stripe's meter error report is a thin event: no data, created in RFC 3339
+        # (https://docs.stripe.com/api/v2/core/events/object); the consumer fetches the rest.
+        [thin] = [json.loads(m.value()) for m in kept if json.loads(m.value())["id"] == "evt_err"]
+        assert thin["object"] == "v2.core.event" and "data" not in thin and thin["created"].endswith("Z")
         ends = read_ends(config.kafka.bootstrap, [config.topics.webhooks])
         deadline = time.monotonic() + 60
         while not committed_reaches(config.kafka.bootstrap, "test-webhooks", ends):
@@ -162,10 +187,30 @@ def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
         process.wait(timeout=60)
     logs = log_path.read_text()
     assert "already processed" in logs and "ALERT" in logs
+    assert "webhook evt_bad (customer.subscription.created) cannot be read" in logs
+    assert "Stripe has no event evt_gone" in logs
     client = connect(config, dsn)
     try:
-        assert client.query("SELECT count() FROM stripe_webhook_events FINAL").result_rows == [(5,)]
+        outcomes = dict(client.query("SELECT event_id, outcome FROM stripe_webhook_events FINAL").result_rows)
+        assert outcomes == {
+            "evt_invoice": "processed",
+            "evt_sub_2": "processed",
+            "evt_sub_1": "processed",
+            "evt_err": "processed",
+            "evt_unknown": "skipped",
+            "evt_bad": "malformed",
+            "evt_gone": "malformed",
+            "evt_final": "processed",
+        }
         assert client.query("SELECT status FROM stripe_subscriptions FINAL").result_rows == [("active",)]
+        # Each event's items with their periods, whichever API shape carried them.
+        assert client.query(
+            "SELECT status, item_id, price_lookup_key, toUnixTimestamp(current_period_start), "
+            "toUnixTimestamp(current_period_end) FROM stripe_subscription_items FINAL ORDER BY event_created"
+        ).result_rows == [
+            ("past_due", "si_1", "meterline_standard_api_calls", NOW - 86_400, NOW),
+            ("active", "si_1", "meterline_standard_api_calls", NOW, NOW + 86_400),
+        ]
         assert client.query("SELECT toString(status), error_code FROM stripe_reports FINAL").result_rows == [
             ("failed", "meter_event_customer_not_found")
         ]

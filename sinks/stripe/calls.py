@@ -3,9 +3,10 @@ retries: the library's are off, so that every retry reuses the same Idempotency-
 
 Retried (backoff with full jitter, capped, without limit: usage must not be dropped): 429, 5xx,
 connection errors and timeouts, an idempotency key still in use, an expired v2 session (renewed).
-Settled: `duplicate_meter_event` means Stripe already has that identifier (a report whose answer
-was lost): sent. Refused for good: any other invalid request (its code is kept); an
-authentication or permission error stops the sink instead, as it would refuse everything.
+Settled: a duplicate identifier (`duplicate_meter_event`, or a message saying so: the error's form
+is not documented) means Stripe already has it (a report whose answer was lost): sent. Refused
+for good: any other invalid request (its code is kept); an authentication or permission error
+stops the sink instead, as it would refuse everything.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -149,8 +151,10 @@ class Caller:
         except stripe.InvalidRequestError as exc:
             attempts = getattr(exc, "meterline_attempts", 1)
             message, request_id = str(exc.user_message or exc), exc.request_id or ""
-            if exc.code == "duplicate_meter_event":  # Stripe has it: the first answer was lost
-                return Outcome(Status.SENT, attempts, exc.code, message, request_id)
+            if is_duplicate_identifier(exc):  # Stripe has it: the first answer was lost
+                return Outcome(
+                    Status.SENT, attempts, exc.code or "duplicate_meter_event", message, request_id
+                )
             return Outcome(Status.FAILED, attempts, exc.code or "invalid_request", message, request_id)
         except stripe.IdempotencyError as exc:  # same key, other parameters: never retried into success
             attempts = getattr(exc, "meterline_attempts", 1)
@@ -208,6 +212,23 @@ class Caller:
         with self._lock:
             self._session = (session.authentication_token, expiry)
         return session.authentication_token
+
+
+_DUPLICATE_MESSAGE = re.compile(
+    r"identifier\b.*\b(already|duplicate)|\b(already exists|duplicate)\b.*identifier", re.I
+)
+
+
+def is_duplicate_identifier(exc: stripe.InvalidRequestError) -> bool:
+    """Stripe already has a meter event with this identifier. Its page documents the uniqueness
+    ("We will enforce uniqueness within a rolling period of at least 24 hours",
+    https://docs.stripe.com/api/billing/meter-event/create) but not the error's form: the code
+    `duplicate_meter_event`, or, without it, a message naming the identifier as already there.
+    Anything else is a refusal, never taken for delivered."""
+    if exc.code == "duplicate_meter_event":
+        return True
+    text = str(exc.user_message or exc)
+    return exc.code in (None, "", "resource_already_exists") and bool(_DUPLICATE_MESSAGE.search(text))
 
 
 def caller_for(config: Config) -> Caller:

@@ -40,10 +40,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import stripe
+
 from sinks.stripe.fake_state import DAY_S, FakeStripeState, StripeError, invalid, new_id
-from sinks.stripe.webhook_signature import sign
 
 SESSION_SECONDS = 15 * 60
+API_VERSION = "2026-10-28.endive"
+THIN_EVENT_TYPES = frozenset({"v1.billing.meter.error_report_triggered"})
+SAMPLE_ERRORS = 5
+"""Sample errors per error type in a meter error report. Stripe says "sample" and not how many: the
+fake keeps few, so that nothing relies on a report naming every refused event."""
 STREAM_MAX_EVENTS = 100
 
 
@@ -75,6 +81,7 @@ class FakeStripe:
         self._saved: dict[str, _Saved] = {}
         self._running: set[str] = set()
         self._sessions: dict[str, float] = {}  # token -> expiry
+        self._v2_events: dict[str, dict[str, Any]] = {}  # thin events, as GET /v2/core/events serves them
         self._bucket = (0.0, time.monotonic(), 0.0)  # tokens, when, for which limit
         self.webhook_endpoint: tuple[str, str] | None = None  # url, secret
         self._lock = threading.Lock()
@@ -217,6 +224,7 @@ class FakeStripe:
                 lambda m, p, q, h: s.record_meter_event(p, _int(p.get("timestamp"))),
             ),
             (r"/v2/billing/meter_event_session", "POST", self._new_session),
+            (r"/v2/core/events/([^/]+)", "GET", lambda m, p, q, h: self._v2_event(m[1])),
             (r"/v2/billing/meter_event_stream", "POST", self._stream),
             (
                 r"/v1/subscription_items/([^/]+)/usage_records",
@@ -242,6 +250,14 @@ class FakeStripe:
             query.get("value_grouping_window"),
         )
         return page(found, query, match[0])
+
+    def _v2_event(self, event_id: str) -> dict[str, Any]:
+        found = self._v2_events.get(event_id)
+        if found is None:
+            raise StripeError(
+                404, "invalid_request_error", f"No such event: '{event_id}'", "resource_missing"
+            )
+        return found
 
     def _new_session(self, match: Any, params: Any, query: Any, headers: Any) -> Any:
         token = f"ek_test_{new_id('mes')}"
@@ -288,28 +304,42 @@ class FakeStripe:
     # -- webhooks ----------------------------------------------------------------------------------
 
     def send_event(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Sign and POST an event to the registered endpoint; returns its id and the answer's status."""
+        """Sign and POST an event to the registered endpoint; returns its id and the answer's status.
+
+        Stripe's shapes: a snapshot event (`"object": "event"`, the object in `data`, `created` in
+        epoch seconds) for v1 types; for `v1.billing.meter.error_report_triggered` a thin event
+        notification (`"object": "v2.core.event"`, no data, `created` in RFC 3339, the meter as
+        `related_object`), whose event is then served at GET /v2/core/events/<id> with the errors
+        grouped by type in `data.reason.error_types[].sample_errors[]`
+        (https://docs.stripe.com/api/v2/core/events/object). The errors are the ones given, or else
+        the fake's own asynchronous refusals not reported yet."""
         if self.webhook_endpoint is None:
             raise invalid("No webhook endpoint: POST /_fake/webhook_endpoint first.")
         url, secret = self.webhook_endpoint
         created = int(request.get("created") or self.state.clock())
-        event = {
-            "id": request.get("id") or new_id("evt"),
-            "object": "event",
-            "api_version": "2026-10-28.endive",
-            "created": created,
-            "livemode": False,
-            "type": request["type"],
-            "data": {
-                "object": request.get("object", {}),
-                **({"errors": request["errors"]} if "errors" in request else {}),
-            },
-        }
-        payload = json.dumps(event).encode()
+        event_id = request.get("id") or new_id("evt")
+        if request["type"] in THIN_EVENT_TYPES:
+            event = self._thin_event(event_id, request, created)
+        else:
+            event = {
+                "id": event_id,
+                "object": "event",
+                "api_version": API_VERSION,
+                "created": created,
+                "livemode": False,
+                "type": request["type"],
+                "data": {"object": request.get("object", {})},
+            }
+        text = json.dumps(event)
         signed_at = int(request.get("signed_at") or self.state.clock())
-        header = sign(payload, request.get("secret") or secret, signed_at)
+        header = stripe.WebhookSignature.generate_signature_header(
+            text, request.get("secret") or secret, signed_at
+        )
         delivery = urllib.request.Request(
-            url, payload, {"Content-Type": "application/json", "Stripe-Signature": header}, method="POST"
+            url,
+            text.encode(),
+            {"Content-Type": "application/json", "Stripe-Signature": header},
+            method="POST",
         )
         try:
             with urllib.request.urlopen(delivery, timeout=10) as answer:
@@ -317,6 +347,55 @@ class FakeStripe:
         except urllib.error.HTTPError as exc:
             status = exc.code
         return {"id": event["id"], "status": status}
+
+    def _thin_event(self, event_id: str, request: dict[str, Any], created: int) -> dict[str, Any]:
+        with self.state.lock:
+            errors = request.get("errors")
+            if errors is None:
+                errors, self.state.error_reports[:] = list(self.state.error_reports), []
+        by_code: dict[str, list[dict[str, Any]]] = {}
+        for error in errors:
+            by_code.setdefault(str(error["code"]), []).append(error)
+        meter = (request.get("object") or {}).get("id") or "mtr_unknown"
+        related = {"id": meter, "type": "billing.meter", "url": f"/v1/billing/meters/{meter}"}
+        notification = {
+            "id": event_id,
+            "object": "v2.core.event",
+            "type": request["type"],
+            "created": iso(created),
+            "livemode": False,
+            "context": None,
+            "reason": None,
+            "related_object": related,
+        }
+        if request.get("fetchable") is False:  # a notification for an event Stripe will not serve
+            return notification
+        self._v2_events[event_id] = {
+            **notification,
+            "data": {
+                "developer_message_summary": f"There are {len(errors)} invalid events",
+                "reason": {
+                    "error_count": len(errors),
+                    "error_types": [
+                        {
+                            "code": code,
+                            "error_count": len(found),
+                            "sample_errors": [
+                                {
+                                    "error_message": e.get("message", ""),
+                                    "request": {"identifier": e["identifier"]},
+                                }
+                                for e in found[:SAMPLE_ERRORS]
+                            ],
+                        }
+                        for code, found in by_code.items()
+                    ],
+                },
+                "validation_start": iso(created - 60),
+                "validation_end": iso(created),
+            },
+        }
+        return notification
 
     # -- inspection --------------------------------------------------------------------------------
 

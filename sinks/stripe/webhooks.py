@@ -1,22 +1,35 @@
 """`meterline webhooks`: Stripe's webhooks received, verified, kept on Kafka, and processed once.
 
 The receiver (HTTP, POST /webhooks/stripe) does as little as it can, so that it answers fast:
-1. verify the Stripe-Signature (sinks.stripe.webhook_signature): a bad or stale one gets a 400 and
-   nothing is kept;
+1. verify the Stripe-Signature with stripe-python (`WebhookSignature.verify_header`, the check
+   of https://docs.stripe.com/webhooks#verify-events): a bad or stale one gets a 400 and nothing
+   is kept. Both payloads Stripe sends pass: snapshot events (`"object": "event"`) and thin event
+   notifications (`"object": "v2.core.event"`, https://docs.stripe.com/event-destinations);
 2. publish the event, as received, to `stripe.webhooks` keyed by its id, and wait for the broker;
 3. answer 200 (503 if the broker did not take it: Stripe sends it again).
 
 The consumer processes each event id once (`stripe_webhook_events` in ClickHouse is checked
-before and written after; every handler is idempotent, for a crash in between):
+before and written after, with its outcome; every handler is idempotent, for a crash in between).
+Events are parsed by stripe-python: a snapshot with `construct_event_without_verification`, a thin
+notification with `parse_event_notification_without_verification`, whose details are fetched from
+Stripe (`fetch_event`). A type meterline does not handle is recorded as `skipped`; an event whose
+content cannot be read is logged with its id and recorded as `malformed`, never retried forever.
+A failure to reach Stripe or ClickHouse stops the role instead, so that the event is retried.
 - `invoice.created`: a draft invoice finalizes about an hour later, so flush what is pending
   now: a tick into every partition of usage.events closes every window due by wall clock, which
   the sinks then report;
 - `invoice.finalized`: record the invoice's period and usage lines (`stripe_invoices`), for
   reconciliation of usage that arrives after it;
-- `customer.subscription.*`: the customer's subscription and billing period
-  (`stripe_subscriptions`); the state of the latest event wins whatever order they arrive in;
-- `v1.billing.meter.error_report_triggered`: Stripe refused meter events it had accepted: their
-  ledger rows become `failed` with Stripe's code, and an alert is logged.
+- `customer.subscription.*`: the customer's subscription (`stripe_subscriptions`; the state of the
+  latest event wins whatever order they arrive in) and its items with their billing periods
+  (`stripe_subscription_items`, kept per event). Since API 2025-03-31.basil the period is on the
+  items (`items.data[].current_period_start/end`); before, on the subscription: both are read;
+- `v1.billing.meter.error_report_triggered`, a thin event: Stripe refused meter events it had
+  accepted. The event fetched carries samples of them per error type
+  (`data.reason.error_types[].sample_errors[].request.identifier`,
+  https://docs.stripe.com/api/v2/core/events/object): their ledger rows become `failed` with
+  Stripe's code, and an alert is logged with the total count. Samples are not all of them: replay
+  --repair compares Stripe's own totals, which catches the rest.
 """
 
 from __future__ import annotations
@@ -25,9 +38,11 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+import stripe
 from confluent_kafka import KafkaException, Message, Producer
 
 from meterline import metrics
@@ -35,8 +50,8 @@ from meterline.config import Config
 from meterline.kafka import group_consumer, partition_count, settings
 from meterline.logs import context
 from schemas.serde import AvroSerde
+from sinks.stripe.calls import Caller
 from sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
-from sinks.stripe.webhook_signature import SignatureError, verify
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -66,10 +81,12 @@ def make_receiver(
             payload = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             # 1. Verify.
             try:
-                verify(payload, self.headers.get("Stripe-Signature"), secret, int(time.time()), tolerance)
+                stripe.WebhookSignature.verify_header(
+                    payload, self.headers.get("Stripe-Signature"), secret, tolerance
+                )
                 event = json.loads(payload)
                 event_id, event_type = str(event["id"]), str(event["type"])
-            except SignatureError as exc:
+            except stripe.SignatureVerificationError as exc:
                 log.warning("refused a webhook: %s", exc)
                 metrics.WEBHOOK_EVENTS.labels("unverified", "refused").inc()
                 self._reply(400, {"error": str(exc)})
@@ -102,13 +119,23 @@ def make_receiver(
     return server
 
 
+class Malformed(ValueError):
+    """An event whose content meterline cannot read: logged and recorded, not retried."""
+
+
 class WebhookConsumer:
     def __init__(
-        self, config: Config, bootstrap: str, client: Client, group_id: str = "meterline-webhooks"
+        self,
+        config: Config,
+        bootstrap: str,
+        client: Client,
+        stripe_caller: Caller,
+        group_id: str = "meterline-webhooks",
     ) -> None:
         self.config = config
         self.bootstrap = bootstrap
         self.client = client
+        self.stripe = stripe_caller
         self.group_id = group_id
         self.processed = 0
         self.duplicates = 0
@@ -117,7 +144,6 @@ class WebhookConsumer:
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "invoice.created": self._invoice_created,
             "invoice.finalized": self._invoice_finalized,
-            "v1.billing.meter.error_report_triggered": self._meter_errors,
         }
 
     def run(self, should_stop: Callable[[], bool]) -> None:
@@ -133,8 +159,18 @@ class WebhookConsumer:
             self._consumer.close()
 
     def _process(self, message: Message) -> None:
-        event = json.loads(message.value() or b"{}")
-        event_id, event_type = str(event["id"]), str(event["type"])
+        payload = message.value() or b""
+        try:
+            raw = json.loads(payload)
+            event_id, event_type = str(raw["id"]), str(raw["type"])
+        except (ValueError, KeyError, TypeError):
+            log.error(
+                "a record on %s at offset %d is not a Stripe event: skipped",
+                message.topic(),
+                message.offset(),
+            )
+            metrics.WEBHOOK_EVENTS.labels("unreadable", "malformed").inc()
+            return
         seen = self.client.query(
             "SELECT count() FROM stripe_webhook_events FINAL WHERE event_id = %(id)s",
             parameters={"id": event_id},
@@ -149,20 +185,69 @@ class WebhookConsumer:
                 extra=context(event_id=event_id),
             )
             return
+        outcome, detail = "processed", ""
+        try:
+            created = _created(raw)
+            if raw.get("object") == "v2.core.event":
+                outcome = self._thin(payload)
+            else:
+                outcome = self._snapshot(payload, event_type)
+        except Malformed as exc:
+            outcome, detail, created = "malformed", str(exc), 0
+            log.error(
+                "webhook %s (%s) cannot be read, recorded as malformed and not retried: %s",
+                event_id,
+                event_type,
+                exc,
+                extra=context(event_id=event_id),
+            )
+        self.client.insert(
+            "stripe_webhook_events",
+            [[event_id, event_type, created, outcome, detail[:1000]]],
+            column_names=["event_id", "type", "created", "outcome", "detail"],
+        )
+        self.processed += 1
+        metrics.WEBHOOK_EVENTS.labels(event_type, outcome).inc()
+
+    def _snapshot(self, payload: bytes, event_type: str) -> str:
+        """A snapshot event, parsed by stripe-python; its handler reads the object as Stripe sent it."""
+        try:
+            event = stripe.Webhook.construct_event_without_verification(payload)
+        except ValueError as exc:
+            raise Malformed(str(exc)) from exc
         handler = self._handlers.get(event_type)
         if handler is None and event_type.startswith("customer.subscription."):
             handler = self._subscription
         if handler is None:
-            log.info("webhook %s (%s): nothing to do", event_id, event_type)
-        else:
-            handler(event)
-        self.client.insert(
-            "stripe_webhook_events",
-            [[event_id, event_type, int(event.get("created", 0))]],
-            column_names=["event_id", "type", "created"],
-        )
-        self.processed += 1
-        metrics.WEBHOOK_EVENTS.labels(event_type, "processed").inc()
+            log.info("webhook %s (%s): not a type meterline handles, skipped", event.id, event_type)
+            return "skipped"
+        document = event.to_dict()
+        try:
+            handler(document)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise Malformed(f"{type(exc).__name__}: {exc}") from exc
+        return "processed"
+
+    def _thin(self, payload: bytes) -> str:
+        """A thin event notification: no data; the event is fetched from Stripe."""
+        try:
+            notification = self.stripe.client.parse_event_notification_without_verification(payload)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Malformed(f"not a thin event notification: {exc}") from exc
+        if notification.type != "v1.billing.meter.error_report_triggered":
+            log.info(
+                "webhook %s (%s): not a type meterline handles, skipped", notification.id, notification.type
+            )
+            return "skipped"
+        try:
+            event, _ = self.stripe.retrying(notification.fetch_event)
+        except stripe.InvalidRequestError as exc:  # Stripe does not have it: nothing to fetch, ever
+            raise Malformed(f"Stripe has no event {notification.id}: {exc.user_message}") from exc
+        try:
+            self._meter_errors(event.to_dict())
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise Malformed(f"{type(exc).__name__}: {exc}") from exc
+        return "processed"
 
     # -- handlers ----------------------------------------------------------------------------------
 
@@ -211,16 +296,50 @@ class WebhookConsumer:
 
     def _subscription(self, event: dict[str, Any]) -> None:
         subscription = event["data"]["object"]
+        items = subscription.get("items", {}).get("data", [])
+        created = int(event.get("created", 0))
+        customer = subscription.get("customer", "")
+        periods = [(_period(subscription, i, "start"), _period(subscription, i, "end")) for i in items]
+        if not periods:  # no items: only the pre-basil shape has a period of its own
+            periods = [(int(subscription["current_period_start"]), int(subscription["current_period_end"]))]
+        self.client.insert(
+            "stripe_subscription_items",
+            [
+                [
+                    subscription["id"],
+                    item["id"],
+                    customer,
+                    subscription.get("status", ""),
+                    item.get("price", {}).get("id", ""),
+                    item.get("price", {}).get("lookup_key") or "",
+                    start,
+                    end,
+                    created,
+                ]
+                for item, (start, end) in zip(items, periods, strict=False)
+            ],
+            column_names=[
+                "subscription_id",
+                "item_id",
+                "stripe_customer",
+                "status",
+                "price_id",
+                "price_lookup_key",
+                "current_period_start",
+                "current_period_end",
+                "event_created",
+            ],
+        )
         self.client.insert(
             "stripe_subscriptions",
             [
                 [
                     subscription["id"],
-                    subscription.get("customer", ""),
+                    customer,
                     subscription.get("status", ""),
-                    int(subscription.get("current_period_start", 0)),
-                    int(subscription.get("current_period_end", 0)),
-                    int(event.get("created", 0)),
+                    min(start for start, _ in periods),
+                    max(end for _, end in periods),
+                    created,
                 ]
             ],
             column_names=[
@@ -234,30 +353,39 @@ class WebhookConsumer:
         )
 
     def _meter_errors(self, event: dict[str, Any]) -> None:
-        errors = event["data"].get("errors", [])
-        by_identifier = {str(e["identifier"]): e for e in errors if e.get("identifier")}
-        if not by_identifier:
+        reason = event["data"]["reason"]
+        samples = {
+            str(sample["request"]["identifier"]): (
+                str(error_type["code"]),
+                str(sample.get("error_message", "")),
+            )
+            for error_type in reason.get("error_types", [])
+            for sample in error_type.get("sample_errors", [])
+        }
+        log.error(
+            "ALERT: Stripe refused %d meter events after accepting them (%s); the %d sampled are "
+            "marked failed in the ledger, replay --repair finds the rest from Stripe's totals",
+            int(reason.get("error_count", len(samples))),
+            ", ".join(sorted({str(t["code"]) for t in reason.get("error_types", [])})),
+            len(samples),
+        )
+        if not samples:
             return
         rows = self.client.query(
             f"SELECT {', '.join(LEDGER_COLUMNS)} FROM stripe_reports FINAL WHERE identifier IN %(ids)s",
-            parameters={"ids": tuple(by_identifier)},
+            parameters={"ids": tuple(samples)},
         ).result_rows
         now = int(time.time() * 1000)
         updated = []
         for row in rows:
             record = dict(zip(LEDGER_COLUMNS, row, strict=True))
-            error = by_identifier[record["identifier"]]
-            record.update(
-                status="failed",
-                error_code=str(error.get("code", "meter_error")),
-                last_error=str(error.get("message", ""))[:1000],
-                updated_at=now,
-            )
+            code, message = samples[record["identifier"]]
+            record.update(status="failed", error_code=code, last_error=message[:1000], updated_at=now)
             updated.append([record[c] for c in LEDGER_COLUMNS])
             log.error(
                 "ALERT: Stripe refused meter event %s after accepting it: %s",
                 record["identifier"],
-                record["error_code"],
+                code,
                 extra=context(
                     customer=record["customer_id"],
                     meter=record["meter"],
@@ -267,8 +395,22 @@ class WebhookConsumer:
             )
         if updated:
             self.client.insert("stripe_reports", updated, column_names=list(LEDGER_COLUMNS))
-        log.error(
-            "ALERT: Stripe refused %d meter events after accepting them (%s); ledger rows marked failed",
-            len(by_identifier),
-            ", ".join(sorted({str(e.get("code")) for e in errors})),
-        )
+
+
+def _created(raw: dict[str, Any]) -> int:
+    """Epoch seconds: a snapshot event's `created` is one, a thin event's is RFC 3339."""
+    created = raw.get("created", 0)
+    if isinstance(created, int):
+        return created
+    try:
+        return int(datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp())
+    except ValueError as exc:
+        raise Malformed(f"created {created!r}: neither epoch seconds nor RFC 3339") from exc
+
+
+def _period(subscription: dict[str, Any], item: dict[str, Any], edge: str) -> int:
+    """An item's billing period (API 2025-03-31.basil and later), else its subscription's (earlier)."""
+    value = item.get(f"current_period_{edge}")
+    if value is None:
+        value = subscription[f"current_period_{edge}"]
+    return int(value)
