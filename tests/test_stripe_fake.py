@@ -171,6 +171,58 @@ def test_an_injected_500_is_not_saved_but_a_dropped_answer_is(
     assert [e.identifier for e in fake[0].state.meter_events] == ["e1", "d1"]
 
 
+def test_a_500_after_execution_began_is_saved_and_replayed_under_its_key(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    """https://docs.stripe.com/api/idempotent_requests: Stripe saves "the resulting status code and
+    body of the first request made for any given idempotency key, regardless of whether it succeeds
+    or fails ... including 500 errors", once the endpoint began execution."""
+    _, customer = setup_meter(api)
+    fake[0].faults = Faults(execution_error_rate=1.0)
+    with pytest.raises(stripe.APIError) as first:
+        report(api, customer, 5, NOW - 60, "x1", idempotency_key="key-x")
+    fake[0].faults = Faults()
+    with pytest.raises(stripe.APIError) as again:
+        report(api, customer, 5, NOW - 60, "x1", idempotency_key="key-x")
+    assert (first.value.http_status, again.value.http_status) == (500, 500)
+    assert again.value.headers.get("Idempotent-Replayed") == "true"  # type: ignore[union-attr]
+    assert [e.identifier for e in fake[0].state.meter_events] == ["x1"]  # it had executed
+
+
+def test_the_sink_s_call_settles_a_saved_500_under_a_new_key_for_meter_events_only(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    from schemas.records import WindowAggregate
+    from sinks.stripe.calls import Caller, RateLimiter
+    from sinks.stripe.report import Report, Status
+
+    _, customer = setup_meter(api)
+    caller = Caller(fake[1], KEY, 5, RateLimiter(1000), "2024-06-20")
+    window = (NOW - 3600) * 1000
+    aggregate = WindowAggregate("cust-1", "api_calls", window, window + 60_000, 0, 9, 9, 1, 0, window)
+    product = api.v1.products.create({"name": "API calls"})
+    price = api.v1.prices.create(
+        {
+            "product": product.id,
+            "currency": "usd",
+            "unit_amount_decimal": "0.1",
+            "recurring": {"interval": "month"},
+        }
+    )
+    subscription = api.v1.subscriptions.create({"customer": customer, "items": [{"price": price.id}]})
+    fake[0].faults = Faults(execution_error_rate=1.0)
+    outcome = caller.meter_event(Report(aggregate, customer, "api_calls"))
+    # Recorded on the first call (a 500 saved), then, under a new key, refused as a duplicate
+    # identifier: delivered once, and known to be.
+    assert (outcome.status, outcome.error_code) == (Status.SENT, "duplicate_meter_event")
+    assert [e.value for e in fake[0].state.meter_events] == [9]
+    # A usage record has no identifier to dedup a new key on: it fails with the reason instead.
+    item = subscription["items"]["data"][0]["id"]
+    legacy = caller.usage_record(Report(aggregate, customer, "api_calls", subscription_item=item))
+    assert (legacy.status, legacy.error_code) == (Status.FAILED, "stripe_saved_500")
+    assert sum(r["quantity"] for r in fake[0].state.usage_records[item]) == 9  # recorded, once
+
+
 def test_beyond_the_rate_limit_stripe_answers_429(
     fake: tuple[FakeStripe, str], api: stripe.StripeClient
 ) -> None:

@@ -185,10 +185,16 @@ def test_faults_and_sigkills_change_no_total_and_report_no_identifier_twice(
     spec = small_workload(seed=32)
     meters = set_up_stripe(config, base, customer_ids(spec))
     expected = stream_aggregates(config, workers, spec)
-    # 10% 500s, 5% answers dropped after the work was done, 5% answers later than the sink's
-    # 1 s timeout, and a rate limit below the sink's own: 429 bursts.
+    # 10% 500s, 5% 500s after the work was done (saved under the key, as Stripe saves them), 5%
+    # answers dropped after the work was done, 5% answers later than the sink's 1 s timeout, and a
+    # rate limit below the sink's own: 429 bursts.
     fake.faults = Faults(
-        rate_limit_per_second=150, error_rate=0.1, drop_rate=0.05, slow_rate=0.05, slow_seconds=1.5
+        rate_limit_per_second=150,
+        error_rate=0.1,
+        execution_error_rate=0.05,
+        drop_rate=0.05,
+        slow_rate=0.05,
+        slow_seconds=1.5,
     )
     rng = random.Random()
     stripe_sink.start()

@@ -11,6 +11,7 @@ stops the sink instead, as it would refuse everything.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random
@@ -96,17 +97,17 @@ class Caller:
             "timestamp": report.timestamp,
             "identifier": report.identifier,
         }
-        key = idempotency_key(report.aggregate.identity, "meter_events")
         return self._settle(
-            lambda: self.client.v1.billing.meter_events.create(params, {"idempotency_key": key}),  # type: ignore[arg-type]
+            lambda key: self.client.v1.billing.meter_events.create(params, {"idempotency_key": key}),  # type: ignore[arg-type]
+            idempotency_key(report.aggregate.identity, "meter_events"),
             Status.SENT,
+            rekey_after_saved_error=True,  # Stripe dedups on the identifier
         )
 
     def usage_record(self, report: Report) -> Outcome:
         """Legacy accounts: an increment on the customer's subscription item, synchronous at Stripe."""
-        key = idempotency_key(report.aggregate.identity, "usage_records")
         return self._settle(
-            lambda: self.client.raw_request(
+            lambda key: self.client.raw_request(
                 "post",
                 f"/v1/subscription_items/{report.subscription_item}/usage_records",
                 quantity=report.value,
@@ -115,7 +116,9 @@ class Caller:
                 idempotency_key=key,
                 stripe_version=self.legacy_version,
             ),
+            idempotency_key(report.aggregate.identity, "usage_records"),
             Status.CONFIRMED,
+            rekey_after_saved_error=False,  # a usage record has no identifier: a new key could add it twice
         )
 
     def stream(self, reports: Sequence[Report]) -> Outcome:
@@ -134,32 +137,50 @@ class Caller:
         ]
         digest = hashlib.sha256("\n".join(r.identifier for r in reports).encode()).hexdigest()[:32]
 
-        def call() -> Any:
+        def call(key: str) -> Any:
             session_client = make_client(self.api_base, self._session_token(), self.timeout_s)
             return session_client.v2.billing.meter_event_stream.create(
                 {"events": events},  # type: ignore[typeddict-item]
-                {"idempotency_key": f"meterline:stream:{digest}"},
+                {"idempotency_key": key},
             )
 
-        return self._settle(call, Status.SENT)
+        # Stripe dedups each event of the batch on its identifier.
+        return self._settle(call, f"meterline:stream:{digest}", Status.SENT, rekey_after_saved_error=True)
 
     # -- retries -----------------------------------------------------------------------------------
 
-    def _settle(self, call: Callable[[], Any], success: Status) -> Outcome:
-        try:
-            response, attempts = self.retrying(call)
-        except stripe.InvalidRequestError as exc:
-            attempts = getattr(exc, "meterline_attempts", 1)
-            message, request_id = str(exc.user_message or exc), exc.request_id or ""
-            if is_duplicate_identifier(exc):  # Stripe has it: the first answer was lost
+    def _settle(
+        self, call: Callable[[str], Any], key: str, success: Status, rekey_after_saved_error: bool
+    ) -> Outcome:
+        """Retry `call(idempotency key)` until it settles. Stripe saves a 500 under its key once the
+        call began executing and replays it to every retry with that key
+        (https://docs.stripe.com/api/idempotent_requests): where Stripe also dedups on the content
+        (a meter event's identifier), the retry goes on under a new key derived from the first, so
+        the event counts once either way; elsewhere the report fails with the reason."""
+        attempts, attempt_key = 0, key
+        for rekeyed in range(1, _MAX_REKEYS + 2):
+            try:
+                response, tried = self.retrying(functools.partial(call, attempt_key))
+            except SavedServerError as exc:
+                attempts += exc.attempts
+                if not rekey_after_saved_error:
+                    return Outcome(Status.FAILED, attempts, "stripe_saved_500", _SAVED_500, exc.request_id)
+                attempt_key = f"{key}:after-saved-500:{rekeyed}"
+                continue
+            except stripe.InvalidRequestError as exc:
+                attempts += getattr(exc, "meterline_attempts", 1)
+                message, request_id = str(exc.user_message or exc), exc.request_id or ""
+                if is_duplicate_identifier(exc):  # Stripe has it: the first answer was lost
+                    code = exc.code or "duplicate_meter_event"
+                    return Outcome(Status.SENT, attempts, code, message, request_id)
+                return Outcome(Status.FAILED, attempts, exc.code or "invalid_request", message, request_id)
+            except stripe.IdempotencyError as exc:  # same key, other parameters: never retried into success
+                attempts += getattr(exc, "meterline_attempts", 1)
                 return Outcome(
-                    Status.SENT, attempts, exc.code or "duplicate_meter_event", message, request_id
+                    Status.FAILED, attempts, "idempotency_conflict", str(exc), exc.request_id or ""
                 )
-            return Outcome(Status.FAILED, attempts, exc.code or "invalid_request", message, request_id)
-        except stripe.IdempotencyError as exc:  # same key, other parameters: never retried into success
-            attempts = getattr(exc, "meterline_attempts", 1)
-            return Outcome(Status.FAILED, attempts, "idempotency_conflict", str(exc), exc.request_id or "")
-        return Outcome(success, attempts, request_id=_request_id(response))
+            return Outcome(success, attempts + tried, request_id=_request_id(response))
+        return Outcome(Status.FAILED, attempts, "stripe_saved_500", "Stripe kept answering a saved 500", "")
 
     def retrying(self, call: Callable[[], Any]) -> tuple[Any, int]:
         """(the response, attempts): transient failures are retried; a refusal is raised with the
@@ -190,6 +211,8 @@ class Caller:
             except (stripe.AuthenticationError, stripe.PermissionError) as exc:
                 raise StripeAccessError(f"Stripe refuses meterline's key: {exc}") from exc
             except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as exc:
+                if _replayed_server_error(exc):  # the same key will only ever get this answer again
+                    raise SavedServerError(attempts, exc.request_id or "") from exc
                 error = exc
             with self._lock:
                 self.retries += 1
@@ -229,6 +252,27 @@ def is_duplicate_identifier(exc: stripe.InvalidRequestError) -> bool:
         return True
     text = str(exc.user_message or exc)
     return exc.code in (None, "", "resource_already_exists") and bool(_DUPLICATE_MESSAGE.search(text))
+
+
+_MAX_REKEYS = 5
+_SAVED_500 = (
+    "Stripe saved a 500 for this report's Idempotency-Key: whether the usage was recorded is unknown, "
+    "and a usage record has no identifier for a retry under a new key to dedup on (replay --repair "
+    "compares Stripe's totals)"
+)
+
+
+class SavedServerError(Exception):
+    """A 5xx Stripe replays for an Idempotency-Key: retrying with that key cannot succeed."""
+
+    def __init__(self, attempts: int, request_id: str) -> None:
+        super().__init__(f"a saved server error after {attempts} attempts")
+        self.attempts, self.request_id = attempts, request_id
+
+
+def _replayed_server_error(exc: stripe.StripeError) -> bool:
+    headers = exc.headers or {}
+    return (exc.http_status or 0) >= 500 and str(headers.get("Idempotent-Replayed", "")).lower() == "true"
 
 
 def caller_for(config: Config) -> Caller:

@@ -2,19 +2,22 @@
 makes the way Stripe does (rules in sinks.stripe.fake_state), with Stripe's idempotency,
 rate limiting and injectable faults.
 
-- Idempotency-Key (POST): the first 2xx result is kept for 24 hours; the same key with the same
-  parameters gets it again with `Idempotent-Replayed: true`; with other parameters a 400
-  `idempotency_error`; while the first is still running, a 409. Failed validations and injected
-  500s are not kept, as at Stripe (results are saved once the endpoint has executed).
+- Idempotency-Key (POST), as https://docs.stripe.com/api/idempotent_requests states: the first
+  result is kept for 24 hours, "regardless of whether it succeeds or fails ... including 500
+  errors", once the endpoint began executing; the same key with the same parameters gets it again
+  with `Idempotent-Replayed: true`; with other parameters a 400 `idempotency_error`; while the
+  first is still running, a 409. Failed validations and 500s before execution are not kept
+  ("Results are only saved if an API endpoint began execution").
 - Faults (POST /_fake/faults, JSON): `rate_limit_per_second` (429 beyond it), `error_rate` (500
-  before executing), `drop_rate` (executes, then closes the connection without answering: the
-  client cannot know it worked), `slow_rate`/`slow_seconds` (executes, answers late).
+  before executing), `execution_error_rate` (executes, then a 500 that is saved under the key),
+  `drop_rate` (executes, then closes the connection without answering: the client cannot know it
+  worked), `slow_rate`/`slow_seconds` (executes, answers late).
 - Webhooks: POST /_fake/webhook_endpoint {"url", "secret"} registers the endpoint; POST
   /_fake/events {"type", "object", ...} sends it a signed event (Stripe-Signature as Stripe signs)
   and answers with the endpoint's status. `id`, `created`, `signed_at` and `secret` may be given, to
-  send a duplicate, an old event, a stale signature or a wrong one. The meter error report event
-  carries `data.errors` [{code, identifier, message}] (Stripe's is a thin event whose details are
-  fetched; the fake inlines them).
+  send a duplicate, an old event, a stale signature or a wrong one. The meter error report is a
+  thin event, as Stripe sends it, whose event is served at GET /v2/core/events/<id> (`errors`
+  [{code, identifier, message}] may be given; `fetchable: false` sends one Stripe will not serve).
 - Inspection for tests and benchmarks: GET /_fake/meter_events, /_fake/error_reports,
   /_fake/usage_records, /_fake/stats.
 
@@ -60,6 +63,9 @@ class Faults:
     drop_rate: float = 0.0
     slow_rate: float = 0.0
     slow_seconds: float = 0.0
+    execution_error_rate: float = 0.0
+    """An idempotent POST that runs (its effect is kept), then answers 500, which is saved under
+    its key as Stripe saves every result once execution began."""
 
 
 @dataclass
@@ -165,9 +171,15 @@ class FakeStripe:
             self._running.add(key)
         try:
             result = self._route(method, path, query, body, headers)
+            status = 200
+            if self.random.random() < self.faults.execution_error_rate:
+                status, result = (
+                    500,
+                    StripeError(500, "api_error", "An unknown error occurred (saved).").body(),
+                )
             with self._lock:
-                self._saved[key] = _Saved(fingerprint, 200, result, self.state.clock())
-            return 200, result, False
+                self._saved[key] = _Saved(fingerprint, status, result, self.state.clock())
+            return status, result, False
         finally:
             with self._lock:
                 self._running.discard(key)
