@@ -91,7 +91,7 @@ def reconcile(
     for n, who in enumerate(customers, 1):
         for what in meters:
             if config.stripe.mode == "usage_records":
-                theirs[(who, what)] = _usage_record_total(caller, items, who, what)
+                theirs[(who, what)] = _usage_record_total(caller, items, who, what, start, end)
             else:
                 theirs[(who, what)] = stripe.total(who, what, start, end)
         if progress:
@@ -165,7 +165,9 @@ def _our_hours(client: Client, customer: str, meter: str, start: int, end: int) 
     return {int(h): int(v) for h, v in rows if v}
 
 
-def _usage_record_total(caller: Caller, directory: Directory, customer: str, meter: str) -> int:
+def _usage_record_total(
+    caller: Caller, directory: Directory, customer: str, meter: str, start: int, end: int
+) -> int:
     stripe_customer = directory.customer(customer)
     item = None if stripe_customer is None else directory.subscription_item(stripe_customer, meter)
     if item is None:
@@ -177,7 +179,13 @@ def _usage_record_total(caller: Caller, directory: Directory, customer: str, met
             stripe_version=caller.legacy_version,
         )
     )
-    return sum(int(s["total_usage"]) for s in json.loads(response.body)["data"])
+    # One summary per billing period, newest first (https://stripe.com/docs/api/usage_records):
+    # the periods that begin inside the reconciled one, never every period the item ever had.
+    return sum(
+        int(s["total_usage"])
+        for s in json.loads(response.body)["data"]
+        if start <= int(s["period"]["start"]) * 1000 < end
+    )
 
 
 def _unbilled(

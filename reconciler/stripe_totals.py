@@ -38,16 +38,20 @@ class StripeTotals:
     def by_hour(
         self, customer: str, meter: str, start_ms: int, end_ms: int, grouping: str | None = "hour"
     ) -> dict[int, int]:
-        """Bucket start (epoch ms) -> value, over [start, end) widened to whole minutes as Stripe
-        requires; empty when Stripe knows neither the customer nor the meter."""
+        """Bucket start (epoch ms) -> value, over [start, end) widened to whole minutes, or with a
+        grouping to whole hours or UTC days, as Stripe requires ("For hourly granularity, start and
+        end times must align with hour boundaries", https://docs.stripe.com/api/billing/meter-event-summary/list):
+        give aligned bounds to get exactly them. Empty when Stripe knows neither the customer nor
+        the meter."""
         stripe_customer = self.directory.customer(customer)
         meter_id = self.meters.get(meter)
         if stripe_customer is None or meter_id is None:
             return {}
+        step = {"hour": 3_600, "day": 86_400}.get(grouping or "", 60)
         params = {
             "customer": stripe_customer,
-            "start_time": start_ms // 60_000 * 60,
-            "end_time": -(-end_ms // 60_000) * 60,
+            "start_time": start_ms // 1000 // step * step,
+            "end_time": -(-end_ms // (1000 * step)) * step,
         }
         if grouping:
             params["value_grouping_window"] = grouping

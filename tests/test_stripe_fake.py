@@ -209,7 +209,9 @@ def test_the_sink_s_call_settles_a_saved_500_under_a_new_key_for_meter_events_on
             "recurring": {"interval": "month"},
         }
     )
-    subscription = api.v1.subscriptions.create({"customer": customer, "items": [{"price": price.id}]})
+    subscription = api.v1.subscriptions.create(
+        {"customer": customer, "items": [{"price": price.id}], "backdate_start_date": NOW - 86_400}
+    )
     fake[0].faults = Faults(execution_error_rate=1.0)
     outcome = caller.meter_event(Report(aggregate, customer, "api_calls"))
     # Recorded on the first call (a 500 saved), then, under a new key, refused as a duplicate
@@ -268,10 +270,7 @@ def test_the_v2_stream_takes_up_to_100_events_with_a_15_minute_session(
     assert expired.value.http_status == 401
 
 
-def test_legacy_usage_records_need_an_api_version_before_basil(
-    fake: tuple[FakeStripe, str], api: stripe.StripeClient
-) -> None:
-    _, customer = setup_meter(api)
+def legacy_item(api: stripe.StripeClient, customer: str, started: int) -> str:
     product = api.v1.products.create({"name": "API"})
     price = api.v1.prices.create(
         {
@@ -281,23 +280,96 @@ def test_legacy_usage_records_need_an_api_version_before_basil(
             "recurring": {"interval": "month", "usage_type": "metered"},
         }  # type: ignore[typeddict-item]
     )
-    subscription = api.v1.subscriptions.create({"customer": customer, "items": [{"price": price.id}]})
-    item = subscription["items"]["data"][0]["id"]
+    subscription = api.v1.subscriptions.create(
+        {"customer": customer, "items": [{"price": price.id}], "backdate_start_date": started}  # type: ignore[typeddict-item]
+    )
+    return str(subscription["items"]["data"][0]["id"])
+
+
+def usage_summaries(fake: tuple[FakeStripe, str], item: str) -> list[dict[str, Any]]:
+    request = urllib.request.Request(
+        f"{fake[1]}/v1/subscription_items/{item}/usage_record_summaries",
+        headers={"Authorization": f"Bearer {KEY}", "Stripe-Version": "2024-06-20"},
+    )
+    found: list[dict[str, Any]] = json.loads(urllib.request.urlopen(request).read())["data"]
+    return found
+
+
+def test_legacy_usage_records_need_an_api_version_before_basil(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    _, customer = setup_meter(api)
+    item = legacy_item(api, customer, NOW - 86_400)
     path = f"/v1/subscription_items/{item}/usage_records"
     with pytest.raises(stripe.InvalidRequestError, match="not available in this API version"):
         api.raw_request("post", path, quantity=5, timestamp=NOW - 60, action="increment")
     old = {"stripe_version": "2024-06-20"}
     for quantity in (5, 7):
         api.raw_request("post", path, quantity=quantity, timestamp=NOW - 60, action="increment", **old)  # type: ignore[arg-type]
-    summary = json.loads(
-        urllib.request.urlopen(
-            urllib.request.Request(
-                f"{fake[1]}/v1/subscription_items/{item}/usage_record_summaries",
-                headers={"Authorization": f"Bearer {KEY}"},
-            )
-        ).read()
+    assert usage_summaries(fake, item)[0]["total_usage"] == 12
+
+
+def test_a_usage_record_lies_in_the_item_s_current_period_and_set_overwrites_its_timestamp(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    """https://stripe.com/docs/api/usage_records/create: the timestamp "must be within the current
+    billing period of the subscription of the provided subscription_item, and must not be in the
+    future"; "The set action will overwrite the usage quantity at that timestamp"; summaries come
+    one per billing period, newest first."""
+    _, customer = setup_meter(api)
+    started = NOW - 40 * 86_400  # the second monthly period is the current one
+    item = legacy_item(api, customer, started)
+    path = f"/v1/subscription_items/{item}/usage_records"
+    old = {"stripe_version": "2024-06-20"}
+
+    def record(quantity: int, timestamp: int, action: str = "increment") -> None:
+        api.raw_request("post", path, quantity=quantity, timestamp=timestamp, action=action, **old)  # type: ignore[arg-type]
+
+    for too_early_or_late in (started + 60, NOW + 60):  # the previous period; the future
+        with pytest.raises(stripe.InvalidRequestError, match="current period"):
+            record(1, too_early_or_late)
+    record(5, NOW - 120)
+    record(7, NOW - 120)  # same timestamp: adds up
+    record(3, NOW - 60)
+    record(4, NOW - 120, "set")  # overwrites the 12 at NOW - 120, leaves the 3
+    summaries = usage_summaries(fake, item)
+    assert [s["total_usage"] for s in summaries] == [7, 0]  # current period first, then the first one
+    assert summaries[0]["period"]["start"] > summaries[1]["period"]["start"] == started
+
+
+def test_a_subscription_s_billing_period_is_on_its_items_since_basil(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    """https://docs.stripe.com/changelog/basil/2025-03-31/deprecate-subscription-current-period-start-and-end:
+    "current_period_start and current_period_end fields are no longer available on the subscription
+    resource"; the items carry them. Older API versions see the subscription's."""
+    _, customer = setup_meter(api)
+    legacy_item(api, customer, NOW - 86_400)
+    [now_shape] = api.v1.subscriptions.list({"customer": customer}).data
+    assert "current_period_start" not in now_shape
+    assert now_shape["items"]["data"][0]["current_period_start"] == NOW - 86_400
+    listed = api.raw_request("get", "/v1/subscriptions", customer=customer, stripe_version="2024-06-20")
+    [old_shape] = json.loads(listed.body)["data"]
+    assert (old_shape["current_period_start"], "current_period_start" in old_shape["items"]["data"][0]) == (
+        NOW - 86_400,
+        False,
     )
-    assert summary["data"][0]["total_usage"] == 12
+
+
+def test_event_summaries_grouped_by_hour_or_day_need_bounds_aligned_to_them(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    """https://docs.stripe.com/api/billing/meter-event-summary/list, value_grouping_window: "For
+    hourly granularity, start and end times must align with hour boundaries ... For daily
+    granularity, start and end times must align with UTC day boundaries (00:00 UTC).\""""
+    meter, customer = setup_meter(api)
+    day = NOW // 86_400 * 86_400 - 86_400  # yesterday, 00:00 UTC
+    with pytest.raises(stripe.InvalidRequestError, match="aligned with hour boundaries"):
+        summaries(api, meter, customer, day + 60, day + 3600, value_grouping_window="hour")
+    with pytest.raises(stripe.InvalidRequestError, match="aligned with day boundaries"):
+        summaries(api, meter, customer, day + 3600, day + 86_400, value_grouping_window="day")
+    assert summaries(api, meter, customer, day, day + 86_400, value_grouping_window="day") == []
+    assert summaries(api, meter, customer, day + 3600, day + 7200, value_grouping_window="hour") == []
 
 
 def test_requests_without_an_api_key_are_refused(fake: tuple[FakeStripe, str]) -> None:

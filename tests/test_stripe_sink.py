@@ -130,8 +130,14 @@ def subscribe(config: Config, base: str, customers: list[str]) -> dict[tuple[str
     items = {}
     for customer in customers:
         [found] = api.v1.customers.search({"query": f"metadata['meterline_customer_id']:'{customer}'"}).data
+        # Started a week ago: a usage record's timestamp must lie in the item's current period
+        # (https://stripe.com/docs/api/usage_records/create), and the workloads' windows do.
         subscription = api.v1.subscriptions.create(
-            {"customer": found.id, "items": [{"price": price} for price in prices.values()]}
+            {
+                "customer": found.id,
+                "items": [{"price": price} for price in prices.values()],
+                "backdate_start_date": int(time.time()) - 7 * 86_400,
+            }
         )
         for item in subscription["items"]["data"]:
             meter = next(name for name, price in prices.items() if price == item["price"]["id"])
@@ -162,10 +168,10 @@ def test_a_workload_reaches_stripe_exactly_in_every_mode(
     if mode != "usage_records":
         assert_reported_exactly(config, fake, base, meters, spec, expected, ledger_dsn)
         return
-    totals = {
-        key: summary["total_usage"]
+    totals = {  # the current period's summary (the first), which holds every window of the workload
+        key: total
         for key, item in items.items()
-        if (summary := fake.state.usage_record_summary(item))["total_usage"]
+        if (total := fake.state.usage_record_summaries(item)[0]["total_usage"])
     }
     assert totals == expected_by_customer_meter(expected)
     rows = ledger(config, ledger_dsn)

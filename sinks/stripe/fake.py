@@ -45,7 +45,14 @@ from urllib.parse import parse_qsl, urlsplit
 
 import stripe
 
-from sinks.stripe.fake_state import DAY_S, FakeStripeState, StripeError, invalid, new_id
+from sinks.stripe.fake_state import (
+    DAY_S,
+    FakeStripeState,
+    StripeError,
+    invalid,
+    new_id,
+    subscription_shape,
+)
 
 SESSION_SECONDS = 15 * 60
 API_VERSION = "2026-10-28.endive"
@@ -224,11 +231,22 @@ class FakeStripe:
             ),
             (r"/v1/billing/meters/([^/]+)", "GET", lambda m, p, q, h: s.meter(m[1])),
             (r"/v1/billing/meters/([^/]+)/event_summaries", "GET", self._summaries),
-            (r"/v1/subscriptions", "POST", lambda m, p, q, h: s.create_subscription(p)),
+            (
+                r"/v1/subscriptions",
+                "POST",
+                lambda m, p, q, h: subscription_shape(s.create_subscription(p), h.get("stripe-version")),
+            ),
             (
                 r"/v1/subscriptions",
                 "GET",
-                lambda m, p, q, h: page(s.list_subscriptions(q.get("customer")), q, "/v1/subscriptions"),
+                lambda m, p, q, h: page(
+                    [
+                        subscription_shape(x, h.get("stripe-version"))
+                        for x in s.list_subscriptions(q.get("customer"))
+                    ],
+                    q,
+                    "/v1/subscriptions",
+                ),
             ),
             (
                 r"/v1/billing/meter_events",
@@ -246,7 +264,7 @@ class FakeStripe:
             (
                 r"/v1/subscription_items/([^/]+)/usage_record_summaries",
                 "GET",
-                lambda m, p, q, h: page([s.usage_record_summary(m[1])], q, m[0]),
+                lambda m, p, q, h: page(s.usage_record_summaries(m[1]), q, m[0]),
             ),
         ]
 

@@ -9,17 +9,23 @@ Rules kept from Stripe (docs.stripe.com, API 2026-10-28):
   ahead; its value (a string in the payload) must be a whole number here (DESIGN §3);
 - meter events are processed asynchronously: an event for an unknown customer or without an active
   meter is accepted and lands in the meter's error reports instead of its summaries;
-- event summaries take minute-aligned `start_time`/`end_time` and group by `hour` or `day` (UTC);
-- legacy usage records exist only for API versions before 2025-03-31.basil.
+- event summaries take minute-aligned `start_time`/`end_time` and group by `hour` or `day` (UTC),
+  with bounds aligned to the hour or the UTC day then;
+- subscriptions bill in monthly periods kept on each item (API 2025-03-31.basil and later) or on
+  the subscription (earlier versions);
+- legacy usage records exist only for API versions before 2025-03-31.basil, take a timestamp
+  inside the item's current period and not in the future, and are summarized per period.
 """
 
 from __future__ import annotations
 
+import calendar
 import secrets
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -89,6 +95,45 @@ def _check_price_terms(params: Mapping[str, Any]) -> None:
 
 def _transform(raw: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return None if not raw else {"divide_by": int(raw["divide_by"]), "round": raw["round"]}
+
+
+def monthly_period(start: int, now: int) -> tuple[int, int]:
+    """The monthly billing period (same day and time each month, UTC) of a subscription started at
+    `start` that contains `now`."""
+    period_start = start
+    while True:
+        period_end = add_month(period_start)
+        if now < period_end:
+            return period_start, period_end
+        period_start = period_end
+
+
+def add_month(epoch_s: int) -> int:
+    when = datetime.fromtimestamp(epoch_s, UTC)
+    year, month = (when.year + 1, 1) if when.month == 12 else (when.year, when.month + 1)
+    day = min(when.day, calendar.monthrange(year, month)[1])
+    return int(when.replace(year=year, month=month, day=day).timestamp())
+
+
+def subscription_shape(subscription: dict[str, Any], api_version: str | None) -> dict[str, Any]:
+    """A subscription as an API version sees it: since 2025-03-31.basil the billing period is on
+    each item (`items.data[].current_period_start/end`) and no longer on the subscription
+    (https://docs.stripe.com/changelog/basil/2025-03-31/deprecate-subscription-current-period-start-and-end);
+    before it, only on the subscription."""
+    if api_version is None or api_version >= USAGE_RECORDS_REMOVED_IN:
+        return subscription
+    items = subscription["items"]["data"]
+    legacy_items = [
+        {k: v for k, v in item.items() if k not in ("current_period_start", "current_period_end")}
+        for item in items
+    ]
+    first = items[0] if items else {}
+    return {
+        **subscription,
+        "items": {**subscription["items"], "data": legacy_items},
+        "current_period_start": first.get("current_period_start"),
+        "current_period_end": first.get("current_period_end"),
+    }
 
 
 def new_id(prefix: str) -> str:
@@ -259,12 +304,16 @@ class FakeStripeState:
         return found
 
     def create_subscription(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Monthly periods from the start (`backdate_start_date` may put it in the past), kept on
+        each item as Stripe keeps them since 2025-03-31.basil; `subscription_shape` serves the
+        shape of the caller's API version."""
         customer = params.get("customer")
         items = params.get("items") or []
         with self.lock:
             if customer not in self.customers:
                 raise missing("customer", str(customer), "customer")
-            start = self.now()
+            start = int(params.get("backdate_start_date") or self.now())
+            period_start, period_end = monthly_period(start, self.now())
             subscription_id = new_id("sub")
             data = []
             for item in items:
@@ -277,6 +326,8 @@ class FakeStripeState:
                         "object": "subscription_item",
                         "price": price,
                         "subscription": subscription_id,
+                        "current_period_start": period_start,
+                        "current_period_end": period_end,
                     }
                 )
             subscription = {
@@ -285,10 +336,9 @@ class FakeStripeState:
                 "customer": customer,
                 "status": "active",
                 "items": {"object": "list", "data": data, "has_more": False},
-                "current_period_start": start,
-                "current_period_end": start + 30 * DAY_S,
+                "start_date": start,
                 "metadata": dict(params.get("metadata") or {}),
-                "created": start,
+                "created": self.now(),
             }
             self.subscriptions[subscription_id] = subscription
         return subscription
@@ -296,6 +346,15 @@ class FakeStripeState:
     def list_subscriptions(self, customer: str | None) -> list[dict[str, Any]]:
         with self.lock:
             return [s for s in self.subscriptions.values() if customer is None or s["customer"] == customer]
+
+    def item_period(self, item_id: str) -> tuple[int, int, int]:
+        """(subscription start, current period start, end) of a subscription item, as of now."""
+        with self.lock:
+            for subscription in self.subscriptions.values():
+                if any(i["id"] == item_id for i in subscription["items"]["data"]):
+                    start = subscription["start_date"]
+                    return (start, *monthly_period(start, self.now()))
+        raise missing("subscription_item", item_id)
 
     # -- meter events ----------------------------------------------------------------------------
 
@@ -384,6 +443,14 @@ class FakeStripeState:
         if grouping not in (None, "hour", "day"):
             raise invalid(f"Invalid value_grouping_window: {grouping}", param="value_grouping_window")
         size = {"hour": 3_600, "day": DAY_S}.get(grouping or "", end - start)
+        if grouping and (start % size or end % size):
+            # "For hourly granularity, start and end times must align with hour boundaries ... For
+            # daily granularity, start and end times must align with UTC day boundaries."
+            raise invalid(
+                f"start_time and end_time must be aligned with {grouping} boundaries for "
+                f"value_grouping_window={grouping}.",
+                param="start_time",
+            )
         formula = meter["default_aggregation"]["formula"]
         buckets: dict[int, list[MeterEvent]] = {}
         with self.lock:
@@ -435,9 +502,16 @@ class FakeStripeState:
         if action not in ("increment", "set"):
             raise invalid(f"Invalid action: {action}", param="action")
         timestamp = int(params.get("timestamp") or self.now())
+        _, period_start, period_end = self.item_period(item_id)
+        if not period_start <= timestamp < period_end or timestamp > self.now():
+            # "This timestamp must be within the current billing period of the subscription of the
+            # provided subscription_item, and must not be in the future."
+            raise invalid(
+                f"Cannot create the usage record with this timestamp because timestamps must be within "
+                f"the subscription's current period ({period_start} to {period_end}) and not in the future.",
+                param="timestamp",
+            )
         with self.lock:
-            if not any(i["id"] == item_id for s in self.subscriptions.values() for i in s["items"]["data"]):
-                raise missing("subscription_item", item_id)
             record = {
                 "id": new_id("mbur"),
                 "object": "usage_record",
@@ -450,31 +524,36 @@ class FakeStripeState:
             self.usage_records.setdefault(item_id, []).append(record)
         return {k: v for k, v in record.items() if k != "action"}
 
-    def usage_record_summary(self, item_id: str) -> dict[str, Any]:
+    def usage_record_summaries(self, item_id: str) -> list[dict[str, Any]]:
+        """One summary per billing period of the item, newest first: "Each object in the list
+        provides usage information that's been summarized from multiple usage records and over a
+        subscription billing period ... The first list item represents the most current usage
+        period". Within a period, records at the same timestamp add up; `set` overwrites the
+        quantity at its timestamp (https://stripe.com/docs/api/usage_records/create)."""
+        start, current_start, _ = self.item_period(item_id)
         with self.lock:
             records = list(self.usage_records.get(item_id, []))
-            subscription = next(
-                (
-                    s
-                    for s in self.subscriptions.values()
-                    if any(i["id"] == item_id for i in s["items"]["data"])
-                ),
-                None,
+        periods = []
+        period_start = start
+        while period_start <= current_start:
+            periods.append((period_start, add_month(period_start)))
+            period_start = add_month(period_start)
+        summaries = []
+        for period_start, period_end in reversed(periods):
+            at: dict[int, int] = {}
+            for record in records:  # in the order Stripe received them
+                if period_start <= record["timestamp"] < period_end:
+                    before = 0 if record["action"] == "set" else at.get(record["timestamp"], 0)
+                    at[record["timestamp"]] = before + record["quantity"]
+            summaries.append(
+                {
+                    "id": f"sis_{item_id}_{period_start}",
+                    "object": "usage_record_summary",
+                    "invoice": None,
+                    "livemode": False,
+                    "period": {"start": period_start, "end": period_end},
+                    "subscription_item": item_id,
+                    "total_usage": sum(at.values()),
+                }
             )
-        if subscription is None:
-            raise missing("subscription_item", item_id)
-        total = 0
-        for record in sorted(records, key=lambda r: r["timestamp"]):
-            total = record["quantity"] if record["action"] == "set" else total + record["quantity"]
-        return {
-            "id": f"sis_{item_id}",
-            "object": "usage_record_summary",
-            "invoice": None,
-            "livemode": False,
-            "period": {
-                "start": subscription["current_period_start"],
-                "end": subscription["current_period_end"],
-            },
-            "subscription_item": item_id,
-            "total_usage": total,
-        }
+        return summaries
