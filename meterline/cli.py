@@ -726,7 +726,10 @@ def _reconcile(args: argparse.Namespace) -> int:
             print("\nHours that differ:")
             print(render(hours))
         if unbilled:
-            print("\nUnbilled on purpose (refused; in usage.stripe.dlq and the ledger):")
+            print(
+                "\nNot billed as counted (refused; in usage.stripe.dlq and the ledger; "
+                "negative units: billed in excess):"
+            )
             print(render(unbilled))
         if result.dead_letters:
             print(

@@ -376,3 +376,63 @@ def test_a_legacy_customer_without_a_subscription_item_is_refused_before_the_cal
     statuses = {r[0]: (r[5], r[6]) for r in ledger(config, ledger_dsn)}
     assert statuses == {"subscribed": ("confirmed", ""), "unsubscribed": ("failed", "no_subscription_item")}
     assert [r["quantity"] for records in fake.state.usage_records.values() for r in records] == [9]
+
+
+def test_a_legacy_correction_lowers_usage_by_set_where_exact_and_is_refused_where_not(
+    config: Config, stripe_fake: tuple[FakeStripe, str], ledger_dsn: str
+) -> None:
+    """Stripe's usage records take no negative increment; `set` "will overwrite the usage quantity
+    at that timestamp" (https://stripe.com/docs/api/usage_records/create). A window one partition
+    reported is lowered to its total by a set; one two partitions reported cannot be: refused, with
+    the over-billing stated, in the DLQ and the ledger."""
+    from tests.test_reconcile import run_sink
+
+    fake, base = stripe_fake
+    set_up_stripe(config, base, ["legacy"])
+    items = subscribe(config, base, ["legacy"])
+    now = int(time.time() * 1000) // 60_000 * 60_000
+    alone, shared = now - HOUR_MS, now - HOUR_MS + 60_000
+
+    def aggregate(start: int, partition: int, value: int, delta: int, revision: int) -> WindowAggregate:
+        return WindowAggregate(
+            "legacy", "api_calls", start, start + 60_000, partition, value, delta, 1, revision, now
+        )
+
+    revisions = [
+        aggregate(alone, 0, 10, 10, 0),
+        aggregate(alone, 0, 7, -3, 1),  # lowered: set to 7
+        aggregate(alone, 0, 8, 1, 2),  # then an increment on top
+        aggregate(shared, 0, 5, 5, 0),
+        aggregate(shared, 1, 4, 4, 0),
+        aggregate(shared, 0, 2, -3, 1),  # partition 1 reported this window too: refused
+    ]
+    serde = AvroSerde()
+    producer = Producer({"bootstrap.servers": config.kafka.bootstrap})
+    for a in revisions:
+        producer.produce(config.topics.aggregates, serde.encode_aggregate(a), a.customer_id.encode())
+    producer.flush()
+    legacy = dataclasses.replace(
+        config,
+        stripe=dataclasses.replace(
+            config.stripe, api_base=base, mode="usage_records", requests_per_second=100
+        ),
+    )
+    run_sink(
+        StripeSink(legacy, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-lowering"),
+        config.kafka.bootstrap,
+        read_ends(config.kafka.bootstrap, [config.topics.aggregates]),
+    )
+    records = fake.state.usage_records[items[("legacy", "api_calls")]]
+    assert [(r["timestamp"], r["quantity"], r["action"]) for r in records] == [
+        (alone // 1000, 10, "increment"),
+        (alone // 1000, 7, "set"),
+        (alone // 1000, 1, "increment"),
+        (shared // 1000, 5, "increment"),
+        (shared // 1000, 4, "increment"),
+    ]
+    assert fake.state.usage_record_summaries(items[("legacy", "api_calls")])[0]["total_usage"] == 8 + 9
+    [refused] = read_messages(config.kafka.bootstrap, config.topics.stripe_dlq, 1)
+    headers = dict(refused.headers() or [])
+    assert headers["error.code"] == b"cannot_lower_usage" and b"Over-billed by 3" in headers["error.detail"]
+    failed = [r for r in ledger(config, ledger_dsn) if r[5] == "failed"]
+    assert [(r[4], r[6]) for r in failed] == [(1, "cannot_lower_usage")]

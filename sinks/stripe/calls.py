@@ -105,14 +105,15 @@ class Caller:
         )
 
     def usage_record(self, report: Report) -> Outcome:
-        """Legacy accounts: an increment on the customer's subscription item, synchronous at Stripe."""
+        """Legacy accounts: an increment on the customer's subscription item (or, to lower usage, a
+        set of the window's total at its timestamp), synchronous at Stripe."""
         return self._settle(
             lambda key: self.client.raw_request(
                 "post",
                 f"/v1/subscription_items/{report.subscription_item}/usage_records",
                 quantity=report.value,
                 timestamp=report.timestamp,
-                action="increment",
+                action="set" if report.sets_total else "increment",
                 idempotency_key=key,
                 stripe_version=self.legacy_version,
             ),

@@ -55,6 +55,22 @@ class Ledger:
         ).result_rows
         return {AggregateIdentity(c, m, int(w), int(p), int(r)): Status(s) for c, m, w, p, r, s in rows}
 
+    def other_partitions_reported(self, aggregate: WindowAggregate) -> list[int]:
+        """The source partitions other than the aggregate's whose revisions of the same window
+        (customer, meter, window start) reached Stripe."""
+        rows = self.client.query(
+            "SELECT DISTINCT source_partition FROM stripe_reports FINAL WHERE customer_id = %(customer)s "
+            "AND meter = %(meter)s AND toUnixTimestamp64Milli(window_start) = %(window)s "
+            "AND source_partition != %(partition)s AND status IN ('sent', 'confirmed') ORDER BY 1",
+            parameters={
+                "customer": aggregate.customer_id,
+                "meter": aggregate.meter,
+                "window": aggregate.window_start,
+                "partition": aggregate.source_partition,
+            },
+        ).result_rows
+        return [int(p) for (p,) in rows]
+
     def record(self, entries: Sequence[tuple[WindowAggregate, str, str, Outcome]]) -> None:
         """Append (aggregate, Stripe customer, Stripe event name, outcome) rows."""
         if not entries:

@@ -38,6 +38,7 @@ class Reason(StrEnum):
     NO_SUBSCRIPTION_ITEM = "no_subscription_item"
     TIMESTAMP_TOO_OLD = "timestamp_too_old"
     INVALID_VALUE = "invalid_value"
+    CANNOT_LOWER_USAGE = "cannot_lower_usage"
     REFUSED = "refused_by_stripe"
 
 
@@ -60,6 +61,9 @@ class Report:
     stripe_customer: str
     stripe_event_name: str
     subscription_item: str | None = None  # usage_records mode
+    sets_total: bool = False
+    """usage_records mode: `action=set` to the window's total at its timestamp instead of an
+    increment by the delta (how a negative correction lowers usage)."""
 
     @property
     def identifier(self) -> str:
@@ -67,8 +71,9 @@ class Report:
 
     @property
     def value(self) -> int:
-        """What Stripe adds: the revision's delta (revision 0's delta is its whole value)."""
-        return self.aggregate.delta
+        """What Stripe adds: the revision's delta (revision 0's delta is its whole value); with
+        `sets_total`, what Stripe sets the window's timestamp to: its total."""
+        return self.aggregate.value if self.sets_total else self.aggregate.delta
 
     @property
     def timestamp(self) -> int:

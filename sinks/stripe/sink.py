@@ -3,7 +3,9 @@
 Per batch of consumed aggregates, in this order:
 1. Decode each and resolve who it bills (Stripe customer, meter event name, the subscription
    item for legacy usage records). Refuse before any call what Stripe would refuse for good: an
-   unknown customer or meter, a window older than Stripe's 35 days.
+   unknown customer or meter, a window older than Stripe's 35 days, a legacy correction that
+   lowers usage where `set` would not be exact (a window other partitions reported too; where it
+   is exact, the correction sets the window's total instead of incrementing by a negative delta).
 2. Read the ledger: a revision already sent, confirmed or failed (before a crash or a rebalance)
    is not reported again.
 3. Write `pending` rows for the rest: the ledger shows a batch that was interrupted.
@@ -123,7 +125,7 @@ class StripeSink:
 
     def _process(self, messages: list[Message]) -> None:
         # 1. Decode, resolve, refuse early.
-        items = [self._resolve(m) for m in messages]
+        items = self._shared_windows([self._resolve(m) for m in messages])
         self.stats.aggregates += len(items)
         # 2. What settled before is not reported again.
         settled = self.ledger.statuses(i.aggregate.identity for i in items)
@@ -189,6 +191,7 @@ class StripeSink:
                 f"{self.config.stripe.customer_metadata_key})",
             )
         item = None
+        sets_total = False
         if self.mode == "usage_records":
             item = self.directory.subscription_item(stripe_customer, aggregate.meter)
             if item is None:
@@ -198,7 +201,42 @@ class StripeSink:
                     Reason.NO_SUBSCRIPTION_ITEM,
                     f"{stripe_customer} has no active subscription item priced for {aggregate.meter}",
                 )
-        return _Item(message, aggregate, Report(aggregate, stripe_customer, event_name, item), None)
+            if aggregate.delta < 0:
+                # Stripe takes no negative increment; `set` overwrites the quantity at a timestamp
+                # (https://stripe.com/docs/api/usage_records/create), which is the window's own:
+                # exact when this partition alone reported the window (see also _shared_windows).
+                others = self.ledger.other_partitions_reported(aggregate)
+                if others:
+                    return self._cannot_lower(message, aggregate, others)
+                sets_total = True
+        report = Report(aggregate, stripe_customer, event_name, item, sets_total)
+        return _Item(message, aggregate, report, None)
+
+    def _cannot_lower(self, message: Message, aggregate: WindowAggregate, others: Sequence[int]) -> _Item:
+        return self._refused(
+            message,
+            aggregate,
+            Reason.CANNOT_LOWER_USAGE,
+            f"a correction of {aggregate.delta} for a window partitions {list(others)} also report: Stripe's "
+            "usage records lower usage only by `set`, which would overwrite theirs. Over-billed by "
+            f"{-aggregate.delta} until corrected by hand",
+        )
+
+    def _shared_windows(self, items: list[_Item]) -> list[_Item]:
+        """A `set` is refused too where another partition's revision of its window is in the same
+        batch: the ledger does not have it yet, and the set would overwrite it."""
+        partitions: dict[tuple[str, str, int], set[int]] = defaultdict(set)
+        for i in items:
+            partitions[(i.aggregate.customer_id, i.aggregate.meter, i.aggregate.window_start)].add(
+                i.aggregate.source_partition
+            )
+        checked = []
+        for i in items:
+            window = (i.aggregate.customer_id, i.aggregate.meter, i.aggregate.window_start)
+            others = sorted(partitions[window] - {i.aggregate.source_partition})
+            shared = i.report is not None and i.report.sets_total and others
+            checked.append(self._cannot_lower(i.message, i.aggregate, others) if shared else i)
+        return checked
 
     @staticmethod
     def _refused(message: Message, aggregate: WindowAggregate, reason: Reason, detail: str) -> _Item:
