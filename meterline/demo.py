@@ -107,6 +107,7 @@ def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, workers: 
         customer = customer_ids(spec)[0]
         print(f"\n== 10. `meterline invoice preview --customer {customer} --period {month}`")
         previewed = _inside(address, "invoice", "preview", "--customer", customer, "--period", month)[0] == 0
+        previewed = previewed and _stripe_would_bill(config, address, customer, month)
         print(f"\n== the usage dashboard: {address.url}/customers/{customer}")
         ok = (
             judged_right
@@ -334,6 +335,59 @@ def _stripe(config: Config, spec: WorkloadSpec, expected: Expected) -> bool:
     exact = all(row["drift"] == 0 for row in rows)
     print(f"  Stripe {'equals' if exact else 'DIFFERS FROM'} the generator for all {len(rows)} pairs")
     return exact
+
+
+def _stripe_would_bill(config: Config, address: forward.RunningRun, customer: str, month: str) -> bool:
+    """Stripe's documented line rules (sinks.stripe.invoice_rules) applied to the prices `stripe
+    sync` made and to Stripe's own totals of the month: the invoice Stripe would issue, line by
+    line, beside the preview's."""
+    import json
+    from decimal import Decimal
+
+    from core.currencies import currency
+    from reconciler.stripe_totals import StripeTotals
+    from reconciler.usage import period_bounds
+    from sinks.stripe.calls import caller_for
+    from sinks.stripe.invoice_rules import line_amount, line_quantity
+    from sinks.stripe.prices import base_fee_lookup_key, lookup_key
+
+    code, output = _inside(
+        address, "invoice", "preview", "--customer", customer, "--period", month, "--json", show=False
+    )
+    if code != 0:
+        return False
+    preview = json.loads(output)
+    plan = config.plan_for(customer)
+    unit = currency(plan.currency)
+    caller = caller_for(config)
+    totals = StripeTotals(caller, config)
+    start, end = period_bounds(month)
+    rows = []
+    for line in preview["lines"]:
+        if not line["billed_by_stripe"]:
+            continue
+        meter = line["meter"]
+        key = base_fee_lookup_key(plan.name) if meter is None else lookup_key(plan.name, meter)
+        listed, _ = caller.retrying(lambda k=key: caller.client.v1.prices.list({"lookup_keys": [k]}))  # type: ignore[misc]
+        price = listed.data[0].to_dict()
+        quantity = (
+            Decimal(1) if meter is None else line_quantity(price, totals.total(customer, meter, start, end))
+        )
+        theirs, ours = line_amount(price, quantity), int(line["amount_minor_units"])
+        rows.append(
+            {
+                "line": line["description"],
+                "preview": unit.format(unit.from_minor(ours)),
+                "Stripe would bill": unit.format(unit.from_minor(theirs)),
+                "same": "yes" if theirs == ours else "NO",
+            }
+        )
+    same = all(row["same"] == "yes" for row in rows)
+    print(render(rows))
+    print(
+        f"  Stripe's line rules on Stripe's own totals bill what the preview shows: {'yes' if same else 'NO'}"
+    )
+    return same
 
 
 def _iso(ms: int) -> str:

@@ -17,6 +17,7 @@ SECTIONS = (
     "0 drifting beyond 0 units",
     "every rejected record is there with its reason: yes",
     "Invoice preview for cust-0000",
+    "Stripe's line rules on Stripe's own totals bill what the preview shows: yes",
     "== the usage dashboard: http://127.0.0.1:",
     "every number matches the generator",
 )

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from core.currencies import UnknownCurrency, currency
 from reconciler.invoice_text import describe, rows
 from reconciler.pricing import MeterPrice, Plan, Tier, billed_quantity, invoice, meter_line
-from sinks.stripe.fake_invoice import line_amount, line_quantity
+from sinks.stripe.invoice_rules import line_amount, line_quantity
 from sinks.stripe.prices import base_fee_terms, stripe_terms
 
 API = MeterPrice("api_calls", "API calls", "call", included=D(1_000_000), overage_price=D("0.001"))

@@ -1,6 +1,7 @@
-"""How Stripe prices an invoice line, from its documented rules, for the fake and as the reference
-that `reconciler/pricing.py` is tested against. Written from Stripe's price object (minor units,
-`transform_quantity`, `tiers`), not from meterline's rate card, so the two are independent.
+"""How Stripe prices an invoice line, from its documented rules: the reference `reconciler/pricing.py`
+is tested against, and the demo's check of what Stripe would bill on Stripe's own prices and
+totals. Written from Stripe's price object (minor units, `transform_quantity`, `tiers`), not from
+meterline's rate card, so the two are independent.
 
 - The quantity of a metered line is the sum of the meter's values in the period, divided by
   `transform_quantity.divide_by` and rounded `up` or `down` when the price has one
