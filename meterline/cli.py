@@ -25,6 +25,11 @@ from streams.windows import DAY_MS
 if TYPE_CHECKING:
     from reconciler.pricing import Invoice
 
+PERIOD_HELP = (
+    "YYYY-MM (the UTC month), current, previous, or YYYY-MM-DD (the customer's Stripe billing "
+    "period that day falls in)"
+)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -157,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
         "preview", help="a period's invoice lines from ClickHouse's totals and the rate card"
     )
     preview.add_argument("--customer", required=True)
-    preview.add_argument("--period", required=True, help="YYYY-MM (UTC)")
+    preview.add_argument("--period", required=True, help=PERIOD_HELP)
     preview.add_argument("--json", action="store_true")
     preview.set_defaults(run=_invoice_preview)
     quote = invoice.add_parser(
@@ -207,7 +212,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dispute = commands.add_parser("dispute", help='answer "why is my bill higher?" for a customer and period')
     dispute.add_argument("--customer", required=True)
-    dispute.add_argument("--period", required=True, help="YYYY-MM (UTC)")
+    dispute.add_argument("--period", required=True, help=PERIOD_HELP)
     dispute.add_argument("--format", choices=["csv", "json", "html"], default="html")
     dispute.add_argument("--output", type=Path, help="write here instead of standard output")
     dispute.set_defaults(run=_dispute)
@@ -589,20 +594,28 @@ def _stripe_sync(args: argparse.Namespace) -> int:
 
 
 def _invoice_preview(args: argparse.Namespace) -> int:
+    from reconciler.periods import resolve
     from reconciler.pricing import invoice
-    from reconciler.usage import customer_usage, period_bounds
+    from reconciler.usage import customer_usage
     from sinks.clickhouse.client import connect
 
     config = _load(args)
-    start, end = period_bounds(args.period)
     plan = config.plan_for(args.customer)
     client = connect(config)
     try:
-        usage = customer_usage(client, args.customer, start, end)
+        period = resolve(client, args.customer, args.period, int(time.time() * 1000))
+        usage = customer_usage(client, args.customer, period.start_ms, period.end_ms)
     finally:
         client.close()
-    heading = f"Invoice preview for {args.customer}, {args.period} (UTC), plan {plan.name}"
-    extra = {"customer": args.customer, "period": args.period, "usage": usage}
+    heading = f"Invoice preview for {args.customer}, {period.label}, plan {plan.name}"
+    extra = {
+        "customer": args.customer,
+        "period": args.period,
+        "period_start": period.start_ms,
+        "period_end": period.end_ms,
+        "subscription": period.subscription,
+        "usage": usage,
+    }
     _print_invoice(invoice(plan, usage), heading, extra, args.json)
     return 0
 
@@ -834,12 +847,14 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _dispute(args: argparse.Namespace) -> int:
     from reconciler import dispute
+    from reconciler.periods import resolve
     from sinks.clickhouse.client import connect
 
     config = _load(args)
     client = connect(config)
     try:
-        report = dispute.query(config, client, args.customer, args.period)
+        period = resolve(client, args.customer, args.period, int(time.time() * 1000))
+        report = dispute.query(config, client, args.customer, period)
     finally:
         client.close()
     render_as = {"csv": dispute.render_csv, "json": dispute.render_json, "html": dispute.render_html}[

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from meterline.config import Config
 from reconciler.invoice_text import money, quantity_text, rows
+from reconciler.periods import current_billing_period, resolve
 from reconciler.pricing import Invoice, MeterPrice, billed_quantity, invoice
-from reconciler.usage import period_bounds
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -79,8 +79,11 @@ def document(
     """The page's document; the projection is for the instant `as_of_ms` (default now), which the
     document states, so that the page and a second reading agree."""
     as_of_ms = int(time.time() * 1000) if as_of_ms is None else as_of_ms
-    period = period or datetime.fromtimestamp(as_of_ms / 1000, UTC).strftime("%Y-%m")
-    start, end = period_bounds(period)
+    if not period:  # the customer's current billing period, else the UTC month
+        known = current_billing_period(client, customer) is not None
+        period = "current" if known else datetime.fromtimestamp(as_of_ms / 1000, UTC).strftime("%Y-%m")
+    chosen = resolve(client, customer, period, as_of_ms)
+    start, end = chosen.start_ms, chosen.end_ms
     plan = config.plan_for(customer)
     by_meter = series(client, customer, start, end, grain)
     usage = {meter: sum(v for _, v in points) for meter, points in by_meter.items()}
@@ -102,6 +105,7 @@ def document(
     return {
         "customer": customer,
         "period": period,
+        "period_label": chosen.label,
         "grain": grain,
         "plan": plan.name,
         "currency": plan.currency,
@@ -243,7 +247,7 @@ async function load() {
   if (!response.ok) throw new Error("usage API answered " + response.status);
   const doc = await response.json();
   const asOf = new Date(doc.as_of).toISOString().slice(0, 19).replace("T", " ") + " UTC";
-  document.getElementById("summary").textContent = `Plan ${doc.plan}, period ${doc.period}, as of ${asOf}`;
+  document.getElementById("summary").textContent = `Plan ${doc.plan}, ${doc.period_label}, as of ${asOf}`;
   document.getElementById("projection-basis").textContent =
     `If usage goes on at the rate it had until ${asOf}.`;
   const controls = document.getElementById("controls");

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from meterline.config import Config
 from reconciler import invoice_text
+from reconciler.periods import Period
 from reconciler.pricing import Invoice, MeterPrice, invoice
-from reconciler.usage import period_bounds
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -115,8 +115,9 @@ def build(
     )
 
 
-def query(config: Config, client: Client, customer: str, period: str) -> DisputeReport:
-    start, end = period_bounds(period)
+def query(config: Config, client: Client, customer: str, period: Period) -> DisputeReport:
+    """The report for `customer` over `period` (reconciler.periods: a UTC month or a billing period)."""
+    start, end = period.start_ms, period.end_ms
     params = {"customer": customer, "start": start, "end": end}
     in_period = (
         "customer_id = %(customer)s AND window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
@@ -139,7 +140,7 @@ def query(config: Config, client: Client, customer: str, period: str) -> Dispute
             parameters=params,
         ).result_rows
     ]
-    return build(config, customer, period, hours, carriers)
+    return build(config, customer, period.label, hours, carriers)
 
 
 # -- renderers ---------------------------------------------------------------------------------------
@@ -217,7 +218,7 @@ def render_html(report: DisputeReport) -> str:
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}</style>",
         "</head><body>",
-        f"<h1>Usage of {html.escape(report.customer)}, {html.escape(report.period)} (UTC), plan "
+        f"<h1>Usage of {html.escape(report.customer)}, {html.escape(report.period)}, plan "
         f"{html.escape(report.plan)}</h1>",
     ]
     for title, rows in _sections(report):

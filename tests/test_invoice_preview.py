@@ -126,3 +126,93 @@ def test_a_quote_names_each_bad_argument() -> None:
     wrong = quote("--plan", "standard", "--currency", "eur")
     assert "plan 'standard' is priced in usd" in wrong.stderr and wrong.returncode == 1
     assert "no such plan" in quote("--plan", "gold").stderr
+
+
+def test_the_preview_of_a_billing_period_counts_the_period_s_usage_against_its_included_calls(
+    tmp_path: Path,
+) -> None:
+    """Stripe bills each subscription item over its own period (items.data[].current_period_*
+    since API 2025-03-31.basil, https://docs.stripe.com/changelog/basil/2025-03-31/deprecate-subscription-current-period-start-and-end):
+    a subscription started on the 15th is billed 15th to 15th, and its 1,000,000 included calls
+    apply to that period, not to the calendar month."""
+    from reconciler.periods import resolve
+    from reconciler.usage import PeriodError
+
+    nov_15, dec_15 = NOV_1 + 14 * 86_400_000, NOV_1 + 44 * 86_400_000
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    config = load_config(None, {})
+    client = connect(config, dsn)
+    try:
+        migrate(client, 400)
+        client.insert(
+            "stripe_subscription_items",
+            [
+                [
+                    "sub_1",
+                    "si_1",
+                    "cus_1",
+                    "cust-mid",
+                    "active",
+                    "price_1",
+                    "",
+                    nov_15 // 1000,
+                    dec_15 // 1000,
+                    nov_15 // 1000,
+                ]
+            ],
+            column_names=[
+                "subscription_id",
+                "item_id",
+                "stripe_customer",
+                "customer_id",
+                "status",
+                "price_id",
+                "price_lookup_key",
+                "current_period_start",
+                "current_period_end",
+                "event_created",
+            ],
+        )
+
+        def window(start: int, value: int) -> list[object]:
+            return ["cust-mid", "api_calls", start, start + MINUTE, 0, 0, value, value, 1, start]
+
+        # 900,000 before the 15th (the previous period), 700,000 on the 15th, 500,000 on Dec 14.
+        rows = [window(NOV_1, 900_000), window(nov_15, 700_000), window(dec_15 - 86_400_000, 500_000)]
+        client.insert("usage_window_revisions", rows, column_names=list(REVISION_COLUMNS))
+        previous = resolve(client, "cust-mid", "previous", nov_15 + 86_400_000)
+        assert (previous.start_ms, previous.end_ms) == (NOV_1 - 17 * 86_400_000, nov_15)  # Oct 15
+        assert resolve(client, "cust-mid", "2026-12-20", 0).start_ms == dec_15
+        assert (
+            resolve(client, "cust-mid", "2026-11", 0).start_ms,
+            resolve(client, "cust-mid", "2026-11", 0).end_ms,
+        ) == (
+            NOV_1,
+            NOV_1 + 30 * 86_400_000,
+        )
+        try:
+            resolve(client, "cust-unknown", "current", 0)
+            raise AssertionError("a customer with no known subscription has no billing period")
+        except PeriodError as exc:
+            assert "use YYYY-MM for the UTC month" in str(exc)
+    finally:
+        client.close()
+    env = {**os.environ, "CLICKHOUSE_DSN": dsn, "METERLINE__DEV__STATE_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "meterline.cli", "invoice", "preview", "--customer", "cust-mid"]
+    by_period = json.loads(
+        subprocess.run(
+            [*command, "--period", "2026-11-20", "--json"], env=env, capture_output=True, text=True
+        ).stdout
+    )
+    assert (by_period["period_start"], by_period["period_end"], by_period["subscription"]) == (
+        nov_15,
+        dec_15,
+        "sub_1",
+    )
+    assert by_period["usage"] == {"api_calls": 1_200_000} and by_period["total"] == "200.00"
+    by_month = json.loads(
+        subprocess.run(
+            [*command, "--period", "2026-11", "--json"], env=env, capture_output=True, text=True
+        ).stdout
+    )
+    assert by_month["usage"] == {"api_calls": 1_600_000} and by_month["total"] == "600.00"  # the UTC month

@@ -110,9 +110,10 @@ def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
         # Out of order: the newer subscription state arrives first. The newer is in the shape of
         # API 2025-03-31.basil and later (the period on each item), the older in the earlier one.
         item = {"id": "si_1", "price": {"id": "price_1", "lookup_key": "meterline_standard_api_calls"}}
+        subscriber = stripe_fake[0].state.create_customer({"metadata": {"meterline_customer_id": "cust-1"}})
         newer = {
             "id": "sub_1",
-            "customer": "cus_1",
+            "customer": subscriber["id"],
             "status": "active",
             "items": {"data": [{**item, "current_period_start": NOW, "current_period_end": NOW + 86_400}]},
         }
@@ -204,12 +205,13 @@ def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
         }
         assert client.query("SELECT status FROM stripe_subscriptions FINAL").result_rows == [("active",)]
         # Each event's items with their periods, whichever API shape carried them.
+        # ...and the meterline customer they bill (the Stripe customer's metadata).
         assert client.query(
-            "SELECT status, item_id, price_lookup_key, toUnixTimestamp(current_period_start), "
+            "SELECT customer_id, status, item_id, price_lookup_key, toUnixTimestamp(current_period_start), "
             "toUnixTimestamp(current_period_end) FROM stripe_subscription_items FINAL ORDER BY event_created"
         ).result_rows == [
-            ("past_due", "si_1", "meterline_standard_api_calls", NOW - 86_400, NOW),
-            ("active", "si_1", "meterline_standard_api_calls", NOW, NOW + 86_400),
+            ("cust-1", "past_due", "si_1", "meterline_standard_api_calls", NOW - 86_400, NOW),
+            ("cust-1", "active", "si_1", "meterline_standard_api_calls", NOW, NOW + 86_400),
         ]
         assert client.query("SELECT toString(status), error_code FROM stripe_reports FINAL").result_rows == [
             ("failed", "meter_event_customer_not_found")

@@ -215,6 +215,7 @@ class FakeStripe:
                 "GET",
                 lambda m, p, q, h: search(s.search_customers(q.get("query", ""))),
             ),
+            (r"/v1/customers/([^/]+)", "GET", lambda m, p, q, h: s.customer(m[1])),
             (r"/v1/products", "POST", lambda m, p, q, h: s.create_product(p)),
             (r"/v1/products/([^/]+)", "GET", lambda m, p, q, h: s.product(m[1])),
             (r"/v1/prices", "POST", lambda m, p, q, h: s.create_price(p)),

@@ -19,15 +19,15 @@ Rules kept from Stripe (docs.stripe.com, API 2026-10-28):
 
 from __future__ import annotations
 
-import calendar
 import secrets
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+
+from core.months import add_months
 
 DAY_S = 86_400
 IDENTIFIER_WINDOW_S = DAY_S
@@ -102,17 +102,10 @@ def monthly_period(start: int, now: int) -> tuple[int, int]:
     `start` that contains `now`."""
     period_start = start
     while True:
-        period_end = add_month(period_start)
+        period_end = add_months(period_start, 1)
         if now < period_end:
             return period_start, period_end
         period_start = period_end
-
-
-def add_month(epoch_s: int) -> int:
-    when = datetime.fromtimestamp(epoch_s, UTC)
-    year, month = (when.year + 1, 1) if when.month == 12 else (when.year, when.month + 1)
-    day = min(when.day, calendar.monthrange(year, month)[1])
-    return int(when.replace(year=year, month=month, day=day).timestamp())
 
 
 def subscription_shape(subscription: dict[str, Any], api_version: str | None) -> dict[str, Any]:
@@ -187,6 +180,13 @@ class FakeStripeState:
         with self.lock:
             self.customers[customer_id] = customer
         return customer
+
+    def customer(self, customer_id: str) -> dict[str, Any]:
+        with self.lock:
+            found = self.customers.get(customer_id)
+        if found is None:
+            raise missing("customer", customer_id)
+        return found
 
     def search_customers(self, query: str) -> list[dict[str, Any]]:
         """Stripe's search syntax, the one clause meterline uses: metadata['key']:'value'."""
@@ -536,8 +536,8 @@ class FakeStripeState:
         periods = []
         period_start = start
         while period_start <= current_start:
-            periods.append((period_start, add_month(period_start)))
-            period_start = add_month(period_start)
+            periods.append((period_start, add_months(period_start, 1)))
+            period_start = add_months(period_start, 1)
         summaries = []
         for period_start, period_end in reversed(periods):
             at: dict[int, int] = {}

@@ -51,6 +51,7 @@ from meterline.kafka import group_consumer, partition_count, settings
 from meterline.logs import context
 from schemas.serde import AvroSerde
 from sinks.stripe.calls import Caller
+from sinks.stripe.directory import metadata
 from sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ class WebhookConsumer:
         self.group_id = group_id
         self.processed = 0
         self.duplicates = 0
+        self._customers: dict[str, str] = {}  # Stripe customer -> ours
         self._consumer = group_consumer(bootstrap, group_id)
         self._ticks = Producer(settings(bootstrap, {"enable.idempotence": True}))
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -299,6 +301,7 @@ class WebhookConsumer:
         items = subscription.get("items", {}).get("data", [])
         created = int(event.get("created", 0))
         customer = subscription.get("customer", "")
+        meterline_customer = self._meterline_customer(customer)
         periods = [(_period(subscription, i, "start"), _period(subscription, i, "end")) for i in items]
         if not periods:  # no items: only the pre-basil shape has a period of its own
             periods = [(int(subscription["current_period_start"]), int(subscription["current_period_end"]))]
@@ -309,6 +312,7 @@ class WebhookConsumer:
                     subscription["id"],
                     item["id"],
                     customer,
+                    meterline_customer,
                     subscription.get("status", ""),
                     item.get("price", {}).get("id", ""),
                     item.get("price", {}).get("lookup_key") or "",
@@ -322,6 +326,7 @@ class WebhookConsumer:
                 "subscription_id",
                 "item_id",
                 "stripe_customer",
+                "customer_id",
                 "status",
                 "price_id",
                 "price_lookup_key",
@@ -351,6 +356,24 @@ class WebhookConsumer:
                 "event_created",
             ],
         )
+
+    def _meterline_customer(self, stripe_customer: str) -> str:
+        """Our id of a Stripe customer: the configured mapping, else the customer's metadata
+        (`stripe.customer_metadata_key`); empty when Stripe has no such customer."""
+        configured = {v: k for k, v in self.config.stripe.customers.items()}
+        if stripe_customer in configured or not stripe_customer:
+            return configured.get(stripe_customer, "")
+        if stripe_customer not in self._customers:
+            try:
+                found, _ = self.stripe.retrying(
+                    lambda: self.stripe.client.v1.customers.retrieve(stripe_customer)
+                )
+                self._customers[stripe_customer] = metadata(found).get(
+                    self.config.stripe.customer_metadata_key, ""
+                )
+            except stripe.InvalidRequestError:
+                self._customers[stripe_customer] = ""
+        return self._customers[stripe_customer]
 
     def _meter_errors(self, event: dict[str, Any]) -> None:
         reason = event["data"]["reason"]

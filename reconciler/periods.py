@@ -1,0 +1,91 @@
+"""Which billing period a command means: Stripe bills each subscription item over its own period
+(`items.data[].current_period_start/end` since API 2025-03-31.basil), which is a calendar month
+only when the subscription started on the 1st at midnight UTC. The periods of a customer come from
+the `customer.subscription.*` webhooks (`stripe_subscription_items`); periods are monthly, as the
+prices `stripe sync` creates recur monthly.
+
+`--period` takes `YYYY-MM` (the UTC calendar month, as before, and the only choice for a customer
+whose subscription meterline has not heard of), `current`, `previous`, or `YYYY-MM-DD` (the
+billing period that day falls in).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from core.months import add_months
+from reconciler.usage import PeriodError, period_bounds
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True)
+class Period:
+    start_ms: int
+    end_ms: int
+    label: str
+    """How commands name it: "2026-11 (UTC month)", "2026-11-15 to 2026-12-15 (billing period)"."""
+    subscription: str = ""
+    """The Stripe subscription whose period it is; empty for a UTC month."""
+
+
+def month_period(month: str) -> Period:
+    start, end = period_bounds(month)
+    return Period(start, end, f"{month} (UTC month)")
+
+
+def resolve(client: Client, customer: str, spec: str, now_ms: int) -> Period:
+    """The period `spec` names for `customer` (see the module's docstring)."""
+    if re.fullmatch(r"\d{4}-\d{2}", spec):
+        return month_period(spec)
+    if spec not in ("current", "previous") and not _DAY.match(spec):
+        raise PeriodError(
+            f"period {spec!r}: expected YYYY-MM (a UTC month), current, previous, or YYYY-MM-DD"
+        )
+    known = current_billing_period(client, customer)
+    if known is None:
+        raise PeriodError(
+            f"no billing period known for {customer!r} (no customer.subscription.* webhook for it yet): "
+            "use YYYY-MM for the UTC month"
+        )
+    subscription, start_s, end_s = known
+    if spec == "current":
+        target = now_ms // 1000
+    elif spec == "previous":
+        target = add_months(start_s, -1)
+    else:
+        try:
+            target = int(datetime.strptime(spec, "%Y-%m-%d").replace(tzinfo=UTC).timestamp())
+        except ValueError:
+            raise PeriodError(f"period {spec!r}: not a date") from None
+    while target < start_s:  # step back a month at a time, from the period Stripe last reported
+        start_s, end_s = add_months(start_s, -1), start_s
+    while target >= end_s:
+        start_s, end_s = end_s, add_months(end_s, 1)
+    label = f"{_day(start_s)} to {_day(end_s)} (billing period of {subscription})"
+    return Period(start_s * 1000, end_s * 1000, label, subscription)
+
+
+def current_billing_period(client: Client, customer: str) -> tuple[str, int, int] | None:
+    """(subscription, period start, end in epoch s) as the latest subscription event stated it."""
+    rows = client.query(
+        "SELECT subscription_id, toUnixTimestamp(current_period_start), toUnixTimestamp(current_period_end) "
+        "FROM stripe_subscription_items FINAL WHERE customer_id = %(customer)s "
+        "AND status IN ('active', 'trialing', 'past_due') "
+        "ORDER BY event_created DESC, current_period_end DESC LIMIT 1",
+        parameters={"customer": customer},
+    ).result_rows
+    if not rows:
+        return None
+    subscription, start, end = rows[0]
+    return str(subscription), int(start), int(end)
+
+
+def _day(epoch_s: int) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M")
