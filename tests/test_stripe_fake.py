@@ -423,3 +423,43 @@ def test_a_meter_error_report_is_a_thin_event_stripe_python_parses_and_fetches(
     assert (error_type.code, error_type.error_count) == ("meter_event_customer_not_found", 7)
     # Samples, not all: meterline must not rely on a report naming every refused event.
     assert [e.request.identifier for e in error_type.sample_errors] == [f"id-{n}" for n in range(5)]
+
+
+def test_the_directory_finds_a_trialing_subscription_s_item_and_looks_again_after_a_plan_change(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial bills its metered usage too (its subscription's status is `trialing`,
+    https://docs.stripe.com/billing/subscriptions/trials); an item found is looked up again after a
+    few minutes, as a plan change replaces it."""
+    from types import SimpleNamespace
+
+    from meterline.config import load_config
+    from sinks.stripe import directory
+    from sinks.stripe.calls import Caller, RateLimiter
+
+    _, customer = setup_meter(api)
+    product = api.v1.products.create({"name": "API"})
+    price = api.v1.prices.create(
+        {
+            "product": product.id,
+            "currency": "usd",
+            "unit_amount_decimal": "0.1",
+            "lookup_key": "meterline_api_calls",
+            "recurring": {"interval": "month", "usage_type": "metered"},
+        }  # type: ignore[typeddict-item]
+    )
+    trial = api.v1.subscriptions.create(
+        {"customer": customer, "items": [{"price": price.id}], "trial_period_days": 14}  # type: ignore[typeddict-item]
+    )
+    assert trial["status"] == "trialing"
+    clock = [1000.0]
+    monkeypatch.setattr(directory, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    found = directory.Directory(
+        load_config(None, {}).stripe, Caller(fake[1], KEY, 5, RateLimiter(1000), "2024-06-20")
+    )
+    assert found.subscription_item(customer, "api_calls") == trial["items"]["data"][0]["id"]
+    fake[0].state.subscriptions.clear()  # the plan changed: that item is gone
+    changed = api.v1.subscriptions.create({"customer": customer, "items": [{"price": price.id}]})
+    assert found.subscription_item(customer, "api_calls") == trial["items"]["data"][0]["id"]  # cached
+    clock[0] += directory.ITEM_TTL_S + 1
+    assert found.subscription_item(customer, "api_calls") == changed["items"]["data"][0]["id"]

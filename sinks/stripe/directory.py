@@ -1,8 +1,9 @@
 """Who is who at Stripe: a meterline customer's Stripe customer, and (legacy usage records) the
-subscription item that bills a meter. Configured mappings win; others are looked up once and
-cached: customers by their metadata (`stripe.customer_metadata_key`), subscription items by their
-price's metadata `meterline_meter` (as `meterline stripe sync` creates prices) or, for prices made
-by hand, its lookup key `meterline_<meter>`.
+subscription item that bills a meter. Configured mappings win; others are looked up and cached
+(customers for good, subscription items for a few minutes, as plans change): customers by their
+metadata (`stripe.customer_metadata_key`), subscription items of an active, trialing or past-due
+subscription by their price's metadata `meterline_meter` (as `meterline stripe sync` creates
+prices) or, for prices made by hand, its lookup key `meterline_<meter>`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from meterline.config import StripeConfig
 from sinks.stripe.calls import Caller
 
 NEGATIVE_TTL_S = 60.0  # an unknown customer is looked up again after this long (it may be created)
+ITEM_TTL_S = 300.0  # a subscription item found is looked up again after this long (plans change)
+BILLING_STATUSES = ("active", "trialing", "past_due")
+"""Subscriptions whose metered items Stripe bills (a trial bills its usage at the trial's end too)."""
 
 
 class Directory:
@@ -33,14 +37,25 @@ class Directory:
 
     def subscription_item(self, stripe_customer: str, meter: str) -> str | None:
         return self._cached(
-            self._items, (stripe_customer, meter), lambda: self._find_item(stripe_customer, meter)
+            self._items,
+            (stripe_customer, meter),
+            lambda: self._find_item(stripe_customer, meter),
+            ITEM_TTL_S,
         )
 
-    def _cached(self, cache: dict[Any, tuple[str | None, float]], key: Any, look_up: Any) -> str | None:
+    def _cached(
+        self,
+        cache: dict[Any, tuple[str | None, float]],
+        key: Any,
+        look_up: Any,
+        found_ttl_s: float = float("inf"),
+    ) -> str | None:
         with self._lock:
             hit = cache.get(key)
-        if hit is not None and (hit[0] is not None or time.monotonic() - hit[1] < NEGATIVE_TTL_S):
-            return hit[0]
+        if hit is not None:
+            age = time.monotonic() - hit[1]
+            if age < (found_ttl_s if hit[0] is not None else NEGATIVE_TTL_S):
+                return hit[0]
         found: str | None = look_up()
         with self._lock:
             cache[key] = (found, time.monotonic())
@@ -53,11 +68,11 @@ class Directory:
 
     def _find_item(self, stripe_customer: str, meter: str) -> str | None:
         listed, _ = self.caller.retrying(
-            lambda: self.caller.client.v1.subscriptions.list(
-                {"customer": stripe_customer, "status": "active"}
-            )
+            lambda: self.caller.client.v1.subscriptions.list({"customer": stripe_customer})
         )
         for subscription in listed.data:
+            if subscription["status"] not in BILLING_STATUSES:
+                continue
             for item in subscription["items"]["data"]:
                 price = item["price"]
                 if (

@@ -334,7 +334,7 @@ class FakeStripeState:
                 "id": subscription_id,
                 "object": "subscription",
                 "customer": customer,
-                "status": "active",
+                "status": "trialing" if params.get("trial_period_days") else "active",
                 "items": {"object": "list", "data": data, "has_more": False},
                 "start_date": start,
                 "metadata": dict(params.get("metadata") or {}),
