@@ -759,7 +759,15 @@ def _replay(args: argparse.Namespace) -> int:
 
     from meterline.kafka import settings
     from reconciler.compare import compare
-    from reconciler.replay import clickhouse_differences, rederive, repairs, reported_windows, stored_windows
+    from reconciler.replay import (
+        clickhouse_differences,
+        ledger_windows,
+        rederive,
+        repairs,
+        reported_windows,
+        stored_windows,
+        stripe_windows,
+    )
     from reconciler.stripe_totals import StripeTotals
     from schemas.serde import AvroSerde
     from sinks.clickhouse.client import connect
@@ -779,6 +787,7 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         stored = stored_windows(client, args.start, args.end, args.customer)
         reported = reported_windows(client, args.start, args.end, args.customer)
+        ledger = ledger_windows(client, args.start, args.end, args.customer)
     finally:
         client.close()
     in_clickhouse = clickhouse_differences(rederived, stored)
@@ -788,7 +797,22 @@ def _replay(args: argparse.Namespace) -> int:
     stripe = StripeTotals(caller_for(config), config)
     theirs = {(c, m): stripe.total(c, m, args.start, args.end) for c, m in pairs}
     in_stripe = [d for d in compare({k: v for k, v in theirs.items() if v}, dict(pairs)) if d.drift]
-    fixes = repairs(rederived, stored, reported, config.windows.size_ms) if args.repair else []
+    fixes = []
+    if args.repair:
+        # Stripe's own totals of the windows it disagrees on (meter events only: usage record
+        # summaries are per billing period, not per window).
+        known = (
+            stripe_windows(
+                stripe,
+                ledger,
+                rederived,
+                config.windows.size_ms,
+                int((time.time() - config.stripe.summaries_settle_seconds) * 1000),
+            )
+            if config.stripe.mode != "usage_records"
+            else {}
+        )
+        fixes = repairs(rederived, stored, reported, config.windows.size_ms, known)
     if fixes:
         serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
         producer = Producer(

@@ -180,6 +180,9 @@ class StripeConfig:
     """The endpoint's signing secret (whsec_...); the local fake signs with FAKE_WEBHOOK_SECRET."""
     webhook_port: int
     webhook_tolerance_seconds: int
+    summaries_settle_seconds: int
+    """How long after its last report a window's meter event summary is taken as final: Stripe
+    aggregates asynchronously ("an eventually consistent view") and does not say how long it takes."""
 
 
 @dataclass(frozen=True)
@@ -547,6 +550,7 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
         ),
         webhook_port=s.get("webhook_port", int, 8787, _between(0, 65535)),
         webhook_tolerance_seconds=s.get("webhook_tolerance_seconds", int, 300, _between(1, 3600)),
+        summaries_settle_seconds=s.get("summaries_settle_seconds", int, 3600, _between(0, 86_400)),
     )
     s.finish()
 

@@ -18,9 +18,12 @@ decoding and folding is paid per event.
 The repair of a window (per source partition, as its identity is) is its next revision:
 `value` = the re-derived total (what ClickHouse keeps, latest revision wins) and `delta` = that
 total minus what Stripe was sent for the window (the ledger's sent and confirmed rows), so that
-Stripe, which adds deltas, converges too. Its identity and contents depend only on what is
-stored, so running it again before the sinks caught up re-emits the same revision, which both
-sinks keep once; once they have, a second run finds nothing to repair.
+Stripe, which adds deltas, converges too. Stripe may refuse a meter event after accepting it, and
+its error report names only samples: where Stripe's own total of an hour differs from the
+ledger's, the hour's settled windows are read from Stripe one by one, and what the ledger counts
+as sent but Stripe does not have goes into the delta (`stripe_windows`). Its identity and contents
+depend only on what is stored, so running it again before the sinks caught up re-emits the same
+revision, which both sinks keep once; once they have, a second run finds nothing to repair.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from meterline.config import Config
 from meterline.errors import MeterlineError
 from meterline.kafka import partition_count, settings
 from reconciler.compare import Difference, compare
+from reconciler.stripe_totals import StripeTotals
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from streams.judge import Judge
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
 WindowId = tuple[str, str, int]  # customer, meter, window_start
 PartitionWindow = tuple[str, str, int, int]  # + source partition
 END_HEADER = "meterline.replay.end"
+HOUR_MS = 3_600_000
 MARKER_TIMEOUT_S = 600.0
 
 
@@ -226,6 +231,53 @@ def reported_windows(
     return {(c, m, int(w), int(p)): (int(v), int(r)) for c, m, w, p, v, r in rows}
 
 
+def ledger_windows(
+    client: Client, start_ms: int, end_ms: int, customer: str | None
+) -> dict[WindowId, tuple[int, int]]:
+    """Per window (all partitions): the deltas the ledger says reached Stripe, and when its last
+    report for the window settled (epoch ms)."""
+    rows = client.query(
+        "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), sum(value), "
+        "max(toUnixTimestamp64Milli(updated_at)) "
+        "FROM stripe_reports FINAL WHERE status IN ('sent', 'confirmed') "
+        "AND window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
+        "AND window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC')"
+        + (" AND customer_id = %(customer)s" if customer else "")
+        + " GROUP BY customer_id, meter, window_start",
+        parameters={"start": start_ms, "end": end_ms, "customer": customer},
+    ).result_rows
+    return {(c, m, int(w)): (int(v), int(u)) for c, m, w, v, u in rows}
+
+
+def stripe_windows(
+    totals: StripeTotals,
+    ledger: dict[WindowId, tuple[int, int]],
+    rederived: Rederived,
+    window_ms: int,
+    settled_before_ms: int,
+) -> dict[WindowId, int]:
+    """Stripe's own total of every window whose hour Stripe and the ledger disagree on, where the
+    window's reports are old enough for Stripe's summary to be final. Stripe can refuse a meter
+    event after accepting it (a meter error report names only samples), so the ledger's "sent" is
+    not proof: an hour whose Stripe total differs is read window by window."""
+    windows = set(ledger) | set(rederived.windows())
+    by_pair: dict[tuple[str, str], dict[int, list[int]]] = {}
+    for customer, meter, start in windows:
+        by_pair.setdefault((customer, meter), {}).setdefault(start // HOUR_MS * HOUR_MS, []).append(start)
+    found: dict[WindowId, int] = {}
+    for (customer, meter), hours in by_pair.items():
+        first, last = min(hours), max(hours) + HOUR_MS
+        theirs = totals.by_hour(customer, meter, first, last)
+        for hour, starts in hours.items():
+            ours = sum(ledger.get((customer, meter, w), (0, 0))[0] for w in starts)
+            if theirs.get(hour, 0) == ours:
+                continue
+            for w in starts:
+                if ledger.get((customer, meter, w), (0, 0))[1] < settled_before_ms:
+                    found[(customer, meter, w)] = totals.total(customer, meter, w, w + window_ms)
+    return found
+
+
 def clickhouse_differences(
     rederived: Rederived, stored: dict[PartitionWindow, tuple[int, int]]
 ) -> list[Difference[WindowId]]:
@@ -240,17 +292,31 @@ def repairs(
     stored: dict[PartitionWindow, tuple[int, int]],
     reported: dict[PartitionWindow, tuple[int, int]],
     window_ms: int,
+    stripe_totals: dict[WindowId, int] | None = None,
 ) -> list[WindowAggregate]:
-    """The next revision of every (window, partition) whose stored or reported total is not the
-    re-derived one."""
+    """The next revision of every (window, partition) whose stored total is not the re-derived
+    one, or whose delta for Stripe is not zero. The delta is the re-derived total less what the
+    ledger says was sent; where Stripe's own total of the window is known (`stripe_totals`), what
+    the ledger counts as sent but Stripe does not have is added to the window's lowest partition,
+    so that Stripe, which adds deltas, reaches the re-derived total. Stable: once the sinks applied
+    it, the same inputs give no repair."""
+    keys = sorted(set(rederived.by_partition) | set(stored) | set(reported))
+    sent_by_window: dict[WindowId, int] = {}
+    for (c, m, w, _), (v, _) in reported.items():
+        sent_by_window[(c, m, w)] = sent_by_window.get((c, m, w), 0) + v
+    # Sent by the ledger's account, not in Stripe's total.
+    missing = {
+        window: sent_by_window.get(window, 0) - theirs for window, theirs in (stripe_totals or {}).items()
+    }
     fixes = []
-    for key in sorted(set(rederived.by_partition) | set(stored) | set(reported)):
+    for key in keys:
+        customer, meter, window_start, partition = key
         value, count = rederived.by_partition.get(key, (0, 0))
         stored_value, stored_revision = stored.get(key, (0, -1))
         sent, reported_revision = reported.get(key, (0, -1))
-        if stored_value == value and sent == value:
+        delta = value - sent + missing.pop((customer, meter, window_start), 0)  # once, on the first
+        if stored_value == value and delta == 0:
             continue
-        customer, meter, window_start, partition = key
         fixes.append(
             WindowAggregate(
                 customer_id=customer,
@@ -259,7 +325,7 @@ def repairs(
                 window_end=window_start + window_ms,
                 source_partition=partition,
                 value=value,
-                delta=value - sent,
+                delta=delta,
                 event_count=count,
                 revision=max(stored_revision, reported_revision) + 1,
                 closed_at=window_start + window_ms,  # deterministic: a second run emits the same revision

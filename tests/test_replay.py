@@ -1,6 +1,7 @@
 """`meterline replay` on a real run (stream app, both sinks): zero difference over the whole range;
 a corrupted ClickHouse window is found, `--repair` fixes it in ClickHouse and leaves Stripe exact,
-and a second `--repair` changes nothing."""
+and a second `--repair` changes nothing; a meter event Stripe refused after accepting it is found
+by Stripe's own totals and repaired once."""
 
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ def test_replay_finds_a_corrupted_window_and_repair_converges_both_sinks(
         "KAFKA_BOOTSTRAP": config.kafka.bootstrap,
         "CLICKHOUSE_DSN": dsn,
         "METERLINE__STRIPE__API_BASE": base,
+        "METERLINE__STRIPE__SUMMARIES_SETTLE_SECONDS": "0",  # the fake aggregates synchronously
         "METERLINE__DEV__STATE_DIR": str(tmp_path),
         **{
             f"METERLINE__TOPICS__{f.name.upper()}": getattr(config.topics, f.name)
@@ -134,6 +136,32 @@ def test_replay_finds_a_corrupted_window_and_repair_converges_both_sinks(
     sent = sorted(e.identifier for e in fake.state.meter_events)
     assert len(sent) == len(set(sent))
 
+    # Stripe refuses a meter event it had accepted (asynchronously, as it may: the error report
+    # names samples only, and this one none), so the ledger still says sent. The repair compares
+    # Stripe's own totals and sends what Stripe lacks, once.
+    [refused] = [e for e in fake.state.meter_events if e.value][:1]
+    fake.state.meter_events.remove(refused)
+    code, short = replay()
+    assert code == 1 and short["Stripe differs"] == 1 and short["ClickHouse differs"] == 0
+    code, repaired = replay("--repair")
+    assert code == 0 and repaired["repairs emitted"] == 1
+    sinks_catch_up()
+    code, after = replay("--repair")
+    assert (code, after["Stripe differs"], after["ClickHouse differs"], after["repairs emitted"]) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    [resent] = [
+        e
+        for e in fake.state.meter_events
+        if (e.customer, e.event_name, e.timestamp)
+        == (refused.customer, refused.event_name, refused.timestamp)
+        and e.identifier != refused.identifier
+    ]
+    assert resent.value == refused.value
+
 
 def test_replaying_an_old_range_keeps_its_windows_while_the_topic_goes_on_for_months(config: Config) -> None:
     """On-call replays a month long past: the records after it move the watermark months on, past
@@ -169,3 +197,20 @@ def test_replaying_an_old_range_keeps_its_windows_while_the_topic_goes_on_for_mo
         ("cust-a", "egress_bytes", start): 7,
         ("cust-b", "egress_bytes", start): 5,
     }
+
+
+def test_a_repair_from_stripe_s_totals_is_stable_once_applied() -> None:
+    """Pure: a window two partitions reported (10 and 5), of which Stripe holds only 5 (it refused
+    partition 0's event after accepting it). The repair sends Stripe the 10 it lacks, on the lowest
+    partition; once the sinks applied it, the same comparison repairs nothing."""
+    from reconciler.replay import Rederived, repairs
+
+    window = ("cust-1", "api_calls", 1_793_491_200_000)
+    rederived = Rederived(by_partition={(*window, 0): (10, 3), (*window, 1): (5, 2)})
+    stored = {(*window, 0): (10, 0), (*window, 1): (5, 0)}
+    reported = {(*window, 0): (10, 0), (*window, 1): (5, 0)}
+    [fix] = repairs(rederived, stored, reported, 60_000, {window: 5})
+    assert (fix.source_partition, fix.value, fix.delta, fix.revision) == (0, 10, 10, 1)
+    applied = {**reported, (*window, 0): (10 + fix.delta, 1)}
+    assert repairs(rederived, {**stored, (*window, 0): (10, 1)}, applied, 60_000, {window: 15}) == []
+    assert repairs(rederived, stored, reported, 60_000) == []  # the ledger alone sees nothing wrong
