@@ -595,19 +595,28 @@ def _stripe_sync(args: argparse.Namespace) -> int:
 
 def _invoice_preview(args: argparse.Namespace) -> int:
     from reconciler.periods import resolve
-    from reconciler.pricing import invoice
+    from reconciler.plan_history import changes_from_config, changes_from_stripe, invoice_over, parts
     from reconciler.usage import customer_usage
     from sinks.clickhouse.client import connect
 
     config = _load(args)
-    plan = config.plan_for(args.customer)
     client = connect(config)
     try:
         period = resolve(client, args.customer, args.period, int(time.time() * 1000))
-        usage = customer_usage(client, args.customer, period.start_ms, period.end_ms)
+        # The plan of each part of the period: Stripe's subscription events, else the configuration.
+        changes = changes_from_stripe(config, client, args.customer) or changes_from_config(
+            config, args.customer
+        )
+        split = parts(config, changes, period.start_ms, period.end_ms)
+        usages = [customer_usage(client, args.customer, p.start_ms, p.end_ms) for p in split]
     finally:
         client.close()
-    heading = f"Invoice preview for {args.customer}, {period.label}, plan {plan.name}"
+    bill = invoice_over(split, usages)
+    usage: dict[str, int] = {}
+    for used in usages:
+        for meter, units in used.items():
+            usage[meter] = usage.get(meter, 0) + units
+    heading = f"Invoice preview for {args.customer}, {period.label}, plan {bill.plan}"
     extra = {
         "customer": args.customer,
         "period": args.period,
@@ -615,8 +624,12 @@ def _invoice_preview(args: argparse.Namespace) -> int:
         "period_end": period.end_ms,
         "subscription": period.subscription,
         "usage": usage,
+        "parts": [
+            {"plan": p.plan.name, "start": p.start_ms, "end": p.end_ms, "billed": p.billed, "usage": used}
+            for p, used in zip(split, usages, strict=True)
+        ],
     }
-    _print_invoice(invoice(plan, usage), heading, extra, args.json)
+    _print_invoice(bill, heading, extra, args.json)
     return 0
 
 
@@ -665,6 +678,8 @@ def _print_invoice(bill: Invoice, heading: str, extra: dict[str, Any], as_json: 
     print(heading)
     print(render(rows(bill)))
     print(describe(bill))
+    for note in bill.notes:
+        print(f"note: {note}")
 
 
 def _reconcile(args: argparse.Namespace) -> int:

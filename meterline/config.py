@@ -12,6 +12,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -217,6 +218,9 @@ class BillingConfig:
     default_plan: str
     customers: Mapping[str, str]
     """meterline customer id -> plan name; everyone else is on default_plan."""
+    history: Mapping[str, tuple[tuple[str, int], ...]]
+    """meterline customer id -> its earlier plans, each with the instant it ended (epoch ms), in
+    order; for customers whose plan changes meterline has not heard of from Stripe."""
 
 
 @dataclass(frozen=True)
@@ -588,11 +592,52 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
                 (f"{c} is on plan {n!r}, which [plans] lacks" for c, n in v.items() if n not in plans), None
             ),
         ),
+        history=_plan_history(s, s.get("history", dict, {}), plans),
     )
     s.finish()
     return Config(
         kafka, topics, windows, stream, producer, clickhouse, stripe, dev, run, meters, plans, billing, source
     )
+
+
+def _plan_history(
+    s: _Section, raw: Mapping[str, Any], plans: Mapping[str, Plan]
+) -> dict[str, tuple[tuple[str, int], ...]]:
+    """`history = { "cust-42" = [{ plan = "starter", until = "2026-11-15T00:00:00Z" }] }`."""
+    history = {}
+    for customer, entries in raw.items():
+        changes: list[tuple[str, int]] = []
+        for n, entry in enumerate(entries if isinstance(entries, list) else [entries]):
+            where = f"history.{customer}[{n}]"
+            if not isinstance(entry, dict) or set(entry) != {"plan", "until"}:
+                s.problem(
+                    where, entry, 'each earlier plan is { plan = "starter", until = "2026-11-15T00:00:00Z" }'
+                )
+                continue
+            until = _instant(entry["until"])
+            if entry["plan"] not in plans:
+                s.problem(where, entry["plan"], f"no plan {entry['plan']!r} in [plans]")
+            elif until is None:
+                s.problem(
+                    where, entry["until"], "an instant in ISO 8601 with its zone, e.g. 2026-11-15T00:00:00Z"
+                )
+            elif changes and until <= changes[-1][1]:
+                s.problem(
+                    where, entry["until"], "earlier plans are listed in order, each ending after the last"
+                )
+            else:
+                changes.append((str(entry["plan"]), until))
+        history[str(customer)] = tuple(changes)
+    return history
+
+
+def _instant(value: object) -> int | None:
+    text = value.isoformat() if isinstance(value, datetime) else str(value)
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return None if when.tzinfo is None else int(when.timestamp() * 1000)
 
 
 def _build_plans(

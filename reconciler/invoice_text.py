@@ -78,6 +78,7 @@ def to_json(invoice: Invoice) -> dict[str, Any]:
         "total": str(invoice.total),
         "total_minor_units": int(unit.to_minor(invoice.total)),
         "stripe_total": str(invoice.stripe_total),
+        "notes": list(invoice.notes),
     }
 
 

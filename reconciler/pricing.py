@@ -95,6 +95,8 @@ class Invoice:
     plan: str
     currency: str
     lines: tuple[Line, ...]
+    notes: tuple[str, ...] = ()
+    """What the reader must know beside the lines (a part of the period Stripe does not bill)."""
 
     @property
     def total(self) -> Decimal:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from meterline.config import load_config
 from sinks.clickhouse.client import connect
@@ -216,3 +217,119 @@ def test_the_preview_of_a_billing_period_counts_the_period_s_usage_against_its_i
         ).stdout
     )
     assert by_month["usage"] == {"api_calls": 1_600_000} and by_month["total"] == "600.00"  # the UTC month
+
+
+PLANS = """
+[billing]
+customers = { "cust-up" = "standard", "cust-cl" = "standard" }
+history = { "cust-up" = [{ plan = "starter", until = "2026-11-16T00:00:00Z" }] }
+
+[plans.starter.prices.api_calls]
+unit = "call"
+label = "API calls"
+included = 100000
+overage_price = "0.002"
+
+[plans.standard.prices.api_calls]
+unit = "call"
+label = "API calls"
+included = 1000000
+overage_price = "0.001"
+"""
+
+
+def test_a_plan_change_mid_period_prices_each_part_on_its_plan_as_stripe_bills_it(tmp_path: Path) -> None:
+    """https://docs.stripe.com/billing/subscriptions/usage-based/manage-billing-setup, "Update prices
+    mid-cycle": with billing_mode=flexible Stripe bills the old price's usage up to the change, with
+    classic billing mode "Usage from January 1 to January 16 isn't billed". Each part counts its
+    included calls from zero, as each price is its own line."""
+    nov_16 = NOV_1 + 15 * 86_400_000
+    path = tmp_path / "meterline.toml"
+    path.write_text(PLANS)
+    config = load_config(path, {})
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    client = connect(config, dsn)
+    try:
+        migrate(client, 400)
+        rows = [
+            [customer, "api_calls", start, start + MINUTE, 0, 0, value, value, 1, start]
+            for customer in ("cust-up", "cust-cl")
+            for start, value in ((NOV_1, 300_000), (nov_16, 1_200_000))
+        ]
+        client.insert("usage_window_revisions", rows, column_names=list(REVISION_COLUMNS))
+        # cust-cl: Stripe said starter on Nov 1 and standard on Nov 16, in classic billing mode.
+        client.insert(
+            "stripe_subscription_items",
+            [
+                [
+                    "sub_cl",
+                    "si_1",
+                    "cus_cl",
+                    "cust-cl",
+                    "active",
+                    "price_1",
+                    "meterline_starter_api_calls",
+                    NOV_1 // 1000,
+                    nov_16 // 1000 + 86_400 * 15,
+                    NOV_1 // 1000,
+                    "classic",
+                ],
+                [
+                    "sub_cl",
+                    "si_2",
+                    "cus_cl",
+                    "cust-cl",
+                    "active",
+                    "price_2",
+                    "meterline_standard_api_calls",
+                    NOV_1 // 1000,
+                    nov_16 // 1000 + 86_400 * 15,
+                    nov_16 // 1000,
+                    "classic",
+                ],
+            ],
+            column_names=[
+                "subscription_id",
+                "item_id",
+                "stripe_customer",
+                "customer_id",
+                "status",
+                "price_id",
+                "price_lookup_key",
+                "current_period_start",
+                "current_period_end",
+                "event_created",
+                "billing_mode",
+            ],
+        )
+    finally:
+        client.close()
+    env = {**os.environ, "CLICKHOUSE_DSN": dsn, "METERLINE__DEV__STATE_DIR": str(tmp_path)}
+
+    def preview(customer: str) -> dict[str, Any]:
+        command = [sys.executable, "-m", "meterline.cli", "--config", str(path), "invoice", "preview"]
+        done = subprocess.run(
+            [*command, "--customer", customer, "--period", "2026-11", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        found: dict[str, Any] = json.loads(done.stdout)
+        return found
+
+    # From the configuration (the billing mode unknown): starter's 300,000 (100,000 included, then
+    # $0.002) = $400.00, standard's 1,200,000 (1,000,000 included, then $0.001) = $200.00.
+    flexible = preview("cust-up")
+    assert [(p["plan"], p["usage"]) for p in flexible["parts"]] == [
+        ("starter", {"api_calls": 300_000}),
+        ("standard", {"api_calls": 1_200_000}),
+    ]
+    assert [line["amount"] for line in flexible["lines"]] == ["400.00", "200.00"]
+    assert (flexible["total"], flexible["stripe_total"]) == ("600.00", "600.00")
+    assert "classic would not bill it" in flexible["notes"][0]
+    # From Stripe's events, classic billing mode: the part before the change is not billed.
+    classic = preview("cust-cl")
+    assert [line["billed_by_stripe"] for line in classic["lines"]] == [False, True]
+    assert (classic["total"], classic["stripe_total"]) == ("600.00", "200.00")
+    assert "classic billing mode drops usage before a price change" in classic["notes"][0]

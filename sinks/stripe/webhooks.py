@@ -319,6 +319,7 @@ class WebhookConsumer:
                     start,
                     end,
                     created,
+                    (subscription.get("billing_mode") or {}).get("type") or "classic",
                 ]
                 for item, (start, end) in zip(items, periods, strict=False)
             ],
@@ -333,6 +334,7 @@ class WebhookConsumer:
                 "current_period_start",
                 "current_period_end",
                 "event_created",
+                "billing_mode",
             ],
         )
         self.client.insert(

@@ -1,0 +1,139 @@
+"""Which plan billed a customer when: a billing period split at each plan change, each part
+priced on the plan of its time, as Stripe bills a price change mid-period.
+
+Where the plans come from: the `customer.subscription.*` webhooks (`stripe_subscription_items`),
+whose items' prices `stripe sync` named `meterline_<plan>_<meter>`, a change taking effect when
+its event was created; for a customer Stripe has told nothing of, the configuration's
+`[billing] history` and its current plan.
+
+How Stripe bills the part before a change ("Update prices mid-cycle",
+https://docs.stripe.com/billing/subscriptions/usage-based/manage-billing-setup): with
+`billing_mode=flexible`, removing a metered price "create[s] an invoice item that bills for
+previously reported metered usage"; with classic billing mode "Usage from January 1 to January 16
+isn't billed". Each part is priced on its own, its tiers and included units counted from zero, as
+each price is its own line. Base fees (licensed prices) are prorated by Stripe on a change; this
+module does not preview prorations: the base fee shown is the plan's at the end of the period.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from reconciler.pricing import Invoice, Line, Plan, invoice
+from reconciler.usage import PeriodError
+from sinks.stripe.prices import lookup_key
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+    from meterline.config import Config
+
+CHANGES_PAGE = "https://docs.stripe.com/billing/subscriptions/usage-based/manage-billing-setup"
+
+
+@dataclass(frozen=True)
+class Change:
+    at_ms: int
+    """When the plan took effect (epoch ms); 0: since before anything meterline knows."""
+    plan: str
+    billing_mode: str
+    """flexible, classic, or unknown (a change stated in the configuration)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    start_ms: int
+    end_ms: int
+    plan: Plan
+    billed: bool
+    """Whether Stripe bills this part's usage (classic billing mode drops the part before a change)."""
+    note: str = ""
+
+
+def changes_from_stripe(config: Config, client: Client, customer: str) -> list[Change]:
+    """The plan each subscription event put the customer on, in time order, where it changed."""
+    rows = client.query(
+        "SELECT toUnixTimestamp(event_created) * 1000, groupArray(price_lookup_key), any(billing_mode) "
+        "FROM stripe_subscription_items FINAL WHERE customer_id = %(customer)s "
+        "GROUP BY subscription_id, event_created ORDER BY event_created",
+        parameters={"customer": customer},
+    ).result_rows
+    changes: list[Change] = []
+    for at_ms, keys, mode in rows:
+        plan = _plan_of(config, list(keys))
+        if plan is not None and (not changes or changes[-1].plan != plan):
+            changes.append(Change(int(at_ms) if changes else 0, plan, str(mode)))
+    return changes
+
+
+def changes_from_config(config: Config, customer: str) -> list[Change]:
+    history = config.billing.history.get(customer, ())
+    current = config.plan_for(customer).name
+    starts = [0] + [until for _, until in history]
+    plans = [plan for plan, _ in history] + [current]
+    return [Change(at, plan, "unknown") for at, plan in zip(starts, plans, strict=True)]
+
+
+def parts(config: Config, changes: Sequence[Change], start_ms: int, end_ms: int) -> list[Part]:
+    """[start, end) split at every change inside it, each part on its plan."""
+    inside = [c for c in changes if start_ms < c.at_ms < end_ms]
+    before = [c for c in changes if c.at_ms <= start_ms]
+    first = before[-1] if before else changes[0]
+    bounds = [start_ms] + [c.at_ms for c in inside] + [end_ms]
+    plans = [first, *inside]
+    split = []
+    for n, (change, low, high) in enumerate(zip(plans, bounds, bounds[1:], strict=False)):
+        last = n == len(plans) - 1
+        following = None if last else plans[n + 1]
+        billed, note = True, ""
+        if following is not None and following.billing_mode == "classic":
+            billed = False
+            note = (
+                "not billed by Stripe: classic billing mode drops usage before a price change "
+                f"({CHANGES_PAGE})"
+            )
+        elif following is not None and following.billing_mode == "unknown":
+            note = "billed if the subscription's billing mode is flexible; classic would not bill it"
+        split.append(Part(low, high, config.plans[change.plan], billed, note))
+    return split
+
+
+def invoice_over(split: Sequence[Part], usages: Sequence[Mapping[str, int]]) -> Invoice:
+    """The invoice of a period split into parts (`usages[n]`: part n's usage): each part's metered
+    lines, named by their plan and time when there is more than one part, marked not billed where
+    Stripe drops them; the base fee of the plan at the period's end."""
+    last = split[-1]
+    if any(part.plan.currency != last.plan.currency for part in split):
+        raise PeriodError("the plans of the period bill in different currencies: a subscription has one")
+    lines: list[Line] = []
+    notes = []
+    for n, (part, usage) in enumerate(zip(split, usages, strict=True)):
+        for line in invoice(part.plan, usage).lines:
+            if line.meter is None and n != len(split) - 1:
+                continue  # the base fee: the period's last plan (prorations are Stripe's)
+            named = line.description
+            if len(split) > 1:
+                named += f" ({part.plan.name}, {_when(part.start_ms)} to {_when(part.end_ms)})"
+            lines.append(
+                replace(line, description=named, billed_by_stripe=line.billed_by_stripe and part.billed)
+            )
+        if part.note:
+            notes.append(f"{part.plan.name}, {_when(part.start_ms)} to {_when(part.end_ms)}: {part.note}")
+    if len(split) > 1:
+        notes.append("base fee: the plan's at the end of the period; Stripe prorates base fees on a change")
+    plan = " then ".join(dict.fromkeys(part.plan.name for part in split))
+    return Invoice(plan, last.plan.currency, tuple(lines), tuple(notes))
+
+
+def _plan_of(config: Config, lookup_keys: list[str]) -> str | None:
+    for name, plan in config.plans.items():
+        if any(lookup_key(name, meter) in lookup_keys for meter in plan.prices):
+            return name
+    return None
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
