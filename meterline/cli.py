@@ -186,7 +186,8 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument(
         "--period",
         default=datetime.now(UTC).strftime("%Y-%m"),
-        help="YYYY-MM (UTC; default: this month, as a scheduled job wants)",
+        help="YYYY-MM (the UTC month; default: this month, as a scheduled job wants); with --customer, "
+        "also current, previous or YYYY-MM-DD (the customer's Stripe billing period)",
     )
     reconcile.add_argument("--customer")
     reconcile.add_argument("--meter")

@@ -121,7 +121,7 @@ def document(
 
 def _invoice_json(bill: Invoice) -> dict[str, Any]:
     """The rows as the page draws them (each Stripe line, its breakdown, the total), as text."""
-    return {"rows": rows(bill), "total": money(bill.total, bill.currency)}
+    return {"rows": rows(bill), "total": money(bill.total, bill.currency), "notes": list(bill.notes)}
 
 
 def page(customer: str) -> str:

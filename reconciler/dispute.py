@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 from meterline.config import Config
 from reconciler import invoice_text
 from reconciler.periods import Period
+from reconciler.plan_history import changes_from_config, changes_from_stripe, invoice_over, parts
 from reconciler.pricing import Invoice, MeterPrice, invoice
+from reconciler.usage import customer_usage
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -81,8 +83,15 @@ def bands(price: MeterPrice) -> list[tuple[str, int | None]]:
 
 
 def build(
-    config: Config, customer: str, period: str, hours: Sequence[HourUsage], carriers: Sequence[Carrier]
+    config: Config,
+    customer: str,
+    period: str,
+    hours: Sequence[HourUsage],
+    carriers: Sequence[Carrier],
+    bill: Invoice | None = None,
 ) -> DisputeReport:
+    """The report; `bill` is the period's invoice when it is not the current plan's over the whole
+    period (a plan change: reconciler.plan_history)."""
     plan = config.plan_for(customer)
     usage: dict[str, int] = {}
     for h in hours:
@@ -111,7 +120,14 @@ def build(
             cumulative += quantity
             days.append(DayShare(meter, day, quantity, cumulative, shares))
     return DisputeReport(
-        customer, period, plan.name, plan.currency, list(hours), days, invoice(plan, usage), list(carriers)
+        customer,
+        period,
+        plan.name,
+        plan.currency,
+        list(hours),
+        days,
+        bill or invoice(plan, usage),
+        list(carriers),
     )
 
 
@@ -140,7 +156,10 @@ def query(config: Config, client: Client, customer: str, period: Period) -> Disp
             parameters=params,
         ).result_rows
     ]
-    return build(config, customer, period.label, hours, carriers)
+    changes = changes_from_stripe(config, client, customer) or changes_from_config(config, customer)
+    split = parts(config, changes, start, end)
+    bill = invoice_over(split, [customer_usage(client, customer, p.start_ms, p.end_ms) for p in split])
+    return build(config, customer, period.label, hours, carriers, bill)
 
 
 # -- renderers ---------------------------------------------------------------------------------------
@@ -153,6 +172,7 @@ def _hour(ms: int) -> str:
 def _sections(report: DisputeReport) -> list[tuple[str, list[dict[str, Any]]]]:
     return [
         ("Invoice lines", invoice_text.rows(report.bill)),
+        ("Notes", [{"note": note} for note in report.bill.notes]),
         (
             "Usage by day, and where it falls",
             [

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from reconciler.pricing import Invoice, Line, Plan, invoice
+from reconciler.pricing import Invoice, Line, Plan, currency_notes, invoice
 from reconciler.usage import PeriodError
 from sinks.stripe.prices import lookup_key
 
@@ -125,7 +125,7 @@ def invoice_over(split: Sequence[Part], usages: Sequence[Mapping[str, int]]) -> 
     if len(split) > 1:
         notes.append("base fee: the plan's at the end of the period; Stripe prorates base fees on a change")
     plan = " then ".join(dict.fromkeys(part.plan.name for part in split))
-    return Invoice(plan, last.plan.currency, tuple(lines), tuple(notes))
+    return Invoice(plan, last.plan.currency, tuple(lines), (*notes, *currency_notes(last.plan.currency)))
 
 
 def _plan_of(config: Config, lookup_keys: list[str]) -> str | None:

@@ -158,7 +158,21 @@ def invoice(plan: Plan, usage: Mapping[str, int]) -> Invoice:
         )
     for meter, price in plan.prices.items():
         lines.append(meter_line(price, usage.get(meter, 0), plan.currency))
-    return Invoice(plan.name, plan.currency, tuple(lines))
+    return Invoice(plan.name, plan.currency, tuple(lines), currency_notes(plan.currency))
+
+
+def currency_notes(currency_code: str) -> tuple[str, ...]:
+    """What the lines cannot promise in this currency. Stripe's currency page asks payments in a
+    three-decimal currency to end in 0 ("Your integration must round amounts to the nearest ten")
+    and does not say how it rounds an invoice to that: the lines are rounded to the minor unit, and
+    the charge may differ from their sum by up to 5 of it."""
+    if currency(currency_code).exponent != 3:
+        return ()
+    return (
+        f"{currency_code.upper()} is a three-decimal currency: Stripe charges amounts whose last digit is 0 "
+        "(https://docs.stripe.com/currencies) and does not document how it rounds an invoice to that; "
+        "the charge may differ from this total by up to 0.005",
+    )
 
 
 def _included_and_overage(price: MeterPrice, quantity: Decimal) -> list[Part]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -26,8 +27,9 @@ from meterline import metrics
 from meterline.config import Config
 from meterline.logs import context
 from reconciler.compare import Difference, compare, differing
+from reconciler.periods import resolve
 from reconciler.stripe_totals import StripeTotals
-from reconciler.usage import period_bounds
+from reconciler.usage import PeriodError, period_bounds
 from sinks.stripe.calls import Caller
 from sinks.stripe.directory import Directory
 
@@ -78,7 +80,16 @@ def reconcile(
     threshold: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Reconciliation:
-    start, end = period_bounds(period)
+    if re.fullmatch(r"\d{4}-\d{2}", period):
+        start, end = period_bounds(period)
+    elif customer is None:
+        raise PeriodError(
+            f"period {period!r}: a billing period is a customer's own; give --customer, or YYYY-MM "
+            "to reconcile every customer over the UTC month"
+        )
+    else:  # the customer's Stripe billing period (reconciler.periods)
+        chosen = resolve(client, customer, period, int(time.time() * 1000))
+        start, end, period = chosen.start_ms, chosen.end_ms, chosen.label
     result = Reconciliation(uuid.uuid4().hex[:12], period, threshold)
     # 1. Ours.
     ours = _our_totals(client, start, end, customer, meter)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from http.server import ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 import stripe
 
@@ -14,6 +15,9 @@ from meterline.workload import Expected
 from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.fake import FakeStripe, make_server
 from sinks.stripe.sync import sync
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 KEY = "sk_test_meterline_fake"
 
@@ -70,3 +74,47 @@ def expected_by_customer_meter(expected: Expected) -> dict[tuple[str, str], int]
     for (customer, meter, _), (value, _) in expected.totals.items():
         totals[(customer, meter)] += value
     return {k: v for k, v in totals.items() if v}
+
+
+def record_subscription_item(
+    client: Client,
+    customer: str,
+    period: tuple[int, int],
+    event_created: int,
+    subscription: str = "sub_1",
+    lookup_key: str = "",
+    billing_mode: str = "classic",
+) -> None:
+    """A row of `stripe_subscription_items` as the webhook consumer writes it from a
+    customer.subscription.* event (epoch seconds)."""
+    client.insert(
+        "stripe_subscription_items",
+        [
+            [
+                subscription,
+                f"si_{subscription}_{event_created}",
+                f"cus_{customer}",
+                customer,
+                "active",
+                f"price_{lookup_key}",
+                lookup_key,
+                period[0],
+                period[1],
+                event_created,
+                billing_mode,
+            ]
+        ],
+        column_names=[
+            "subscription_id",
+            "item_id",
+            "stripe_customer",
+            "customer_id",
+            "status",
+            "price_id",
+            "price_lookup_key",
+            "current_period_start",
+            "current_period_end",
+            "event_created",
+            "billing_mode",
+        ],
+    )

@@ -14,6 +14,7 @@ from meterline.config import load_config
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 from sinks.clickhouse.rows import REVISION_COLUMNS
+from tests.stripe_helpers import record_subscription_item
 
 NOV_1 = 1_793_491_200_000  # 2026-11-01T00:00:00Z
 MINUTE = 60_000
@@ -145,35 +146,7 @@ def test_the_preview_of_a_billing_period_counts_the_period_s_usage_against_its_i
     client = connect(config, dsn)
     try:
         migrate(client, 400)
-        client.insert(
-            "stripe_subscription_items",
-            [
-                [
-                    "sub_1",
-                    "si_1",
-                    "cus_1",
-                    "cust-mid",
-                    "active",
-                    "price_1",
-                    "",
-                    nov_15 // 1000,
-                    dec_15 // 1000,
-                    nov_15 // 1000,
-                ]
-            ],
-            column_names=[
-                "subscription_id",
-                "item_id",
-                "stripe_customer",
-                "customer_id",
-                "status",
-                "price_id",
-                "price_lookup_key",
-                "current_period_start",
-                "current_period_end",
-                "event_created",
-            ],
-        )
+        record_subscription_item(client, "cust-mid", (nov_15 // 1000, dec_15 // 1000), nov_15 // 1000)
 
         def window(start: int, value: int) -> list[object]:
             return ["cust-mid", "api_calls", start, start + MINUTE, 0, 0, value, value, 1, start]
@@ -258,50 +231,11 @@ def test_a_plan_change_mid_period_prices_each_part_on_its_plan_as_stripe_bills_i
         ]
         client.insert("usage_window_revisions", rows, column_names=list(REVISION_COLUMNS))
         # cust-cl: Stripe said starter on Nov 1 and standard on Nov 16, in classic billing mode.
-        client.insert(
-            "stripe_subscription_items",
-            [
-                [
-                    "sub_cl",
-                    "si_1",
-                    "cus_cl",
-                    "cust-cl",
-                    "active",
-                    "price_1",
-                    "meterline_starter_api_calls",
-                    NOV_1 // 1000,
-                    nov_16 // 1000 + 86_400 * 15,
-                    NOV_1 // 1000,
-                    "classic",
-                ],
-                [
-                    "sub_cl",
-                    "si_2",
-                    "cus_cl",
-                    "cust-cl",
-                    "active",
-                    "price_2",
-                    "meterline_standard_api_calls",
-                    NOV_1 // 1000,
-                    nov_16 // 1000 + 86_400 * 15,
-                    nov_16 // 1000,
-                    "classic",
-                ],
-            ],
-            column_names=[
-                "subscription_id",
-                "item_id",
-                "stripe_customer",
-                "customer_id",
-                "status",
-                "price_id",
-                "price_lookup_key",
-                "current_period_start",
-                "current_period_end",
-                "event_created",
-                "billing_mode",
-            ],
-        )
+        period = (NOV_1 // 1000, NOV_1 // 1000 + 30 * 86_400)
+        for at, plan in ((NOV_1, "starter"), (nov_16, "standard")):
+            record_subscription_item(
+                client, "cust-cl", period, at // 1000, "sub_cl", f"meterline_{plan}_api_calls", "classic"
+            )
     finally:
         client.close()
     env = {**os.environ, "CLICKHOUSE_DSN": dsn, "METERLINE__DEV__STATE_DIR": str(tmp_path)}

@@ -211,6 +211,16 @@ def test_a_yen_plan_is_billed_in_whole_yen() -> None:
     }
 
 
+def test_a_three_decimal_currency_s_invoice_says_what_stripe_does_not_document() -> None:
+    """https://docs.stripe.com/currencies: three-decimal amounts in payments must end in 0 ("round
+    amounts to the nearest ten"); how an invoice gets there is not documented. The lines are exact
+    to the fils, and the invoice says the charge may differ."""
+    per_call = MeterPrice("api_calls", "API calls", "call", overage_price=D("0.0015"))
+    bill = invoice(plan(per_call, currency_code="kwd"), {"api_calls": 3})  # 0.0045 KWD
+    assert bill.total == D("0.005") and "up to 0.005" in bill.notes[0]
+    assert invoice(plan(per_call), {"api_calls": 3}).notes == ()
+
+
 def test_a_currency_stripe_does_not_list_is_refused() -> None:
     with pytest.raises(UnknownCurrency, match="'xyz': not one of Stripe's currencies"):
         currency("xyz")

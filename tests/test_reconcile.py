@@ -13,12 +13,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Producer
 
 from meterline.config import Config
 from meterline.kafka import committed_reaches, read_ends
 from reconciler.compare import Difference, compare
 from reconciler.reconcile import reconcile
+from reconciler.usage import PeriodError
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
@@ -28,7 +30,7 @@ from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.fake import FakeStripe
 from sinks.stripe.fake_state import MeterEvent
 from sinks.stripe.sink import StripeSink
-from tests.stripe_helpers import KEY, set_up_stripe
+from tests.stripe_helpers import KEY, record_subscription_item, set_up_stripe
 
 MINUTE = 60_000
 CUSTOMERS = ["cust-0000", "cust-0001", "cust-0002"]
@@ -97,6 +99,29 @@ def test_reconcile_finds_the_customer_meter_and_hour_that_drift(
         clean = reconcile(stripe_config, client, caller, period)
         assert clean.ok and len(clean.pairs) == len(CUSTOMERS) * len(config.meters) and clean.hours == []
         assert all(d.drift == 0 for d in clean.pairs)
+        # One customer's own billing period (started half an hour into the windows), as Stripe
+        # bills it: only the windows inside it are compared.
+        billed_from = start + 30 * MINUTE
+        record_subscription_item(
+            client,
+            CUSTOMERS[0],
+            (billed_from // 1000, billed_from // 1000 + 30 * 86_400),
+            billed_from // 1000,
+        )
+        own = reconcile(stripe_config, client, caller, "current", customer=CUSTOMERS[0])
+        [(expected_calls,)] = client.query(
+            "SELECT sum(value) FROM usage_windows FINAL WHERE customer_id = %(c)s AND meter = 'api_calls' "
+            "AND window_start >= fromUnixTimestamp64Milli(%(s)s, 'UTC')",
+            parameters={"c": CUSTOMERS[0], "s": billed_from},
+        ).result_rows
+        calls = next(d for d in own.pairs if d.key == (CUSTOMERS[0], "api_calls"))
+        assert (
+            own.ok
+            and "billing period of sub_r" in own.period
+            and calls.ours == calls.theirs == expected_calls
+        )
+        with pytest.raises(PeriodError, match="give --customer"):
+            reconcile(stripe_config, client, caller, "current")
     finally:
         client.close()
 
