@@ -107,6 +107,7 @@ def test_reconcile_finds_the_customer_meter_and_hour_that_drift(
             CUSTOMERS[0],
             (billed_from // 1000, billed_from // 1000 + 30 * 86_400),
             billed_from // 1000,
+            "sub_r",
         )
         own = reconcile(stripe_config, client, caller, "current", customer=CUSTOMERS[0])
         [(expected_calls,)] = client.query(
