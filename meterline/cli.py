@@ -777,7 +777,6 @@ def _replay(args: argparse.Namespace) -> int:
     from reconciler.compare import compare
     from reconciler.replay import (
         clickhouse_differences,
-        ledger_windows,
         rederive,
         repairs,
         reported_windows,
@@ -803,7 +802,6 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         stored = stored_windows(client, args.start, args.end, args.customer)
         reported = reported_windows(client, args.start, args.end, args.customer)
-        ledger = ledger_windows(client, args.start, args.end, args.customer)
     finally:
         client.close()
     in_clickhouse = clickhouse_differences(rederived, stored)
@@ -820,7 +818,7 @@ def _replay(args: argparse.Namespace) -> int:
         known = (
             stripe_windows(
                 stripe,
-                ledger,
+                reported,
                 rederived,
                 config.windows.size_ms,
                 int((time.time() - config.stripe.summaries_settle_seconds) * 1000),

@@ -216,11 +216,12 @@ def stored_windows(
 
 def reported_windows(
     client: Client, start_ms: int, end_ms: int, customer: str | None
-) -> dict[PartitionWindow, tuple[int, int]]:
-    """What the Stripe sink reported per window and source partition: (deltas sent, highest revision)."""
+) -> dict[PartitionWindow, tuple[int, int, int]]:
+    """What the Stripe sink reported per window and source partition: (deltas sent, highest
+    revision, when the last report settled in epoch ms)."""
     rows = client.query(
         "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, "
-        "sum(value), max(revision) "
+        "sum(value), max(revision), max(toUnixTimestamp64Milli(updated_at)) "
         "FROM stripe_reports FINAL WHERE status IN ('sent', 'confirmed') "
         "AND window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
         "AND window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC')"
@@ -228,30 +229,12 @@ def reported_windows(
         + " GROUP BY customer_id, meter, window_start, source_partition",
         parameters={"start": start_ms, "end": end_ms, "customer": customer},
     ).result_rows
-    return {(c, m, int(w), int(p)): (int(v), int(r)) for c, m, w, p, v, r in rows}
-
-
-def ledger_windows(
-    client: Client, start_ms: int, end_ms: int, customer: str | None
-) -> dict[WindowId, tuple[int, int]]:
-    """Per window (all partitions): the deltas the ledger says reached Stripe, and when its last
-    report for the window settled (epoch ms)."""
-    rows = client.query(
-        "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), sum(value), "
-        "max(toUnixTimestamp64Milli(updated_at)) "
-        "FROM stripe_reports FINAL WHERE status IN ('sent', 'confirmed') "
-        "AND window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
-        "AND window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC')"
-        + (" AND customer_id = %(customer)s" if customer else "")
-        + " GROUP BY customer_id, meter, window_start",
-        parameters={"start": start_ms, "end": end_ms, "customer": customer},
-    ).result_rows
-    return {(c, m, int(w)): (int(v), int(u)) for c, m, w, v, u in rows}
+    return {(c, m, int(w), int(p)): (int(v), int(r), int(u)) for c, m, w, p, v, r, u in rows}
 
 
 def stripe_windows(
     totals: StripeTotals,
-    ledger: dict[WindowId, tuple[int, int]],
+    reported: dict[PartitionWindow, tuple[int, int, int]],
     rederived: Rederived,
     window_ms: int,
     settled_before_ms: int,
@@ -260,6 +243,10 @@ def stripe_windows(
     window's reports are old enough for Stripe's summary to be final. Stripe can refuse a meter
     event after accepting it (a meter error report names only samples), so the ledger's "sent" is
     not proof: an hour whose Stripe total differs is read window by window."""
+    ledger: dict[WindowId, tuple[int, int]] = {}  # window -> (sent, last settled)
+    for (c, m, w, _), (sent, _, settled) in reported.items():
+        before = ledger.get((c, m, w), (0, 0))
+        ledger[(c, m, w)] = (before[0] + sent, max(before[1], settled))
     windows = set(ledger) | set(rederived.windows())
     by_pair: dict[tuple[str, str], dict[int, list[int]]] = {}
     for customer, meter, start in windows:
@@ -290,7 +277,7 @@ def clickhouse_differences(
 def repairs(
     rederived: Rederived,
     stored: dict[PartitionWindow, tuple[int, int]],
-    reported: dict[PartitionWindow, tuple[int, int]],
+    reported: dict[PartitionWindow, tuple[int, int, int]],
     window_ms: int,
     stripe_totals: dict[WindowId, int] | None = None,
 ) -> list[WindowAggregate]:
@@ -302,7 +289,7 @@ def repairs(
     it, the same inputs give no repair."""
     keys = sorted(set(rederived.by_partition) | set(stored) | set(reported))
     sent_by_window: dict[WindowId, int] = {}
-    for (c, m, w, _), (v, _) in reported.items():
+    for (c, m, w, _), (v, _, _) in reported.items():
         sent_by_window[(c, m, w)] = sent_by_window.get((c, m, w), 0) + v
     # Sent by the ledger's account, not in Stripe's total.
     missing = {
@@ -313,7 +300,7 @@ def repairs(
         customer, meter, window_start, partition = key
         value, count = rederived.by_partition.get(key, (0, 0))
         stored_value, stored_revision = stored.get(key, (0, -1))
-        sent, reported_revision = reported.get(key, (0, -1))
+        sent, reported_revision, _ = reported.get(key, (0, -1, 0))
         delta = value - sent + missing.pop((customer, meter, window_start), 0)  # once, on the first
         if stored_value == value and delta == 0:
             continue

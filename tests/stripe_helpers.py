@@ -15,6 +15,7 @@ from meterline.workload import Expected
 from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.fake import FakeStripe, make_server
 from sinks.stripe.sync import sync
+from sinks.stripe.webhooks import SUBSCRIPTION_ITEM_COLUMNS
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -104,17 +105,5 @@ def record_subscription_item(
                 billing_mode,
             ]
         ],
-        column_names=[
-            "subscription_id",
-            "item_id",
-            "stripe_customer",
-            "customer_id",
-            "status",
-            "price_id",
-            "price_lookup_key",
-            "current_period_start",
-            "current_period_end",
-            "event_created",
-            "billing_mode",
-        ],
+        column_names=list(SUBSCRIPTION_ITEM_COLUMNS),
     )

@@ -208,9 +208,9 @@ def test_a_repair_from_stripe_s_totals_is_stable_once_applied() -> None:
     window = ("cust-1", "api_calls", 1_793_491_200_000)
     rederived = Rederived(by_partition={(*window, 0): (10, 3), (*window, 1): (5, 2)})
     stored = {(*window, 0): (10, 0), (*window, 1): (5, 0)}
-    reported = {(*window, 0): (10, 0), (*window, 1): (5, 0)}
+    reported = {(*window, 0): (10, 0, 0), (*window, 1): (5, 0, 0)}
     [fix] = repairs(rederived, stored, reported, 60_000, {window: 5})
     assert (fix.source_partition, fix.value, fix.delta, fix.revision) == (0, 10, 10, 1)
-    applied = {**reported, (*window, 0): (10 + fix.delta, 1)}
+    applied = {**reported, (*window, 0): (10 + fix.delta, 1, 0)}
     assert repairs(rederived, {**stored, (*window, 0): (10, 1)}, applied, 60_000, {window: 15}) == []
     assert repairs(rederived, stored, reported, 60_000) == []  # the ledger alone sees nothing wrong

@@ -111,6 +111,25 @@ def assert_reported_exactly(
     assert sorted(r[7] for r in rows) == sorted(accepted)  # every revision once, each with its identifier
 
 
+def produce_aggregates(config: Config, aggregates: list[WindowAggregate]) -> None:
+    """Onto usage.aggregates, keyed by customer, as the stream app writes them."""
+    serde = AvroSerde()
+    producer = Producer({"bootstrap.servers": config.kafka.bootstrap})
+    for a in aggregates:
+        producer.produce(config.topics.aggregates, serde.encode_aggregate(a), a.customer_id.encode())
+    producer.flush()
+
+
+def legacy_config(config: Config, base: str) -> Config:
+    """The configuration of a legacy account (usage records) on the fake at `base`."""
+    return dataclasses.replace(
+        config,
+        stripe=dataclasses.replace(
+            config.stripe, api_base=base, mode="usage_records", requests_per_second=100
+        ),
+    )
+
+
 def subscribe(config: Config, base: str, customers: list[str]) -> dict[tuple[str, str], str]:
     """Legacy accounts: a metered price per meter (lookup key meterline_<meter>, on the products
     `stripe sync` made) and a subscription per customer. Returns (customer, meter) -> item id."""
@@ -242,10 +261,7 @@ def test_each_refusal_lands_in_the_dlq_and_the_ledger_with_its_reason(
     }
     fake.state.clock = lambda: (now + 3 * HOUR_MS) / 1000  # pinned: 3 hours past the test's instant
     serde = AvroSerde()
-    producer = Producer({"bootstrap.servers": config.kafka.bootstrap})
-    for a in cases.values():
-        producer.produce(config.topics.aggregates, serde.encode_aggregate(a), a.customer_id.encode())
-    producer.flush()
+    produce_aggregates(config, list(cases.values()))
     stripe_sink.start()
     stripe_sink.wait_caught_up(
         config.kafka.bootstrap, read_ends(config.kafka.bootstrap, [config.topics.aggregates])
@@ -353,16 +369,8 @@ def test_a_legacy_customer_without_a_subscription_item_is_refused_before_the_cal
         for customer in ("subscribed", "unsubscribed")
     }
     serde = AvroSerde()
-    producer = Producer({"bootstrap.servers": config.kafka.bootstrap})
-    for a in cases.values():
-        producer.produce(config.topics.aggregates, serde.encode_aggregate(a), a.customer_id.encode())
-    producer.flush()
-    legacy = dataclasses.replace(
-        config,
-        stripe=dataclasses.replace(
-            config.stripe, api_base=base, mode="usage_records", requests_per_second=100
-        ),
-    )
+    produce_aggregates(config, list(cases.values()))
+    legacy = legacy_config(config, base)
     ends = read_ends(config.kafka.bootstrap, [config.topics.aggregates])
     run_sink(
         StripeSink(legacy, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-legacy"),
@@ -406,17 +414,8 @@ def test_a_legacy_correction_lowers_usage_by_set_where_exact_and_is_refused_wher
         aggregate(shared, 1, 4, 4, 0),
         aggregate(shared, 0, 2, -3, 1),  # partition 1 reported this window too: refused
     ]
-    serde = AvroSerde()
-    producer = Producer({"bootstrap.servers": config.kafka.bootstrap})
-    for a in revisions:
-        producer.produce(config.topics.aggregates, serde.encode_aggregate(a), a.customer_id.encode())
-    producer.flush()
-    legacy = dataclasses.replace(
-        config,
-        stripe=dataclasses.replace(
-            config.stripe, api_base=base, mode="usage_records", requests_per_second=100
-        ),
-    )
+    produce_aggregates(config, revisions)
+    legacy = legacy_config(config, base)
     run_sink(
         StripeSink(legacy, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-lowering"),
         config.kafka.bootstrap,

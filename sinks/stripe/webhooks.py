@@ -60,6 +60,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("meterline.webhooks")
 
 PATH = "/webhooks/stripe"
+SUBSCRIPTION_ITEM_COLUMNS = (
+    "subscription_id",
+    "item_id",
+    "stripe_customer",
+    "customer_id",
+    "status",
+    "price_id",
+    "price_lookup_key",
+    "current_period_start",
+    "current_period_end",
+    "event_created",
+    "billing_mode",
+)
 
 
 def make_receiver(
@@ -323,19 +336,7 @@ class WebhookConsumer:
                 ]
                 for item, (start, end) in zip(items, periods, strict=False)
             ],
-            column_names=[
-                "subscription_id",
-                "item_id",
-                "stripe_customer",
-                "customer_id",
-                "status",
-                "price_id",
-                "price_lookup_key",
-                "current_period_start",
-                "current_period_end",
-                "event_created",
-                "billing_mode",
-            ],
+            column_names=list(SUBSCRIPTION_ITEM_COLUMNS),
         )
         self.client.insert(
             "stripe_subscriptions",
