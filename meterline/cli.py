@@ -596,23 +596,16 @@ def _stripe_sync(args: argparse.Namespace) -> int:
 
 def _invoice_preview(args: argparse.Namespace) -> int:
     from reconciler.periods import resolve
-    from reconciler.plan_history import changes_from_config, changes_from_stripe, invoice_over, parts
-    from reconciler.usage import customer_usage
+    from reconciler.plan_history import period_invoice
     from sinks.clickhouse.client import connect
 
     config = _load(args)
     client = connect(config)
     try:
         period = resolve(client, args.customer, args.period, int(time.time() * 1000))
-        # The plan of each part of the period: Stripe's subscription events, else the configuration.
-        changes = changes_from_stripe(config, client, args.customer) or changes_from_config(
-            config, args.customer
-        )
-        split = parts(config, changes, period.start_ms, period.end_ms)
-        usages = [customer_usage(client, args.customer, p.start_ms, p.end_ms) for p in split]
+        split, usages, bill = period_invoice(config, client, args.customer, period.start_ms, period.end_ms)
     finally:
         client.close()
-    bill = invoice_over(split, usages)
     usage: dict[str, int] = {}
     for used in usages:
         for meter, units in used.items():
@@ -664,7 +657,7 @@ def _invoice_quote(args: argparse.Namespace) -> int:
     if problems:
         raise MeterlineError("; ".join(problems))
     heading = f"Quote on plan {plan.name} for " + (
-        ", ".join(f"{q:,} {config.meters[m].unit} of {m}" for m, q in usage.items()) or "no usage"
+        ", ".join(f"{m} {q:,} ({config.meters[m].unit})" for m, q in usage.items()) or "no usage"
     )
     _print_invoice(invoice(plan, usage), heading, {"usage": usage}, args.json)
     return 0

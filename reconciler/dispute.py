@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any
 from meterline.config import Config
 from reconciler import invoice_text
 from reconciler.periods import Period
-from reconciler.plan_history import changes_from_config, changes_from_stripe, invoice_over, parts
+from reconciler.plan_history import period_invoice
 from reconciler.pricing import Invoice, MeterPrice, invoice
-from reconciler.usage import customer_usage
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -156,9 +155,7 @@ def query(config: Config, client: Client, customer: str, period: Period) -> Disp
             parameters=params,
         ).result_rows
     ]
-    changes = changes_from_stripe(config, client, customer) or changes_from_config(config, customer)
-    split = parts(config, changes, start, end)
-    bill = invoice_over(split, [customer_usage(client, customer, p.start_ms, p.end_ms) for p in split])
+    _, _, bill = period_invoice(config, client, customer, start, end)
     return build(config, customer, period.label, hours, carriers, bill)
 
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from reconciler.pricing import Invoice, Line, Plan, currency_notes, invoice
-from reconciler.usage import PeriodError
+from reconciler.usage import PeriodError, customer_usage
 from sinks.stripe.prices import lookup_key
 
 if TYPE_CHECKING:
@@ -126,6 +126,17 @@ def invoice_over(split: Sequence[Part], usages: Sequence[Mapping[str, int]]) -> 
         notes.append("base fee: the plan's at the end of the period; Stripe prorates base fees on a change")
     plan = " then ".join(dict.fromkeys(part.plan.name for part in split))
     return Invoice(plan, last.plan.currency, tuple(lines), (*notes, *currency_notes(last.plan.currency)))
+
+
+def period_invoice(
+    config: Config, client: Client, customer: str, start_ms: int, end_ms: int
+) -> tuple[list[Part], list[dict[str, int]], Invoice]:
+    """The customer's invoice for [start, end): the parts of its plans (Stripe's subscription
+    events, else the configuration), each part's usage from ClickHouse, and the invoice over them."""
+    changes = changes_from_stripe(config, client, customer) or changes_from_config(config, customer)
+    split = parts(config, changes, start_ms, end_ms)
+    usages = [customer_usage(client, customer, part.start_ms, part.end_ms) for part in split]
+    return split, usages, invoice_over(split, usages)
 
 
 def _plan_of(config: Config, lookup_keys: list[str]) -> str | None:
