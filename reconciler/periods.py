@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from core.months import add_months
+from core.months import anchor_of, monthly_period
 from reconciler.usage import PeriodError, period_bounds
 
 if TYPE_CHECKING:
@@ -55,19 +55,18 @@ def resolve(client: Client, customer: str, spec: str, now_ms: int) -> Period:
             "use YYYY-MM for the UTC month"
         )
     subscription, start_s, end_s = known
+    anchor = anchor_of(start_s, end_s)  # the periods run monthly from the one Stripe last reported
     if spec == "current":
         target = now_ms // 1000
     elif spec == "previous":
-        target = add_months(start_s, -1)
+        target = start_s - 1
     else:
         try:
             target = int(datetime.strptime(spec, "%Y-%m-%d").replace(tzinfo=UTC).timestamp())
         except ValueError:
             raise PeriodError(f"period {spec!r}: not a date") from None
-    while target < start_s:  # step back a month at a time, from the period Stripe last reported
-        start_s, end_s = add_months(start_s, -1), start_s
-    while target >= end_s:
-        start_s, end_s = end_s, add_months(end_s, 1)
+    if not start_s <= target < end_s:  # Stripe's own period where it covers the target
+        start_s, end_s = monthly_period(anchor, target)
     label = f"{_day(start_s)} to {_day(end_s)} (billing period of {subscription})"
     return Period(start_s * 1000, end_s * 1000, label, subscription)
 

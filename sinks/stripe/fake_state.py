@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from core.months import add_months
+from core.months import add_months, monthly_period
 
 DAY_S = 86_400
 IDENTIFIER_WINDOW_S = DAY_S
@@ -95,17 +95,6 @@ def _check_price_terms(params: Mapping[str, Any]) -> None:
 
 def _transform(raw: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return None if not raw else {"divide_by": int(raw["divide_by"]), "round": raw["round"]}
-
-
-def monthly_period(start: int, now: int) -> tuple[int, int]:
-    """The monthly billing period (same day and time each month, UTC) of a subscription started at
-    `start` that contains `now`."""
-    period_start = start
-    while True:
-        period_end = add_months(period_start, 1)
-        if now < period_end:
-            return period_start, period_end
-        period_start = period_end
 
 
 def subscription_shape(subscription: dict[str, Any], api_version: str | None) -> dict[str, Any]:
@@ -533,11 +522,10 @@ class FakeStripeState:
         start, current_start, _ = self.item_period(item_id)
         with self.lock:
             records = list(self.usage_records.get(item_id, []))
-        periods = []
-        period_start = start
-        while period_start <= current_start:
-            periods.append((period_start, add_months(period_start, 1)))
-            period_start = add_months(period_start, 1)
+        periods, k = [], 0
+        while add_months(start, k) <= current_start:  # each boundary counted from the start
+            periods.append((add_months(start, k), add_months(start, k + 1)))
+            k += 1
         summaries = []
         for period_start, period_end in reversed(periods):
             at: dict[int, int] = {}
