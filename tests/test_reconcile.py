@@ -99,9 +99,9 @@ def test_reconcile_finds_the_customer_meter_and_hour_that_drift(
         clean = reconcile(stripe_config, client, caller, period)
         assert clean.ok and len(clean.pairs) == len(CUSTOMERS) * len(config.meters) and clean.hours == []
         assert all(d.drift == 0 for d in clean.pairs)
-        # One customer's own billing period (started half an hour into the windows), as Stripe
-        # bills it: only the windows inside it are compared.
-        billed_from = start + 30 * MINUTE
+        # One customer's own billing period (started halfway through the windows, so before now
+        # at any time of day), as Stripe bills it: only the windows inside it are compared.
+        billed_from = start + (now - start) // 2 // MINUTE * MINUTE
         record_subscription_item(
             client,
             CUSTOMERS[0],
