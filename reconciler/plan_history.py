@@ -11,8 +11,17 @@ https://docs.stripe.com/billing/subscriptions/usage-based/manage-billing-setup):
 `billing_mode=flexible`, removing a metered price "create[s] an invoice item that bills for
 previously reported metered usage"; with classic billing mode "Usage from January 1 to January 16
 isn't billed". Each part is priced on its own, its tiers and included units counted from zero, as
-each price is its own line. Base fees (licensed prices) are prorated by Stripe on a change; this
-module does not preview prorations: the base fee shown is the plan's at the end of the period.
+each price is its own line.
+
+How Stripe bills the base fee (a licensed price, billed in advance) across a change, with its
+default `proration_behavior=create_prorations` (https://docs.stripe.com/billing/subscriptions/prorations):
+the period's base fee is the first plan's, and each change adds two lines, a credit for the
+"Unused time on" the old plan and a charge for the "Remaining time on" the new one, each the fee
+times the share of the period left, "calculate[d] down to the second based on the starting
+timestamp of the billing period" (https://docs.stripe.com/billing/scripts/prorations). Stripe
+puts the fee on the period's opening invoice and the prorations and usage on the next one; the
+preview shows what the period costs, all of them. The pages do not say how a proration is rounded
+to the minor unit: each is its own line, rounded half up as every line.
 """
 
 from __future__ import annotations
@@ -20,9 +29,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from decimal import Decimal
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
+from core.currencies import currency
 from reconciler.pricing import Invoice, Line, Plan, currency_notes, invoice
+from reconciler.pricing import Part as LinePart
 from reconciler.usage import PeriodError, customer_usage
 from sinks.stripe.prices import lookup_key
 
@@ -32,6 +45,7 @@ if TYPE_CHECKING:
     from meterline.config import Config
 
 CHANGES_PAGE = "https://docs.stripe.com/billing/subscriptions/usage-based/manage-billing-setup"
+PRORATIONS_PAGE = "https://docs.stripe.com/billing/subscriptions/prorations"
 
 
 @dataclass(frozen=True)
@@ -102,9 +116,9 @@ def parts(config: Config, changes: Sequence[Change], start_ms: int, end_ms: int)
 
 
 def invoice_over(split: Sequence[Part], usages: Sequence[Mapping[str, int]]) -> Invoice:
-    """The invoice of a period split into parts (`usages[n]`: part n's usage): each part's metered
-    lines, named by their plan and time when there is more than one part, marked not billed where
-    Stripe drops them; the base fee of the plan at the period's end."""
+    """The invoice of a period split into parts (`usages[n]`: part n's usage): the first plan's base
+    fee, each part's metered lines, named by their plan and time when there is more than one part
+    and marked not billed where Stripe drops them, and the base fee's prorations at each change."""
     last = split[-1]
     if any(part.plan.currency != last.plan.currency for part in split):
         raise PeriodError("the plans of the period bill in different currencies: a subscription has one")
@@ -112,8 +126,8 @@ def invoice_over(split: Sequence[Part], usages: Sequence[Mapping[str, int]]) -> 
     notes = []
     for n, (part, usage) in enumerate(zip(split, usages, strict=True)):
         for line in invoice(part.plan, usage).lines:
-            if line.meter is None and n != len(split) - 1:
-                continue  # the base fee: the period's last plan (prorations are Stripe's)
+            if line.meter is None and n != 0:
+                continue  # the base fee, billed in advance: the first plan's; then prorations
             named = line.description
             if len(split) > 1:
                 named += f" ({part.plan.name}, {_when(part.start_ms)} to {_when(part.end_ms)})"
@@ -122,10 +136,43 @@ def invoice_over(split: Sequence[Part], usages: Sequence[Mapping[str, int]]) -> 
             )
         if part.note:
             notes.append(f"{part.plan.name}, {_when(part.start_ms)} to {_when(part.end_ms)}: {part.note}")
+    lines += prorations(split)
     if len(split) > 1:
-        notes.append("base fee: the plan's at the end of the period; Stripe prorates base fees on a change")
+        notes.append(
+            "base fee: the first plan's, with Stripe's prorations at each change (proration_behavior="
+            f"create_prorations, Stripe's default; none would leave only the first fee) ({PRORATIONS_PAGE})"
+        )
     plan = " then ".join(dict.fromkeys(part.plan.name for part in split))
     return Invoice(plan, last.plan.currency, tuple(lines), (*notes, *currency_notes(last.plan.currency)))
+
+
+def prorations(split: Sequence[Part]) -> list[Line]:
+    """At each change of plan: the old base fee's credit for the time left in the period, and the
+    new one's charge for it, prorated to the second as Stripe does."""
+    start_s, end_s = split[0].start_ms // 1000, split[-1].end_ms // 1000
+    lines = []
+    for old, new in pairwise(split):
+        if old.plan.name == new.plan.name:
+            continue
+        left_s = end_s - new.start_ms // 1000
+        share = Decimal(left_s) / Decimal(end_s - start_s)
+        after = _when(new.start_ms)
+        for description, fee in (
+            (f"Unused time on {old.plan.name} after {after}", -old.plan.base_fee),
+            (f"Remaining time on {new.plan.name} after {after}", new.plan.base_fee),
+        ):
+            if not fee:
+                continue
+            unit = currency(new.plan.currency)
+            exact = fee * share
+            basis = LinePart(
+                f"{left_s:,} of {end_s - start_s:,} seconds of the period at {unit.format(abs(fee))}",
+                share,
+                fee,
+                exact,
+            )
+            lines.append(Line(description, None, Decimal(1), (basis,), exact, unit.round(exact)))
+    return lines
 
 
 def period_invoice(
