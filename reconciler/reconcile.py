@@ -2,7 +2,8 @@
 
 1. Our totals per (customer, meter) over the period: ClickHouse `usage_windows FINAL`.
 2. Stripe's: meter event summaries over the same period (legacy accounts: the usage record
-   summary of the subscription item, which covers the subscription's current billing period).
+   summaries of the subscription item, one per billing period of its own; each period that begins
+   inside the one asked for is compared with our total over that billing period's own bounds).
 3. Every pair whose drift exceeds the threshold is drilled into by hour: our hourly totals
    against Stripe's summaries grouped by hour (meter events only: usage records have no hours).
 4. Usage that is not billed is listed beside: revisions Stripe refused or the sink refused (the
@@ -101,10 +102,16 @@ def reconcile(
     items = Directory(config.stripe, caller)
     for n, who in enumerate(customers, 1):
         for what in meters:
-            if config.stripe.mode == "usage_records":
-                theirs[(who, what)] = _usage_record_total(caller, items, who, what, start, end)
-            else:
+            if config.stripe.mode != "usage_records":
                 theirs[(who, what)] = stripe.total(who, what, start, end)
+                continue
+            summaries = _usage_record_summaries(caller, items, who, what, start, end)
+            theirs[(who, what)] = sum(total for _, _, total in summaries)
+            if summaries:  # Stripe's totals are per billing period: ours over the same periods
+                ours[(who, what)] = sum(
+                    _our_totals(client, low, high, who, what).get((who, what), 0)
+                    for low, high, _ in summaries
+                )
         if progress:
             progress(n, len(customers))
     result.pairs = compare(ours, {k: v for k, v in theirs.items() if v})
@@ -176,13 +183,17 @@ def _our_hours(client: Client, customer: str, meter: str, start: int, end: int) 
     return {int(h): int(v) for h, v in rows if v}
 
 
-def _usage_record_total(
+def _usage_record_summaries(
     caller: Caller, directory: Directory, customer: str, meter: str, start: int, end: int
-) -> int:
+) -> list[tuple[int, int, int]]:
+    """(period start, end in epoch ms, total usage) of the item's billing periods that begin inside
+    [start, end). One summary per billing period, newest first
+    (https://stripe.com/docs/api/usage_records): never every period the item ever had, and each
+    compared over its own bounds, which are a calendar month only for an item started on the 1st."""
     stripe_customer = directory.customer(customer)
     item = None if stripe_customer is None else directory.subscription_item(stripe_customer, meter)
     if item is None:
-        return 0
+        return []
     response, _ = caller.retrying(
         lambda: caller.client.raw_request(
             "get",
@@ -190,13 +201,11 @@ def _usage_record_total(
             stripe_version=caller.legacy_version,
         )
     )
-    # One summary per billing period, newest first (https://stripe.com/docs/api/usage_records):
-    # the periods that begin inside the reconciled one, never every period the item ever had.
-    return sum(
-        int(s["total_usage"])
+    periods = [
+        (int(s["period"]["start"]) * 1000, int(s["period"]["end"]) * 1000, int(s["total_usage"]))
         for s in json.loads(response.body)["data"]
-        if start <= int(s["period"]["start"]) * 1000 < end
-    )
+    ]
+    return [(low, high, total) for low, high, total in periods if start <= low < end]
 
 
 def _unbilled(

@@ -4,6 +4,7 @@ reconciler does (meter event summaries per customer and meter)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING
@@ -107,3 +108,40 @@ def record_subscription_item(
         ],
         column_names=list(SUBSCRIPTION_ITEM_COLUMNS),
     )
+
+
+def subscribe(
+    config: Config, base: str, customers: list[str], started: int | None = None
+) -> dict[tuple[str, str], str]:
+    """Legacy accounts: a metered price per meter (lookup key meterline_<meter>, on the products
+    `stripe sync` made) and a subscription per customer, started at `started` (epoch s; default a
+    week before the fake's clock). Returns (customer, meter) -> item id."""
+    api = stripe_api(base)
+    prices = {
+        name: api.v1.prices.create(
+            {
+                "product": f"meterline_{name}",
+                "currency": "usd",
+                "unit_amount_decimal": "0.1",
+                "lookup_key": f"meterline_{name}",
+                "recurring": {"interval": "month", "usage_type": "metered"},
+            }
+        ).id
+        for name in config.meters
+    }
+    items = {}
+    for customer in customers:
+        [found] = api.v1.customers.search({"query": f"metadata['meterline_customer_id']:'{customer}'"}).data
+        # A week ago by default: a usage record's timestamp must lie in the item's current period
+        # (https://stripe.com/docs/api/usage_records/create), and the workloads' windows do.
+        subscription = api.v1.subscriptions.create(
+            {
+                "customer": found.id,
+                "items": [{"price": price} for price in prices.values()],
+                "backdate_start_date": int(time.time()) - 7 * 86_400 if started is None else started,
+            }
+        )
+        for item in subscription["items"]["data"]:
+            meter = next(name for name, price in prices.items() if price == item["price"]["id"])
+            items[(customer, meter)] = item["id"]
+    return items

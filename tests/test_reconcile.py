@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from meterline.config import Config
+from meterline.config import Config, load_config
 from meterline.kafka import committed_reaches, read_ends
 from reconciler.compare import Difference, compare
 from reconciler.reconcile import reconcile
@@ -25,12 +25,13 @@ from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
+from sinks.clickhouse.rows import REVISION_COLUMNS
 from sinks.clickhouse.sink import ClickHouseSink
 from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.fake import FakeStripe
 from sinks.stripe.fake_state import MeterEvent
 from sinks.stripe.sink import StripeSink
-from tests.stripe_helpers import KEY, record_subscription_item, set_up_stripe
+from tests.stripe_helpers import KEY, record_subscription_item, set_up_stripe, stripe_api, subscribe
 
 MINUTE = 60_000
 CUSTOMERS = ["cust-0000", "cust-0001", "cust-0002"]
@@ -169,6 +170,59 @@ def test_reconcile_finds_the_customer_meter_and_hour_that_drift(
     )
     drifting = {(p["customer"], p["meter"]): p["drift"] for p in report["pairs"] if p["drift"]}
     assert drifting == {(lost_customer, "api_calls"): -lost.value, ("cust-0002", "egress_bytes"): 77}
+
+
+def test_legacy_usage_records_are_reconciled_over_each_item_s_own_billing_period(
+    stripe_fake: tuple[FakeStripe, str], tmp_path: Path
+) -> None:
+    """A usage record summary covers one billing period of the item, one summary per period
+    (https://stripe.com/docs/api/usage_records): an item started on Nov 15 is summed Nov 15 to
+    Dec 15, so reconciling "2026-11" compares ours over that period, not over the UTC month (which
+    would show the December usage as drift), and still finds what Stripe lacks."""
+    import dataclasses
+
+    fake, base = stripe_fake
+    nov_15 = 1_794_700_800  # 2026-11-15T00:00:00Z
+    fake.state.clock = lambda: nov_15 + 16 * 86_400 + 12 * 3600  # Dec 1, 12:00: inside the period
+    defaults = load_config(None, {})
+    config = dataclasses.replace(
+        defaults, stripe=dataclasses.replace(defaults.stripe, api_base=base, mode="usage_records")
+    )
+    set_up_stripe(config, base, ["cust-legacy"])
+    item = subscribe(config, base, ["cust-legacy"], started=nov_15)[("cust-legacy", "api_calls")]
+    nov_20, dec_1_10h = nov_15 + 5 * 86_400, nov_15 + 16 * 86_400 + 10 * 3600
+    for quantity, at in ((700, nov_20), (500, dec_1_10h)):
+        stripe_api(base).raw_request(
+            "post",
+            f"/v1/subscription_items/{item}/usage_records",
+            quantity=quantity,
+            timestamp=at,
+            action="increment",
+            stripe_version="2024-06-20",
+        )
+    client = connect(config, f"chdb://{tmp_path / 'clickhouse'}")
+    try:
+        migrate(client, 400)
+
+        def window(at_s: int, value: int) -> list[object]:
+            return ["cust-legacy", "api_calls", at_s * 1000, at_s * 1000 + MINUTE, 0, 0, value, value, 1, 0]
+
+        windows = [window(nov_20, 700), window(dec_1_10h, 500)]
+        client.insert("usage_window_revisions", windows, column_names=list(REVISION_COLUMNS))
+        caller = Caller(base, KEY, 5, RateLimiter(1000), "2024-06-20")
+        clean = reconcile(config, client, caller, "2026-11")
+        [calls] = [d for d in clean.pairs if d.key == ("cust-legacy", "api_calls")]
+        assert clean.ok and (calls.ours, calls.theirs) == (1200, 1200)
+        # A window Stripe never got, inside the period but after the UTC month: drift of 5.
+        client.insert(
+            "usage_window_revisions", [window(dec_1_10h + 3600, 5)], column_names=list(REVISION_COLUMNS)
+        )
+        drifted = reconcile(config, client, caller, "2026-11")
+        assert [(d.key, d.ours, d.theirs) for d in drifted.drifting] == [
+            (("cust-legacy", "api_calls"), 1205, 1200)
+        ]
+    finally:
+        client.close()
 
 
 def _with_fake(config: Config, base: str) -> Config:

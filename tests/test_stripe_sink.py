@@ -35,7 +35,13 @@ from sinks.stripe.sink import StripeSink
 from sinks.stripe.sync import sync
 from tests.kafka_helpers import read_messages
 from tests.pipeline import SinkProcess, Workers, small_workload, wait_until_exact
-from tests.stripe_helpers import KEY, expected_by_customer_meter, set_up_stripe, stripe_api, stripe_totals
+from tests.stripe_helpers import (
+    KEY,
+    expected_by_customer_meter,
+    set_up_stripe,
+    stripe_totals,
+    subscribe,
+)
 
 HOUR_MS = 3_600_000
 
@@ -128,40 +134,6 @@ def legacy_config(config: Config, base: str) -> Config:
             config.stripe, api_base=base, mode="usage_records", requests_per_second=100
         ),
     )
-
-
-def subscribe(config: Config, base: str, customers: list[str]) -> dict[tuple[str, str], str]:
-    """Legacy accounts: a metered price per meter (lookup key meterline_<meter>, on the products
-    `stripe sync` made) and a subscription per customer. Returns (customer, meter) -> item id."""
-    api = stripe_api(base)
-    prices = {
-        name: api.v1.prices.create(
-            {
-                "product": f"meterline_{name}",
-                "currency": "usd",
-                "unit_amount_decimal": "0.1",
-                "lookup_key": f"meterline_{name}",
-                "recurring": {"interval": "month", "usage_type": "metered"},
-            }
-        ).id
-        for name in config.meters
-    }
-    items = {}
-    for customer in customers:
-        [found] = api.v1.customers.search({"query": f"metadata['meterline_customer_id']:'{customer}'"}).data
-        # Started a week ago: a usage record's timestamp must lie in the item's current period
-        # (https://stripe.com/docs/api/usage_records/create), and the workloads' windows do.
-        subscription = api.v1.subscriptions.create(
-            {
-                "customer": found.id,
-                "items": [{"price": price} for price in prices.values()],
-                "backdate_start_date": int(time.time()) - 7 * 86_400,
-            }
-        )
-        for item in subscription["items"]["data"]:
-            meter = next(name for name, price in prices.items() if price == item["price"]["id"])
-            items[(customer, meter)] = item["id"]
-    return items
 
 
 @pytest.mark.parametrize("mode", ["meter_events", "meter_event_stream", "usage_records"])
