@@ -13,13 +13,12 @@ import html
 import json
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from meterline.config import Config
 from reconciler.invoice_text import money, quantity_text, rows
-from reconciler.periods import current_billing_period, resolve
+from reconciler.periods import resolve
 from reconciler.pricing import Invoice, MeterPrice, billed_quantity, invoice
 
 if TYPE_CHECKING:
@@ -79,10 +78,7 @@ def document(
     """The page's document; the projection is for the instant `as_of_ms` (default now), which the
     document states, so that the page and a second reading agree."""
     as_of_ms = int(time.time() * 1000) if as_of_ms is None else as_of_ms
-    if not period:  # the customer's current billing period, else the UTC month
-        known = current_billing_period(client, customer) is not None
-        period = "current" if known else datetime.fromtimestamp(as_of_ms / 1000, UTC).strftime("%Y-%m")
-    chosen = resolve(client, customer, period, as_of_ms)
+    chosen = resolve(client, customer, period or "", as_of_ms)  # "": current, else the UTC month
     start, end = chosen.start_ms, chosen.end_ms
     plan = config.plan_for(customer)
     by_meter = series(client, customer, start, end, grain)

@@ -20,6 +20,7 @@ import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from meterline import devstack, forward, inspect, progress
@@ -368,7 +369,7 @@ def _stripe_would_bill(config: Config, address: forward.RunningRun, customer: st
             continue
         meter = line["meter"]
         key = base_fee_lookup_key(plan.name) if meter is None else lookup_key(plan.name, meter)
-        listed, _ = caller.retrying(lambda k=key: caller.client.v1.prices.list({"lookup_keys": [k]}))  # type: ignore[misc]
+        listed, _ = caller.retrying(partial(caller.client.v1.prices.list, {"lookup_keys": [key]}))
         price = listed.data[0].to_dict()
         quantity = (
             Decimal(1) if meter is None else line_quantity(price, totals.total(customer, meter, start, end))

@@ -6,7 +6,8 @@ prices `stripe sync` creates recur monthly.
 
 `--period` takes `YYYY-MM` (the UTC calendar month, as before, and the only choice for a customer
 whose subscription meterline has not heard of), `current`, `previous`, or `YYYY-MM-DD` (the
-billing period that day falls in).
+billing period that day falls in). No period at all means the current billing period where one
+is known, else the UTC month of now (the dashboard's default).
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ def resolve(client: Client, customer: str, spec: str, now_ms: int) -> Period:
     """The period `spec` names for `customer` (see the module's docstring)."""
     if re.fullmatch(r"\d{4}-\d{2}", spec):
         return month_period(spec)
-    if spec not in ("current", "previous") and not _DAY.match(spec):
+    if spec not in ("", "current", "previous") and not _DAY.match(spec):
         raise PeriodError(
             f"period {spec!r}: expected YYYY-MM (a UTC month), current, previous, or YYYY-MM-DD"
         )
     known = current_billing_period(client, customer)
+    if known is None and not spec:
+        return month_period(datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y-%m"))
     if known is None:
         raise PeriodError(
             f"no billing period known for {customer!r} (no customer.subscription.* webhook for it yet): "
@@ -56,7 +59,7 @@ def resolve(client: Client, customer: str, spec: str, now_ms: int) -> Period:
         )
     subscription, start_s, end_s = known
     anchor = anchor_of(start_s, end_s)  # the periods run monthly from the one Stripe last reported
-    if spec == "current":
+    if spec in ("", "current"):
         target = now_ms // 1000
     elif spec == "previous":
         target = start_s - 1
