@@ -162,7 +162,7 @@ def _floor(
 ) -> dict[str, object]:
     """aiokafka getmany + decoding into UsageEvents, with fastavro (what any Python consumer of these
     bytes pays) or with meterline's compiled reader (what the worker pays)."""
-    from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+    from aiokafka import AIOKafkaConsumer
 
     serde = AvroSerde()
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from meterline import devstack, forward, inspect, logs, progress
 from meterline.config import Config, ConfigError, load_config
 from meterline.errors import MeterlineError
+from meterline.kafka import Brokers, security_properties
 from meterline.table import render
 from meterline.workload import Expected, WorkloadSpec
 from schemas.records import UsageEvent
@@ -83,6 +84,17 @@ def _parser() -> argparse.ArgumentParser:
         sub = dev.add_parser(name, help=text)
         sub.add_argument("--json", action="store_true")
         sub.set_defaults(run=run)
+
+    topics = commands.add_parser("topics", help="meterline's Kafka topics, as code").add_subparsers(
+        title="topics"
+    )
+    ensure = topics.add_parser(
+        "ensure",
+        help="create the missing topics with their settings, check the others; exit 1 on any mismatch",
+    )
+    ensure.add_argument("--dry-run", action="store_true", help="create nothing: say what would be")
+    ensure.add_argument("--json", action="store_true")
+    ensure.set_defaults(run=_topics_ensure)
 
     emit = commands.add_parser("emit", help="send one usage event")
     emit.add_argument("--customer", required=True)
@@ -325,12 +337,18 @@ def _config_check(args: argparse.Namespace) -> int:
         }
         for m in config.meters.values()
     ]
+    kafka = Brokers(config.kafka.bootstrap or "(the local stack)", security_properties(config.kafka))
     if args.json:
-        print(json.dumps({"ok": True, "source": config.source, "meters": meters}, indent=2))
+        document = {"ok": True, "source": config.source, "kafka": kafka.redacted(), "meters": meters}
+        print(json.dumps(document, indent=2))
     else:
         print(
             f"configuration OK ({config.source}): {len(meters)} meter(s), "
             f"{config.windows.size_minutes}-minute windows, Stripe mode {config.stripe.mode}"
+        )
+        print(
+            f"Kafka {kafka.bootstrap}: "
+            + ", ".join(f"{k}={v}" for k, v in kafka.redacted().items() if k != "bootstrap.servers")
         )
         print(render(meters))
     return 0
@@ -361,6 +379,52 @@ def _dev_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topics_ensure(args: argparse.Namespace) -> int:
+    from meterline import topics
+
+    config = _load(args)
+    kafka = devstack.kafka_brokers(config)
+    report = topics.ensure(kafka, topics.specs_for(kafka, config), dry_run=args.dry_run)
+    findings = [f for t in report.topics for f in t.findings]
+    if args.json:
+        document = {
+            "ok": report.ok,
+            "bootstrap": kafka.bootstrap,
+            "topics": [
+                {
+                    "topic": t.spec.name,
+                    "action": t.action,
+                    "partitions": t.spec.partitions,
+                    "replication_factor": t.spec.replication_factor,
+                    "settings": dict(t.spec.settings),
+                    "purpose": t.spec.purpose,
+                    "findings": [{"level": f.level, "text": str(f)} for f in t.findings],
+                }
+                for t in report.topics
+            ],
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        rows = [
+            {
+                "topic": t.spec.name,
+                "action": t.action,
+                "partitions": str(t.spec.partitions),
+                "replicas": str(t.spec.replication_factor),
+                "settings": ", ".join(f"{k}={v}" for k, v in t.spec.settings.items()),
+            }
+            for t in report.topics
+        ]
+        print(render(rows))
+        for level in ("error", "warning"):
+            for finding in (f for f in findings if f.level == level):
+                print(f"{level}: {finding}")
+        unreported = sorted({f.setting for f in findings if f.level == "unreported"})
+        if unreported:
+            print(f"note: the broker does not report {', '.join(unreported)}: not checked")
+    return 0 if report.ok else 1
+
+
 def _quiet_if(quiet: bool) -> Callable[[str], None]:
     return (lambda _line: None) if quiet else (lambda line: print(line, file=sys.stderr))
 
@@ -386,7 +450,7 @@ def _emit(args: argparse.Namespace) -> int:
     )
     reports: list[DeliveryReport] = []
     with make_producer(
-        config, devstack.kafka_bootstrap(config), packing=False, on_delivery=reports.append
+        config, devstack.kafka_brokers(config), packing=False, on_delivery=reports.append
     ) as producer:
         producer.produce(event)
     report = reports[0]
@@ -452,7 +516,7 @@ def _generate(args: argparse.Namespace) -> int:
     _check_span_is_current(spec, config)
     result, expected = produce_workload(
         config,
-        devstack.kafka_bootstrap(config),
+        devstack.kafka_brokers(config),
         spec,
         packing=False if args.single else None,
         workers=args.workers,
@@ -495,7 +559,7 @@ def _stream(args: argparse.Namespace) -> int:
 
     config = _load(args)
     health = Health()
-    app = stream_app(config, devstack.kafka_bootstrap(config), args.data_dir, health)
+    app = stream_app(config, devstack.kafka_brokers(config), args.data_dir, health)
     if args.http_port is not None:
         serve(config.run.host, args.http_port, health)
     # Faust's worker owns the event loop and the signals: SIGTERM and Ctrl-C stop it cleanly.
@@ -537,7 +601,7 @@ def _sink_clickhouse(args: argparse.Namespace) -> int:
         args,
         config,
         "sink-clickhouse",
-        lambda stop: ClickHouseSink(config, devstack.kafka_bootstrap(config), group_id=args.group).run(stop),
+        lambda stop: ClickHouseSink(config, devstack.kafka_brokers(config), group_id=args.group).run(stop),
     )
     return 0
 
@@ -545,13 +609,15 @@ def _sink_clickhouse(args: argparse.Namespace) -> int:
 def _run_until_signalled(
     args: argparse.Namespace, config: Config, role: str, run: Callable[[Callable[[], bool]], None]
 ) -> None:
-    """Run a role's loop with logging (and /metrics, /healthz, /readyz with --http-port); SIGTERM
-    and Ctrl-C let it finish its batch, flush, commit and close."""
+    """Check the role's topics, then run its loop with logging (and /metrics, /healthz, /readyz
+    with --http-port); SIGTERM and Ctrl-C let it finish its batch, flush, commit and close."""
     import signal
 
+    from meterline import topics
     from meterline.server import Health, serve
 
     logs.setup(args.log_level, args.log_format)
+    topics.require_for_role(devstack.kafka_brokers(config), config, role)
     health = Health({role: "starting"})
     server = serve(config.run.host, args.http_port, health) if args.http_port is not None else None
     stopping: list[bool] = []
@@ -577,7 +643,7 @@ def _sink_stripe(args: argparse.Namespace) -> int:
         args,
         config,
         "sink-stripe",
-        lambda stop: StripeSink(config, devstack.kafka_bootstrap(config), group_id=args.group).run(stop),
+        lambda stop: StripeSink(config, devstack.kafka_brokers(config), group_id=args.group).run(stop),
     )
     return 0
 
@@ -782,7 +848,7 @@ def _replay(args: argparse.Namespace) -> int:
     from sinks.stripe.calls import caller_for
 
     config = _load(args)
-    bootstrap = devstack.kafka_bootstrap(config)
+    bootstrap = devstack.kafka_brokers(config)
     rederived = rederive(
         config,
         bootstrap,
@@ -910,7 +976,7 @@ def _webhooks(args: argparse.Namespace) -> int:
     from sinks.stripe.webhooks import PATH, WebhookConsumer, make_receiver
 
     config = _load(args)
-    bootstrap = devstack.kafka_bootstrap(config)
+    bootstrap = devstack.kafka_brokers(config)
     receiver = make_receiver(config, bootstrap, devstack.webhook_secret(config), args.port)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     host, port = receiver.server_address[:2]
@@ -960,7 +1026,7 @@ def _verify(args: argparse.Namespace) -> int:
     config = _load(args)
     expected = json.loads(args.expected.read_text())
     serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
-    emitted = read_emitted(config, devstack.kafka_bootstrap(config), serde)
+    emitted = read_emitted(config, devstack.kafka_brokers(config), serde)
     result = verify(expected, emitted)
     summary = {
         "ok": result.ok,

@@ -32,6 +32,11 @@ STRIPE_LATENESS_LIMIT_DAYS = 35
 # Well-known variables, and the key each overrides.
 ENV_ALIASES = {
     "KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
+    "KAFKA_SECURITY_PROTOCOL": ("kafka", "security_protocol"),
+    "KAFKA_SASL_MECHANISM": ("kafka", "sasl_mechanism"),
+    "KAFKA_SASL_USERNAME": ("kafka", "sasl_username"),
+    "KAFKA_SASL_PASSWORD": ("kafka", "sasl_password"),
+    "KAFKA_SSL_CA_LOCATION": ("kafka", "ssl_ca_location"),
     "SCHEMA_REGISTRY_URL": ("kafka", "schema_registry_url"),
     "CLICKHOUSE_DSN": ("clickhouse", "dsn"),
     "CLICKHOUSE_PASSWORD": ("clickhouse", "password"),
@@ -96,6 +101,17 @@ class KafkaConfig:
     schema_registry_url: str
     partitions: int
     replication_factor: int
+    replay_margin_days: int
+    """How long past the lateness horizon usage.events stays readable for `replay`."""
+    security_protocol: str
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, as librdkafka names them."""
+    sasl_mechanism: str
+    sasl_username: str
+    sasl_password: Secret
+    ssl_ca_location: str
+    ssl_certificate_location: str
+    ssl_key_location: str
+    ssl_key_password: Secret
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,11 @@ class StreamConfig:
     """Where window and dedup state lives between changelog writes: rocksdb:// or memory://."""
     commit_interval_seconds: float
     """How often offsets are committed: more often means less to process again after a crash."""
+
+    @property
+    def state_topic(self) -> str:
+        """The changelog of the workers' state: partition p holds the state of usage.events' partition p."""
+        return f"{self.app_id}-state"
 
 
 @dataclass(frozen=True)
@@ -367,6 +388,53 @@ class _Section:
             self.problem(key, self.table[key], f"unknown key (known: {', '.join(sorted(self.seen))})")
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _one_of(*choices: str) -> Callable[[str], str | None]:
+    shown = ", ".join(c or '""' for c in choices)
+    return lambda v: None if v in choices else f"must be one of {shown}"
+
+
+def _file_check(path: str) -> str | None:
+    return None if not path or Path(path).is_file() else "no such file"
+
+
+def _check_kafka_security(s: _Section, kafka: KafkaConfig) -> None:
+    """The credentials the protocol needs, and none it would ignore (a password left for a
+    PLAINTEXT listener is a mistake worth naming, not a setting to drop silently)."""
+    sasl = kafka.security_protocol.startswith("SASL_")
+    tls = kafka.security_protocol.endswith("SSL")
+    if sasl:
+        for key, value in (
+            ("sasl_mechanism", kafka.sasl_mechanism),
+            ("sasl_username", kafka.sasl_username),
+            ("sasl_password", kafka.sasl_password),
+        ):
+            if not value:
+                s.problem(key, "", f"required with security_protocol = {kafka.security_protocol}")
+    else:
+        for key, value in (
+            ("sasl_mechanism", kafka.sasl_mechanism),
+            ("sasl_username", kafka.sasl_username),
+            ("sasl_password", kafka.sasl_password),
+        ):
+            if value:
+                s.problem(key, value, "only used with security_protocol SASL_PLAINTEXT or SASL_SSL")
+    tls_files = ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location", "ssl_key_password")
+    for key in tls_files:
+        value = getattr(kafka, key)
+        if value and not tls:
+            s.problem(key, value, "only used with security_protocol SSL or SASL_SSL")
+    if bool(kafka.ssl_certificate_location) != bool(kafka.ssl_key_location):
+        s.problem(
+            "ssl_key_location",
+            kafka.ssl_key_location,
+            "a client certificate needs its key, and a key its certificate",
+        )
+
+
 def _at_least(low: int) -> Callable[[int], str | None]:
     return lambda v: None if v >= low else f"must be at least {low}"
 
@@ -403,7 +471,17 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
         ),
         partitions=s.get("partitions", int, 4, _at_least(1)),
         replication_factor=s.get("replication_factor", int, 1, _at_least(1)),
+        replay_margin_days=s.get("replay_margin_days", int, 7, _between(0, 3650)),
+        security_protocol=s.get("security_protocol", str, "PLAINTEXT", _one_of(*SECURITY_PROTOCOLS)),
+        sasl_mechanism=s.get("sasl_mechanism", str, "", _one_of("", *SASL_MECHANISMS)),
+        sasl_username=s.get("sasl_username", str, ""),
+        sasl_password=Secret(s.get("sasl_password", str, "", secret=True)),
+        ssl_ca_location=s.get("ssl_ca_location", str, "", _file_check),
+        ssl_certificate_location=s.get("ssl_certificate_location", str, "", _file_check),
+        ssl_key_location=s.get("ssl_key_location", str, "", _file_check),
+        ssl_key_password=Secret(s.get("ssl_key_password", str, "", secret=True)),
     )
+    _check_kafka_security(s, kafka)
     s.finish()
 
     s = _Section(raw, "topics", problems)

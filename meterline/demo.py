@@ -59,7 +59,7 @@ def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, workers: 
         )
         result, expected = produce_workload(
             config,
-            devstack.kafka_bootstrap(config),
+            devstack.kafka_brokers(config),
             spec,
             workers=workers,
             progress=progress.rate("produced", spec.events),
@@ -222,7 +222,7 @@ def _wait_streamed(config: Config, wanted: dict[str, object], run: subprocess.Po
     serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
     started = time.monotonic()
     while True:
-        emitted = read_emitted(config, devstack.kafka_bootstrap(config), serde, quiet_s=0.5)
+        emitted = read_emitted(config, devstack.kafka_brokers(config), serde, quiet_s=0.5)
         result = verify(wanted, emitted)
         elapsed = time.monotonic() - started
         print(
@@ -254,7 +254,7 @@ def _wait_streamed(config: Config, wanted: dict[str, object], run: subprocess.Po
 def _wait_sinks(config: Config, run: subprocess.Popen[bytes]) -> bool:
     """Until the Stripe sink, then the ClickHouse sink (it also stores the Stripe sink's dead
     letters), have committed everything their topics hold now."""
-    bootstrap = devstack.kafka_bootstrap(config)
+    bootstrap = devstack.kafka_brokers(config)
     started = time.monotonic()
     for group, topics in (
         ("meterline-sink-stripe", [config.topics.aggregates]),

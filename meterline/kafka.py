@@ -7,34 +7,83 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from meterline import metrics
-from meterline.config import Config, TopicsConfig
+from meterline.config import Config, KafkaConfig, Secret, TopicsConfig
 from meterline.errors import MeterlineError
 
 log = logging.getLogger("meterline.kafka")
 _LIBRDKAFKA = logging.getLogger("meterline.librdkafka")
 
 
-def settings(bootstrap: str, extra: Mapping[str, object] | None = None) -> dict[str, object]:
-    """A confluent-kafka client's settings: librdkafka's own log lines (disconnects, retries) go
-    through Python logging, so they take the process's --log-format instead of raw stderr."""
-    return {"bootstrap.servers": bootstrap, "logger": _LIBRDKAFKA, **(extra or {})}
+@dataclass(frozen=True)
+class Brokers:
+    """Where Kafka is and how to reach it: every confluent-kafka client gets `properties`
+    (security.protocol, sasl.*, ssl.*) beside bootstrap.servers. Secrets stay Secret until a client
+    is configured, so that printing a Brokers shows none."""
+
+    bootstrap: str
+    properties: Mapping[str, str | Secret] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.bootstrap
+
+    def redacted(self) -> dict[str, str]:
+        return {"bootstrap.servers": self.bootstrap, **{k: str(v) for k, v in self.properties.items()}}
+
+
+Kafka = str | Brokers
+"""A broker address alone means PLAINTEXT (the local stack, tests); Brokers carries credentials."""
+
+
+def brokers(kafka: Kafka) -> Brokers:
+    return kafka if isinstance(kafka, Brokers) else Brokers(kafka)
+
+
+def security_properties(config: KafkaConfig) -> dict[str, str | Secret]:
+    """librdkafka's properties for the configured security (its CONFIGURATION.md names them)."""
+    found: dict[str, str | Secret] = {"security.protocol": config.security_protocol}
+    if config.security_protocol.startswith("SASL_"):
+        found.update(
+            {
+                "sasl.mechanism": config.sasl_mechanism,
+                "sasl.username": config.sasl_username,
+                "sasl.password": config.sasl_password,
+            }
+        )
+    for key, value in (
+        ("ssl.ca.location", config.ssl_ca_location),
+        ("ssl.certificate.location", config.ssl_certificate_location),
+        ("ssl.key.location", config.ssl_key_location),
+        ("ssl.key.password", config.ssl_key_password),
+    ):
+        if value:
+            found[key] = value
+    return found
+
+
+def settings(kafka: Kafka, extra: Mapping[str, object] | None = None) -> dict[str, object]:
+    """A confluent-kafka client's settings: the brokers, their security, and librdkafka's own log
+    lines (disconnects, retries) through Python logging, so they take the process's --log-format."""
+    found = brokers(kafka)
+    revealed = {k: v.reveal() if isinstance(v, Secret) else v for k, v in found.properties.items()}
+    return {"bootstrap.servers": found.bootstrap, **revealed, "logger": _LIBRDKAFKA, **(extra or {})}
 
 
 class KafkaUnavailableError(MeterlineError):
     pass
 
 
-def admin(bootstrap: str, **extra: str | int) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000, **extra})
+def admin(kafka: Kafka, **extra: str | int) -> AdminClient:
+    # The stubs omit "logger" (a logging.Logger), which librdkafka takes like any client.
+    return AdminClient(settings(kafka, {"socket.timeout.ms": 5000, **extra}))  # type: ignore[arg-type]
 
 
-def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
+def broker_answers(bootstrap: Kafka, timeout: float = 2.0) -> bool:
     """True when a broker at `bootstrap` answers a metadata request."""
     try:
         # Quiet: while a broker starts, refused connections are expected, not worth a log line.
@@ -52,7 +101,7 @@ class TopicResult:
 
 
 def ensure_topics(
-    bootstrap: str, names: Iterable[str], partitions: int, replication_factor: int = 1, timeout: float = 30
+    bootstrap: Kafka, names: Iterable[str], partitions: int, replication_factor: int = 1, timeout: float = 30
 ) -> list[TopicResult]:
     """Create the topics that do not exist yet; returns each topic's partition count. Idempotent."""
     client = admin(bootstrap)
@@ -69,19 +118,26 @@ def ensure_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise KafkaUnavailableError(f"cannot create topic {name!r}: {exc.args[0].str()}") from exc
             created[name] = False
+    counts = wait_for_partitions(bootstrap, names, timeout)
+    return [TopicResult(n, counts[n], created[n]) for n in names]
+
+
+def wait_for_partitions(kafka: Kafka, names: list[str], timeout: float = 30) -> dict[str, int]:
+    """Topic creation is asynchronous: wait until every topic has its partitions in the metadata."""
+    client = admin(kafka)
     deadline = time.monotonic() + timeout
-    while True:  # creation is asynchronous: wait until every topic has its partitions in the metadata
+    while True:
         metadata = client.list_topics(timeout=timeout)
         counts = {n: len(metadata.topics[n].partitions) for n in names if n in metadata.topics}
         if all(counts.get(n) for n in names):
-            return [TopicResult(n, counts[n], created[n]) for n in names]
+            return counts
         if time.monotonic() > deadline:
             missing = [n for n in names if not counts.get(n)]
             raise KafkaUnavailableError(f"topics {missing} did not appear within {timeout:.0f}s")
         time.sleep(0.1)
 
 
-def partition_count(bootstrap: str, topic: str, timeout: float = 15) -> int:
+def partition_count(bootstrap: Kafka, topic: str, timeout: float = 15) -> int:
     metadata = admin(bootstrap).list_topics(topic, timeout=timeout)
     found = metadata.topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
@@ -89,7 +145,7 @@ def partition_count(bootstrap: str, topic: str, timeout: float = 15) -> int:
     return len(found.partitions)
 
 
-def group_consumer(bootstrap: str, group_id: str) -> Consumer:
+def group_consumer(bootstrap: Kafka, group_id: str) -> Consumer:
     """A member of `group_id` that commits explicitly (offset store off, no auto commit), starting
     at the earliest offset when the group has none. A group join waits half the session timeout
     on tansu (DESIGN §7), hence 6 s."""
@@ -108,7 +164,7 @@ def group_consumer(bootstrap: str, group_id: str) -> Consumer:
     )
 
 
-def consumer_from_beginning(bootstrap: str, topic: str, group_id: str) -> Consumer:
+def consumer_from_beginning(bootstrap: Kafka, topic: str, group_id: str) -> Consumer:
     """A consumer assigned every partition of `topic` from its first offset; it commits nothing."""
     consumer = Consumer(settings(bootstrap, {"group.id": group_id, "enable.auto.commit": False}))
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -127,7 +183,7 @@ def at_end(consumer: Consumer) -> bool:
     return True
 
 
-def read_ends(bootstrap: str, topics: Iterable[str], quiet_s: float = 1.0) -> dict[tuple[str, int], int]:
+def read_ends(bootstrap: Kafka, topics: Iterable[str], quiet_s: float = 1.0) -> dict[tuple[str, int], int]:
     """The offset after the last record of every non-empty partition of `topics`, found by reading
     them to the end and waiting for quiet (never by the high watermark alone)."""
     ends: dict[tuple[str, int], int] = {}
@@ -150,7 +206,7 @@ def read_ends(bootstrap: str, topics: Iterable[str], quiet_s: float = 1.0) -> di
     return ends
 
 
-def committed_reaches(bootstrap: str, group_id: str, ends: Mapping[tuple[str, int], int]) -> bool:
+def committed_reaches(bootstrap: Kafka, group_id: str, ends: Mapping[tuple[str, int], int]) -> bool:
     """Whether `group_id` has committed at least `ends` (topic, partition -> offset) everywhere."""
     consumer = Consumer(settings(bootstrap, {"group.id": group_id, "enable.auto.commit": False}))
     try:

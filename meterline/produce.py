@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 
 from meterline.config import Config
-from meterline.kafka import partition_count
+from meterline.kafka import Kafka, brokers, partition_count, settings
 from meterline.workload import Emission, Expected, WorkloadSpec, customer_ids, generate
 from schemas.partitioner import partition_for
 from schemas.producer import PackingPolicy, UsageProducer
@@ -19,7 +19,7 @@ from schemas.serde import AvroSerde
 
 
 def make_producer(
-    config: Config, bootstrap: str, *, packing: bool | None = None, **kwargs: object
+    config: Config, bootstrap: Kafka, *, packing: bool | None = None, **kwargs: object
 ) -> UsageProducer:
     policy = PackingPolicy(
         enabled=config.producer.packing if packing is None else packing,
@@ -27,12 +27,14 @@ def make_producer(
         max_bytes=config.producer.batch_max_bytes,
         linger_ms=config.producer.linger_ms,
     )
+    security = {k: v for k, v in settings(bootstrap).items() if k not in ("bootstrap.servers", "logger")}
     return UsageProducer(
-        bootstrap,
+        brokers(bootstrap).bootstrap,
         config.topics.events,
         config.meter_units,
         serde=AvroSerde.from_registry_url(config.kafka.schema_registry_url),
         packing=policy,
+        kafka_config=security,
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -55,7 +57,7 @@ class ProduceResult:
 
 def produce_workload(
     config: Config,
-    bootstrap: str,
+    bootstrap: Kafka,
     spec: WorkloadSpec,
     *,
     packing: bool | None = None,
@@ -80,7 +82,7 @@ def produce_workload(
 
 def _produce_share(
     config: Config,
-    bootstrap: str,
+    bootstrap: Kafka,
     spec: WorkloadSpec,
     packed: bool,
     partitions: frozenset[int] | None,
@@ -130,7 +132,7 @@ def _worker_init(counter: Synchronized[int]) -> None:
 
 
 def _worker(
-    config: Config, bootstrap: str, spec: WorkloadSpec, packed: bool, partitions: frozenset[int]
+    config: Config, bootstrap: Kafka, spec: WorkloadSpec, packed: bool, partitions: frozenset[int]
 ) -> tuple[int, int, Expected]:
     # Nothing built before this point is garbage; keep the collector from re-scanning it.
     gc.freeze()
@@ -149,7 +151,7 @@ def _worker(
 
 def _produce_in_processes(
     config: Config,
-    bootstrap: str,
+    bootstrap: Kafka,
     spec: WorkloadSpec,
     packed: bool,
     workers: int,

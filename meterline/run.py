@@ -26,9 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meterline import api, devstack, forward, logs, metrics
+from meterline import api, devstack, forward, logs, metrics, topics
 from meterline.config import Config
 from meterline.errors import MeterlineError
+from meterline.kafka import Kafka
 from meterline.server import Health, serve
 
 if TYPE_CHECKING:
@@ -110,11 +111,12 @@ def reconcile_periodically(config: Config, client: Client, should_stop: Callable
         time.sleep(0.5)
 
 
-def stream_app(config: Config, bootstrap: str, data_dir: Path | None, health: Health) -> faust.App:
+def stream_app(config: Config, bootstrap: Kafka, data_dir: Path | None, health: Health) -> faust.App:
     """The stream app, its state store in `data_dir` (default: <state_dir>/stream/<app_id>), its
     counters on /metrics, and `ready` on /readyz once Faust has started it."""
     from streams.app import build_app
 
+    topics.require_for_role(bootstrap, config, "stream")
     data_dir = data_dir or devstack.stream_state_dir(config) / config.stream.app_id
     data_dir.mkdir(parents=True, exist_ok=True)
     app, runtime = build_app(config, bootstrap, data_dir.resolve())
@@ -143,7 +145,7 @@ def run(
     logs.setup(log_level, log_format)
     stack_was_up = any(s.state == "running" for s in devstack.status(config))
     devstack.up(config, log=log.info)
-    bootstrap = devstack.kafka_bootstrap(config)
+    bootstrap = devstack.kafka_brokers(config)
     client = connect(config)
     health = Health()
     try:
@@ -172,6 +174,8 @@ def run(
             f"[stripe] webhook_port {config.stripe.webhook_port} must be free (0: any free port)"
         ) from exc
     threading.Thread(target=receiver.serve_forever, name="webhook-receiver", daemon=True).start()
+    for role in ("sink-clickhouse", "sink-stripe", "webhooks"):
+        topics.require_for_role(bootstrap, config, role)
     roles = Roles(health)
     roles.start("sink-clickhouse", lambda stop: ClickHouseSink(config, bootstrap).run(stop))
     roles.start("sink-stripe", lambda stop: StripeSink(config, bootstrap).run(stop))

@@ -17,7 +17,7 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from meterline.config import Config
-from meterline.kafka import at_end, consumer_from_beginning
+from meterline.kafka import Kafka, at_end, consumer_from_beginning
 from schemas.records import AggregateIdentity, WindowAggregate
 from schemas.serde import AvroSerde
 
@@ -52,7 +52,7 @@ class Emitted:
         return dict(sorted(Counter(self.dlq.values()).items()))
 
 
-def read_emitted(config: Config, bootstrap: str, serde: AvroSerde, quiet_s: float = 2.0) -> Emitted:
+def read_emitted(config: Config, bootstrap: Kafka, serde: AvroSerde, quiet_s: float = 2.0) -> Emitted:
     """Everything on the aggregates and DLQ topics now: read until both are quiet and at their end."""
     emitted = Emitted()
     aggregates = consumer_from_beginning(bootstrap, config.topics.aggregates, "meterline-verify")

@@ -39,7 +39,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from meterline.config import Config
 from meterline.errors import MeterlineError
-from meterline.kafka import partition_count, settings
+from meterline.kafka import Kafka, partition_count, settings
 from reconciler.compare import Difference, compare
 from reconciler.stripe_totals import StripeTotals
 from schemas.records import WindowAggregate
@@ -86,7 +86,7 @@ class Rederived:
 
 def rederive(
     config: Config,
-    bootstrap: str,
+    bootstrap: Kafka,
     start_ms: int,
     end_ms: int,
     customer: str | None = None,
@@ -113,7 +113,7 @@ def rederive(
     return result
 
 
-def _mark_ends(config: Config, bootstrap: str, partitions: Iterable[int]) -> bytes:
+def _mark_ends(config: Config, bootstrap: Kafka, partitions: Iterable[int]) -> bytes:
     """Append this run's end marker to every partition; returns its id."""
     marker = uuid.uuid4().hex.encode()
     tick = AvroSerde.from_registry_url(config.kafka.schema_registry_url).encode_batch([])
@@ -125,7 +125,7 @@ def _mark_ends(config: Config, bootstrap: str, partitions: Iterable[int]) -> byt
     return marker
 
 
-def _rederive_partition(job: tuple[Config, str, int, int, int, str | None, bytes]) -> PartitionResult:
+def _rederive_partition(job: tuple[Config, Kafka, int, int, int, str | None, bytes]) -> PartitionResult:
     config, bootstrap, partition, start_ms, end_ms, customer, marker = job
     serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
     tick_bytes = serde.encode_batch([])
@@ -185,7 +185,7 @@ def _rederive_partition(job: tuple[Config, str, int, int, int, str | None, bytes
     return PartitionResult(partition, records, events, totals)
 
 
-def _first_offset(config: Config, bootstrap: str, partition: int, start_ms: int) -> int:
+def _first_offset(config: Config, bootstrap: Kafka, partition: int, start_ms: int) -> int:
     consumer = Consumer(settings(bootstrap, {"group.id": "meterline-replay-offsets"}))
     try:
         since = max(0, start_ms - config.windows.max_clock_skew_ms)

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.helpers import create_ssl_context
 from faust.types import TP
 
-from meterline.config import Config
-from meterline.kafka import ensure_topics
+from meterline.config import Config, KafkaConfig
+from meterline.kafka import Kafka, brokers
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from streams.judge import Judge, Rejection, Verdict
@@ -99,7 +100,7 @@ class StreamRuntime:
         self.rules = rules_from(config)
         self.output = output
         self.data_dir = data_dir
-        self.state_topic = state_topic(config)
+        self.state_topic = config.stream.state_topic
         self.processors: dict[int, PartitionProcessor] = {}
         self.stores: dict[int, PartitionStore] = {}
         self.assigned: set[int] = set()
@@ -225,10 +226,11 @@ class StreamRuntime:
         self.counters.aggregates_sent += len(aggregates)
 
 
-def build_app(config: Config, bootstrap: str, data_dir: Path) -> tuple[faust.App, StreamRuntime]:
+def build_app(config: Config, bootstrap: Kafka, data_dir: Path) -> tuple[faust.App, StreamRuntime]:
     app = faust.App(
         config.stream.app_id,
-        broker=f"kafka://{bootstrap}",
+        broker=f"kafka://{brokers(bootstrap).bootstrap}",
+        broker_credentials=faust_credentials(config.kafka),
         store="memory://",  # Faust holds no state here: streams.output keeps it
         processing_guarantee=config.stream.processing_guarantee,
         broker_commit_interval=config.stream.commit_interval_seconds,
@@ -241,7 +243,6 @@ def build_app(config: Config, bootstrap: str, data_dir: Path) -> tuple[faust.App
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
     )
-    ensure_topics(bootstrap, [state_topic(config)], config.kafka.partitions, config.kafka.replication_factor)
     output = Output(bootstrap)
     serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
     runtime = StreamRuntime(config, output, data_dir, serde)
@@ -319,6 +320,24 @@ def build_app(config: Config, bootstrap: str, data_dir: Path) -> tuple[faust.App
     return app, runtime
 
 
-def state_topic(config: Config) -> str:
-    """The changelog of the workers' state: partition p holds the state of usage.events' partition p."""
-    return f"{config.stream.app_id}-state"
+def faust_credentials(kafka: KafkaConfig) -> faust.auth.Credentials | None:
+    """Faust's client (aiokafka) with the same security as every confluent-kafka client."""
+    protocol = kafka.security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol.endswith("SSL"):
+        context = create_ssl_context(
+            cafile=kafka.ssl_ca_location or None,
+            certfile=kafka.ssl_certificate_location or None,
+            keyfile=kafka.ssl_key_location or None,
+            password=kafka.ssl_key_password.reveal() or None,
+        )
+    if protocol.startswith("SASL_"):
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.reveal(),
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context)

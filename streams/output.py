@@ -26,7 +26,7 @@ from typing import Any, cast
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from meterline.errors import MeterlineError
-from meterline.kafka import settings
+from meterline.kafka import Kafka, settings
 from streams.state import Entries
 
 log = logging.getLogger("meterline.stream")
@@ -35,7 +35,7 @@ _MARKER_KEY = b"__meterline_recovery_marker__"
 
 
 class Output:
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: Kafka) -> None:
         self.bootstrap = bootstrap
         self._producer = Producer(
             settings(

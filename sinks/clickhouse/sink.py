@@ -32,7 +32,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from meterline import metrics
 from meterline.config import Config
 from meterline.devstack import clickhouse_dsn
-from meterline.kafka import Assignment, group_consumer
+from meterline.kafka import Assignment, Kafka, group_consumer
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import ClickHouseError, ClickHouseUnavailableError, connect, unavailable
 from sinks.clickhouse.rows import Route, Row, routes
@@ -85,7 +85,7 @@ class ClickHouseSink:
     def __init__(
         self,
         config: Config,
-        bootstrap: str,
+        bootstrap: Kafka,
         dsn: str | None = None,
         group_id: str = "meterline-sink-clickhouse",
         on_flushed: Callable[[Flushed], None] | None = None,

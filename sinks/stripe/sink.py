@@ -33,7 +33,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 
 from meterline import metrics
 from meterline.config import Config
-from meterline.kafka import Assignment, group_consumer, settings
+from meterline.kafka import Assignment, Kafka, group_consumer, settings
 from meterline.logs import context
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
@@ -68,7 +68,11 @@ class _Item:
 
 class StripeSink:
     def __init__(
-        self, config: Config, bootstrap: str, dsn: str | None = None, group_id: str = "meterline-sink-stripe"
+        self,
+        config: Config,
+        bootstrap: Kafka,
+        dsn: str | None = None,
+        group_id: str = "meterline-sink-stripe",
     ) -> None:
         self.config = config
         self.mode = config.stripe.mode

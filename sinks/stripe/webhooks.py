@@ -47,7 +47,7 @@ from confluent_kafka import KafkaException, Message, Producer
 
 from meterline import metrics
 from meterline.config import Config
-from meterline.kafka import group_consumer, partition_count, settings
+from meterline.kafka import Kafka, group_consumer, partition_count, settings
 from meterline.logs import context
 from schemas.serde import AvroSerde
 from sinks.stripe.calls import Caller
@@ -76,7 +76,7 @@ SUBSCRIPTION_ITEM_COLUMNS = (
 
 
 def make_receiver(
-    config: Config, bootstrap: str, secret: str, port: int | None = None
+    config: Config, bootstrap: Kafka, secret: str, port: int | None = None
 ) -> ThreadingHTTPServer:
     producer = Producer(settings(bootstrap, {"enable.idempotence": True, "linger.ms": 0}))
     tolerance = config.stripe.webhook_tolerance_seconds
@@ -141,7 +141,7 @@ class WebhookConsumer:
     def __init__(
         self,
         config: Config,
-        bootstrap: str,
+        bootstrap: Kafka,
         client: Client,
         stripe_caller: Caller,
         group_id: str = "meterline-webhooks",

@@ -1,0 +1,201 @@
+"""Any Kafka: the configured security becomes librdkafka's properties for every confluent-kafka
+client and the matching credentials for Faust's (aiokafka), secrets never printed. Property names
+are librdkafka's (https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md).
+
+A real connection: the local broker, tansu 0.6.0, serves PLAINTEXT only as meterline starts it
+(its `--authentication` needs users created over an authenticated connection, which its memory
+storage cannot keep; with `--cert` it still answered plaintext): every integration test connects
+that way. A secured cluster is tested where one is given: METERLINE_TEST_SECURED_KAFKA=1 with
+KAFKA_BOOTSTRAP and the KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import faust
+import pytest
+
+from meterline.config import ConfigError, load_config
+from meterline.devstack import kafka_brokers
+from meterline.kafka import Brokers, admin, security_properties, settings
+from streams.app import faust_credentials
+
+
+def _pem_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate and its key, for a CA file and a client certificate."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meterline-test")])
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "ca.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_plaintext_is_the_default_and_faust_gets_no_credentials() -> None:
+    config = load_config(None, {})
+    assert security_properties(config.kafka) == {"security.protocol": "PLAINTEXT"}
+    assert faust_credentials(config.kafka) is None
+
+
+def test_sasl_plain_over_tls_as_confluent_cloud_asks() -> None:
+    config = load_config(
+        None,
+        {
+            "KAFKA_BOOTSTRAP": "pkc-1.example:9092",
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "PLAIN",
+            "KAFKA_SASL_USERNAME": "API_KEY",
+            "KAFKA_SASL_PASSWORD": "api-secret-1",
+        },
+    )
+    brokers = kafka_brokers(config)
+    client = settings(brokers, {"group.id": "g"})
+    assert {k: client[k] for k in ("bootstrap.servers", "security.protocol", "sasl.mechanism")} == {
+        "bootstrap.servers": "pkc-1.example:9092",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+    }
+    assert (client["sasl.username"], client["sasl.password"], client["group.id"]) == (
+        "API_KEY",
+        "api-secret-1",
+        "g",
+    )
+    # Printed, logged or pickled into a report: the secret stays hidden.
+    assert "api-secret-1" not in repr(brokers) + str(brokers) + json.dumps(brokers.redacted())
+    assert brokers.redacted()["sasl.password"] == "Secret('***')"
+    credentials = faust_credentials(config.kafka)
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert (str(credentials.protocol), credentials.mechanism.value) == ("AuthProtocol.SASL_SSL", "PLAIN")
+    assert (credentials.username, credentials.password) == ("API_KEY", "api-secret-1")
+
+
+def test_sasl_scram_from_the_environment_for_both_clients() -> None:
+    config = load_config(
+        None,
+        {
+            "KAFKA_BOOTSTRAP": "b-1.msk.example:9096",
+            "METERLINE__KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "METERLINE__KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
+            "METERLINE__KAFKA__SASL_USERNAME": "meterline",
+            "METERLINE__KAFKA__SASL_PASSWORD": "scram-secret",
+        },
+    )
+    assert security_properties(config.kafka)["sasl.mechanism"] == "SCRAM-SHA-512"
+    credentials = faust_credentials(config.kafka)
+    assert isinstance(credentials, faust.SASLCredentials) and credentials.ssl_context is None
+    assert (str(credentials.protocol), credentials.mechanism.value) == (
+        "AuthProtocol.SASL_PLAINTEXT",
+        "SCRAM-SHA-512",
+    )
+
+
+def test_mutual_tls_names_the_ca_certificate_and_key_files(tmp_path: Path) -> None:
+    ca, key = _pem_pair(tmp_path)
+    config = load_config(
+        None,
+        {
+            "KAFKA_BOOTSTRAP": "kafka.internal:9093",
+            "KAFKA_SECURITY_PROTOCOL": "SSL",
+            "KAFKA_SSL_CA_LOCATION": str(ca),
+            "METERLINE__KAFKA__SSL_CERTIFICATE_LOCATION": str(ca),
+            "METERLINE__KAFKA__SSL_KEY_LOCATION": str(key),
+        },
+    )
+    assert security_properties(config.kafka) == {
+        "security.protocol": "SSL",
+        "ssl.ca.location": str(ca),
+        "ssl.certificate.location": str(ca),
+        "ssl.key.location": str(key),
+    }
+    credentials = faust_credentials(config.kafka)
+    assert isinstance(credentials, faust.SSLCredentials) and str(credentials.protocol) == "AuthProtocol.SSL"
+    # librdkafka accepts the properties as they are (it would refuse an unknown one at creation).
+    admin(kafka_brokers(config))
+
+
+def test_security_mistakes_are_config_errors_reported_together(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config(
+            None,
+            {
+                "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "KAFKA_SASL_MECHANISM": "GSSAPI",
+                "METERLINE__KAFKA__SSL_CERTIFICATE_LOCATION": str(_pem_pair(tmp_path)[0]),
+                "KAFKA_SSL_CA_LOCATION": str(tmp_path / "missing.pem"),
+            },
+        )
+    problems = {(p.field, p.why) for p in refused.value.problems}
+    assert {
+        ("kafka.sasl_mechanism", 'must be one of "", PLAIN, SCRAM-SHA-256, SCRAM-SHA-512'),
+        ("kafka.sasl_username", "required with security_protocol = SASL_SSL"),
+        ("kafka.sasl_password", "required with security_protocol = SASL_SSL"),
+        ("kafka.ssl_ca_location", "no such file"),
+        ("kafka.ssl_key_location", "a client certificate needs its key, and a key its certificate"),
+    } <= problems
+    with pytest.raises(ConfigError) as ignored:
+        load_config(None, {"KAFKA_SASL_PASSWORD": "left-over"})
+    [problem] = ignored.value.problems
+    assert problem.field == "kafka.sasl_password" and "left-over" not in str(ignored.value)
+
+
+def test_config_check_shows_the_security_and_never_the_password() -> None:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP": "pkc-1.example:9092",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "PLAIN",
+        "KAFKA_SASL_USERNAME": "API_KEY",
+        "KAFKA_SASL_PASSWORD": "api-secret-2",
+    }
+    for extra in ([], ["--json"]):
+        shown = subprocess.run(
+            [sys.executable, "-m", "meterline.cli", "config", "check", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "SASL_SSL" in shown.stdout and "API_KEY" in shown.stdout
+        assert "api-secret-2" not in shown.stdout + shown.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not os.environ.get("METERLINE_TEST_SECURED_KAFKA"),
+    reason="no secured cluster given (METERLINE_TEST_SECURED_KAFKA=1 with KAFKA_BOOTSTRAP, KAFKA_SECURITY_*)",
+)
+def test_a_secured_cluster_is_reached_with_the_configured_credentials() -> None:
+    config = load_config(None)
+    assert config.kafka.security_protocol != "PLAINTEXT", "give the cluster's security in the environment"
+    metadata = admin(kafka_brokers(config)).list_topics(timeout=15)
+    assert metadata.brokers
+    wrong = Brokers(config.kafka.bootstrap, {**security_properties(config.kafka), "sasl.password": "wrong"})
+    with pytest.raises(Exception, match=r"(?i)auth|transport"):
+        admin(wrong).list_topics(timeout=15)
