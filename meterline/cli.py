@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from meterline import devstack, forward, inspect, logs, progress
+from meterline import __version__, devstack, forward, inspect, logs, progress
 from meterline.config import Config, ConfigError, load_config
 from meterline.errors import MeterlineError
 from meterline.kafka import Brokers, security_properties
@@ -26,16 +26,38 @@ from streams.windows import DAY_MS
 if TYPE_CHECKING:
     from reconciler.pricing import Invoice
 
+CONFIG_HELP = "TOML file (default: $METERLINE_CONFIG or ./meterline.toml)"
 PERIOD_HELP = (
     "YYYY-MM (the UTC month), current, previous, or YYYY-MM-DD (the customer's Stripe billing "
     "period that day falls in)"
 )
 
 
+class UsageError(Exception):
+    def __init__(self, usage: str, message: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's, raising instead of exiting, so that a command given --json gets its usage
+    errors as JSON on stdout (exit 2 either way, as argparse's)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.format_usage(), message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        if "--json" in argv:
+            print(json.dumps({"ok": False, "error": str(exc), "kind": "UsageError"}))
+        else:
+            print(f"{exc.usage}meterline: error: {exc}", file=sys.stderr)
+        return 2
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
@@ -60,12 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="meterline", description="Usage metering between product and invoice."
-    )
-    parser.add_argument(
-        "--config", type=Path, help="TOML file (default: $METERLINE_CONFIG or ./meterline.toml)"
-    )
+    parser = _Parser(prog="meterline", description="Usage metering between product and invoice.")
+    parser.add_argument("--version", action="version", version=f"meterline {__version__}")
+    parser.add_argument("--config", type=Path, help=CONFIG_HELP)
     commands = parser.add_subparsers(title="commands", dest="command")
 
     config = commands.add_parser("config", help="check the configuration").add_subparsers(title="config")
@@ -174,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
         "preview", help="a period's invoice lines from ClickHouse's totals and the rate card"
     )
     preview.add_argument("--customer", required=True)
-    preview.add_argument("--period", required=True, help=PERIOD_HELP)
+    preview.add_argument("--period", required=True, type=_period, help=PERIOD_HELP)
     preview.add_argument("--json", action="store_true")
     preview.set_defaults(run=_invoice_preview)
     quote = invoice.add_parser(
@@ -193,10 +212,13 @@ def _parser() -> argparse.ArgumentParser:
     quote.set_defaults(run=_invoice_quote)
 
     reconcile = commands.add_parser(
-        "reconcile", help="compare Stripe's totals with ours; exit 1 when they drift beyond --threshold"
+        "reconcile",
+        help="compare Stripe's totals with ours; exit 0: no drift, 1: drift beyond --threshold, "
+        "2: it could not run (ClickHouse or Stripe unavailable, bad arguments)",
     )
     reconcile.add_argument(
         "--period",
+        type=_period,
         default=datetime.now(UTC).strftime("%Y-%m"),
         help="YYYY-MM (the UTC month; default: this month, as a scheduled job wants); with --customer, "
         "also current, previous or YYYY-MM-DD (the customer's Stripe billing period)",
@@ -205,6 +227,13 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--meter")
     reconcile.add_argument(
         "--threshold", type=int, default=0, help="tolerated drift in base units (default 0)"
+    )
+    reconcile.add_argument(
+        "--give-up-after",
+        type=float,
+        default=120,
+        metavar="SECONDS",
+        help="how long Stripe may fail to answer before reconcile exits 2 (default 120)",
     )
     reconcile.add_argument("--json", action="store_true")
     reconcile.set_defaults(run=_reconcile)
@@ -225,7 +254,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dispute = commands.add_parser("dispute", help='answer "why is my bill higher?" for a customer and period')
     dispute.add_argument("--customer", required=True)
-    dispute.add_argument("--period", required=True, help=PERIOD_HELP)
+    dispute.add_argument("--period", required=True, type=_period, help=PERIOD_HELP)
     dispute.add_argument("--format", choices=["csv", "json", "html"], default="html")
     dispute.add_argument("--output", type=Path, help="write here instead of standard output")
     dispute.set_defaults(run=_dispute)
@@ -263,7 +292,29 @@ def _parser() -> argparse.ArgumentParser:
         help="leave the local stack and `meterline run` (the dashboard) running",
     )
     demo.set_defaults(run=_demo)
+    _config_after_any_command(parser)
     return parser
+
+
+def _period(text: str) -> str:
+    from reconciler.periods import check_spec
+    from reconciler.usage import PeriodError
+
+    try:
+        return check_spec(text)
+    except PeriodError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _config_after_any_command(parser: argparse.ArgumentParser) -> None:
+    """`meterline reconcile --config F` as well as `meterline --config F reconcile`: every command
+    takes it too, its default suppressed so that it never overrides the one given first."""
+    for action in parser._actions:  # argparse keeps subcommands only there
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if not any("--config" in a.option_strings for a in sub._actions):
+                    sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
+                _config_after_any_command(sub)
 
 
 def _role_arguments(parser: argparse.ArgumentParser) -> None:
@@ -743,25 +794,30 @@ def _print_invoice(bill: Invoice, heading: str, extra: dict[str, Any], as_json: 
 
 
 def _reconcile(args: argparse.Namespace) -> int:
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
     from reconciler.reconcile import reconcile
     from sinks.clickhouse.client import connect
     from sinks.stripe.calls import caller_for
 
-    config = _load(args)
-    client = connect(config)
-    try:
-        result = reconcile(
-            config,
-            client,
-            caller_for(config),
-            args.period,
-            args.customer,
-            args.meter,
-            args.threshold,
-            progress=None if args.json else progress.counter("customers compared"),
-        )
-    finally:
-        client.close()
+    try:  # 2: it could not run, whatever the cause, so that a scheduler tells it from drift (1)
+        config = _load(args)
+        client = connect(config)
+        try:
+            result = reconcile(
+                config,
+                client,
+                caller_for(config, give_up_after_s=args.give_up_after),
+                args.period,
+                args.customer,
+                args.meter,
+                args.threshold,
+                progress=None if args.json else progress.counter("customers compared"),
+            )
+        finally:
+            client.close()
+    except (MeterlineError, ClickHouseError, OSError) as exc:
+        return _cannot_run("reconcile", exc, args.json)
     if not args.json:
         print(file=sys.stderr)
 
@@ -825,6 +881,15 @@ def _reconcile(args: argparse.Namespace) -> int:
                 + ", ".join(f"{k} {v:,}" for k, v in result.dead_letters.items())
             )
     return 0 if result.ok else 1
+
+
+def _cannot_run(command: str, exc: Exception, as_json: bool) -> int:
+    message = str(exc).splitlines()[0] if not isinstance(exc, ConfigError) else str(exc)
+    if as_json:
+        print(json.dumps({"ok": False, "error": message, "kind": type(exc).__name__}))
+    else:
+        print(f"error: {command} could not run: {message}", file=sys.stderr)
+    return 2
 
 
 def _replay(args: argparse.Namespace) -> int:

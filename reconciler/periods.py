@@ -23,8 +23,6 @@ from reconciler.usage import PeriodError, period_bounds
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
 
 @dataclass(frozen=True)
 class Period:
@@ -41,14 +39,25 @@ def month_period(month: str) -> Period:
     return Period(start, end, f"{month} (UTC month)")
 
 
+def check_spec(spec: str) -> str:
+    """`spec` if it names a period in one of the accepted forms, checked before anything connects."""
+    if spec in ("current", "previous"):
+        return spec
+    for shape, form in ((r"\d{4}-\d{2}", "%Y-%m"), (r"\d{4}-\d{2}-\d{2}", "%Y-%m-%d")):
+        try:
+            if re.fullmatch(shape, spec) and datetime.strptime(spec, form):
+                return spec
+        except ValueError:
+            continue
+    raise PeriodError(f"period {spec!r}: expected YYYY-MM (a UTC month), current, previous, or YYYY-MM-DD")
+
+
 def resolve(client: Client, customer: str, spec: str, now_ms: int) -> Period:
     """The period `spec` names for `customer` (see the module's docstring)."""
     if re.fullmatch(r"\d{4}-\d{2}", spec):
         return month_period(spec)
-    if spec not in ("", "current", "previous") and not _DAY.match(spec):
-        raise PeriodError(
-            f"period {spec!r}: expected YYYY-MM (a UTC month), current, previous, or YYYY-MM-DD"
-        )
+    if spec:
+        check_spec(spec)
     known = current_billing_period(client, customer)
     if known is None and not spec:
         return month_period(datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y-%m"))
@@ -64,10 +73,7 @@ def resolve(client: Client, customer: str, spec: str, now_ms: int) -> Period:
     elif spec == "previous":
         target = start_s - 1
     else:
-        try:
-            target = int(datetime.strptime(spec, "%Y-%m-%d").replace(tzinfo=UTC).timestamp())
-        except ValueError:
-            raise PeriodError(f"period {spec!r}: not a date") from None
+        target = int(datetime.strptime(spec, "%Y-%m-%d").replace(tzinfo=UTC).timestamp())  # checked
     if not start_s <= target < end_s:  # Stripe's own period where it covers the target
         start_s, end_s = monthly_period(anchor, target)
     label = f"{_day(start_s)} to {_day(end_s)} (billing period of {subscription})"

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from meterline import metrics
-from meterline.cli import _parser
+from meterline.cli import UsageError, _parser
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 KUBERNETES_VERSION = "1.33.0"
@@ -50,8 +50,8 @@ def containers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 def parses_as_meterline(args: list[str]) -> None:
     try:
         _parser().parse_args(args)
-    except SystemExit:
-        pytest.fail(f"not a meterline command: {args}")
+    except UsageError as exc:
+        pytest.fail(f"not a meterline command: {args}: {exc}")
 
 
 def compose_spec_schema() -> dict[str, Any]:

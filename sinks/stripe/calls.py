@@ -36,6 +36,10 @@ STREAM_BATCH = 100  # Stripe's limit per meter_event_stream call
 SESSION_MARGIN_S = 60  # renew a v2 session this long before it expires
 
 
+class StripeUnavailableError(MeterlineError):
+    pass
+
+
 class StripeAccessError(MeterlineError):
     """Stripe refuses the key: nothing can be reported until the configuration is fixed."""
 
@@ -77,9 +81,18 @@ class Caller:
     """Makes one report (or one stream batch) until it settles; counts what happened."""
 
     def __init__(
-        self, api_base: str, api_key: str, timeout_s: float, limiter: RateLimiter, legacy_version: str
+        self,
+        api_base: str,
+        api_key: str,
+        timeout_s: float,
+        limiter: RateLimiter,
+        legacy_version: str,
+        give_up_after_s: float | None = None,
     ) -> None:
+        """`give_up_after_s`: how long a call may keep failing transiently before StripeUnavailable
+        is raised; None (the sinks): retry until it succeeds, as usage must never be dropped."""
         self.api_base, self.timeout_s = api_base, timeout_s
+        self.give_up_after_s = give_up_after_s
         self.client = make_client(api_base, api_key, timeout_s)
         self.limiter = limiter
         self.legacy_version = legacy_version
@@ -188,6 +201,7 @@ class Caller:
         number of attempts on it (`meterline_attempts`)."""
         delay = _BACKOFF_FIRST
         attempts = 0
+        started = time.monotonic()
         while True:
             self.limiter.acquire()
             attempts += 1
@@ -215,6 +229,11 @@ class Caller:
                 if _replayed_server_error(exc):  # the same key will only ever get this answer again
                     raise SavedServerError(attempts, exc.request_id or "") from exc
                 error = exc
+            if self.give_up_after_s is not None and time.monotonic() - started > self.give_up_after_s:
+                raise StripeUnavailableError(
+                    f"Stripe did not answer for {self.give_up_after_s:g} s ({attempts} attempts; "
+                    f"last: {type(error).__name__}: {error})"
+                ) from error
             with self._lock:
                 self.retries += 1
             metrics.STRIPE_RETRIES.inc()
@@ -276,7 +295,7 @@ def _replayed_server_error(exc: stripe.StripeError) -> bool:
     return (exc.http_status or 0) >= 500 and str(headers.get("Idempotent-Replayed", "")).lower() == "true"
 
 
-def caller_for(config: Config) -> Caller:
+def caller_for(config: Config, give_up_after_s: float | None = None) -> Caller:
     """The configured Stripe (or the local fake), under the configured limits."""
     api_base, api_key = devstack.stripe_endpoint(config)
     return Caller(
@@ -285,6 +304,7 @@ def caller_for(config: Config) -> Caller:
         config.stripe.timeout_seconds,
         RateLimiter(config.stripe.requests_per_second),
         config.stripe.legacy_api_version,
+        give_up_after_s,
     )
 
 
