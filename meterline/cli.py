@@ -26,7 +26,7 @@ from streams.windows import DAY_MS
 if TYPE_CHECKING:
     from reconciler.pricing import Invoice
 
-CONFIG_HELP = "TOML file (default: $METERLINE_CONFIG or ./meterline.toml)"
+CONFIG_HELP = "TOML file (default: $METERLINE_CONFIG, ./meterline.toml or /etc/meterline/meterline.toml)"
 PERIOD_HELP = (
     "YYYY-MM (the UTC month), current, previous, or YYYY-MM-DD (the customer's Stripe billing "
     "period that day falls in)"
@@ -235,6 +235,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long Stripe may fail to answer before reconcile exits 2 (default 120)",
     )
+    reconcile.add_argument(
+        "--every",
+        type=int,
+        metavar="MINUTES",
+        help="run as a role: reconcile the current month now and every MINUTES, exporting the drift "
+        "metrics (with --http-port), until SIGTERM",
+    )
+    _role_arguments(reconcile)
     reconcile.add_argument("--json", action="store_true")
     reconcile.set_defaults(run=_reconcile)
 
@@ -800,6 +808,9 @@ def _reconcile(args: argparse.Namespace) -> int:
     from sinks.clickhouse.client import connect
     from sinks.stripe.calls import caller_for
 
+    if args.every:
+        return _reconcile_role(args)
+
     try:  # 2: it could not run, whatever the cause, so that a scheduler tells it from drift (1)
         config = _load(args)
         client = connect(config)
@@ -881,6 +892,24 @@ def _reconcile(args: argparse.Namespace) -> int:
                 + ", ".join(f"{k} {v:,}" for k, v in result.dead_letters.items())
             )
     return 0 if result.ok else 1
+
+
+def _reconcile_role(args: argparse.Namespace) -> int:
+    from meterline import metrics
+    from meterline.run import reconcile_periodically
+    from sinks.clickhouse.client import connect
+
+    config = _load(args)
+    metrics.register_reconcile()
+    client = connect(config)
+    every_s = args.every * 60
+    try:
+        _run_until_signalled(
+            args, config, "reconcile", lambda stop: reconcile_periodically(config, client, stop, every_s, 0)
+        )
+    finally:
+        client.close()
+    return 0
 
 
 def _cannot_run(command: str, exc: Exception, as_json: bool) -> int:

@@ -2,7 +2,7 @@
 validated object. Every problem is reported at once, each with its field, value and why.
 
 Precedence: the built-in defaults (meterline/default.toml), then the file (`--config`,
-$METERLINE_CONFIG, or ./meterline.toml), then the environment.
+$METERLINE_CONFIG, ./meterline.toml, or /etc/meterline/meterline.toml), then the environment.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from sinks.stripe.prices import base_fee_terms, stripe_terms
 from streams.windows import DAY_MS
 
 DEFAULT_FILE = Path(__file__).with_name("default.toml")
+SYSTEM_FILE = Path("/etc/meterline/meterline.toml")
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _METER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _MAX_MESSAGE_BYTES = 1_000_000  # Kafka's default message.max.bytes is 1 MiB; keep batches below it
@@ -304,10 +305,11 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
 
 
 def _default_path(env: Mapping[str, str]) -> Path | None:
+    """$METERLINE_CONFIG (which must exist), else the first of ./meterline.toml and
+    /etc/meterline/meterline.toml that does (a container's optional ConfigMap), else none."""
     if env.get("METERLINE_CONFIG"):
         return Path(env["METERLINE_CONFIG"])
-    local = Path("meterline.toml")
-    return local if local.exists() else None
+    return next((path for path in (Path("meterline.toml"), SYSTEM_FILE) if path.exists()), None)
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> None:

@@ -7,6 +7,7 @@ hot path as plain integers, so they are read only when Prometheus scrapes (`Stre
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -54,16 +55,36 @@ STRIPE_REPORT_LATENCY = Histogram(
 
 # -- reconcile and webhooks ------------------------------------------------------------------------
 
-RECONCILE_RUNS = Counter("meterline_reconcile_runs", "Reconciliation runs, by result.", ["result"])
+# Exported only by the process that reconciles (register_reconcile): a role that never ran
+# reconcile would otherwise report drift 0, and a max() over roles would never show drift.
+RECONCILE_RUNS = Counter(
+    "meterline_reconcile_runs", "Reconciliation runs, by result.", ["result"], registry=None
+)
 RECONCILE_DRIFT_UNITS = Gauge(
-    "meterline_reconcile_drift_units", "Sum of |Stripe - ours| over all pairs in the last run."
+    "meterline_reconcile_drift_units",
+    "Sum of |Stripe - ours| over all pairs in the last run.",
+    registry=None,
 )
 RECONCILE_DRIFTING_PAIRS = Gauge(
-    "meterline_reconcile_drifting_pairs", "Customer/meter pairs beyond the threshold in the last run."
+    "meterline_reconcile_drifting_pairs",
+    "Customer/meter pairs beyond the threshold in the last run.",
+    registry=None,
 )
 RECONCILE_LAST_RUN = Gauge(
-    "meterline_reconcile_last_run_timestamp_seconds", "When the last reconciliation finished."
+    "meterline_reconcile_last_run_timestamp_seconds",
+    "When the last reconciliation finished.",
+    registry=None,
 )
+_RECONCILE = (RECONCILE_RUNS, RECONCILE_DRIFT_UNITS, RECONCILE_DRIFTING_PAIRS, RECONCILE_LAST_RUN)
+
+
+def register_reconcile(registry: CollectorRegistry = REGISTRY) -> None:
+    """Export the reconcile metrics from this process (the reconcile role, `run`). Idempotent."""
+    for metric in _RECONCILE:
+        with contextlib.suppress(ValueError):  # registered already
+            registry.register(metric)
+
+
 WEBHOOK_EVENTS = Counter(
     "meterline_webhook_events", "Stripe webhook events, by type and outcome.", ["type", "outcome"]
 )

@@ -15,6 +15,7 @@ to restart: exactness never depended on a clean stop (DESIGN §4).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -83,21 +84,26 @@ class Roles:
                 log.error("role %s did not stop within %.0f s", thread.name, timeout_s)
 
 
-def reconcile_periodically(config: Config, client: Client, should_stop: Callable[[], bool]) -> None:
-    """Reconcile the current month every [run] reconcile_every_minutes, the first time one interval
-    after the start (the sinks catch up first). A failed run is logged; the next one tries again."""
+def reconcile_periodically(
+    config: Config, client: Client, should_stop: Callable[[], bool], every_s: float, first_after_s: float
+) -> None:
+    """Reconcile the current month every `every_s`, the first time after `first_after_s` (in `run`,
+    one interval: the sinks catch up first). A run that cannot finish is logged and counted; the
+    next one tries again."""
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
     from reconciler.reconcile import reconcile
     from sinks.stripe.calls import caller_for
 
-    every_s = config.run.reconcile_every_minutes * 60
-    next_at = time.monotonic() + every_s
+    next_at = time.monotonic() + first_after_s
     while not should_stop():
         if every_s and time.monotonic() >= next_at:
             next_at += every_s
             period = datetime.now(UTC).strftime("%Y-%m")
             try:
-                result = reconcile(config, client, caller_for(config), period)
-            except MeterlineError as exc:
+                result = reconcile(config, client, caller_for(config, give_up_after_s=120), period)
+            except (MeterlineError, ClickHouseError, OSError) as exc:
+                metrics.RECONCILE_RUNS.labels("failed").inc()
                 log.error("scheduled reconcile of %s failed: %s", period, exc)
                 continue
             drift = sum(abs(d.drift) for d in result.pairs)
@@ -128,6 +134,16 @@ def stream_app(config: Config, bootstrap: Kafka, data_dir: Path | None, health: 
         health.set("stream", "ready")
 
     return app
+
+
+@functools.cache
+def faust_app() -> faust.App:
+    """The stream app as Faust users run it, `faust -A streams.app worker -l info`: configured as
+    `meterline stream` is (the file and the environment), its state under the default data dir."""
+    from meterline.config import load_config
+
+    config = load_config()
+    return stream_app(config, devstack.kafka_brokers(config), None, Health())
 
 
 def run(
@@ -182,7 +198,9 @@ def run(
     roles.start(
         "webhooks", lambda stop: WebhookConsumer(config, bootstrap, client, caller_for(config)).run(stop)
     )
-    roles.start("reconcile", lambda stop: reconcile_periodically(config, client, stop))
+    metrics.register_reconcile()
+    every_s = config.run.reconcile_every_minutes * 60
+    roles.start("reconcile", lambda stop: reconcile_periodically(config, client, stop, every_s, every_s))
     url = f"http://{config.run.host}:{server.server_address[1]}"
     forward.announce(config, url)
     log.info(

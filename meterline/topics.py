@@ -27,7 +27,7 @@ from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType  # type
 
 from meterline.config import Config
 from meterline.errors import MeterlineError
-from meterline.kafka import Kafka, admin, wait_for_partitions
+from meterline.kafka import Kafka, KafkaUnavailableError, admin, wait_for_partitions
 from streams.windows import DAY_MS
 
 log = logging.getLogger("meterline.topics")
@@ -168,7 +168,10 @@ def check(spec: TopicSpec, observed: Observed) -> list[Finding]:
 def describe(kafka: Kafka, names: Iterable[str], timeout: float = 15) -> dict[str, Observed]:
     """The topics of `names` that exist, as the broker reports them."""
     client = admin(kafka)
-    metadata = client.list_topics(timeout=timeout)
+    try:
+        metadata = client.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaUnavailableError(f"Kafka at {kafka} did not answer: {exc.args[0].str()}") from exc
     present = [n for n in names if n in metadata.topics and not metadata.topics[n].error]
     if not present:
         return {}
@@ -241,6 +244,7 @@ def role_topics(config: Config, role: str) -> list[str]:
         "sink-stripe": [t.aggregates, t.stripe_dlq],
         "webhooks": [t.webhooks],
         "replay": [t.events, t.aggregates],
+        "reconcile": [],  # ClickHouse and Stripe only
     }[role]
 
 
@@ -254,8 +258,11 @@ def specs_for(kafka: Kafka, config: Config, names: Collection[str] | None = None
 
 def require_for_role(kafka: Kafka, config: Config, role: str) -> None:
     """A role's check at start; the stream creates its own state changelog if it is missing."""
+    names = role_topics(config, role)
+    if not names:
+        return
     own = [config.stream.state_topic] if role == "stream" else []
-    require(kafka, specs_for(kafka, config, role_topics(config, role)), role, create=own)
+    require(kafka, specs_for(kafka, config, names), role, create=own)
 
 
 def _create(kafka: Kafka, specs: list[TopicSpec]) -> None:

@@ -341,3 +341,13 @@ def faust_credentials(kafka: KafkaConfig) -> faust.auth.Credentials | None:
             ssl_context=context,
         )
     return faust.SSLCredentials(context)
+
+
+def __getattr__(name: str) -> Any:
+    """`faust -A streams.app worker` looks up `app` in this module: the configured stream app,
+    built on first access by the composition root (meterline.run), where addresses are resolved."""
+    if name == "app":
+        from meterline.run import faust_app
+
+        return faust_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

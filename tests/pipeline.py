@@ -97,6 +97,21 @@ class Workers:
             ["stream", "--data-dir", str(self.tmp_path / name)], self.env, self.log_of[name]
         )
 
+    def start_faust(self, name: str) -> None:
+        """A worker started the Faust way, `faust -A streams.app worker -l info`, its state under
+        the default data dir of its app id."""
+        self.starts += 1
+        self.log_of[name] = self.tmp_path / f"{name}-{self.starts}.log"
+        faust = str(Path(sys.executable).with_name("faust"))
+        with open(self.log_of[name], "wb") as log:
+            self.running[name] = subprocess.Popen(
+                [faust, "-A", "streams.app", "worker", "-l", "info"],
+                env=self.env,
+                cwd=self.tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
     def kill(self, name: str) -> None:
         process = self.running.pop(name)
         process.send_signal(signal.SIGKILL)

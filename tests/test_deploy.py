@@ -44,7 +44,7 @@ def containers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     if manifest["kind"] == "CronJob":
         spec = spec["jobTemplate"]["spec"]
     pod = spec.get("template", {}).get("spec")
-    return list(pod["containers"]) if pod else []
+    return [*pod.get("initContainers", []), *pod["containers"]] if pod else []
 
 
 def parses_as_meterline(args: list[str]) -> None:
@@ -80,6 +80,9 @@ def test_compose_pins_images_limits_resources_and_runs_real_commands() -> None:
         "sink-stripe",
         "webhooks",
         "reconcile",
+        "topics",
+        "migrate",
+        "stripe-sync",
     } <= set(services)
     # KRaft: the broker is its own controller, no ZooKeeper.
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
@@ -91,11 +94,11 @@ def test_compose_pins_images_limits_resources_and_runs_real_commands() -> None:
         assert service["deploy"]["resources"]["limits"], name
         if image.startswith("meterline:") and "command" in service:
             parses_as_meterline(service["command"])
-    for role in ("stream", "sink-clickhouse", "sink-stripe", "webhooks"):
+    for role in ("stream", "sink-clickhouse", "sink-stripe", "webhooks", "reconcile"):
         assert "--http-port" in services[role]["command"], f"{role} serves no /metrics"
     scraped = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     names = scraped["scrape_configs"][0]["dns_sd_configs"][0]["names"]
-    assert set(names) == {"stream", "sink-clickhouse", "sink-stripe", "webhooks"}
+    assert set(names) == {"stream", "sink-clickhouse", "sink-stripe", "webhooks", "reconcile"}
 
 
 def test_kubernetes_manifests_validate_strictly() -> None:
@@ -111,7 +114,7 @@ def test_kubernetes_manifests_validate_strictly() -> None:
         "Deployment",
         "meterline-sink-stripe",
     ) in kinds
-    assert ("Service", "meterline-webhooks") in kinds and ("CronJob", "meterline-reconcile") in kinds
+    assert ("Service", "meterline-webhooks") in kinds and ("Deployment", "meterline-reconcile") in kinds
     listed = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())["resources"]
     assert sorted(listed) == sorted(
         p.name for p in (DEPLOY / "k8s").glob("*.yaml") if p.name != "kustomization.yaml"
