@@ -641,7 +641,7 @@ def _migrate(args: argparse.Namespace) -> int:
     config = _load(args)
     client = connect(config)
     try:
-        result = migrate(client, config.clickhouse.raw_events_ttl_days)
+        result = migrate(client, config.clickhouse.raw_events_ttl_days, cluster=config.clickhouse.cluster)
     finally:
         client.close()
     applied = [f"{m.version:04d}_{m.name}" for m in result.applied]

@@ -184,6 +184,8 @@ class ClickHouseConfig:
     """The sink inserts a partition's buffer when it holds this many rows..."""
     batch_seconds: float
     """...or when its oldest row has waited this long."""
+    cluster: str
+    """A ClickHouse cluster: migrations run ON CLUSTER, with replicated tables. Empty: one server."""
 
 
 @dataclass(frozen=True)
@@ -565,6 +567,7 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
         password=Secret(s.get("password", str, "", secret=True)),
         raw_events=s.get("raw_events", bool, True),
         raw_events_ttl_days=s.get("raw_events_ttl_days", int, 400, _between(1, 36_500)),
+        cluster=s.get("cluster", str, "", _pattern_check(re.compile(r"^[A-Za-z0-9_.-]*$"), "a cluster name")),
         batch_rows=s.get("batch_rows", int, 20_000, _between(1, 1_000_000)),
         batch_seconds=float(
             s.get(

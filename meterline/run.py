@@ -165,7 +165,7 @@ def run(
     client = connect(config)
     health = Health()
     try:
-        migrated = migrate(client, config.clickhouse.raw_events_ttl_days)
+        migrated = migrate(client, config.clickhouse.raw_events_ttl_days, cluster=config.clickhouse.cluster)
         log.info("ClickHouse schema version %d", migrated.current)
         app = stream_app(config, bootstrap, data_dir, health)
     except BaseException:
