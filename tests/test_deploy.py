@@ -101,9 +101,26 @@ def test_compose_pins_images_limits_resources_and_runs_real_commands() -> None:
     assert set(names) == {"stream", "sink-clickhouse", "sink-stripe", "webhooks", "reconcile"}
 
 
+def rendered() -> Iterator[tuple[str, dict[str, Any]]]:
+    """The manifests as `kubectl apply -k deploy/k8s` renders them: kustomization.yaml's namespace
+    and image set on every object (the two transformations it uses; kustomize is not installed
+    here, and the test below checks it uses no other)."""
+    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    assert set(kustomization) == {"apiVersion", "kind", "namespace", "resources", "images"}
+    [image] = kustomization["images"]
+    for name, manifest in manifests():
+        manifest["metadata"]["namespace"] = kustomization["namespace"]
+        for container in containers(manifest):
+            if container["image"] == image["name"]:
+                container["image"] = f"{image['newName']}:{image['newTag']}"
+        if manifest["kind"] == "Namespace":
+            del manifest["metadata"]["namespace"]
+        yield name, manifest
+
+
 def test_kubernetes_manifests_validate_strictly() -> None:
     kinds = []
-    for name, manifest in manifests():
+    for name, manifest in rendered():
         try:
             kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -115,6 +132,8 @@ def test_kubernetes_manifests_validate_strictly() -> None:
         "meterline-sink-stripe",
     ) in kinds
     assert ("Service", "meterline-webhooks") in kinds and ("Deployment", "meterline-reconcile") in kinds
+    images = {c["image"] for _, m in rendered() for c in containers(m)}
+    assert images == {"registry.example.com/meterline:0.1.0"}, images
     listed = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())["resources"]
     assert sorted(listed) == sorted(
         p.name for p in (DEPLOY / "k8s").glob("*.yaml") if p.name != "kustomization.yaml"
