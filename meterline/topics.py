@@ -240,10 +240,11 @@ def role_topics(config: Config, role: str) -> list[str]:
     t = config.topics
     return {
         "stream": [t.events, t.events_dlq, t.aggregates, config.stream.state_topic],
-        "sink-clickhouse": [t.aggregates],
+        # The dead letters always, and the raw events when they are stored.
+        "sink-clickhouse": [t.aggregates, t.events_dlq]
+        + ([t.events] if config.clickhouse.raw_events else []),
         "sink-stripe": [t.aggregates, t.stripe_dlq],
-        "webhooks": [t.webhooks],
-        "replay": [t.events, t.aggregates],
+        "webhooks": [t.webhooks, t.events],  # invoice.created ticks every usage.events partition
         "reconcile": [],  # ClickHouse and Stripe only
     }[role]
 

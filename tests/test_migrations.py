@@ -17,6 +17,7 @@ from meterline.config import load_config
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import available, for_cluster, migrate
 from sinks.clickhouse.rows import REVISION_COLUMNS
+from sinks.stripe.ledger import COLUMNS
 
 OCT_20 = 1_792_454_400_000  # 2026-10-20T00:00:00Z
 NOV_1 = 1_793_491_200_000  # 2026-11-01T00:00:00Z
@@ -44,19 +45,7 @@ def ledger_row(start: int, status: str) -> list[object]:
     ]
 
 
-LEDGER_COLUMNS = [
-    "customer_id",
-    "meter",
-    "window_start",
-    "source_partition",
-    "revision",
-    "identifier",
-    "mode",
-    "stripe_customer",
-    "stripe_event_name",
-    "value",
-    "status",
-]
+LEDGER_COLUMNS = list(COLUMNS[:11])  # the identity, the report and its status
 
 
 def totals(client: Any) -> dict[str, Any]:
