@@ -18,10 +18,12 @@ from tests.pipeline import PacedProducer, Workers, wait_until_exact, workload
 
 
 def test_a_workload_with_every_kind_of_trouble_comes_out_exact(config: Config, workers: Workers) -> None:
+    """Run the way Faust users run an app, `faust -A streams.app worker -l info` (the module's
+    `app`, built from the configuration); the other tests run `meterline stream`."""
     spec = workload(30_000, seed=11)
     _, expected = produce_workload(config, config.kafka.bootstrap, spec)
     document = expected.to_json(spec)
-    workers.start("w1")
+    workers.start_faust("w1")
     result = wait_until_exact(config, document, workers, timeout=120)
     assert result.windows_matching == result.windows_expected > 1_000
     assert sum(result.dlq_found.values()) == sum(document["records"]["rejected"].values()) > 0
@@ -35,15 +37,6 @@ def test_a_workload_with_every_kind_of_trouble_comes_out_exact(config: Config, w
     # A bad event of a good batch is dead-lettered alone, with its place in the batch.
     alone = [m for m, h in zip(dead, headers, strict=True) if "source.index" in h]
     assert alone and all(len(AvroSerde().decode_usage(m.value()).events) == 1 for m in alone)
-
-
-def test_faust_runs_the_stream_app_the_way_faust_users_run_it(config: Config, workers: Workers) -> None:
-    """`faust -A streams.app worker -l info`: the module's `app`, built from the configuration."""
-    spec = workload(5_000, seed=21)
-    _, expected = produce_workload(config, config.kafka.bootstrap, spec)
-    workers.start_faust("faust-1")
-    result = wait_until_exact(config, expected.to_json(spec), workers, timeout=120)
-    assert result.windows_matching == result.windows_expected > 100
 
 
 def test_sigkill_three_times_mid_run_changes_no_total(config: Config, workers: Workers) -> None:
