@@ -24,7 +24,8 @@ case "${1:-}" in
         export METERLINE_REQUIRE_BROWSER=1   # a missing browser fails the test instead of skipping it
         .venv/bin/ruff check .
         .venv/bin/mypy
-        exec .venv/bin/pytest "$@"
+        # One test module per worker, each with its own broker (module fixtures stay whole).
+        exec .venv/bin/pytest -n "${METERLINE_TEST_WORKERS:-2}" --dist loadscope "$@"
         ;;
     *)
         echo "usage: ./run.sh demo|test [args]" >&2

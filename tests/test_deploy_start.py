@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from meterline import devstack
+from tests.conftest import broker_config
 from tests.stripe_helpers import KEY, serve_fake
 from tests.test_deploy import DEPLOY, compose, containers, manifests
 
@@ -102,6 +104,21 @@ def ready(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker of this module's own: the roles join their default consumer groups, stopped right
+    after they answer, which on tansu can leave a group stuck for the next member (DESIGN §7)."""
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        yield os.environ["KAFKA_BOOTSTRAP"]
+        return
+    config = broker_config(tmp_path_factory.mktemp("deploy-stack"))
+    services = devstack.up(config, log=lambda _line: None)
+    try:
+        yield services["kafka"].address
+    finally:
+        devstack.down(config, log=lambda _line: None)
+
+
+@pytest.fixture(scope="module")
 def stripe_base() -> Iterator[str]:
     _, server, base = serve_fake(seed=7)
     yield base
@@ -111,14 +128,14 @@ def stripe_base() -> Iterator[str]:
 
 @pytest.mark.parametrize("flavour", ["k8s", "compose"])
 def test_every_container_configures_and_starts_as_its_manifest_gives_it(
-    flavour: str, kafka_bootstrap: str, stripe_base: str, tmp_path: Path
+    flavour: str, own_broker: str, stripe_base: str, tmp_path: Path
 ) -> None:
     given = k8s_environment() if flavour == "k8s" else compose_environment()
     assert "METERLINE_CONFIG" not in given, "a config file that may not exist: pods would crash-loop"
     assert given.get("METERLINE__STREAM__PROCESSING_GUARANTEE", "at_least_once") == "at_least_once"
     secrets = {"STRIPE_API_KEY": KEY, "STRIPE_WEBHOOK_SECRET": "whsec_test", "CLICKHOUSE_PASSWORD": ""}
     local = {
-        "KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "KAFKA_BOOTSTRAP": own_broker,
         "SCHEMA_REGISTRY_URL": "mock://deploy-test",
         "CLICKHOUSE_DSN": f"chdb://{tmp_path / 'clickhouse'}",
         "STRIPE_API_BASE": stripe_base,
