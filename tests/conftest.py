@@ -24,6 +24,14 @@ from tests.stripe_helpers import serve_fake
 TEST_PARTITIONS = 4
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the broker is an integration test, whether or not it says so: the
+    lane without them (`-m "not integration"`) needs no Kafka."""
+    for item in items:
+        if "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
 def _docker_answers() -> bool:
     try:
         import docker
