@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from meterline.config import Config
 from reconciler.invoice_text import money, quantity_text, rows
 from reconciler.periods import resolve
-from reconciler.pricing import Invoice, MeterPrice, billed_quantity, invoice
+from reconciler.plan_history import invoice_over, period_invoice
+from reconciler.pricing import Invoice, MeterPrice, billed_quantity
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -80,7 +81,12 @@ def document(
     as_of_ms = int(time.time() * 1000) if as_of_ms is None else as_of_ms
     chosen = resolve(client, customer, period or "", as_of_ms)  # "": current, else the UTC month
     start, end = chosen.start_ms, chosen.end_ms
-    plan = config.plan_for(customer)
+    # Priced as the preview prices it: each part of the period on the plan of its time. The current
+    # part's included units are the ones left to use, and the rate so far projects that part only.
+    split, usages, so_far = period_invoice(config, client, customer, start, end)
+    current, current_usage = split[-1], usages[-1]
+    projected_usages = [*usages[:-1], projected_usage(current_usage, current.start_ms, end, as_of_ms)]
+    plan = current.plan
     by_meter = series(client, customer, start, end, grain)
     usage = {meter: sum(v for _, v in points) for meter, points in by_meter.items()}
     meters = []
@@ -88,7 +94,7 @@ def document(
         price = plan.prices.get(name)
         row: dict[str, Any] = {"meter": name, "unit": meter.unit, "used_base_units": usage.get(name, 0)}
         if price is not None:
-            used, included, overage = allowance(price, usage.get(name, 0))
+            used, included, overage = allowance(price, current_usage.get(name, 0))
             row.update(
                 label=price.label,
                 billed_unit=price.billed_unit,
@@ -110,8 +116,8 @@ def document(
         "period_end": end,
         "meters": meters,
         "series": {meter: [[t, v] for t, v in points] for meter, points in by_meter.items()},
-        "invoice": _invoice_json(invoice(plan, usage)),
-        "projected": _invoice_json(invoice(plan, projected_usage(usage, start, end, as_of_ms))),
+        "invoice": _invoice_json(so_far),
+        "projected": _invoice_json(invoice_over(split, projected_usages)),
     }
 
 

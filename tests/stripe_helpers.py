@@ -86,16 +86,17 @@ def record_subscription_item(
     subscription: str = "sub_1",
     lookup_key: str = "",
     billing_mode: str = "classic",
+    stripe_customer: str = "",
 ) -> None:
     """A row of `stripe_subscription_items` as the webhook consumer writes it from a
-    customer.subscription.* event (epoch seconds)."""
+    customer.subscription.* event (epoch seconds); the Stripe customer is cus_<customer> unless given."""
     client.insert(
         "stripe_subscription_items",
         [
             [
                 subscription,
                 f"si_{subscription}_{event_created}",
-                f"cus_{customer}",
+                stripe_customer or f"cus_{customer}",
                 customer,
                 "active",
                 f"price_{lookup_key}",

@@ -262,6 +262,22 @@ def test_a_plan_change_mid_period_prices_each_part_on_its_plan_as_stripe_bills_i
     assert [line["amount"] for line in flexible["lines"]] == ["400.00", "200.00"]
     assert (flexible["total"], flexible["stripe_total"]) == ("600.00", "600.00")
     assert "classic would not bill it" in flexible["notes"][0]
+    # The dashboard prices the period as the preview does, and projects the current plan's part.
+    from meterline.dashboard import document
+
+    client = connect(config, dsn)
+    try:
+        page = document(config, client, "cust-up", "2026-11", as_of_ms=NOV_1 + 30 * 86_400_000)
+        halfway = document(config, client, "cust-up", "2026-11", as_of_ms=nov_16 + 7 * 86_400_000)
+    finally:
+        client.close()
+    assert (page["plan"], page["invoice"]["total"], page["projected"]["total"]) == (
+        "standard",
+        "$600.00",
+        "$600.00",
+    )
+    # A week into standard's 15 days: its 1,200,000 calls project to 2,571,428 ($1,571.43), starter's stay.
+    assert halfway["projected"]["total"] == "$1,971.43"
     # From Stripe's events, classic billing mode: the part before the change is not billed.
     classic = preview("cust-cl")
     assert [line["billed_by_stripe"] for line in classic["lines"]] == [False, True]

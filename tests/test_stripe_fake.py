@@ -430,7 +430,7 @@ def test_the_directory_finds_a_trialing_subscription_s_item_and_looks_again_afte
 ) -> None:
     """A trial bills its metered usage too (its subscription's status is `trialing`,
     https://docs.stripe.com/billing/subscriptions/trials); an item found is looked up again after a
-    few minutes, as a plan change replaces it."""
+    few minutes, as a plan change replaces it, and at once after a subscription event."""
     from types import SimpleNamespace
 
     from meterline.config import load_config
@@ -463,3 +463,8 @@ def test_the_directory_finds_a_trialing_subscription_s_item_and_looks_again_afte
     assert found.subscription_item(customer, "api_calls") == trial["items"]["data"][0]["id"]  # cached
     clock[0] += directory.ITEM_TTL_S + 1
     assert found.subscription_item(customer, "api_calls") == changed["items"]["data"][0]["id"]
+    # A subscription event about the customer: looked up again at once, whatever the TTL.
+    fake[0].state.subscriptions.clear()
+    again = api.v1.subscriptions.create({"customer": customer, "items": [{"price": price.id}]})
+    found.forget_items([customer])
+    assert found.subscription_item(customer, "api_calls") == again["items"]["data"][0]["id"]

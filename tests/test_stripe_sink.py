@@ -325,6 +325,38 @@ def test_stripe_sync_creates_what_is_missing_once_and_dry_run_changes_nothing(
     assert current["tiers"][1]["unit_amount_decimal"] == "0.05" and len(fake.state.prices) == 4
 
 
+def test_a_subscription_event_makes_the_legacy_sink_look_its_customer_s_item_up_again(
+    stripe_fake: tuple[FakeStripe, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer found without an item is not looked up again for a minute, nor an item found for
+    five: a plan change would be missed that long. The webhook consumer stores every
+    customer.subscription.* event, and the sink forgets what it cached for those customers."""
+    from meterline.config import load_config
+    from sinks.clickhouse.migrate import migrate
+    from sinks.stripe import sink as stripe_sink
+    from tests.stripe_helpers import record_subscription_item
+
+    _, base = stripe_fake
+    monkeypatch.setattr(stripe_sink, "SUBSCRIPTION_LOOK_S", 0.0)
+    config = legacy_config(load_config(None, {}), base)
+    set_up_stripe(config, base, ["late-subscriber"])
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    sink = StripeSink(config, "127.0.0.1:1", dsn=dsn, group_id="unused")  # never consumes here
+    migrate(sink._client, 400)
+    stripe_customer = sink.directory.customer("late-subscriber")
+    assert stripe_customer is not None
+    assert sink.directory.subscription_item(stripe_customer, "api_calls") is None  # cached for 60 s
+    item = subscribe(config, base, ["late-subscriber"])[("late-subscriber", "api_calls")]
+    assert sink.directory.subscription_item(stripe_customer, "api_calls") is None  # still cached
+    now_s = int(time.time())
+    record_subscription_item(
+        sink._client, "late-subscriber", (now_s, now_s + 86_400), now_s, stripe_customer=stripe_customer
+    )
+    sink._forget_changed_subscriptions()
+    assert sink.directory.subscription_item(stripe_customer, "api_calls") == item
+    sink._client.close()
+
+
 def test_a_legacy_customer_without_a_subscription_item_is_refused_before_the_call(
     config: Config, stripe_fake: tuple[FakeStripe, str], ledger_dsn: str
 ) -> None:

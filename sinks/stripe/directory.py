@@ -1,6 +1,7 @@
 """Who is who at Stripe: a meterline customer's Stripe customer, and (legacy usage records) the
 subscription item that bills a meter. Configured mappings win; others are looked up and cached
-(customers for good, subscription items for a few minutes, as plans change): customers by their
+(customers for good, subscription items for a few minutes, as plans change, and afresh after a
+subscription event about their customer): customers by their
 metadata (`stripe.customer_metadata_key`), subscription items of an active, trialing or past-due
 subscription by their price's metadata `meterline_meter` (as `meterline stripe sync` creates
 prices) or, for prices made by hand, its lookup key `meterline_<meter>`.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from meterline.config import StripeConfig
@@ -42,6 +44,14 @@ class Directory:
             lambda: self._find_item(stripe_customer, meter),
             ITEM_TTL_S,
         )
+
+    def forget_items(self, stripe_customers: Iterable[str]) -> None:
+        """Drop the cached subscription items of these customers: their subscriptions changed (a
+        subscription event said so), so they are looked up again before the TTL runs out."""
+        changed = set(stripe_customers)
+        with self._lock:
+            for key in [key for key in self._items if key[0] in changed]:
+                del self._items[key]
 
     def _cached(
         self,

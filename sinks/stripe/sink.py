@@ -46,6 +46,7 @@ from sinks.stripe.report import Outcome, Reason, Report, Status, identifier, too
 log = logging.getLogger("meterline.sink.stripe")
 
 BATCH = 500
+SUBSCRIPTION_LOOK_S = 5.0  # how often the sink looks for subscription events (legacy usage records)
 
 
 @dataclass
@@ -84,6 +85,8 @@ class StripeSink:
         self.stats = StripeSinkStats()
         self._client = connect(config, dsn)
         self.ledger = Ledger(self._client, self.mode)
+        self._subscriptions_seen = 0  # epoch s of the newest subscription event looked at
+        self._subscriptions_looked_at = float("-inf")
         self._pool = ThreadPoolExecutor(config.stripe.concurrency, thread_name_prefix="stripe")
         self._consumer = group_consumer(bootstrap, group_id)
         self._dlq = Producer(settings(bootstrap, {"enable.idempotence": True, "linger.ms": 5}))
@@ -108,6 +111,8 @@ class StripeSink:
             while not should_stop():
                 messages = [m for m in self._consumer.consume(BATCH, timeout=0.5) if self._usable(m)]
                 if messages:
+                    if self.mode == "usage_records":
+                        self._forget_changed_subscriptions()
                     self._batch_since = time.monotonic()
                     metrics.SINK_RECORDS.labels("stripe").inc(len(messages))
                     self._process(messages)
@@ -126,6 +131,22 @@ class StripeSink:
             self._pool.shutdown()
             self._client.close()
         log.info("stopped %s calls=%d retries=%d", vars(self.stats), self.caller.calls, self.caller.retries)
+
+    def _forget_changed_subscriptions(self) -> None:
+        """The subscription events the webhook consumer stored since the last look (at most every
+        few seconds): the items cached for those customers may be gone (a plan change replaces
+        them), so the directory looks them up again."""
+        if time.monotonic() - self._subscriptions_looked_at < SUBSCRIPTION_LOOK_S:
+            return
+        self._subscriptions_looked_at = time.monotonic()
+        rows = self._client.query(
+            "SELECT stripe_customer, toUnixTimestamp(max(event_created)) FROM stripe_subscription_items "
+            "WHERE event_created >= fromUnixTimestamp(%(since)s) GROUP BY stripe_customer",
+            parameters={"since": self._subscriptions_seen},
+        ).result_rows
+        if rows:
+            self.directory.forget_items(customer for customer, _ in rows)
+            self._subscriptions_seen = max(int(at) for _, at in rows)
 
     def _process(self, messages: list[Message]) -> None:
         # 1. Decode, resolve, refuse early.
