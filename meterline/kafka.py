@@ -33,7 +33,9 @@ class Brokers:
         return self.bootstrap
 
     def redacted(self) -> dict[str, str]:
-        return {"bootstrap.servers": self.bootstrap, **{k: str(v) for k, v in self.properties.items()}}
+        """The properties as they may be printed: each secret as ***."""
+        shown = {k: "***" if isinstance(v, Secret) else v for k, v in self.properties.items()}
+        return {"bootstrap.servers": self.bootstrap, **shown}
 
 
 Kafka = str | Brokers

@@ -22,7 +22,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType  # type: ignore[attr-defined]
 
 from meterline.config import Config
@@ -277,6 +277,6 @@ def _create(kafka: Kafka, specs: list[TopicSpec]) -> None:
             future.result()
         except KafkaException as exc:
             # Created meanwhile by another process (two workers starting at once): checked next time.
-            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise TopicsError(f"cannot create topic {name!r}: {exc.args[0].str()}") from exc
     wait_for_partitions(kafka, [s.name for s in specs])

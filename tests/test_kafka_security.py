@@ -89,7 +89,7 @@ def test_sasl_plain_over_tls_as_confluent_cloud_asks() -> None:
     )
     # Printed, logged or pickled into a report: the secret stays hidden.
     assert "api-secret-1" not in repr(brokers) + str(brokers) + json.dumps(brokers.redacted())
-    assert brokers.redacted()["sasl.password"] == "Secret('***')"
+    assert brokers.redacted()["sasl.password"] == "***"
     credentials = faust_credentials(config.kafka)
     assert isinstance(credentials, faust.SASLCredentials)
     assert (str(credentials.protocol), credentials.mechanism.value) == ("AuthProtocol.SASL_SSL", "PLAIN")
