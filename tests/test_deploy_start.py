@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,19 +28,13 @@ import yaml
 
 from meterline import devstack
 from tests.conftest import broker_config
+from tests.pipeline import free_port
 from tests.stripe_helpers import KEY, serve_fake
 from tests.test_deploy import DEPLOY, compose, containers, manifests
 
 pytestmark = pytest.mark.integration
 
 SETUP_ORDER = (["topics", "ensure"], ["migrate"], ["stripe", "sync"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def k8s_environment() -> dict[str, str]:

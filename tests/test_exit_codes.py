@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +16,9 @@ from meterline.config import load_config
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 from sinks.clickhouse.rows import REVISION_COLUMNS
+from tests.pipeline import free_port  # bound, then released: nothing listens there
 
 NOV_1 = 1_793_491_200_000  # 2026-11-01T00:00:00Z
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def meterline(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -46,7 +38,7 @@ def test_version_and_config_after_the_command(tmp_path: Path) -> None:
 
 
 def test_reconcile_exits_2_with_a_json_error_when_clickhouse_is_unavailable(tmp_path: Path) -> None:
-    env = {"CLICKHOUSE_DSN": f"http://127.0.0.1:{closed_port()}", "METERLINE__DEV__STATE_DIR": str(tmp_path)}
+    env = {"CLICKHOUSE_DSN": f"http://127.0.0.1:{free_port()}", "METERLINE__DEV__STATE_DIR": str(tmp_path)}
     failed = meterline("reconcile", "--period", "2026-11", "--json", env=env)
     assert failed.returncode == 2, failed.stderr
     error = json.loads(failed.stdout)
@@ -64,7 +56,7 @@ def test_reconcile_exits_2_when_stripe_does_not_answer(tmp_path: Path) -> None:
         client.close()
     env = {
         "CLICKHOUSE_DSN": dsn,
-        "STRIPE_API_BASE": f"http://127.0.0.1:{closed_port()}",
+        "STRIPE_API_BASE": f"http://127.0.0.1:{free_port()}",
         "METERLINE__DEV__STATE_DIR": str(tmp_path),
     }
     failed = meterline("reconcile", "--period", "2026-11", "--give-up-after", "1", "--json", env=env)
