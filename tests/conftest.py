@@ -8,6 +8,7 @@ session.timeout.ms, so consumers here use 6000 ms).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +54,14 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with KafkaContainer("confluentinc/cp-kafka:7.6.1") as container:
             yield container.get_bootstrap_server()
         return
-    config = broker_config(tmp_path_factory.mktemp("stack"))
+    with local_broker(tmp_path_factory.mktemp("stack")) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def local_broker(state_dir: Path) -> Iterator[str]:
+    """The local stack's tansu broker under `state_dir`, stopped afterwards."""
+    config = broker_config(state_dir)
     services = devstack.up(config, log=lambda _line: None)
     try:
         yield services["kafka"].address

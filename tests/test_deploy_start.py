@@ -26,8 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from meterline import devstack
-from tests.conftest import broker_config
+from tests.conftest import local_broker
 from tests.pipeline import free_port
 from tests.stripe_helpers import KEY, serve_fake
 from tests.test_deploy import DEPLOY, compose, containers, manifests
@@ -103,12 +102,8 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("KAFKA_BOOTSTRAP"):
         yield os.environ["KAFKA_BOOTSTRAP"]
         return
-    config = broker_config(tmp_path_factory.mktemp("deploy-stack"))
-    services = devstack.up(config, log=lambda _line: None)
-    try:
-        yield services["kafka"].address
-    finally:
-        devstack.down(config, log=lambda _line: None)
+    with local_broker(tmp_path_factory.mktemp("deploy-stack")) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
