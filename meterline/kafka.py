@@ -68,12 +68,16 @@ def security_properties(config: KafkaConfig) -> dict[str, str | Secret]:
     return found
 
 
+def client_properties(kafka: Kafka) -> dict[str, object]:
+    """The brokers' security properties with their secrets revealed: for a client being configured."""
+    return {k: v.reveal() if isinstance(v, Secret) else v for k, v in brokers(kafka).properties.items()}
+
+
 def settings(kafka: Kafka, extra: Mapping[str, object] | None = None) -> dict[str, object]:
     """A confluent-kafka client's settings: the brokers, their security, and librdkafka's own log
     lines (disconnects, retries) through Python logging, so they take the process's --log-format."""
-    found = brokers(kafka)
-    revealed = {k: v.reveal() if isinstance(v, Secret) else v for k, v in found.properties.items()}
-    return {"bootstrap.servers": found.bootstrap, **revealed, "logger": _LIBRDKAFKA, **(extra or {})}
+    security = client_properties(kafka)
+    return {"bootstrap.servers": brokers(kafka).bootstrap, **security, "logger": _LIBRDKAFKA, **(extra or {})}
 
 
 class KafkaUnavailableError(MeterlineError):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 
 from meterline.config import Config
-from meterline.kafka import Kafka, brokers, partition_count, settings
+from meterline.kafka import Kafka, brokers, client_properties, partition_count
 from meterline.workload import Emission, Expected, WorkloadSpec, customer_ids, generate
 from schemas.partitioner import partition_for
 from schemas.producer import PackingPolicy, UsageProducer
@@ -27,14 +27,13 @@ def make_producer(
         max_bytes=config.producer.batch_max_bytes,
         linger_ms=config.producer.linger_ms,
     )
-    security = {k: v for k, v in settings(bootstrap).items() if k not in ("bootstrap.servers", "logger")}
     return UsageProducer(
         brokers(bootstrap).bootstrap,
         config.topics.events,
         config.meter_units,
         serde=AvroSerde.from_registry_url(config.kafka.schema_registry_url),
         packing=policy,
-        kafka_config=security,
+        kafka_config=client_properties(bootstrap),
         **kwargs,  # type: ignore[arg-type]
     )
 
