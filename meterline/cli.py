@@ -620,7 +620,7 @@ def _stream(args: argparse.Namespace) -> int:
     health = Health()
     app = stream_app(config, devstack.kafka_brokers(config), args.data_dir, health)
     if args.http_port is not None:
-        serve(config.run.host, args.http_port, health)
+        serve(config.run.host, args.http_port, health, config.run.limits)
     # Faust's worker owns the event loop and the signals: SIGTERM and Ctrl-C stop it cleanly.
     faust.Worker(
         app, loglevel=args.log_level, logging_config=logs.config_dict(args.log_level, args.log_format)
@@ -678,7 +678,11 @@ def _run_until_signalled(
     logs.setup(args.log_level, args.log_format)
     topics.require_for_role(devstack.kafka_brokers(config), config, role)
     health = Health({role: "starting"})
-    server = serve(config.run.host, args.http_port, health) if args.http_port is not None else None
+    server = (
+        serve(config.run.host, args.http_port, health, config.run.limits)
+        if args.http_port is not None
+        else None
+    )
     stopping: list[bool] = []
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stopping.append(True))
@@ -1063,17 +1067,15 @@ def _dispute(args: argparse.Namespace) -> int:
 
 
 def _webhooks(args: argparse.Namespace) -> int:
-    import threading
-
+    from meterline.server import serve_webhooks
     from sinks.clickhouse.client import connect
     from sinks.stripe.calls import caller_for
-    from sinks.stripe.webhooks import PATH, WebhookConsumer, make_receiver
+    from sinks.stripe.webhooks import PATH, WebhookConsumer
 
     config = _load(args)
     bootstrap = devstack.kafka_brokers(config)
-    receiver = make_receiver(config, bootstrap, devstack.webhook_secret(config), args.port)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    host, port = receiver.server_address[:2]
+    receiver = serve_webhooks(config, bootstrap, args.port)
+    host, port = receiver.server_address
     client = connect(config)
 
     def consume(stop: Callable[[], bool]) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from core.currencies import UnknownCurrency, currency
+from core.http import Limits, is_loopback
 from meterline.errors import MeterlineError
 from reconciler.pricing import MeterPrice, Plan, Rounding, Tier
 from sinks.stripe.prices import base_fee_terms, stripe_terms
@@ -225,6 +226,25 @@ class RunConfig:
     """`meterline run`'s HTTP API, dashboard and metrics."""
     reconcile_every_minutes: int
     """`meterline run` reconciles the current period this often (0: never)."""
+    allowed_hosts: tuple[str, ...]
+    """Host names the dashboard is reached by besides the address it listens on (a proxy's name):
+    any other Host header is refused, against DNS rebinding."""
+    dashboard_token: Secret
+    """Accepted as `Authorization: Bearer <token>` on the dashboard and its JSON."""
+    dashboard_user: str
+    dashboard_password: Secret
+    """Basic auth on the dashboard and its JSON, for a browser. Beyond loopback, `run` needs this
+    or the token."""
+    limits: Limits
+    """Bounds of every HTTP server: body size, time to send a request, connections at once."""
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    @property
+    def dashboard_protected(self) -> bool:
+        return bool(self.dashboard_token or self.dashboard_password)
 
 
 @dataclass(frozen=True)
@@ -396,6 +416,10 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
+def _long_enough(value: str) -> str | None:
+    return None if not value or len(value) >= 16 else "at least 16 characters, or empty"
+
+
 def _one_of(*choices: str) -> Callable[[str], str | None]:
     shown = ", ".join(c or '""' for c in choices)
     return lambda v: None if v in choices else f"must be one of {shown}"
@@ -443,7 +467,7 @@ def _at_least(low: int) -> Callable[[int], str | None]:
     return lambda v: None if v >= low else f"must be at least {low}"
 
 
-def _between(low: int, high: int, why: str = "") -> Callable[[int], str | None]:
+def _between(low: float, high: float, why: str = "") -> Callable[[float], str | None]:
     return lambda v: None if low <= v <= high else f"must be between {low} and {high}{why}"
 
 
@@ -654,7 +678,29 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
         host=s.get("host", str, "127.0.0.1", lambda v: None if v else "must not be empty"),
         port=s.get("port", int, 8790, _between(0, 65535)),
         reconcile_every_minutes=s.get("reconcile_every_minutes", int, 60, _between(0, 7 * 24 * 60)),
+        allowed_hosts=tuple(
+            s.get(
+                "allowed_hosts",
+                list,
+                [],
+                lambda v: None if all(isinstance(h, str) and h for h in v) else "must be host names",
+            )
+        ),
+        dashboard_token=Secret(s.get("dashboard_token", str, "", _long_enough, secret=True)),
+        dashboard_user=s.get("dashboard_user", str, ""),
+        dashboard_password=Secret(s.get("dashboard_password", str, "", _long_enough, secret=True)),
+        limits=Limits(
+            max_body_bytes=s.get("max_body_bytes", int, Limits.max_body_bytes, _between(1024, 1 << 30)),
+            read_timeout_s=s.get(
+                "read_timeout_seconds", (int, float), Limits.read_timeout_s, _between(0.1, 3600)
+            ),
+            max_connections=s.get("max_connections", int, Limits.max_connections, _between(1, 10_000)),
+        ),
     )
+    if bool(run.dashboard_user) != bool(run.dashboard_password):
+        s.problem(
+            "dashboard_password", run.dashboard_password, "dashboard_user and dashboard_password go together"
+        )
     s.finish()
 
     meters = _build_meters(raw.get("meters", {}), problems)

@@ -9,13 +9,16 @@ Money stays Decimal until it becomes text; the page only prints what the server 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
-import json
 import time
 from collections.abc import Mapping
 from decimal import ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
+from core.http import Response
 from meterline.config import Config
 from reconciler.invoice_text import money, quantity_text, rows
 from reconciler.periods import resolve
@@ -127,21 +130,37 @@ def _invoice_json(bill: Invoice) -> dict[str, Any]:
 
 
 def page(customer: str) -> str:
-    """The page: a shell whose script fetches the document and draws it."""
-    return _PAGE.replace("__CUSTOMER_HTML__", html.escape(customer)).replace(
-        "__CUSTOMER_JSON__", json.dumps(customer).replace("</", "<\\/")
-    )
+    """The page: a shell whose script (/dashboard.js) fetches the document and draws it. The
+    customer id is user data: it reaches the page escaped, and the script only ever sets text."""
+    return _PAGE.replace("__CUSTOMER__", html.escape(customer, quote=True))
 
 
 def index(customers: list[str]) -> str:
     links = (
-        "".join(f'<li><a href="/customers/{html.escape(c)}">{html.escape(c)}</a></li>' for c in customers)
+        "".join(
+            f'<li><a href="/customers/{html.escape(quote(c, safe=""))}">{html.escape(c)}</a></li>'
+            for c in customers
+        )
         or "<li>no usage yet</li>"
     )
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>meterline</title></head><body>"
+        "<!doctype html><html><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
+        "<title>meterline</title></head><body>"
         f"<h1>meterline: customers with usage</h1><ul>{links}</ul>"
         "<p><a href='/metrics'>metrics</a> · <a href='/readyz'>readiness</a></p></body></html>"
+    )
+
+
+def respond(text: str) -> Response:
+    """A page of the dashboard, with a policy that lets nothing run but its own script: whatever
+    a customer id smuggled into the page, the browser would not execute it."""
+    return Response.html(
+        text,
+        headers=(
+            ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+            ("Referrer-Policy", "no-referrer"),
+            ("X-Frame-Options", "DENY"),
+        ),
     )
 
 
@@ -157,7 +176,7 @@ _PAGE = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <link rel="icon" href="data:,">
-<title>Usage: __CUSTOMER_HTML__</title>
+<title>Usage: __CUSTOMER__</title>
 <style>
   body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1d2433; }
   h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 24px 0 8px; }
@@ -169,8 +188,8 @@ _PAGE = """<!doctype html>
   nav a { margin-right: 12px; }
 </style>
 </head>
-<body>
-<h1>Usage of __CUSTOMER_HTML__</h1>
+<body data-customer="__CUSTOMER__">
+<h1>Usage of __CUSTOMER__</h1>
 <div class="muted" id="summary">loading…</div>
 <nav id="controls"></nav>
 <h2>This period: included and overage</h2>
@@ -182,9 +201,15 @@ _PAGE = """<!doctype html>
 <h2>Projected invoice for the whole period</h2>
 <p class="muted" id="projection-basis">If usage goes on at the rate so far.</p>
 <table id="projected"></table>
-<script>
+<script src="/dashboard.js"></script>
+</body>
+</html>
+"""
+
+# The page's script, served as /dashboard.js: the policy lets no inline script run.
+SCRIPT = """\
 "use strict";
-const customer = __CUSTOMER_JSON__;
+const customer = document.body.dataset.customer;
 const params = new URLSearchParams(location.search);
 const svgNS = "http://www.w3.org/2000/svg";
 
@@ -284,7 +309,11 @@ load().catch(error => {
   document.body.dataset.ready = "error";
   console.error(error);
 });
-</script>
-</body>
-</html>
 """
+
+_STYLE = _PAGE.split("<style>", 1)[1].split("</style>", 1)[0]
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; connect-src 'self'; img-src data:; "
+    f"style-src 'sha256-{base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()}'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)

@@ -1,11 +1,13 @@
 """Commands that need the embedded ClickHouse while `meterline run` holds it run inside `run`.
 
 The embedded engine (chdb) allows one process per data directory, and `run` holds it. So `run`
-writes where it listens to <state_dir>/run.json, and `meterline sql | reconcile | invoice |
-dispute | replay | migrate` started beside it send their arguments to `run`'s HTTP API instead of
-opening the directory. `run` executes the same command in its own process and streams back what
-it prints, line by line (newline-delimited JSON), then the exit code. Nothing changes for the
-user but one line on stderr saying where the command ran.
+writes where it listens to <state_dir>/run.json, and a secret of this run to
+<state_dir>/run.secret that only its user can read (meterline.guard refuses a command without it),
+and `meterline sql | reconcile | invoice | dispute | replay | migrate` started beside it send
+their arguments to `run`'s HTTP API instead of opening the directory. `run` executes the same
+command in its own process and streams back what it prints, line by line (newline-delimited
+JSON), then the exit code. Nothing changes for the user but one line on stderr saying where the
+command ran.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import queue
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from core.http import Request, Response, Route
 from meterline.config import Config
-from meterline.server import Request, Response, Route
+from meterline.errors import MeterlineError
+from meterline.guard import SECRET_HEADER
 
 COMMANDS = frozenset({"sql", "reconcile", "invoice", "dispute", "replay", "migrate"})
 """The commands that may run inside `run`: the ones that need ClickHouse and nothing else of theirs."""
@@ -36,22 +41,40 @@ PATH_OPTIONS = ("--config", "--output")
 class RunningRun:
     pid: int
     url: str
+    secret: str
 
 
 def run_file(config: Config) -> Path:
     return config.dev.state_dir / "run.json"
 
 
-def announce(config: Config, url: str) -> None:
+def secret_file(config: Config) -> Path:
+    return config.dev.state_dir / "run.secret"
+
+
+def announce(config: Config, url: str, secret: str) -> None:
     path = run_file(config)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(secret_file(config), secret)
     path.write_text(json.dumps({"pid": os.getpid(), "url": url}))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` readable by this user only: created 0600 under a fresh name, then renamed over
+    `path` (a rename replaces a planted symlink instead of writing through it)."""
+    fresh = path.with_name(f".{path.name}.{os.getpid()}")
+    fresh.unlink(missing_ok=True)
+    descriptor = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    fresh.replace(path)
 
 
 def withdraw(config: Config) -> None:
     path = run_file(config)
     if path.exists() and json.loads(path.read_text()).get("pid") == os.getpid():
         path.unlink()
+        secret_file(config).unlink(missing_ok=True)
 
 
 def running(config: Config) -> RunningRun | None:
@@ -63,7 +86,14 @@ def running(config: Config) -> RunningRun | None:
         return None
     if pid == os.getpid() or not Path(f"/proc/{pid}").exists():
         return None  # a run killed without cleaning up leaves the file behind
-    return RunningRun(pid, url)
+    try:
+        secret = secret_file(config).read_text()
+    except OSError as exc:
+        raise MeterlineError(
+            f"meterline run (pid {pid}) holds the embedded ClickHouse, and its secret "
+            f"{secret_file(config)} cannot be read ({exc.strerror}): run this as the user that started it"
+        ) from exc
+    return RunningRun(pid, url, secret)
 
 
 def absolute_paths(argv: Sequence[str]) -> list[str]:
@@ -91,11 +121,16 @@ def forward(run: RunningRun, argv: Sequence[str], announce: bool = True) -> int:
     request = urllib.request.Request(
         f"{run.url}/api/cli",
         data=json.dumps({"argv": absolute_paths(argv)}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", SECRET_HEADER: run.secret},
         method="POST",
     )
     code = 1
-    with urllib.request.urlopen(request) as response:
+    try:
+        response = urllib.request.urlopen(request)
+    except urllib.error.HTTPError as exc:
+        reason = json.loads(exc.read() or b"{}").get("error", exc.reason)
+        raise MeterlineError(f"meterline run (pid {run.pid}) refused the command: {reason}") from None
+    with response:
         for line in response:
             message = json.loads(line)
             if "exit" in message:
@@ -162,10 +197,11 @@ class _Chunks(io.TextIOBase):
 
 
 def cli_route(execute: Callable[[list[str]], int], allowed: bool) -> Route:
-    """POST /api/cli {"argv": [...]}: run a forwardable command here, streaming its output.
+    """POST /api/cli {"argv": [...]}: run a forwardable command here, streaming its output. Who may
+    call it is meterline.guard's to check.
 
     `allowed` is False when `run` listens beyond loopback: running commands (replay --repair among
-    them) for anyone who can reach the port is not something to do by default."""
+    them) from beyond this machine is not something to do, whatever the secret."""
     out, err = _PerThreadStream(sys.stdout), _PerThreadStream(sys.stderr)
     sys.stdout, sys.stderr = out, err
 
@@ -174,7 +210,10 @@ def cli_route(execute: Callable[[list[str]], int], allowed: bool) -> Route:
             return Response.json(
                 {"error": "commands run through the API only when [run] host is loopback"}, 403
             )
-        argv = [str(a) for a in json.loads(request.body or b"{}").get("argv", [])]
+        try:
+            argv = [str(a) for a in json.loads(request.body)["argv"]]
+        except (ValueError, KeyError, TypeError):
+            return Response.error(400, 'expected {"argv": ["command", ...]}')
         command = next((a for a in argv if not a.startswith("-") and a not in _values_of(argv)), None)
         if command not in COMMANDS:
             return Response.json(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -31,7 +32,7 @@ from meterline import api, devstack, forward, logs, metrics, topics
 from meterline.config import Config
 from meterline.errors import MeterlineError
 from meterline.kafka import Kafka
-from meterline.server import Health, serve
+from meterline.server import Health, serve, serve_webhooks
 
 if TYPE_CHECKING:
     import faust
@@ -156,9 +157,14 @@ def run(
     from sinks.clickhouse.sink import ClickHouseSink
     from sinks.stripe.calls import caller_for
     from sinks.stripe.sink import StripeSink
-    from sinks.stripe.webhooks import PATH, WebhookConsumer, make_receiver
+    from sinks.stripe.webhooks import PATH, WebhookConsumer
 
     logs.setup(log_level, log_format)
+    if not config.run.loopback and not config.run.dashboard_protected:
+        raise MeterlineError(
+            f"[run] host {config.run.host} is beyond loopback: the dashboard would show customers' usage "
+            "to anyone who reaches it. Set [run] dashboard_token, or dashboard_user and dashboard_password"
+        )
     stack_was_up = any(s.state == "running" for s in devstack.status(config))
     devstack.up(config, log=log.info)
     bootstrap = devstack.kafka_brokers(config)
@@ -180,16 +186,17 @@ def run(
         return main(argv)
 
     # The ports first: a port in use stops `run` before any role has started.
+    secret = secrets.token_urlsafe(32)
     try:
-        server = serve(config.run.host, config.run.port, health, api.routes(config, client, execute))
-        receiver = make_receiver(config, bootstrap, devstack.webhook_secret(config))
+        routes = api.routes(config, client, execute, secret)
+        server = serve(config.run.host, config.run.port, health, config.run.limits, routes)
+        receiver = serve_webhooks(config, bootstrap)
     except OSError as exc:
         client.close()
         raise MeterlineError(
             f"cannot listen on {config.run.host} ({exc.strerror}): [run] port {config.run.port} and "
             f"[stripe] webhook_port {config.stripe.webhook_port} must be free (0: any free port)"
         ) from exc
-    threading.Thread(target=receiver.serve_forever, name="webhook-receiver", daemon=True).start()
     for role in ("sink-clickhouse", "sink-stripe", "webhooks"):
         topics.require_for_role(bootstrap, config, role)
     roles = Roles(health)
@@ -202,7 +209,7 @@ def run(
     every_s = config.run.reconcile_every_minutes * 60
     roles.start("reconcile", lambda stop: reconcile_periodically(config, client, stop, every_s, every_s))
     url = f"http://{config.run.host}:{server.server_address[1]}"
-    forward.announce(config, url)
+    forward.announce(config, url, secret)
     log.info(
         "meterline run is up: dashboard %s/customers/<customer>, metrics %s/metrics, webhooks http://%s:%d%s",
         url,

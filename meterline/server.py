@@ -3,49 +3,22 @@
 Every role serves these three (`meterline run` on its API port, a standalone role with
 `--http-port`). Health is what the roles report about themselves: a role is `starting` until its
 loop runs, `ready` while it runs, and `failed` once it has died (the process then shuts down).
+They are open to whoever reaches the port, as probes and scrapers need: they carry no customer's
+data. The server and its bounds are core.http's.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-log = logging.getLogger("meterline.http")
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    query: Mapping[str, str]
-    body: bytes
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    body: bytes | Iterable[bytes]
-    """Bytes, or chunks written as they come (a long command's output)."""
-    content_type: str = "application/json"
-
-    @classmethod
-    def json(cls, document: Any, status: int = 200) -> Response:
-        return cls(status, json.dumps(document, default=str).encode())
-
-    @classmethod
-    def html(cls, text: str, status: int = 200) -> Response:
-        return cls(status, text.encode(), "text/html; charset=utf-8")
-
-
-Route = Callable[[Request], Response]
+from core.http import Limits, Request, Response, Route, Server, dispatch
+from meterline import devstack
+from meterline.config import Config
+from meterline.kafka import Kafka
 
 
 @dataclass
@@ -66,18 +39,7 @@ class Health:
         return alive, alive and all(state == "ready" for state in roles.values()), roles
 
 
-def serve(
-    host: str,
-    port: int,
-    health: Health,
-    routes: Mapping[str, Route] | None = None,
-    registry: CollectorRegistry = REGISTRY,
-) -> ThreadingHTTPServer:
-    """Serve on (host, port) in a daemon thread; `shutdown()` the result to stop.
-
-    `routes` maps "METHOD /path" to a handler; "METHOD /path/*" matches everything under /path/.
-    """
-
+def health_routes(health: Health, registry: CollectorRegistry = REGISTRY) -> dict[str, Route]:
     def metrics(_: Request) -> Response:
         return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
 
@@ -89,61 +51,27 @@ def serve(
         _alive, ready, roles = health.report()
         return Response.json({"ok": ready, "roles": roles}, 200 if ready else 503)
 
-    table: dict[str, Route] = {
-        "GET /metrics": metrics,
-        "GET /healthz": healthz,
-        "GET /readyz": readyz,
-        **(routes or {}),
-    }
+    return {"GET /metrics": metrics, "GET /healthz": healthz, "GET /readyz": readyz}
 
-    def find(method: str, path: str) -> Route | None:
-        exact = table.get(f"{method} {path}")
-        if exact is not None:
-            return exact
-        prefixes = [k for k in table if k.endswith("*") and f"{method} {path}".startswith(k[:-1])]
-        return table[max(prefixes, key=len)] if prefixes else None
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "meterline"
+def serve(
+    host: str,
+    port: int,
+    health: Health,
+    limits: Limits,
+    routes: Mapping[str, Route] | None = None,
+    registry: CollectorRegistry = REGISTRY,
+) -> Server:
+    """Serve the health routes and `routes` ("METHOD /path", or "METHOD /path/*" for everything
+    under /path/) on (host, port) until `shutdown()`."""
+    return Server(host, port, dispatch({**health_routes(health, registry), **(routes or {})}), limits)
 
-        def do_GET(self) -> None:
-            self._handle("GET")
 
-        def do_POST(self) -> None:
-            self._handle("POST")
+def serve_webhooks(config: Config, bootstrap: Kafka, port: int | None = None) -> Server:
+    """Stripe's webhook endpoint on [run] host at [stripe] webhook_port (or `port`): the receiver's
+    two routes only, since this port faces the internet."""
+    from sinks.stripe.webhooks import receiver_routes
 
-        def _handle(self, method: str) -> None:
-            url = urlsplit(self.path)
-            route = find(method, url.path)
-            if route is None:
-                self._send(Response.json({"error": f"no route for {method} {url.path}"}, 404))
-                return
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            try:
-                response = route(Request(method, url.path, dict(parse_qsl(url.query)), body))
-            except Exception as exc:  # one bad request must not take the server down
-                log.exception("%s %s failed", method, url.path)
-                response = Response.json({"error": f"{type(exc).__name__}: {exc}"}, 500)
-            self._send(response)
-
-        def _send(self, response: Response) -> None:
-            self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type)
-            if isinstance(response.body, bytes):
-                self.send_header("Content-Length", str(len(response.body)))
-                self.end_headers()
-                self.wfile.write(response.body)
-                return
-            self.send_header("Connection", "close")  # the end of the stream ends the body
-            self.end_headers()
-            for chunk in response.body:
-                self.wfile.write(chunk)
-                self.wfile.flush()
-
-        def log_message(self, format: str, *args: object) -> None:
-            log.debug(format, *args)
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name=f"http-{port}", daemon=True).start()
-    return server
+    routes = receiver_routes(config, bootstrap, devstack.webhook_secret(config))
+    port = config.stripe.webhook_port if port is None else port
+    return Server(config.run.host, port, dispatch(routes), config.run.limits)

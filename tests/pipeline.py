@@ -226,13 +226,15 @@ class SinkProcess:
             time.sleep(0.5)
 
 
-def http_get(url: str) -> tuple[int, str]:
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
     """(status, body), error statuses included; an unreachable server raises URLError."""
     import urllib.error
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers or {}), timeout=10
+        ) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -242,8 +244,8 @@ class RunProcess:
     """A `meterline run` process (all roles in one), started, killed and stopped at will; commands
     started beside it with the same environment run inside it (meterline.forward)."""
 
-    def __init__(self, env: dict[str, str], tmp_path: Path) -> None:
-        self.env, self.tmp_path = env, tmp_path
+    def __init__(self, env: dict[str, str], tmp_path: Path, *args: str) -> None:
+        self.env, self.tmp_path, self.args = env, tmp_path, args
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -253,7 +255,9 @@ class RunProcess:
 
     def start(self) -> None:
         self.starts += 1
-        self.process = start_meterline(["run"], self.env, self.tmp_path / f"run-{self.starts}.log")
+        self.process = start_meterline(
+            ["run", *self.args], self.env, self.tmp_path / f"run-{self.starts}.log"
+        )
 
     def url(self, timeout: float = 60) -> str:
         """Its HTTP address, once it has announced it and answers /readyz."""
@@ -300,7 +304,9 @@ class RunProcess:
             timeout=300,
         )
 
-    def logs(self) -> str:
+    def logs(self, whole: bool = False) -> str:
+        """What every start printed (the end of each, unless `whole`)."""
         return "\n".join(
-            p.read_text(errors="replace")[-6000:] for p in sorted(self.tmp_path.glob("run-*.log"))
+            p.read_text(errors="replace")[0 if whole else -6000 :]
+            for p in sorted(self.tmp_path.glob("run-*.log"))
         )

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from core.http import Limits, Response
 from meterline.dashboard import allowance, projected_usage
 from meterline.forward import absolute_paths
 from meterline.logs import JsonFormatter, TextFormatter, context
-from meterline.server import Health, Response, serve
+from meterline.server import Health, serve
 from reconciler.pricing import MeterPrice
 from tests.pipeline import http_get
 
@@ -64,7 +65,7 @@ def test_forwarded_paths_are_the_callers(tmp_path: Path, monkeypatch: pytest.Mon
     assert absolute_paths(["sql", "SELECT 1"]) == ["sql", "SELECT 1"]
 
 
-def test_health_routes_and_a_failing_route() -> None:
+def test_health_routes_and_a_failing_route(caplog: pytest.LogCaptureFixture) -> None:
     health = Health({"stream": "starting"})
 
     def boom(_: object) -> Response:
@@ -76,7 +77,7 @@ def test_health_routes_and_a_failing_route() -> None:
         ),
         "GET /boom": boom,
     }
-    server = serve("127.0.0.1", 0, health, routes)
+    server = serve("127.0.0.1", 0, health, Limits(), routes)
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         assert http_get(f"{base}/healthz")[0] == 200
@@ -92,7 +93,9 @@ def test_health_routes_and_a_failing_route() -> None:
         }
         assert http_get(f"{base}/customers")[0] == 404  # the prefix route is /customers/...
         status, body = http_get(f"{base}/boom")
-        assert status == 500 and "the handler broke" in body
+        # The answer does not carry the exception (it may hold what a caller must not see): the log does.
+        assert status == 500 and "the handler broke" not in body and "log" in json.loads(body)["error"]
+        assert any("the handler broke" in r.exc_text for r in caplog.records if r.exc_text)
         assert http_get(f"{base}/metrics")[0] == 200  # the server survived the broken route
     finally:
         server.shutdown()

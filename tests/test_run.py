@@ -6,6 +6,7 @@ answer with the pipeline's real counts; the dashboard is tested in test_dashboar
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -44,9 +45,28 @@ WINDOWS = (
 )
 
 
+# Planted in every run here: none may appear in anything a run prints (its logs, text or JSON).
+PLANTED = {
+    "STRIPE_API_KEY": "sk_test_planted4d1c9a7e0b2f",
+    "STRIPE_WEBHOOK_SECRET": "whsec_planted8e3b5f1a9c7d",
+    "CLICKHOUSE_PASSWORD": "planted-clickhouse-6b2e0d4f",
+    "METERLINE__RUN__DASHBOARD_TOKEN": "planted-dashboard-token-93ac5e1f",
+    "METERLINE__RUN__DASHBOARD_USER": "operator",
+    "METERLINE__RUN__DASHBOARD_PASSWORD": "planted-dashboard-pass-27f08b6d",
+}
+SECRETS = [v for k, v in PLANTED.items() if not k.endswith("_USER")]
+BASIC = "Basic " + base64.b64encode(b"operator:planted-dashboard-pass-27f08b6d").decode()
+
+
+def assert_no_secret_in(text: str) -> None:
+    leaked = [secret for secret in SECRETS if secret in text]
+    assert leaked == [], f"printed: {leaked}"
+
+
 def run_environment(workers: Workers, stripe_base: str) -> dict[str, str]:
     return {
         **workers.env,
+        **PLANTED,
         "METERLINE__STRIPE__API_BASE": stripe_base,
         "METERLINE__STRIPE__REQUESTS_PER_SECOND": "400",
         "METERLINE__STRIPE__CONCURRENCY": "8",
@@ -119,6 +139,7 @@ def test_run_survives_sigkills_with_every_total_exact(
     assert run.starts == 4
     assert run.stop() == 0, run.logs()
     assert not run.run_file.exists()  # a clean stop withdraws its address
+    assert_no_secret_in(run.logs(whole=True))
 
 
 def test_a_standalone_role_serves_its_own_metrics_and_health(workers: Workers, tmp_path: Path) -> None:
@@ -181,7 +202,8 @@ class Settled:
         return datetime.fromtimestamp(self.spec.start_ms / 1000, UTC).strftime("%Y-%m")
 
     def get(self, path: str) -> tuple[int, str]:
-        return http_get(f"{self.url}{path}")
+        """With the dashboard's credentials (health and metrics need none)."""
+        return http_get(f"{self.url}{path}", {"Authorization": BASIC})
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +215,7 @@ def settled(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
     _, server, base = serve_fake(seed=2)
     spec = small_workload(seed=72)
     meters = set_up_stripe(config, base, customer_ids(spec))
-    run = RunProcess(run_environment(Workers(config, tmp_path), base), tmp_path)
+    run = RunProcess(run_environment(Workers(config, tmp_path), base), tmp_path, "--log-format", "json")
     try:
         run.start()
         url = run.url()
@@ -201,6 +223,9 @@ def settled(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
         wait_until_settled(run, base, meters, spec, expected, timeout=240)
         yield Settled(run, url, spec, expected, config)
         assert run.stop() == 0, run.logs()
+        logged = run.logs(whole=True)
+        assert '"logger": "meterline.run"' in logged  # JSON lines, as asked
+        assert_no_secret_in(logged)
     finally:
         run.kill_if_running()
         server.shutdown()
@@ -379,7 +404,12 @@ def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page()
+            page = browser.new_context(
+                http_credentials={
+                    "username": "operator",
+                    "password": PLANTED["METERLINE__RUN__DASHBOARD_PASSWORD"],
+                }
+            ).new_page()
             page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
             page.on("pageerror", lambda e: problems.append(str(e)))
             page.goto(f"{settled.url}/customers/{customer}?period={settled.period}&as_of={as_of}")
@@ -418,3 +448,113 @@ def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> 
         finally:
             browser.close()
     assert problems == []
+
+
+HOSTILE = (
+    '<script>document.body.dataset.pwned = "script"</script>'
+    '<img src=x onerror="document.body.dataset.pwned = 1">'
+)
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("METERLINE_REQUIRE_BROWSER"),
+    reason="no /usr/bin/chromium (Debian's chromium package); ./run.sh test installs it and requires it",
+)
+def test_a_customer_id_is_text_on_the_page_never_markup(settled: Settled) -> None:
+    """Customer ids are user data: one made of markup renders as its characters, and nothing in it
+    runs (the page escapes it, and its policy would not run it anyway)."""
+    from urllib.parse import quote
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_context(
+                http_credentials={
+                    "username": "operator",
+                    "password": PLANTED["METERLINE__RUN__DASHBOARD_PASSWORD"],
+                }
+            ).new_page()
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: dialogs.append(d.message))
+            response = page.goto(f"{settled.url}/customers/{quote(HOSTILE, safe='')}?period={settled.period}")
+            assert response is not None and response.status == 200
+            assert "script-src 'self'" in response.headers["content-security-policy"]
+            page.wait_for_function("document.body.dataset.ready === '1'", timeout=20_000)
+            assert page.text_content("h1") == f"Usage of {HOSTILE}"
+            assert page.title() == f"Usage: {HOSTILE}"
+            assert page.evaluate("document.body.dataset.pwned") is None and dialogs == []
+            assert page.locator("h1 script, h1 img").count() == 0
+        finally:
+            browser.close()
+
+
+def test_the_dashboard_needs_its_credentials_and_its_own_host(settled: Settled) -> None:
+    path = f"/customers/{customer_ids(settled.spec)[0]}"
+    status, body = http_get(f"{settled.url}{path}")
+    assert status == 401 and "dashboard_token" in body
+    wrong = "Basic " + base64.b64encode(b"operator:not-the-password").decode()
+    assert http_get(f"{settled.url}{path}", {"Authorization": wrong})[0] == 401
+    token = {"Authorization": f"Bearer {PLANTED['METERLINE__RUN__DASHBOARD_TOKEN']}"}
+    assert http_get(f"{settled.url}/api/customers/cust-0000/usage", token)[0] == 200
+    assert http_get(f"{settled.url}{path}", {"Authorization": BASIC})[0] == 200
+    # DNS rebinding: evil.example resolved to 127.0.0.1 still sends its own name.
+    status, body = http_get(f"{settled.url}{path}", {"Authorization": BASIC, "Host": "evil.example:8790"})
+    assert status == 421 and "evil.example" in body
+    status, _ = http_get(f"{settled.url}{path}", {"Authorization": BASIC, "Origin": "http://evil.example"})
+    assert status == 403
+    # Probes and scrapers need no credentials: these carry no customer's data.
+    assert http_get(f"{settled.url}/healthz")[0] == 200 and http_get(f"{settled.url}/metrics")[0] == 200
+
+
+def test_the_command_api_runs_nothing_a_browser_or_another_user_sends(
+    settled: Settled, tmp_path: Path
+) -> None:
+    """The attack of issue 16: a page the operator visits posts a command to run's port."""
+    import stat
+    import urllib.request
+
+    secret_file = Path(settled.run.env["METERLINE__DEV__STATE_DIR"]) / "run.secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = secret_file.read_text()
+    target = tmp_path / "x.csv"
+    customer = customer_ids(settled.spec)[0]
+    argv = [
+        "dispute",
+        "--customer",
+        customer,
+        "--period",
+        settled.period,
+        "--format",
+        "csv",
+        "--output",
+        str(target),
+    ]
+    json_type = {"Content-Type": "application/json"}
+    attacks = {
+        "the issue's request": (
+            {"Content-Type": "text/plain", "Origin": "http://evil.example", "Host": "evil.example:8790"},
+            421,
+        ),
+        "foreign Host": ({**json_type, "X-Meterline-Secret": secret, "Host": "evil.example:8790"}, 421),
+        "foreign Origin": ({**json_type, "X-Meterline-Secret": secret, "Origin": "http://evil.example"}, 403),
+        "text/plain": ({"Content-Type": "text/plain", "X-Meterline-Secret": secret}, 415),
+        "no secret": (json_type, 401),
+        "wrong secret": ({**json_type, "X-Meterline-Secret": secret[::-1]}, 403),
+    }
+    for name, (headers, wanted) in attacks.items():
+        for command in (argv, ["sql", "SELECT customer_id FROM usage_windows"]):
+            request = urllib.request.Request(
+                f"{settled.url}/api/cli", json.dumps({"argv": command}).encode(), headers, method="POST"
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            body = refused.value.read().decode()
+            assert refused.value.code == wanted, (name, body)
+            assert "error" in json.loads(body) and customer not in body, name
+    assert not target.exists()
+    # meterline itself, beside run, sends the secret: the same command runs and writes the file.
+    done = settled.run.command(*argv)
+    assert done.returncode == 0, done.stderr
+    assert customer in target.read_text()

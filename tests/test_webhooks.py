@@ -220,3 +220,46 @@ def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
         assert json.loads(lines)[0]["quantity"] == 5
     finally:
         client.close()
+
+
+def test_the_receiver_keeps_answering_valid_events_while_abused(config: Config) -> None:
+    """A 100 MB Content-Length and 200 connections that never finish their request: the first is
+    refused at once, the others wait in the event loop without a thread each, and a valid signed
+    event is still taken within a second. Then the deadline closes every slow one."""
+    import dataclasses
+    import socket
+
+    from core.http import Limits
+    from meterline.server import serve_webhooks
+
+    limits = Limits(read_timeout_s=3)
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, limits=limits))
+    receiver = serve_webhooks(config, config.kafka.bootstrap, 0)
+    address = receiver.server_address
+    slow: list[socket.socket] = []
+    try:
+        with socket.create_connection(address, timeout=5) as huge:
+            huge.sendall(b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n")
+            assert huge.recv(100).startswith(b"HTTP/1.1 413 ")
+        for _ in range(200):
+            sock = socket.create_connection(address, timeout=5)
+            sock.sendall(b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            slow.append(sock)
+        payload = json.dumps({"id": "evt_abuse_1", "object": "event", "type": "invoice.paid"})
+        now = int(time.time())  # the receiver verifies with the real clock: sign with it
+        signature = stripe.WebhookSignature.generate_signature_header(payload, FAKE_WEBHOOK_SECRET, now)
+        request = urllib.request.Request(
+            f"http://{address[0]}:{address[1]}/webhooks/stripe",
+            payload.encode(),
+            {"Content-Type": "application/json", "Stripe-Signature": signature},
+        )
+        with urllib.request.urlopen(request, timeout=1) as answer:  # within a second, or it fails
+            assert json.loads(answer.read()) == {"received": True}
+        for sock in slow:  # each is ended by the server's deadline (this socket waits up to 5 s)
+            assert sock.recv(100).startswith(b"HTTP/1.1 408 ")
+    finally:
+        for sock in slow:
+            sock.close()
+        receiver.shutdown()
+    kept = read_messages(config.kafka.bootstrap, config.topics.webhooks, 1)
+    assert [m.key() for m in kept] == [b"evt_abuse_1"]

@@ -39,12 +39,12 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import stripe
 from confluent_kafka import KafkaException, Message, Producer
 
+from core.http import Request, Response, Route
 from meterline import metrics
 from meterline.config import Config
 from meterline.kafka import Kafka, group_consumer, partition_count, settings
@@ -75,62 +75,36 @@ SUBSCRIPTION_ITEM_COLUMNS = (
 )
 
 
-def make_receiver(
-    config: Config, bootstrap: Kafka, secret: str, port: int | None = None
-) -> ThreadingHTTPServer:
+def receiver_routes(config: Config, bootstrap: Kafka, secret: str) -> dict[str, Route]:
+    """POST /webhooks/stripe and GET /healthz, all its port serves: it faces the internet, and the
+    server's bounds (core.http) hold its bodies, its time and its connections."""
     producer = Producer(settings(bootstrap, {"enable.idempotence": True, "linger.ms": 0}))
     tolerance = config.stripe.webhook_tolerance_seconds
     topic = config.topics.webhooks
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "meterline-webhooks"
+    def receive(request: Request) -> Response:
+        payload = request.body
+        # 1. Verify.
+        try:
+            stripe.WebhookSignature.verify_header(
+                payload, request.headers.get("stripe-signature", ""), secret, tolerance
+            )
+            event = json.loads(payload)
+            event_id, event_type = str(event["id"]), str(event["type"])
+        except stripe.SignatureVerificationError as exc:
+            log.warning("refused a webhook: %s", exc)
+            metrics.WEBHOOK_EVENTS.labels("unverified", "refused").inc()
+            return Response.error(400, str(exc))
+        except (ValueError, KeyError, TypeError):
+            return Response.error(400, "not a Stripe event (JSON with id and type)")
+        # 2. Keep it.
+        producer.produce(topic, payload, event_id.encode(), headers=[("type", event_type.encode())])
+        if producer.flush(10) > 0:
+            return Response.error(503, "not stored: send it again")
+        # 3. Answer.
+        return Response.json({"received": True})
 
-        def do_GET(self) -> None:
-            self._reply(200 if self.path == "/healthz" else 404, {"ok": self.path == "/healthz"})
-
-        def do_POST(self) -> None:
-            if self.path != PATH:
-                self._reply(404, {"error": f"POST {PATH}"})
-                return
-            payload = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            # 1. Verify.
-            try:
-                stripe.WebhookSignature.verify_header(
-                    payload, self.headers.get("Stripe-Signature"), secret, tolerance
-                )
-                event = json.loads(payload)
-                event_id, event_type = str(event["id"]), str(event["type"])
-            except stripe.SignatureVerificationError as exc:
-                log.warning("refused a webhook: %s", exc)
-                metrics.WEBHOOK_EVENTS.labels("unverified", "refused").inc()
-                self._reply(400, {"error": str(exc)})
-                return
-            except (ValueError, KeyError, TypeError):
-                self._reply(400, {"error": "not a Stripe event (JSON with id and type)"})
-                return
-            # 2. Keep it.
-            producer.produce(topic, payload, event_id.encode(), headers=[("type", event_type.encode())])
-            if producer.flush(10) > 0:
-                self._reply(503, {"error": "not stored: send it again"})
-                return
-            # 3. Answer.
-            self._reply(200, {"received": True})
-
-        def _reply(self, status: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: object) -> None:
-            log.debug(format, *args)
-
-    address = (config.run.host, config.stripe.webhook_port if port is None else port)
-    server = ThreadingHTTPServer(address, Handler)
-    server.daemon_threads = True
-    return server
+    return {f"POST {PATH}": receive, "GET /healthz": lambda _: Response.json({"ok": True})}
 
 
 class Malformed(ValueError):
