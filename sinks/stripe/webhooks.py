@@ -89,14 +89,13 @@ def receiver_routes(config: Config, bootstrap: Kafka, secret: str) -> dict[str, 
             stripe.WebhookSignature.verify_header(
                 payload, request.headers.get("stripe-signature", ""), secret, tolerance
             )
-            event = json.loads(payload)
-            event_id, event_type = str(event["id"]), str(event["type"])
+            event_id, event_type, _ = envelope(payload)
         except stripe.SignatureVerificationError as exc:
             log.warning("refused a webhook: %s", exc)
             metrics.WEBHOOK_EVENTS.labels("unverified", "refused").inc()
             return Response.error(400, str(exc))
-        except (ValueError, KeyError, TypeError):
-            return Response.error(400, "not a Stripe event (JSON with id and type)")
+        except (Malformed, UnicodeDecodeError) as exc:  # stripe-python decodes the payload as UTF-8
+            return Response.error(400, str(exc))
         # 2. Keep it.
         producer.produce(topic, payload, event_id.encode(), headers=[("type", event_type.encode())])
         if producer.flush(10) > 0:
@@ -150,13 +149,13 @@ class WebhookConsumer:
     def _process(self, message: Message) -> None:
         payload = message.value() or b""
         try:
-            raw = json.loads(payload)
-            event_id, event_type = str(raw["id"]), str(raw["type"])
-        except (ValueError, KeyError, TypeError):
+            event_id, event_type, raw = envelope(payload)
+        except Malformed as exc:
             log.error(
-                "a record on %s at offset %d is not a Stripe event: skipped",
+                "a record on %s at offset %d is not a Stripe event, skipped: %s",
                 message.topic(),
                 message.offset(),
+                exc,
             )
             metrics.WEBHOOK_EVENTS.labels("unreadable", "malformed").inc()
             return
@@ -176,7 +175,7 @@ class WebhookConsumer:
             return
         outcome, detail = "processed", ""
         try:
-            created = _created(raw)
+            created = created_of(raw)
             if raw.get("object") == "v2.core.event":
                 outcome = self._thin(payload)
             else:
@@ -200,21 +199,14 @@ class WebhookConsumer:
 
     def _snapshot(self, payload: bytes, event_type: str) -> str:
         """A snapshot event, parsed by stripe-python; its handler reads the object as Stripe sent it."""
-        try:
-            event = stripe.Webhook.construct_event_without_verification(payload)
-        except ValueError as exc:
-            raise Malformed(str(exc)) from exc
+        document = snapshot(payload)
         handler = self._handlers.get(event_type)
         if handler is None and event_type.startswith("customer.subscription."):
             handler = self._subscription
         if handler is None:
-            log.info("webhook %s (%s): not a type meterline handles, skipped", event.id, event_type)
+            log.info("webhook %s (%s): not a type meterline handles, skipped", document["id"], event_type)
             return "skipped"
-        document = event.to_dict()
-        try:
-            handler(document)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise Malformed(f"{type(exc).__name__}: {exc}") from exc
+        handler(document)
         return "processed"
 
     def _thin(self, payload: bytes) -> str:
@@ -232,16 +224,13 @@ class WebhookConsumer:
             event, _ = self.stripe.retrying(notification.fetch_event)
         except stripe.InvalidRequestError as exc:  # Stripe does not have it: nothing to fetch, ever
             raise Malformed(f"Stripe has no event {notification.id}: {exc.user_message}") from exc
-        try:
-            self._meter_errors(event.to_dict())
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise Malformed(f"{type(exc).__name__}: {exc}") from exc
+        self._meter_errors(event.to_dict())
         return "processed"
 
     # -- handlers ----------------------------------------------------------------------------------
 
     def _invoice_created(self, event: dict[str, Any]) -> None:
-        invoice = event["data"]["object"]
+        invoice = _object(_object(event, "data"), "object")
         tick = AvroSerde.from_registry_url(self.config.kafka.schema_registry_url).encode_batch([])
         topic = self.config.topics.events
         for partition in range(partition_count(self.bootstrap, topic)):
@@ -257,82 +246,13 @@ class WebhookConsumer:
         )
 
     def _invoice_finalized(self, event: dict[str, Any]) -> None:
-        invoice = event["data"]["object"]
-        lines = invoice.get("lines", {}).get("data", [])
-        self.client.insert(
-            "stripe_invoices",
-            [
-                [
-                    invoice["id"],
-                    invoice.get("customer", ""),
-                    invoice.get("status", "open"),
-                    int(invoice.get("period_start", 0)),
-                    int(invoice.get("period_end", 0)),
-                    json.dumps(lines),
-                    int(event.get("created", 0)),
-                ]
-            ],
-            column_names=[
-                "invoice_id",
-                "stripe_customer",
-                "status",
-                "period_start",
-                "period_end",
-                "lines",
-                "event_created",
-            ],
-        )
+        self.client.insert("stripe_invoices", [invoice_row(event)], column_names=list(INVOICE_COLUMNS))
 
     def _subscription(self, event: dict[str, Any]) -> None:
-        subscription = event["data"]["object"]
-        items = subscription.get("items", {}).get("data", [])
-        created = int(event.get("created", 0))
-        customer = subscription.get("customer", "")
-        meterline_customer = self._meterline_customer(customer)
-        periods = [(_period(subscription, i, "start"), _period(subscription, i, "end")) for i in items]
-        if not periods:  # no items: only the pre-basil shape has a period of its own
-            periods = [(int(subscription["current_period_start"]), int(subscription["current_period_end"]))]
-        self.client.insert(
-            "stripe_subscription_items",
-            [
-                [
-                    subscription["id"],
-                    item["id"],
-                    customer,
-                    meterline_customer,
-                    subscription.get("status", ""),
-                    item.get("price", {}).get("id", ""),
-                    item.get("price", {}).get("lookup_key") or "",
-                    start,
-                    end,
-                    created,
-                    (subscription.get("billing_mode") or {}).get("type") or "classic",
-                ]
-                for item, (start, end) in zip(items, periods, strict=False)
-            ],
-            column_names=list(SUBSCRIPTION_ITEM_COLUMNS),
-        )
-        self.client.insert(
-            "stripe_subscriptions",
-            [
-                [
-                    subscription["id"],
-                    customer,
-                    subscription.get("status", ""),
-                    min(start for start, _ in periods),
-                    max(end for _, end in periods),
-                    created,
-                ]
-            ],
-            column_names=[
-                "subscription_id",
-                "stripe_customer",
-                "status",
-                "current_period_start",
-                "current_period_end",
-                "event_created",
-            ],
-        )
+        customer = _text(_object(_object(event, "data"), "object"), "customer")
+        items, subscription = subscription_rows(event, self._meterline_customer(customer))
+        self.client.insert("stripe_subscription_items", items, column_names=list(SUBSCRIPTION_ITEM_COLUMNS))
+        self.client.insert("stripe_subscriptions", [subscription], column_names=list(SUBSCRIPTION_COLUMNS))
 
     def _meterline_customer(self, stripe_customer: str) -> str:
         """Our id of a Stripe customer: the configured mapping, else the customer's metadata
@@ -353,20 +273,12 @@ class WebhookConsumer:
         return self._customers[stripe_customer]
 
     def _meter_errors(self, event: dict[str, Any]) -> None:
-        reason = event["data"]["reason"]
-        samples = {
-            str(sample["request"]["identifier"]): (
-                str(error_type["code"]),
-                str(sample.get("error_message", "")),
-            )
-            for error_type in reason.get("error_types", [])
-            for sample in error_type.get("sample_errors", [])
-        }
+        count, codes, samples = meter_errors(event)
         log.error(
             "ALERT: Stripe refused %d meter events after accepting them (%s); the %d sampled are "
             "marked failed in the ledger, replay --repair finds the rest from Stripe's totals",
-            int(reason.get("error_count", len(samples))),
-            ", ".join(sorted({str(t["code"]) for t in reason.get("error_types", [])})),
+            count,
+            ", ".join(codes),
             len(samples),
         )
         if not samples:
@@ -397,20 +309,180 @@ class WebhookConsumer:
             self.client.insert("stripe_reports", updated, column_names=list(LEDGER_COLUMNS))
 
 
-def _created(raw: dict[str, Any]) -> int:
+# -- reading events: pure, so that they are fuzzed without I/O (tests/test_fuzz.py) -----------------
+# Whatever the bytes, each either reads or raises Malformed: a record that crashed the consumer
+# would stop the role at the same offset after every restart.
+
+DATETIME_MAX = 2**32 - 1
+"""ClickHouse's DateTime holds epoch seconds up to here; a larger one would fail the insert."""
+
+
+def envelope(payload: bytes) -> tuple[str, str, dict[str, Any]]:
+    """(id, type, the JSON object) of a record on stripe.webhooks."""
+    try:
+        raw = json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested beyond Python's stack
+        raise Malformed(f"not JSON: {type(exc).__name__}") from None
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("id"), str)
+        or not isinstance(raw.get("type"), str)
+    ):
+        raise Malformed("not a Stripe event: a JSON object with a string id and type")
+    return raw["id"], raw["type"], raw
+
+
+def snapshot(payload: bytes) -> dict[str, Any]:
+    """A snapshot event as stripe-python parses it, as a dict."""
+    try:
+        document: dict[str, Any] = stripe.Webhook.construct_event_without_verification(payload).to_dict()
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise Malformed(f"stripe-python cannot read it: {type(exc).__name__}: {exc}") from None
+    return document
+
+
+def created_of(raw: dict[str, Any]) -> int:
     """Epoch seconds: a snapshot event's `created` is one, a thin event's is RFC 3339."""
     created = raw.get("created", 0)
-    if isinstance(created, int):
-        return created
-    try:
-        return int(datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp())
-    except ValueError as exc:
-        raise Malformed(f"created {created!r}: neither epoch seconds nor RFC 3339") from exc
+    if isinstance(created, str):
+        try:
+            created = int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            raise Malformed(f"created {created!r}: neither epoch seconds nor RFC 3339") from None
+    return _epoch(created, "created")
 
 
-def _period(subscription: dict[str, Any], item: dict[str, Any], edge: str) -> int:
-    """An item's billing period (API 2025-03-31.basil and later), else its subscription's (earlier)."""
-    value = item.get(f"current_period_{edge}")
-    if value is None:
-        value = subscription[f"current_period_{edge}"]
-    return int(value)
+INVOICE_COLUMNS = (
+    "invoice_id",
+    "stripe_customer",
+    "status",
+    "period_start",
+    "period_end",
+    "lines",
+    "event_created",
+)
+SUBSCRIPTION_COLUMNS = (
+    "subscription_id",
+    "stripe_customer",
+    "status",
+    "current_period_start",
+    "current_period_end",
+    "event_created",
+)
+
+
+def invoice_row(event: dict[str, Any]) -> list[Any]:
+    """invoice.finalized -> its row of stripe_invoices."""
+    invoice = _object(_object(event, "data"), "object")
+    lines = _object(invoice, "lines").get("data", [])
+    if not isinstance(lines, list):
+        raise Malformed(f"invoice lines.data {lines!r:.80}: not a list")
+    return [
+        _text(invoice, "id", required=True),
+        _text(invoice, "customer"),
+        _text(invoice, "status") or "open",
+        _epoch(invoice.get("period_start", 0), "period_start"),
+        _epoch(invoice.get("period_end", 0), "period_end"),
+        json.dumps(lines),
+        _epoch(event.get("created", 0), "created"),
+    ]
+
+
+def subscription_rows(event: dict[str, Any], meterline_customer: str) -> tuple[list[list[Any]], list[Any]]:
+    """customer.subscription.* -> (its items' rows, its own row). Since API 2025-03-31.basil the
+    period is on the items; before, on the subscription: both are read."""
+    subscription = _object(_object(event, "data"), "object")
+    items = _object(subscription, "items").get("data", [])
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise Malformed(f"subscription items.data {items!r:.80}: not a list of objects")
+    created = _epoch(event.get("created", 0), "created")
+    customer = _text(subscription, "customer")
+    status = _text(subscription, "status")
+    billing_mode = _object(subscription, "billing_mode") if subscription.get("billing_mode") else {}
+
+    def period(owner: dict[str, Any], edge: str) -> int:
+        value = owner.get(f"current_period_{edge}")
+        if value is None and owner is not subscription:
+            return period(subscription, edge)
+        return _epoch(value, f"current_period_{edge}")
+
+    periods = [(period(item, "start"), period(item, "end")) for item in items]
+    if not periods:  # no items: only the pre-basil shape has a period of its own
+        periods = [(period(subscription, "start"), period(subscription, "end"))]
+    subscription_id = _text(subscription, "id", required=True)
+    item_rows = [
+        [
+            subscription_id,
+            _text(item, "id", required=True),
+            customer,
+            meterline_customer,
+            status,
+            _text(_object(item, "price"), "id"),
+            _text(_object(item, "price"), "lookup_key"),
+            start,
+            end,
+            created,
+            _text(billing_mode, "type") or "classic",
+        ]
+        for item, (start, end) in zip(items, periods, strict=False)
+    ]
+    own = [
+        subscription_id,
+        customer,
+        status,
+        min(start for start, _ in periods),
+        max(end for _, end in periods),
+        created,
+    ]
+    return item_rows, own
+
+
+def meter_errors(event: dict[str, Any]) -> tuple[int, list[str], dict[str, tuple[str, str]]]:
+    """v1.billing.meter.error_report_triggered, fetched -> (how many Stripe refused, the error
+    codes, identifier -> (code, message) of the samples)."""
+    reason = _object(_object(event, "data"), "reason")
+    error_types = reason.get("error_types", [])
+    if not isinstance(error_types, list) or not all(isinstance(t, dict) for t in error_types):
+        raise Malformed(f"error_types {error_types!r:.80}: not a list of objects")
+    samples: dict[str, tuple[str, str]] = {}
+    codes: set[str] = set()
+    for error_type in error_types:
+        code = _text(error_type, "code", required=True)
+        codes.add(code)
+        sampled = error_type.get("sample_errors", [])
+        if not isinstance(sampled, list) or not all(isinstance(x, dict) for x in sampled):
+            raise Malformed(f"sample_errors {sampled!r:.80}: not a list of objects")
+        for sample in sampled:
+            identifier = _text(_object(sample, "request"), "identifier", required=True)
+            samples[identifier] = (code, _text(sample, "error_message"))
+    count = reason.get("error_count", len(samples))
+    if not isinstance(count, int):
+        raise Malformed(f"error_count {count!r:.80}: not an integer")
+    return (
+        count,
+        sorted({code for code, _ in samples.values()} | {str(t["code"]) for t in error_types}),
+        samples,
+    )
+
+
+def _object(owner: dict[str, Any], key: str) -> dict[str, Any]:
+    value = owner.get(key, {})
+    if not isinstance(value, dict):
+        raise Malformed(f"{key} {value!r:.80}: not an object")
+    return value
+
+
+def _text(owner: dict[str, Any], key: str, required: bool = False) -> str:
+    value = owner.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise Malformed(f"{key} {value!r:.80}: not a string")
+    return value
+
+
+def _epoch(value: Any, what: str) -> int:
+    """Epoch seconds a DateTime column can hold."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= DATETIME_MAX:
+        raise Malformed(f"{what} {value!r:.80}: not epoch seconds (0 to {DATETIME_MAX})")
+    return value
