@@ -157,15 +157,12 @@ class Server:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._open) >= self.limits.max_connections:
-            await self._write(writer, _BUSY)
-            await _close(writer)
-            return
         task = asyncio.current_task()
         assert task is not None
+        busy = len(self._open) >= self.limits.max_connections
         self._open.add(task)
         try:
-            await self._exchange(reader, writer)
+            await (self._write(writer, _BUSY) if busy else self._exchange(reader, writer))
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the client went away, or would not take the answer in time
         finally:

@@ -31,6 +31,7 @@ from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.fake import FakeStripe
 from sinks.stripe.fake_state import MeterEvent
 from sinks.stripe.sink import StripeSink
+from sinks.stripe.webhooks import INVOICE_COLUMNS
 from tests.stripe_helpers import KEY, record_subscription_item, set_up_stripe, stripe_api, subscribe
 
 MINUTE = 60_000
@@ -268,15 +269,7 @@ def test_a_correction_stored_after_its_invoice_was_finalized_is_listed_as_unbill
                     start // 1000 + 86_400,
                 ]
             ],
-            column_names=[
-                "invoice_id",
-                "stripe_customer",
-                "status",
-                "period_start",
-                "period_end",
-                "lines",
-                "event_created",
-            ],
+            column_names=list(INVOICE_COLUMNS),
         )
         [unbilled] = late_corrections(client, start, start + 30 * 86_400_000, None, None)
         assert (unbilled.customer_id, unbilled.value, unbilled.revisions) == ("cust-0000", 4, 1)

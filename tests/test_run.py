@@ -15,6 +15,7 @@ import urllib.error
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -361,6 +362,12 @@ CHROMIUM_FLAGS = [
 ]
 
 
+def signed_in_page(browser: Any) -> Any:
+    """A page of a browser that has the dashboard's basic-auth credentials, as an operator's would."""
+    password = PLANTED["METERLINE__RUN__DASHBOARD_PASSWORD"]
+    return browser.new_context(http_credentials={"username": "operator", "password": password}).new_page()
+
+
 def expected_buckets(settled: Settled, customer: str, bucket_ms: int) -> dict[str, dict[int, int]]:
     from reconciler.usage import period_bounds
 
@@ -404,12 +411,7 @@ def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_context(
-                http_credentials={
-                    "username": "operator",
-                    "password": PLANTED["METERLINE__RUN__DASHBOARD_PASSWORD"],
-                }
-            ).new_page()
+            page = signed_in_page(browser)
             page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
             page.on("pageerror", lambda e: problems.append(str(e)))
             page.goto(f"{settled.url}/customers/{customer}?period={settled.period}&as_of={as_of}")
@@ -470,12 +472,7 @@ def test_a_customer_id_is_text_on_the_page_never_markup(settled: Settled) -> Non
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_context(
-                http_credentials={
-                    "username": "operator",
-                    "password": PLANTED["METERLINE__RUN__DASHBOARD_PASSWORD"],
-                }
-            ).new_page()
+            page = signed_in_page(browser)
             dialogs: list[str] = []
             page.on("dialog", lambda d: dialogs.append(d.message))
             response = page.goto(f"{settled.url}/customers/{quote(HOSTILE, safe='')}?period={settled.period}")
