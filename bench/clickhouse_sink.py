@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import Producer
 
+from core.config import Config
+from core.kafka import committed_reaches, isolated_topics, read_ends
 from meterline import devstack
-from meterline.config import Config, load_config
-from meterline.kafka import committed_reaches, isolated_topics, read_ends
+from meterline.config import load_config
 from meterline.table import render
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde

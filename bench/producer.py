@@ -16,9 +16,10 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
+from core.config import Config
+from core.kafka import ensure_topics
 from meterline import devstack
-from meterline.config import Config, load_config
-from meterline.kafka import ensure_topics
+from meterline.config import load_config
 from meterline.produce import make_producer, produce_workload
 from meterline.table import render
 from meterline.workload import Expected, WorkloadSpec, generate

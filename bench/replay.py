@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from core.kafka import isolated_topics
 from meterline import devstack
 from meterline.config import load_config
-from meterline.kafka import isolated_topics
 from meterline.produce import produce_workload
 from meterline.table import render
 from meterline.workload import WorkloadSpec

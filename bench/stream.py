@@ -34,9 +34,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from core.config import Config, TopicsConfig
+from core.kafka import isolated_topics
 from meterline import devstack
-from meterline.config import Config, TopicsConfig, load_config
-from meterline.kafka import isolated_topics
+from meterline.config import load_config
 from meterline.produce import produce_workload
 from meterline.table import render
 from meterline.workload import WorkloadSpec

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
+from core.config import Config
+from core.errors import MeterlineError
 from core.http import Request, Response, Route
 from meterline import dashboard, forward
-from meterline.config import Config
-from meterline.errors import MeterlineError
 from meterline.guard import Guard
 
 if TYPE_CHECKING:

@@ -14,10 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from meterline import __version__, devstack, forward, inspect, logs, progress
-from meterline.config import Config, ConfigError, load_config
-from meterline.errors import MeterlineError
-from meterline.kafka import Brokers, security_properties
+from core import logs
+from core.config import Config, ConfigError
+from core.errors import MeterlineError
+from core.kafka import Brokers, idempotent_producer, security_properties
+from meterline import __version__, devstack, forward, inspect, progress
+from meterline.config import load_config
 from meterline.table import render
 from meterline.workload import Expected, WorkloadSpec
 from schemas.records import UsageEvent
@@ -64,9 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in forward.COMMANDS:
             config = _load(args)
-            running = (
-                forward.running(config) if devstack.clickhouse_dsn(config).startswith("chdb://") else None
-            )
+            running = forward.running(config) if config.clickhouse.dsn.startswith("chdb://") else None
             if running is not None:
                 return forward.forward(running, argv)
         code: int = args.run(args)
@@ -372,13 +372,17 @@ def _workload_arguments(
 # -- config ----------------------------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config)
+def _load(args: argparse.Namespace, resolve: bool = True) -> Config:
+    """The configuration, with the local stack's addresses where it leaves them to the stack
+    (`resolve`), as every role and command is handed it; unresolved for the commands that manage
+    the stack itself or start it."""
+    config = load_config(args.config)
+    return devstack.resolve(config) if resolve else config
 
 
 def _config_check(args: argparse.Namespace) -> int:
     try:
-        config = _load(args)
+        config = _load(args, resolve=False)
     except ConfigError as exc:
         if args.json:
             problems = [{"field": p.field, "value": p.shown_value, "why": p.why} for p in exc.problems]
@@ -417,7 +421,7 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _dev_up(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = _load(args, resolve=False)
     services = devstack.up(config, log=_quiet_if(args.json))
     if args.json:
         print(json.dumps({name: vars(s) for name, s in services.items()}, indent=2))
@@ -427,14 +431,14 @@ def _dev_up(args: argparse.Namespace) -> int:
 
 
 def _dev_status(args: argparse.Namespace) -> int:
-    statuses = devstack.status(_load(args))
+    statuses = devstack.status(_load(args, resolve=False))
     rows = [vars(s) | {"pid": str(s.pid or "")} for s in statuses]
     print(json.dumps(rows, indent=2) if args.json else render(rows))
     return 0 if all(s.answers for s in statuses) else 1
 
 
 def _dev_down(args: argparse.Namespace) -> int:
-    devstack.down(_load(args), log=_quiet_if(args.json))
+    devstack.down(_load(args, resolve=False), log=_quiet_if(args.json))
     return 0
 
 
@@ -493,7 +497,7 @@ def _quiet_if(quiet: bool) -> Callable[[str], None]:
 
 def _emit(args: argparse.Namespace) -> int:
     from meterline.produce import make_producer
-    from schemas.producer import DeliveryReport
+    from schemas.delivery import DeliveryReport
 
     config = _load(args)
     meter = config.meters.get(args.meter)
@@ -631,7 +635,13 @@ def _stream(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from meterline.run import run
 
-    return run(_load(args), args.config, args.data_dir, args.log_level, args.log_format)
+    def execute(argv: list[str]) -> int:
+        """A command sent by `meterline` beside `run`, run here as it would have run there."""
+        if args.config is not None and "--config" not in argv:
+            argv = ["--config", str(args.config.absolute()), *argv]
+        return main(argv)
+
+    return run(_load(args, resolve=False), execute, args.data_dir, args.log_level, args.log_format)
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -899,7 +909,7 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 
 def _reconcile_role(args: argparse.Namespace) -> int:
-    from meterline import metrics
+    from core import metrics
     from meterline.run import reconcile_periodically
     from sinks.clickhouse.client import connect
 
@@ -928,9 +938,6 @@ def _cannot_run(command: str, exc: Exception, as_json: bool) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from confluent_kafka import Producer
-
-    from meterline.kafka import settings
     from reconciler.compare import compare
     from reconciler.replay import (
         clickhouse_differences,
@@ -986,9 +993,7 @@ def _replay(args: argparse.Namespace) -> int:
         fixes = repairs(rederived, stored, reported, config.windows.size_ms, known)
     if fixes:
         serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
-        producer = Producer(
-            settings(bootstrap, {"enable.idempotence": True, "partitioner": "murmur2_random"})
-        )
+        producer = idempotent_producer(bootstrap, {"partitioner": "murmur2_random"})
         for fix in fixes:
             producer.produce(config.topics.aggregates, serde.encode_aggregate(fix), fix.customer_id.encode())
         if producer.flush(60):
@@ -1174,7 +1179,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from meterline.demo import demo
 
-    config = _load(args)
+    config = _load(args, resolve=False)  # the demo starts a stack of its own
     if args.span is None:  # a month of usage: this billing month so far
         now_ms = int(time.time() * 1000)
         if args.start is None:

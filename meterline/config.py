@@ -1,5 +1,5 @@
-"""meterline's configuration: one TOML file plus environment overrides, loaded into a frozen,
-validated object. Every problem is reported at once, each with its field, value and why.
+"""meterline's configuration: one TOML file plus environment overrides, loaded into the frozen
+values of core.config, validated. Every problem is reported at once, each with its field, value and why.
 
 Precedence: the built-in defaults (meterline/default.toml), then the file (`--config`,
 $METERLINE_CONFIG, ./meterline.toml, or /etc/meterline/meterline.toml), then the environment.
@@ -11,18 +11,33 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from core.config import (
+    BillingConfig,
+    ClickHouseConfig,
+    Config,
+    ConfigError,
+    ConfigProblem,
+    DevConfig,
+    KafkaConfig,
+    MeterConfig,
+    ProducerConfig,
+    RunConfig,
+    Secret,
+    StreamConfig,
+    StripeConfig,
+    TopicsConfig,
+    WindowsConfig,
+)
 from core.currencies import UnknownCurrency, currency
-from core.http import Limits, is_loopback
-from meterline.errors import MeterlineError
-from reconciler.pricing import MeterPrice, Plan, Rounding, Tier
+from core.http import Limits
+from core.ratecard import MeterPrice, Plan, Rounding, Tier
 from sinks.stripe.prices import base_fee_terms, stripe_terms
-from streams.windows import DAY_MS
 
 DEFAULT_FILE = Path(__file__).with_name("default.toml")
 SYSTEM_FILE = Path("/etc/meterline/meterline.toml")
@@ -47,254 +62,6 @@ ENV_ALIASES = {
     "STRIPE_API_BASE": ("stripe", "api_base"),
 }
 ENV_PREFIX = "METERLINE__"
-
-
-class Secret:
-    """A value that is never printed: repr and str show only whether it is set."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('***')" if self._value else "Secret('')"
-
-    __str__ = __repr__
-
-
-@dataclass(frozen=True)
-class ConfigProblem:
-    field: str
-    value: object
-    why: str
-
-    @property
-    def shown_value(self) -> str:
-        return "***" if isinstance(self.value, Secret) else repr(self.value)
-
-    def __str__(self) -> str:
-        return f"{self.field} = {self.shown_value}: {self.why}"
-
-
-class ConfigError(MeterlineError):
-    def __init__(self, problems: list[ConfigProblem], source: str) -> None:
-        self.problems = problems
-        self.source = source
-        lines = "\n".join(f"  - {problem}" for problem in problems)
-        super().__init__(f"{len(problems)} problem(s) in the configuration ({source}):\n{lines}")
-
-
-@dataclass(frozen=True)
-class KafkaConfig:
-    bootstrap: str
-    schema_registry_url: str
-    partitions: int
-    replication_factor: int
-    replay_margin_days: int
-    """How long past the lateness horizon usage.events stays readable for `replay`."""
-    security_protocol: str
-    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, as librdkafka names them."""
-    sasl_mechanism: str
-    sasl_username: str
-    sasl_password: Secret
-    ssl_ca_location: str
-    ssl_certificate_location: str
-    ssl_key_location: str
-    ssl_key_password: Secret
-
-
-@dataclass(frozen=True)
-class TopicsConfig:
-    events: str
-    events_dlq: str
-    aggregates: str
-    stripe_dlq: str
-    webhooks: str
-
-    def all(self) -> list[str]:
-        return [getattr(self, f.name) for f in fields(self)]
-
-
-@dataclass(frozen=True)
-class WindowsConfig:
-    size_minutes: int
-    grace_seconds: int
-    idle_timeout_seconds: int
-    max_lateness_days: int
-    max_clock_skew_seconds: int
-    dedup_retention_seconds: int
-
-    @property
-    def size_ms(self) -> int:
-        return self.size_minutes * 60_000
-
-    @property
-    def max_lateness_ms(self) -> int:
-        return self.max_lateness_days * DAY_MS
-
-    @property
-    def max_clock_skew_ms(self) -> int:
-        return self.max_clock_skew_seconds * 1000
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    app_id: str
-    """Faust's application id: the consumer group and the prefix of the state's changelog topic."""
-    processing_guarantee: Literal["at_least_once", "exactly_once"]
-    store: str
-    """Where window and dedup state lives between changelog writes: rocksdb:// or memory://."""
-    commit_interval_seconds: float
-    """How often offsets are committed: more often means less to process again after a crash."""
-
-    @property
-    def state_topic(self) -> str:
-        """The changelog of the workers' state: partition p holds the state of usage.events' partition p."""
-        return f"{self.app_id}-state"
-
-
-@dataclass(frozen=True)
-class ProducerConfig:
-    packing: bool
-    batch_max_events: int
-    batch_max_bytes: int
-    linger_ms: int
-
-
-@dataclass(frozen=True)
-class ClickHouseConfig:
-    dsn: str
-    password: Secret
-    raw_events: bool
-    """Whether the sink also stores accepted raw events (usage_events) for audit and disputes."""
-    raw_events_ttl_days: int
-    batch_rows: int
-    """The sink inserts a partition's buffer when it holds this many rows..."""
-    batch_seconds: float
-    """...or when its oldest row has waited this long."""
-    cluster: str
-    """A ClickHouse cluster: migrations run ON CLUSTER, with replicated tables. Empty: one server."""
-
-
-@dataclass(frozen=True)
-class StripeConfig:
-    api_key: Secret
-    api_base: str
-    mode: Literal["meter_events", "meter_event_stream", "usage_records"]
-    customers: Mapping[str, str]
-    """meterline customer id -> Stripe customer id; others are looked up by metadata, cached."""
-    customer_metadata_key: str
-    requests_per_second: float
-    concurrency: int
-    timeout_seconds: float
-    legacy_api_version: str
-    """The Stripe-Version sent with legacy usage records (they are gone from 2025-03-31.basil on)."""
-    webhook_secret: Secret
-    """The endpoint's signing secret (whsec_...); the local fake signs with FAKE_WEBHOOK_SECRET."""
-    webhook_port: int
-    webhook_tolerance_seconds: int
-    summaries_settle_seconds: int
-    """How long after its last report a window's meter event summary is taken as final: Stripe
-    aggregates asynchronously ("an eventually consistent view") and does not say how long it takes."""
-
-
-@dataclass(frozen=True)
-class DevConfig:
-    state_dir: Path
-    kafka_port: int
-    stripe_port: int
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    host: str
-    """Where every HTTP server of meterline listens (API, dashboard, metrics, webhooks)."""
-    port: int
-    """`meterline run`'s HTTP API, dashboard and metrics."""
-    reconcile_every_minutes: int
-    """`meterline run` reconciles the current period this often (0: never)."""
-    allowed_hosts: tuple[str, ...]
-    """Host names the dashboard is reached by besides the address it listens on (a proxy's name):
-    any other Host header is refused, against DNS rebinding."""
-    dashboard_token: Secret
-    """Accepted as `Authorization: Bearer <token>` on the dashboard and its JSON."""
-    dashboard_user: str
-    dashboard_password: Secret
-    """Basic auth on the dashboard and its JSON, for a browser. Beyond loopback, `run` needs this
-    or the token."""
-    limits: Limits
-    """Bounds of every HTTP server: body size, time to send a request, connections at once."""
-
-    @property
-    def loopback(self) -> bool:
-        return is_loopback(self.host)
-
-    @property
-    def dashboard_protected(self) -> bool:
-        return bool(self.dashboard_token or self.dashboard_password)
-
-
-@dataclass(frozen=True)
-class MeterConfig:
-    name: str
-    unit: str
-    aggregation: Literal["sum", "count"]
-    stripe_event_name: str
-    billable: Mapping[str, tuple[str, ...]]
-    """attribute -> glob patterns; an event is billable when every attribute matches one pattern."""
-
-
-@dataclass(frozen=True)
-class BillingConfig:
-    default_plan: str
-    customers: Mapping[str, str]
-    """meterline customer id -> plan name; everyone else is on default_plan."""
-    history: Mapping[str, tuple[tuple[str, int], ...]]
-    """meterline customer id -> its earlier plans, each with the instant it ended (epoch ms), in
-    order; for customers whose plan changes meterline has not heard of from Stripe."""
-
-
-@dataclass(frozen=True)
-class Config:
-    kafka: KafkaConfig
-    topics: TopicsConfig
-    windows: WindowsConfig
-    stream: StreamConfig
-    producer: ProducerConfig
-    clickhouse: ClickHouseConfig
-    stripe: StripeConfig
-    dev: DevConfig
-    run: RunConfig
-    meters: Mapping[str, MeterConfig]
-    plans: Mapping[str, Plan]
-    billing: BillingConfig
-    source: str
-
-    def plan_for(self, customer_id: str) -> Plan:
-        name = self.billing.customers.get(customer_id, self.billing.default_plan)
-        if not name:
-            raise ConfigError(
-                [ConfigProblem("billing.default_plan", "", f"no plan for {customer_id!r}: declare [plans]")],
-                self.source,
-            )
-        return self.plans[name]
-
-    @property
-    def meter_units(self) -> dict[str, str]:
-        return {name: meter.unit for name, meter in self.meters.items()}
 
 
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:

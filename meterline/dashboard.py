@@ -18,12 +18,13 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
+from core.config import Config
 from core.http import Response
-from meterline.config import Config
+from core.ratecard import MeterPrice
 from reconciler.invoice_text import money, quantity_text, rows
 from reconciler.periods import resolve
 from reconciler.plan_history import invoice_over, period_invoice
-from reconciler.pricing import Invoice, MeterPrice, billed_quantity
+from reconciler.pricing import Invoice, billed_quantity
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

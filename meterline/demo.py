@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+from core.config import Config
+from core.errors import MeterlineError
+from core.kafka import committed_reaches, read_ends
 from meterline import devstack, forward, inspect, progress
-from meterline.config import Config
-from meterline.errors import MeterlineError
-from meterline.kafka import committed_reaches, read_ends
 from meterline.table import render
 from meterline.workload import Expected, WorkloadSpec, customer_ids
 
@@ -49,6 +49,7 @@ def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, workers: 
 
     _clear_the_stack(config)
     devstack.up(config, log=print)
+    config = devstack.resolve(config)
     run: subprocess.Popen[bytes] | None = None
     try:
         month = datetime.fromtimestamp(spec.start_ms / 1000, UTC).strftime("%Y-%m")

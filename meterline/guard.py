@@ -26,8 +26,8 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from core.config import RunConfig
 from core.http import Request, Response, Route, is_loopback
-from meterline.config import RunConfig
 
 SECRET_HEADER = "x-meterline-secret"
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
+from core.config import Config
+from core.kafka import Kafka, at_end, consumer_from_beginning
 from meterline import devstack
-from meterline.config import Config
-from meterline.kafka import Kafka, at_end, consumer_from_beginning
 from meterline.table import render
 from schemas.serde import AvroSerde
 from streams.judge import Judge

@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 
-from meterline.config import Config
-from meterline.kafka import Kafka, brokers, client_properties, partition_count
+from core.config import Config
+from core.kafka import Kafka, brokers, client_properties, partition_count
 from meterline.workload import Emission, Expected, WorkloadSpec, customer_ids, generate
 from schemas.partitioner import partition_for
 from schemas.producer import PackingPolicy, UsageProducer

@@ -26,12 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from meterline import api, devstack, forward, logs, metrics, topics
-from meterline.config import Config
-from meterline.errors import MeterlineError
-from meterline.kafka import Kafka
+from core import logs, metrics
+from core.config import Config
+from core.errors import MeterlineError
+from core.kafka import Kafka
+from meterline import api, devstack, forward, topics
 from meterline.server import Health, serve, serve_webhooks
 
 if TYPE_CHECKING:
@@ -139,16 +140,20 @@ def stream_app(config: Config, bootstrap: Kafka, data_dir: Path | None, health: 
 
 @functools.cache
 def faust_app() -> faust.App:
-    """The stream app as Faust users run it, `faust -A streams.app worker -l info`: configured as
+    """The stream app as Faust users run it, `faust -A meterline.run worker -l info`: configured as
     `meterline stream` is (the file and the environment), its state under the default data dir."""
     from meterline.config import load_config
 
-    config = load_config()
+    config = devstack.resolve(load_config())
     return stream_app(config, devstack.kafka_brokers(config), None, Health())
 
 
 def run(
-    config: Config, config_path: Path | None, data_dir: Path | None, log_level: str, log_format: str
+    config: Config,
+    execute: Callable[[list[str]], int],
+    data_dir: Path | None,
+    log_level: str,
+    log_format: str,
 ) -> int:
     import faust
 
@@ -167,6 +172,7 @@ def run(
         )
     stack_was_up = any(s.state == "running" for s in devstack.status(config))
     devstack.up(config, log=log.info)
+    config = devstack.resolve(config)
     bootstrap = devstack.kafka_brokers(config)
     client = connect(config)
     health = Health()
@@ -177,13 +183,6 @@ def run(
     except BaseException:
         client.close()
         raise
-
-    def execute(argv: list[str]) -> int:
-        from meterline.cli import main
-
-        if config_path is not None and "--config" not in argv:
-            argv = ["--config", str(config_path.absolute()), *argv]
-        return main(argv)
 
     # The ports first: a port in use stops `run` before any role has started.
     secret = secrets.token_urlsafe(32)
@@ -238,3 +237,11 @@ def run(
         if not stack_was_up:
             devstack.down(config, log=log.info)
     return 1 if roles.failures else 0
+
+
+def __getattr__(name: str) -> Any:
+    """`faust -A meterline.run worker` looks up `app` in this module: the stream app, built on first
+    access (streams.app builds it; the composition root resolves its addresses)."""
+    if name == "app":
+        return faust_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
+from core.config import Config
 from core.http import Limits, Request, Response, Route, Server, dispatch
+from core.kafka import Kafka
 from meterline import devstack
-from meterline.config import Config
-from meterline.kafka import Kafka
 
 
 @dataclass

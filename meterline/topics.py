@@ -25,9 +25,9 @@ from typing import Literal
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType  # type: ignore[attr-defined]
 
-from meterline.config import Config
-from meterline.errors import MeterlineError
-from meterline.kafka import Kafka, KafkaUnavailableError, admin, wait_for_partitions
+from core.config import Config
+from core.errors import MeterlineError
+from core.kafka import Kafka, KafkaUnavailableError, admin, wait_for_partitions
 from streams.windows import DAY_MS
 
 log = logging.getLogger("meterline.topics")

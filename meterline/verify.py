@@ -16,8 +16,9 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from meterline.config import Config
-from meterline.kafka import Kafka, at_end, consumer_from_beginning
+from core.config import Config
+from core.kafka import Kafka, at_end, consumer_from_beginning
+from schemas import dead_letters
 from schemas.records import AggregateIdentity, WindowAggregate
 from schemas.serde import AvroSerde
 
@@ -88,9 +89,9 @@ def _add_aggregate(emitted: Emitted, aggregate: WindowAggregate) -> None:
 
 def _add_dead_letter(emitted: Emitted, headers: list[tuple[str, bytes]]) -> None:
     emitted.dlq_messages += 1
-    h = {k: v.decode() for k, v in headers}
-    source = (int(h["source.partition"]), int(h["source.offset"]), int(h.get("source.index", -1)))
-    emitted.dlq[source] = h["error.code"]
+    letter = dead_letters.read(headers)
+    source = (letter.partition, letter.offset, -1 if letter.index is None else letter.index)
+    emitted.dlq[source] = letter.code
 
 
 @dataclass(frozen=True)

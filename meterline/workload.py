@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
-from meterline.config import MeterConfig
+from core.config import MeterConfig
 from schemas.errors import RejectReason
 from schemas.records import UsageEvent
 from streams.billable import BillableFilter

@@ -16,11 +16,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from meterline.config import Config
+from core.config import Config
+from core.ratecard import MeterPrice
 from reconciler import invoice_text
 from reconciler.periods import Period
 from reconciler.plan_history import period_invoice
-from reconciler.pricing import Invoice, MeterPrice, invoice
+from reconciler.pricing import Invoice, invoice
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

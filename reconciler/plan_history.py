@@ -34,7 +34,8 @@ from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from core.currencies import currency
-from reconciler.pricing import Invoice, Line, Plan, currency_notes, invoice
+from core.ratecard import Plan
+from reconciler.pricing import Invoice, Line, currency_notes, invoice
 from reconciler.pricing import Part as LinePart
 from reconciler.usage import PeriodError, customer_usage
 from sinks.stripe.prices import lookup_key
@@ -42,7 +43,7 @@ from sinks.stripe.prices import lookup_key
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
-    from meterline.config import Config
+    from core.config import Config
 
 CHANGES_PAGE = "https://docs.stripe.com/billing/subscriptions/usage-based/manage-billing-setup"
 PRORATIONS_PAGE = "https://docs.stripe.com/billing/subscriptions/prorations"

@@ -17,46 +17,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
-from typing import Literal
 
 from core.currencies import currency
+from core.ratecard import MeterPrice, Plan, Tier
 
-Rounding = Literal["up", "down", "half_up"]
 _ROUNDING = {"up": ROUND_CEILING, "down": ROUND_FLOOR, "half_up": ROUND_HALF_UP}
-
-
-@dataclass(frozen=True)
-class Tier:
-    up_to: Decimal | None
-    """The last billed unit of the tier (inclusive); None: no end."""
-    unit_price: Decimal
-    flat_fee: Decimal = Decimal(0)
-
-
-@dataclass(frozen=True)
-class MeterPrice:
-    meter: str
-    label: str
-    """How the invoice names it: "API calls"."""
-    billed_unit: str
-    per: Decimal = Decimal(1)
-    """Base units in one billed unit (1e9 bytes per GB)."""
-    decimals: int = 0
-    rounding: Rounding = "up"
-    included: Decimal = Decimal(0)
-    overage_price: Decimal | None = None
-    tiers_mode: Literal["graduated", "volume"] | None = None
-    tiers: tuple[Tier, ...] = ()
-    billed_by_stripe: bool = True
-    """False: priced here (preview, dashboard) but invoiced some other way, never through Stripe."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    name: str
-    currency: str
-    base_fee: Decimal
-    prices: Mapping[str, MeterPrice]
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from meterline import metrics
-from meterline.config import Config
-from meterline.logs import context
+from core import metrics
+from core.config import Config
+from core.logs import context
 from reconciler.compare import Difference, compare, differing
 from reconciler.periods import resolve
 from reconciler.stripe_totals import StripeTotals

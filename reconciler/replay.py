@@ -35,11 +35,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from meterline.config import Config
-from meterline.errors import MeterlineError
-from meterline.kafka import Kafka, partition_count, settings
+from core.config import Config
+from core.errors import MeterlineError
+from core.kafka import Kafka, idempotent_producer, partition_count, settings
 from reconciler.compare import Difference, compare
 from reconciler.stripe_totals import StripeTotals
 from schemas.records import WindowAggregate
@@ -117,7 +117,7 @@ def _mark_ends(config: Config, bootstrap: Kafka, partitions: Iterable[int]) -> b
     """Append this run's end marker to every partition; returns its id."""
     marker = uuid.uuid4().hex.encode()
     tick = AvroSerde.from_registry_url(config.kafka.schema_registry_url).encode_batch([])
-    producer = Producer(settings(bootstrap, {"enable.idempotence": True}))
+    producer = idempotent_producer(bootstrap)
     for partition in partitions:
         producer.produce(config.topics.events, tick, partition=partition, headers=[(END_HEADER, marker)])
     if producer.flush(30) > 0:

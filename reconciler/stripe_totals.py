@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from meterline.config import Config
+from core.config import Config
 from sinks.stripe.calls import Caller
 from sinks.stripe.directory import Directory
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from meterline.errors import MeterlineError
+from core.errors import MeterlineError
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

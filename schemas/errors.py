@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
-from meterline.errors import MeterlineError
-
-if TYPE_CHECKING:
-    from schemas.producer import DeliveryReport
+from core.errors import MeterlineError
 
 
 class RejectReason(StrEnum):
@@ -54,11 +50,5 @@ class InvalidEventError(MeterlineError):
         return f"{self.reason}: {self.field}={self.value!r}: {self.detail}"
 
 
-class DeliveryFailedError(MeterlineError):
-    """Messages the broker did not acknowledge; every event inside them is listed."""
-
-    def __init__(self, failed: list[DeliveryReport]) -> None:
-        self.failed = failed
-        events = sum(len(report.events) for report in failed)
-        first = failed[0].error if failed else None
-        super().__init__(f"{events} event(s) in {len(failed)} message(s) were not delivered: {first}")
+class TopicNotFoundError(MeterlineError):
+    """The topic events are produced to does not exist on the broker."""

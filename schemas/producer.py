@@ -20,8 +20,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from meterline.errors import MeterlineError
-from schemas.errors import DeliveryFailedError
+from schemas.delivery import DeliveryFailedError, DeliveryReport
+from schemas.errors import TopicNotFoundError
 from schemas.partitioner import partition_for
 from schemas.records import UsageEvent
 from schemas.serde import AvroSerde
@@ -39,20 +39,6 @@ class PackingPolicy:
     max_events: int = 1000
     max_bytes: int = 512 * 1024
     linger_ms: int = 50
-
-
-@dataclass(frozen=True)
-class DeliveryReport:
-    """The fate of one Kafka message and every event inside it."""
-
-    events: tuple[UsageEvent, ...]
-    error: KafkaError | None
-    partition: int
-    offset: int | None
-
-
-class TopicNotFoundError(MeterlineError):
-    pass
 
 
 @dataclass

@@ -32,8 +32,9 @@ import faust
 from aiokafka.helpers import create_ssl_context
 from faust.types import TP
 
-from meterline.config import Config, KafkaConfig
-from meterline.kafka import Kafka, brokers
+from core.config import Config, KafkaConfig
+from core.kafka import Kafka, brokers
+from schemas.dead_letters import DeadLetter
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from streams.judge import Judge, Rejection, Verdict
@@ -201,22 +202,14 @@ class StreamRuntime:
         headers: Any,
         rejection: Rejection,
     ) -> None:
-        original = list(headers.items() if isinstance(headers, Mapping) else headers or [])
-        own = {
-            "error.code": str(rejection.reason),
-            "error.detail": rejection.detail,
-            "source.topic": self.config.topics.events,
-            "source.partition": str(partition),
-            "source.offset": str(offset),
-        }
+        index = None
         if rejection.index is not None and rejection.event is not None:
             # One bad event of a good batch: the event alone, and where it sat in the batch.
-            own["source.index"] = str(rejection.index)
-            value = self.serde.encode_event(rejection.event)
-        sent_headers = [(k, v) for k, v in original if k not in own] + [
-            (k, v.encode()) for k, v in own.items()
-        ]
-        self.output.send(self.config.topics.events_dlq, key, value, headers=sent_headers)
+            index, value = rejection.index, self.serde.encode_event(rejection.event)
+        letter = DeadLetter(
+            str(rejection.reason), rejection.detail, self.config.topics.events, partition, offset, index
+        )
+        self.output.send(self.config.topics.events_dlq, key, value, headers=letter.headers(headers or ()))
         self.counters.dlq_sent += 1
 
     def _send(self, aggregates: list[WindowAggregate]) -> None:
@@ -341,13 +334,3 @@ def faust_credentials(kafka: KafkaConfig) -> faust.auth.Credentials | None:
             ssl_context=context,
         )
     return faust.SSLCredentials(context)
-
-
-def __getattr__(name: str) -> Any:
-    """`faust -A streams.app worker` looks up `app` in this module: the configured stream app,
-    built on first access by the composition root (meterline.run), where addresses are resolved."""
-    if name == "app":
-        from meterline.run import faust_app
-
-        return faust_app()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

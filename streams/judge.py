@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from meterline.config import Config
+from core.config import Config
 from schemas.errors import RejectReason, SchemaError
 from schemas.records import UsageEvent
 from schemas.serde import AvroSerde

@@ -23,10 +23,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from meterline.errors import MeterlineError
-from meterline.kafka import Kafka, settings
+from core.errors import MeterlineError
+from core.kafka import Kafka, idempotent_producer, settings
 from streams.state import Entries
 
 log = logging.getLogger("meterline.stream")
@@ -37,18 +37,14 @@ _MARKER_KEY = b"__meterline_recovery_marker__"
 class Output:
     def __init__(self, bootstrap: Kafka) -> None:
         self.bootstrap = bootstrap
-        self._producer = Producer(
-            settings(
-                bootstrap,
-                {
-                    "enable.idempotence": True,
-                    "acks": "all",
-                    "linger.ms": 5,
-                    "queue.buffering.max.messages": 1_000_000,
-                    # Keyed messages (aggregates, dead letters) land where Kafka's Java client would put them.
-                    "partitioner": "murmur2_random",
-                },
-            )
+        self._producer = idempotent_producer(
+            bootstrap,
+            {
+                "linger.ms": 5,
+                "queue.buffering.max.messages": 1_000_000,
+                # Keyed messages (aggregates, dead letters) land where Kafka's Java client would put them.
+                "partitioner": "murmur2_random",
+            },
         )
         self._failure: str | None = None
 

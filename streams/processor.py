@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from meterline.config import Config
+from core.config import Config
 from schemas.records import WindowAggregate
 from streams.judge import Verdict
 from streams.state import PartitionClock, Revision, WindowKey, WindowState

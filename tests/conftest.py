@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from core.config import Config
+from core.kafka import isolated_topics
 from meterline import devstack
-from meterline.config import Config, load_config
-from meterline.kafka import isolated_topics
+from meterline.config import load_config
 from sinks.stripe.fake import FakeStripe
 from tests.pipeline import Workers
 from tests.stripe_helpers import serve_fake

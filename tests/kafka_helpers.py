@@ -6,7 +6,7 @@ import time
 
 from confluent_kafka import Message
 
-from meterline.kafka import consumer_from_beginning
+from core.kafka import consumer_from_beginning
 
 
 def read_messages(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[Message]:

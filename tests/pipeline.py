@@ -14,8 +14,8 @@ import time
 import uuid
 from pathlib import Path
 
-from meterline.config import Config
-from meterline.kafka import committed_reaches
+from core.config import Config
+from core.kafka import committed_reaches
 from meterline.produce import make_producer, send
 from meterline.verify import Verification, read_emitted, verify
 from meterline.workload import Expected, WorkloadSpec, generate
@@ -98,14 +98,14 @@ class Workers:
         )
 
     def start_faust(self, name: str) -> None:
-        """A worker started the Faust way, `faust -A streams.app worker -l info`, its state under
+        """A worker started the Faust way, `faust -A meterline.run worker -l info`, its state under
         the default data dir of its app id."""
         self.starts += 1
         self.log_of[name] = self.tmp_path / f"{name}-{self.starts}.log"
         faust = str(Path(sys.executable).with_name("faust"))
         with open(self.log_of[name], "wb") as log:
             self.running[name] = subprocess.Popen(
-                [faust, "-A", "streams.app", "worker", "-l", "info"],
+                [faust, "-A", "meterline.run", "worker", "-l", "info"],
                 env=self.env,
                 cwd=self.tmp_path,
                 stdout=log,
@@ -218,7 +218,7 @@ class SinkProcess:
         )
 
     def wait_caught_up(self, bootstrap: str, ends: dict[tuple[str, int], int]) -> None:
-        """Until the sink's commits reach `ends` (meterline.kafka.read_ends)."""
+        """Until the sink's commits reach `ends` (core.kafka.read_ends)."""
         deadline = time.monotonic() + self.catch_up_timeout
         while not committed_reaches(bootstrap, self.group, ends):
             assert self.process is None or self.process.poll() is None, self.logs()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import stripe
 
-from meterline.config import Config
+from core.config import Config
 from meterline.workload import Expected
 from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.fake import FakeStripe, make_server

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from meterline.config import Config
-from meterline.kafka import read_ends
+from core.config import Config
+from core.kafka import read_ends
 from meterline.produce import produce_workload
 from meterline.workload import Expected
 from sinks.clickhouse import queries

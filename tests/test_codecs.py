@@ -181,7 +181,7 @@ def test_damaged_bytes_fail_or_read_exactly_as_fastavro_reads_them(
 ) -> None:
     """Cut, a byte replaced or a byte inserted: the reader and fastavro agree on every outcome, and
     nothing but MalformedRecordError escapes. One difference is deliberate: a varint of more than
-    ten bytes, which fastavro wraps into some number, is malformed to the reader."""
+    64 bits, which fastavro wraps into some number, is malformed to the reader."""
     serde = AvroSerde(CATALOG)
     encoded = serde.encode_batch([serde.batch_item(e) for e in batch])
     at = data.draw(st.integers(min_value=10, max_value=len(encoded) - 1))
@@ -192,7 +192,8 @@ def test_damaged_bytes_fail_or_read_exactly_as_fastavro_reads_them(
         encoded[:at] + byte + encoded[at:],
     ):
         outcome = reader_outcome(serde, damaged)
-        may_hold_overlong_varint = re.search(rb"[\x80-\xff]{10}", damaged) is not None
+        # Ten bytes of varint whose last carries more than bit 63 (or goes on) hold more than 64 bits.
+        may_hold_overlong_varint = re.search(rb"[\x80-\xff]{9}[\x02-\xff]", damaged) is not None
         assert outcome == fastavro_outcome(serde, damaged) or (
             may_hold_overlong_varint and outcome == "malformed"
         )
@@ -215,6 +216,8 @@ def test_blocks_with_a_byte_size_are_read_as_fastavro_reads_them() -> None:
 def test_an_overlong_varint_or_a_bad_position_is_malformed() -> None:
     with pytest.raises(ValueError, match="more than 64 bits"):
         read_events(b"\xff" * 12, 0, True)
+    with pytest.raises(ValueError, match="more than 64 bits"):  # ten bytes, bit 64 set in the last
+        read_events(b"\x80" * 9 + b"\x02", 0, True)
     overlong_quantity = serde_batch_of(EVENT).replace(
         b"\xf2\xc0\x01", b"\xf2\xc0\x81" + b"\x80" * 8 + b"\x00"
     )

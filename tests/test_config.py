@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from meterline.config import ConfigError, Secret, load_config
+from core.config import ConfigError, Secret
+from meterline.config import load_config
 
 
 def meterline(

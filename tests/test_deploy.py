@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from meterline import metrics
+from core import metrics
 from meterline.cli import UsageError, _parser
 
 DEPLOY = Path(__file__).parent.parent / "deploy"

@@ -6,7 +6,7 @@ import json
 import socket
 from pathlib import Path
 
-from meterline.kafka import broker_answers
+from core.kafka import broker_answers
 from tests.test_config import meterline
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import faust
 import pytest
 
-from meterline.config import ConfigError, load_config
+from core.config import ConfigError
+from core.kafka import Brokers, admin, security_properties, settings
+from meterline.config import load_config
 from meterline.devstack import kafka_brokers
-from meterline.kafka import Brokers, admin, security_properties, settings
 from streams.app import faust_credentials
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from core.http import Limits, Response
+from core.logs import JsonFormatter, TextFormatter, context
+from core.ratecard import MeterPrice
 from meterline.dashboard import allowance, projected_usage
 from meterline.forward import absolute_paths
-from meterline.logs import JsonFormatter, TextFormatter, context
 from meterline.server import Health, serve
-from reconciler.pricing import MeterPrice
 from tests.pipeline import http_get
 
 DAY = 86_400_000

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.currencies import UnknownCurrency, currency
+from core.ratecard import MeterPrice, Plan, Tier
 from reconciler.invoice_text import describe, rows
-from reconciler.pricing import MeterPrice, Plan, Tier, billed_quantity, invoice, meter_line
+from reconciler.pricing import billed_quantity, invoice, meter_line
 from sinks.stripe.invoice_rules import line_amount, line_quantity
 from sinks.stripe.prices import base_fee_terms, stripe_terms
 

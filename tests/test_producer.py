@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from core.config import Config
+from core.kafka import ensure_topics
 from meterline import devstack
-from meterline.config import Config
-from meterline.kafka import ensure_topics
-from schemas.errors import DeliveryFailedError, InvalidEventError, RejectReason
+from schemas.delivery import DeliveryFailedError, DeliveryReport
+from schemas.errors import InvalidEventError, RejectReason
 from schemas.partitioner import murmur2, partition_for
-from schemas.producer import DeliveryReport, PackingPolicy, UsageProducer
+from schemas.producer import PackingPolicy, UsageProducer
 from schemas.records import UsageEvent
 from schemas.serde import AvroSerde
 from tests.conftest import broker_config

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from decimal import Decimal as D
 
+from core.ratecard import MeterPrice, Plan
 from reconciler.plan_history import Part, invoice_over
-from reconciler.pricing import MeterPrice, Plan
 
 NOV_1 = 1_793_491_200_000  # 2026-11-01T00:00:00Z
 DAY = 86_400_000

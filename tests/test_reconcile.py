@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from meterline.config import Config, load_config
-from meterline.kafka import committed_reaches, read_ends
+from core.config import Config
+from core.kafka import committed_reaches, read_ends
+from meterline.config import load_config
 from reconciler.compare import Difference, compare
 from reconciler.reconcile import reconcile
 from reconciler.usage import PeriodError

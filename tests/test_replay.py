@@ -16,8 +16,8 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from meterline.config import Config
-from meterline.kafka import read_ends, settings
+from core.config import Config
+from core.kafka import read_ends, settings
 from meterline.produce import produce_workload
 from meterline.workload import customer_ids
 from reconciler.replay import rederive

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from meterline.config import Config
+from core.config import Config
 from meterline.produce import produce_workload
 from meterline.workload import Expected, WorkloadSpec, customer_ids
 from reconciler.invoice_text import money
@@ -184,7 +184,7 @@ def test_a_standalone_role_serves_its_own_metrics_and_health(workers: Workers, t
     finally:
         role.terminate()
         assert role.wait(timeout=60) == 0
-    # Every line is a JSON object, librdkafka's own among them (meterline.kafka.settings).
+    # Every line is a JSON object, librdkafka's own among them (core.kafka.settings).
     logged = [json.loads(line) for line in log.read_text().splitlines() if line]
     assert any(entry["logger"] == "meterline.sink.clickhouse" for entry in logged)
 
@@ -362,6 +362,10 @@ CHROMIUM_FLAGS = [
 ]
 
 
+# Waited for by selector: a predicate would be evaluated in the page, which its policy forbids.
+READY = "body[data-ready='1']"
+
+
 def signed_in_page(browser: Any) -> Any:
     """A page of a browser that has the dashboard's basic-auth credentials, as an operator's would."""
     password = PLANTED["METERLINE__RUN__DASHBOARD_PASSWORD"]
@@ -415,12 +419,12 @@ def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> 
             page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
             page.on("pageerror", lambda e: problems.append(str(e)))
             page.goto(f"{settled.url}/customers/{customer}?period={settled.period}&as_of={as_of}")
-            page.wait_for_function("document.body.dataset.ready === '1'", timeout=20_000)
+            page.wait_for_selector(READY, state="attached", timeout=20_000)
             for grain, bucket_ms in (("hour", HOUR_MS), ("day", 24 * HOUR_MS)):
                 if grain == "day":
                     page.click("text=by day")
                     page.wait_for_url("**grain=day**")
-                    page.wait_for_function("document.body.dataset.ready === '1'", timeout=20_000)
+                    page.wait_for_selector(READY, state="attached", timeout=20_000)
                 for meter, wanted in expected_buckets(settled, customer, bucket_ms).items():
                     bars = page.eval_on_selector_all(
                         f"svg[data-meter='{meter}'] rect",
@@ -478,10 +482,10 @@ def test_a_customer_id_is_text_on_the_page_never_markup(settled: Settled) -> Non
             response = page.goto(f"{settled.url}/customers/{quote(HOSTILE, safe='')}?period={settled.period}")
             assert response is not None and response.status == 200
             assert "script-src 'self'" in response.headers["content-security-policy"]
-            page.wait_for_function("document.body.dataset.ready === '1'", timeout=20_000)
+            page.wait_for_selector(READY, state="attached", timeout=20_000)
             assert page.text_content("h1") == f"Usage of {HOSTILE}"
             assert page.title() == f"Usage: {HOSTILE}"
-            assert page.evaluate("document.body.dataset.pwned") is None and dialogs == []
+            assert page.get_attribute("body", "data-pwned") is None and dialogs == []
             assert page.locator("h1 script, h1 img").count() == 0
         finally:
             browser.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 
-from meterline.config import Config
+from core.config import Config
 from meterline.produce import produce_workload
 from schemas.serde import AvroSerde
 from tests.kafka_helpers import read_messages
@@ -18,7 +18,7 @@ from tests.pipeline import PacedProducer, Workers, wait_until_exact, workload
 
 
 def test_a_workload_with_every_kind_of_trouble_comes_out_exact(config: Config, workers: Workers) -> None:
-    """Run the way Faust users run an app, `faust -A streams.app worker -l info` (the module's
+    """Run the way Faust users run an app, `faust -A meterline.run worker -l info` (the module's
     `app`, built from the configuration); the other tests run `meterline stream`."""
     spec = workload(30_000, seed=11)
     _, expected = produce_workload(config, config.kafka.bootstrap, spec)

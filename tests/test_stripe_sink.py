@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from meterline.config import Config
-from meterline.kafka import read_ends
+from core.config import Config
+from core.kafka import read_ends
 from meterline.produce import produce_workload
 from meterline.workload import Expected, WorkloadSpec, customer_ids
 from schemas.records import WindowAggregate

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import stripe
 
-from meterline.config import Config
+from core.config import Config
+from core.kafka import committed_reaches, read_ends
 from meterline.devstack import FAKE_WEBHOOK_SECRET
-from meterline.kafka import committed_reaches, read_ends
 from schemas.records import WindowAggregate
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate

@@ -7,7 +7,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from meterline.config import Config, load_config
+from core.config import Config
+from meterline.config import load_config
 from meterline.inspect import summarize_events_topic
 from meterline.produce import produce_workload
 from meterline.workload import Emission, Expected, WorkloadSpec, generate

@@ -13,9 +13,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meterline.config import Config
-from meterline.devstack import clickhouse_dsn, redact_dsn
-from meterline.errors import MeterlineError
+from core.config import Config
+from core.errors import MeterlineError
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -37,7 +36,9 @@ def connect(config: Config, dsn: str | None = None) -> Client:
     """A client for the configured target (or `dsn`)."""
     import clickhouse_connect
 
-    target = dsn or clickhouse_dsn(config)
+    target = dsn or config.clickhouse.dsn
+    if not target:  # the composition root resolves the local stack's (meterline.devstack.resolve)
+        raise ClickHouseUnavailableError("no ClickHouse: set CLICKHOUSE_DSN, or use the local stack")
     if target.startswith("chdb://") and importlib.util.find_spec("chdb") is None:
         raise ClickHouseUnavailableError(
             "the embedded ClickHouse (chdb) is not installed: `pip install 'meterline[embedded]'`, "
@@ -89,3 +90,12 @@ def _holder(directory: Path) -> str | None:
     except OSError:
         return pid
     return f"{pid} ({command})" if command else pid
+
+
+def redact_dsn(dsn: str) -> str:
+    """Hide a password embedded in a DSN (scheme://user:password@host)."""
+    if "@" in dsn and "://" in dsn:
+        scheme, rest = dsn.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+    return dsn

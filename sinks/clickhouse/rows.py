@@ -12,7 +12,8 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from meterline.config import Config
+from core.config import Config
+from schemas import dead_letters
 from schemas.errors import SchemaError
 from schemas.serde import AvroSerde
 from streams.judge import Judge
@@ -133,9 +134,7 @@ def event_rows(judge: Judge) -> Callable[[Message], list[Row]]:
 
 def dlq_rows(serde: AvroSerde) -> Callable[[Message], list[Row]]:
     def rows(record: Message) -> list[Row]:
-        raw = record.headers() or []
-        pairs = raw.items() if isinstance(raw, dict) else raw
-        headers = {k: v.decode(errors="replace") if isinstance(v, bytes) else v or "" for k, v in pairs}
+        letter = dead_letters.read(record.headers())
         value = record.value() or b""
         customer_id = meter = ""
         try:  # a rejected event of a batch is re-encoded alone: say whose it was
@@ -146,12 +145,12 @@ def dlq_rows(serde: AvroSerde) -> Callable[[Message], list[Row]]:
             pass  # undecodable: that is why it is here
         return [
             [
-                headers.get("source.topic", ""),
-                int(headers.get("source.partition", 0)),
-                int(headers.get("source.offset", 0)),
-                int(headers.get("source.index", -1)),
-                headers.get("error.code", "unknown"),
-                headers.get("error.detail", ""),
+                letter.topic,
+                letter.partition,
+                letter.offset,
+                -1 if letter.index is None else letter.index,
+                letter.code,
+                letter.detail,
                 customer_id,
                 meter,
                 record.key() or b"",

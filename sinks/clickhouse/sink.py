@@ -29,10 +29,9 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from meterline import metrics
-from meterline.config import Config
-from meterline.devstack import clickhouse_dsn
-from meterline.kafka import Assignment, Kafka, group_consumer
+from core import metrics
+from core.config import Config
+from core.kafka import Assignment, Kafka, group_consumer
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import ClickHouseError, ClickHouseUnavailableError, connect, unavailable
 from sinks.clickhouse.rows import Route, Row, routes
@@ -91,7 +90,7 @@ class ClickHouseSink:
         on_flushed: Callable[[Flushed], None] | None = None,
     ) -> None:
         self.config = config
-        self.dsn = dsn or clickhouse_dsn(config)
+        self.dsn = dsn or config.clickhouse.dsn
         self.group_id = group_id
         self.routes = routes(config, AvroSerde.from_registry_url(config.kafka.schema_registry_url))
         self.on_flushed = on_flushed

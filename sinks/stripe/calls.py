@@ -24,9 +24,9 @@ from typing import Any
 
 import stripe
 
-from meterline import devstack, metrics
-from meterline.config import Config
-from meterline.errors import MeterlineError
+from core import metrics
+from core.config import Config
+from core.errors import MeterlineError
 from sinks.stripe.report import Outcome, Report, Status, idempotency_key
 
 log = logging.getLogger("meterline.sink.stripe")
@@ -295,12 +295,19 @@ def _replayed_server_error(exc: stripe.StripeError) -> bool:
     return (exc.http_status or 0) >= 500 and str(headers.get("Idempotent-Replayed", "")).lower() == "true"
 
 
+FAKE_KEY = "sk_test_meterline_fake"
+"""An API base without a key is a fake (meterline's, or a mock someone runs): it takes any key."""
+
+
 def caller_for(config: Config, give_up_after_s: float | None = None) -> Caller:
-    """The configured Stripe (or the local fake), under the configured limits."""
-    api_base, api_key = devstack.stripe_endpoint(config)
+    """The configured Stripe (or a fake at the configured API base), under the configured limits."""
+    api_key = config.stripe.api_key.reveal()
+    api_base = config.stripe.api_base or ("https://api.stripe.com" if api_key else "")
+    if not api_base:  # the composition root resolves the local fake's (meterline.devstack.resolve)
+        raise StripeUnavailableError("no Stripe: run `meterline dev up` (the fake) or set STRIPE_API_KEY")
     return Caller(
         api_base,
-        api_key,
+        api_key or FAKE_KEY,
         config.stripe.timeout_seconds,
         RateLimiter(config.stripe.requests_per_second),
         config.stripe.legacy_api_version,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from meterline.config import StripeConfig
+from core.config import StripeConfig
 from sinks.stripe.calls import Caller
 
 NEGATIVE_TTL_S = 60.0  # an unknown customer is looked up again after this long (it may be created)

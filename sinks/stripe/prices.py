@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from core.currencies import Currency, currency
-from reconciler.pricing import MeterPrice, Plan
+from core.ratecard import MeterPrice, Plan
 
 MAX_UNIT_AMOUNT_DECIMALS = 12
 

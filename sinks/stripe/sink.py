@@ -29,12 +29,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from meterline import metrics
-from meterline.config import Config
-from meterline.kafka import Assignment, Kafka, group_consumer, settings
-from meterline.logs import context
+from core import metrics
+from core.config import Config
+from core.kafka import Assignment, Kafka, group_consumer, idempotent_producer
+from core.logs import context
+from schemas.dead_letters import DeadLetter
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
@@ -89,7 +90,7 @@ class StripeSink:
         self._subscriptions_looked_at = float("-inf")
         self._pool = ThreadPoolExecutor(config.stripe.concurrency, thread_name_prefix="stripe")
         self._consumer = group_consumer(bootstrap, group_id)
-        self._dlq = Producer(settings(bootstrap, {"enable.idempotence": True, "linger.ms": 5}))
+        self._dlq = idempotent_producer(bootstrap, {"linger.ms": 5})
         self._batch_since: float | None = None
         metrics.SINK_LAG_SECONDS.labels("stripe").set_function(self.oldest_pending_seconds)
 
@@ -319,19 +320,19 @@ class StripeSink:
                 identifier=identifier(aggregate.identity),
             ),
         )
-        headers = {
-            "error.code": outcome.error_code or str(Reason.REFUSED),
-            "error.detail": outcome.last_error,
-            "identifier": identifier(item.aggregate.identity),
-            "source.topic": message.topic() or "",
-            "source.partition": str(message.partition()),
-            "source.offset": str(message.offset()),
-        }
+        letter = DeadLetter(
+            outcome.error_code or str(Reason.REFUSED),
+            outcome.last_error,
+            message.topic() or "",
+            message.partition() or 0,
+            message.offset() or 0,
+            identifier=identifier(item.aggregate.identity),
+        )
         self._dlq.produce(
             self.config.topics.stripe_dlq,
             message.value(),
             item.aggregate.customer_id.encode(),
-            headers=[(k, v.encode()) for k, v in headers.items()],
+            headers=letter.headers(),
         )
 
     @staticmethod

@@ -17,7 +17,7 @@ from typing import Any
 
 import stripe
 
-from meterline.config import Config
+from core.config import Config
 from sinks.stripe.calls import Caller
 from sinks.stripe.directory import metadata
 from sinks.stripe.prices import base_fee_lookup_key, base_fee_price, lookup_key, metered_price

@@ -42,13 +42,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import stripe
-from confluent_kafka import KafkaException, Message, Producer
+from confluent_kafka import KafkaException, Message
 
+from core import metrics
+from core.config import Config
 from core.http import Request, Response, Route
-from meterline import metrics
-from meterline.config import Config
-from meterline.kafka import Kafka, group_consumer, partition_count, settings
-from meterline.logs import context
+from core.kafka import Kafka, group_consumer, idempotent_producer, partition_count
+from core.logs import context
 from schemas.serde import AvroSerde
 from sinks.stripe.calls import Caller
 from sinks.stripe.directory import metadata
@@ -78,7 +78,7 @@ SUBSCRIPTION_ITEM_COLUMNS = (
 def receiver_routes(config: Config, bootstrap: Kafka, secret: str) -> dict[str, Route]:
     """POST /webhooks/stripe and GET /healthz, all its port serves: it faces the internet, and the
     server's bounds (core.http) hold its bodies, its time and its connections."""
-    producer = Producer(settings(bootstrap, {"enable.idempotence": True, "linger.ms": 0}))
+    producer = idempotent_producer(bootstrap, {"linger.ms": 0})
     tolerance = config.stripe.webhook_tolerance_seconds
     topic = config.topics.webhooks
 
@@ -128,7 +128,7 @@ class WebhookConsumer:
         self.duplicates = 0
         self._customers: dict[str, str] = {}  # Stripe customer -> ours
         self._consumer = group_consumer(bootstrap, group_id)
-        self._ticks = Producer(settings(bootstrap, {"enable.idempotence": True}))
+        self._ticks = idempotent_producer(bootstrap)
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "invoice.created": self._invoice_created,
             "invoice.finalized": self._invoice_finalized,

@@ -9,12 +9,12 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from meterline import metrics
-from meterline.config import Config, KafkaConfig, Secret, TopicsConfig
-from meterline.errors import MeterlineError
+from core import metrics
+from core.config import Config, KafkaConfig, Secret, TopicsConfig
+from core.errors import MeterlineError
 
 log = logging.getLogger("meterline.kafka")
 _LIBRDKAFKA = logging.getLogger("meterline.librdkafka")
@@ -78,6 +78,12 @@ def settings(kafka: Kafka, extra: Mapping[str, object] | None = None) -> dict[st
     lines (disconnects, retries) through Python logging, so they take the process's --log-format."""
     security = client_properties(kafka)
     return {"bootstrap.servers": brokers(kafka).bootstrap, **security, "logger": _LIBRDKAFKA, **(extra or {})}
+
+
+def idempotent_producer(kafka: Kafka, extra: Mapping[str, object] | None = None) -> Producer:
+    """A producer whose retries can neither duplicate nor reorder a write (idempotence, acks=all):
+    every producer of meterline is one. `extra` tunes batching and partitioning, never that."""
+    return Producer(settings(kafka, {**(extra or {}), "enable.idempotence": True, "acks": "all"}))
 
 
 class KafkaUnavailableError(MeterlineError):
