@@ -25,6 +25,7 @@ from reconciler.invoice_text import money, quantity_text, rows
 from reconciler.periods import resolve
 from reconciler.plan_history import invoice_over, period_invoice
 from reconciler.pricing import Invoice, billed_quantity
+from sinks.clickhouse.queries import in_span
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -61,9 +62,8 @@ def series(
     bucket = {"hour": "toStartOfHour", "day": "toStartOfDay"}[grain]
     rows = client.query(
         f"SELECT meter, toUnixTimestamp({bucket}(window_start)) * 1000 AS t, sum(value) "
-        "FROM usage_windows FINAL WHERE customer_id = %(customer)s "
-        "AND window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
-        "AND window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC') GROUP BY meter, t ORDER BY meter, t",
+        f"FROM usage_windows FINAL WHERE customer_id = %(customer)s AND {in_span()} "
+        "GROUP BY meter, t ORDER BY meter, t",
         parameters={"customer": customer, "start": start_ms, "end": end_ms},
     ).result_rows
     out: dict[str, list[tuple[int, int]]] = {}

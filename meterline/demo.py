@@ -22,6 +22,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from core.config import Config
 from core.errors import MeterlineError
@@ -45,48 +46,13 @@ DEAD_LETTERS = (
 
 
 def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, workers: int, keep: bool) -> int:
-    from meterline.produce import produce_workload
-
     _clear_the_stack(config)
     devstack.up(config, log=print)
     config = devstack.resolve(config)
     run: subprocess.Popen[bytes] | None = None
     try:
         month = datetime.fromtimestamp(spec.start_ms / 1000, UTC).strftime("%Y-%m")
-        print(
-            f"\n== 2. a month of usage: {spec.events:,} records for {spec.customers} customers from "
-            f"{_iso(spec.start_ms)} to {_iso(spec.start_ms + spec.span_ms)} (seed {spec.seed}; duplicates "
-            f"{spec.duplicate_rate:.0%}, late {spec.late_rate:.0%}, malformed {spec.malformed_rate:.0%})"
-        )
-        result, expected = produce_workload(
-            config,
-            devstack.kafka_brokers(config),
-            spec,
-            workers=workers,
-            progress=progress.rate("produced", spec.events),
-        )
-        print(file=sys.stderr)
-        print(
-            render(
-                [
-                    {
-                        "records": result.records,
-                        "messages": result.messages,
-                        "records/s": round(result.records_per_second),
-                    }
-                ]
-            )
-        )
-        print("\n== 3. what reached usage.events, judged as the stream app will judge it")
-        judged = inspect.summarize(config, result.messages).document()
-        print(inspect.describe(judged))
-        wanted = expected.to_json(spec)
-        judged_right = (
-            judged["records"] == {k: wanted["records"][k] for k in judged["records"]}
-            and judged["totals_by_customer_meter"] == wanted["totals_by_customer_meter"]
-        )
-        verdict = "the same outcomes and totals" if judged_right else "DIFFERENT"
-        print(f"  against the generator's expectation: {verdict}")
+        expected, wanted, judged_right = _produce_and_judge(config, spec, workers)
 
         print("\n== 4. Stripe onboarding: `meterline stripe sync`, and a Stripe customer per demo customer")
         _onboard(config, spec)
@@ -135,6 +101,50 @@ def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, workers: 
         if not keep:
             print("\n== stopping `meterline run` and the local stack (use --keep to leave them up)")
             devstack.down(config, log=print)
+
+
+def _produce_and_judge(
+    config: Config, spec: WorkloadSpec, workers: int
+) -> tuple[Expected, dict[str, Any], bool]:
+    """Steps 2 and 3: the month of usage produced, then judged from the topic as the stream app
+    will judge it; (the generator's expectation, as JSON, whether the judgement matches it)."""
+    from meterline.produce import produce_workload
+
+    print(
+        f"\n== 2. a month of usage: {spec.events:,} records for {spec.customers} customers from "
+        f"{_iso(spec.start_ms)} to {_iso(spec.start_ms + spec.span_ms)} (seed {spec.seed}; duplicates "
+        f"{spec.duplicate_rate:.0%}, late {spec.late_rate:.0%}, malformed {spec.malformed_rate:.0%})"
+    )
+    result, expected = produce_workload(
+        config,
+        devstack.kafka_brokers(config),
+        spec,
+        workers=workers,
+        progress=progress.rate("produced", spec.events),
+    )
+    print(file=sys.stderr)
+    print(
+        render(
+            [
+                {
+                    "records": result.records,
+                    "messages": result.messages,
+                    "records/s": round(result.records_per_second),
+                }
+            ]
+        )
+    )
+    print("\n== 3. what reached usage.events, judged as the stream app will judge it")
+    judged = inspect.summarize(config, result.messages).document()
+    print(inspect.describe(judged))
+    wanted = expected.to_json(spec)
+    judged_right = (
+        judged["records"] == {k: wanted["records"][k] for k in judged["records"]}
+        and judged["totals_by_customer_meter"] == wanted["totals_by_customer_meter"]
+    )
+    verdict = "the same outcomes and totals" if judged_right else "DIFFERENT"
+    print(f"  against the generator's expectation: {verdict}")
+    return expected, wanted, judged_right
 
 
 def _clear_the_stack(config: Config) -> None:

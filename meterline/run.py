@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from core import logs, metrics
 from core.config import Config
 from core.errors import MeterlineError
+from core.http import Route, Server
 from core.kafka import Kafka
 from meterline import api, devstack, forward, topics
 from meterline.server import Health, serve, serve_webhooks
@@ -159,10 +160,7 @@ def run(
 
     from sinks.clickhouse.client import connect
     from sinks.clickhouse.migrate import migrate
-    from sinks.clickhouse.sink import ClickHouseSink
-    from sinks.stripe.calls import caller_for
-    from sinks.stripe.sink import StripeSink
-    from sinks.stripe.webhooks import PATH, WebhookConsumer
+    from sinks.stripe.webhooks import PATH
 
     logs.setup(log_level, log_format)
     if not config.run.loopback and not config.run.dashboard_protected:
@@ -187,26 +185,11 @@ def run(
     # The ports first: a port in use stops `run` before any role has started.
     secret = secrets.token_urlsafe(32)
     try:
-        routes = api.routes(config, client, execute, secret)
-        server = serve(config.run.host, config.run.port, health, config.run.limits, routes)
-        receiver = serve_webhooks(config, bootstrap)
-    except OSError as exc:
+        server, receiver = _listen(config, bootstrap, health, api.routes(config, client, execute, secret))
+    except BaseException:
         client.close()
-        raise MeterlineError(
-            f"cannot listen on {config.run.host} ({exc.strerror}): [run] port {config.run.port} and "
-            f"[stripe] webhook_port {config.stripe.webhook_port} must be free (0: any free port)"
-        ) from exc
-    for role in ("sink-clickhouse", "sink-stripe", "webhooks"):
-        topics.require_for_role(bootstrap, config, role)
-    roles = Roles(health)
-    roles.start("sink-clickhouse", lambda stop: ClickHouseSink(config, bootstrap).run(stop))
-    roles.start("sink-stripe", lambda stop: StripeSink(config, bootstrap).run(stop))
-    roles.start(
-        "webhooks", lambda stop: WebhookConsumer(config, bootstrap, client, caller_for(config)).run(stop)
-    )
-    metrics.register_reconcile()
-    every_s = config.run.reconcile_every_minutes * 60
-    roles.start("reconcile", lambda stop: reconcile_periodically(config, client, stop, every_s, every_s))
+        raise
+    roles = _start_roles(config, bootstrap, client, health)
     url = f"http://{config.run.host}:{server.server_address[1]}"
     forward.announce(config, url, secret)
     log.info(
@@ -237,6 +220,49 @@ def run(
         if not stack_was_up:
             devstack.down(config, log=log.info)
     return 1 if roles.failures else 0
+
+
+def _listen(
+    config: Config, bootstrap: Kafka, health: Health, routes: dict[str, Route]
+) -> tuple[Server, Server]:
+    """The API and dashboard server, and Stripe's webhook receiver."""
+    try:
+        server = serve(config.run.host, config.run.port, health, config.run.limits, routes)
+    except OSError as exc:
+        raise _cannot_listen(config, exc) from exc
+    try:
+        return server, serve_webhooks(config, bootstrap)
+    except OSError as exc:
+        server.shutdown()
+        raise _cannot_listen(config, exc) from exc
+
+
+def _cannot_listen(config: Config, exc: OSError) -> MeterlineError:
+    return MeterlineError(
+        f"cannot listen on {config.run.host} ({exc.strerror}): [run] port {config.run.port} and "
+        f"[stripe] webhook_port {config.stripe.webhook_port} must be free (0: any free port)"
+    )
+
+
+def _start_roles(config: Config, bootstrap: Kafka, client: Client, health: Health) -> Roles:
+    """Every role but the stream app, each on its thread, once their topics are there."""
+    from sinks.clickhouse.sink import ClickHouseSink
+    from sinks.stripe.calls import caller_for
+    from sinks.stripe.sink import StripeSink
+    from sinks.stripe.webhooks import WebhookConsumer
+
+    for role in ("sink-clickhouse", "sink-stripe", "webhooks"):
+        topics.require_for_role(bootstrap, config, role)
+    roles = Roles(health)
+    roles.start("sink-clickhouse", lambda stop: ClickHouseSink(config, bootstrap).run(stop))
+    roles.start("sink-stripe", lambda stop: StripeSink(config, bootstrap).run(stop))
+    roles.start(
+        "webhooks", lambda stop: WebhookConsumer(config, bootstrap, client, caller_for(config)).run(stop)
+    )
+    metrics.register_reconcile()
+    every_s = config.run.reconcile_every_minutes * 60
+    roles.start("reconcile", lambda stop: reconcile_periodically(config, client, stop, every_s, every_s))
+    return roles
 
 
 def __getattr__(name: str) -> Any:

@@ -168,24 +168,8 @@ def generate(
     late_edge = ooo_edge + spec.late_rate
     bad_edge = late_edge + spec.malformed_rate
     totals = expected.totals
-    non_billable_below = int(spec.non_billable_rate * 0x10000)
 
-    def build(i: int, timestamp: int, bits: int) -> UsageEvent:
-        # Everything about an event follows from its index, time and one draw of 64 random bits,
-        # sliced: several times cheaper than a draw per choice, and a duplicate can be rebuilt.
-        meter = meter_list[bits % len(meter_list)]
-        billable = (bits >> 40) & 0xFFFF >= non_billable_below
-        statuses = _STATUSES_BILLABLE if billable else _STATUSES_NOT_BILLABLE
-        return UsageEvent(
-            f"ev-{spec.seed}-{i}",
-            customers[(bits >> 8) % len(customers)],
-            meter.name,
-            1 + (bits >> 28) % 999,
-            meter.unit,
-            timestamp,
-            "generator",
-            {"status": statuses[(bits >> 56) % len(statuses)]},
-        )
+    build = _event_builder(spec, customers, meter_list)
 
     for i in range(spec.events):
         now = spec.start_ms + int(i * step)
@@ -237,6 +221,32 @@ def generate(
         else:
             expected.non_billable += 1
         yield Emission(event)
+
+
+def _event_builder(
+    spec: WorkloadSpec, customers: list[str], meter_list: list[MeterConfig]
+) -> Callable[[int, int, int], UsageEvent]:
+    """The event of index i at `timestamp` from its 64 random `bits`."""
+    non_billable_below = int(spec.non_billable_rate * 0x10000)
+
+    def build(i: int, timestamp: int, bits: int) -> UsageEvent:
+        # Everything about an event follows from its index, time and one draw of 64 random bits,
+        # sliced: several times cheaper than a draw per choice, and a duplicate can be rebuilt.
+        meter = meter_list[bits % len(meter_list)]
+        billable = (bits >> 40) & 0xFFFF >= non_billable_below
+        statuses = _STATUSES_BILLABLE if billable else _STATUSES_NOT_BILLABLE
+        return UsageEvent(
+            f"ev-{spec.seed}-{i}",
+            customers[(bits >> 8) % len(customers)],
+            meter.name,
+            1 + (bits >> 28) % 999,
+            meter.unit,
+            timestamp,
+            "generator",
+            {"status": statuses[(bits >> 56) % len(statuses)]},
+        )
+
+    return build
 
 
 def customer_ids(spec: WorkloadSpec) -> list[str]:

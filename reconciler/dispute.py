@@ -22,6 +22,7 @@ from reconciler import invoice_text
 from reconciler.periods import Period
 from reconciler.plan_history import period_invoice
 from reconciler.pricing import Invoice, invoice
+from sinks.clickhouse.queries import in_span
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -135,10 +136,7 @@ def query(config: Config, client: Client, customer: str, period: Period) -> Disp
     """The report for `customer` over `period` (reconciler.periods: a UTC month or a billing period)."""
     start, end = period.start_ms, period.end_ms
     params = {"customer": customer, "start": start, "end": end}
-    in_period = (
-        "customer_id = %(customer)s AND window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
-        "AND window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC')"
-    )
+    in_period = f"customer_id = %(customer)s AND {in_span()}"
     hours = [
         HourUsage(str(m), int(h), int(q), int(c))
         for m, h, q, c in client.query(

@@ -31,6 +31,7 @@ from reconciler.compare import Difference, compare, differing
 from reconciler.periods import resolve
 from reconciler.stripe_totals import StripeTotals
 from reconciler.usage import PeriodError, period_bounds
+from sinks.clickhouse.queries import in_span
 from sinks.stripe.calls import Caller
 from sinks.stripe.directory import Directory
 
@@ -156,18 +157,11 @@ def _where(customer: str | None, meter: str | None, table: str = "") -> str:
     )
 
 
-def _window_range() -> str:
-    return (
-        "window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
-        "AND window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC')"
-    )
-
-
 def _our_totals(
     client: Client, start: int, end: int, customer: str | None, meter: str | None
 ) -> dict[Pair, int]:
     rows = client.query(
-        f"SELECT customer_id, meter, sum(value) FROM usage_windows FINAL WHERE {_window_range()}"
+        f"SELECT customer_id, meter, sum(value) FROM usage_windows FINAL WHERE {in_span()}"
         f"{_where(customer, meter)} GROUP BY customer_id, meter",
         parameters={"start": start, "end": end, "customer": customer, "meter": meter},
     ).result_rows
@@ -177,7 +171,7 @@ def _our_totals(
 def _our_hours(client: Client, customer: str, meter: str, start: int, end: int) -> dict[int, int]:
     rows = client.query(
         "SELECT toUnixTimestamp(toStartOfHour(window_start)) * 1000, sum(value) FROM usage_windows FINAL "
-        f"WHERE {_window_range()}{_where(customer, meter)} GROUP BY 1",
+        f"WHERE {in_span()}{_where(customer, meter)} GROUP BY 1",
         parameters={"start": start, "end": end, "customer": customer, "meter": meter},
     ).result_rows
     return {int(h): int(v) for h, v in rows if v}
@@ -213,7 +207,7 @@ def _unbilled(
 ) -> list[Unbilled]:
     rows = client.query(
         "SELECT customer_id, meter, error_code, sum(value), count() FROM stripe_reports FINAL "
-        f"WHERE status = 'failed' AND {_window_range()}{_where(customer, meter)} "
+        f"WHERE status = 'failed' AND {in_span()}{_where(customer, meter)} "
         "GROUP BY customer_id, meter, error_code ORDER BY customer_id, meter, error_code",
         parameters={"start": start, "end": end, "customer": customer, "meter": meter},
     ).result_rows
@@ -235,8 +229,7 @@ def late_corrections(
         "            FROM stripe_invoices FINAL) AS i ON i.stripe_customer = l.stripe_customer "
         "WHERE r.revision > 0 AND r.window_start >= i.period_start AND r.window_start < i.period_end "
         "AND r.inserted_at > i.event_created "
-        "AND r.window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
-        f"AND r.window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC'){where} "
+        f"AND {in_span('r.window_start')}{where} "
         "GROUP BY r.customer_id, r.meter, i.invoice_id ORDER BY 1, 2, 3",
         parameters={"start": start, "end": end, "customer": customer, "meter": meter},
     ).result_rows
@@ -246,8 +239,7 @@ def late_corrections(
 def _dead_letters(client: Client, start: int, end: int) -> dict[str, int]:
     rows = client.query(
         "SELECT error_code, count() FROM dlq_events FINAL "
-        "WHERE received_at >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
-        "AND received_at < fromUnixTimestamp64Milli(%(end)s, 'UTC') GROUP BY error_code ORDER BY error_code",
+        f"WHERE {in_span('received_at')} GROUP BY error_code ORDER BY error_code",
         parameters={"start": start, "end": end},
     ).result_rows
     return {str(code): int(n) for code, n in rows}

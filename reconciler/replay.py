@@ -44,9 +44,11 @@ from reconciler.compare import Difference, compare
 from reconciler.stripe_totals import StripeTotals
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
+from sinks.clickhouse.queries import in_span
 from streams.judge import Judge
 from streams.processor import PartitionProcessor, rules_from
 from streams.state import UnsavedStore
+from streams.windows import window_end
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -206,8 +208,7 @@ def stored_windows(
     """ClickHouse's latest (value, revision) per window and source partition."""
     rows = client.query(
         "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, value, revision "
-        "FROM usage_windows FINAL WHERE window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
-        "AND window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC')"
+        f"FROM usage_windows FINAL WHERE {in_span()}"
         + (" AND customer_id = %(customer)s" if customer else ""),
         parameters={"start": start_ms, "end": end_ms, "customer": customer},
     ).result_rows
@@ -222,9 +223,7 @@ def reported_windows(
     rows = client.query(
         "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, "
         "sum(value), max(revision), max(toUnixTimestamp64Milli(updated_at)) "
-        "FROM stripe_reports FINAL WHERE status IN ('sent', 'confirmed') "
-        "AND window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
-        "AND window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC')"
+        f"FROM stripe_reports FINAL WHERE status IN ('sent', 'confirmed') AND {in_span()}"
         + (" AND customer_id = %(customer)s" if customer else "")
         + " GROUP BY customer_id, meter, window_start, source_partition",
         parameters={"start": start_ms, "end": end_ms, "customer": customer},
@@ -261,7 +260,7 @@ def stripe_windows(
                 continue
             for w in starts:
                 if ledger.get((customer, meter, w), (0, 0))[1] < settled_before_ms:
-                    found[(customer, meter, w)] = totals.total(customer, meter, w, w + window_ms)
+                    found[(customer, meter, w)] = totals.total(customer, meter, w, window_end(w, window_ms))
     return found
 
 
@@ -309,13 +308,60 @@ def repairs(
                 customer_id=customer,
                 meter=meter,
                 window_start=window_start,
-                window_end=window_start + window_ms,
+                window_end=window_end(window_start, window_ms),
                 source_partition=partition,
                 value=value,
                 delta=delta,
                 event_count=count,
                 revision=max(stored_revision, reported_revision) + 1,
-                closed_at=window_start + window_ms,  # deterministic: a second run emits the same revision
+                closed_at=window_end(window_start, window_ms),  # deterministic: the same on every run
             )
         )
     return fixes
+
+
+def stripe_differences(
+    rederived: Rederived, totals: StripeTotals, start_ms: int, end_ms: int
+) -> list[Difference[tuple[str, str]]]:
+    """Per customer and meter of the range, Stripe's own total against the re-derived one: the
+    pairs that differ."""
+    pairs: dict[tuple[str, str], int] = {}
+    for (customer, meter, _), value in rederived.windows().items():
+        pairs[(customer, meter)] = pairs.get((customer, meter), 0) + value
+    theirs = {pair: totals.total(*pair, start_ms, end_ms) for pair in pairs}
+    return [d for d in compare({k: v for k, v in theirs.items() if v}, pairs) if d.drift]
+
+
+def plan_repairs(
+    config: Config,
+    totals: StripeTotals,
+    rederived: Rederived,
+    stored: dict[PartitionWindow, tuple[int, int]],
+    reported: dict[PartitionWindow, tuple[int, int, int]],
+    now_ms: int,
+) -> list[WindowAggregate]:
+    """`repairs`, with Stripe's own totals of the windows it disagrees on (meter events only: usage
+    record summaries are per billing period, not per window)."""
+    known = (
+        stripe_windows(
+            totals,
+            reported,
+            rederived,
+            config.windows.size_ms,
+            now_ms - config.stripe.summaries_settle_seconds * 1000,
+        )
+        if config.stripe.mode != "usage_records"
+        else {}
+    )
+    return repairs(rederived, stored, reported, config.windows.size_ms, known)
+
+
+def emit_repairs(config: Config, bootstrap: Kafka, fixes: list[WindowAggregate]) -> None:
+    """The correcting revisions onto usage.aggregates, keyed as the stream keys them: both sinks
+    take them like any revision."""
+    serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
+    producer = idempotent_producer(bootstrap, {"partitioner": "murmur2_random"})
+    for fix in fixes:
+        producer.produce(config.topics.aggregates, serde.encode_aggregate(fix), fix.customer_id.encode())
+    if producer.flush(60):
+        raise ReplayError("the correcting revisions were not all delivered: run the repair again")

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from core.errors import MeterlineError
+from sinks.clickhouse.queries import in_span
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -34,8 +35,7 @@ def customer_usage(client: Client, customer_id: str, start_ms: int, end_ms: int)
     """meter -> total in its base unit, over the windows that start in [start, end)."""
     rows = client.query(
         "SELECT meter, sum(value) FROM usage_windows FINAL WHERE customer_id = %(customer)s "
-        "AND window_start >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
-        "AND window_start < fromUnixTimestamp64Milli(%(end)s, 'UTC') GROUP BY meter",
+        f"AND {in_span()} GROUP BY meter",
         parameters={"customer": customer_id, "start": start_ms, "end": end_ms},
     ).result_rows
     return {meter: int(total) for meter, total in rows}

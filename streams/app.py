@@ -241,28 +241,7 @@ def build_app(config: Config, bootstrap: Kafka, data_dir: Path) -> tuple[faust.A
     runtime = StreamRuntime(config, output, data_dir, serde)
     events = app.topic(config.topics.events, schema=_raw())
 
-    # Before every commit Faust awaits its producer: flush() at_least_once, commit_transactions()
-    # exactly_once (its own producer; ours stays outside the transaction). Write the state behind
-    # and deliver our writes first. Faust chose the offsets to commit before it called this, so
-    # records processed while the flush runs are neither in the write nor in the commit.
-    faust_producer = app.producer
-    faust_flush = faust_producer.flush
-    faust_commit_transactions = faust_producer.commit_transactions
-
-    async def deliver_ours() -> None:
-        runtime.write_behind()
-        await asyncio.get_running_loop().run_in_executor(None, output.flush)
-
-    async def flush_then_commit() -> None:
-        await deliver_ours()
-        await faust_flush()
-
-    async def commit_transactions_after_ours(*args: Any, **kwargs: Any) -> None:
-        await deliver_ours()
-        await faust_commit_transactions(*args, **kwargs)
-
-    faust_producer.flush = flush_then_commit  # type: ignore[method-assign]
-    faust_producer.commit_transactions = commit_transactions_after_ours  # type: ignore[method-assign]
+    _deliver_ours_before_commits(app, runtime, output)
 
     @app.agent(events, name="meterline-aggregate")
     async def aggregate(stream: Any) -> None:
@@ -289,6 +268,41 @@ def build_app(config: Config, bootstrap: Kafka, data_dir: Path) -> tuple[faust.A
                 )
                 os._exit(70)
 
+    _add_timers_and_rebalance_hooks(app, runtime, output, config)
+    return app, runtime
+
+
+def _deliver_ours_before_commits(app: faust.App, runtime: StreamRuntime, output: Output) -> None:
+    # Before every commit Faust awaits its producer: flush() at_least_once, commit_transactions()
+    # exactly_once (its own producer; ours stays outside the transaction). Write the state behind
+    # and deliver our writes first. Faust chose the offsets to commit before it called this, so
+    # records processed while the flush runs are neither in the write nor in the commit.
+    faust_producer = app.producer
+    faust_flush = faust_producer.flush
+    faust_commit_transactions = faust_producer.commit_transactions
+
+    async def deliver_ours() -> None:
+        runtime.write_behind()
+        await asyncio.get_running_loop().run_in_executor(None, output.flush)
+
+    async def flush_then_commit() -> None:
+        await deliver_ours()
+        await faust_flush()
+
+    async def commit_transactions_after_ours(*args: Any, **kwargs: Any) -> None:
+        await deliver_ours()
+        await faust_commit_transactions(*args, **kwargs)
+
+    faust_producer.flush = flush_then_commit  # type: ignore[method-assign]
+    faust_producer.commit_transactions = commit_transactions_after_ours  # type: ignore[method-assign]
+
+
+def _add_timers_and_rebalance_hooks(
+    app: faust.App, runtime: StreamRuntime, output: Output, config: Config
+) -> None:
+    """Ticks into quiet partitions (their windows close by wall clock), the counters in the log,
+    and the runtime told which partitions it holds."""
+
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]  # faust's timer decorator is untyped
     async def tick_quiet_partitions() -> None:
         for partition in runtime.quiet_partitions_due():
@@ -309,8 +323,6 @@ def build_app(config: Config, bootstrap: Kafka, data_dir: Path) -> tuple[faust.A
         mine = {tp.partition for tp in assigned if tp.topic == config.topics.events}
         runtime.assigned = mine
         runtime.forget(mine)  # recovered afresh at their first record
-
-    return app, runtime
 
 
 def faust_credentials(kafka: KafkaConfig) -> faust.auth.Credentials | None:

@@ -34,7 +34,15 @@ from core.config import Config
 from schemas.records import WindowAggregate
 from streams.judge import Verdict
 from streams.state import PartitionClock, Revision, WindowKey, WindowState
-from streams.windows import DAY_MS, event_value, window_start
+from streams.windows import (
+    DAY_MS,
+    closing_limit,
+    event_value,
+    forget_dedup_at,
+    forget_window_at,
+    window_end,
+    window_start,
+)
 
 
 class Store(Protocol):
@@ -167,7 +175,7 @@ class PartitionProcessor:
 
     def due_for_tick(self, now_ms: int) -> bool:
         """True when an open window would close if a tick stamped `now_ms` arrived."""
-        return bool(self._closing) and self._closing[0][0] + self.rules.grace_ms <= now_ms
+        return bool(self._closing) and self._closing[0][0] <= closing_limit(now_ms, self.rules.grace_ms)
 
     @property
     def open_windows(self) -> int:
@@ -177,23 +185,20 @@ class PartitionProcessor:
 
     def _track_open(self, state: WindowState) -> None:
         self._open[state.key] = state
-        heapq.heappush(self._closing, (state.key.window_start + self.rules.size_ms, state.key))
+        heapq.heappush(self._closing, (window_end(state.key.window_start, self.rules.size_ms), state.key))
 
     def _track_closed(self, state: WindowState) -> None:
-        end = state.key.window_start + self.rules.size_ms
         if state.event_ids is not None:
-            # "until an hour after the window closed" (DESIGN §4): its last close, by the watermark
-            closed_by = state.revisions[-1].watermark
-            heapq.heappush(self._aging, (closed_by + self.rules.dedup_retention_ms, False, state.key))
+            forget_ids = forget_dedup_at(state.revisions[-1].watermark, self.rules.dedup_retention_ms)
+            heapq.heappush(self._aging, (forget_ids, False, state.key))
         else:
-            heapq.heappush(self._aging, (end + self.rules.forget_after_ms, True, state.key))
+            end = window_end(state.key.window_start, self.rules.size_ms)
+            heapq.heappush(self._aging, (forget_window_at(end, self.rules.forget_after_ms), True, state.key))
 
     def _close_due(
         self, offset: int, record_time: int, is_tick: bool
     ) -> list[tuple[WindowState, WindowAggregate]]:
-        limit = self.clock.watermark - self.rules.grace_ms
-        if is_tick:
-            limit = max(limit, record_time - self.rules.grace_ms)
+        limit = closing_limit(self.clock.watermark, self.rules.grace_ms, record_time if is_tick else None)
         closed = []
         ahead = []
         while self._closing and self._closing[0][0] <= limit:
@@ -258,7 +263,7 @@ class PartitionProcessor:
             customer_id=key.customer_id,
             meter=key.meter,
             window_start=key.window_start,
-            window_end=key.window_start + self.rules.size_ms,
+            window_end=window_end(key.window_start, self.rules.size_ms),
             source_partition=self.partition,
             value=revision.value,
             delta=revision.value - previous,

@@ -1,0 +1,7 @@
+"""`python -m meterline.cli`."""
+
+import sys
+
+from meterline.cli import main
+
+sys.exit(main())

@@ -1,0 +1,209 @@
+"""The rate card in the configuration: [meters], [plans] and [billing] built and checked, each
+price one Stripe can bill exactly."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal, cast
+
+from core.config import ConfigProblem, MeterConfig
+from core.ratecard import MeterPrice, Plan, Rounding, Tier
+from meterline.config_checks import (
+    Section,
+    at_least,
+    between,
+    currency_check,
+    decimal,
+    money,
+    unit_check,
+)
+from sinks.stripe.prices import base_fee_terms, stripe_terms
+
+
+def plan_history(
+    s: Section, raw: Mapping[str, Any], plans: Mapping[str, Plan]
+) -> dict[str, tuple[tuple[str, int], ...]]:
+    """`history = { "cust-42" = [{ plan = "starter", until = "2026-11-15T00:00:00Z" }] }`."""
+    history = {}
+    for customer, entries in raw.items():
+        changes: list[tuple[str, int]] = []
+        for n, entry in enumerate(entries if isinstance(entries, list) else [entries]):
+            where = f"history.{customer}[{n}]"
+            if not isinstance(entry, dict) or set(entry) != {"plan", "until"}:
+                s.problem(
+                    where, entry, 'each earlier plan is { plan = "starter", until = "2026-11-15T00:00:00Z" }'
+                )
+                continue
+            until = _instant(entry["until"])
+            if entry["plan"] not in plans:
+                s.problem(where, entry["plan"], f"no plan {entry['plan']!r} in [plans]")
+            elif until is None:
+                s.problem(
+                    where, entry["until"], "an instant in ISO 8601 with its zone, e.g. 2026-11-15T00:00:00Z"
+                )
+            elif changes and until <= changes[-1][1]:
+                s.problem(
+                    where, entry["until"], "earlier plans are listed in order, each ending after the last"
+                )
+            else:
+                changes.append((str(entry["plan"]), until))
+        history[str(customer)] = tuple(changes)
+    return history
+
+
+def _instant(value: object) -> int | None:
+    text = value.isoformat() if isinstance(value, datetime) else str(value)
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return None if when.tzinfo is None else int(when.timestamp() * 1000)
+
+
+def build_plans(
+    raw: Any, meters: Mapping[str, MeterConfig], problems: list[ConfigProblem]
+) -> dict[str, Plan]:
+    if not isinstance(raw, dict):
+        problems.append(ConfigProblem("plans", raw, "must be tables [plans.<name>]"))
+        return {}
+    plans = {}
+    for name, table in raw.items():
+        s = Section({name: table}, name, problems)
+        s.name = f"plans.{name}"
+        currency = s.get("currency", str, "usd", currency_check)
+        base_fee = money(s, "base_fee", "0")
+        prices_raw = s.get("prices", dict, {})
+        s.finish()
+        prices = {}
+        for meter, price_table in prices_raw.items():
+            p = Section({meter: price_table}, meter, problems)
+            p.name = f"plans.{name}.prices.{meter}"
+            if meter not in meters:
+                p.problem("", meter, f"no meter {meter!r} in [meters]")
+            expected_unit = meters[meter].unit if meter in meters else ""
+            p.get("unit", str, expected_unit, unit_check(expected_unit))
+            tiers_mode = p.get(
+                "tiers_mode",
+                str,
+                "",
+                lambda v: None if v in ("", "graduated", "volume") else "graduated or volume",
+            )
+            tiers = _tiers(p, p.get("tiers", list, []), bool(tiers_mode))
+            prices[meter] = MeterPrice(
+                meter=meter,
+                label=p.get("label", str, meter.replace("_", " ")),
+                billed_unit=p.get("billed_unit", str, expected_unit),
+                per=Decimal(p.get("per", int, 1, at_least(1))),
+                decimals=p.get("decimals", int, 0, between(0, 6)),
+                rounding=cast(
+                    Rounding,
+                    p.get(
+                        "rounding",
+                        str,
+                        "up",
+                        lambda v: None if v in ("up", "down", "half_up") else "up, down or half_up",
+                    ),
+                ),
+                included=Decimal(p.get("included", int, 0, at_least(0))),
+                overage_price=money(p, "overage_price", "0") if not tiers_mode else None,
+                tiers_mode=cast(Literal["graduated", "volume"] | None, tiers_mode or None),
+                tiers=tiers,
+                billed_by_stripe=p.get("billed_by_stripe", bool, True),
+            )
+            p.finish()
+        plan = Plan(name, currency, base_fee, prices)
+        if currency_check(currency) is None:
+            _check_billable(plan, problems)
+        plans[name] = plan
+    return plans
+
+
+def _check_billable(plan: Plan, problems: list[ConfigProblem]) -> None:
+    """Every price billed through Stripe must be one Stripe bills exactly as the preview computes it."""
+    base_fee = base_fee_terms(plan)
+    if plan.base_fee and isinstance(base_fee, str):
+        problems.append(ConfigProblem(f"plans.{plan.name}.base_fee", str(plan.base_fee), base_fee))
+    for meter, price in plan.prices.items():
+        terms = stripe_terms(plan, price)
+        if price.billed_by_stripe and isinstance(terms, str):
+            problems.append(
+                ConfigProblem(
+                    f"plans.{plan.name}.prices.{meter}",
+                    price.label,
+                    f"Stripe cannot bill this price exactly: {terms} (or set billed_by_stripe = false "
+                    "to price it here and invoice it some other way)",
+                )
+            )
+
+
+def _tiers(p: Section, raw: list[Any], wanted: bool) -> tuple[Tier, ...]:
+    if not wanted:
+        if raw:
+            p.problem("tiers", raw, "tiers need tiers_mode = graduated or volume")
+        return ()
+    tiers = []
+    for n, entry in enumerate(raw):
+        if not isinstance(entry, dict) or "unit_price" not in entry:
+            p.problem(
+                f"tiers[{n}]", entry, 'each tier is { up_to = N, unit_price = "0.01" }; the last has no up_to'
+            )
+            continue
+        up_to = entry.get("up_to")
+        price, fee = decimal(entry["unit_price"]), decimal(entry.get("flat_fee", "0"))
+        if price is None or fee is None:
+            p.problem(f"tiers[{n}]", entry, "unit_price and flat_fee are amounts written as strings")
+            continue
+        tiers.append(Tier(None if up_to is None else Decimal(up_to), price, fee))
+    edges = [t.up_to for t in tiers]
+    if not tiers or edges[-1] is not None or None in edges[:-1] or edges[:-1] != sorted(set(edges[:-1])):  # type: ignore[type-var]
+        p.problem("tiers", raw, "tiers rise strictly (up_to) and only the last one is open-ended")
+    return tuple(tiers)
+
+
+def build_meters(raw: Any, problems: list[ConfigProblem]) -> dict[str, MeterConfig]:
+    if not isinstance(raw, dict) or not raw:
+        problems.append(ConfigProblem("meters", raw, "declare at least one meter as [meters.<name>]"))
+        return {}
+    meters: dict[str, MeterConfig] = {}
+    for name, table in raw.items():
+        if not _METER_NAME.match(name):
+            problems.append(
+                ConfigProblem(f"meters.{name}", name, "a meter name is lowercase letters, digits, '_'")
+            )
+        s = Section({name: table}, name, problems)
+        s.name = f"meters.{name}"
+        unit = s.get("unit", str, "", lambda v: None if v else "every meter needs a unit (call, byte, ...)")
+        aggregation = s.get(
+            "aggregation", str, "sum", lambda v: None if v in ("sum", "count") else "must be sum or count"
+        )
+        event_name = s.get("stripe_event_name", str, name, lambda v: None if v else "must not be empty")
+        billable = _billable(s.get("billable", dict, {}), s)
+        s.finish()
+        meters[name] = MeterConfig(
+            name, unit, cast(Literal["sum", "count"], aggregation), event_name, billable
+        )
+    return meters
+
+
+def _billable(table: dict[str, Any], s: Section) -> dict[str, tuple[str, ...]]:
+    rules: dict[str, tuple[str, ...]] = {}
+    for attribute, patterns in table.items():
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if (
+            not isinstance(patterns, list)
+            or not patterns
+            or not all(isinstance(p, str) and p for p in patterns)
+        ):
+            s.problem(
+                f"billable.{attribute}", patterns, 'must be a non-empty list of glob patterns, e.g. ["2??"]'
+            )
+            continue
+        rules[attribute] = tuple(patterns)
+    return rules
+
+
+_METER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
