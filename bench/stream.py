@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LIVE_SPAN_MS = 21 * 60_000
 
 
-def main() -> None:
+def _arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--single-events", type=int, default=200_000)
@@ -62,7 +62,11 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="sample the meterline workers with py-spy into this directory"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = _arguments().parse_args()
     state = Path(tempfile.mkdtemp(prefix="meterline-bench-stream-"))
     base = load_config(None, {"METERLINE__DEV__STATE_DIR": str(state)})
     bootstrap = devstack.up(base, log=lambda _line: None)["kafka"].address
@@ -203,28 +207,19 @@ def _floor(
     }
 
 
-def _worker(
-    state: Path,
+def _command(
+    kind: str,
     bootstrap: str,
     config: Config,
+    data_dir: Path,
+    app_id: str,
     events: int,
     messages: int,
-    kind: str,
-    python: str = sys.executable,
-    profile: Path | None = None,
-) -> dict[str, object]:
-    app_id = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
-    data_dir = state / app_id
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP": bootstrap,
-        "METERLINE__STREAM__APP_ID": app_id,
-        "METERLINE__STREAM__COMMIT_INTERVAL_SECONDS": "0.5",
-        **{
-            f"METERLINE__TOPICS__{f.name.upper()}": getattr(config.topics, f.name)
-            for f in dataclasses.fields(TopicsConfig)
-        },
-    }
+    python: str,
+    profile: Path | None,
+    env: dict[str, str],
+) -> tuple[list[str], str]:
+    """The worker process of `kind` and its row's label (`env` gains what the peer needs)."""
     if kind == "meterline":
         command = [
             sys.executable,
@@ -258,6 +253,34 @@ def _worker(
             "faust-bare": "bare Faust agent, no work (single-event)",
             "faust-table": "Faust tumbling Table, same sum (single-event)",
         }[kind]
+    return command, label
+
+
+def _worker(
+    state: Path,
+    bootstrap: str,
+    config: Config,
+    events: int,
+    messages: int,
+    kind: str,
+    python: str = sys.executable,
+    profile: Path | None = None,
+) -> dict[str, object]:
+    app_id = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
+    data_dir = state / app_id
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP": bootstrap,
+        "METERLINE__STREAM__APP_ID": app_id,
+        "METERLINE__STREAM__COMMIT_INTERVAL_SECONDS": "0.5",
+        **{
+            f"METERLINE__TOPICS__{f.name.upper()}": getattr(config.topics, f.name)
+            for f in dataclasses.fields(TopicsConfig)
+        },
+    }
+    command, label = _command(
+        kind, bootstrap, config, data_dir, app_id, events, messages, python, profile, env
+    )
     partitions = config.kafka.partitions
     log = open(state / f"{app_id}.log", "wb")  # noqa: SIM115  # closed below
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

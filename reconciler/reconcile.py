@@ -100,7 +100,7 @@ def reconcile(
     # 2. Stripe's.
     theirs: dict[Pair, int] = {}
     stripe = StripeTotals(caller, config)
-    items = Directory(config.stripe, caller)
+    items = stripe.directory  # one directory: each customer and item is looked up once per run
     for n, who in enumerate(customers, 1):
         for what in meters:
             if config.stripe.mode != "usage_records":

@@ -6,7 +6,7 @@ has built a dict per record; these write the same bytes in ~1-2 µs, mostly by c
 form of the strings that repeat from record to record (customer, meter, unit, source,
 attributes). Each knows exactly one field layout (`LAYOUT`, `AGGREGATE_LAYOUT`); serde falls back
 to fastavro for any other, so a new schema version can never be written with an old layout.
-tests/test_codecs.py pins them byte for byte to fastavro.
+tests/unit/test_codecs.py pins them byte for byte to fastavro.
 
 Reading a WindowAggregate with fastavro costs ~10 µs, mostly per-call setup for a 50-byte
 record; `decode_aggregate` reads it in a fraction of that. UsageEvent bodies are read by the

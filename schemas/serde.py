@@ -213,7 +213,7 @@ class AvroSerde:
 
     def decode_usage_with_fastavro(self, data: bytes) -> DecodedUsage:
         """`decode_usage` through fastavro, for any writer version: the path the compiled reader is
-        measured and pinned against (bench/stream.py, tests/test_codecs.py)."""
+        measured and pinned against (bench/stream.py, tests/unit/test_codecs.py)."""
         name, datum = self.decode(data)
         if name == USAGE_EVENT:
             return DecodedUsage([event_from_avro(datum)], is_batch=False)

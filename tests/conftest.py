@@ -14,22 +14,33 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from core.config import Config
 from core.kafka import isolated_topics
 from meterline import devstack
 from meterline.config import load_config
 from sinks.stripe.fake import FakeStripe
-from tests.pipeline import Workers
-from tests.stripe_helpers import serve_fake
+from tests.support.pipeline import Workers
+from tests.support.stripe import serve_fake
 
 TEST_PARTITIONS = 4
+# HYPOTHESIS_PROFILE=quick: the property and fuzz tests with a tenth of their examples, for a unit
+# lane that takes seconds; the suite (./run.sh test) runs the full default.
+settings.register_profile("quick", max_examples=10)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+# Fixtures shared by the lanes (a sink under test is used by integration and crash tests alike).
+pytest_plugins = ["tests.support.clickhouse_sink", "tests.support.stripe_sink"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that uses the broker is an integration test, whether or not it says so: the
-    lane without them (`-m "not integration"`) needs no Kafka."""
+    """The lanes are directories: tests/unit (no services, seconds, marked `unit`),
+    tests/integration, tests/crash (SIGKILLs and faults, marked `crash`). Every test that uses the
+    broker is marked `integration`, whether or not it says so: `-m "not integration"` needs no Kafka."""
     for item in items:
+        lane = Path(str(item.path)).relative_to(Path(__file__).parent).parts[0]
+        if lane in ("unit", "crash"):
+            item.add_marker(getattr(pytest.mark, lane))
         if "kafka_bootstrap" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
 

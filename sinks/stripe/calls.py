@@ -12,7 +12,6 @@ stops the sink instead, as it would refuse everything.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import random
 import re
@@ -27,12 +26,11 @@ import stripe
 from core import metrics
 from core.config import Config
 from core.errors import MeterlineError
-from sinks.stripe.report import Outcome, Report, Status, idempotency_key
+from sinks.stripe.report import Outcome, Report, Status, idempotency_key, stream_batch_key
 
 log = logging.getLogger("meterline.sink.stripe")
 
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.25, 10.0
-STREAM_BATCH = 100  # Stripe's limit per meter_event_stream call
 SESSION_MARGIN_S = 60  # renew a v2 session this long before it expires
 
 
@@ -149,7 +147,6 @@ class Caller:
             }
             for r in reports
         ]
-        digest = hashlib.sha256("\n".join(r.identifier for r in reports).encode()).hexdigest()[:32]
 
         def call(key: str) -> Any:
             session_client = make_client(self.api_base, self._session_token(), self.timeout_s)
@@ -158,8 +155,8 @@ class Caller:
                 {"idempotency_key": key},
             )
 
-        # Stripe dedups each event of the batch on its identifier.
-        return self._settle(call, f"meterline:stream:{digest}", Status.SENT, rekey_after_saved_error=True)
+        key = stream_batch_key([r.identifier for r in reports])
+        return self._settle(call, key, Status.SENT, rekey_after_saved_error=True)
 
     # -- retries -----------------------------------------------------------------------------------
 

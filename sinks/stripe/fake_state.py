@@ -1,6 +1,6 @@
 """What the Stripe fake knows and the rules it applies, without HTTP: the objects meterline uses
 (customers, products, prices, meters, subscriptions), meter events and their summaries, legacy
-usage records. sinks.stripe.fake serves it; tests/test_stripe_fake.py pins each rule to Stripe's
+usage records. sinks.stripe.fake serves it; tests/integration/test_stripe_fake.py pins each rule to Stripe's
 documented behaviour.
 
 Rules kept from Stripe (docs.stripe.com, API 2026-10-28):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -53,6 +54,17 @@ def identifier(identity: AggregateIdentity) -> str:
 
 def idempotency_key(identity: AggregateIdentity, mode: str) -> str:
     return f"meterline:{mode}:{identifier(identity)}"
+
+
+STREAM_BATCH = 100
+"""Stripe's limit of meter events per meter_event_stream call."""
+
+
+def stream_batch_key(identifiers: Sequence[str]) -> str:
+    """The idempotency key of one meter_event_stream call: the same batch gets the same key on
+    every retry (Stripe also dedups each event of it on its identifier)."""
+    digest = hashlib.sha256("\n".join(identifiers).encode()).hexdigest()[:32]
+    return f"meterline:stream:{digest}"
 
 
 @dataclass(frozen=True)

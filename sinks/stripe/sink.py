@@ -39,10 +39,10 @@ from schemas.dead_letters import DeadLetter
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
-from sinks.stripe.calls import STREAM_BATCH, caller_for
+from sinks.stripe.calls import caller_for
 from sinks.stripe.directory import Directory
 from sinks.stripe.ledger import Ledger
-from sinks.stripe.report import Outcome, Reason, Report, Status, identifier, too_old
+from sinks.stripe.report import STREAM_BATCH, Outcome, Reason, Report, Status, identifier, too_old
 
 log = logging.getLogger("meterline.sink.stripe")
 

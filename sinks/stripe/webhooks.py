@@ -309,7 +309,7 @@ class WebhookConsumer:
             self.client.insert("stripe_reports", updated, column_names=list(LEDGER_COLUMNS))
 
 
-# -- reading events: pure, so that they are fuzzed without I/O (tests/test_fuzz.py) -----------------
+# -- reading events: pure, so that they are fuzzed without I/O (tests/unit/test_fuzz.py) -----------------
 # Whatever the bytes, each either reads or raises Malformed: a record that crashed the consumer
 # would stop the role at the same offset after every restart.
 

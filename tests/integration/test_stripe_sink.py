@@ -1,0 +1,311 @@
+"""`meterline sink stripe` against the broker, the Stripe fake and the embedded ClickHouse (its
+ledger): Stripe's totals equal the expected ones exactly, through injected 500s, 429s, timeouts,
+dropped answers and SIGKILLs, and every refusal lands in usage.stripe.dlq and the ledger.
+
+Stripe's totals are read as the reconciler will: meter event summaries per customer and meter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from core.config import Config
+from core.kafka import read_ends
+from meterline.workload import customer_ids
+from schemas.records import WindowAggregate
+from schemas.serde import AvroSerde
+from sinks.clickhouse.migrate import migrate
+from sinks.stripe.calls import Caller, RateLimiter
+from sinks.stripe.fake import FakeStripe
+from sinks.stripe.report import identifier
+from sinks.stripe.sink import StripeSink
+from sinks.stripe.sync import sync
+from tests.support.kafka import read_messages
+from tests.support.pipeline import SinkProcess, Workers, small_workload
+from tests.support.stripe import (
+    KEY,
+    expected_by_customer_meter,
+    set_up_stripe,
+    subscribe,
+)
+from tests.support.stripe_sink import (
+    HOUR_MS,
+    assert_reported_exactly,
+    ledger,
+    legacy_config,
+    produce_aggregates,
+    stream_aggregates,
+)
+
+
+@pytest.mark.parametrize("mode", ["meter_events", "meter_event_stream", "usage_records"])
+def test_a_workload_reaches_stripe_exactly_in_every_mode(
+    config: Config,
+    workers: Workers,
+    stripe_fake: tuple[FakeStripe, str],
+    stripe_sink: SinkProcess,
+    ledger_dsn: str,
+    mode: str,
+) -> None:
+    fake, base = stripe_fake
+    spec = small_workload(seed=31)
+    meters = set_up_stripe(config, base, customer_ids(spec))
+    items = subscribe(config, base, customer_ids(spec)) if mode == "usage_records" else {}
+    expected = stream_aggregates(config, workers, spec)
+    stripe_sink.env["METERLINE__STRIPE__MODE"] = mode
+    stripe_sink.start()
+    stripe_sink.wait_caught_up(
+        config.kafka.bootstrap, read_ends(config.kafka.bootstrap, [config.topics.aggregates])
+    )
+    stripe_sink.stop()
+    if mode != "usage_records":
+        assert_reported_exactly(config, fake, base, meters, spec, expected, ledger_dsn)
+        return
+    totals = {  # the current period's summary (the first), which holds every window of the workload
+        key: total
+        for key, item in items.items()
+        if (total := fake.state.usage_record_summaries(item)[0]["total_usage"])
+    }
+    assert totals == expected_by_customer_meter(expected)
+    rows = ledger(config, ledger_dsn)
+    assert {r[5] for r in rows} == {"confirmed"} and len(rows) == sum(
+        len(v) for v in fake.state.usage_records.values()
+    )
+
+
+def test_each_refusal_lands_in_the_dlq_and_the_ledger_with_its_reason(
+    config: Config,
+    workers: Workers,
+    stripe_fake: tuple[FakeStripe, str],
+    stripe_sink: SinkProcess,
+    ledger_dsn: str,
+) -> None:
+    fake, base = stripe_fake
+    set_up_stripe(config, base, ["known"])
+    now = int(time.time() * 1000) // 60_000 * 60_000
+    day = 86_400_000
+
+    def aggregate(customer: str, meter: str, start: int, revision: int = 0) -> WindowAggregate:
+        return WindowAggregate(customer, meter, start, start + 60_000, 0, 7, 7, 1, revision, start + 70_000)
+
+    cases = {
+        "unknown_customer": aggregate("nobody", "api_calls", now - HOUR_MS),
+        "unknown_meter": aggregate("known", "not_a_meter", now - HOUR_MS),
+        "timestamp_too_old": aggregate("known", "api_calls", now - 40 * day),
+        # Passes the sink's own check, but this Stripe's clock runs ahead: Stripe refuses it.
+        "timestamp_too_far_in_past": aggregate("known", "api_calls", now - 35 * day + 2 * HOUR_MS),
+        "ok": aggregate("known", "api_calls", now - HOUR_MS),
+    }
+    fake.state.clock = lambda: (now + 3 * HOUR_MS) / 1000  # pinned: 3 hours past the test's instant
+    serde = AvroSerde()
+    produce_aggregates(config, list(cases.values()))
+    stripe_sink.start()
+    stripe_sink.wait_caught_up(
+        config.kafka.bootstrap, read_ends(config.kafka.bootstrap, [config.topics.aggregates])
+    )
+    stripe_sink.stop()
+
+    refused = read_messages(config.kafka.bootstrap, config.topics.stripe_dlq, 4)
+    by_reason = {dict(m.headers() or [])["error.code"].decode(): m for m in refused}
+    assert set(by_reason) == {
+        "unknown_customer",
+        "unknown_meter",
+        "timestamp_too_old",
+        "timestamp_too_far_in_past",
+    }
+    for reason, message in by_reason.items():
+        assert serde.decode_aggregate(message.value() or b"") == cases[reason]
+        assert dict(message.headers() or [])["identifier"].decode() == identifier(cases[reason].identity)
+    statuses = {(r[0], r[1], r[2]): (r[5], r[6]) for r in ledger(config, ledger_dsn)}
+    for reason, a in cases.items():
+        assert statuses[(a.customer_id, a.meter, a.window_start)] == (
+            ("sent", "") if reason == "ok" else ("failed", reason)
+        )
+    assert [e.identifier for e in fake.state.meter_events] == [identifier(cases["ok"].identity)]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("STRIPE_API_KEY"), reason="no STRIPE_API_KEY: Stripe test mode not reachable"
+)
+def test_stripe_test_mode_takes_a_meter_event_from_the_same_code(config: Config) -> None:
+    from sinks.stripe.calls import Caller, RateLimiter
+    from sinks.stripe.report import Report, Status
+
+    caller = Caller("https://api.stripe.com", os.environ["STRIPE_API_KEY"], 20, RateLimiter(5), "2024-06-20")
+    customer = caller.client.v1.customers.create({"metadata": {"meterline_customer_id": "meterline-test"}})
+    start = int(time.time() * 1000) // 60_000 * 60_000 - HOUR_MS
+    report = Report(
+        WindowAggregate("meterline-test", "api_calls", start, start + 60_000, 0, 1, 1, 1, 0, start + 70_000),
+        customer.id,
+        config.meters["api_calls"].stripe_event_name,
+    )
+    outcome = caller.meter_event(report)
+    assert outcome.status is Status.SENT and outcome.request_id.startswith("req_")
+
+
+def test_stripe_sync_creates_what_is_missing_once_and_dry_run_changes_nothing(
+    config: Config, stripe_fake: tuple[FakeStripe, str]
+) -> None:
+    fake, base = stripe_fake
+    caller = Caller(base, KEY, 5, RateLimiter(1000), "2024-06-20")
+    planned = sync(config, caller, dry_run=True)
+    assert not fake.state.meters and not fake.state.products and not fake.state.prices
+    made = sync(config, caller)
+    actions = {(c.kind, c.name): c.action for c in made}
+    assert actions == {(c.kind, c.name): c.action.replace("would create", "created") for c in planned}
+    assert actions[("price", "meterline_standard_api_calls")] == "created"
+    # The seed's price: 1,000,000 included, then $0.001 = 0.1 cent per call, on the api_calls meter.
+    [price] = fake.state.list_prices(["meterline_standard_api_calls"])
+    assert price["tiers"] == [
+        {"up_to": "1000000", "unit_amount_decimal": "0"},
+        {"up_to": "inf", "unit_amount_decimal": "0.1"},
+    ]
+    assert price["recurring"]["meter"] == fake.state.meters[price["recurring"]["meter"]]["id"]
+    # Egress in GB with 2 decimals, rounded up: Stripe divides the bytes by 10^7, rounds up, and
+    # bills 0.09 cents per hundredth of a GB (its transform_quantity; prices.py cites the page).
+    [egress] = fake.state.list_prices(["meterline_standard_egress_bytes"])
+    assert (egress["transform_quantity"], egress["unit_amount_decimal"]) == (
+        {"divide_by": 10_000_000, "round": "up"},
+        "0.09",
+    )
+    again = sync(config, caller)
+    assert {c.action for c in again} == {"exists"}
+    assert len(fake.state.meters) == len(config.meters) == len(fake.state.products)
+    assert len(fake.state.prices) == 3  # the default rate card is billable through Stripe, every price
+    # A changed rate card replaces the price under the same lookup key.
+    cheaper = dataclasses.replace(
+        config.plans["standard"],
+        prices={
+            **config.plans["standard"].prices,
+            "api_calls": dataclasses.replace(
+                config.plans["standard"].prices["api_calls"], overage_price=Decimal("0.0005")
+            ),
+        },
+    )
+    changed = dataclasses.replace(config, plans={"standard": cheaper})
+    assert ("price", "meterline_standard_api_calls", "replaced") in {
+        (c.kind, c.name, c.action) for c in sync(changed, caller)
+    }
+    [current] = fake.state.list_prices(["meterline_standard_api_calls"])
+    assert current["tiers"][1]["unit_amount_decimal"] == "0.05" and len(fake.state.prices) == 4
+
+
+def test_a_subscription_event_makes_the_legacy_sink_look_its_customer_s_item_up_again(
+    stripe_fake: tuple[FakeStripe, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer found without an item is not looked up again for a minute, nor an item found for
+    five: a plan change would be missed that long. The webhook consumer stores every
+    customer.subscription.* event, and the sink forgets what it cached for those customers."""
+    from meterline.config import load_config
+    from sinks.stripe import sink as stripe_sink
+    from tests.support.stripe import record_subscription_item
+
+    _, base = stripe_fake
+    monkeypatch.setattr(stripe_sink, "SUBSCRIPTION_LOOK_S", 0.0)
+    config = legacy_config(load_config(None, {}), base)
+    set_up_stripe(config, base, ["late-subscriber"])
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    sink = StripeSink(config, "127.0.0.1:1", dsn=dsn, group_id="unused")  # never consumes here
+    migrate(sink._client, 400)
+    stripe_customer = sink.directory.customer("late-subscriber")
+    assert stripe_customer is not None
+    assert sink.directory.subscription_item(stripe_customer, "api_calls") is None  # cached for 60 s
+    item = subscribe(config, base, ["late-subscriber"])[("late-subscriber", "api_calls")]
+    assert sink.directory.subscription_item(stripe_customer, "api_calls") is None  # still cached
+    now_s = int(time.time())
+    record_subscription_item(
+        sink._client, "late-subscriber", (now_s, now_s + 86_400), now_s, stripe_customer=stripe_customer
+    )
+    sink._forget_changed_subscriptions()
+    assert sink.directory.subscription_item(stripe_customer, "api_calls") == item
+    sink._client.close()
+
+
+def test_a_legacy_customer_without_a_subscription_item_is_refused_before_the_call(
+    config: Config, stripe_fake: tuple[FakeStripe, str], ledger_dsn: str
+) -> None:
+    from tests.support.sinks import run_sink
+
+    fake, base = stripe_fake
+    set_up_stripe(config, base, ["subscribed", "unsubscribed"])
+    subscribe(config, base, ["subscribed"])
+    now = int(time.time() * 1000) // 60_000 * 60_000
+    cases = {
+        customer: WindowAggregate(
+            customer, "api_calls", now - HOUR_MS, now - HOUR_MS + 60_000, 0, 9, 9, 1, 0, now
+        )
+        for customer in ("subscribed", "unsubscribed")
+    }
+    serde = AvroSerde()
+    produce_aggregates(config, list(cases.values()))
+    legacy = legacy_config(config, base)
+    ends = read_ends(config.kafka.bootstrap, [config.topics.aggregates])
+    run_sink(
+        StripeSink(legacy, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-legacy"),
+        config.kafka.bootstrap,
+        ends,
+    )
+
+    [refused] = read_messages(config.kafka.bootstrap, config.topics.stripe_dlq, 1)
+    assert dict(refused.headers() or [])["error.code"] == b"no_subscription_item"
+    assert serde.decode_aggregate(refused.value() or b"") == cases["unsubscribed"]
+    statuses = {r[0]: (r[5], r[6]) for r in ledger(config, ledger_dsn)}
+    assert statuses == {"subscribed": ("confirmed", ""), "unsubscribed": ("failed", "no_subscription_item")}
+    assert [r["quantity"] for records in fake.state.usage_records.values() for r in records] == [9]
+
+
+def test_a_legacy_correction_lowers_usage_by_set_where_exact_and_is_refused_where_not(
+    config: Config, stripe_fake: tuple[FakeStripe, str], ledger_dsn: str
+) -> None:
+    """Stripe's usage records take no negative increment; `set` "will overwrite the usage quantity
+    at that timestamp" (https://stripe.com/docs/api/usage_records/create). A window one partition
+    reported is lowered to its total by a set; one two partitions reported cannot be: refused, with
+    the over-billing stated, in the DLQ and the ledger."""
+    from tests.support.sinks import run_sink
+
+    fake, base = stripe_fake
+    set_up_stripe(config, base, ["legacy"])
+    items = subscribe(config, base, ["legacy"])
+    now = int(time.time() * 1000) // 60_000 * 60_000
+    alone, shared = now - HOUR_MS, now - HOUR_MS + 60_000
+
+    def aggregate(start: int, partition: int, value: int, delta: int, revision: int) -> WindowAggregate:
+        return WindowAggregate(
+            "legacy", "api_calls", start, start + 60_000, partition, value, delta, 1, revision, now
+        )
+
+    revisions = [
+        aggregate(alone, 0, 10, 10, 0),
+        aggregate(alone, 0, 7, -3, 1),  # lowered: set to 7
+        aggregate(alone, 0, 8, 1, 2),  # then an increment on top
+        aggregate(shared, 0, 5, 5, 0),
+        aggregate(shared, 1, 4, 4, 0),
+        aggregate(shared, 0, 2, -3, 1),  # partition 1 reported this window too: refused
+    ]
+    produce_aggregates(config, revisions)
+    legacy = legacy_config(config, base)
+    run_sink(
+        StripeSink(legacy, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-lowering"),
+        config.kafka.bootstrap,
+        read_ends(config.kafka.bootstrap, [config.topics.aggregates]),
+    )
+    records = fake.state.usage_records[items[("legacy", "api_calls")]]
+    assert [(r["timestamp"], r["quantity"], r["action"]) for r in records] == [
+        (alone // 1000, 10, "increment"),
+        (alone // 1000, 7, "set"),
+        (alone // 1000, 1, "increment"),
+        (shared // 1000, 5, "increment"),
+        (shared // 1000, 4, "increment"),
+    ]
+    assert fake.state.usage_record_summaries(items[("legacy", "api_calls")])[0]["total_usage"] == 8 + 9
+    [refused] = read_messages(config.kafka.bootstrap, config.topics.stripe_dlq, 1)
+    headers = dict(refused.headers() or [])
+    assert headers["error.code"] == b"cannot_lower_usage" and b"Over-billed by 3" in headers["error.detail"]
+    failed = [r for r in ledger(config, ledger_dsn) if r[5] == "failed"]
+    assert [(r[4], r[6]) for r in failed] == [(1, "cannot_lower_usage")]

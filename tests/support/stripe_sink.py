@@ -1,0 +1,119 @@
+"""The Stripe sink under test: its ledger, a sink process, aggregates streamed or produced, and
+exactness checks against Stripe's totals."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from core.config import Config
+from meterline.produce import produce_workload
+from meterline.workload import Expected, WorkloadSpec, customer_ids
+from schemas.records import WindowAggregate
+from schemas.serde import AvroSerde
+from sinks.clickhouse.client import connect
+from sinks.clickhouse.migrate import migrate
+from sinks.stripe.fake import FakeStripe
+from tests.support.pipeline import SinkProcess, Workers, wait_until_exact
+from tests.support.stripe import (
+    expected_by_customer_meter,
+    stripe_totals,
+)
+
+HOUR_MS = 3_600_000
+
+
+@pytest.fixture
+def ledger_dsn(config: Config, tmp_path: Path) -> str:
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    client = connect(config, dsn)
+    try:
+        migrate(client, config.clickhouse.raw_events_ttl_days)
+    finally:
+        client.close()
+    return dsn
+
+
+@pytest.fixture
+def stripe_sink(
+    workers: Workers, stripe_fake: tuple[FakeStripe, str], ledger_dsn: str, tmp_path: Path
+) -> Iterator[SinkProcess]:
+    env = {
+        **workers.env,
+        "CLICKHOUSE_DSN": ledger_dsn,
+        "METERLINE__STRIPE__API_BASE": stripe_fake[1],
+        "METERLINE__STRIPE__REQUESTS_PER_SECOND": "400",
+        "METERLINE__STRIPE__CONCURRENCY": "8",
+        "METERLINE__STRIPE__TIMEOUT_SECONDS": "1",
+    }
+    process = SinkProcess("stripe", env, tmp_path, stop_timeout=120, catch_up_timeout=300)
+    yield process
+    if process.process is not None and process.process.poll() is None:
+        process.process.kill()
+
+
+def ledger(config: Config, dsn: str) -> list[tuple[Any, ...]]:
+    client = connect(config, dsn)
+    try:
+        return list(
+            client.query(
+                "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, "
+                "revision, "
+                "toString(status), error_code, identifier, attempts FROM stripe_reports FINAL"
+            ).result_rows
+        )
+    finally:
+        client.close()
+
+
+def stream_aggregates(config: Config, workers: Workers, spec: WorkloadSpec) -> Expected:
+    """Produce the workload and run a stream worker until usage.aggregates is exact."""
+    _, expected = produce_workload(config, config.kafka.bootstrap, spec)
+    workers.start("w1")
+    wait_until_exact(config, expected.to_json(spec), workers, timeout=180)
+    workers.stop_all()
+    return expected
+
+
+def assert_reported_exactly(
+    config: Config,
+    fake: FakeStripe,
+    base: str,
+    meters: dict[str, str],
+    spec: WorkloadSpec,
+    expected: Expected,
+    dsn: str,
+) -> None:
+    starts = [start for _, _, start in expected.totals]  # late events reach before the span's start
+    span = (min(starts), max(starts) + 60_000)
+    assert stripe_totals(base, meters, customer_ids(spec), span) == expected_by_customer_meter(expected)
+    accepted = [e.identifier for e in fake.state.meter_events]
+    assert len(accepted) == len(set(accepted))  # no identifier reported twice
+    rows = ledger(config, dsn)
+    assert {r[5] for r in rows} == {"sent"}, Counter(r[5] for r in rows)
+    assert sorted(r[7] for r in rows) == sorted(accepted)  # every revision once, each with its identifier
+
+
+def produce_aggregates(config: Config, aggregates: list[WindowAggregate]) -> None:
+    """Onto usage.aggregates, keyed by customer, as the stream app writes them."""
+    serde = AvroSerde()
+    producer = Producer({"bootstrap.servers": config.kafka.bootstrap})
+    for a in aggregates:
+        producer.produce(config.topics.aggregates, serde.encode_aggregate(a), a.customer_id.encode())
+    producer.flush()
+
+
+def legacy_config(config: Config, base: str) -> Config:
+    """The configuration of a legacy account (usage records) on the fake at `base`."""
+    return dataclasses.replace(
+        config,
+        stripe=dataclasses.replace(
+            config.stripe, api_base=base, mode="usage_records", requests_per_second=100
+        ),
+    )

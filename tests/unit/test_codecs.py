@@ -1,0 +1,228 @@
+"""The hand-written codecs write and read fastavro's bytes exactly, or are not used."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+from fastavro import schemaless_writer
+from hypothesis import given
+from hypothesis import strategies as st
+
+from schemas._event_reader import read_events
+from schemas.catalog import USAGE_EVENT, USAGE_EVENT_BATCH, WINDOW_AGGREGATE, SchemaCatalog
+from schemas.codecs import (
+    AGGREGATE_LAYOUT,
+    LAYOUT,
+    AggregateDecoder,
+    AggregateEncoder,
+    EventEncoder,
+    encode_long,
+    layout_of,
+)
+from schemas.errors import MalformedRecordError
+from schemas.records import UsageEvent, WindowAggregate
+from schemas.serde import AvroSerde, DecodedUsage, aggregate_to_avro, event_to_avro
+from tests.support.events import EVENT, events
+
+CATALOG = SchemaCatalog()
+EVENT_SCHEMA = CATALOG.latest(USAGE_EVENT)
+BATCH_SCHEMA = CATALOG.latest(USAGE_EVENT_BATCH)
+AGGREGATE_SCHEMA = CATALOG.latest(WINDOW_AGGREGATE)
+
+
+def fastavro_bytes(parsed: dict, datum: dict) -> bytes:
+    buffer = io.BytesIO()
+    schemaless_writer(buffer, parsed, datum)
+    return buffer.getvalue()
+
+
+@given(events)
+def test_an_event_is_written_byte_for_byte_as_fastavro_writes_it(event: UsageEvent) -> None:
+    encoder = EventEncoder()
+    expected = fastavro_bytes(EVENT_SCHEMA.parsed, event_to_avro(event))
+    assert encoder.encode(event) == expected
+    assert encoder.encode(event) == expected  # again, from the string cache
+
+
+@given(
+    st.integers(min_value=2**34 - 3, max_value=2**41 + 3)
+    | st.sampled_from([2**34 - 1, 2**34, 2**41 - 1, 2**41])
+)
+def test_timestamps_of_this_century_take_the_unrolled_path_and_the_same_bytes(timestamp: int) -> None:
+    event = UsageEvent("e", "c", "m", 1, "u", timestamp, "s", {"status": "200"})
+    assert EventEncoder().encode(event) == fastavro_bytes(EVENT_SCHEMA.parsed, event_to_avro(event))
+
+
+@given(st.lists(events, max_size=20))
+def test_a_batch_is_written_byte_for_byte_as_fastavro_writes_it(batch: list[UsageEvent]) -> None:
+    serde = AvroSerde(CATALOG)
+    header = serde.encode_batch([])[:10]
+    expected = fastavro_bytes(BATCH_SCHEMA.parsed, {"events": [event_to_avro(e) for e in batch]})
+    assert serde.encode_batch([serde.batch_item(e) for e in batch]) == header + expected
+    assert serde.decode_usage(serde.encode_batch([serde.batch_item(e) for e in batch])).events == batch
+
+
+def test_the_layout_is_the_current_schema_and_nothing_else() -> None:
+    """A new UsageEvent version must fail here first: the encoder would have to learn it."""
+    assert layout_of(EVENT_SCHEMA.definition) == LAYOUT
+    v2 = SchemaCatalog(Path(__file__).parent / "data" / "evolution_v2").latest(USAGE_EVENT)
+    assert layout_of(v2.definition) != LAYOUT
+
+
+def test_another_layout_falls_back_to_fastavro() -> None:
+    v2_catalog = SchemaCatalog(Path(__file__).parent / "data" / "evolution_v2")
+    serde = AvroSerde(v2_catalog)
+    name, datum = serde.decode(serde.encode_event(EVENT))
+    assert name == USAGE_EVENT and datum == event_to_avro(EVENT) | {"region": "unknown"}
+
+
+def test_a_long_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="does not fit"):
+        encode_long(2**63)
+    assert encode_long(-1) == b"\x01" and encode_long(1) == b"\x02" and encode_long(64) == b"\x80\x01"
+
+
+longs = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+ints = st.integers(min_value=-(2**31), max_value=2**31 - 1)
+aggregates = st.builds(
+    WindowAggregate,
+    customer_id=st.text(max_size=20),
+    meter=st.text(max_size=20),
+    window_start=longs | st.integers(min_value=2**34, max_value=2**41),
+    window_end=longs,
+    source_partition=ints,
+    value=longs,
+    delta=longs,
+    event_count=longs,
+    revision=ints,
+    closed_at=longs | st.integers(min_value=2**34, max_value=2**41),
+)
+
+
+@given(aggregates)
+def test_an_aggregate_is_written_byte_for_byte_as_fastavro_writes_it(aggregate: WindowAggregate) -> None:
+    encoder = AggregateEncoder()
+    expected = fastavro_bytes(AGGREGATE_SCHEMA.parsed, aggregate_to_avro(aggregate))
+    assert encoder.encode(aggregate) == expected
+    assert encoder.encode(aggregate) == expected  # again, from the string cache
+    serde = AvroSerde(CATALOG)
+    assert serde.decode_aggregate(serde.encode_aggregate(aggregate)) == aggregate
+
+
+def test_an_aggregate_int_field_out_of_range_is_refused() -> None:
+    """fastavro writes it as a long, which a strict reader rejects; the encoder says so instead."""
+    aggregate = WindowAggregate("c", "m", 0, 60_000, 2**31, 1, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match="32-bit int"):
+        AggregateEncoder().encode(aggregate)
+
+
+def test_the_aggregate_layout_is_the_current_schema() -> None:
+    """A new WindowAggregate version must fail here first: the encoder would have to learn it."""
+    assert layout_of(AGGREGATE_SCHEMA.definition) == AGGREGATE_LAYOUT
+
+
+@given(aggregates)
+def test_an_aggregate_is_read_as_fastavro_reads_it(aggregate: WindowAggregate) -> None:
+    body = fastavro_bytes(AGGREGATE_SCHEMA.parsed, aggregate_to_avro(aggregate))
+    assert AggregateDecoder().decode(b"header" + body, 6) == aggregate
+
+
+@given(aggregates, st.data())
+def test_a_cut_or_padded_aggregate_is_malformed(aggregate: WindowAggregate, data: st.DataObject) -> None:
+    serde = AvroSerde(CATALOG)
+    encoded = serde.encode_aggregate(aggregate)
+    cut = data.draw(st.integers(min_value=11, max_value=len(encoded) - 1))
+    for broken in (encoded[:cut], encoded + b"\x00"):
+        with pytest.raises(MalformedRecordError):
+            serde.decode_aggregate(broken)
+
+
+# -- the compiled event reader (schemas/_event_reader.pyx) --------------------------------------
+
+
+def fastavro_outcome(serde: AvroSerde, data: bytes) -> list[UsageEvent] | str:
+    """What the fastavro path makes of `data`: its events, or "malformed"."""
+    try:
+        return serde.decode_usage_with_fastavro(data).events
+    except MalformedRecordError:
+        return "malformed"
+
+
+def serde_batch_of(event: UsageEvent) -> bytes:
+    serde = AvroSerde(CATALOG)
+    return serde.encode_batch([serde.batch_item(event)])
+
+
+def reader_outcome(serde: AvroSerde, data: bytes) -> list[UsageEvent] | str:
+    try:
+        return serde.decode_usage(data).events
+    except MalformedRecordError:
+        return "malformed"
+
+
+@given(st.lists(events, max_size=20))
+def test_events_written_by_fastavro_are_read_as_fastavro_reads_them(batch: list[UsageEvent]) -> None:
+    serde = AvroSerde(CATALOG)
+    batch_header, event_header = serde.encode_batch([])[:10], serde.encode_event(EVENT)[:10]
+    body = fastavro_bytes(BATCH_SCHEMA.parsed, {"events": [event_to_avro(e) for e in batch]})
+    assert read_events(batch_header + body, 10, True) == batch
+    assert serde.decode_usage(batch_header + body) == DecodedUsage(batch, is_batch=True)
+    for event in batch:
+        single = event_header + fastavro_bytes(EVENT_SCHEMA.parsed, event_to_avro(event))
+        assert serde.decode_usage(single) == DecodedUsage([event], is_batch=False)
+
+
+@given(st.lists(events, min_size=1, max_size=5), st.data())
+def test_damaged_bytes_fail_or_read_exactly_as_fastavro_reads_them(
+    batch: list[UsageEvent], data: st.DataObject
+) -> None:
+    """Cut, a byte replaced or a byte inserted: the reader and fastavro agree on every outcome, and
+    nothing but MalformedRecordError escapes. One difference is deliberate: a varint of more than
+    64 bits, which fastavro wraps into some number, is malformed to the reader."""
+    serde = AvroSerde(CATALOG)
+    encoded = serde.encode_batch([serde.batch_item(e) for e in batch])
+    at = data.draw(st.integers(min_value=10, max_value=len(encoded) - 1))
+    byte = bytes([data.draw(st.integers(min_value=0, max_value=255))])
+    for damaged in (
+        encoded[:at],
+        encoded[:at] + byte + encoded[at + 1 :],
+        encoded[:at] + byte + encoded[at:],
+    ):
+        outcome = reader_outcome(serde, damaged)
+        # Ten bytes of varint whose last carries more than bit 63 (or goes on) hold more than 64 bits.
+        may_hold_overlong_varint = re.search(rb"[\x80-\xff]{9}[\x02-\xff]", damaged) is not None
+        assert outcome == fastavro_outcome(serde, damaged) or (
+            may_hold_overlong_varint and outcome == "malformed"
+        )
+
+
+def test_blocks_with_a_byte_size_are_read_as_fastavro_reads_them() -> None:
+    """Avro lets a writer give a negative block count followed by the block's size in bytes."""
+    serde = AvroSerde(CATALOG)
+    event = serde.batch_item(EVENT)
+    sized_attributes = event.replace(b"\x02\x0cstatus\x06200\x00", b"\x01\x16\x0cstatus\x06200\x00")
+    assert sized_attributes != event
+    sized_batch = (
+        serde.encode_batch([])[:10] + encode_long(-2) + encode_long(len(event) * 2) + event * 2 + b"\x00"
+    )
+    for data in (sized_batch, serde.encode_batch([sized_attributes])):
+        assert reader_outcome(serde, data) == fastavro_outcome(serde, data)
+        assert reader_outcome(serde, data) in ([EVENT, EVENT], [EVENT])
+
+
+def test_an_overlong_varint_or_a_bad_position_is_malformed() -> None:
+    with pytest.raises(ValueError, match="more than 64 bits"):
+        read_events(b"\xff" * 12, 0, True)
+    with pytest.raises(ValueError, match="more than 64 bits"):  # ten bytes, bit 64 set in the last
+        read_events(b"\x80" * 9 + b"\x02", 0, True)
+    overlong_quantity = serde_batch_of(EVENT).replace(
+        b"\xf2\xc0\x01", b"\xf2\xc0\x81" + b"\x80" * 8 + b"\x00"
+    )
+    assert fastavro_outcome(AvroSerde(CATALOG), overlong_quantity) != "malformed"  # fastavro wraps it
+    assert reader_outcome(AvroSerde(CATALOG), overlong_quantity) == "malformed"
+    with pytest.raises(ValueError, match="outside a record"):
+        read_events(b"\x00", 5, True)
+    assert read_events(b"\x00", 0, True) == []

@@ -1,0 +1,152 @@
+"""Configuration: defaults, overrides, every problem reported at once, secrets never printed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.config import ConfigError, Secret
+from meterline.config import load_config
+from tests.support.cli import meterline
+
+
+def test_the_defaults_are_valid() -> None:
+    config = load_config(None, {})
+    assert config.windows.size_ms == 60_000
+    assert config.meters["api_calls"].billable == {"status": ("2??",)}
+    assert config.meter_units == {"api_calls": "call", "egress_bytes": "byte", "compute_ms": "millisecond"}
+
+
+def test_three_mistakes_are_all_reported_by_config_check(tmp_path: Path) -> None:
+    path = tmp_path / "meterline.toml"
+    path.write_text(
+        "[windows]\nsize_minutes = 3\n\n[kafka]\npartitions = 0\n\n"
+        '[meters.api_calls]\nunit = "call"\naggregation = "average"\n'
+    )
+    result = meterline("--config", str(path), "config", "check")
+    assert result.returncode == 1
+    assert "3 problem(s)" in result.stderr
+    assert "kafka.partitions = 0: must be at least 1" in result.stderr
+    assert "windows.size_minutes = 3: must be 1 or 5" in result.stderr
+    assert "meters.api_calls.aggregation = 'average': must be sum or count" in result.stderr
+    as_json = json.loads(meterline("--config", str(path), "config", "check", "--json").stdout)
+    assert [p["field"] for p in as_json["problems"]] == [
+        "kafka.partitions",
+        "windows.size_minutes",
+        "meters.api_calls.aggregation",
+    ]
+
+
+def test_config_check_passes_on_the_defaults_and_lists_meters() -> None:
+    result = meterline("config", "check")
+    assert result.returncode == 0, result.stderr
+    assert "configuration OK" in result.stdout and "api_calls" in result.stdout
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text("[windows]\nsize_minutes = 1\n")
+    config = load_config(path, {"METERLINE__WINDOWS__SIZE_MINUTES": "5", "KAFKA_BOOTSTRAP": "10.0.0.1:9092"})
+    assert config.windows.size_minutes == 5
+    assert config.kafka.bootstrap == "10.0.0.1:9092"
+
+
+def test_unknown_keys_sections_and_types_are_named() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            None,
+            {
+                "METERLINE__WINDOWS__SIZE_MINUTE": "5",
+                "METERLINE__KAFKA__PARTITIONS": "many",
+                "METERLINE__COLOUR__RED": "1",
+            },
+        )
+    text = str(caught.value)
+    assert "windows.size_minute = 5: unknown key" in text
+    assert "kafka.partitions = 'many': must be an integer" in text
+    assert "colour = {'red': 1}: unknown section" in text
+
+
+def test_secrets_are_never_printed(tmp_path: Path) -> None:
+    secret = "sk_live_do_not_print_me"
+    config = load_config(None, {"STRIPE_API_KEY": secret, "CLICKHOUSE_PASSWORD": "hunter2"})
+    assert config.stripe.api_key.reveal() == secret
+    assert secret not in repr(config) and "hunter2" not in repr(config)
+    assert repr(Secret(secret)) == "Secret('***')"
+    bad = meterline("config", "check", env={"STRIPE_API_KEY": "pk_live_wrong_kind_of_key"})
+    assert bad.returncode == 1
+    assert "stripe.api_key = ***: a Stripe secret key starts with" in bad.stderr
+    assert "pk_live_wrong_kind_of_key" not in bad.stderr + bad.stdout
+
+
+def test_plan_mistakes_are_config_errors_reported_together() -> None:
+    raw_env = {
+        "METERLINE__PLANS__STANDARD__PRICES__API_CALLS__UNIT": "second",  # the meter counts calls
+        "METERLINE__PLANS__STANDARD__PRICES__API_CALLS__OVERAGE_PRICE": "0.1",  # a float, not "0.1"
+        "METERLINE__BILLING__CUSTOMERS": '{ "cust-1" = "gold" }',
+    }
+    with pytest.raises(ConfigError) as error:
+        load_config(None, raw_env)
+    fields = {p.field: p.why for p in error.value.problems}
+    assert "unit mismatch" in fields["plans.standard.prices.api_calls.unit"]
+    assert "string" in fields["plans.standard.prices.api_calls.overage_price"]
+    assert "gold" in fields["billing.customers"]
+
+
+def test_the_default_plan_is_the_seed_s_rate_card() -> None:
+    from decimal import Decimal
+
+    config = load_config(None, {})
+    price = config.plan_for("anyone").prices["api_calls"]
+    assert (price.included, price.overage_price, price.billed_unit) == (
+        Decimal(1_000_000),
+        Decimal("0.001"),
+        "call",
+    )
+
+
+def test_prices_stripe_cannot_bill_and_currencies_it_does_not_list_are_reported_at_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "meterline.toml"
+    path.write_text(
+        '[plans.standard]\ncurrency = "usd"\n\n'
+        "[plans.standard.prices.compute_ms]\n"  # Stripe cannot divide a tiered price's quantity
+        'unit = "millisecond"\nper = 1000\ntiers_mode = "graduated"\n'
+        'tiers = [{ up_to = 3600, unit_price = "0" }, { unit_price = "0.0001" }]\n\n'
+        "[plans.standard.prices.egress_bytes]\n"  # nor round it half up
+        'unit = "byte"\nper = 1000000000\ndecimals = 2\nrounding = "half_up"\noverage_price = "0.09"\n\n'
+        '[plans.mars]\ncurrency = "xyz"\n\n'
+        '[plans.yen]\ncurrency = "JPY"\n'
+    )
+    result = meterline("--config", str(path), "config", "check", "--json")
+    problems = {p["field"]: p["why"] for p in json.loads(result.stdout)["problems"]}
+    assert result.returncode == 1
+    assert "not compatible with tiered pricing" in problems["plans.standard.prices.compute_ms"]
+    assert "not half up" in problems["plans.standard.prices.egress_bytes"]
+    assert "billed_by_stripe = false" in problems["plans.standard.prices.egress_bytes"]
+    assert problems["plans.mars.currency"].startswith("currency 'xyz': not one of Stripe's currencies")
+    assert problems["plans.yen.currency"] == "write it in lowercase, as Stripe does: 'jpy'"
+
+
+def test_a_price_not_billed_through_stripe_is_priced_and_labelled_so(tmp_path: Path) -> None:
+    from reconciler.invoice_text import rows
+    from reconciler.pricing import invoice
+
+    path = tmp_path / "meterline.toml"
+    path.write_text(
+        "[plans.standard.prices.egress_bytes]\n"
+        'unit = "byte"\nlabel = "egress"\nper = 1000000000\ndecimals = 2\nrounding = "half_up"\n'
+        'overage_price = "0.09"\nbilled_by_stripe = false\n'
+    )
+    plan = load_config(path, {}).plans["standard"]
+    bill = invoice(plan, {"egress_bytes": 1_235_000_000})
+    assert (str(bill.total), str(bill.stripe_total)) == ("0.11", "0.00")
+    assert [r["line"] for r in rows(bill)] == [
+        "egress (not billed through Stripe)",
+        "  egress",
+        "Billed through Stripe",
+        "Total",
+    ]

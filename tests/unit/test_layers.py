@@ -1,0 +1,113 @@
+"""The layers, read from the imports (by ast, every import, inside functions too): `core` imports
+nothing else of meterline; the components (`schemas`, `streams`, `sinks`, `reconciler`) never
+import the composition root (`meterline`); and no module imports itself through others."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("core", "schemas", "streams", "sinks", "reconciler", "meterline")
+COMPONENTS = ("schemas", "streams", "sinks", "reconciler")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules() -> dict[str, Path]:
+    return {
+        module_name(path): path
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if "migrations" not in path.parts
+    }
+
+
+def imports(path: Path, known: set[str]) -> Iterator[str]:
+    """The project modules `path` imports (`from a import b` counts as a.b when a.b is a module)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known]
+            names = names or [node.module]
+        else:
+            continue
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name:
+                yield name
+
+
+def graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    known = set(modules)
+    return {name: set(imports(path, known)) - {name} for name, path in modules.items()}
+
+
+def layer_violations(edges: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, targets in sorted(edges.items()):
+        top = module.split(".")[0]
+        for target in sorted(targets):
+            below = target.split(".")[0]
+            if top == "core" and below != "core":
+                found.append(f"{module} -> {target}: core imports nothing else of meterline")
+            if top in COMPONENTS and below == "meterline":
+                found.append(f"{module} -> {target}: a component imports the composition root")
+    return found
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in edges.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def test_core_stands_alone_and_components_never_import_the_composition_root() -> None:
+    assert layer_violations(graph()) == []
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    assert cycles(graph()) == []
+
+
+def test_the_checks_catch_a_planted_back_import_and_circle() -> None:
+    """The checks themselves: a planted back-import and a planted circle are both found."""
+    edges = graph()
+    edges["sinks.stripe.sink"] = edges["sinks.stripe.sink"] | {"meterline.devstack"}
+    edges["core.errors"] = {"schemas.errors"}
+    assert any("sinks.stripe.sink -> meterline.devstack" in v for v in layer_violations(edges))
+    assert any("core.errors -> schemas.errors" in v for v in layer_violations(edges))
+    assert ["core.errors", "schemas.errors"] in cycles(edges)
