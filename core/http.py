@@ -173,6 +173,8 @@ class Server:
         try:
             request = await self._read(reader, writer)
         except _Refused as refused:
+            # Said, not shouted: under abuse there are many, and each is the client's doing.
+            log.info("refused a request: %s", refused)
             await self._write(writer, refused.response)
             return
         response = await self._loop.run_in_executor(self._pool, self._answer, request)
