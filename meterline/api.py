@@ -58,7 +58,7 @@ def routes(
             return Response.error(400, str(exc))
         return Response.json(document)
 
-    guard = Guard.of(config.run)
+    guard = Guard(config.run)
     return {
         **guard.dashboard(
             {
@@ -66,8 +66,7 @@ def routes(
                 "GET /customers/*": customer_page,
                 "GET /dashboard.js": script,
                 "GET /api/customers/*": usage,
-            },
-            config.run,
+            }
         ),
         "POST /api/cli": guard.commands(forward.cli_route(execute, allowed=config.run.loopback), secret),
     }

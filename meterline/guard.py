@@ -23,7 +23,6 @@ import base64
 import binascii
 import hmac
 import ipaddress
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from core.config import RunConfig
@@ -32,14 +31,13 @@ from core.http import Request, Response, Route, is_loopback
 SECRET_HEADER = "x-meterline-secret"
 
 
-@dataclass(frozen=True)
 class Guard:
-    listen_host: str
-    allowed_hosts: frozenset[str]
+    """The checks, for the server `run` (its [run] section) describes."""
 
-    @classmethod
-    def of(cls, run: RunConfig) -> Guard:
-        return cls(run.host.strip("[]").lower(), frozenset(_name(h) for h in run.allowed_hosts))
+    def __init__(self, run: RunConfig) -> None:
+        self.run = run
+        self.listen_host = _name(run.host)
+        self.allowed_hosts = frozenset(_name(h) for h in run.allowed_hosts)
 
     def host_refusal(self, request: Request) -> Response | None:
         host = request.headers.get("host", "")
@@ -54,6 +52,10 @@ class Guard:
             421, f"Host {host!r} is not a name this server answers to (add it to [run] allowed_hosts)"
         )
 
+    def cross_site_refusal(self, request: Request) -> Response | None:
+        """Refused unless its Host names this server and any Origin is its own."""
+        return self.host_refusal(request) or self.origin_refusal(request)
+
     def origin_refusal(self, request: Request) -> Response | None:
         origin = request.headers.get("origin")
         if origin is None:
@@ -67,7 +69,7 @@ class Guard:
         """The command API: Host, Origin, the run's secret, JSON."""
 
         def guarded(request: Request) -> Response:
-            refusal = self.host_refusal(request) or self.origin_refusal(request)
+            refusal = self.cross_site_refusal(request)
             if refusal:
                 return refusal
             given = request.headers.get(SECRET_HEADER)
@@ -86,12 +88,13 @@ class Guard:
 
         return guarded
 
-    def dashboard(self, routes: dict[str, Route], run: RunConfig) -> dict[str, Route]:
+    def dashboard(self, routes: dict[str, Route]) -> dict[str, Route]:
         """The dashboard's pages and JSON: Host, Origin, and the configured credentials."""
+        run = self.run
 
         def wrap(route: Route) -> Route:
             def guarded(request: Request) -> Response:
-                refusal = self.host_refusal(request) or self.origin_refusal(request)
+                refusal = self.cross_site_refusal(request)
                 if refusal:
                     return refusal
                 if run.dashboard_protected and not _authorized(request, run):

@@ -55,7 +55,7 @@ def test_only_a_host_naming_this_server_gets_through(
     listen: str, allowed: str, host: str, through: bool
 ) -> None:
     config = run_config(host=listen, allowed_hosts=allowed, dashboard_token="t" * 16)
-    refusal = Guard.of(config).host_refusal(request(host=host))
+    refusal = Guard(config).host_refusal(request(host=host))
     assert (refusal is None) is through
     if refusal is not None:
         assert refusal.status == 421 and b"allowed_hosts" in refusal.body  # type: ignore[operator]
@@ -72,13 +72,13 @@ def test_only_a_host_naming_this_server_gets_through(
     ],
 )
 def test_only_its_own_origin_gets_through(origin: str | None, through: bool) -> None:
-    guard = Guard.of(run_config())
+    guard = Guard(run_config())
     headers = {} if origin is None else {"origin": origin}
     assert (guard.origin_refusal(request(**headers)) is None) is through
 
 
 def test_the_command_api_wants_the_secret_and_json() -> None:
-    route = Guard.of(run_config()).commands(ran, SECRET)
+    route = Guard(run_config()).commands(ran, SECRET)
     json_type = {"content_type": "application/json; charset=utf-8"}
     assert status(route(request(**json_type))) == 401
     assert status(route(request(**json_type, x_meterline_secret="nope"))) == 403
@@ -90,9 +90,9 @@ def test_the_command_api_wants_the_secret_and_json() -> None:
 
 def test_the_dashboard_wants_its_token_or_its_basic_auth_when_configured() -> None:
     open_config = run_config()
-    assert status(Guard.of(open_config).dashboard({"GET /": ran}, open_config)["GET /"](request())) == 200
+    assert status(Guard(open_config).dashboard({"GET /": ran})["GET /"](request())) == 200
     config = run_config(dashboard_token="t" * 20, dashboard_user="ops", dashboard_password="p" * 20)
-    route = Guard.of(config).dashboard({"GET /": ran}, config)["GET /"]
+    route = Guard(config).dashboard({"GET /": ran})["GET /"]
     refused = route(request())
     assert refused.status == 401 and dict(refused.headers)["WWW-Authenticate"].startswith("Basic ")
 
