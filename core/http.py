@@ -130,8 +130,12 @@ class Server:
         self._open: set[asyncio.Task[None]] = set()
         try:
             # Bound here, on the caller's thread: a port in use is the caller's error to report.
+            # The kernel's accept queue holds as many as the server will: with asyncio's default (100)
+            # a burst of slow clients fills it and the next client's SYN is dropped, not refused.
             self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._connection, host, port, limit=limits.max_head_bytes)
+                asyncio.start_server(
+                    self._connection, host, port, limit=limits.max_head_bytes, backlog=limits.max_connections
+                )
             )
         except BaseException:
             self._loop.close()
