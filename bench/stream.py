@@ -11,8 +11,11 @@ A worker's rate is read from its committed offsets (committed every 0.5 s here),
 commit to the one that covers the topic, so the group join and startup are not counted.
 
 Run: .venv/bin/python bench/stream.py [--events 1000000] [--single-events 200000] [--memory-events 5000000]
-     [--quix-python PATH] [--meterline-only] [--profile DIR]
-(--profile samples each meterline worker with py-spy, if installed, into DIR as collapsed stacks.)
+     [--quix-python PATH] [--meterline-only] [--profile DIR] [--before DIR]
+(--profile samples each meterline worker with py-spy, if installed, into DIR as collapsed stacks;
+--before runs every meterline row a second time, just before, with the worker of another checkout,
+e.g. `git worktree add /tmp/before <commit>` with its compiled reader built or copied in, so that
+a change is measured against its baseline in the same run.)
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ def _arguments() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile", type=Path, help="sample the meterline workers with py-spy into this directory"
     )
+    parser.add_argument(
+        "--before", type=Path, help="a checkout whose meterline worker runs beside each meterline row"
+    )
     return parser
 
 
@@ -98,37 +104,33 @@ def main() -> None:
             )
         elif not args.meterline_only:
             print("no --quix-python: the Quix Streams row is left out", file=sys.stderr)
-        rows.append(
-            _worker(state, bootstrap, packed, args.events, packed_messages, "meterline", profile=args.profile)
-        )
-        rows.append(
-            _worker(
-                state,
-                bootstrap,
-                single,
-                args.single_events,
-                single_messages,
-                "meterline",
-                profile=args.profile,
-            )
-        )
+        sources = [args.before.resolve(), ROOT] if args.before else [ROOT]
 
+        def meterline(config: Config, events: int, messages: int, suffix: str = "") -> None:
+            for source in sources:
+                row = _worker(
+                    state,
+                    bootstrap,
+                    config,
+                    events,
+                    messages,
+                    "meterline",
+                    profile=args.profile,
+                    source=source,
+                )
+                row["what"] = f"{row['what']}{suffix}{' [before]' if source != ROOT else ''}"
+                rows.append(row)
+
+        meterline(packed, args.events, packed_messages, ", one day")
+        meterline(single, args.single_events, single_messages)
         # Live traffic: the same 1M events over 20 minutes of event time (3,000 windows, ~330
         # events each), as a worker keeping up with the present sees them.
         live = isolated_topics(base, bootstrap, "live")
         live_messages = _produce(live, bootstrap, args.events, packing=True, span_ms=LIVE_SPAN_MS)
-        rows.append(
-            _worker(state, bootstrap, live, args.events, live_messages, "meterline", profile=args.profile)
-        )
-        rows[-1]["what"] = f"{rows[-1]['what']}, 20 min of event time"
-
+        meterline(live, args.events, live_messages, ", 20 min of event time")
         big = isolated_topics(base, bootstrap, "memory")
         big_messages = _produce(big, bootstrap, args.memory_events, packing=True)
-        rows.append(
-            _worker(
-                state, bootstrap, big, args.memory_events, big_messages, "meterline", profile=args.profile
-            )
-        )
+        meterline(big, args.memory_events, big_messages, ", one day")
     finally:
         devstack.down(base, log=lambda _line: None)
     print(
@@ -265,7 +267,9 @@ def _worker(
     kind: str,
     python: str = sys.executable,
     profile: Path | None = None,
+    source: Path = ROOT,
 ) -> dict[str, object]:
+    """One worker's row; a meterline worker runs the code of `source` (this checkout or --before)."""
     app_id = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
     data_dir = state / app_id
     env = {
@@ -283,7 +287,8 @@ def _worker(
     )
     partitions = config.kafka.partitions
     log = open(state / f"{app_id}.log", "wb")  # noqa: SIM115  # closed below
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    # `python -m` puts the working directory first on sys.path: the worker runs `source`'s code.
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=source)
     first: tuple[float, int] | None = None
     last: tuple[float, int, float] = (time.monotonic(), 0, time.time())
     peak_rss = 0

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core import logs, metrics
+from core import collector, logs, metrics
 from core.config import Config
 from core.errors import MeterlineError
 from core.http import Route, Server
@@ -129,6 +129,7 @@ def stream_app(config: Config, bootstrap: Kafka, data_dir: Path | None, health: 
     data_dir = data_dir or devstack.stream_state_dir(config) / config.stream.app_id
     data_dir.mkdir(parents=True, exist_ok=True)
     app, runtime = build_app(config, bootstrap, data_dir.resolve())
+    collector.tune_for_long_lived_state()
     metrics.register_stream(runtime.snapshot)
     health.set("stream", "starting")
 

@@ -1,8 +1,10 @@
 """The Faust app: `usage.events` in, `usage.aggregates` and `usage.events.dlq` out.
 
-Faust consumes, balances partitions between workers and commits offsets; the decisions are
-streams.judge and streams.processor; everything written goes through streams.output (one
-confluent-kafka producer: Faust's own sends were the worker's ceiling). Per record, in the agent:
+Faust consumes, balances partitions between workers and commits offsets, handing the agent one
+message per fetched batch of a partition (streams.batches: Faust's per-message cost was the
+ceiling on single-event records); the decisions are streams.judge and streams.processor;
+everything written goes through streams.output (one confluent-kafka producer: Faust's own sends
+were the worker's ceiling too). Per record of a batch, in the agent:
 1. judge the record; send what cannot be counted to the DLQ with the reason and its source;
 2. fold the rest into the partition's processor, which saves the touched windows and the
    partition clock in memory (streams.state.PartitionStore);
@@ -23,13 +25,14 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
 from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
 from core.config import Config, KafkaConfig
@@ -37,6 +40,7 @@ from core.kafka import Kafka, brokers
 from schemas.dead_letters import DeadLetter
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
+from streams.batches import BatchMessage, BatchTransport
 from streams.judge import Judge, Rejection, Verdict
 from streams.output import LocalState, Output, open_local_store, recover
 from streams.processor import PartitionProcessor, ProcessorStats, rules_from
@@ -55,6 +59,7 @@ def _raw() -> faust.Schema[bytes, bytes]:
 class StreamCounters:
     """What the metrics endpoint will expose; also logged every few seconds."""
 
+    batches: int = 0
     records: int = 0
     events: int = 0
     accepted: int = 0
@@ -69,6 +74,7 @@ class StreamCounters:
             for name, value in vars(processor.stats).items():
                 setattr(totals, name, getattr(totals, name) + value)
         return {
+            "batches": self.batches,
             "records": self.records,
             "events": self.events,
             "accepted": self.accepted,
@@ -110,19 +116,20 @@ class StreamRuntime:
         self.counters = StreamCounters()
         self.tick = serde.encode_batch([])
 
-    def handle(
-        self, partition: int, offset: int, record_time: int, key: bytes | None, value: bytes, headers: Any
-    ) -> None:
+    def handle(self, partition: int, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Process one fetched batch of a partition's records, in offset order."""
         self.last_record[partition] = time.monotonic()
         self.output.poll()
+        self.counters.batches += 1
         processor = self.processors.get(partition)
         if processor is None:
-            processor = self._recover(partition, offset)
-        verdict = self.judge(value, record_time)
-        self._count(verdict)
-        for rejection in verdict.rejections:
-            self._dead_letter(partition, offset, key, value, headers, rejection)
-        self._send(processor.process(offset, record_time, verdict))
+            processor = self._recover(partition, records[0].offset)
+        for record in records:
+            verdict = self.judge(record.value, record.timestamp)
+            self._count(verdict)
+            for rejection in verdict.rejections:
+                self._dead_letter(partition, record, rejection)
+            self._send(processor.process(record.offset, record.timestamp, verdict))
 
     def write_behind(self, partitions: Iterable[int] | None = None) -> int:
         """Write the state saved since the last call to the local stores and the changelog (sent,
@@ -194,22 +201,24 @@ class StreamRuntime:
             c.rejected[str(rejection.reason)] += 1
 
     def _dead_letter(
-        self,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes,
-        headers: Any,
-        rejection: Rejection,
+        self, partition: int, record: ConsumerRecord[bytes, bytes], rejection: Rejection
     ) -> None:
+        value = record.value
         index = None
         if rejection.index is not None and rejection.event is not None:
             # One bad event of a good batch: the event alone, and where it sat in the batch.
             index, value = rejection.index, self.serde.encode_event(rejection.event)
         letter = DeadLetter(
-            str(rejection.reason), rejection.detail, self.config.topics.events, partition, offset, index
+            str(rejection.reason),
+            rejection.detail,
+            self.config.topics.events,
+            partition,
+            record.offset,
+            index,
         )
-        self.output.send(self.config.topics.events_dlq, key, value, headers=letter.headers(headers or ()))
+        self.output.send(
+            self.config.topics.events_dlq, record.key, value, headers=letter.headers(record.headers or ())
+        )
         self.counters.dlq_sent += 1
 
     def _send(self, aggregates: list[WindowAggregate]) -> None:
@@ -236,6 +245,8 @@ def build_app(config: Config, bootstrap: Kafka, data_dir: Path) -> tuple[faust.A
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
     )
+    # Before anything reaches app.transport (app.topic does): one message per fetched batch.
+    app.transport = BatchTransport(app.conf.broker_consumer, app)
     output = Output(bootstrap)
     serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
     runtime = StreamRuntime(config, output, data_dir, serde)
@@ -246,24 +257,18 @@ def build_app(config: Config, bootstrap: Kafka, data_dir: Path) -> tuple[faust.A
     @app.agent(events, name="meterline-aggregate")
     async def aggregate(stream: Any) -> None:
         async for event in stream.events():
-            message = event.message
+            batch: BatchMessage = event.message
             try:
-                runtime.handle(
-                    message.partition,
-                    message.offset,
-                    round(message.timestamp * 1000),
-                    message.key,
-                    message.value,
-                    message.headers,
-                )
+                runtime.handle(batch.partition, batch.records)
             except Exception:
                 # Bad input never gets here (it is judged and dead-lettered). A bug or a broken
-                # store does, and Faust would ack the record and go on without it. Stop hard
-                # instead, before anything commits: the record is processed again on restart.
+                # store does, and Faust would ack the batch and go on without it. Stop hard
+                # instead, before anything commits: the batch is processed again on restart.
                 log.critical(
-                    "stopping: partition %d offset %d could not be processed",
-                    message.partition,
-                    message.offset,
+                    "stopping: partition %d offsets %d-%d could not be processed",
+                    batch.partition,
+                    batch.records[0].offset,
+                    batch.offset,
                     exc_info=True,
                 )
                 os._exit(70)

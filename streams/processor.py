@@ -99,6 +99,11 @@ class PartitionProcessor:
     _closing: list[tuple[int, WindowKey]] = field(default_factory=list)  # heap of (window_end, key)
     # heap of (deadline, forget, key) of closed windows: forget=False drops the dedup set, True the window
     _aging: list[tuple[int, bool, WindowKey]] = field(default_factory=list)
+    # (customer, meter) -> the latest window_start of any window saved for it: a window after it is
+    # new, known without asking the store (on sparse usage most windows are)
+    _newest: dict[tuple[str, str], int] = field(default_factory=dict)
+    # closed windows still holding their dedup set, as they will be saved without it (_retain)
+    _retained: dict[WindowKey, WindowState] = field(default_factory=dict)
 
     def recover(
         self, windows: Iterable[WindowState], clock: PartitionClock | None, first_offset: int
@@ -113,6 +118,7 @@ class PartitionProcessor:
                 self._track_open(state)
             else:
                 self._track_closed(state)
+                self._retain(state)
             again.extend(
                 self._aggregate(state.key, r, state)
                 for r in state.revisions
@@ -142,7 +148,10 @@ class PartitionProcessor:
             state = touched.get(slot) or self._open.get(slot)
             if state is None:
                 key = WindowKey(*slot)
-                state = self.store.load_window(key) or WindowState(key)
+                if slot[2] > self._newest.get(slot[:2], -1):
+                    state = WindowState(key)
+                else:
+                    state = self.store.load_window(key) or WindowState(key)
             if state.last_offset >= offset:
                 self.stats.replayed_events += 1
                 continue
@@ -168,6 +177,7 @@ class PartitionProcessor:
         for state, _ in closed:
             if state.key not in touched:
                 self._save(state, offset)
+            self._retain(state)
         self._age(touched, offset)
         self.clock.last_offset = offset
         self.store.save_clock(self.clock)
@@ -184,10 +194,16 @@ class PartitionProcessor:
     # -- internals -------------------------------------------------------------------------------
 
     def _track_open(self, state: WindowState) -> None:
-        self._open[state.key] = state
+        key = state.key
+        self._open[key] = state
+        if key.window_start > self._newest.get(key[:2], -1):
+            self._newest[key[:2]] = key.window_start
         heapq.heappush(self._closing, (window_end(state.key.window_start, self.rules.size_ms), state.key))
 
     def _track_closed(self, state: WindowState) -> None:
+        key = state.key
+        if key.window_start > self._newest.get(key[:2], -1):  # on recovery
+            self._newest[key[:2]] = key.window_start
         if state.event_ids is not None:
             forget_ids = forget_dedup_at(state.revisions[-1].watermark, self.rules.dedup_retention_ms)
             heapq.heappush(self._aging, (forget_ids, False, state.key))
@@ -229,6 +245,20 @@ class PartitionProcessor:
         state.last_offset = offset
         self.store.save_window(state)
 
+    def _retain(self, state: WindowState) -> None:
+        """Keep what a closed window will be once its dedup set is dropped, as saved at its close:
+        dropping the ids then needs no load and decode from the store, only a write."""
+        if state.event_ids is not None:
+            self._retained[state.key] = WindowState(
+                state.key,
+                state.value,
+                state.event_count,
+                state.last_offset,
+                None,
+                list(state.revisions),
+                False,
+            )
+
     def _age(self, touched: Mapping[tuple[str, str, int], WindowState], offset: int) -> None:
         """Past its retention a closed window forgets its event ids; past the maximum lateness it is
         dropped. Both judged by the watermark, so a replay ages alike."""
@@ -239,17 +269,17 @@ class PartitionProcessor:
             _, forget, key = entry
             if key in self._open or key in touched:
                 continue  # reopened by a correction: aged again when it closes
-            state = self.store.load_window(key)
+            state = self._retained.get(key) if not forget else self.store.load_window(key)
             if state is None or state.open:
                 continue
             if state.last_offset >= offset:  # step 1: a later record's state, aged by a later record
                 ahead.append(entry)
                 continue
-            if not forget and state.event_ids is not None:
-                state.event_ids = None
+            if not forget:
+                del self._retained[key]
                 self._save(state, offset)
                 self._track_closed(state)
-            elif forget and state.event_ids is None:
+            elif state.event_ids is None:
                 self.store.drop_window(key)
         for entry in ahead:
             heapq.heappush(self._aging, entry)
