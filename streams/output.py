@@ -42,6 +42,9 @@ class Output:
             {
                 "linger.ms": 5,
                 "queue.buffering.max.messages": 1_000_000,
+                # A worker sends several messages per window: a Python callback for each delivered
+                # one cost more than the send. Failures still come back, and stop the worker.
+                "delivery.report.only.error": True,
                 # Keyed messages (aggregates, dead letters) land where Kafka's Java client would put them.
                 "partitioner": "murmur2_random",
             },

@@ -136,7 +136,9 @@ class PartitionProcessor:
         self.stats.ticks += verdict.is_tick
         size = self.rules.size_ms
         aggregations = self.rules.aggregations
+        open_windows, newest = self._open, self._newest
         touched: dict[tuple[str, str, int], WindowState] = {}
+        counted = 0
         latest_event_time = max((e.timestamp for e in verdict.non_billable), default=-1)
         for event in verdict.billable:
             timestamp = event.timestamp
@@ -145,10 +147,10 @@ class PartitionProcessor:
             # A plain tuple is cheaper to build than a WindowKey and finds it in the dicts (equal,
             # same hash); the WindowKey is made only for a window not in memory.
             slot = (event.customer_id, event.meter, window_start(timestamp, size))
-            state = touched.get(slot) or self._open.get(slot)
+            state = touched.get(slot) or open_windows.get(slot)
             if state is None:
                 key = WindowKey(*slot)
-                if slot[2] > self._newest.get(slot[:2], -1):
+                if slot[2] > newest.get(slot[:2], -1):
                     state = WindowState(key)
                 else:
                     state = self.store.load_window(key) or WindowState(key)
@@ -164,11 +166,13 @@ class PartitionProcessor:
                 state.event_ids.add(event.event_id)
             state.value += event_value(aggregations[event.meter], event.quantity)
             state.event_count += 1
-            self.stats.counted += 1
-            touched[state.key] = state
-            if not state.open or state.key not in self._open:
-                state.open = True
-                self._track_open(state)
+            counted += 1
+            if slot not in touched:
+                touched[state.key] = state
+                if not state.open or state.key not in open_windows:
+                    state.open = True
+                    self._track_open(state)
+        self.stats.counted += counted
         if latest_event_time > self.clock.watermark:
             self.clock.watermark = latest_event_time
         closed = self._close_due(offset, record_time, verdict.is_tick)

@@ -13,7 +13,7 @@ import time
 from core.config import Config
 from meterline.produce import produce_workload
 from schemas.serde import AvroSerde
-from tests.support.kafka import read_messages
+from tests.support.kafka import committed_behind, read_messages
 from tests.support.pipeline import PacedProducer, Workers, wait_until_exact, workload
 
 
@@ -65,3 +65,40 @@ def test_a_rebalance_after_one_of_two_workers_is_killed_changes_no_total(
     time.sleep(random.uniform(2, 10))
     workers.kill("w2")  # w1 takes over w2's partitions and recovers their state from the changelog
     wait_until_exact(config, producing.finish(), workers, timeout=240)
+
+
+def test_single_event_records_stay_exact_when_killed_mid_batch_and_rebalanced(
+    config: Config, workers: Workers
+) -> None:
+    """Single-event messages (what producers other than meterline's SDK send) reach the agent a
+    fetched batch of a partition at a time (streams.batches). A worker killed while it works through
+    a backlog dies inside a batch, its partitions go to the other mid-way, and a second kill does it
+    again: totals stay exact, and the group's commits reach the end of every partition, because a
+    batch message commits past its last record through Faust's offset gaps."""
+    rng = random.Random()
+    workers.start("w1")
+    workers.start("w2")
+    producing = PacedProducer(config, workload(40_000, seed=14), seconds=20, packing=False)
+    producing.start()
+    workers.wait_processing("w2")
+    time.sleep(rng.uniform(2, 6))
+    workers.kill("w2")  # w1 takes w2's partitions over
+    time.sleep(rng.uniform(1, 4))
+    workers.kill("w1")
+    workers.start("w1")  # alone, behind by everything since its last commit: whole batches to do
+    wait_until_exact(config, producing.finish(), workers, timeout=240)
+
+    group, topic = workers.env["METERLINE__STREAM__APP_ID"], config.topics.events
+    deadline = time.monotonic() + 60
+    while any(committed_behind(config.kafka.bootstrap, group, topic, config.kafka.partitions).values()):
+        assert time.monotonic() < deadline, "the commits never reached the end of the topic"
+        time.sleep(1)
+    logs = "\n".join(log.read_text(errors="replace") for log in workers.tmp_path.glob("*.log"))
+    counters = [line for line in logs.splitlines() if "counters {" in line]
+    batches_of_many = [line for line in counters if _counter(line, "records") > _counter(line, "batches") > 0]
+    assert batches_of_many, "every batch held one record: the test did not exercise batches"
+
+
+def _counter(line: str, name: str) -> int:
+    """A counter from the worker's `counters {...}` log line."""
+    return int(line.split(f"'{name}': ")[1].split(",")[0])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Message
+from confluent_kafka import Consumer, Message, TopicPartition
 
-from core.kafka import consumer_from_beginning
+from core.kafka import consumer_from_beginning, settings
 
 
 def read_messages(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[Message]:
@@ -19,5 +19,20 @@ def read_messages(bootstrap: str, topic: str, count: int, timeout: float = 60.0)
         # One more short read: more than `count` messages is a failure the caller must see.
         messages += [m for m in consumer.consume(1000, timeout=0.5) if not m.error()]
         return messages
+    finally:
+        consumer.close()
+
+
+def committed_behind(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """For each partition, how many messages lie past `group`'s committed offset (0: all committed)."""
+    consumer = Consumer(settings(bootstrap, {"group.id": group, "enable.auto.commit": False}))
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        committed = consumer.committed(tps, timeout=10)
+        behind = {}
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+            behind[tp.partition] = high - max(tp.offset, 0)
+        return behind
     finally:
         consumer.close()

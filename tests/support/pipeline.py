@@ -156,15 +156,17 @@ def wait_until_exact(config: Config, expected: dict, workers: Workers, timeout: 
 class PacedProducer(threading.Thread):
     """Produces a workload over `seconds` while the test kills workers: every kill lands mid-run."""
 
-    def __init__(self, config: Config, spec: WorkloadSpec, seconds: float) -> None:
+    def __init__(
+        self, config: Config, spec: WorkloadSpec, seconds: float, packing: bool | None = None
+    ) -> None:
         super().__init__(daemon=True)
-        self.config, self.spec, self.seconds = config, spec, seconds
+        self.config, self.spec, self.seconds, self.packing = config, spec, seconds, packing
         self.expected = Expected(config.windows.size_ms)
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            producer = make_producer(self.config, self.config.kafka.bootstrap)
+            producer = make_producer(self.config, self.config.kafka.bootstrap, packing=self.packing)
             started = time.monotonic()
             emissions = generate(self.spec, self.config.meters, self.config.windows.size_ms, self.expected)
             for n, emission in enumerate(emissions):
