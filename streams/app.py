@@ -243,9 +243,11 @@ def build_app(config: Config, bootstrap: Kafka, data_dir: Path) -> tuple[faust.A
         broker_session_timeout=6,
         broker_heartbeat_interval=1,
         consumer_auto_offset_reset="earliest",
-        # Each message is a whole fetched batch (streams.batches): a few of them keep the agent
-        # busy, where Faust's default buffer (4,096 messages) would hold gigabytes of records.
-        stream_buffer_maxsize=8,
+        # Each message is a whole fetched batch of a partition (streams.batches, up to
+        # consumer_max_fetch_size, 1 MiB): two waiting keep the agent busy, where Faust's default
+        # buffer (4,096 messages) could hold gigabytes of records, and eight held ~40 MiB more
+        # than the worker did before on single-event records (BENCHMARKS.md).
+        stream_buffer_maxsize=2,
         web_enabled=False,
     )
     # Before anything reaches app.transport (app.topic does): one message per fetched batch.
