@@ -32,6 +32,7 @@ from sinks.stripe.fake import FakeStripe
 from sinks.stripe.fake_state import MeterEvent
 from sinks.stripe.sink import StripeSink
 from sinks.stripe.webhooks import INVOICE_COLUMNS
+from tests.support.clickhouse_sink import fresh
 from tests.support.sinks import run_sink
 from tests.support.stripe import KEY, record_subscription_item, set_up_stripe, stripe_api, subscribe
 
@@ -50,9 +51,7 @@ def test_reconcile_finds_the_customer_meter_and_hour_that_drift(
 ) -> None:
     fake, base = stripe_fake
     dsn = f"chdb://{tmp_path / 'clickhouse'}"
-    client = connect(config, dsn)
-    migrate(client, 400)
-    client.close()
+    fresh(config, dsn)
     set_up_stripe(config, base, CUSTOMERS)
     # Windows of the last 90 minutes (within this month, and within Stripe's 35 days).
     now = int(time.time() * 1000) // MINUTE * MINUTE

@@ -24,12 +24,12 @@ from reconciler.replay import rederive
 from schemas.records import UsageEvent
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
-from sinks.clickhouse.migrate import migrate
 from sinks.clickhouse.rows import REVISION_COLUMNS
 from sinks.clickhouse.sink import ClickHouseSink
 from sinks.stripe.fake import FakeStripe
 from sinks.stripe.sink import StripeSink
 from streams.windows import DAY_MS
+from tests.support.clickhouse_sink import fresh
 from tests.support.pipeline import Workers, small_workload, wait_until_exact
 from tests.support.sinks import run_sink
 from tests.support.stripe import set_up_stripe
@@ -40,9 +40,7 @@ def test_replay_finds_a_corrupted_window_and_repair_converges_both_sinks(
 ) -> None:
     fake, base = stripe_fake
     dsn = f"chdb://{tmp_path / 'clickhouse'}"
-    client = connect(config, dsn)
-    migrate(client, 400)
-    client.close()
+    fresh(config, dsn)
     spec = small_workload(seed=41, events=8_000)
     set_up_stripe(config, base, customer_ids(spec))
     _, expected = produce_workload(config, config.kafka.bootstrap, spec)
