@@ -117,6 +117,7 @@ class PartitionProcessor:
             if state.open:
                 self._track_open(state)
             else:
+                self._note_stored(state.key)
                 self._track_closed(state)
                 self._retain(state)
             again.extend(
@@ -197,17 +198,17 @@ class PartitionProcessor:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _track_open(self, state: WindowState) -> None:
-        key = state.key
-        self._open[key] = state
+    def _note_stored(self, key: WindowKey) -> None:
+        """Keep `_newest` covering `key`: every window is opened (or recovered) before it is saved."""
         if key.window_start > self._newest.get(key[:2], -1):
             self._newest[key[:2]] = key.window_start
+
+    def _track_open(self, state: WindowState) -> None:
+        self._open[state.key] = state
+        self._note_stored(state.key)
         heapq.heappush(self._closing, (window_end(state.key.window_start, self.rules.size_ms), state.key))
 
     def _track_closed(self, state: WindowState) -> None:
-        key = state.key
-        if key.window_start > self._newest.get(key[:2], -1):  # on recovery
-            self._newest[key[:2]] = key.window_start
         if state.event_ids is not None:
             forget_ids = forget_dedup_at(state.revisions[-1].watermark, self.rules.dedup_retention_ms)
             heapq.heappush(self._aging, (forget_ids, False, state.key))
