@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -107,11 +108,10 @@ def reconcile(
                 theirs[(who, what)] = stripe.total(who, what, start, end)
                 continue
             summaries = _usage_record_summaries(caller, items, who, what, start, end)
-            theirs[(who, what)] = sum(total for _, _, total in summaries)
+            theirs[(who, what)] = sum(summaries.values())
             if summaries:  # Stripe's totals are per billing period: ours over the same periods
                 ours[(who, what)] = sum(
-                    _our_totals(client, low, high, who, what).get((who, what), 0)
-                    for low, high, _ in summaries
+                    _our_totals(client, low, high, who, what).get((who, what), 0) for low, high in summaries
                 )
         if progress:
             progress(n, len(customers))
@@ -179,27 +179,25 @@ def _our_hours(client: Client, customer: str, meter: str, start: int, end: int) 
 
 def _usage_record_summaries(
     caller: Caller, directory: Directory, customer: str, meter: str, start: int, end: int
-) -> list[tuple[int, int, int]]:
-    """(period start, end in epoch ms, total usage) of the item's billing periods that begin inside
-    [start, end). One summary per billing period, newest first
-    (https://stripe.com/docs/api/usage_records): never every period the item ever had, and each
-    compared over its own bounds, which are a calendar month only for an item started on the 1st."""
+) -> dict[tuple[int, int], int]:
+    """Total usage per billing period (start, end in epoch ms) that begins inside [start, end), over
+    every item pricing the meter (after a plan change, the one added and any still billing). One
+    summary per billing period, newest first (https://stripe.com/docs/api/usage_records): never
+    every period the item ever had, and each compared over its own bounds, which are a calendar
+    month only for an item started on the 1st."""
     stripe_customer = directory.customer(customer)
-    item = None if stripe_customer is None else directory.subscription_item(stripe_customer, meter)
-    if item is None:
-        return []
-    response, _ = caller.retrying(
-        lambda: caller.client.raw_request(
-            "get",
-            f"/v1/subscription_items/{item}/usage_record_summaries",
-            stripe_version=caller.legacy_version,
+    items = () if stripe_customer is None else directory.subscription_items(stripe_customer, meter)
+    totals: dict[tuple[int, int], int] = {}
+    for item in items:
+        path = f"/v1/subscription_items/{item.id}/usage_record_summaries"
+        response, _ = caller.retrying(
+            functools.partial(caller.client.raw_request, "get", path, stripe_version=caller.legacy_version)
         )
-    )
-    periods = [
-        (int(s["period"]["start"]) * 1000, int(s["period"]["end"]) * 1000, int(s["total_usage"]))
-        for s in json.loads(response.body)["data"]
-    ]
-    return [(low, high, total) for low, high, total in periods if start <= low < end]
+        for summary in json.loads(response.body)["data"]:
+            period = (int(summary["period"]["start"]) * 1000, int(summary["period"]["end"]) * 1000)
+            if start <= period[0] < end:
+                totals[period] = totals.get(period, 0) + int(summary["total_usage"])
+    return totals
 
 
 def _unbilled(

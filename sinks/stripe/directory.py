@@ -4,23 +4,54 @@ subscription item that bills a meter. Configured mappings win; others are looked
 subscription event about their customer): customers by their
 metadata (`stripe.customer_metadata_key`), subscription items of an active, trialing or past-due
 subscription by their price's metadata `meterline_meter` (as `meterline stripe sync` creates
-prices) or, for prices made by hand, its lookup key `meterline_<meter>`.
+prices) or, for prices made by hand, its lookup key `meterline_<meter>`. A window goes to the item
+that billed its meter at the window's time (`item_at`): after a plan change, a late window from
+before it is not billed at the new item's price.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from core.config import StripeConfig
 from sinks.stripe.calls import Caller
 
 NEGATIVE_TTL_S = 60.0  # an unknown customer is looked up again after this long (it may be created)
 ITEM_TTL_S = 300.0  # a subscription item found is looked up again after this long (plans change)
+Found = TypeVar("Found")
 BILLING_STATUSES = ("active", "trialing", "past_due")
 """Subscriptions whose metered items Stripe bills (a trial bills its usage at the trial's end too)."""
+
+
+@dataclass(frozen=True)
+class BillingItem:
+    """A subscription item whose price bills a meter, and since when (epoch s)."""
+
+    id: str
+    billing_from: int
+
+
+def item_at(items: Sequence[BillingItem], timestamp_s: int) -> BillingItem | None:
+    """The item that billed the meter at `timestamp_s`: the last to begin at or before it. None when
+    the window precedes them all (the item of its time was removed, or no subscription billed it)."""
+    began = [item for item in items if item.billing_from <= timestamp_s]
+    return max(began, key=lambda item: item.billing_from) if began else None
+
+
+def billing_from(subscription: Any, item: Any) -> int:
+    """An item made with its subscription bills from the subscription's start, which a backdated
+    subscription puts before both were created (https://docs.stripe.com/billing/subscriptions/backdating);
+    an item added later (a plan change) from its own creation: `start_date` is when "the entire
+    subscription starts as opposed to when the current plan configuration does"
+    (https://docs.stripe.com/changelog/2019-10-17/replaces-subscription-start-field)."""
+    start = int(subscription["start_date"])
+    if "created" not in item or int(item["created"]) <= int(subscription["created"]):
+        return start
+    return int(item["created"])
 
 
 class Directory:
@@ -28,7 +59,7 @@ class Directory:
         self.config = config
         self.caller = caller
         self._customers: dict[str, tuple[str | None, float]] = {}
-        self._items: dict[tuple[str, str], tuple[str | None, float]] = {}
+        self._items: dict[tuple[str, str], tuple[tuple[BillingItem, ...] | None, float]] = {}
         self._lock = threading.Lock()
 
     def customer(self, customer_id: str) -> str | None:
@@ -37,13 +68,15 @@ class Directory:
             return configured
         return self._cached(self._customers, customer_id, lambda: self._search_customer(customer_id))
 
-    def subscription_item(self, stripe_customer: str, meter: str) -> str | None:
-        return self._cached(
+    def subscription_items(self, stripe_customer: str, meter: str) -> tuple[BillingItem, ...]:
+        """The customer's items pricing the meter (none: it has no subscription billing it)."""
+        found = self._cached(
             self._items,
             (stripe_customer, meter),
-            lambda: self._find_item(stripe_customer, meter),
+            lambda: self._find_items(stripe_customer, meter),
             ITEM_TTL_S,
         )
+        return found or ()
 
     def forget_items(self, stripe_customers: Iterable[str]) -> None:
         """Drop the cached subscription items of these customers: their subscriptions changed (a
@@ -55,18 +88,18 @@ class Directory:
 
     def _cached(
         self,
-        cache: dict[Any, tuple[str | None, float]],
+        cache: dict[Any, tuple[Found | None, float]],
         key: Any,
-        look_up: Any,
+        look_up: Callable[[], Found | None],
         found_ttl_s: float = float("inf"),
-    ) -> str | None:
+    ) -> Found | None:
         with self._lock:
             hit = cache.get(key)
         if hit is not None:
             age = time.monotonic() - hit[1]
             if age < (found_ttl_s if hit[0] is not None else NEGATIVE_TTL_S):
                 return hit[0]
-        found: str | None = look_up()
+        found = look_up()
         with self._lock:
             cache[key] = (found, time.monotonic())
         return found
@@ -76,21 +109,19 @@ class Directory:
         result, _ = self.caller.retrying(lambda: self.caller.client.v1.customers.search({"query": query}))
         return str(result.data[0].id) if result.data else None
 
-    def _find_item(self, stripe_customer: str, meter: str) -> str | None:
+    def _find_items(self, stripe_customer: str, meter: str) -> tuple[BillingItem, ...] | None:
         listed, _ = self.caller.retrying(
             lambda: self.caller.client.v1.subscriptions.list({"customer": stripe_customer})
         )
-        for subscription in listed.data:
-            if subscription["status"] not in BILLING_STATUSES:
-                continue
-            for item in subscription["items"]["data"]:
-                price = item["price"]
-                if (
-                    metadata(price).get("meterline_meter") == meter
-                    or getattr(price, "lookup_key", None) == f"meterline_{meter}"
-                ):
-                    return str(item["id"])
-        return None
+        found = tuple(
+            BillingItem(str(item["id"]), billing_from(subscription, item))
+            for subscription in listed.data
+            if subscription["status"] in BILLING_STATUSES
+            for item in subscription["items"]["data"]
+            if metadata(item["price"]).get("meterline_meter") == meter
+            or getattr(item["price"], "lookup_key", None) == f"meterline_{meter}"
+        )
+        return found or None  # None: cached as not found, looked up again sooner
 
 
 def metadata(stripe_object: Any) -> dict[str, str]:

@@ -257,6 +257,14 @@ class FakeStripe:
             (r"/v2/billing/meter_event_session", "POST", self._new_session),
             (r"/v2/core/events/([^/]+)", "GET", lambda m, p, q, h: self._v2_event(m[1])),
             (r"/v2/billing/meter_event_stream", "POST", self._stream),
+            (r"/v1/subscription_items", "POST", lambda m, p, q, h: s.add_subscription_item(p)),
+            (
+                r"/v1/subscription_items/([^/]+)",
+                "DELETE",
+                lambda m, p, q, h: s.delete_subscription_item(
+                    m[1], str({**q, **p}.get("clear_usage", "false")).lower() == "true"
+                ),
+            ),
             (
                 r"/v1/subscription_items/([^/]+)/usage_records",
                 "POST",

@@ -315,6 +315,7 @@ class FakeStripeState:
                         "object": "subscription_item",
                         "price": price,
                         "subscription": subscription_id,
+                        "created": self.now(),
                         "current_period_start": period_start,
                         "current_period_end": period_end,
                     }
@@ -335,6 +336,44 @@ class FakeStripeState:
     def list_subscriptions(self, customer: str | None) -> list[dict[str, Any]]:
         with self.lock:
             return [s for s in self.subscriptions.values() if customer is None or s["customer"] == customer]
+
+    def add_subscription_item(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /v1/subscription_items: a price added to a subscription (a plan change), on the
+        subscription's current period (https://docs.stripe.com/api/subscription_items/create)."""
+        with self.lock:
+            subscription = self.subscriptions.get(str(params.get("subscription")))
+            if subscription is None:
+                raise missing("subscription", str(params.get("subscription")), "subscription")
+            price = self.prices.get(str(params.get("price")))
+            if price is None:
+                raise missing("price", str(params.get("price")), "price")
+            period_start, period_end = monthly_period(subscription["start_date"], self.now())
+            item = {
+                "id": new_id("si"),
+                "object": "subscription_item",
+                "price": price,
+                "subscription": subscription["id"],
+                "created": self.now(),
+                "current_period_start": period_start,
+                "current_period_end": period_end,
+            }
+            subscription["items"]["data"].append(item)
+        return item
+
+    def delete_subscription_item(self, item_id: str, clear_usage: bool) -> dict[str, Any]:
+        """DELETE /v1/subscription_items/{id}: the item leaves its subscription; the usage reported
+        to it stays billed unless `clear_usage` ("Delete all usage for the given subscription
+        item", https://docs.stripe.com/api/subscription_items/delete), and usage reported to it
+        afterwards is refused as a missing item."""
+        with self.lock:
+            for subscription in self.subscriptions.values():
+                items = subscription["items"]["data"]
+                if any(i["id"] == item_id for i in items):
+                    items[:] = [i for i in items if i["id"] != item_id]
+                    if clear_usage:
+                        self.usage_records.pop(item_id, None)
+                    return {"id": item_id, "object": "subscription_item", "deleted": True}
+        raise missing("subscription_item", item_id)
 
     def item_period(self, item_id: str) -> tuple[int, int, int]:
         """(subscription start, current period start, end) of a subscription item, as of now."""

@@ -37,6 +37,7 @@ class Reason(StrEnum):
     UNKNOWN_CUSTOMER = "unknown_customer"
     UNKNOWN_METER = "unknown_meter"
     NO_SUBSCRIPTION_ITEM = "no_subscription_item"
+    NO_ITEM_AT_WINDOW_TIME = "no_item_at_window_time"
     TIMESTAMP_TOO_OLD = "timestamp_too_old"
     INVALID_VALUE = "invalid_value"
     CANNOT_LOWER_USAGE = "cannot_lower_usage"

@@ -28,6 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
@@ -40,7 +41,7 @@ from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.stripe.calls import caller_for
-from sinks.stripe.directory import Directory
+from sinks.stripe.directory import Directory, item_at
 from sinks.stripe.ledger import Ledger
 from sinks.stripe.report import STREAM_BATCH, Outcome, Reason, Report, Status, identifier, too_old
 
@@ -219,14 +220,26 @@ class StripeSink:
         item = None
         sets_total = False
         if self.mode == "usage_records":
-            item = self.directory.subscription_item(stripe_customer, aggregate.meter)
-            if item is None:
+            items = self.directory.subscription_items(stripe_customer, aggregate.meter)
+            if not items:
                 return self._refused(
                     message,
                     aggregate,
                     Reason.NO_SUBSCRIPTION_ITEM,
                     f"{stripe_customer} has no active subscription item priced for {aggregate.meter}",
                 )
+            billing = item_at(items, aggregate.window_start // 1000)
+            if billing is None:
+                at = datetime.fromtimestamp(aggregate.window_start / 1000, UTC)
+                return self._refused(
+                    message,
+                    aggregate,
+                    Reason.NO_ITEM_AT_WINDOW_TIME,
+                    f"no subscription item of {stripe_customer} billed {aggregate.meter} at the window's "
+                    f"time ({at:%Y-%m-%d %H:%M} UTC): the item of that time was removed (a plan change), "
+                    f"and {', '.join(i.id for i in items)} would bill it at another price",
+                )
+            item = billing.id
             if aggregate.delta < 0:
                 # Stripe takes no negative increment; `set` overwrites the quantity at a timestamp
                 # (https://stripe.com/docs/api/usage_records/create), which is the window's own:

@@ -215,15 +215,15 @@ def test_a_subscription_event_makes_the_legacy_sink_look_its_customer_s_item_up_
     migrate(sink._client, 400)
     stripe_customer = sink.directory.customer("late-subscriber")
     assert stripe_customer is not None
-    assert sink.directory.subscription_item(stripe_customer, "api_calls") is None  # cached for 60 s
+    assert sink.directory.subscription_items(stripe_customer, "api_calls") == ()  # cached for 60 s
     item = subscribe(config, base, ["late-subscriber"])[("late-subscriber", "api_calls")]
-    assert sink.directory.subscription_item(stripe_customer, "api_calls") is None  # still cached
+    assert sink.directory.subscription_items(stripe_customer, "api_calls") == ()  # still cached
     now_s = int(time.time())
     record_subscription_item(
         sink._client, "late-subscriber", (now_s, now_s + 86_400), now_s, stripe_customer=stripe_customer
     )
     sink._forget_changed_subscriptions()
-    assert sink.directory.subscription_item(stripe_customer, "api_calls") == item
+    assert [i.id for i in sink.directory.subscription_items(stripe_customer, "api_calls")] == [item]
     sink._client.close()
 
 
@@ -258,6 +258,74 @@ def test_a_legacy_customer_without_a_subscription_item_is_refused_before_the_cal
     statuses = {r[0]: (r[5], r[6]) for r in ledger(config, ledger_dsn)}
     assert statuses == {"subscribed": ("confirmed", ""), "unsubscribed": ("failed", "no_subscription_item")}
     assert [r["quantity"] for records in fake.state.usage_records.values() for r in records] == [9]
+
+
+def test_after_a_plan_change_a_legacy_window_goes_to_the_item_of_its_time_or_is_refused(
+    config: Config, stripe_fake: tuple[FakeStripe, str], ledger_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan change adds the new price's item and deletes the old one; the old item's usage stays
+    billed (no clear_usage, https://docs.stripe.com/api/subscription_items/delete) and nothing can
+    be reported to it any more. A late window from before the change would otherwise land on the
+    new item and be billed at the new price: it is refused as unbilled, with its reason, while a
+    window after the change goes to the new item. An item made with a backdated subscription bills
+    from its start (https://docs.stripe.com/billing/subscriptions/backdating), one added later from
+    its creation (https://docs.stripe.com/changelog/2019-10-17/replaces-subscription-start-field)."""
+    from tests.support.sinks import run_sink
+    from tests.support.stripe import stripe_api
+
+    fake, base = stripe_fake
+    now_s = int(time.time()) // 60 * 60
+    created_s, changed_s = now_s - 3 * 3600, now_s - 2 * 3600
+    set_up_stripe(config, base, ["changer"])
+    monkeypatch.setattr(fake.state, "clock", lambda: created_s)
+    old_item = subscribe(config, base, ["changer"], started=now_s - 7 * 86_400)[("changer", "api_calls")]
+    api = stripe_api(base)
+    cheaper = api.v1.prices.create(
+        {
+            "product": "meterline_api_calls",
+            "currency": "usd",
+            "unit_amount_decimal": "0.05",
+            "metadata": {"meterline_meter": "api_calls"},
+            "recurring": {"interval": "month", "usage_type": "metered"},
+        }
+    )
+    monkeypatch.setattr(fake.state, "clock", lambda: changed_s)
+    [subscription] = fake.state.subscriptions
+    new_item = api.v1.subscription_items.create({"subscription": subscription, "price": cheaper.id}).id
+    api.v1.subscription_items.delete(old_item)
+    monkeypatch.setattr(fake.state, "clock", lambda: now_s)
+
+    def window(start_s: int, value: int) -> WindowAggregate:
+        start = start_s * 1000
+        return WindowAggregate(
+            "changer", "api_calls", start, start + 60_000, 0, value, value, 1, 0, now_s * 1000
+        )
+
+    before, after = window(changed_s - 1800, 7), window(changed_s + 1800, 11)
+    produce_aggregates(config, [before, after])
+    ends = read_ends(config.kafka.bootstrap, [config.topics.aggregates])
+    run_sink(
+        StripeSink(
+            legacy_config(config, base), config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-change"
+        ),
+        config.kafka.bootstrap,
+        ends,
+    )
+
+    [refused] = read_messages(config.kafka.bootstrap, config.topics.stripe_dlq, 1)
+    headers = dict(refused.headers() or [])
+    assert headers["error.code"] == b"no_item_at_window_time"
+    assert new_item.encode() in headers["error.detail"]
+    assert AvroSerde().decode_aggregate(refused.value() or b"") == before
+    statuses = {r[2]: (r[5], r[6]) for r in ledger(config, ledger_dsn)}
+    assert statuses == {
+        before.window_start: ("failed", "no_item_at_window_time"),
+        after.window_start: ("confirmed", ""),
+    }
+    assert fake.state.usage_records.get(old_item) is None
+    assert [(r["quantity"], r["timestamp"]) for r in fake.state.usage_records[new_item]] == [
+        (11, after.window_start // 1000)
+    ]
 
 
 def test_a_legacy_correction_lowers_usage_by_set_where_exact_and_is_refused_where_not(
