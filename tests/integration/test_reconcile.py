@@ -46,18 +46,11 @@ def test_compare_reports_both_sides_and_the_drift() -> None:
     assert [(d.drift, d.percent) for d in found] == [(0, 0), (2, 40), (1, None)]
 
 
-def test_reconcile_finds_the_customer_meter_and_hour_that_drift(
-    config: Config, stripe_fake: tuple[FakeStripe, str], tmp_path: Path
-) -> None:
-    fake, base = stripe_fake
-    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+def _both_sinks_filled(config: Config, base: str, dsn: str, start: int, now: int) -> Config:
+    """A window a minute per customer and meter in [start, now), written by the ClickHouse sink and
+    reported by the Stripe sink to the fake. Returns the configuration pointed at the fake."""
     fresh(config, dsn)
     set_up_stripe(config, base, CUSTOMERS)
-    # Windows of the last 90 minutes (within this month, and within Stripe's 35 days).
-    now = int(time.time() * 1000) // MINUTE * MINUTE
-    month = datetime.fromtimestamp(now / 1000, UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    start = max(int(month.timestamp() * 1000), now - 90 * MINUTE)
-    period = month.strftime("%Y-%m")
     serde = AvroSerde()
     producer = Producer({"bootstrap.servers": config.kafka.bootstrap})
     for n in range((now - start) // MINUTE):
@@ -82,12 +75,19 @@ def test_reconcile_finds_the_customer_meter_and_hour_that_drift(
         config.kafka.bootstrap,
         ends,
     )
+    return stripe_config
 
+
+def _assert_clean_by_month_and_by_billing_period(
+    stripe_config: Config, dsn: str, base: str, period: str, start: int, now: int
+) -> None:
     caller = Caller(base, KEY, 5, RateLimiter(1000), "2024-06-20")
-    client = connect(config, dsn)
+    client = connect(stripe_config, dsn)
     try:
         clean = reconcile(stripe_config, client, caller, period)
-        assert clean.ok and len(clean.pairs) == len(CUSTOMERS) * len(config.meters) and clean.hours == []
+        assert (
+            clean.ok and len(clean.pairs) == len(CUSTOMERS) * len(stripe_config.meters) and clean.hours == []
+        )
         assert all(d.drift == 0 for d in clean.pairs)
         # One customer's own billing period (started halfway through the windows, so before now
         # at any time of day), as Stripe bills it: only the windows inside it are compared.
@@ -115,6 +115,24 @@ def test_reconcile_finds_the_customer_meter_and_hour_that_drift(
             reconcile(stripe_config, client, caller, "current")
     finally:
         client.close()
+
+
+def _hour(epoch_s: int) -> str:
+    return datetime.fromtimestamp(epoch_s - epoch_s % 3600, UTC).strftime("%Y-%m-%d %H:00")
+
+
+def test_reconcile_finds_the_customer_meter_and_hour_that_drift(
+    config: Config, stripe_fake: tuple[FakeStripe, str], tmp_path: Path
+) -> None:
+    fake, base = stripe_fake
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    # Windows of the last 90 minutes (within this month, and within Stripe's 35 days).
+    now = int(time.time() * 1000) // MINUTE * MINUTE
+    month = datetime.fromtimestamp(now / 1000, UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    start = max(int(month.timestamp() * 1000), now - 90 * MINUTE)
+    period = month.strftime("%Y-%m")
+    stripe_config = _both_sinks_filled(config, base, dsn, start, now)
+    _assert_clean_by_month_and_by_billing_period(stripe_config, dsn, base, period, start, now)
 
     # Stripe loses one meter event and gains one nobody sent.
     lost = next(
@@ -149,12 +167,11 @@ def test_reconcile_finds_the_customer_meter_and_hour_that_drift(
         for c in fake.state.customers.values()
         if c["id"] == lost.customer
     )
-    lost_hour = datetime.fromtimestamp(lost.timestamp - lost.timestamp % 3600, UTC).strftime("%Y-%m-%d %H:00")
-    extra_hour = datetime.fromtimestamp((start // 1000) - (start // 1000) % 3600, UTC).strftime(
-        "%Y-%m-%d %H:00"
-    )
     assert [(h["customer"], h["meter"], h["hour (UTC)"], h["drift"]) for h in report["hours"]] == sorted(
-        [(lost_customer, "api_calls", lost_hour, -lost.value), ("cust-0002", "egress_bytes", extra_hour, 77)],
+        [
+            (lost_customer, "api_calls", _hour(lost.timestamp), -lost.value),
+            ("cust-0002", "egress_bytes", _hour(start // 1000), 77),
+        ],
         key=lambda h: repr((h[0], h[1], h[2])),
     )
     drifting = {(p["customer"], p["meter"]): p["drift"] for p in report["pairs"] if p["drift"]}

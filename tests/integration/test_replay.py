@@ -35,39 +35,60 @@ from tests.support.sinks import run_sink
 from tests.support.stripe import set_up_stripe
 
 
-def test_replay_finds_a_corrupted_window_and_repair_converges_both_sinks(
-    config: Config, workers: Workers, stripe_fake: tuple[FakeStripe, str], tmp_path: Path
-) -> None:
-    fake, base = stripe_fake
-    dsn = f"chdb://{tmp_path / 'clickhouse'}"
-    fresh(config, dsn)
-    spec = small_workload(seed=41, events=8_000)
-    set_up_stripe(config, base, customer_ids(spec))
-    _, expected = produce_workload(config, config.kafka.bootstrap, spec)
-    workers.start("w1")
-    wait_until_exact(config, expected.to_json(spec), workers, timeout=180)
-    workers.stop_all()
+@dataclasses.dataclass(frozen=True)
+class Replays:
+    """Both sinks and `meterline replay --json` over one range, on one ClickHouse and the fake."""
+
+    config: Config
+    stripe_config: Config
+    dsn: str
+    env: dict[str, str]
+    window: list[str]
+
+    def sinks_catch_up(self) -> None:
+        ends = read_ends(self.config.kafka.bootstrap, [self.config.topics.aggregates])
+        run_sink(
+            ClickHouseSink(self.config, self.config.kafka.bootstrap, dsn=self.dsn, group_id="test-replay-ch"),
+            self.config.kafka.bootstrap,
+            ends,
+        )
+        run_sink(
+            StripeSink(
+                self.stripe_config, self.config.kafka.bootstrap, dsn=self.dsn, group_id="test-replay-stripe"
+            ),
+            self.config.kafka.bootstrap,
+            ends,
+        )
+
+    def replay(self, *extra: str) -> tuple[int, dict[str, Any]]:
+        done = subprocess.run(
+            [sys.executable, "-m", "meterline.cli", "replay", *self.window, "--json", *extra],
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.stdout.startswith("{"), done.stderr
+        return done.returncode, json.loads(done.stdout)
+
+    def repair_converges(self) -> None:
+        """One --repair emits one repair; once the sinks took it, a second changes nothing."""
+        code, repaired = self.replay("--repair")
+        assert code == 0 and repaired["repairs emitted"] == 1
+        self.sinks_catch_up()
+        code, after = self.replay("--repair")
+        assert (code, after["ClickHouse differs"], after["Stripe differs"], after["repairs emitted"]) == (
+            0,
+            0,
+            0,
+            0,
+        )
+
+
+def _replays(config: Config, base: str, dsn: str, tmp_path: Path, starts: list[int]) -> Replays:
     stripe_config = dataclasses.replace(
         config,
         stripe=dataclasses.replace(config.stripe, api_base=base, requests_per_second=1000, concurrency=8),
     )
-
-    def sinks_catch_up() -> None:
-        ends = read_ends(config.kafka.bootstrap, [config.topics.aggregates])
-        run_sink(
-            ClickHouseSink(config, config.kafka.bootstrap, dsn=dsn, group_id="test-replay-ch"),
-            config.kafka.bootstrap,
-            ends,
-        )
-        run_sink(
-            StripeSink(stripe_config, config.kafka.bootstrap, dsn=dsn, group_id="test-replay-stripe"),
-            config.kafka.bootstrap,
-            ends,
-        )
-
-    sinks_catch_up()
-    starts = [start for _, _, start in expected.totals]
-    window = ["--from", str(min(starts)), "--to", str(max(starts) + 60_000)]
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP": config.kafka.bootstrap,
@@ -80,24 +101,13 @@ def test_replay_finds_a_corrupted_window_and_repair_converges_both_sinks(
             for f in dataclasses.fields(config.topics)
         },
     }
+    window = ["--from", str(min(starts)), "--to", str(max(starts) + 60_000)]
+    return Replays(config, stripe_config, dsn, env, window)
 
-    def replay(*extra: str) -> tuple[int, dict[str, Any]]:
-        done = subprocess.run(
-            [sys.executable, "-m", "meterline.cli", "replay", *window, "--json", *extra],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert done.stdout.startswith("{"), done.stderr
-        return done.returncode, json.loads(done.stdout)
 
-    code, clean = replay()
-    assert code == 0 and clean["ClickHouse differs"] == 0 and clean["Stripe differs"] == 0, clean
-    assert clean["windows"] == len([v for v, _ in expected.totals.values() if v])
-    assert clean["events"] >= spec.events * 0.9  # the workload's records, dead letters included
-
-    # Corrupt one window in ClickHouse: a revision nobody emitted, with a wrong total.
-    (customer, meter, start), (value, count) = sorted(expected.totals.items())[len(expected.totals) // 2]
+def _corrupt(config: Config, dsn: str, key: tuple[str, str, int], value: int, count: int) -> None:
+    """A revision of the window nobody emitted, with its total 1,000 too high."""
+    customer, meter, start = key
     client = connect(config, dsn)
     try:
         [(partition, revision)] = client.query(
@@ -120,17 +130,35 @@ def test_replay_finds_a_corrupted_window_and_repair_converges_both_sinks(
         client.insert("usage_window_revisions", [wrong], column_names=list(REVISION_COLUMNS))
     finally:
         client.close()
-    code, found = replay()
+
+
+def test_replay_finds_a_corrupted_window_and_repair_converges_both_sinks(
+    config: Config, workers: Workers, stripe_fake: tuple[FakeStripe, str], tmp_path: Path
+) -> None:
+    fake, base = stripe_fake
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    fresh(config, dsn)
+    spec = small_workload(seed=41, events=8_000)
+    set_up_stripe(config, base, customer_ids(spec))
+    _, expected = produce_workload(config, config.kafka.bootstrap, spec)
+    workers.start("w1")
+    wait_until_exact(config, expected.to_json(spec), workers, timeout=180)
+    workers.stop_all()
+    run = _replays(config, base, dsn, tmp_path, [start for _, _, start in expected.totals])
+    run.sinks_catch_up()
+
+    code, clean = run.replay()
+    assert code == 0 and clean["ClickHouse differs"] == 0 and clean["Stripe differs"] == 0, clean
+    assert clean["windows"] == len([v for v, _ in expected.totals.values() if v])
+    assert clean["events"] >= spec.events * 0.9  # the workload's records, dead letters included
+
+    key, (value, count) = sorted(expected.totals.items())[len(expected.totals) // 2]
+    _corrupt(config, dsn, key, value, count)
+    code, found = run.replay()
     assert code == 1 and found["ClickHouse differs"] == 1 and found["Stripe differs"] == 0
     [difference] = found["clickhouse"]
-    assert (difference["customer"], difference["meter"], difference["difference"]) == (customer, meter, -1000)
-
-    code, repaired = replay("--repair")
-    assert code == 0 and repaired["repairs emitted"] == 1
-    sinks_catch_up()
-    code, after = replay("--repair")
-    assert code == 0 and after["ClickHouse differs"] == 0 and after["Stripe differs"] == 0
-    assert after["repairs emitted"] == 0  # a second repair changes nothing
+    assert (difference["customer"], difference["meter"], difference["difference"]) == (*key[:2], -1000)
+    run.repair_converges()
     sent = sorted(e.identifier for e in fake.state.meter_events)
     assert len(sent) == len(set(sent))
 
@@ -139,18 +167,9 @@ def test_replay_finds_a_corrupted_window_and_repair_converges_both_sinks(
     # Stripe's own totals and sends what Stripe lacks, once.
     [refused] = [e for e in fake.state.meter_events if e.value][:1]
     fake.state.meter_events.remove(refused)
-    code, short = replay()
+    code, short = run.replay()
     assert code == 1 and short["Stripe differs"] == 1 and short["ClickHouse differs"] == 0
-    code, repaired = replay("--repair")
-    assert code == 0 and repaired["repairs emitted"] == 1
-    sinks_catch_up()
-    code, after = replay("--repair")
-    assert (code, after["Stripe differs"], after["ClickHouse differs"], after["repairs emitted"]) == (
-        0,
-        0,
-        0,
-        0,
-    )
+    run.repair_converges()
     [resent] = [
         e
         for e in fake.state.meter_events

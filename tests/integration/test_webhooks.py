@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -58,14 +59,8 @@ def post(base: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
-    config: Config, stripe_fake: tuple[FakeStripe, str], tmp_path: Path
-) -> None:
-    _, base = stripe_fake
-    dsn = f"chdb://{tmp_path / 'clickhouse'}"
-    aggregate = WindowAggregate(
-        "cust-1", "api_calls", (NOW - 3600) * 1000, (NOW - 3540) * 1000, 0, 5, 5, 1, 0, NOW * 1000
-    )
+def _ledger_with(config: Config, dsn: str, aggregate: WindowAggregate) -> None:
+    """A migrated ClickHouse whose ledger has the aggregate as sent (a meter error report's target)."""
     client = connect(config, dsn)
     try:
         migrate(client, 400)
@@ -74,6 +69,12 @@ def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
         )
     finally:
         client.close()
+
+
+def _start_webhooks(
+    config: Config, base: str, dsn: str, tmp_path: Path
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """`meterline webhooks` on a free port, listening, with the fake's endpoint pointed at it."""
     port = free_port()
     env = {
         **os.environ,
@@ -86,92 +87,129 @@ def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
     }
     log_path = tmp_path / "webhooks.log"
     process = start_meterline(["webhooks", "--port", str(port), "--group", "test-webhooks"], env, log_path)
-    try:
-        deadline = time.monotonic() + 60
-        while b"listening on" not in log_path.read_bytes():
-            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
-        post(
-            base,
-            "/_fake/webhook_endpoint",
-            {"url": f"http://127.0.0.1:{port}/webhooks/stripe", "secret": FAKE_WEBHOOK_SECRET},
-        )
+    deadline = time.monotonic() + 60
+    while b"listening on" not in log_path.read_bytes():
+        assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.2)
+    post(
+        base,
+        "/_fake/webhook_endpoint",
+        {"url": f"http://127.0.0.1:{port}/webhooks/stripe", "secret": FAKE_WEBHOOK_SECRET},
+    )
+    return process, log_path
 
-        def send(**event: Any) -> int:
-            return int(post(base, "/_fake/events", event)["status"])
 
-        # Refused, and nothing kept: a wrong secret, a stale signature.
-        assert send(type="invoice.created", object={"id": "in_bad"}, secret="whsec_wrong") == 400
-        assert send(type="invoice.created", object={"id": "in_old"}, signed_at=NOW - 600) == 400
-        # Kept and processed: the invoice (ticks every partition), twice (processed once).
-        invoice = {"id": "in_1", "customer": "cus_1", "period_start": NOW - 86_400, "period_end": NOW}
-        assert send(id="evt_invoice", type="invoice.created", object=invoice) == 200
-        assert send(id="evt_invoice", type="invoice.created", object=invoice) == 200
-        # Out of order: the newer subscription state arrives first. The newer is in the shape of
-        # API 2025-03-31.basil and later (the period on each item), the older in the earlier one.
-        item = {"id": "si_1", "price": {"id": "price_1", "lookup_key": "meterline_standard_api_calls"}}
-        subscriber = stripe_fake[0].state.create_customer({"metadata": {"meterline_customer_id": "cust-1"}})
-        newer = {
-            "id": "sub_1",
-            "customer": subscriber["id"],
-            "status": "active",
-            "items": {"data": [{**item, "current_period_start": NOW, "current_period_end": NOW + 86_400}]},
-        }
-        older = {
-            **newer,
-            "status": "past_due",
-            "items": {"data": [item]},
-            "current_period_start": NOW - 86_400,
-            "current_period_end": NOW,
-        }
-        assert (
-            send(id="evt_sub_2", type="customer.subscription.updated", object=newer, created=NOW - 10) == 200
-        )
-        assert (
-            send(id="evt_sub_1", type="customer.subscription.updated", object=older, created=NOW - 100) == 200
-        )
-        # Stripe refused a meter event it had accepted.
-        errors = [
+def _send_every_kind_of_event(base: str, fake: FakeStripe, aggregate: WindowAggregate) -> None:
+    """Refused ones, a duplicate, subscriptions out of order in both API shapes, a thin meter error
+    report, an unknown type, unreadable ones, and a finalized invoice."""
+
+    def send(**event: Any) -> int:
+        return int(post(base, "/_fake/events", event)["status"])
+
+    # Refused, and nothing kept: a wrong secret, a stale signature.
+    assert send(type="invoice.created", object={"id": "in_bad"}, secret="whsec_wrong") == 400
+    assert send(type="invoice.created", object={"id": "in_old"}, signed_at=NOW - 600) == 400
+    # Kept and processed: the invoice (ticks every partition), twice (processed once).
+    invoice = {"id": "in_1", "customer": "cus_1", "period_start": NOW - 86_400, "period_end": NOW}
+    assert send(id="evt_invoice", type="invoice.created", object=invoice) == 200
+    assert send(id="evt_invoice", type="invoice.created", object=invoice) == 200
+    # Out of order: the newer subscription state arrives first. The newer is in the shape of
+    # API 2025-03-31.basil and later (the period on each item), the older in the earlier one.
+    item = {"id": "si_1", "price": {"id": "price_1", "lookup_key": "meterline_standard_api_calls"}}
+    subscriber = fake.state.create_customer({"metadata": {"meterline_customer_id": "cust-1"}})
+    newer = {
+        "id": "sub_1",
+        "customer": subscriber["id"],
+        "status": "active",
+        "items": {"data": [{**item, "current_period_start": NOW, "current_period_end": NOW + 86_400}]},
+    }
+    older = {
+        **newer,
+        "status": "past_due",
+        "items": {"data": [item]},
+        "current_period_start": NOW - 86_400,
+        "current_period_end": NOW,
+    }
+    assert send(id="evt_sub_2", type="customer.subscription.updated", object=newer, created=NOW - 10) == 200
+    assert send(id="evt_sub_1", type="customer.subscription.updated", object=older, created=NOW - 100) == 200
+    # Stripe refused a meter event it had accepted.
+    report = {
+        "type": "v1.billing.meter.error_report_triggered",
+        "errors": [
             {
                 "identifier": identifier(aggregate.identity),
                 "code": "meter_event_customer_not_found",
                 "message": "No such customer",
             }
-        ]
-        assert (
-            send(
-                id="evt_err",
-                type="v1.billing.meter.error_report_triggered",
-                object={"id": "mtr_1"},
-                errors=errors,
-            )
-            == 200
-        )
-        # A type meterline does not handle is recorded and skipped; one it cannot read (a
-        # subscription with no period anywhere) is logged and recorded, never retried forever.
-        assert send(id="evt_unknown", type="charge.succeeded", object={"id": "ch_1"}) == 200
-        broken = {"id": "sub_2", "customer": "cus_1", "status": "active", "items": {"data": [item]}}
-        assert send(id="evt_bad", type="customer.subscription.created", object=broken) == 200
-        gone = {"type": "v1.billing.meter.error_report_triggered", "errors": errors, "fetchable": False}
-        assert send(id="evt_gone", object={"id": "mtr_1"}, **gone) == 200  # Stripe answers 404 for it
-        finalized = {
-            **invoice,
-            "status": "open",
-            "lines": {"data": [{"description": "API calls", "quantity": 5, "amount": 1}]},
-        }
-        assert send(id="evt_final", type="invoice.finalized", object=finalized) == 200
+        ],
+    }
+    assert send(id="evt_err", object={"id": "mtr_1"}, **report) == 200
+    # A type meterline does not handle is recorded and skipped; one it cannot read (a
+    # subscription with no period anywhere) is logged and recorded, never retried forever.
+    assert send(id="evt_unknown", type="charge.succeeded", object={"id": "ch_1"}) == 200
+    broken = {"id": "sub_2", "customer": "cus_1", "status": "active", "items": {"data": [item]}}
+    assert send(id="evt_bad", type="customer.subscription.created", object=broken) == 200
+    gone = {**report, "fetchable": False}
+    assert send(id="evt_gone", object={"id": "mtr_1"}, **gone) == 200  # Stripe answers 404 for it
+    finalized = {
+        **invoice,
+        "status": "open",
+        "lines": {"data": [{"description": "API calls", "quantity": 5, "amount": 1}]},
+    }
+    assert send(id="evt_final", type="invoice.finalized", object=finalized) == 200
 
+
+OUTCOMES = {
+    "evt_invoice": "processed",
+    "evt_sub_2": "processed",
+    "evt_sub_1": "processed",
+    "evt_err": "processed",
+    "evt_unknown": "skipped",
+    "evt_bad": "malformed",
+    "evt_gone": "malformed",
+    "evt_final": "processed",
+}
+"""What the consumer made of each event kept (a verified one, kept once per id)."""
+
+
+def _assert_recorded_once(config: Config, dsn: str) -> None:
+    client = connect(config, dsn)
+    try:
+        outcomes = dict(client.query("SELECT event_id, outcome FROM stripe_webhook_events FINAL").result_rows)
+        assert outcomes == OUTCOMES
+        assert client.query("SELECT status FROM stripe_subscriptions FINAL").result_rows == [("active",)]
+        # Each event's items with their periods, whichever API shape carried them, and the
+        # meterline customer they bill (the Stripe customer's metadata).
+        assert client.query(
+            "SELECT customer_id, status, item_id, price_lookup_key, toUnixTimestamp(current_period_start), "
+            "toUnixTimestamp(current_period_end) FROM stripe_subscription_items FINAL ORDER BY event_created"
+        ).result_rows == [
+            ("cust-1", "past_due", "si_1", "meterline_standard_api_calls", NOW - 86_400, NOW),
+            ("cust-1", "active", "si_1", "meterline_standard_api_calls", NOW, NOW + 86_400),
+        ]
+        assert client.query("SELECT toString(status), error_code FROM stripe_reports FINAL").result_rows == [
+            ("failed", "meter_event_customer_not_found")
+        ]
+        [(lines,)] = client.query("SELECT lines FROM stripe_invoices FINAL").result_rows
+        assert json.loads(lines)[0]["quantity"] == 5
+    finally:
+        client.close()
+
+
+def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
+    config: Config, stripe_fake: tuple[FakeStripe, str], tmp_path: Path
+) -> None:
+    fake, base = stripe_fake
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    aggregate = WindowAggregate(
+        "cust-1", "api_calls", (NOW - 3600) * 1000, (NOW - 3540) * 1000, 0, 5, 5, 1, 0, NOW * 1000
+    )
+    _ledger_with(config, dsn, aggregate)
+    process, log_path = _start_webhooks(config, base, dsn, tmp_path)
+    try:
+        _send_every_kind_of_event(base, fake, aggregate)
         kept = read_messages(config.kafka.bootstrap, config.topics.webhooks, 9)
-        assert len(kept) == 9 and {json.loads(m.value())["id"] for m in kept} == {
-            "evt_gone",
-            "evt_invoice",
-            "evt_sub_2",
-            "evt_sub_1",
-            "evt_err",
-            "evt_unknown",
-            "evt_bad",
-            "evt_final",
-        }
+        assert len(kept) == 9 and {json.loads(m.value())["id"] for m in kept} == set(OUTCOMES)
         # Stripe's meter error report is a thin event: no data, created in RFC 3339
         # (https://docs.stripe.com/api/v2/core/events/object); the consumer fetches the rest.
         [thin] = [json.loads(m.value()) for m in kept if json.loads(m.value())["id"] == "evt_err"]
@@ -190,36 +228,7 @@ def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
     assert "already processed" in logs and "ALERT" in logs
     assert "webhook evt_bad (customer.subscription.created) cannot be read" in logs
     assert "Stripe has no event evt_gone" in logs
-    client = connect(config, dsn)
-    try:
-        outcomes = dict(client.query("SELECT event_id, outcome FROM stripe_webhook_events FINAL").result_rows)
-        assert outcomes == {
-            "evt_invoice": "processed",
-            "evt_sub_2": "processed",
-            "evt_sub_1": "processed",
-            "evt_err": "processed",
-            "evt_unknown": "skipped",
-            "evt_bad": "malformed",
-            "evt_gone": "malformed",
-            "evt_final": "processed",
-        }
-        assert client.query("SELECT status FROM stripe_subscriptions FINAL").result_rows == [("active",)]
-        # Each event's items with their periods, whichever API shape carried them.
-        # ...and the meterline customer they bill (the Stripe customer's metadata).
-        assert client.query(
-            "SELECT customer_id, status, item_id, price_lookup_key, toUnixTimestamp(current_period_start), "
-            "toUnixTimestamp(current_period_end) FROM stripe_subscription_items FINAL ORDER BY event_created"
-        ).result_rows == [
-            ("cust-1", "past_due", "si_1", "meterline_standard_api_calls", NOW - 86_400, NOW),
-            ("cust-1", "active", "si_1", "meterline_standard_api_calls", NOW, NOW + 86_400),
-        ]
-        assert client.query("SELECT toString(status), error_code FROM stripe_reports FINAL").result_rows == [
-            ("failed", "meter_event_customer_not_found")
-        ]
-        [(lines,)] = client.query("SELECT lines FROM stripe_invoices FINAL").result_rows
-        assert json.loads(lines)[0]["quantity"] == 5
-    finally:
-        client.close()
+    _assert_recorded_once(config, dsn)
 
 
 def test_the_receiver_keeps_answering_valid_events_while_abused(config: Config) -> None:
