@@ -129,10 +129,7 @@ def reconcile(
                 )
             )
     # 4. Not billed on purpose.
-    result.unbilled = _unbilled(client, start, end, customer, meter) + late_corrections(
-        client, start, end, customer, meter
-    )
-    result.dead_letters = _dead_letters(client, start, end)
+    result.unbilled, result.dead_letters = not_billed(client, start, end, customer, meter)
     # 5. Kept.
     _store(client, result, start, config.stripe.mode)
     metrics.RECONCILE_RUNS.labels("ok" if result.ok else "drift").inc()
@@ -198,6 +195,15 @@ def _usage_record_summaries(
             if start <= period[0] < end:
                 totals[period] = totals.get(period, 0) + int(summary["total_usage"])
     return totals
+
+
+def not_billed(
+    client: Client, start: int, end: int, customer: str | None = None, meter: str | None = None
+) -> tuple[list[Unbilled], dict[str, int]]:
+    """Step 4: the usage of [start, end) not billed, by reason (refused by Stripe or by the sink,
+    corrections after their invoice was finalized), and the period's dead letters by reason."""
+    refused = _unbilled(client, start, end, customer, meter)
+    return refused + late_corrections(client, start, end, customer, meter), _dead_letters(client, start, end)
 
 
 def _unbilled(

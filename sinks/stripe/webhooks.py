@@ -34,11 +34,9 @@ A failure to reach Stripe or ClickHouse stops the role instead, so that the even
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import stripe
@@ -53,6 +51,23 @@ from schemas.serde import AvroSerde
 from sinks.stripe.calls import Caller
 from sinks.stripe.directory import metadata
 from sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
+from sinks.stripe.webhook_events import (
+    INVOICE_COLUMNS,
+    PAYMENT_COLUMNS,
+    PAYMENT_OUTCOMES,
+    SUBSCRIPTION_COLUMNS,
+    SUBSCRIPTION_ITEM_COLUMNS,
+    Malformed,
+    created_of,
+    envelope,
+    invoice_row,
+    meter_errors,
+    object_of,
+    payment_row,
+    snapshot,
+    subscription_rows,
+    text_of,
+)
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -60,19 +75,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("meterline.webhooks")
 
 PATH = "/webhooks/stripe"
-SUBSCRIPTION_ITEM_COLUMNS = (
-    "subscription_id",
-    "item_id",
-    "stripe_customer",
-    "customer_id",
-    "status",
-    "price_id",
-    "price_lookup_key",
-    "current_period_start",
-    "current_period_end",
-    "event_created",
-    "billing_mode",
-)
 
 
 def receiver_routes(config: Config, bootstrap: Kafka, secret: str) -> dict[str, Route]:
@@ -106,10 +108,6 @@ def receiver_routes(config: Config, bootstrap: Kafka, secret: str) -> dict[str, 
     return {f"POST {PATH}": receive, "GET /healthz": lambda _: Response.json({"ok": True})}
 
 
-class Malformed(ValueError):
-    """An event whose content meterline cannot read: logged and recorded, not retried."""
-
-
 class WebhookConsumer:
     def __init__(
         self,
@@ -132,6 +130,7 @@ class WebhookConsumer:
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "invoice.created": self._invoice_created,
             "invoice.finalized": self._invoice_finalized,
+            **{kind: self._invoice_payment for kind in PAYMENT_OUTCOMES},
         }
 
     def run(self, should_stop: Callable[[], bool]) -> None:
@@ -230,7 +229,7 @@ class WebhookConsumer:
     # -- handlers ----------------------------------------------------------------------------------
 
     def _invoice_created(self, event: dict[str, Any]) -> None:
-        invoice = _object(_object(event, "data"), "object")
+        invoice = object_of(object_of(event, "data"), "object")
         tick = AvroSerde.from_registry_url(self.config.kafka.schema_registry_url).encode_batch([])
         topic = self.config.topics.events
         for partition in range(partition_count(self.bootstrap, topic)):
@@ -248,8 +247,13 @@ class WebhookConsumer:
     def _invoice_finalized(self, event: dict[str, Any]) -> None:
         self.client.insert("stripe_invoices", [invoice_row(event)], column_names=list(INVOICE_COLUMNS))
 
+    def _invoice_payment(self, event: dict[str, Any]) -> None:
+        self.client.insert(
+            "stripe_invoice_payments", [payment_row(event)], column_names=list(PAYMENT_COLUMNS)
+        )
+
     def _subscription(self, event: dict[str, Any]) -> None:
-        customer = _text(_object(_object(event, "data"), "object"), "customer")
+        customer = text_of(object_of(object_of(event, "data"), "object"), "customer")
         items, subscription = subscription_rows(event, self._meterline_customer(customer))
         self.client.insert("stripe_subscription_items", items, column_names=list(SUBSCRIPTION_ITEM_COLUMNS))
         self.client.insert("stripe_subscriptions", [subscription], column_names=list(SUBSCRIPTION_COLUMNS))
@@ -307,182 +311,3 @@ class WebhookConsumer:
             )
         if updated:
             self.client.insert("stripe_reports", updated, column_names=list(LEDGER_COLUMNS))
-
-
-# -- reading events: pure, so that they are fuzzed without I/O (tests/unit/test_fuzz.py) -----------------
-# Whatever the bytes, each either reads or raises Malformed: a record that crashed the consumer
-# would stop the role at the same offset after every restart.
-
-DATETIME_MAX = 2**32 - 1
-"""ClickHouse's DateTime holds epoch seconds up to here; a larger one would fail the insert."""
-
-
-def envelope(payload: bytes) -> tuple[str, str, dict[str, Any]]:
-    """(id, type, the JSON object) of a record on stripe.webhooks."""
-    try:
-        raw = json.loads(payload)
-    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested beyond Python's stack
-        raise Malformed(f"not JSON: {type(exc).__name__}") from None
-    if (
-        not isinstance(raw, dict)
-        or not isinstance(raw.get("id"), str)
-        or not isinstance(raw.get("type"), str)
-    ):
-        raise Malformed("not a Stripe event: a JSON object with a string id and type")
-    return raw["id"], raw["type"], raw
-
-
-def snapshot(payload: bytes) -> dict[str, Any]:
-    """A snapshot event as stripe-python parses it, as a dict."""
-    try:
-        document: dict[str, Any] = stripe.Webhook.construct_event_without_verification(payload).to_dict()
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-        raise Malformed(f"stripe-python cannot read it: {type(exc).__name__}: {exc}") from None
-    return document
-
-
-def created_of(raw: dict[str, Any]) -> int:
-    """Epoch seconds: a snapshot event's `created` is one, a thin event's is RFC 3339."""
-    created = raw.get("created", 0)
-    if isinstance(created, str):
-        try:
-            created = int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
-        except ValueError:
-            raise Malformed(f"created {created!r}: neither epoch seconds nor RFC 3339") from None
-    return _epoch(created, "created")
-
-
-INVOICE_COLUMNS = (
-    "invoice_id",
-    "stripe_customer",
-    "status",
-    "period_start",
-    "period_end",
-    "lines",
-    "event_created",
-)
-SUBSCRIPTION_COLUMNS = (
-    "subscription_id",
-    "stripe_customer",
-    "status",
-    "current_period_start",
-    "current_period_end",
-    "event_created",
-)
-
-
-def invoice_row(event: dict[str, Any]) -> list[Any]:
-    """invoice.finalized -> its row of stripe_invoices."""
-    invoice = _object(_object(event, "data"), "object")
-    lines = _object(invoice, "lines").get("data", [])
-    if not isinstance(lines, list):
-        raise Malformed(f"invoice lines.data {lines!r:.80}: not a list")
-    return [
-        _text(invoice, "id", required=True),
-        _text(invoice, "customer"),
-        _text(invoice, "status") or "open",
-        _epoch(invoice.get("period_start", 0), "period_start"),
-        _epoch(invoice.get("period_end", 0), "period_end"),
-        json.dumps(lines),
-        _epoch(event.get("created", 0), "created"),
-    ]
-
-
-def subscription_rows(event: dict[str, Any], meterline_customer: str) -> tuple[list[list[Any]], list[Any]]:
-    """customer.subscription.* -> (its items' rows, its own row). Since API 2025-03-31.basil the
-    period is on the items; before, on the subscription: both are read."""
-    subscription = _object(_object(event, "data"), "object")
-    items = _object(subscription, "items").get("data", [])
-    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise Malformed(f"subscription items.data {items!r:.80}: not a list of objects")
-    created = _epoch(event.get("created", 0), "created")
-    customer = _text(subscription, "customer")
-    status = _text(subscription, "status")
-    billing_mode = _object(subscription, "billing_mode") if subscription.get("billing_mode") else {}
-
-    def period(owner: dict[str, Any], edge: str) -> int:
-        value = owner.get(f"current_period_{edge}")
-        if value is None and owner is not subscription:
-            return period(subscription, edge)
-        return _epoch(value, f"current_period_{edge}")
-
-    periods = [(period(item, "start"), period(item, "end")) for item in items]
-    if not periods:  # no items: only the pre-basil shape has a period of its own
-        periods = [(period(subscription, "start"), period(subscription, "end"))]
-    subscription_id = _text(subscription, "id", required=True)
-    item_rows = [
-        [
-            subscription_id,
-            _text(item, "id", required=True),
-            customer,
-            meterline_customer,
-            status,
-            _text(_object(item, "price"), "id"),
-            _text(_object(item, "price"), "lookup_key"),
-            start,
-            end,
-            created,
-            _text(billing_mode, "type") or "classic",
-        ]
-        for item, (start, end) in zip(items, periods, strict=False)
-    ]
-    own = [
-        subscription_id,
-        customer,
-        status,
-        min(start for start, _ in periods),
-        max(end for _, end in periods),
-        created,
-    ]
-    return item_rows, own
-
-
-def meter_errors(event: dict[str, Any]) -> tuple[int, list[str], dict[str, tuple[str, str]]]:
-    """v1.billing.meter.error_report_triggered, fetched -> (how many Stripe refused, the error
-    codes, identifier -> (code, message) of the samples)."""
-    reason = _object(_object(event, "data"), "reason")
-    error_types = reason.get("error_types", [])
-    if not isinstance(error_types, list) or not all(isinstance(t, dict) for t in error_types):
-        raise Malformed(f"error_types {error_types!r:.80}: not a list of objects")
-    samples: dict[str, tuple[str, str]] = {}
-    codes: set[str] = set()
-    for error_type in error_types:
-        code = _text(error_type, "code", required=True)
-        codes.add(code)
-        sampled = error_type.get("sample_errors", [])
-        if not isinstance(sampled, list) or not all(isinstance(x, dict) for x in sampled):
-            raise Malformed(f"sample_errors {sampled!r:.80}: not a list of objects")
-        for sample in sampled:
-            identifier = _text(_object(sample, "request"), "identifier", required=True)
-            samples[identifier] = (code, _text(sample, "error_message"))
-    count = reason.get("error_count", len(samples))
-    if not isinstance(count, int):
-        raise Malformed(f"error_count {count!r:.80}: not an integer")
-    return (
-        count,
-        sorted({code for code, _ in samples.values()} | {str(t["code"]) for t in error_types}),
-        samples,
-    )
-
-
-def _object(owner: dict[str, Any], key: str) -> dict[str, Any]:
-    value = owner.get(key, {})
-    if not isinstance(value, dict):
-        raise Malformed(f"{key} {value!r:.80}: not an object")
-    return value
-
-
-def _text(owner: dict[str, Any], key: str, required: bool = False) -> str:
-    value = owner.get(key)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str):
-        raise Malformed(f"{key} {value!r:.80}: not a string")
-    return value
-
-
-def _epoch(value: Any, what: str) -> int:
-    """Epoch seconds a DateTime column can hold."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= DATETIME_MAX:
-        raise Malformed(f"{what} {value!r:.80}: not epoch seconds (0 to {DATETIME_MAX})")
-    return value

@@ -31,7 +31,7 @@ from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.fake import FakeStripe
 from sinks.stripe.fake_state import MeterEvent
 from sinks.stripe.sink import StripeSink
-from sinks.stripe.webhooks import INVOICE_COLUMNS
+from sinks.stripe.webhook_events import INVOICE_COLUMNS
 from tests.support.clickhouse_sink import fresh
 from tests.support.sinks import run_sink
 from tests.support.stripe import KEY, record_subscription_item, set_up_stripe, stripe_api, subscribe

@@ -157,6 +157,13 @@ def _send_every_kind_of_event(base: str, fake: FakeStripe, aggregate: WindowAggr
         "lines": {"data": [{"description": "API calls", "quantity": 5, "amount": 1}]},
     }
     assert send(id="evt_final", type="invoice.finalized", object=finalized) == 200
+    # Payment outcomes (https://docs.stripe.com/billing/subscriptions/webhooks): a failure, sent
+    # twice (kept once), then Stripe's retry paying it.
+    payment = {**invoice, "amount_due": 20_000, "currency": "usd", "attempt_count": 1}
+    failed = {"id": "evt_failed", "type": "invoice.payment_failed", "object": payment, "created": NOW - 60}
+    assert send(**failed) == 200 and send(**failed) == 200
+    paid = {**payment, "amount_paid": 20_000, "attempt_count": 2}
+    assert send(id="evt_paid", type="invoice.paid", object=paid, created=NOW - 30) == 200
 
 
 OUTCOMES = {
@@ -168,6 +175,8 @@ OUTCOMES = {
     "evt_bad": "malformed",
     "evt_gone": "malformed",
     "evt_final": "processed",
+    "evt_failed": "processed",
+    "evt_paid": "processed",
 }
 """What the consumer made of each event kept (a verified one, kept once per id)."""
 
@@ -192,6 +201,13 @@ def _assert_recorded_once(config: Config, dsn: str) -> None:
         ]
         [(lines,)] = client.query("SELECT lines FROM stripe_invoices FINAL").result_rows
         assert json.loads(lines)[0]["quantity"] == 5
+        assert client.query(
+            "SELECT event_id, invoice_id, outcome, amount_due, amount_paid, attempt_count "
+            "FROM stripe_invoice_payments FINAL ORDER BY event_created"
+        ).result_rows == [
+            ("evt_failed", "in_1", "failed", 20_000, 0, 1),
+            ("evt_paid", "in_1", "paid", 20_000, 20_000, 2),
+        ]
     finally:
         client.close()
 
@@ -208,8 +224,8 @@ def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
     process, log_path = _start_webhooks(config, base, dsn, tmp_path)
     try:
         _send_every_kind_of_event(base, fake, aggregate)
-        kept = read_messages(config.kafka.bootstrap, config.topics.webhooks, 9)
-        assert len(kept) == 9 and {json.loads(m.value())["id"] for m in kept} == set(OUTCOMES)
+        kept = read_messages(config.kafka.bootstrap, config.topics.webhooks, 12)
+        assert len(kept) == 12 and {json.loads(m.value())["id"] for m in kept} == set(OUTCOMES)
         # Stripe's meter error report is a thin event: no data, created in RFC 3339
         # (https://docs.stripe.com/api/v2/core/events/object); the consumer fetches the rest.
         [thin] = [json.loads(m.value()) for m in kept if json.loads(m.value())["id"] == "evt_err"]

@@ -16,7 +16,7 @@ from meterline.workload import Expected
 from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.fake import FakeStripe, make_server
 from sinks.stripe.sync import sync
-from sinks.stripe.webhooks import SUBSCRIPTION_ITEM_COLUMNS
+from sinks.stripe.webhook_events import SUBSCRIPTION_ITEM_COLUMNS
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

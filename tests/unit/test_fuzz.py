@@ -20,12 +20,13 @@ from schemas.codecs import encode_long
 from schemas.errors import SchemaError
 from schemas.records import UsageEvent, WindowAggregate
 from schemas.serde import AvroSerde
-from sinks.stripe.webhooks import (
+from sinks.stripe.webhook_events import (
     Malformed,
     created_of,
     envelope,
     invoice_row,
     meter_errors,
+    payment_row,
     snapshot,
     subscription_rows,
 )
@@ -168,7 +169,7 @@ def read_webhook(payload: bytes) -> None:
         meter_errors(raw)  # the fetched event has the same shape
         return
     document = snapshot(payload)
-    for handler in (invoice_row, lambda d: subscription_rows(d, "cust-1"), meter_errors):
+    for handler in (invoice_row, payment_row, lambda d: subscription_rows(d, "cust-1"), meter_errors):
         with contextlib.suppress(Malformed):  # each handler reads its own type; any may refuse
             handler(document)
 
@@ -178,7 +179,7 @@ def webhook_payloads() -> st.SearchStrategy[bytes]:
     return st.one_of(
         st.binary(max_size=300),
         documents,
-        mutated([json.dumps(SUBSCRIPTION).encode(), json.dumps(METER_ERRORS).encode()]),
+        mutated([json.dumps(d).encode() for d in (SUBSCRIPTION, METER_ERRORS, PAYMENT_FAILED)]),
         st.integers(1, 100_000).map(lambda depth: b"[" * depth),
     )
 
@@ -203,6 +204,25 @@ SUBSCRIPTION = {
                     }
                 ]
             },
+        }
+    },
+}
+PAYMENT_FAILED = {
+    "id": "evt_3",
+    "object": "event",
+    "type": "invoice.payment_failed",
+    "created": 1_796_000_100,
+    "data": {
+        "object": {
+            "id": "in_1",
+            "object": "invoice",
+            "customer": "cus_1",
+            "amount_due": 20_000,
+            "amount_paid": 0,
+            "currency": "usd",
+            "attempt_count": 1,
+            "period_start": 1_793_500_000,
+            "period_end": 1_796_000_000,
         }
     },
 }
@@ -246,6 +266,21 @@ def test_valid_webhooks_read_as_stripe_sent_them() -> None:
         ["meter_event_no_customer_defined"],
         {"ml:1": ("meter_event_no_customer_defined", "")},
     )
+    assert payment_row(snapshot(json.dumps(PAYMENT_FAILED).encode())) == [
+        "evt_3",
+        "in_1",
+        "cus_1",
+        "failed",
+        20_000,
+        0,
+        "usd",
+        1,
+        1_793_500_000,
+        1_796_000_000,
+        1_796_000_100,
+    ]
+    with pytest.raises(Malformed, match="amount_due"):
+        payment_row({**PAYMENT_FAILED, "data": {"object": {"id": "in_1", "amount_due": -5}}})
     assert created_of(METER_ERRORS) == 1_796_083_200
     for created in (2**40, -1, True, 1.5, "yesterday"):
         with pytest.raises(Malformed, match="created"):
