@@ -76,6 +76,8 @@ def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, workers: 
         print(f"\n== 10. `meterline invoice preview --customer {customer} --period {month}`")
         previewed = _inside(address, "invoice", "preview", "--customer", customer, "--period", month)[0] == 0
         previewed = previewed and _stripe_would_bill(config, address, customer, month)
+        print(f"\n== 11. `meterline review --period {month} --periods 1`: the guide's Step 7")
+        reviewed = _inside(address, "review", "--period", month, "--periods", "1")[0] == 0
         print(f"\n== the usage dashboard: {address.url}/customers/{customer}")
         ok = (
             judged_right
@@ -85,6 +87,7 @@ def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, workers: 
             and reconciled
             and dead_letters_right
             and previewed
+            and reviewed
         )
         print(f"\n{'every number matches the generator' if ok else 'SOMETHING DIFFERS: see above'}")
         if keep:

@@ -3,7 +3,7 @@
 The embedded engine (chdb) allows one process per data directory, and `run` holds it. So `run`
 writes where it listens to <state_dir>/run.json, and a secret of this run to
 <state_dir>/run.secret that only its user can read (meterline.guard refuses a command without it),
-and `meterline sql | reconcile | invoice | dispute | replay | migrate` started beside it send
+and `meterline sql | reconcile | invoice | dispute | review | replay | migrate` started beside it send
 their arguments to `run`'s HTTP API instead of opening the directory. `run` executes the same
 command in its own process and streams back what it prints, line by line (newline-delimited
 JSON), then the exit code. Nothing changes for the user but one line on stderr saying where the
@@ -31,7 +31,7 @@ from core.errors import MeterlineError
 from core.http import Request, Response, Route
 from meterline.guard import SECRET_HEADER
 
-COMMANDS = frozenset({"sql", "reconcile", "invoice", "dispute", "replay", "migrate"})
+COMMANDS = frozenset({"sql", "reconcile", "invoice", "dispute", "review", "replay", "migrate"})
 """The commands that may run inside `run`: the ones that need ClickHouse and nothing else of theirs."""
 PATH_OPTIONS = ("--config", "--output")
 """Options naming files: made absolute before they travel, since `run` has its own directory."""

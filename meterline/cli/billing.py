@@ -16,6 +16,7 @@ from meterline.cli.common import (
     PERIOD_HELP,
     cannot_run,
     load,
+    month,
     period,
     role_arguments,
     run_until_signalled,
@@ -105,6 +106,16 @@ def register(commands: Any) -> None:
     dispute.add_argument("--format", choices=["csv", "json", "html"], default="html")
     dispute.add_argument("--output", type=Path, help="write here instead of standard output")
     dispute.set_defaults(run=_dispute)
+
+    review = commands.add_parser(
+        "review",
+        help="the billing review: payments, reporting latency, drift, pricing fit, what was not billed",
+    )
+    review.add_argument("--period", required=True, type=month, help="the last UTC month reviewed, YYYY-MM")
+    review.add_argument("--periods", type=int, default=3, help="how many months, ending with --period")
+    review.add_argument("--format", choices=["table", "json", "html"], default="table")
+    review.add_argument("--output", type=Path, help="write here instead of standard output")
+    review.set_defaults(run=_review)
 
 
 def _stripe_sync(args: argparse.Namespace) -> int:
@@ -336,6 +347,32 @@ def _dispute(args: argparse.Namespace) -> int:
         print(
             f"wrote {args.output} ({len(report.hours)} hours of usage, {len(report.carriers)} Stripe reports)"
         )
+    else:
+        print(text)
+    return 0
+
+
+def _review(args: argparse.Namespace) -> int:
+    from reconciler import review_page
+    from reconciler.review import months_ending
+    from reconciler.review_queries import review
+    from sinks.clickhouse.client import connect
+
+    if args.periods < 1:
+        raise MeterlineError(f"--periods {args.periods}: at least 1")
+    config = load(args)
+    client = connect(config)
+    try:
+        reviewed = review(config, client, months_ending(args.period, args.periods))
+    finally:
+        client.close()
+    if args.format == "table":
+        text = "\n\n".join(f"{title}\n{render(rows)}" for title, rows in review_page.sections(reviewed))
+    else:
+        text = {"json": review_page.render_json, "html": review_page.render_html}[args.format](reviewed)
+    if args.output:
+        args.output.write_text(text)
+        print(f"wrote {args.output} ({len(reviewed.months)} months reviewed)")
     else:
         print(text)
     return 0

@@ -40,6 +40,17 @@ def period(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def month(text: str) -> str:
+    """A UTC month, YYYY-MM, checked before anything connects."""
+    from reconciler.usage import PeriodError, period_bounds
+
+    try:
+        period_bounds(text)
+    except PeriodError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def role_arguments(parser: argparse.ArgumentParser) -> None:
     """What every long-running role takes: logging, and where it serves /metrics, /healthz, /readyz."""
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 import urllib.error
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from meterline.workload import Expected, WorkloadSpec, customer_ids
 from reconciler.invoice_text import money
 from reconciler.pricing import invoice
 from tests.conftest import TEST_PARTITIONS, isolated_config
+from tests.support.browser import launch, needs_chromium
 from tests.support.pipeline import (
     HOUR_MS,
     RunProcess,
@@ -251,19 +251,6 @@ def test_an_unknown_route_and_a_bad_grain_are_refused_clearly(settled: Settled) 
 
 # -- the dashboard, in a real browser ---------------------------------------------------------------
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    # Without these, Chromium calls home at start: refused here, many connections at a time.
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
 # Waited for by selector: a predicate would be evaluated in the page, which its policy forbids.
 READY = "body[data-ready='1']"
 
@@ -286,10 +273,7 @@ def expected_buckets(settled: Settled, customer: str, bucket_ms: int) -> dict[st
     return out
 
 
-@pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("METERLINE_REQUIRE_BROWSER"),
-    reason="no /usr/bin/chromium (Debian's chromium package); ./run.sh test installs it and requires it",
-)
+@needs_chromium
 def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -315,7 +299,7 @@ def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> 
     projected_total = document["projected"]["total"]
     problems: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        browser = launch(playwright)
         try:
             page = signed_in_page(browser)
             page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
@@ -364,10 +348,7 @@ HOSTILE = (
 )
 
 
-@pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("METERLINE_REQUIRE_BROWSER"),
-    reason="no /usr/bin/chromium (Debian's chromium package); ./run.sh test installs it and requires it",
-)
+@needs_chromium
 def test_a_customer_id_is_text_on_the_page_never_markup(settled: Settled) -> None:
     """Customer ids are user data: one made of markup renders as its characters, and nothing in it
     runs (the page escapes it, and its policy would not run it anyway)."""
@@ -376,7 +357,7 @@ def test_a_customer_id_is_text_on_the_page_never_markup(settled: Settled) -> Non
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        browser = launch(playwright)
         try:
             page = signed_in_page(browser)
             dialogs: list[str] = []
