@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -88,6 +89,8 @@ class TopicsConfig:
     aggregates: str
     stripe_dlq: str
     webhooks: str
+    alerts: str
+    notices: str
 
     def all(self) -> list[str]:
         return [getattr(self, f.name) for f in fields(self)]
@@ -233,6 +236,47 @@ class BillingConfig:
 
 
 @dataclass(frozen=True)
+class AlertRule:
+    """When a customer of `plan` is told about its usage of `meter` in a billing period."""
+
+    plan: str
+    meter: str
+    included_shares: tuple[Decimal, ...] = ()
+    """Shares of the included quantity (0.8, 1): raised once the period's usage reaches each."""
+    spend: tuple[Decimal, ...] = ()
+    """Amounts of the meter's line so far, in the plan's currency: raised once it reaches each."""
+    projected_overage: bool = False
+    """Raised once usage at the rate so far would exceed the included quantity by the period's end."""
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    every_seconds: int
+    """How often `meterline alerts` (and `run`) looks at the periods' usage."""
+    endpoint: str
+    """The product's URL for a signed webhook per alert (empty: the topic, a metric and a log line)."""
+    signing_secret: Secret
+    """HMAC-SHA256 key of the webhook's `Meterline-Signature`."""
+    rules: tuple[AlertRule, ...]
+
+
+@dataclass(frozen=True)
+class NoticesConfig:
+    """Invoice-ready notices: one per invoice Stripe finalizes, kept on the notices topic and, with
+    an SMTP server, mailed to the invoice's customer_email."""
+
+    smtp_host: str
+    """Empty: the topic only."""
+    smtp_port: int
+    smtp_username: str
+    smtp_password: Secret
+    smtp_starttls: bool
+    sender: str
+    dashboard_url: str
+    """Where customers see their usage (the notice links <dashboard_url>/customers/<id>)."""
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: KafkaConfig
     topics: TopicsConfig
@@ -246,6 +290,8 @@ class Config:
     meters: Mapping[str, MeterConfig]
     plans: Mapping[str, Plan]
     billing: BillingConfig
+    alerts: AlertsConfig
+    notices: NoticesConfig
     source: str
 
     def plan_for(self, customer_id: str) -> Plan:

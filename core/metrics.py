@@ -88,6 +88,7 @@ def register_reconcile(registry: CollectorRegistry = REGISTRY) -> None:
 WEBHOOK_EVENTS = Counter(
     "meterline_webhook_events", "Stripe webhook events, by type and outcome.", ["type", "outcome"]
 )
+USAGE_ALERTS = Counter("meterline_usage_alerts", "Usage alerts raised (each once), by meter.", ["meter"])
 
 
 class StreamCollector(Collector):

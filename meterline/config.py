@@ -23,6 +23,7 @@ from core.config import (
     ConfigProblem,
     DevConfig,
     KafkaConfig,
+    NoticesConfig,
     ProducerConfig,
     RunConfig,
     Secret,
@@ -32,6 +33,7 @@ from core.config import (
     WindowsConfig,
 )
 from core.http import Limits
+from meterline.config_alerts import build_alerts
 from meterline.config_checks import (
     Section,
     at_least,
@@ -193,6 +195,8 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
         "dev",
         "run",
         "meters",
+        "alerts",
+        "notices",
     }
     for name in sorted(set(raw) - known_sections):
         problems.append(
@@ -225,7 +229,8 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
         history=plan_history(s, s.get("history", dict, {}), plans),
     )
     s.finish()
-    return Config(**built, meters=meters, plans=plans, billing=billing, source=source)
+    alerts = build_alerts(raw, plans, problems)
+    return Config(**built, meters=meters, plans=plans, billing=billing, alerts=alerts, source=source)
 
 
 def _kafka(s: Section) -> KafkaConfig:
@@ -407,6 +412,18 @@ def _stripe(s: Section) -> StripeConfig:
     return stripe
 
 
+def _notices(s: Section) -> NoticesConfig:
+    return NoticesConfig(
+        smtp_host=s.get("smtp_host", str, ""),
+        smtp_port=s.get("smtp_port", int, 25, between(1, 65535)),
+        smtp_username=s.get("smtp_username", str, ""),
+        smtp_password=Secret(s.get("smtp_password", str, "", secret=True)),
+        smtp_starttls=s.get("smtp_starttls", bool, False),
+        sender=s.get("sender", str, "billing@localhost"),
+        dashboard_url=s.get("dashboard_url", str, "", url_check("http://", "https://")),
+    )
+
+
 def _dev(s: Section) -> DevConfig:
     dev = DevConfig(
         state_dir=Path(s.get("state_dir", str, ".meterline", lambda v: None if v else "must not be empty")),
@@ -448,6 +465,7 @@ def _run(s: Section) -> RunConfig:
 
 
 _SECTIONS: dict[str, Callable[[Section], Any]] = {
+    "notices": _notices,
     "kafka": _kafka,
     "topics": _topics,
     "windows": _windows,

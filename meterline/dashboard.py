@@ -13,39 +13,25 @@ import base64
 import hashlib
 import html
 import time
-from collections.abc import Mapping
-from decimal import ROUND_FLOOR, Decimal
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 from core.config import Config
 from core.http import Response
 from core.ratecard import MeterPrice
+from reconciler.alerting import customer_alerts
 from reconciler.invoice_text import money, quantity_text, rows
 from reconciler.periods import resolve
 from reconciler.plan_history import invoice_over, period_invoice
 from reconciler.pricing import Invoice, billed_quantity
+from reconciler.usage import projected_usage
 from sinks.clickhouse.queries import in_span
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
 Grain = Literal["hour", "day"]
-
-
-def projected_usage(usage: Mapping[str, int], start_ms: int, end_ms: int, now_ms: int) -> dict[str, int]:
-    """Usage at the end of the period if it goes on at the rate so far (whole base units, down).
-
-    A period that is over is what it was; one not begun projects nothing."""
-    if now_ms >= end_ms:
-        return dict(usage)
-    elapsed = now_ms - start_ms
-    if elapsed <= 0:
-        return {meter: 0 for meter in usage}
-    scale = Decimal(end_ms - start_ms) / Decimal(elapsed)
-    return {
-        meter: int((Decimal(units) * scale).to_integral_value(ROUND_FLOOR)) for meter, units in usage.items()
-    }
 
 
 def allowance(price: MeterPrice, base_units: int) -> tuple[Decimal, Decimal, Decimal]:
@@ -122,6 +108,10 @@ def document(
         "series": {meter: [[t, v] for t, v in points] for meter, points in by_meter.items()},
         "invoice": _invoice_json(so_far),
         "projected": _invoice_json(invoice_over(split, projected_usages)),
+        "alerts": [
+            {"threshold": threshold, "raised_at": raised_at, "status": status}
+            for threshold, raised_at, status in customer_alerts(client, customer, start, end)
+        ],
     }
 
 
@@ -202,6 +192,8 @@ _PAGE = """<!doctype html>
 <h2>Projected invoice for the whole period</h2>
 <p class="muted" id="projection-basis">If usage goes on at the rate so far.</p>
 <table id="projected"></table>
+<h2>Usage alerts this period</h2>
+<table id="alerts"></table>
 <script src="/dashboard.js"></script>
 </body>
 </html>
@@ -302,6 +294,9 @@ async function load() {
        invoiceRows(doc.invoice), [1, 2, 3]);
   fill(document.getElementById("projected"), ["line", "quantity", "unit price", "amount"],
        invoiceRows(doc.projected), [1, 2, 3]);
+  fill(document.getElementById("alerts"), ["alert", "raised (UTC)", "status"],
+       doc.alerts.map(a => [a.threshold, new Date(a.raised_at).toISOString().slice(0, 16).replace("T", " "),
+                            a.status]), []);
   document.body.dataset.ready = "1";
 }
 

@@ -29,6 +29,7 @@ from core.errors import MeterlineError
 from core.kafka import committed_reaches, read_ends
 from meterline import devstack, forward, inspect, progress
 from meterline.table import render
+from meterline.topics import role_topics
 from meterline.workload import Expected, WorkloadSpec, customer_ids
 
 WINDOWS = (
@@ -78,6 +79,8 @@ def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, workers: 
         previewed = previewed and _stripe_would_bill(config, address, customer, month)
         print(f"\n== 11. `meterline review --period {month} --periods 1`: the guide's Step 7")
         reviewed = _inside(address, "review", "--period", month, "--periods", "1")[0] == 0
+        print("\n== 12. the usage alerts `run` raised, each once (usage_alerts; also on usage.alerts)")
+        _alerts_raised(address)
         print(f"\n== the usage dashboard: {address.url}/customers/{customer}")
         ok = (
             judged_right
@@ -193,6 +196,9 @@ def _onboard(config: Config, spec: WorkloadSpec) -> None:
     )
 
 
+DEMO_ALERT_RULES = '{ standard = { api_calls = { included = ["1%", "80%"], projected_overage = true } } }'
+
+
 def _start_run(
     config: Config, config_path: Path | None
 ) -> tuple[subprocess.Popen[bytes], forward.RunningRun]:
@@ -202,6 +208,10 @@ def _start_run(
         # backfill a month through meter event streams, Stripe's high-throughput API.
         env["METERLINE__STRIPE__REQUESTS_PER_SECOND"] = "1000"
         env["METERLINE__STRIPE__MODE"] = "meter_event_stream"
+    if not config.alerts.rules:
+        # A small month: warn at 1% and 80% of the included calls, so that its usage raises some.
+        env["METERLINE__ALERTS__RULES"] = DEMO_ALERT_RULES
+    env["METERLINE__ALERTS__EVERY_SECONDS"] = "5"
     log_path = config.dev.state_dir / "run-demo.log"
     command = [
         sys.executable,
@@ -266,13 +276,13 @@ def _wait_streamed(config: Config, wanted: dict[str, object], run: subprocess.Po
 
 
 def _wait_sinks(config: Config, run: subprocess.Popen[bytes]) -> bool:
-    """Until the Stripe sink, then the ClickHouse sink (it also stores the Stripe sink's dead
-    letters), have committed everything their topics hold now."""
+    """Until the Stripe sink, then the ClickHouse sink, have committed everything the topics
+    they read hold now."""
     bootstrap = devstack.kafka_brokers(config)
     started = time.monotonic()
     for group, topics in (
         ("meterline-sink-stripe", [config.topics.aggregates]),
-        ("meterline-sink-clickhouse", config.topics.all()),
+        ("meterline-sink-clickhouse", role_topics(config, "sink-clickhouse")),
     ):
         ends = read_ends(bootstrap, topics)
         while not committed_reaches(bootstrap, group, ends):
@@ -282,6 +292,18 @@ def _wait_sinks(config: Config, run: subprocess.Popen[bytes]) -> bool:
             time.sleep(0.5)
         print(f"  {group} caught up after {time.monotonic() - started:.1f} s")
     return True
+
+
+def _alerts_raised(address: forward.RunningRun) -> None:
+    """The alerts role looks every 5 s: the first pass after the sinks caught up may still be going."""
+    query = (
+        "SELECT customer_id, meter, threshold, status, count() AS copies FROM usage_alerts FINAL "
+        "WHERE status != 'pending' GROUP BY customer_id, meter, threshold, status ORDER BY 1, 2, 3"
+    )
+    deadline = time.monotonic() + 30
+    while "(no rows)" in _inside(address, "sql", query, show=False)[1] and time.monotonic() < deadline:
+        time.sleep(1)
+    _inside(address, "sql", query)
 
 
 def _inside(address: forward.RunningRun, *argv: str, show: bool = True) -> tuple[int, str]:

@@ -1,9 +1,9 @@
 """`meterline run`: every role in one process, on the embedded stack or on configured services.
 
 - The stream app (Faust) runs on the main thread: it owns the event loop and the signals.
-- The ClickHouse sink, the Stripe sink, the webhook consumer and the scheduled reconcile each run
-  their loop on a thread; the webhook receiver and the HTTP server (API, dashboard, /metrics,
-  /healthz, /readyz) serve from threads of their own.
+- The ClickHouse sink, the Stripe sink, the webhook consumer, the scheduled reconcile and the usage
+  alerts each run their loop on a thread; the webhook receiver and the HTTP server (API,
+  dashboard, /metrics, /healthz, /readyz) serve from threads of their own.
 - One ClickHouse client is opened first and kept for the whole run: with the embedded engine it
   holds the data directory, and commands started beside `run` execute inside it (meterline.forward).
 
@@ -247,22 +247,37 @@ def _cannot_listen(config: Config, exc: OSError) -> MeterlineError:
 
 def _start_roles(config: Config, bootstrap: Kafka, client: Client, health: Health) -> Roles:
     """Every role but the stream app, each on its thread, once their topics are there."""
+    from reconciler.alerting import Alerter, alert_periodically
+    from reconciler.notifying import Notifier
     from sinks.clickhouse.sink import ClickHouseSink
     from sinks.stripe.calls import caller_for
     from sinks.stripe.sink import StripeSink
     from sinks.stripe.webhooks import WebhookConsumer
 
-    for role in ("sink-clickhouse", "sink-stripe", "webhooks"):
+    for role in ("sink-clickhouse", "sink-stripe", "webhooks", "alerts"):
         topics.require_for_role(bootstrap, config, role)
     roles = Roles(health)
     roles.start("sink-clickhouse", lambda stop: ClickHouseSink(config, bootstrap).run(stop))
     roles.start("sink-stripe", lambda stop: StripeSink(config, bootstrap).run(stop))
     roles.start(
-        "webhooks", lambda stop: WebhookConsumer(config, bootstrap, client, caller_for(config)).run(stop)
+        "webhooks",
+        lambda stop: WebhookConsumer(
+            config,
+            bootstrap,
+            client,
+            caller_for(config),
+            on_finalized=Notifier(config, bootstrap, client).notify,
+        ).run(stop),
     )
     metrics.register_reconcile()
     every_s = config.run.reconcile_every_minutes * 60
     roles.start("reconcile", lambda stop: reconcile_periodically(config, client, stop, every_s, every_s))
+    roles.start(
+        "alerts",
+        lambda stop: alert_periodically(
+            Alerter(config, bootstrap, client), stop, config.alerts.every_seconds
+        ),
+    )
     return roles
 
 

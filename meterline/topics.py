@@ -119,6 +119,13 @@ def topic_specs(config: Config, events_partitions: int | None = None) -> list[To
         spec(names.aggregates, "closed windows and their revisions", retained),
         spec(names.stripe_dlq, "revisions Stripe refused", retained),
         spec(names.webhooks, "verified Stripe events", {"cleanup.policy": "delete"}, None),
+        spec(names.alerts, "usage alerts, one record per alert id", {"cleanup.policy": "compact"}, None),
+        spec(
+            names.notices,
+            "invoice-ready notices, one record per invoice",
+            {"cleanup.policy": "compact"},
+            None,
+        ),
         TopicSpec(
             config.stream.state_topic,
             "the stream's state changelog (partition p: the state of usage.events partition p)",
@@ -244,8 +251,10 @@ def role_topics(config: Config, role: str) -> list[str]:
         "sink-clickhouse": [t.aggregates, t.events_dlq]
         + ([t.events] if config.clickhouse.raw_events else []),
         "sink-stripe": [t.aggregates, t.stripe_dlq],
-        "webhooks": [t.webhooks, t.events],  # invoice.created ticks every usage.events partition
+        # invoice.created ticks every usage.events partition; invoice.finalized leaves a notice
+        "webhooks": [t.webhooks, t.events, t.notices],
         "reconcile": [],  # ClickHouse and Stripe only
+        "alerts": [t.alerts],
     }[role]
 
 

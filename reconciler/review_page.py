@@ -40,117 +40,125 @@ def _latency_row(month: MonthReview, levels: list[str]) -> dict[str, Any]:
 
 def sections(review: Review) -> list[tuple[str, Rows]]:
     """(title, rows) of every table of the review, oldest month first."""
-    months = review.months
-    levels = [f"p{int(q * 100)} s" for q in PERCENTILES]
     return [
-        (
-            "Payments",
-            [
-                {
-                    "month": m.period,
-                    "paid": m.payments.paid,
-                    "payment failed": m.payments.failed,
-                    "success %": m.payments.success_percent,
-                    "failing": ", ".join(f"{c or '?'} ({i})" for c, i in m.payments.failing),
-                }
-                for m in months
-            ],
-        ),
+        ("Payments", [_payments_row(m) for m in review.months]),
         (
             "Usage reporting latency (window close to Stripe accepting it)",
-            [_latency_row(m, levels) for m in months],
+            [_latency_row(m, [f"p{int(q * 100)} s" for q in PERCENTILES]) for m in review.months],
         ),
-        (
-            "Slowest windows",
-            [
-                {
-                    "month": m.period,
-                    "customer": w.customer,
-                    "meter": w.meter,
-                    "window": _time(w.window_start),
-                    "seconds": seconds(w.latency_ms),
-                }
-                for m in months
-                for w in m.latency.worst
-            ],
-        ),
-        (
-            "Drift (the month's latest reconciliation)",
-            [
-                {
-                    "month": m.period,
-                    "reconciled": _time(m.drift.run_at) if m.drift else "never",
-                    "ours": m.drift.total.ours if m.drift else "",
-                    "Stripe": m.drift.total.theirs if m.drift else "",
-                    "drift": m.drift.total.drift if m.drift else "",
-                    "drift %": drift_percent(m) if m.drift else "",
-                }
-                for m in months
-            ],
-        ),
-        (
-            "Hours that drifted",
-            [
-                {
-                    "month": m.period,
-                    "customer": h.key[0],
-                    "meter": h.key[1],
-                    "hour (UTC)": _time(h.key[2], "%Y-%m-%d %H:00"),
-                    "ours": h.ours,
-                    "Stripe": h.theirs,
-                    "drift": h.drift,
-                }
-                for m in months
-                if m.drift
-                for h in m.drift.hours
-            ],
-        ),
-        (
-            "Pricing fit",
-            [
-                {
-                    "month": m.period,
-                    "plan": f.plan,
-                    "meter": f.meter,
-                    "included": quantity_text(f.included),
-                    "customers": f.customers,
-                    "crossed": len(f.crossed),
-                    f"by day {EARLY_DAY}": sum(day <= EARLY_DAY for _, day in f.crossed),
-                    "far below": len(f.far_below),
-                    "crossing days": ", ".join(f"{c} {d}" for c, d in f.crossed),
-                    "far below customers": ", ".join(f.far_below),
-                }
-                for m in months
-                for f in m.fits
-            ],
-        ),
+        ("Slowest windows", _slowest_rows(review.months)),
+        ("Drift (the month's latest reconciliation)", [_drift_row(m) for m in review.months]),
+        ("Hours that drifted", _drifted_hour_rows(review.months)),
+        ("Pricing fit", _fit_rows(review.months)),
         (
             f"In overage by day {EARLY_DAY} of every month reviewed",
             [{"plan": p, "meter": meter, "customer": c} for p, meter, c in review.early_every_month],
         ),
-        (
-            "Not billed",
-            [
-                {
-                    "month": m.period,
-                    "customer": u.customer_id,
-                    "meter": u.meter,
-                    "reason": u.reason,
-                    "units": u.value,
-                    "revisions": u.revisions,
-                }
-                for m in months
-                for u in m.unbilled
-            ],
-        ),
+        ("Not billed", _unbilled_rows(review.months)),
         (
             "Dead letters",
             [
                 {"month": m.period, "reason": r, "events": n}
-                for m in months
+                for m in review.months
                 for r, n in m.dead_letters.items()
             ],
         ),
+    ]
+
+
+def _payments_row(m: MonthReview) -> dict[str, Any]:
+    return {
+        "month": m.period,
+        "paid": m.payments.paid,
+        "payment failed": m.payments.failed,
+        "success %": m.payments.success_percent,
+        "failing": ", ".join(f"{c or '?'} ({i})" for c, i in m.payments.failing),
+    }
+
+
+def _slowest_rows(months: tuple[MonthReview, ...]) -> Rows:
+    return [
+        {
+            "month": m.period,
+            "customer": w.customer,
+            "meter": w.meter,
+            "window": _time(w.window_start),
+            "seconds": seconds(w.latency_ms),
+        }
+        for m in months
+        for w in m.latency.worst
+    ]
+
+
+def _drift_row(m: MonthReview) -> dict[str, Any]:
+    if m.drift is None:
+        return {
+            "month": m.period,
+            "reconciled": "never",
+            "ours": "",
+            "Stripe": "",
+            "drift": "",
+            "drift %": "",
+        }
+    total = m.drift.total
+    return {
+        "month": m.period,
+        "reconciled": _time(m.drift.run_at),
+        "ours": total.ours,
+        "Stripe": total.theirs,
+        "drift": total.drift,
+        "drift %": total.percent,
+    }
+
+
+def _drifted_hour_rows(months: tuple[MonthReview, ...]) -> Rows:
+    return [
+        {
+            "month": m.period,
+            "customer": h.key[0],
+            "meter": h.key[1],
+            "hour (UTC)": _time(h.key[2], "%Y-%m-%d %H:00"),
+            "ours": h.ours,
+            "Stripe": h.theirs,
+            "drift": h.drift,
+        }
+        for m in months
+        if m.drift
+        for h in m.drift.hours
+    ]
+
+
+def _fit_rows(months: tuple[MonthReview, ...]) -> Rows:
+    return [
+        {
+            "month": m.period,
+            "plan": f.plan,
+            "meter": f.meter,
+            "included": quantity_text(f.included),
+            "customers": f.customers,
+            "crossed": len(f.crossed),
+            f"by day {EARLY_DAY}": sum(day <= EARLY_DAY for _, day in f.crossed),
+            "far below": len(f.far_below),
+            "crossing days": ", ".join(f"{c} {d}" for c, d in f.crossed),
+            "far below customers": ", ".join(f.far_below),
+        }
+        for m in months
+        for f in m.fits
+    ]
+
+
+def _unbilled_rows(months: tuple[MonthReview, ...]) -> Rows:
+    return [
+        {
+            "month": m.period,
+            "customer": u.customer_id,
+            "meter": u.meter,
+            "reason": u.reason,
+            "units": u.value,
+            "revisions": u.revisions,
+        }
+        for m in months
+        for u in m.unbilled
     ]
 
 

@@ -3,7 +3,9 @@ the dispute report start from."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING
 
 from core.errors import MeterlineError
@@ -39,3 +41,18 @@ def customer_usage(client: Client, customer_id: str, start_ms: int, end_ms: int)
         parameters={"customer": customer_id, "start": start_ms, "end": end_ms},
     ).result_rows
     return {meter: int(total) for meter, total in rows}
+
+
+def projected_usage(usage: Mapping[str, int], start_ms: int, end_ms: int, now_ms: int) -> dict[str, int]:
+    """Usage at the end of the period if it goes on at the rate so far (whole base units, down).
+
+    A period that is over is what it was; one not begun projects nothing."""
+    if now_ms >= end_ms:
+        return dict(usage)
+    elapsed = now_ms - start_ms
+    if elapsed <= 0:
+        return {meter: 0 for meter in usage}
+    scale = Decimal(end_ms - start_ms) / Decimal(elapsed)
+    return {
+        meter: int((Decimal(units) * scale).to_integral_value(ROUND_FLOOR)) for meter, units in usage.items()
+    }

@@ -107,6 +107,10 @@ def register(commands: Any) -> None:
     dispute.add_argument("--output", type=Path, help="write here instead of standard output")
     dispute.set_defaults(run=_dispute)
 
+    _register_review(commands)
+
+
+def _register_review(commands: Any) -> None:
     review = commands.add_parser(
         "review",
         help="the billing review: payments, reporting latency, drift, pricing fit, what was not billed",

@@ -1,4 +1,5 @@
-"""`meterline stream | run | migrate | sink | webhooks`: the long-running roles (and the schema they need)."""
+"""`meterline stream | run | migrate | sink | webhooks | alerts`: the long-running roles (and the schema
+they need)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,17 @@ def register(commands: Any, main: Callable[[list[str]], int]) -> None:
     run_all.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run_all.add_argument("--log-format", default="text", choices=logs.FORMATS)
     run_all.set_defaults(run=functools.partial(_run, main=main))
+
+    alerts = commands.add_parser(
+        "alerts",
+        help="raise each usage alert of [alerts] rules once: usage.alerts, a signed webhook, a metric",
+    )
+    alerts.add_argument(
+        "--every", type=float, help="seconds between passes (default: [alerts] every_seconds)"
+    )
+    alerts.add_argument("--once", action="store_true", help="one pass, print what it raised, and exit")
+    role_arguments(alerts)
+    alerts.set_defaults(run=_alerts)
 
     migrate = commands.add_parser("migrate", help="bring ClickHouse's tables to this version; idempotent")
     migrate.add_argument("--json", action="store_true")
@@ -147,6 +159,7 @@ def _sink_stripe(args: argparse.Namespace) -> int:
 
 def _webhooks(args: argparse.Namespace) -> int:
     from meterline.server import serve_webhooks
+    from reconciler.notifying import Notifier
     from sinks.clickhouse.client import connect
     from sinks.stripe.calls import caller_for
     from sinks.stripe.webhooks import PATH, WebhookConsumer
@@ -159,11 +172,46 @@ def _webhooks(args: argparse.Namespace) -> int:
 
     def consume(stop: Callable[[], bool]) -> None:
         logging.getLogger("meterline.webhooks").info("listening on http://%s:%s%s", host, port, PATH)
-        WebhookConsumer(config, bootstrap, client, caller_for(config), group_id=args.group).run(stop)
+        notify = Notifier(config, bootstrap, client).notify
+        WebhookConsumer(
+            config, bootstrap, client, caller_for(config), group_id=args.group, on_finalized=notify
+        ).run(stop)
 
     try:
         run_until_signalled(args, config, "webhooks", consume)
     finally:
         receiver.shutdown()
+        client.close()
+    return 0
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    import time
+
+    from meterline.table import render
+    from reconciler.alerting import Alerter, alert_periodically
+    from sinks.clickhouse.client import connect
+
+    config = load(args)
+    client = connect(config)
+    try:
+        if args.once:
+            raised = Alerter(config, devstack.kafka_brokers(config), client).tick(int(time.time() * 1000))
+            rows = [
+                {"customer": a.customer_id, "meter": a.meter, "threshold": a.threshold, "id": a.id}
+                for a in raised
+            ]
+            print(render(rows))
+            return 0
+        every_s = args.every or config.alerts.every_seconds
+        run_until_signalled(
+            args,
+            config,
+            "alerts",
+            lambda stop: alert_periodically(
+                Alerter(config, devstack.kafka_brokers(config), client), stop, every_s
+            ),
+        )
+    finally:
         client.close()
     return 0

@@ -116,12 +116,16 @@ class WebhookConsumer:
         client: Client,
         stripe_caller: Caller,
         group_id: str = "meterline-webhooks",
+        on_finalized: Callable[[dict[str, Any], str], None] | None = None,
     ) -> None:
+        """`on_finalized(invoice, our customer id)` after each finalized invoice is stored: the
+        invoice-ready notice (reconciler.notifying), passed in by the composition root."""
         self.config = config
         self.bootstrap = bootstrap
         self.client = client
         self.stripe = stripe_caller
         self.group_id = group_id
+        self.on_finalized = on_finalized
         self.processed = 0
         self.duplicates = 0
         self._customers: dict[str, str] = {}  # Stripe customer -> ours
@@ -245,7 +249,10 @@ class WebhookConsumer:
         )
 
     def _invoice_finalized(self, event: dict[str, Any]) -> None:
-        self.client.insert("stripe_invoices", [invoice_row(event)], column_names=list(INVOICE_COLUMNS))
+        row = invoice_row(event)
+        self.client.insert("stripe_invoices", [row], column_names=list(INVOICE_COLUMNS))
+        if self.on_finalized is not None:
+            self.on_finalized(object_of(object_of(event, "data"), "object"), self._meterline_customer(row[1]))
 
     def _invoice_payment(self, event: dict[str, Any]) -> None:
         self.client.insert(

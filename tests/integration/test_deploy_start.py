@@ -13,6 +13,7 @@ where they run: the packaged defaults apply, as they do in a pod without the opt
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.config import TopicsConfig
 from tests.conftest import local_broker
 from tests.support.deploy import DEPLOY, compose, containers, manifests
 from tests.support.pipeline import free_port
@@ -132,7 +134,7 @@ def test_every_container_configures_and_starts_as_its_manifest_gives_it(
         # Topics of this test's own, so that tests sharing the broker never see each other's.
         **{
             f"METERLINE__TOPICS__{t.upper()}": f"{t}.deploy-{flavour}"
-            for t in ("events", "events_dlq", "aggregates", "stripe_dlq", "webhooks")
+            for t in (f.name for f in dataclasses.fields(TopicsConfig))
         },
         "METERLINE__STREAM__APP_ID": f"deploy-{flavour}-{os.getpid()}",
     }
@@ -161,7 +163,7 @@ def test_every_container_configures_and_starts_as_its_manifest_gives_it(
         assert done == 0, f"{flavour}: meterline {' '.join(args)} exited {done}: {_logs(tmp_path)}"
     # Then each role: ready, then a clean stop.
     roles = {where: args for where, args in commands.items() if args not in [list(s) for s in SETUP_ORDER]}
-    assert {a[0] for a in roles.values()} == {"stream", "sink", "webhooks", "reconcile"}, roles
+    assert {a[0] for a in roles.values()} == {"stream", "sink", "webhooks", "reconcile", "alerts"}, roles
     for where, args in roles.items():
         command, http_port = localized(args, tmp_path / "state")
         assert http_port is not None, f"{where} serves no /readyz"
@@ -247,4 +249,4 @@ def test_a_disruption_budget_covers_every_long_running_role() -> None:
         for _, m in manifests()
         if m["kind"] in ("Deployment", "StatefulSet")
     }
-    assert running - {"reconcile"} <= covered  # one reconciler: nothing to keep while it moves
+    assert running - {"reconcile", "alerts"} <= covered  # one of each: nothing to keep while it moves

@@ -210,6 +210,7 @@ def test_metrics_health_and_readiness_report_the_pipeline(settled: Settled) -> N
         "sink-stripe",
         "webhooks",
         "reconcile",
+        "alerts",
     }
     assert settled.get("/healthz")[0] == 200
 
@@ -277,9 +278,9 @@ def expected_buckets(settled: Settled, customer: str, bucket_ms: int) -> dict[st
 def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> None:
     from playwright.sync_api import sync_playwright
 
-    from meterline.dashboard import allowance, projected_usage
+    from meterline.dashboard import allowance
     from reconciler.invoice_text import quantity_text
-    from reconciler.usage import period_bounds
+    from reconciler.usage import period_bounds, projected_usage
 
     customer = customer_ids(settled.spec)[1]
     plan = settled.config.plan_for(customer)

@@ -22,6 +22,7 @@ PLANTED = {
     "METERLINE__RUN__DASHBOARD_TOKEN": "planted-dashboard-token-4f6a2c",
     "METERLINE__RUN__DASHBOARD_USER": "operator",
     "METERLINE__RUN__DASHBOARD_PASSWORD": "planted-dashboard-password-0d7e",
+    "METERLINE__ALERTS__SIGNING_SECRET": "planted-alerts-signing-secret-93c2",
 }
 # In the DSN too, where an operator may well put it.
 DSN_PASSWORD = "planted-dsn-password-61b9"

@@ -6,6 +6,7 @@ for the others: those are said to be unchecked)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
+from core.config import TopicsConfig
 from core.kafka import admin, ensure_topics, wait_for_partitions
 from meterline.config import load_config
 from meterline.topics import Observed, check, retained_ms, topic_specs
@@ -61,7 +63,7 @@ def test_a_setting_the_broker_does_not_report_is_unchecked_not_passed() -> None:
 
 
 def _env(kafka_bootstrap: str, tmp_path: Path, suffix: str) -> dict[str, str]:
-    names = ("events", "events_dlq", "aggregates", "stripe_dlq", "webhooks")
+    names = [f.name for f in dataclasses.fields(TopicsConfig)]
     return {
         **os.environ,
         "KAFKA_BOOTSTRAP": kafka_bootstrap,
@@ -100,6 +102,8 @@ def test_topics_ensure_creates_every_topic_once_and_a_second_run_changes_nothing
         (f"aggregates.{suffix}", "created"),
         (f"stripe_dlq.{suffix}", "created"),
         (f"webhooks.{suffix}", "created"),
+        (f"alerts.{suffix}", "created"),
+        (f"notices.{suffix}", "created"),
         (f"topics-{suffix}-state", "created"),
     ]
     again = _meterline(env, "topics", "ensure", "--json")

@@ -5,9 +5,7 @@ arrival order. Signatures are also pinned without I/O."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -27,7 +25,7 @@ from sinks.stripe.fake import FakeStripe
 from sinks.stripe.ledger import Ledger
 from sinks.stripe.report import Outcome, Status, identifier
 from tests.support.kafka import read_messages
-from tests.support.pipeline import free_port, start_meterline
+from tests.support.webhooks import post, start_webhooks
 
 NOW = int(time.time())
 
@@ -50,15 +48,6 @@ def test_a_signature_verifies_only_with_its_secret_payload_and_time(monkeypatch:
             verify(payload, head, secret, 300)
 
 
-def post(base: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(
-        f"{base}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=20) as answer:
-        result: dict[str, Any] = json.loads(answer.read())
-    return result
-
-
 def _ledger_with(config: Config, dsn: str, aggregate: WindowAggregate) -> None:
     """A migrated ClickHouse whose ledger has the aggregate as sent (a meter error report's target)."""
     client = connect(config, dsn)
@@ -69,34 +58,6 @@ def _ledger_with(config: Config, dsn: str, aggregate: WindowAggregate) -> None:
         )
     finally:
         client.close()
-
-
-def _start_webhooks(
-    config: Config, base: str, dsn: str, tmp_path: Path
-) -> tuple[subprocess.Popen[bytes], Path]:
-    """`meterline webhooks` on a free port, listening, with the fake's endpoint pointed at it."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP": config.kafka.bootstrap,
-        "CLICKHOUSE_DSN": dsn,
-        "METERLINE__DEV__STATE_DIR": str(tmp_path),
-        "METERLINE__STRIPE__API_BASE": base,
-        "METERLINE__TOPICS__EVENTS": config.topics.events,
-        "METERLINE__TOPICS__WEBHOOKS": config.topics.webhooks,
-    }
-    log_path = tmp_path / "webhooks.log"
-    process = start_meterline(["webhooks", "--port", str(port), "--group", "test-webhooks"], env, log_path)
-    deadline = time.monotonic() + 60
-    while b"listening on" not in log_path.read_bytes():
-        assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
-        time.sleep(0.2)
-    post(
-        base,
-        "/_fake/webhook_endpoint",
-        {"url": f"http://127.0.0.1:{port}/webhooks/stripe", "secret": FAKE_WEBHOOK_SECRET},
-    )
-    return process, log_path
 
 
 def _send_every_kind_of_event(base: str, fake: FakeStripe, aggregate: WindowAggregate) -> None:
@@ -221,7 +182,7 @@ def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
         "cust-1", "api_calls", (NOW - 3600) * 1000, (NOW - 3540) * 1000, 0, 5, 5, 1, 0, NOW * 1000
     )
     _ledger_with(config, dsn, aggregate)
-    process, log_path = _start_webhooks(config, base, dsn, tmp_path)
+    process, log_path = start_webhooks(config, base, dsn, tmp_path)
     try:
         _send_every_kind_of_event(base, fake, aggregate)
         kept = read_messages(config.kafka.bootstrap, config.topics.webhooks, 12)

@@ -28,6 +28,7 @@ PLANTED = {
     "METERLINE__RUN__DASHBOARD_TOKEN": "planted-dashboard-token-93ac5e1f",
     "METERLINE__RUN__DASHBOARD_USER": "operator",
     "METERLINE__RUN__DASHBOARD_PASSWORD": "planted-dashboard-pass-27f08b6d",
+    "METERLINE__ALERTS__SIGNING_SECRET": "planted-alerts-secret-5a1e70c3",
 }
 SECRETS = [v for k, v in PLANTED.items() if not k.endswith("_USER")]
 BASIC = "Basic " + base64.b64encode(b"operator:planted-dashboard-pass-27f08b6d").decode()

@@ -58,6 +58,7 @@ def test_compose_pins_images_limits_resources_and_runs_real_commands() -> None:
         "sink-stripe",
         "webhooks",
         "reconcile",
+        "alerts",
         "topics",
         "migrate",
         "stripe-sync",
@@ -72,11 +73,11 @@ def test_compose_pins_images_limits_resources_and_runs_real_commands() -> None:
         assert service["deploy"]["resources"]["limits"], name
         if image.startswith("meterline:") and "command" in service:
             parses_as_meterline(service["command"])
-    for role in ("stream", "sink-clickhouse", "sink-stripe", "webhooks", "reconcile"):
+    for role in ("stream", "sink-clickhouse", "sink-stripe", "webhooks", "reconcile", "alerts"):
         assert "--http-port" in services[role]["command"], f"{role} serves no /metrics"
     scraped = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     names = scraped["scrape_configs"][0]["dns_sd_configs"][0]["names"]
-    assert set(names) == {"stream", "sink-clickhouse", "sink-stripe", "webhooks", "reconcile"}
+    assert set(names) == {"stream", "sink-clickhouse", "sink-stripe", "webhooks", "reconcile", "alerts"}
 
 
 def rendered() -> Iterator[tuple[str, dict[str, Any]]]:

@@ -13,9 +13,10 @@ import pytest
 from core.http import Limits, Response
 from core.logs import JsonFormatter, TextFormatter, context
 from core.ratecard import MeterPrice
-from meterline.dashboard import allowance, projected_usage
+from meterline.dashboard import allowance
 from meterline.forward import absolute_paths
 from meterline.server import Health, serve
+from reconciler.usage import projected_usage
 from tests.support.pipeline import http_get
 
 DAY = 86_400_000
