@@ -5,9 +5,11 @@ totals (`usage_windows FINAL`, which replays and duplicate aggregates do not cha
 against its plan's alert rules. Raising an alert, in this order, each step safe to repeat:
 1. its row in `usage_alerts` as `pending`, with the payload fixed from then on;
 2. its record on `usage.alerts`, keyed by its id, unless the topic already has one (the ids on
-   the topic are read at start): a crash after the send and before step 3 does not send it again;
-3. the signed webhook to the product, when an endpoint is configured, retried with the same id
-   and payload (`Idempotency-Key`: a repeat after a crash is recognisable); a metric and a log line;
+   the topic are read at start): a crash after the send does not send it again; a metric and a
+   log line when it is written;
+3. the signed webhook to the product, when an endpoint is configured, with the same id and
+   payload on every try (`Idempotency-Key`: a repeat after a crash is recognisable), up to four
+   tries a pass; while the endpoint is away, the other alerts wait for the next pass;
 4. the row as `delivered` (or `published` without an endpoint, or `failed` when the product
    refused it). A pending row left by a crash goes on from step 2 at the next pass.
 One `meterline alerts` runs at a time (one replica): two would both raise a new alert's record.
@@ -54,7 +56,8 @@ ALERT_COLUMNS = (
 )
 LOOKBACK_MS = 32 * 86_400_000
 """Customers with usage this recently are looked at: a monthly period began within it."""
-DELIVERY_ATTEMPTS = 5
+DELIVERY_ATTEMPTS = 4
+"""Tries of one webhook in a pass (0.5, 1, 2 s apart); one still failing is tried at the next."""
 
 
 class Alerter:
@@ -68,10 +71,19 @@ class Alerter:
 
     def tick(self, now_ms: int) -> list[Alert]:
         """One pass; returns the alerts it raised for the first time."""
-        new = [a for a in self._crossings(now_ms) if a.id not in self._known()]
+        if not self.config.alerts.rules:
+            return []
+        new = [a for a in self._crossings(now_ms) if a.id not in self._known(now_ms)]
         self._record([a.payload() for a in new], "pending", 0, "")
         for alert_id, payload, attempts in self._pending():
-            self._raise(alert_id, payload, attempts)
+            self._publish(alert_id, payload)
+            if not self.config.alerts.endpoint:
+                self._record([payload], "published", attempts, "")
+                continue
+            status, error = self._deliver(payload, alert_id)
+            self._record([payload], status, attempts + 1, error)
+            if status == "pending":
+                break  # the endpoint is away: the rest wait for the next pass, not its retries each
         return new
 
     def _crossings(self, now_ms: int) -> list[Alert]:
@@ -95,8 +107,13 @@ class Alerter:
                 )
         return found
 
-    def _known(self) -> set[str]:
-        rows = self.client.query("SELECT alert_id FROM usage_alerts FINAL").result_rows
+    def _known(self, now_ms: int) -> set[str]:
+        """The ids of alerts of the periods looked at (those of older periods cannot recur)."""
+        rows = self.client.query(
+            "SELECT alert_id FROM usage_alerts FINAL "
+            "WHERE period_end >= fromUnixTimestamp64Milli(%(since)s, 'UTC')",
+            parameters={"since": now_ms - LOOKBACK_MS},
+        ).result_rows
         return {str(alert_id) for (alert_id,) in rows}
 
     def _pending(self) -> list[tuple[str, bytes, int]]:
@@ -106,7 +123,8 @@ class Alerter:
         ).result_rows
         return [(str(i), str(p).encode(), int(n)) for i, p, n in rows]
 
-    def _raise(self, alert_id: str, payload: bytes, attempts: int) -> None:
+    def _publish(self, alert_id: str, payload: bytes) -> None:
+        """Its record on the topic, unless there is one; a metric and a log line when written."""
         alert = _document(payload)
         where = context(customer=alert["customer_id"], meter=alert["meter"], alert_id=alert_id)
         if alert_id not in self._on_topic:
@@ -124,11 +142,6 @@ class Alerter:
                 alert["threshold"],
                 extra=where,
             )
-        if not self.config.alerts.endpoint:
-            self._record([payload], "published", attempts, "")
-            return
-        status, error = self._deliver(payload, alert_id)
-        self._record([payload], status, attempts + 1, error)
 
     def _deliver(self, payload: bytes, alert_id: str) -> tuple[str, str]:
         """(status, last error): retried with backoff on 429, 5xx and failures to connect; a
@@ -152,7 +165,8 @@ class Alerter:
                     return "failed", error
             except OSError as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            time.sleep(min(8.0, 0.5 * 2**attempt))
+            if attempt + 1 < DELIVERY_ATTEMPTS:
+                time.sleep(0.5 * 2**attempt)
         return "pending", error  # tried again at the next pass, with the same id
 
     def _record(self, payloads: list[bytes], status: str, attempts: int, error: str) -> None:
@@ -212,6 +226,7 @@ def alert_periodically(alerter: Alerter, should_stop: Callable[[], bool], every_
     """A pass every `every_s`; one that fails (ClickHouse or the broker away) is logged and the
     next tries again, from what the table and the topic hold."""
     from clickhouse_connect.driver.exceptions import ClickHouseError
+    from confluent_kafka import KafkaException
 
     from core.errors import MeterlineError
 
@@ -221,6 +236,6 @@ def alert_periodically(alerter: Alerter, should_stop: Callable[[], bool], every_
             next_at += every_s
             try:
                 alerter.tick(int(time.time() * 1000))
-            except (MeterlineError, ClickHouseError, OSError) as exc:
-                log.error("alerts pass failed: %s", exc)
+            except (MeterlineError, ClickHouseError, KafkaException, OSError) as exc:
+                log.error("alerts pass failed, the next one goes on from the table and the topic: %s", exc)
         time.sleep(0.2)
