@@ -277,6 +277,18 @@ class NoticesConfig:
 
 
 @dataclass(frozen=True)
+class IngestConfig:
+    """`meterline ingest`: usage over HTTP as CloudEvents (schemas.ingest)."""
+
+    port: int
+    keys: Mapping[str, str]
+    """Source name -> the SHA-256 (hex) of its API key: keys are stored hashed, never as given."""
+    max_events_per_request: int
+    requests_per_second: float
+    """Per key; a burst of twice as many is let through, then 429 with Retry-After."""
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: KafkaConfig
     topics: TopicsConfig
@@ -292,6 +304,7 @@ class Config:
     billing: BillingConfig
     alerts: AlertsConfig
     notices: NoticesConfig
+    ingest: IngestConfig
     source: str
 
     def plan_for(self, customer_id: str) -> Plan:

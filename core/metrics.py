@@ -88,6 +88,13 @@ def register_reconcile(registry: CollectorRegistry = REGISTRY) -> None:
 WEBHOOK_EVENTS = Counter(
     "meterline_webhook_events", "Stripe webhook events, by type and outcome.", ["type", "outcome"]
 )
+INGEST_REQUESTS = Counter("meterline_ingest_requests", "HTTP ingest requests, by status.", ["status"])
+INGEST_EVENTS = Counter(
+    "meterline_ingest_events", "HTTP ingest events, by outcome and refusal reason.", ["outcome", "reason"]
+)
+INGEST_LATENCY = Histogram(
+    "meterline_ingest_request_seconds", "An HTTP ingest request, received to answered (broker included)."
+)
 USAGE_ALERTS = Counter("meterline_usage_alerts", "Usage alerts raised (each once), by meter.", ["meter"])
 
 

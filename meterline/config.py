@@ -22,6 +22,7 @@ from core.config import (
     ConfigError,
     ConfigProblem,
     DevConfig,
+    IngestConfig,
     KafkaConfig,
     NoticesConfig,
     ProducerConfig,
@@ -197,6 +198,7 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
         "meters",
         "alerts",
         "notices",
+        "ingest",
     }
     for name in sorted(set(raw) - known_sections):
         problems.append(
@@ -424,6 +426,20 @@ def _notices(s: Section) -> NoticesConfig:
     )
 
 
+def _ingest(s: Section) -> IngestConfig:
+    sha256 = re.compile(r"[0-9a-f]{64}")
+    keys = s.get("keys", dict, {})
+    for source, digest in keys.items():
+        if not isinstance(digest, str) or not sha256.fullmatch(digest):
+            s.problem(f"keys.{source}", digest, "the SHA-256 of the key, 64 lowercase hex digits (sha256sum)")
+    return IngestConfig(
+        port=s.get("port", int, 8791, between(0, 65535)),
+        keys={str(k): str(v) for k, v in keys.items()},
+        max_events_per_request=s.get("max_events_per_request", int, 1000, between(1, 100_000)),
+        requests_per_second=s.get("requests_per_second", (int, float), 100, between(0.1, 1e6)),
+    )
+
+
 def _dev(s: Section) -> DevConfig:
     dev = DevConfig(
         state_dir=Path(s.get("state_dir", str, ".meterline", lambda v: None if v else "must not be empty")),
@@ -466,6 +482,7 @@ def _run(s: Section) -> RunConfig:
 
 _SECTIONS: dict[str, Callable[[Section], Any]] = {
     "notices": _notices,
+    "ingest": _ingest,
     "kafka": _kafka,
     "topics": _topics,
     "windows": _windows,

@@ -255,6 +255,7 @@ def role_topics(config: Config, role: str) -> list[str]:
         "webhooks": [t.webhooks, t.events, t.notices],
         "reconcile": [],  # ClickHouse and Stripe only
         "alerts": [t.alerts],
+        "ingest": [t.events],
     }[role]
 
 

@@ -1,5 +1,5 @@
-"""`meterline stream | run | migrate | sink | webhooks | alerts`: the long-running roles (and the schema
-they need)."""
+"""`meterline stream | run | migrate | sink | webhooks | alerts | ingest`: the long-running roles (and
+the schema they need)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,13 @@ def register(commands: Any, main: Callable[[list[str]], int]) -> None:
     alerts.add_argument("--once", action="store_true", help="one pass, print what it raised, and exit")
     role_arguments(alerts)
     alerts.set_defaults(run=_alerts)
+
+    ingest = commands.add_parser(
+        "ingest", help="usage over HTTP: CloudEvents on POST /v1/events into usage.events ([ingest] port)"
+    )
+    ingest.add_argument("--port", type=int, help="where it listens (default: [ingest] port)")
+    role_arguments(ingest)
+    ingest.set_defaults(run=_ingest)
 
     migrate = commands.add_parser("migrate", help="bring ClickHouse's tables to this version; idempotent")
     migrate.add_argument("--json", action="store_true")
@@ -214,4 +221,34 @@ def _alerts(args: argparse.Namespace) -> int:
         )
     finally:
         client.close()
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import time
+
+    from core.http import Response, Server, dispatch
+    from schemas.ingest import PATH, Ingest
+
+    config = load(args)
+    bootstrap = devstack.kafka_brokers(config)
+    server = Server(
+        config.run.host,
+        config.ingest.port if args.port is None else args.port,
+        dispatch(
+            {**Ingest(config, bootstrap).routes(), "GET /healthz": lambda _: Response.json({"ok": True})}
+        ),
+        config.run.limits,
+    )
+    host, port = server.server_address
+
+    def serve(stop: Callable[[], bool]) -> None:
+        logging.getLogger("meterline.ingest").info("listening on http://%s:%s%s", host, port, PATH)
+        while not stop():
+            time.sleep(0.2)
+
+    try:
+        run_until_signalled(args, config, "ingest", serve)
+    finally:
+        server.shutdown()
     return 0

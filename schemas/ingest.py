@@ -1,0 +1,335 @@
+"""`meterline ingest`: usage over HTTP, for services that do not speak Avro to Kafka.
+
+POST /v1/events takes one CloudEvent (`application/cloudevents+json`) or a batch
+(`application/cloudevents-batch+json`), mapped by schemas.cloudevents and checked by the same
+rules as the SDK. Each event is answered: accepted, or refused with the field and the reason
+(final: sending it again changes nothing). Nothing is answered accepted before the broker has
+acknowledged it; events the broker did not take within the timeout are answered `retry`, with 503
+and `Retry-After`, and a client sends the batch again: the event id is the dedup key everywhere,
+so a retried batch is counted once.
+
+An API key per source (`Authorization: Bearer <key>`), stored as its SHA-256 only; a request
+rate per key (429 with Retry-After beyond it); the body and time bounds of every meterline server
+(core.http); GET /openapi.json describes it all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError, Message
+
+from core import metrics
+from core.config import Config
+from core.http import Request, Response, Route
+from core.kafka import Kafka, idempotent_producer, partition_count
+from schemas.cloudevents import BATCH, QUANTITY_MAX, STRUCTURED, CloudEventError, to_usage_event
+from schemas.partitioner import partition_for
+from schemas.records import UsageEvent
+from schemas.serde import AvroSerde
+from schemas.validation import check_event
+
+PATH = "/v1/events"
+DELIVERY_TIMEOUT_S = 10.0
+"""How long a request waits for the broker before answering `retry` (503)."""
+EVENTS_PER_MESSAGE = 1000
+
+
+class RateLimiter:
+    """A token bucket per API key: `rate` requests a second, bursts of twice as many."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.burst = rate, 2 * rate
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def wait_for(self, key: str, now: float) -> float:
+        """0 if a request of `key` may go now (and takes its token), else the seconds to wait."""
+        with self._lock:
+            tokens, then = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.rate)
+            if tokens >= 1:
+                self._buckets[key] = (tokens - 1, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.rate
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Ingest:
+    def __init__(self, config: Config, bootstrap: Kafka) -> None:
+        self.config = config
+        self.topic = config.topics.events
+        self._units = config.meter_units
+        self._serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
+        self._partitions = partition_count(bootstrap, self.topic)
+        self._producer = idempotent_producer(
+            bootstrap, {"linger.ms": 5, "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000)}
+        )
+        self._limiter = RateLimiter(config.ingest.requests_per_second)
+
+    def routes(self) -> dict[str, Route]:
+        return {
+            f"POST {PATH}": self.receive,
+            "GET /openapi.json": lambda _: Response.json(openapi(self.config)),
+        }
+
+    def receive(self, request: Request) -> Response:
+        started = time.monotonic()
+        response = self._receive(request)
+        metrics.INGEST_REQUESTS.labels(str(response.status)).inc()
+        metrics.INGEST_LATENCY.observe(time.monotonic() - started)
+        return response
+
+    def _receive(self, request: Request) -> Response:
+        source = self._source(request.headers.get("authorization", ""))
+        if source is None:
+            return Response.error(401, "an API key is required: Authorization: Bearer <key>")
+        wait = self._limiter.wait_for(source, time.monotonic())
+        if wait:
+            return Response.error(
+                429,
+                f"more than {self.config.ingest.requests_per_second:g} requests a second",
+                (("Retry-After", str(max(1, round(wait)))),),
+            )
+        content_type = request.headers.get("content-type", "").split(";")[0].strip()
+        if content_type not in (STRUCTURED, BATCH):
+            return Response.error(415, f"Content-Type {content_type!r}: {STRUCTURED} or {BATCH}")
+        try:
+            document = json.loads(request.body)
+        except (ValueError, RecursionError):
+            return Response.error(400, "the body is not JSON")
+        documents = document if content_type == BATCH else [document]
+        if not isinstance(documents, list):
+            return Response.error(400, f"{BATCH} is a JSON array of CloudEvents")
+        if len(documents) > self.config.ingest.max_events_per_request:
+            return Response.error(
+                413, f"{len(documents)} events: at most {self.config.ingest.max_events_per_request}"
+            )
+        results, accepted = self._judge(documents)
+        undelivered = self._deliver(accepted)
+        for index, event in accepted:
+            outcome = "retry" if event.event_id in undelivered else "accepted"
+            results[index] = {"id": event.event_id, "status": outcome}
+            metrics.INGEST_EVENTS.labels(outcome, "").inc()
+        answer = {
+            "accepted": sum(r["status"] == "accepted" for r in results),
+            "refused": sum(r["status"] == "refused" for r in results),
+            "retry": sum(r["status"] == "retry" for r in results),
+            "results": results,
+        }
+        if answer["retry"]:
+            return Response.json(answer, 503, (("Retry-After", "1"),))
+        single_refused = content_type == STRUCTURED and answer["refused"]
+        return Response.json(answer, 400 if single_refused else 200)
+
+    def _source(self, authorization: str) -> str | None:
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            return None
+        digest = key_digest(key.strip())
+        found = None
+        for source, stored in self.config.ingest.keys.items():  # every one compared: constant time
+            if hmac.compare_digest(digest, stored):
+                found = source
+        return found
+
+    def _judge(self, documents: list[Any]) -> tuple[list[dict[str, Any]], list[tuple[int, UsageEvent]]]:
+        results: list[dict[str, Any]] = [{} for _ in documents]
+        accepted = []
+        for index, document in enumerate(documents):
+            event_id = document.get("id") if isinstance(document, dict) else None
+            try:
+                event = to_usage_event(document, self._units)
+            except CloudEventError as exc:
+                results[index] = _refused(event_id, exc.field, "malformed", exc.why)
+                continue
+            invalid = check_event(event, self._units)
+            if invalid is not None:
+                results[index] = _refused(event_id, invalid.field, str(invalid.reason), invalid.detail)
+                continue
+            accepted.append((index, event))
+        return results, accepted
+
+    def _deliver(self, accepted: list[tuple[int, UsageEvent]]) -> set[str]:
+        """Produce the events, packed per partition as the SDK packs them; return the ids of those
+        the broker did not acknowledge within the timeout."""
+        by_partition: dict[int, list[UsageEvent]] = defaultdict(list)
+        for _, event in accepted:
+            by_partition[partition_for(event.customer_id.encode(), self._partitions)].append(event)
+        pending: list[int] = [0]
+        failed: set[str] = set()
+        done = threading.Event()
+        lock = threading.Lock()
+
+        def delivered(events: list[UsageEvent]) -> Any:
+            def report(error: KafkaError | None, _: Message) -> None:
+                with lock:
+                    if error is not None:
+                        failed.update(e.event_id for e in events)
+                    pending[0] -= 1
+                    if pending[0] == 0:
+                        done.set()
+
+            return report
+
+        for partition, events in by_partition.items():
+            for start in range(0, len(events), EVENTS_PER_MESSAGE):
+                chunk = events[start : start + EVENTS_PER_MESSAGE]
+                value = self._serde.encode_batch([self._serde.batch_item(e) for e in chunk])
+                with lock:
+                    pending[0] += 1
+                # Every customer of the chunk hashes to this partition: the first one is a valid key.
+                key = chunk[0].customer_id.encode()
+                while True:
+                    try:
+                        self._producer.produce(
+                            self.topic, value, key, partition=partition, on_delivery=delivered(chunk)
+                        )
+                        break
+                    except BufferError:  # librdkafka's queue is full: serve callbacks until there is room
+                        self._producer.poll(0.05)
+        if not by_partition:
+            return set()
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S + 1
+        while not done.is_set() and time.monotonic() < deadline:
+            self._producer.poll(0.01)
+        with lock:
+            if not done.is_set():  # not reported in time: answered retry, and sent again by the client
+                return {e.event_id for _, e in accepted}
+            return failed
+
+
+def _refused(event_id: Any, field: str, reason: str, detail: str) -> dict[str, Any]:
+    metrics.INGEST_EVENTS.labels("refused", reason).inc()
+    return {
+        "id": event_id if isinstance(event_id, str) else None,
+        "status": "refused",
+        "field": field,
+        "reason": reason,
+        "detail": detail,
+    }
+
+
+def _meter(meter: str, unit: str) -> list[dict[str, Any]]:
+    """The two ways an event names `meter` (its data.meter; or its type's last part, without a
+    data.meter), each in the meter's unit: the catalog's rules, said in JSON Schema."""
+    in_unit = {"unit": {"const": unit}}
+    by_type = {"pattern": f"(^|\\.){re.escape(meter)}$"}
+    return [
+        {
+            "properties": {
+                "data": {"required": ["meter"], "properties": {"meter": {"const": meter}, **in_unit}}
+            }
+        },
+        {"properties": {"type": by_type, "data": {"not": {"required": ["meter"]}, "properties": in_unit}}},
+    ]
+
+
+def openapi(config: Config) -> Mapping[str, Any]:
+    """The API as OpenAPI 3.1, served at /openapi.json."""
+    event = {
+        "type": "object",
+        "required": ["specversion", "id", "source", "type", "subject", "time", "data"],
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "id": {"type": "string", "minLength": 1, "description": "the event id: the dedup key"},
+            "source": {"type": "string", "minLength": 1},
+            "type": {
+                "type": "string",
+                "minLength": 1,
+                "description": "its last dot-separated part is the meter",
+            },
+            "subject": {"type": "string", "minLength": 1, "description": "the customer id"},
+            # Usage before 1971 is no one's: the year is said as a pattern (a format has no bounds).
+            "time": {
+                "type": "string",
+                "format": "date-time",
+                "pattern": "^(19(7[1-9]|[89][0-9])|[2-9][0-9]{3})-",
+            },
+            "datacontenttype": {"const": "application/json"},
+            "data": {
+                "type": "object",
+                "required": ["quantity"],
+                "properties": {
+                    "quantity": {"type": "integer", "minimum": 0, "maximum": QUANTITY_MAX},
+                    "unit": {"type": "string"},
+                    "meter": {"type": "string"},
+                    "attributes": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            },
+        },
+        "anyOf": [
+            alternative
+            for name, unit in sorted(config.meter_units.items())
+            for alternative in _meter(name, unit)
+        ],
+    }
+    result = {
+        "type": "object",
+        "properties": {
+            "id": {"type": ["string", "null"]},
+            "status": {"enum": ["accepted", "refused", "retry"]},
+            "field": {"type": "string"},
+            "reason": {"type": "string"},
+            "detail": {"type": "string"},
+        },
+    }
+    answer = {
+        "type": "object",
+        "properties": {
+            "accepted": {"type": "integer"},
+            "refused": {"type": "integer"},
+            "retry": {"type": "integer"},
+            "results": {"type": "array", "items": result},
+        },
+    }
+    error = {"type": "object", "properties": {"error": {"type": "string"}}}
+
+    def answers(*statuses: int) -> dict[str, Any]:
+        return {
+            str(s): {
+                "description": str(s),
+                "content": {"application/json": {"schema": answer if s in (200, 400, 503) else error}},
+            }
+            for s in statuses
+        }
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "meterline ingest", "version": "1"},
+        "components": {"securitySchemes": {"key": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"key": []}],
+        "paths": {
+            PATH: {
+                "post": {
+                    "summary": "usage as CloudEvents: one, or a batch, each event answered",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            STRUCTURED: {"schema": event},
+                            BATCH: {
+                                "schema": {
+                                    "type": "array",
+                                    "items": event,
+                                    "maxItems": config.ingest.max_events_per_request,
+                                }
+                            },
+                        },
+                    },
+                    "responses": answers(200, 400, 401, 413, 415, 429, 503),
+                }
+            }
+        },
+    }
