@@ -3,7 +3,7 @@
 - The stream app (Faust) runs on the main thread: it owns the event loop and the signals.
 - The ClickHouse sink, the Stripe sink, the webhook consumer, the scheduled reconcile and the usage
   alerts each run their loop on a thread; the webhook receiver and the HTTP server (API,
-  dashboard, /metrics, /healthz, /readyz) serve from threads of their own.
+  dashboard, the HTTP ingest, /metrics, /healthz, /readyz) serve from threads of their own.
 - One ClickHouse client is opened first and kept for the whole run: with the embedded engine it
   holds the data directory, and commands started beside `run` execute inside it (meterline.forward).
 
@@ -159,6 +159,8 @@ def run(
 ) -> int:
     import faust
 
+    from schemas.ingest import PATH as INGEST_PATH
+    from schemas.ingest import Ingest
     from sinks.clickhouse.client import connect
     from sinks.clickhouse.migrate import migrate
     from sinks.stripe.webhooks import PATH
@@ -186,7 +188,9 @@ def run(
     # The ports first: a port in use stops `run` before any role has started.
     secret = secrets.token_urlsafe(32)
     try:
-        server, receiver = _listen(config, bootstrap, health, api.routes(config, client, execute, secret))
+        # The HTTP ingest's routes beside the dashboard's: their own API keys guard them.
+        routes = {**api.routes(config, client, execute, secret), **Ingest(config, bootstrap).routes()}
+        server, receiver = _listen(config, bootstrap, health, routes)
     except BaseException:
         client.close()
         raise
@@ -194,9 +198,12 @@ def run(
     url = f"http://{config.run.host}:{server.server_address[1]}"
     forward.announce(config, url, secret)
     log.info(
-        "meterline run is up: dashboard %s/customers/<customer>, metrics %s/metrics, webhooks http://%s:%d%s",
+        "meterline run is up: dashboard %s/customers/<customer>, metrics %s/metrics, ingest %s%s, "
+        "webhooks http://%s:%d%s",
         url,
         url,
+        url,
+        INGEST_PATH,
         *receiver.server_address[:2],
         PATH,
     )

@@ -4,12 +4,6 @@ stream counts an event id once), and every refusal class with its reason."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,63 +11,12 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from core.config import Config
-from schemas.cloudevents import BATCH, STRUCTURED
-from schemas.ingest import key_digest
+from schemas.cloudevents import STRUCTURED
 from schemas.records import UsageEvent
 from schemas.serde import AvroSerde
 from tests.conftest import local_broker
+from tests.support.ingest import KEY, cloud_event, post, start_ingest, stop
 from tests.support.kafka import read_messages
-from tests.support.pipeline import free_port, start_meterline
-
-KEY = "ml_test_key_7c2f90"
-
-
-def cloud_event(n: int, **data: Any) -> dict[str, Any]:
-    return {
-        "specversion": "1.0",
-        "id": f"evt-{n}",
-        "source": "//billing-svc",
-        "type": "com.acme.usage.api_calls",
-        "subject": f"cust-{n % 3}",
-        "time": "2026-12-01T10:00:00Z",
-        "data": {"quantity": n, "attributes": {"status": "200"}, **data},
-    }
-
-
-def post(url: str, body: Any, content_type: str = BATCH, key: str = KEY) -> tuple[int, dict[str, str], Any]:
-    headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {key}"} if key else {})}
-    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, dict(answer.headers), json.loads(answer.read())
-    except urllib.error.HTTPError as refused:
-        return refused.code, dict(refused.headers), json.loads(refused.read())
-
-
-def start_ingest(
-    bootstrap: str, topic: str, tmp_path: Path, name: str, rate: str = "1000"
-) -> tuple[Any, str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP": bootstrap,
-        "METERLINE__DEV__STATE_DIR": str(tmp_path),
-        "METERLINE__TOPICS__EVENTS": topic,
-        "METERLINE__INGEST__KEYS__BILLING_SVC": key_digest(KEY),
-        "METERLINE__INGEST__REQUESTS_PER_SECOND": rate,
-    }
-    log = tmp_path / f"{name}.log"
-    process = start_meterline(["ingest", "--port", str(port)], env, log)
-    deadline = time.monotonic() + 60
-    while b"listening on" not in log.read_bytes():
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)
-    return process, f"http://127.0.0.1:{port}/v1/events"
-
-
-def stop(process: Any) -> None:
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0
 
 
 def test_a_batch_is_answered_event_by_event_and_lands_as_the_sdk_sends_it(

@@ -250,6 +250,24 @@ def test_an_unknown_route_and_a_bad_grain_are_refused_clearly(settled: Settled) 
     assert status == 400 and "2026-13" in body
 
 
+def test_run_serves_the_http_ingest_behind_its_own_keys(settled: Settled) -> None:
+    """The dashboard's credentials are not an ingest key: POST /v1/events wants its own."""
+    import urllib.error
+    import urllib.request
+
+    status, body = http_get(f"{settled.url}/openapi.json")
+    assert status == 200 and "/v1/events" in json.loads(body)["paths"]
+    request = urllib.request.Request(
+        f"{settled.url}/v1/events",
+        b"[]",
+        {"Content-Type": "application/cloudevents-batch+json", "Authorization": BASIC},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
+
+
 # -- the dashboard, in a real browser ---------------------------------------------------------------
 
 # Waited for by selector: a predicate would be evaluated in the page, which its policy forbids.
