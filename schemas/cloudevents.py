@@ -90,6 +90,22 @@ def to_usage_event(document: Any, meter_units: Mapping[str, str]) -> UsageEvent:
     )
 
 
+def from_usage_event(event: UsageEvent) -> dict[str, Any]:
+    """The CloudEvent of a UsageEvent: the inverse of to_usage_event (what a producer in another
+    language sends for the same usage)."""
+    moment = _EPOCH + timedelta(milliseconds=event.timestamp)
+    return {
+        "specversion": SPEC_VERSION,
+        "id": event.event_id,
+        "source": event.source,
+        "type": event.meter,
+        "subject": event.customer_id,
+        "time": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "datacontenttype": "application/json",
+        "data": {"quantity": event.quantity, "unit": event.unit, "attributes": dict(event.attributes)},
+    }
+
+
 def _epoch_ms(text: str) -> int:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -4,6 +4,7 @@ stream counts an event id once), and every refusal class with its reason."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,22 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from core.config import Config
-from schemas.cloudevents import STRUCTURED
+from core.kafka import read_ends
+from meterline.workload import Expected, customer_ids, generate
+from schemas.cloudevents import STRUCTURED, from_usage_event
 from schemas.records import UsageEvent
 from schemas.serde import AvroSerde
+from sinks.clickhouse.sink import ClickHouseSink
+from sinks.stripe.fake import FakeStripe
+from sinks.stripe.sink import StripeSink
 from tests.conftest import local_broker
+from tests.support.clickhouse_sink import assert_exact, run_pipeline
 from tests.support.ingest import KEY, cloud_event, post, start_ingest, stop
 from tests.support.kafka import read_messages
+from tests.support.pipeline import Workers, small_workload
+from tests.support.sinks import run_sink
+from tests.support.stripe import set_up_stripe
+from tests.support.stripe_sink import assert_reported_exactly
 
 
 def test_a_batch_is_answered_event_by_event_and_lands_as_the_sdk_sends_it(
@@ -104,3 +115,42 @@ def test_the_role_answers_as_its_openapi_document_says(config: Config, tmp_path:
         answers_as_documented()
     finally:
         stop(process)
+
+
+def test_events_posted_over_http_reach_clickhouse_and_stripe_exactly(
+    config: Config, workers: Workers, stripe_fake: tuple[FakeStripe, str], ledger_dsn: str, tmp_path: Path
+) -> None:
+    """A workload's events (duplicates, out of order and non-billable ones among them) posted as
+    CloudEvents in batches of 100, one batch sent twice: the stream, ClickHouse and Stripe are exact."""
+    fake, base = stripe_fake
+    spec = dataclasses.replace(small_workload(seed=93, events=3_000), malformed_rate=0.0, late_rate=0.0)
+    meters = set_up_stripe(config, base, customer_ids(spec))
+    expected = Expected(config.windows.size_ms)
+    emissions = list(generate(spec, config.meters, config.windows.size_ms, expected))
+    assert all(e.event is not None and e.valid for e in emissions)  # what HTTP can carry
+    documents = [from_usage_event(e.event) for e in emissions if e.event is not None]
+    process, url = start_ingest(config.kafka.bootstrap, config.topics.events, tmp_path, "ingest")
+    try:
+        for n, start in enumerate(range(0, len(documents), 100)):
+            for _ in range(2 if n == 7 else 1):  # the eighth batch again, as a client's retry
+                status, _, answer = post(url, documents[start : start + 100])
+                assert status == 200 and answer["refused"] == 0, answer
+    finally:
+        stop(process)
+    dead = run_pipeline(config, workers, expected.to_json(spec))
+    ends = read_ends(config.kafka.bootstrap, [config.topics.aggregates, config.topics.events_dlq])
+    run_sink(
+        ClickHouseSink(config, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-ingest-ch"),
+        config.kafka.bootstrap,
+        ends,
+    )
+    assert_exact(config, ledger_dsn, expected, dead)
+    stripe_config = dataclasses.replace(
+        config, stripe=dataclasses.replace(config.stripe, api_base=base, requests_per_second=1000)
+    )
+    run_sink(
+        StripeSink(stripe_config, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-ingest-stripe"),
+        config.kafka.bootstrap,
+        ends,
+    )
+    assert_reported_exactly(config, fake, base, meters, spec, expected, ledger_dsn)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from schemas.cloudevents import CloudEventError, to_usage_event
+from schemas.cloudevents import CloudEventError, from_usage_event, to_usage_event
 from schemas.ingest import RateLimiter
 from schemas.records import UsageEvent
 
@@ -62,6 +66,24 @@ def test_each_malformed_field_is_named(overrides: dict[str, Any], field: str) ->
     with pytest.raises(CloudEventError) as refused:
         to_usage_event(cloud_event(**overrides), UNITS)
     assert refused.value.field == field
+
+
+@given(
+    st.builds(
+        UsageEvent,
+        event_id=st.text(min_size=1),
+        customer_id=st.text(min_size=1),
+        meter=st.sampled_from(sorted(UNITS)),
+        quantity=st.integers(0, 2**63 - 1),
+        unit=st.just(""),
+        timestamp=st.integers(1, 253_402_300_799_999),  # to the end of year 9999
+        source=st.text(min_size=1),
+        attributes=st.dictionaries(st.text(), st.text(), max_size=3),
+    )
+)
+def test_a_usage_event_survives_the_round_trip_through_its_cloud_event(event: UsageEvent) -> None:
+    event = dataclasses.replace(event, unit=UNITS[event.meter])
+    assert to_usage_event(json.loads(json.dumps(from_usage_event(event))), UNITS) == event
 
 
 def test_a_key_gets_its_rate_and_a_burst_of_twice_as_many_then_waits() -> None:
