@@ -163,7 +163,14 @@ def test_every_container_configures_and_starts_as_its_manifest_gives_it(
         assert done == 0, f"{flavour}: meterline {' '.join(args)} exited {done}: {_logs(tmp_path)}"
     # Then each role: ready, then a clean stop.
     roles = {where: args for where, args in commands.items() if args not in [list(s) for s in SETUP_ORDER]}
-    assert {a[0] for a in roles.values()} == {"stream", "sink", "webhooks", "reconcile", "alerts"}, roles
+    assert {a[0] for a in roles.values()} == {
+        "stream",
+        "sink",
+        "webhooks",
+        "reconcile",
+        "alerts",
+        "ingest",
+    }, roles
     for where, args in roles.items():
         command, http_port = localized(args, tmp_path / "state")
         assert http_port is not None, f"{where} serves no /readyz"

@@ -59,6 +59,7 @@ def test_compose_pins_images_limits_resources_and_runs_real_commands() -> None:
         "webhooks",
         "reconcile",
         "alerts",
+        "ingest",
         "topics",
         "migrate",
         "stripe-sync",
@@ -73,11 +74,19 @@ def test_compose_pins_images_limits_resources_and_runs_real_commands() -> None:
         assert service["deploy"]["resources"]["limits"], name
         if image.startswith("meterline:") and "command" in service:
             parses_as_meterline(service["command"])
-    for role in ("stream", "sink-clickhouse", "sink-stripe", "webhooks", "reconcile", "alerts"):
+    for role in ("stream", "sink-clickhouse", "sink-stripe", "webhooks", "reconcile", "alerts", "ingest"):
         assert "--http-port" in services[role]["command"], f"{role} serves no /metrics"
     scraped = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     names = scraped["scrape_configs"][0]["dns_sd_configs"][0]["names"]
-    assert set(names) == {"stream", "sink-clickhouse", "sink-stripe", "webhooks", "reconcile", "alerts"}
+    assert set(names) == {
+        "stream",
+        "sink-clickhouse",
+        "sink-stripe",
+        "webhooks",
+        "reconcile",
+        "alerts",
+        "ingest",
+    }
 
 
 def rendered() -> Iterator[tuple[str, dict[str, Any]]]:
