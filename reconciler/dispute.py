@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from core.config import Config
 from core.ratecard import MeterPrice
 from reconciler import invoice_text
+from reconciler.html_tables import section_tables
 from reconciler.periods import Period
 from reconciler.plan_history import period_invoice
 from reconciler.pricing import Invoice, invoice
@@ -237,14 +238,6 @@ def render_html(report: DisputeReport) -> str:
         f"<h1>Usage of {html.escape(report.customer)}, {html.escape(report.period)}, plan "
         f"{html.escape(report.plan)}</h1>",
     ]
-    for title, rows in _sections(report):
-        parts.append(f"<h2>{html.escape(title)}</h2>")
-        if not rows:
-            parts.append("<p>None.</p>")
-            continue
-        parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0]) + "</tr>")
-        for row in rows:
-            parts.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>")
-        parts.append("</table>")
+    parts += section_tables(_sections(report))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -41,6 +41,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meterline.reconcile")
 
+RUN_COLUMNS = (
+    "run_id",
+    "run_at",
+    "period",
+    "level",
+    "customer_id",
+    "meter",
+    "hour_start",
+    "ours",
+    "stripe",
+    "drift",
+    "source",
+)
+"""A row of reconciliation_runs: one per pair (level 'period') and one per hour that differs."""
+
 Pair = tuple[str, str]  # customer, meter
 Hour = tuple[str, str, int]  # customer, meter, hour start (epoch ms)
 
@@ -288,17 +303,5 @@ def _store(client: Client, result: Reconciliation, start: int, mode: str) -> Non
         client.insert(
             "reconciliation_runs",
             rows,
-            column_names=[
-                "run_id",
-                "run_at",
-                "period",
-                "level",
-                "customer_id",
-                "meter",
-                "hour_start",
-                "ours",
-                "stripe",
-                "drift",
-                "source",
-            ],
+            column_names=list(RUN_COLUMNS),
         )

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from reconciler.html_tables import section_tables
 from reconciler.invoice_text import quantity_text
 from reconciler.review import EARLY_DAY, PERCENTILES, MonthReview, Review
 
@@ -269,14 +270,6 @@ def render_html(review: Review) -> str:
         f"<h1>{html.escape(title)}</h1>",
     ]
     parts += [bar_chart(chart, heading, bars) for chart, heading, bars in charts(review)]
-    for heading, rows in sections(review):
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        if not rows:
-            parts.append("<p>None.</p>")
-            continue
-        parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0]) + "</tr>")
-        for row in rows:
-            parts.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>")
-        parts.append("</table>")
+    parts += section_tables(sections(review))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from meterline.config import load_config
+from reconciler.reconcile import RUN_COLUMNS
 from reconciler.usage import period_bounds
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
@@ -114,20 +115,6 @@ def _write_payments(client: Any) -> None:
     client.insert("stripe_invoice_payments", rows, column_names=list(PAYMENT_COLUMNS))
 
 
-RUN_COLUMNS = [
-    "run_id",
-    "run_at",
-    "period",
-    "level",
-    "customer_id",
-    "meter",
-    "hour_start",
-    "ours",
-    "stripe",
-    "drift",
-]
-
-
 def _write_runs(client: Any, written: Written) -> None:
     """October reconciled twice (the later run clean), November once, Stripe 1,000 calls short in
     one hour of cust-a."""
@@ -141,29 +128,19 @@ def _write_runs(client: Any, written: Written) -> None:
         run_at = end + hours_after * HOUR
         ours = {c: sum(days.values()) for c, days in USAGE[month].items()}
         stripe = {**ours, "cust-a": ours["cust-a"] - missing}
+        source = "meter_event_summaries"
         for c in ours:
+            drift = stripe[c] - ours[c]
             rows.append(
-                [
-                    run_id,
-                    run_at,
-                    month,
-                    "period",
-                    c,
-                    "api_calls",
-                    start,
-                    ours[c],
-                    stripe[c],
-                    stripe[c] - ours[c],
-                ]
+                [run_id, run_at, month, "period", c, "api_calls", start, ours[c], stripe[c], drift, source]
             )
         if missing:
             hour = _window(month, 2) // HOUR * HOUR
             calls = USAGE[month]["cust-a"][2]
-            rows.append(
-                [run_id, run_at, month, "hour", "cust-a", "api_calls", hour, calls, calls - missing, -missing]
-            )
+            rows.append([run_id, run_at, month, "hour", "cust-a", "api_calls", hour, calls, calls - missing])
+            rows[-1] += [-missing, source]
         written.drift[month] = (sum(ours.values()), sum(stripe.values()))
-    client.insert("reconciliation_runs", rows, column_names=RUN_COLUMNS)
+    client.insert("reconciliation_runs", rows, column_names=list(RUN_COLUMNS))
 
 
 def _write_not_billed(client: Any) -> None:

@@ -24,6 +24,9 @@ from tests.support.deploy import DEPLOY, compose, containers, exported_families,
 
 KUBERNETES_VERSION = "1.33.0"
 
+ROLES = ("stream", "sink-clickhouse", "sink-stripe", "webhooks", "reconcile", "alerts", "ingest")
+"""Every long-running role compose runs, each scraped on its /metrics."""
+
 
 def parses_as_meterline(args: list[str]) -> None:
     try:
@@ -53,13 +56,7 @@ def test_compose_pins_images_limits_resources_and_runs_real_commands() -> None:
         "schema-registry",
         "clickhouse",
         "grafana",
-        "stream",
-        "sink-clickhouse",
-        "sink-stripe",
-        "webhooks",
-        "reconcile",
-        "alerts",
-        "ingest",
+        *ROLES,
         "topics",
         "migrate",
         "stripe-sync",
@@ -74,19 +71,11 @@ def test_compose_pins_images_limits_resources_and_runs_real_commands() -> None:
         assert service["deploy"]["resources"]["limits"], name
         if image.startswith("meterline:") and "command" in service:
             parses_as_meterline(service["command"])
-    for role in ("stream", "sink-clickhouse", "sink-stripe", "webhooks", "reconcile", "alerts", "ingest"):
+    for role in ROLES:
         assert "--http-port" in services[role]["command"], f"{role} serves no /metrics"
     scraped = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     names = scraped["scrape_configs"][0]["dns_sd_configs"][0]["names"]
-    assert set(names) == {
-        "stream",
-        "sink-clickhouse",
-        "sink-stripe",
-        "webhooks",
-        "reconcile",
-        "alerts",
-        "ingest",
-    }
+    assert set(names) == set(ROLES)
 
 
 def rendered() -> Iterator[tuple[str, dict[str, Any]]]:
