@@ -18,11 +18,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, Message
@@ -31,7 +29,8 @@ from core import metrics
 from core.config import Config
 from core.http import Request, Response, Route
 from core.kafka import Kafka, idempotent_producer, partition_count
-from schemas.cloudevents import BATCH, QUANTITY_MAX, STRUCTURED, CloudEventError, to_usage_event
+from schemas.cloudevents import BATCH, STRUCTURED, CloudEventError, to_usage_event
+from schemas.ingest_openapi import openapi
 from schemas.partitioner import partition_for
 from schemas.records import UsageEvent
 from schemas.serde import AvroSerde
@@ -81,10 +80,8 @@ class Ingest:
         self._partition_of: dict[str, int] = {}
 
     def routes(self) -> dict[str, Route]:
-        return {
-            f"POST {PATH}": self.receive,
-            "GET /openapi.json": lambda _: Response.json(openapi(self.config)),
-        }
+        document = openapi(self.config, PATH)
+        return {f"POST {PATH}": self.receive, "GET /openapi.json": lambda _: Response.json(document)}
 
     def receive(self, request: Request) -> Response:
         started = time.monotonic()
@@ -229,117 +226,4 @@ def _refused(event_id: Any, field: str, reason: str, detail: str) -> dict[str, A
         "field": field,
         "reason": reason,
         "detail": detail,
-    }
-
-
-def _meter(meter: str, unit: str) -> list[dict[str, Any]]:
-    """The two ways an event names `meter` (its data.meter; or its type's last part, without a
-    data.meter), each in the meter's unit: the catalog's rules, said in JSON Schema."""
-    in_unit = {"unit": {"const": unit}}
-    by_type = {"pattern": f"(^|\\.){re.escape(meter)}$"}
-    return [
-        {
-            "properties": {
-                "data": {"required": ["meter"], "properties": {"meter": {"const": meter}, **in_unit}}
-            }
-        },
-        {"properties": {"type": by_type, "data": {"not": {"required": ["meter"]}, "properties": in_unit}}},
-    ]
-
-
-def openapi(config: Config) -> Mapping[str, Any]:
-    """The API as OpenAPI 3.1, served at /openapi.json."""
-    event = {
-        "type": "object",
-        "required": ["specversion", "id", "source", "type", "subject", "time", "data"],
-        "properties": {
-            "specversion": {"const": "1.0"},
-            "id": {"type": "string", "minLength": 1, "description": "the event id: the dedup key"},
-            "source": {"type": "string", "minLength": 1},
-            "type": {
-                "type": "string",
-                "minLength": 1,
-                "description": "its last dot-separated part is the meter",
-            },
-            "subject": {"type": "string", "minLength": 1, "description": "the customer id"},
-            # Usage before 1971 is no one's: the year is said as a pattern (a format has no bounds).
-            "time": {
-                "type": "string",
-                "format": "date-time",
-                "pattern": "^(19(7[1-9]|[89][0-9])|[2-9][0-9]{3})-",
-            },
-            "datacontenttype": {"const": "application/json"},
-            "data": {
-                "type": "object",
-                "required": ["quantity"],
-                "properties": {
-                    "quantity": {"type": "integer", "minimum": 0, "maximum": QUANTITY_MAX},
-                    "unit": {"type": "string"},
-                    "meter": {"type": "string"},
-                    "attributes": {"type": "object", "additionalProperties": {"type": "string"}},
-                },
-            },
-        },
-        "anyOf": [
-            alternative
-            for name, unit in sorted(config.meter_units.items())
-            for alternative in _meter(name, unit)
-        ],
-    }
-    result = {
-        "type": "object",
-        "properties": {
-            "id": {"type": ["string", "null"]},
-            "status": {"enum": ["accepted", "refused", "retry"]},
-            "field": {"type": "string"},
-            "reason": {"type": "string"},
-            "detail": {"type": "string"},
-        },
-    }
-    answer = {
-        "type": "object",
-        "properties": {
-            "accepted": {"type": "integer"},
-            "refused": {"type": "integer"},
-            "retry": {"type": "integer"},
-            "results": {"type": "array", "items": result},
-        },
-    }
-    error = {"type": "object", "properties": {"error": {"type": "string"}}}
-
-    def answers(*statuses: int) -> dict[str, Any]:
-        return {
-            str(s): {
-                "description": str(s),
-                "content": {"application/json": {"schema": answer if s in (200, 400, 503) else error}},
-            }
-            for s in statuses
-        }
-
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "meterline ingest", "version": "1"},
-        "components": {"securitySchemes": {"key": {"type": "http", "scheme": "bearer"}}},
-        "security": [{"key": []}],
-        "paths": {
-            PATH: {
-                "post": {
-                    "summary": "usage as CloudEvents: one, or a batch, each event answered",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            STRUCTURED: {"schema": event},
-                            BATCH: {
-                                "schema": {
-                                    "type": "array",
-                                    "items": event,
-                                    "maxItems": config.ingest.max_events_per_request,
-                                }
-                            },
-                        },
-                    },
-                    "responses": answers(200, 400, 401, 413, 415, 429, 503),
-                }
-            }
-        },
     }
