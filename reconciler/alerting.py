@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from core import metrics
-from core.config import Config
+from core.config import Config, ConfigError
 from core.kafka import Kafka, KafkaUnavailableError, at_end, consumer_from_beginning, idempotent_producer
 from core.logs import context
 from reconciler.alerts import SIGNATURE_HEADER, Alert, crossed, signature
@@ -95,7 +95,10 @@ class Alerter:
         ).result_rows
         found: list[Alert] = []
         for (customer,) in customers:
-            plan = self.config.plan_for(customer)
+            try:
+                plan = self.config.plan_for(customer)
+            except ConfigError:  # on no plan: nothing to cross (the preview says the same)
+                continue
             wanted = [rule for (name, _), rule in rules.items() if name == plan.name]
             if not wanted:
                 continue

@@ -17,7 +17,7 @@ import smtplib
 import time
 from typing import TYPE_CHECKING, Any
 
-from core.config import Config
+from core.config import Config, ConfigError
 from core.kafka import Kafka, KafkaUnavailableError, idempotent_producer
 from core.logs import context
 from reconciler.notices import compose, message
@@ -49,7 +49,12 @@ class Notifier:
             int(invoice.get("period_start") or 0) * 1000,
             int(invoice.get("period_end") or 0) * 1000,
         )
-        _, _, bill = period_invoice(self.config, self.client, customer, start_ms, end_ms)
+        try:
+            _, _, bill = period_invoice(self.config, self.client, customer, start_ms, end_ms)
+        except ConfigError as exc:  # no plan prices this customer: said once, not retried forever
+            self._record(invoice_id, customer, str(invoice.get("customer_email") or ""), "failed", str(exc))
+            log.error("invoice %s: no notice, its customer cannot be priced: %s", invoice_id, exc)
+            return
         notice = compose(invoice, customer, bill, self.config.notices.dashboard_url)
         self._producer.produce(self.config.topics.notices, notice.payload(), invoice_id.encode())
         if self._producer.flush(30) > 0:
@@ -57,17 +62,20 @@ class Notifier:
                 f"the notice of {invoice_id} was not delivered to {self.config.topics.notices}"
             )
         status, detail = self._mail(notice.email, message(notice, self.config.notices.sender))
-        self.client.insert(
-            "invoice_notices",
-            [[invoice_id, customer, notice.email, status, detail]],
-            column_names=list(NOTICE_COLUMNS),
-        )
+        self._record(invoice_id, customer, notice.email, status, detail)
         log.info(
             "invoice %s: notice %s (%s)",
             invoice_id,
             status,
             detail or notice.subject,
             extra=context(customer=customer),
+        )
+
+    def _record(self, invoice_id: str, customer: str, email: str, status: str, detail: str) -> None:
+        self.client.insert(
+            "invoice_notices",
+            [[invoice_id, customer, email, status, detail[:1000]]],
+            column_names=list(NOTICE_COLUMNS),
         )
 
     def _mail(self, to: str, mail: Any) -> tuple[str, str]:
