@@ -73,7 +73,8 @@ class Alerter:
         """One pass; returns the alerts it raised for the first time."""
         if not self.config.alerts.rules:
             return []
-        new = [a for a in self._crossings(now_ms) if a.id not in self._known(now_ms)]
+        known = self._known(now_ms)
+        new = [a for a in self._crossings(now_ms) if a.id not in known]
         self._record([a.payload() for a in new], "pending", 0, "")
         for alert_id, payload, attempts in self._pending():
             self._publish(alert_id, payload)
