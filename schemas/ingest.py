@@ -176,7 +176,15 @@ class Ingest:
                     event.customer_id.encode(), self._partitions
                 )
             by_partition[partition].append(event)
-        pending: list[int] = [0]
+        chunks = [
+            (partition, events[start : start + EVENTS_PER_MESSAGE])
+            for partition, events in by_partition.items()
+            for start in range(0, len(events), EVENTS_PER_MESSAGE)
+        ]
+        if not chunks:
+            return set()
+        # Counted before the first send: another request's poll may serve these callbacks meanwhile.
+        pending = [len(chunks)]
         failed: set[str] = set()
         done = threading.Event()
         lock = threading.Lock()
@@ -192,24 +200,18 @@ class Ingest:
 
             return report
 
-        for partition, events in by_partition.items():
-            for start in range(0, len(events), EVENTS_PER_MESSAGE):
-                chunk = events[start : start + EVENTS_PER_MESSAGE]
-                value = self._serde.encode_batch([self._serde.batch_item(e) for e in chunk])
-                with lock:
-                    pending[0] += 1
-                # Every customer of the chunk hashes to this partition: the first one is a valid key.
-                key = chunk[0].customer_id.encode()
-                while True:
-                    try:
-                        self._producer.produce(
-                            self.topic, value, key, partition=partition, on_delivery=delivered(chunk)
-                        )
-                        break
-                    except BufferError:  # librdkafka's queue is full: serve callbacks until there is room
-                        self._producer.poll(0.05)
-        if not by_partition:
-            return set()
+        for partition, chunk in chunks:
+            value = self._serde.encode_batch([self._serde.batch_item(e) for e in chunk])
+            # Every customer of the chunk hashes to this partition: the first one is a valid key.
+            key = chunk[0].customer_id.encode()
+            while True:
+                try:
+                    self._producer.produce(
+                        self.topic, value, key, partition=partition, on_delivery=delivered(chunk)
+                    )
+                    break
+                except BufferError:  # librdkafka's queue is full: serve callbacks until there is room
+                    self._producer.poll(0.05)
         deadline = time.monotonic() + DELIVERY_TIMEOUT_S + 1
         while not done.is_set() and time.monotonic() < deadline:
             self._producer.poll(0.01)
