@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[embedded,test]'
+.venv/bin/python -m pip install --quiet -e '.[pipeline,embedded,test]'
 case "${1:-}" in
     demo)
         shift

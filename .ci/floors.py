@@ -1,5 +1,5 @@
 """Print a pip constraints file pinning every direct dependency of pyproject.toml (and of its
-`embedded` extra) to its floor: `name>=X` becomes `name==X`. Used by .ci/floors."""
+`pipeline` and `embedded` extras) to its floor: `name>=X` becomes `name==X`. Used by .ci/floors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import tomllib
 from pathlib import Path
 
 project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
-for requirement in [*project["dependencies"], *project["optional-dependencies"]["embedded"]]:
+extras = project["optional-dependencies"]
+for requirement in [*project["dependencies"], *extras["pipeline"], *extras["embedded"]]:
     found = re.match(r"^([A-Za-z0-9_.-]+)(\[[^\]]*\])?\s*(>=|==)\s*([^,;\s]+)", requirement)
     if found is None:
         raise SystemExit(f"no floor in {requirement!r}: every dependency needs one")

@@ -15,7 +15,6 @@ from core.kafka import Kafka, brokers, client_properties, partition_count
 from meterline.workload import Emission, Expected, WorkloadSpec, customer_ids, generate
 from schemas.partitioner import partition_for
 from schemas.producer import PackingPolicy, UsageProducer
-from schemas.serde import AvroSerde
 
 
 def make_producer(
@@ -31,7 +30,7 @@ def make_producer(
         brokers(bootstrap).bootstrap,
         config.topics.events,
         config.meter_units,
-        serde=AvroSerde.from_registry_url(config.kafka.schema_registry_url),
+        registry_url=config.kafka.schema_registry_url,
         packing=policy,
         kafka_config=client_properties(bootstrap),
         **kwargs,  # type: ignore[arg-type]

@@ -10,7 +10,9 @@ tests/unit/test_codecs.py pins them byte for byte to fastavro.
 
 Reading a WindowAggregate with fastavro costs ~10 µs, mostly per-call setup for a 50-byte
 record; `decode_aggregate` reads it in a fraction of that. UsageEvent bodies are read by the
-compiled schemas/_event_reader.pyx: read in Python they cost as much as with fastavro.
+compiled schemas/_event_reader.pyx: read in Python they cost as much as with fastavro. Where it
+could not be compiled (an install without a C compiler: a product service that only emits),
+`read_events` below reads them the same way in Python, pinned to it by tests/unit/test_codecs.py.
 """
 
 from __future__ import annotations
@@ -191,19 +193,21 @@ class AggregateEncoder(_StringCache):
 
 
 def _read_long(data: bytes, pos: int) -> tuple[int, int]:
-    """An Avro long at `pos`: (value, the position after it). IndexError when the bytes end first."""
-    byte = data[pos]
-    pos += 1
-    zigzag = byte & 0x7F
-    shift = 7
-    while byte & 0x80:
+    """An Avro long at `pos`: (value, the position after it), read as schemas/_event_reader.pyx
+    reads it. ValueError when the bytes end inside it or it holds more than 64 bits."""
+    zigzag = shift = 0
+    end = len(data)
+    while True:
+        if pos >= end:
+            raise ValueError("the record ends inside a long")
         byte = data[pos]
         pos += 1
+        if shift == 63 and byte > 1:
+            raise ValueError("an Avro long of more than 64 bits")
         zigzag |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (zigzag >> 1) ^ -(zigzag & 1), pos
         shift += 7
-        if shift > 70:
-            raise ValueError("an Avro long of more than ten bytes")
-    return (zigzag >> 1) ^ -(zigzag & 1), pos
 
 
 class AggregateDecoder:
@@ -213,8 +217,8 @@ class AggregateDecoder:
         self._strings: dict[bytes, str] = {}
 
     def decode(self, data: bytes, pos: int) -> WindowAggregate:
-        """The aggregate whose body starts at `pos` and ends at the end of `data`. ValueError or
-        IndexError when the bytes are not one."""
+        """The aggregate whose body starts at `pos` and ends at the end of `data`. ValueError
+        when the bytes are not one."""
         customer_id, pos = self._string(data, pos)
         meter, pos = self._string(data, pos)
         numbers = []
@@ -250,3 +254,62 @@ def array_body(items: Sequence[bytes]) -> bytes:
     if not items:
         return b"\x00"
     return _long(len(items)) + b"".join(items) + b"\x00"
+
+
+def _read_string(data: bytes, pos: int) -> tuple[str, int]:
+    length, pos = _read_long(data, pos)
+    if length < 0 or length > len(data) - pos:
+        raise ValueError(f"a string of {length} bytes where {len(data) - pos} remain")
+    return data[pos : pos + length].decode(), pos + length
+
+
+def _read_block_count(data: bytes, pos: int) -> tuple[int, int]:
+    """An array or map block's item count; a negative count is followed by the block's size in
+    bytes, which a reader may skip over (the Avro spec)."""
+    count, pos = _read_long(data, pos)
+    if count < 0:
+        if count == _LONG_MIN:  # the most negative long has no positive
+            raise ValueError("a block count of -2**63")
+        _, pos = _read_long(data, pos)
+        return -count, pos
+    return count, pos
+
+
+def _read_event(data: bytes, pos: int) -> tuple[UsageEvent, int]:
+    event_id, pos = _read_string(data, pos)
+    customer_id, pos = _read_string(data, pos)
+    meter, pos = _read_string(data, pos)
+    quantity, pos = _read_long(data, pos)
+    unit, pos = _read_string(data, pos)
+    timestamp, pos = _read_long(data, pos)
+    source, pos = _read_string(data, pos)
+    attributes = {}
+    count, pos = _read_block_count(data, pos)
+    while count:
+        for _ in range(count):
+            key, pos = _read_string(data, pos)
+            attributes[key], pos = _read_string(data, pos)
+        count, pos = _read_block_count(data, pos)
+    return UsageEvent(event_id, customer_id, meter, quantity, unit, timestamp, source, attributes), pos
+
+
+def read_events(data: bytes, pos: int, batch: bool) -> list[UsageEvent]:
+    """schemas/_event_reader.pyx's `read_events` in Python, for installs without its compiled form:
+    the events of a body in LAYOUT starting at `pos` and ending at the end of `data` (a
+    UsageEventBatch's when `batch`, else one UsageEvent). ValueError when the bytes are not that."""
+    if not 0 <= pos <= len(data):
+        raise ValueError(f"position {pos} outside a record of {len(data)} bytes")
+    events = []
+    if batch:
+        count, pos = _read_block_count(data, pos)
+        while count:
+            for _ in range(count):
+                event, pos = _read_event(data, pos)
+                events.append(event)
+            count, pos = _read_block_count(data, pos)
+    else:
+        event, pos = _read_event(data, pos)
+        events.append(event)
+    if pos != len(data):
+        raise ValueError(f"{len(data) - pos} trailing bytes after the record")
+    return events

