@@ -69,6 +69,7 @@ class Workers:
         self.env = {
             **os.environ,
             "KAFKA_BOOTSTRAP": config.kafka.bootstrap,
+            "SCHEMA_REGISTRY_URL": config.kafka.schema_registry_url,
             "METERLINE__DEV__STATE_DIR": str(tmp_path / "state"),
             "METERLINE__STREAM__APP_ID": f"test-stream-{uuid.uuid4().hex[:8]}",
             "METERLINE__STREAM__STORE": "memory://",
@@ -135,7 +136,7 @@ def wait_until_exact(config: Config, expected: dict, workers: Workers, timeout: 
     """Poll the outputs until they match, then check they stay so: a total that first matches
     and then moves on (a late double count) fails too."""
     deadline = time.monotonic() + timeout
-    serde = AvroSerde()
+    serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
     result = verify(expected, read_emitted(config, config.kafka.bootstrap, serde, quiet_s=0.5))
     while not result.ok and time.monotonic() < deadline:
         time.sleep(2)

@@ -1,0 +1,119 @@
+"""Usage from Java and Go services, produced the way the README's recipe has them produce it:
+Confluent's Avro serializer (magic byte 0, the 4-byte schema id, the Avro body) with the subject
+`meterline.UsageEvent` (RecordNameStrategy), the customer id as a UTF-8 string key, and the Java
+client's default partitioner (murmur2; a Go client sets librdkafka's `partitioner: murmur2_random`,
+which picks the same partitions). Neither toolchain is on this machine: the bytes are made by
+confluent-kafka's own AvroSerializer and StringSerializer, the serializers of the same family, sent
+through librdkafka (which confluent-kafka-go wraps) configured as the Go recipe says, and pinned
+to the wire format the Java serializer writes. The stream app, its registry a separate process's,
+counts them exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient, record_subject_name_strategy
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext, StringSerializer
+from fastavro import schemaless_writer
+
+from core.config import Config
+from meterline.workload import Emission, Expected, generate
+from schemas.catalog import USAGE_EVENT, SchemaCatalog
+from schemas.partitioner import partition_for
+from schemas.records import UsageEvent
+from schemas.serde import event_to_avro
+from tests.support.pipeline import Workers, small_workload, wait_until_exact
+from tests.support.schema_registry import Registry, serve_registry
+
+SCHEMA = SchemaCatalog().latest(USAGE_EVENT)
+
+
+@pytest.fixture
+def registry() -> Iterator[tuple[Registry, str]]:
+    with serve_registry() as served:
+        yield served
+
+
+def confluent_serializer(url: str) -> AvroSerializer:
+    """As a Java service's KafkaAvroSerializer is configured by the recipe: auto-registering the
+    schema of schemas/avro under its record name."""
+    return AvroSerializer(
+        SchemaRegistryClient({"url": url}),
+        SCHEMA.schema_json,
+        lambda event, _ctx: event_to_avro(event),
+        {"auto.register.schemas": True, "subject.name.strategy": record_subject_name_strategy},
+    )
+
+
+def wire_format(schema_id: int, event: UsageEvent) -> bytes:
+    """What Confluent's serializers write, from the wire-format spec rather than a serializer."""
+    body = io.BytesIO()
+    schemaless_writer(body, SCHEMA.parsed, event_to_avro(event))
+    return b"\x00" + struct.pack(">I", schema_id) + body.getvalue()
+
+
+def produce_as_java_and_go_do(config: Config, url: str, emissions: Iterable[Emission]) -> bytes:
+    """Every emission through librdkafka configured as the Go recipe says, serialized as the Java
+    recipe says; asserts each message landed where the Java client would put it. Returns the first
+    event's message value."""
+    serialize, key_of = confluent_serializer(url), StringSerializer("utf_8")
+    topic = config.topics.events
+    producer = Producer(
+        {
+            "bootstrap.servers": config.kafka.bootstrap,
+            "partitioner": "murmur2_random",  # the Go recipe; the Java client's default for keyed records
+            "enable.idempotence": True,
+            "acks": "all",
+        }
+    )
+    partitions = len(producer.list_topics(topic, timeout=15).topics[topic].partitions)
+    misplaced: list[tuple[bytes, int]] = []
+
+    def delivered(error: KafkaError | None, message: Message) -> None:
+        assert error is None, error
+        if message.partition() != partition_for(message.key() or b"", partitions):
+            misplaced.append((message.key() or b"", message.partition()))
+
+    first = b""
+    for emission in emissions:
+        if emission.event is None:  # bytes that are no event at all: sent as they are
+            producer.produce(topic, emission.raw, emission.key, on_delivery=delivered)
+            continue
+        value = serialize(emission.event, SerializationContext(topic, MessageField.VALUE))
+        first = first or value
+        key = key_of(emission.event.customer_id, SerializationContext(topic, MessageField.KEY))
+        producer.produce(topic, value, key, on_delivery=delivered)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    assert misplaced == [], "librdkafka's murmur2_random placed keys where the Java client would not"
+    return first
+
+
+def test_events_from_java_and_go_producers_are_counted_exactly(
+    registry: tuple[Registry, str], config: Config, tmp_path: Path
+) -> None:
+    served, url = registry
+    config = dataclasses.replace(config, kafka=dataclasses.replace(config.kafka, schema_registry_url=url))
+    spec = small_workload(seed=77, events=4_000)  # duplicates, late, out of order, invalid and malformed
+    expected = Expected(config.windows.size_ms)
+    emissions = list(generate(spec, config.meters, config.windows.size_ms, expected))
+    first = produce_as_java_and_go_do(config, url, emissions)
+    assert served.subjects == {"meterline.UsageEvent": [1]}
+    first_event = next(e.event for e in emissions if e.event is not None)
+    assert first == wire_format(1, first_event)
+
+    workers = Workers(config, tmp_path)
+    workers.start("w1")
+    try:
+        result = wait_until_exact(config, expected.to_json(spec), workers, timeout=180)
+    finally:
+        workers.stop_all()
+    assert result.windows_matching == result.windows_expected > 0
+    assert result.dlq_found == result.dlq_expected and sum(result.dlq_found.values()) > 0
