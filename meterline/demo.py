@@ -27,7 +27,7 @@ from typing import Any
 from core.config import Config
 from core.errors import MeterlineError
 from core.kafka import committed_reaches, read_ends
-from meterline import devstack, forward, inspect, progress
+from meterline import demo_usage, devstack, forward, inspect, progress
 from meterline.table import render
 from meterline.topics import role_topics
 from meterline.workload import Expected, WorkloadSpec, customer_ids
@@ -46,14 +46,14 @@ DEAD_LETTERS = (
 )
 
 
-def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, workers: int, keep: bool) -> int:
+def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, keep: bool) -> int:
     _clear_the_stack(config)
     devstack.up(config, log=print)
     config = devstack.resolve(config)
     run: subprocess.Popen[bytes] | None = None
     try:
         month = datetime.fromtimestamp(spec.start_ms / 1000, UTC).strftime("%Y-%m")
-        expected, wanted, judged_right = _produce_and_judge(config, spec, workers)
+        expected, wanted, judged_right = _produce_and_judge(config, config_path, spec)
 
         print("\n== 4. Stripe onboarding: `meterline stripe sync`, and a Stripe customer per demo customer")
         _onboard(config, spec)
@@ -110,38 +110,48 @@ def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, workers: 
 
 
 def _produce_and_judge(
-    config: Config, spec: WorkloadSpec, workers: int
+    config: Config, config_path: Path | None, spec: WorkloadSpec
 ) -> tuple[Expected, dict[str, Any], bool]:
-    """Steps 2 and 3: the month of usage produced, then judged from the topic as the stream app
-    will judge it; (the generator's expectation, as JSON, whether the judgement matches it)."""
-    from meterline.produce import produce_workload
-
+    """Steps 2 and 3: the month of usage produced (through the SDK and over HTTP), then judged from
+    the topic as the stream app will judge it; (the generator's expectation, as JSON, whether the
+    judgement matches it)."""
     print(
         f"\n== 2. a month of usage: {spec.events:,} records for {spec.customers} customers from "
         f"{_iso(spec.start_ms)} to {_iso(spec.start_ms + spec.span_ms)} (seed {spec.seed}; duplicates "
-        f"{spec.duplicate_rate:.0%}, late {spec.late_rate:.0%}, malformed {spec.malformed_rate:.0%})"
+        f"{spec.duplicate_rate:.0%}, late {spec.late_rate:.0%}, malformed {spec.malformed_rate:.0%}): "
+        f"the SDK sends the first {1 - demo_usage.HTTP_SHARE:.0%} of the records, and `meterline ingest` "
+        f"takes the valid events of the rest as CloudEvents, {demo_usage.HTTP_BATCH} a request"
     )
-    result, expected = produce_workload(
-        config,
-        devstack.kafka_brokers(config),
-        spec,
-        workers=workers,
-        progress=progress.rate("produced", spec.events),
-    )
+    ingest = demo_usage.start_ingest(config, config_path)
+    try:
+        produced, expected = demo_usage.produce(config, ingest, spec, progress.rate("produced", spec.events))
+        refused = demo_usage.refusals(ingest, spec)
+    finally:
+        demo_usage.stop_ingest(ingest)
     print(file=sys.stderr)
     print(
         render(
             [
                 {
-                    "records": result.records,
-                    "messages": result.messages,
-                    "records/s": round(result.records_per_second),
-                }
+                    "through": "producer SDK",
+                    "records": produced.sdk_records,
+                    "sent as": f"{produced.sdk_messages:,} messages",
+                },
+                {
+                    "through": "HTTP ingest",
+                    "records": produced.http_events,
+                    "sent as": f"{produced.http_requests:,} requests",
+                },
             ]
         )
     )
+    print(
+        f"  {spec.events / produced.seconds:,.0f} records/s; two events of the demo's own, refused at "
+        "the door with their reasons (never on the topic):"
+    )
+    print(render([{k: r.get(k, "") for k in ("id", "status", "field", "reason")} for r in refused]))
     print("\n== 3. what reached usage.events, judged as the stream app will judge it")
-    judged = inspect.summarize(config, result.messages).document()
+    judged = inspect.summarize(config, None).document()  # every record was acknowledged: read to the end
     print(inspect.describe(judged))
     wanted = expected.to_json(spec)
     judged_right = (

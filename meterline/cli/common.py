@@ -61,7 +61,11 @@ def role_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def workload_arguments(
-    parser: argparse.ArgumentParser, events: int = 100_000, customers: int = 10, span: int | None = DAY_MS
+    parser: argparse.ArgumentParser,
+    events: int = 100_000,
+    customers: int = 10,
+    span: int | None = DAY_MS,
+    workers: bool = True,
 ) -> None:
     parser.add_argument("--events", type=int, default=events, help="records to produce, bad ones included")
     parser.add_argument("--customers", type=int, default=customers)
@@ -84,6 +88,8 @@ def workload_arguments(
         "--malformed", type=float, default=0.0, help="rate of records that must be dead-lettered"
     )
     parser.add_argument("--non-billable", type=float, default=0.05, help="rate of events the filters exclude")
+    if not workers:
+        return
     parser.add_argument(
         "--workers",
         type=int,

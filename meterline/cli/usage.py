@@ -69,7 +69,7 @@ def register(commands: Any) -> None:
     inspect.set_defaults(run=_inspect)
 
     demo = commands.add_parser("demo", help="the whole story on the embedded stack")
-    workload_arguments(demo, events=60_000, customers=5, span=None)
+    workload_arguments(demo, events=60_000, customers=5, span=None, workers=False)
     demo.add_argument(
         "--keep",
         action="store_true",
@@ -262,4 +262,4 @@ def _demo(args: argparse.Namespace) -> int:
         args.span = max(60_000, now_ms - args.start - 60_000)
     spec = _spec(args)
     _check_span_is_current(spec, config)
-    return demo(config, args.config, spec, args.workers, args.keep)
+    return demo(config, args.config, spec, args.keep)

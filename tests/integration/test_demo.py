@@ -11,6 +11,8 @@ from pathlib import Path
 SECTIONS = (
     "== 1. the local stack, afresh",
     "== 2. a month of usage",
+    "HTTP ingest",
+    "demo-refused-1  refused  unit   unit_mismatch",
     "== 5. `meterline run`",
     "usage_windows FINAL, window by window:",
     "Stripe equals the generator for all",
@@ -26,7 +28,12 @@ SECTIONS = (
 def test_the_demo_tells_the_whole_story_and_every_number_matches(tmp_path: Path) -> None:
     services = ("KAFKA_BOOTSTRAP", "CLICKHOUSE_DSN", "STRIPE_API_KEY", "STRIPE_API_BASE", "METERLINE_CONFIG")
     env = {k: v for k, v in os.environ.items() if k not in services and not k.startswith("METERLINE__")}
-    env.update(METERLINE__RUN__PORT="0", METERLINE__STRIPE__WEBHOOK_PORT="0", PYTHONUNBUFFERED="1")
+    env.update(
+        METERLINE__RUN__PORT="0",
+        METERLINE__STRIPE__WEBHOOK_PORT="0",
+        METERLINE__INGEST__PORT="0",
+        PYTHONUNBUFFERED="1",
+    )
     done = subprocess.run(
         [
             sys.executable,
