@@ -8,11 +8,11 @@ attributes). Each knows exactly one field layout (`LAYOUT`, `AGGREGATE_LAYOUT`);
 to fastavro for any other, so a new schema version can never be written with an old layout.
 tests/unit/test_codecs.py pins them byte for byte to fastavro.
 
-Reading a WindowAggregate with fastavro costs ~10 µs, mostly per-call setup for a 50-byte
-record; `decode_aggregate` reads it in a fraction of that. UsageEvent bodies are read by the
-compiled schemas/_event_reader.pyx: read in Python they cost as much as with fastavro. Where it
-could not be compiled (an install without a C compiler: a product service that only emits),
-`read_events` below reads them the same way in Python, pinned to it by tests/unit/test_codecs.py.
+Both are read by the compiled schemas/_readers.pyx: read in Python, a batch's events cost as much
+as with fastavro, and a WindowAggregate ~6.7 µs (fastavro: ~10, mostly per-call setup for a
+50-byte record). Where it could not be compiled (an install without a C compiler: a product
+service that only emits), `read_events` and `read_aggregate` below read them the same way in
+Python, pinned to it by tests/unit/test_codecs.py.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ class AggregateEncoder(_StringCache):
 
 
 def _read_long(data: bytes, pos: int) -> tuple[int, int]:
-    """An Avro long at `pos`: (value, the position after it), read as schemas/_event_reader.pyx
+    """An Avro long at `pos`: (value, the position after it), read as schemas/_readers.pyx
     reads it. ValueError when the bytes end inside it or it holds more than 64 bits."""
     zigzag = shift = 0
     end = len(data)
@@ -208,45 +208,6 @@ def _read_long(data: bytes, pos: int) -> tuple[int, int]:
         if not byte & 0x80:
             return (zigzag >> 1) ^ -(zigzag & 1), pos
         shift += 7
-
-
-class AggregateDecoder:
-    """Reads WindowAggregate bodies in AGGREGATE_LAYOUT; strings that repeat are decoded once."""
-
-    def __init__(self) -> None:
-        self._strings: dict[bytes, str] = {}
-
-    def decode(self, data: bytes, pos: int) -> WindowAggregate:
-        """The aggregate whose body starts at `pos` and ends at the end of `data`. ValueError
-        when the bytes are not one."""
-        customer_id, pos = self._string(data, pos)
-        meter, pos = self._string(data, pos)
-        numbers = []
-        for _ in range(8):
-            number, pos = _read_long(data, pos)
-            numbers.append(number)
-        if pos != len(data):
-            raise ValueError(f"{len(data) - pos} trailing bytes after the record")
-        window_start, window_end, partition, value, delta, count, revision, closed_at = numbers
-        if not (_INT_MIN <= partition <= _INT_MAX and _INT_MIN <= revision <= _INT_MAX):
-            raise ValueError("an int field out of Avro's 32-bit range")
-        return WindowAggregate(
-            customer_id, meter, window_start, window_end, partition, value, delta, count, revision, closed_at
-        )
-
-    def _string(self, data: bytes, pos: int) -> tuple[str, int]:
-        length, pos = _read_long(data, pos)
-        end = pos + length
-        if length < 0 or end > len(data):
-            raise ValueError("a string longer than the record")
-        raw = data[pos:end]
-        text = self._strings.get(raw)
-        if text is None:
-            text = raw.decode()
-            if len(self._strings) >= _CACHED_STRINGS:
-                self._strings.clear()
-            self._strings[raw] = text
-        return text, end
 
 
 def array_body(items: Sequence[bytes]) -> bytes:
@@ -294,7 +255,7 @@ def _read_event(data: bytes, pos: int) -> tuple[UsageEvent, int]:
 
 
 def read_events(data: bytes, pos: int, batch: bool) -> list[UsageEvent]:
-    """schemas/_event_reader.pyx's `read_events` in Python, for installs without its compiled form:
+    """schemas/_readers.pyx's `read_events` in Python, for installs without its compiled form:
     the events of a body in LAYOUT starting at `pos` and ending at the end of `data` (a
     UsageEventBatch's when `batch`, else one UsageEvent). ValueError when the bytes are not that."""
     if not 0 <= pos <= len(data):
@@ -313,3 +274,23 @@ def read_events(data: bytes, pos: int, batch: bool) -> list[UsageEvent]:
     if pos != len(data):
         raise ValueError(f"{len(data) - pos} trailing bytes after the record")
     return events
+
+
+def read_aggregate(data: bytes, pos: int) -> tuple[str, str, int, int, int, int, int, int, int, int]:
+    """schemas/_readers.pyx's `read_aggregate` in Python: the fields of a WindowAggregate body in
+    AGGREGATE_LAYOUT starting at `pos` and ending at the end of `data`, in that layout's order.
+    ValueError when the bytes are not one."""
+    if not 0 <= pos <= len(data):
+        raise ValueError(f"position {pos} outside a record of {len(data)} bytes")
+    customer_id, pos = _read_string(data, pos)
+    meter, pos = _read_string(data, pos)
+    numbers = []
+    for _ in range(8):
+        number, pos = _read_long(data, pos)
+        numbers.append(number)
+    if pos != len(data):
+        raise ValueError(f"{len(data) - pos} trailing bytes after the record")
+    window_start, window_end, partition, value, delta, count, revision, closed_at = numbers
+    if not (_INT_MIN <= partition <= _INT_MAX and _INT_MIN <= revision <= _INT_MAX):
+        raise ValueError("an int field out of Avro's 32-bit range")
+    return customer_id, meter, window_start, window_end, partition, value, delta, count, revision, closed_at

@@ -14,7 +14,7 @@ import io
 import json
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from enum import StrEnum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,6 @@ from schemas.catalog import (
 from schemas.codecs import (
     AGGREGATE_LAYOUT,
     LAYOUT,
-    AggregateDecoder,
     AggregateEncoder,
     EventEncoder,
     array_body,
@@ -43,11 +42,11 @@ from schemas.errors import MalformedRecordError, UnknownSchemaError
 from schemas.records import UsageEvent, WindowAggregate
 
 try:
-    from schemas._event_reader import read_events
+    from schemas._readers import read_aggregate, read_events
 
     EVENT_READER = "compiled"
-except ImportError:  # installed without a C compiler (the lean SDK): the same reader in Python
-    from schemas.codecs import read_events
+except ImportError:  # installed without a C compiler (the lean SDK): the same readers in Python
+    from schemas.codecs import read_aggregate, read_events
 
     EVENT_READER = "python"
 
@@ -230,16 +229,21 @@ class AvroSerde:
         raise UnknownSchemaError(f"expected a usage event or batch on this topic, got a {name}")
 
     def decode_aggregate(self, data: bytes) -> WindowAggregate:
+        return WindowAggregate(*self.decode_aggregate_fields(data))
+
+    def decode_aggregate_fields(self, data: bytes) -> tuple[Any, ...]:
+        """An aggregate's fields in AGGREGATE_LAYOUT's order (WindowAggregate's), without building
+        the record: what the ClickHouse sink inserts as a row."""
         header_len = _own_header_length(data)
-        if data[:header_len] == self._aggregate_header:  # this code's own version: read by hand
+        if data[:header_len] == self._aggregate_header:  # this code's own version: the compiled reader
             try:
-                return self._read_aggregate(data, header_len)
+                return read_aggregate(data, header_len)
             except ValueError as exc:
                 raise MalformedRecordError(f"{WINDOW_AGGREGATE} body does not decode: {exc!r}") from exc
         name, datum = self.decode(data)
         if name != WINDOW_AGGREGATE:
             raise UnknownSchemaError(f"expected a {WINDOW_AGGREGATE}, got a {name}")
-        return aggregate_from_avro(datum)
+        return astuple(aggregate_from_avro(datum))
 
     @cached_property
     def _aggregate_header(self) -> bytes | None:
@@ -252,7 +256,7 @@ class AvroSerde:
     @cached_property
     def _usage_headers(self) -> dict[bytes, bool]:
         """header -> is_batch, for the newest UsageEvent and UsageEventBatch when their events are
-        in LAYOUT, the one layout schemas._event_reader reads."""
+        in LAYOUT, the one layout schemas._readers reads."""
         event = self.catalog.latest(USAGE_EVENT)
         batch = self.catalog.latest(USAGE_EVENT_BATCH)
         headers = {}
@@ -264,10 +268,6 @@ class AvroSerde:
             if header is not None:
                 headers[header] = is_batch
         return headers
-
-    @cached_property
-    def _read_aggregate(self) -> Callable[[bytes, int], WindowAggregate]:
-        return AggregateDecoder().decode
 
     def _writer(self, header: bytes) -> _Writer:
         writer = self._writers.get(header)

@@ -231,7 +231,7 @@ class StreamRuntime:
 def build_app(config: Config, bootstrap: Kafka, data_dir: Path) -> tuple[faust.App, StreamRuntime]:
     if EVENT_READER != "compiled":
         log.warning(
-            "usage events are read in Python, about 14 times slower: schemas._event_reader was not "
+            "usage events are read in Python, about 14 times slower: schemas._readers was not "
             "compiled when meterline was installed (no C compiler?); reinstall where one is"
         )
     app = faust.App(

@@ -14,11 +14,12 @@ from confluent_kafka import Message
 
 from core.config import Config
 from schemas import dead_letters
+from schemas.codecs import AGGREGATE_LAYOUT
 from schemas.errors import SchemaError
 from schemas.serde import AvroSerde
 from streams.judge import Judge
 
-Row = list[Any]
+Row = Sequence[Any]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ REVISION_COLUMNS = (
     "event_count",
     "closed_at",
 )
+
+# What the sink inserts: an aggregate's fields in the order its reader returns them (the same
+# columns as REVISION_COLUMNS), so that a decoded record is a row as it is.
+AGGREGATE_COLUMNS = tuple(name for name, _ in AGGREGATE_LAYOUT)
 
 EVENT_COLUMNS = (
     "event_id",
@@ -75,7 +80,7 @@ DLQ_COLUMNS = (
 def routes(config: Config, serde: AvroSerde) -> dict[str, Route]:
     """Topic -> route, for the topics the sink consumes under `config`."""
     chosen = {
-        config.topics.aggregates: Route("usage_window_revisions", REVISION_COLUMNS, aggregate_rows(serde)),
+        config.topics.aggregates: Route("usage_window_revisions", AGGREGATE_COLUMNS, aggregate_rows(serde)),
         config.topics.events_dlq: Route("dlq_events", DLQ_COLUMNS, dlq_rows(serde)),
     }
     if config.clickhouse.raw_events:
@@ -84,22 +89,10 @@ def routes(config: Config, serde: AvroSerde) -> dict[str, Route]:
 
 
 def aggregate_rows(serde: AvroSerde) -> Callable[[Message], list[Row]]:
+    decode = serde.decode_aggregate_fields
+
     def rows(record: Message) -> list[Row]:
-        a = serde.decode_aggregate(_value(record))
-        return [
-            [
-                a.customer_id,
-                a.meter,
-                a.window_start,
-                a.window_end,
-                a.source_partition,
-                a.revision,
-                a.value,
-                a.delta,
-                a.event_count,
-                a.closed_at,
-            ]
-        ]
+        return [decode(_value(record))]
 
     return rows
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastavro import schemaless_writer
@@ -13,12 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas import codecs
-from schemas._event_reader import read_events
+from schemas._readers import read_aggregate, read_events
 from schemas.catalog import USAGE_EVENT, USAGE_EVENT_BATCH, WINDOW_AGGREGATE, SchemaCatalog
 from schemas.codecs import (
     AGGREGATE_LAYOUT,
     LAYOUT,
-    AggregateDecoder,
     AggregateEncoder,
     EventEncoder,
     encode_long,
@@ -27,6 +28,7 @@ from schemas.codecs import (
 from schemas.errors import MalformedRecordError
 from schemas.records import UsageEvent, WindowAggregate
 from schemas.serde import AvroSerde, DecodedUsage, aggregate_to_avro, event_to_avro
+from sinks.clickhouse.rows import AGGREGATE_COLUMNS, REVISION_COLUMNS
 from tests.support.events import EVENT, events
 
 CATALOG = SchemaCatalog()
@@ -124,12 +126,38 @@ def test_an_aggregate_int_field_out_of_range_is_refused() -> None:
 def test_the_aggregate_layout_is_the_current_schema() -> None:
     """A new WindowAggregate version must fail here first: the encoder would have to learn it."""
     assert layout_of(AGGREGATE_SCHEMA.definition) == AGGREGATE_LAYOUT
+    assert tuple(f.name for f in fields(WindowAggregate)) == tuple(name for name, _ in AGGREGATE_LAYOUT)
+    # The ClickHouse sink inserts the decoded fields as they are, as these columns.
+    assert sorted(AGGREGATE_COLUMNS) == sorted(REVISION_COLUMNS)
 
 
 @given(aggregates)
 def test_an_aggregate_is_read_as_fastavro_reads_it(aggregate: WindowAggregate) -> None:
     body = fastavro_bytes(AGGREGATE_SCHEMA.parsed, aggregate_to_avro(aggregate))
-    assert AggregateDecoder().decode(b"header" + body, 6) == aggregate
+    for read in (read_aggregate, codecs.read_aggregate):
+        assert WindowAggregate(*read(b"header" + body, 6)) == aggregate
+
+
+@given(aggregates, st.data())
+def test_the_python_aggregate_reader_reads_every_byte_string_as_the_compiled_one(
+    aggregate: WindowAggregate, data: st.DataObject
+) -> None:
+    encoded = AvroSerde(CATALOG).encode_aggregate(aggregate)
+    at = data.draw(st.integers(min_value=10, max_value=len(encoded)))
+    byte = bytes([data.draw(st.integers(min_value=0, max_value=255))])
+    for damaged in (
+        encoded,
+        encoded[:at],
+        encoded[:at] + byte + encoded[at + 1 :],
+        encoded[:at] + byte + encoded[at:],
+    ):
+        assert outcome_of(codecs.read_aggregate, damaged) == outcome_of(read_aggregate, damaged)
+
+
+def test_an_aggregate_position_outside_the_record_is_malformed() -> None:
+    for read in (read_aggregate, codecs.read_aggregate):
+        with pytest.raises(ValueError, match="outside a record"):
+            read(b"\x00", 5)
 
 
 @given(aggregates, st.data())
@@ -142,7 +170,7 @@ def test_a_cut_or_padded_aggregate_is_malformed(aggregate: WindowAggregate, data
             serde.decode_aggregate(broken)
 
 
-# -- the compiled event reader (schemas/_event_reader.pyx) --------------------------------------
+# -- the compiled event reader (schemas/_readers.pyx) -------------------------------------------
 
 
 def fastavro_outcome(serde: AvroSerde, data: bytes) -> list[UsageEvent] | str:
@@ -221,6 +249,7 @@ def test_the_compiled_reader_is_what_the_serde_reads_with_here() -> None:
     from schemas import serde
 
     assert serde.EVENT_READER == "compiled" and serde.read_events is read_events
+    assert serde.read_aggregate is read_aggregate
 
 
 READERS = pytest.mark.parametrize("read", [read_events, codecs.read_events], ids=["compiled", "python"])
@@ -247,9 +276,10 @@ def test_an_overlong_quantity_is_malformed_though_fastavro_wraps_it() -> None:
     assert reader_outcome(AvroSerde(CATALOG), overlong_quantity) == "malformed"
 
 
-def outcome_of(read: Callable[..., list[UsageEvent]], data: bytes) -> list[UsageEvent] | tuple[type, str]:
+def outcome_of(read: Callable[..., Any], data: bytes) -> Any:
+    """What `read` makes of the body after a 10-byte header: its result, or its error and message."""
     try:
-        return read(data, 10, True)
+        return read(data, 10, True) if read in (read_events, codecs.read_events) else read(data, 10)
     except ValueError as exc:
         return type(exc), str(exc)
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas._event_reader import read_events
+from schemas._readers import read_events
 from schemas.codecs import encode_long
 from schemas.errors import SchemaError
 from schemas.records import UsageEvent, WindowAggregate
