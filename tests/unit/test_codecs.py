@@ -142,15 +142,7 @@ def test_an_aggregate_is_read_as_fastavro_reads_it(aggregate: WindowAggregate) -
 def test_the_python_aggregate_reader_reads_every_byte_string_as_the_compiled_one(
     aggregate: WindowAggregate, data: st.DataObject
 ) -> None:
-    encoded = AvroSerde(CATALOG).encode_aggregate(aggregate)
-    at = data.draw(st.integers(min_value=10, max_value=len(encoded)))
-    byte = bytes([data.draw(st.integers(min_value=0, max_value=255))])
-    for damaged in (
-        encoded,
-        encoded[:at],
-        encoded[:at] + byte + encoded[at + 1 :],
-        encoded[:at] + byte + encoded[at:],
-    ):
+    for damaged in whole_and_damaged(AvroSerde(CATALOG).encode_aggregate(aggregate), data):
         assert outcome_of(codecs.read_aggregate, damaged) == outcome_of(read_aggregate, damaged)
 
 
@@ -276,6 +268,13 @@ def test_an_overlong_quantity_is_malformed_though_fastavro_wraps_it() -> None:
     assert reader_outcome(AvroSerde(CATALOG), overlong_quantity) == "malformed"
 
 
+def whole_and_damaged(encoded: bytes, data: st.DataObject) -> tuple[bytes, ...]:
+    """A record whole, cut after its 10-byte header, with a byte replaced and with one inserted."""
+    at = data.draw(st.integers(min_value=10, max_value=len(encoded)))
+    byte = bytes([data.draw(st.integers(min_value=0, max_value=255))])
+    return encoded, encoded[:at], encoded[:at] + byte + encoded[at + 1 :], encoded[:at] + byte + encoded[at:]
+
+
 def outcome_of(read: Callable[..., Any], data: bytes) -> Any:
     """What `read` makes of the body after a 10-byte header: its result, or its error and message."""
     try:
@@ -291,13 +290,5 @@ def test_the_python_reader_reads_every_byte_string_as_the_compiled_one(
     """The fallback of installs without a C compiler: the same events, or the same error and message,
     on a batch cut, with a byte replaced or a byte inserted."""
     serde = AvroSerde(CATALOG)
-    encoded = serde.encode_batch([serde.batch_item(e) for e in batch])
-    at = data.draw(st.integers(min_value=10, max_value=len(encoded)))
-    byte = bytes([data.draw(st.integers(min_value=0, max_value=255))])
-    for damaged in (
-        encoded,
-        encoded[:at],
-        encoded[:at] + byte + encoded[at + 1 :],
-        encoded[:at] + byte + encoded[at:],
-    ):
+    for damaged in whole_and_damaged(serde.encode_batch([serde.batch_item(e) for e in batch]), data):
         assert outcome_of(codecs.read_events, damaged) == outcome_of(read_events, damaged)
