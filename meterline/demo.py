@@ -125,7 +125,7 @@ def _produce_and_judge(
     ingest = demo_usage.start_ingest(config, config_path)
     try:
         produced, expected = demo_usage.produce(config, ingest, spec, progress.rate("produced", spec.events))
-        refused = demo_usage.refusals(ingest, spec)
+        refused = demo_usage.refusals(config, ingest, spec)
     finally:
         demo_usage.stop_ingest(ingest)
     print(file=sys.stderr)

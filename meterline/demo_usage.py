@@ -29,7 +29,7 @@ from typing import Any
 from core.config import Config
 from meterline import devstack
 from meterline.produce import make_producer, send
-from meterline.workload import Expected, WorkloadSpec, generate
+from meterline.workload import Expected, WorkloadSpec, customer_ids, generate
 from schemas.cloudevents import BATCH, from_usage_event
 from schemas.ingest import key_digest
 from schemas.records import UsageEvent
@@ -110,7 +110,7 @@ def produce(
     producer = make_producer(config, devstack.kafka_brokers(config))
     first_posted = int(spec.events * (1 - HTTP_SHARE))
     pending: list[UsageEvent] = []
-    posted = requests = 0
+    sent = posted = requests = 0
     started = time.perf_counter()
     try:
         emissions = generate(spec, config.meters, config.windows.size_ms, expected)
@@ -124,6 +124,7 @@ def produce(
                     pending = []
             else:
                 send(producer, emission)
+                sent += 1
             if n % 10_000 == 0 and n:
                 progress(n, time.perf_counter() - started)
         if pending:
@@ -131,7 +132,7 @@ def produce(
     finally:
         producer.close()
     seconds = time.perf_counter() - started
-    return Produced(producer.events_sent, producer.messages_sent, posted, requests, seconds), expected
+    return Produced(sent, producer.messages_sent, posted, requests, seconds), expected
 
 
 def _post(ingest: Ingest, events: list[UsageEvent]) -> int:
@@ -141,11 +142,14 @@ def _post(ingest: Ingest, events: list[UsageEvent]) -> int:
     return len(events)
 
 
-def refusals(ingest: Ingest, spec: WorkloadSpec) -> list[dict[str, Any]]:
+def refusals(config: Config, ingest: Ingest, spec: WorkloadSpec) -> list[dict[str, Any]]:
     """Two events that break the rules, not part of the workload: each answered with its reason."""
+    customer, meter = customer_ids(spec)[0], min(config.meters.values(), key=lambda m: m.name)
     broken = [
-        UsageEvent("demo-refused-1", "cust-0000", "api_calls", 1, "calls", spec.start_ms, "demo", {}),
-        UsageEvent("demo-refused-2", "cust-0000", "gpu_hours", 1, "hour", spec.start_ms, "demo", {}),
+        UsageEvent(
+            "demo-refused-1", customer, meter.name, 1, meter.unit + "s_typo", spec.start_ms, "demo", {}
+        ),
+        UsageEvent("demo-refused-2", customer, "no_such_meter", 1, meter.unit, spec.start_ms, "demo", {}),
     ]
     answer = ingest.post([from_usage_event(event) for event in broken])
     return [dict(result) for result in answer["results"]]
