@@ -44,11 +44,11 @@ from schemas.records import UsageEvent, WindowAggregate
 try:
     from schemas._readers import read_aggregate, read_events
 
-    EVENT_READER = "compiled"
+    READERS = "compiled"
 except ImportError:  # installed without a C compiler (the lean SDK): the same readers in Python
     from schemas.codecs import read_aggregate, read_events
 
-    EVENT_READER = "python"
+    READERS = "python"
 
 if TYPE_CHECKING:
     from confluent_kafka.schema_registry import SchemaRegistryClient

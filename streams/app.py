@@ -39,7 +39,7 @@ from core.config import Config, KafkaConfig
 from core.kafka import Kafka, brokers
 from schemas.dead_letters import DeadLetter
 from schemas.records import WindowAggregate
-from schemas.serde import EVENT_READER, AvroSerde
+from schemas.serde import READERS, AvroSerde
 from streams.batches import BatchMessage, BatchTransport
 from streams.judge import Judge, Rejection, Verdict
 from streams.output import LocalState, Output, open_local_store, recover
@@ -229,7 +229,7 @@ class StreamRuntime:
 
 
 def build_app(config: Config, bootstrap: Kafka, data_dir: Path) -> tuple[faust.App, StreamRuntime]:
-    if EVENT_READER != "compiled":
+    if READERS != "compiled":
         log.warning(
             "usage events are read in Python, about 14 times slower: schemas._readers was not "
             "compiled when meterline was installed (no C compiler?); reinstall where one is"

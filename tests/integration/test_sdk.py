@@ -77,7 +77,7 @@ def test_the_sdk_installs_without_the_pipeline_and_emits_what_the_stream_reads(
 def test_the_lean_install_reads_events_in_python_and_its_commands_say_what_to_install(
     lean_python: Path,
 ) -> None:
-    probe = "from schemas import serde; print(serde.EVENT_READER)"
+    probe = "from schemas import serde; print(serde.READERS)"
     shown = subprocess.run([str(lean_python), "-c", probe], capture_output=True, text=True, cwd=ROOT.parent)
     assert shown.stdout.strip() == "python", shown.stderr
     command = subprocess.run(

@@ -240,14 +240,16 @@ def test_the_compiled_reader_is_what_the_serde_reads_with_here() -> None:
     """./run.sh builds it; an install without a C compiler falls back to codecs.read_events."""
     from schemas import serde
 
-    assert serde.EVENT_READER == "compiled" and serde.read_events is read_events
+    assert serde.READERS == "compiled" and serde.read_events is read_events
     assert serde.read_aggregate is read_aggregate
 
 
-READERS = pytest.mark.parametrize("read", [read_events, codecs.read_events], ids=["compiled", "python"])
+BOTH_EVENT_READERS = pytest.mark.parametrize(
+    "read", [read_events, codecs.read_events], ids=["compiled", "python"]
+)
 
 
-@READERS
+@BOTH_EVENT_READERS
 def test_an_overlong_varint_or_a_bad_position_is_malformed(read: Callable[..., list[UsageEvent]]) -> None:
     with pytest.raises(ValueError, match="more than 64 bits"):
         read(b"\xff" * 12, 0, True)
