@@ -15,30 +15,24 @@ Run: .venv/bin/python bench/clickhouse_sink.py [--rows 500000] [--rate 2000] [--
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Producer
 
 from core.config import Config
 from core.kafka import committed_reaches, isolated_topics, read_ends
-from meterline import devstack
-from meterline.config import load_config
-from meterline.table import render
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 from sinks.clickhouse.rows import REVISION_COLUMNS
 from sinks.clickhouse.sink import ClickHouseSink, Flushed
+
+from harness import local_stack, report
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -52,14 +46,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=2_000, help="aggregates/s in the latency run")
     parser.add_argument("--seconds", type=int, default=20, help="length of the latency run")
     args = parser.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="meterline-bench-sink-"))
-    base = load_config(
-        None, {"METERLINE__DEV__STATE_DIR": str(state), "METERLINE__CLICKHOUSE__RAW_EVENTS": "false"}
-    )
-    bootstrap = devstack.up(base, log=lambda _line: None)["kafka"].address
-    dsn = f"chdb://{state / 'bench-clickhouse'}"
-    rows: list[dict[str, object]] = []
-    try:
+    with local_stack("sink", {"METERLINE__CLICKHOUSE__RAW_EVENTS": "false"}) as (base, bootstrap, state, _):
+        dsn = f"chdb://{state / 'bench-clickhouse'}"
+        rows: list[dict[str, object]] = []
         client = connect(base, dsn)
         migrate(client, base.clickhouse.raw_events_ttl_days)
         rows.append(_baseline(client, args.rows, base.clickhouse.batch_rows))
@@ -71,14 +60,7 @@ def main() -> None:
 
         live = isolated_topics(base, bootstrap, "live")
         rows.append(_latency(live, bootstrap, dsn, args.rate, args.seconds))
-    finally:
-        devstack.down(base, log=lambda _line: None)
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"{platform.python_implementation()} {platform.python_version()}"
-    )
-    print(render(rows))
-    print(json.dumps(rows))
+    report(rows)
 
 
 def _aggregates(count: int, seed: int) -> list[WindowAggregate]:

@@ -13,11 +13,9 @@ import dataclasses
 import http.client
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,15 +23,14 @@ from typing import Any
 
 from core.config import Config
 from core.kafka import ensure_topics
-from meterline import devstack
-from meterline.config import load_config
 from meterline.produce import make_producer
-from meterline.table import render
 from meterline.workload import Expected, WorkloadSpec, generate
 from schemas.cloudevents import BATCH, from_usage_event
 from schemas.ingest import key_digest
 from schemas.records import UsageEvent
 from streams.windows import DAY_MS
+
+from harness import local_stack, report
 
 KEY = "bench-key"
 BATCH_SIZE = 100
@@ -44,29 +41,21 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="meterline-bench-"))
-    config = load_config(None, {"METERLINE__DEV__STATE_DIR": str(state)})
-    bootstrap = devstack.up(config, log=lambda _line: None)["kafka"].address
-    start = int(time.time() * 1000) - DAY_MS
-    spec = WorkloadSpec(seed=1, events=args.events, customers=50, start_ms=start, span_ms=DAY_MS)
-    events = [e.event for e in generate(spec, config.meters, 60_000, Expected(60_000)) if e.event and e.valid]
-    rows: list[dict[str, Any]] = []
-    try:
+    with local_stack("ingest") as (config, bootstrap, state, _):
+        start = int(time.time() * 1000) - DAY_MS
+        spec = WorkloadSpec(seed=1, events=args.events, customers=50, start_ms=start, span_ms=DAY_MS)
+        events = [
+            e.event for e in generate(spec, config.meters, 60_000, Expected(60_000)) if e.event and e.valid
+        ]
+        rows: list[dict[str, Any]] = []
         ensure_topics(bootstrap, ["bench.sdk", "bench.http"], config.kafka.partitions)
         sdk_config = dataclasses.replace(
             config, topics=dataclasses.replace(config.topics, events="bench.sdk")
         )
         rows.append(_sdk(sdk_config, bootstrap, events))
         rows.append(_http(bootstrap, state, events, args.clients))
-    finally:
-        devstack.down(config, log=lambda _line: None)
     rows[1]["vs SDK"] = f"{rows[1]['events/s'] / rows[0]['events/s']:.2f}x"
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"{platform.python_implementation()} {platform.python_version()}"
-    )
-    print(render(rows))
-    print(json.dumps(rows))
+    report(rows)
 
 
 def _sdk(config: Config, bootstrap: str, events: list[UsageEvent]) -> dict[str, Any]:

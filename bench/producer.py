@@ -7,23 +7,18 @@ Run: .venv/bin/python bench/producer.py [--events 1000000] [--single-events 2000
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import tempfile
 import time
-from pathlib import Path
 
 from confluent_kafka import Producer
 
 from core.config import Config
 from core.kafka import ensure_topics
-from meterline import devstack
-from meterline.config import load_config
 from meterline.produce import make_producer, produce_workload
-from meterline.table import render
 from meterline.workload import Expected, WorkloadSpec, generate
 from streams.windows import DAY_MS
+
+from harness import local_stack, report
 
 
 def main() -> None:
@@ -31,11 +26,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--single-events", type=int, default=200_000)
     args = parser.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="meterline-bench-"))
-    config = load_config(None, {"METERLINE__DEV__STATE_DIR": str(state)})
-    bootstrap = devstack.up(config, log=lambda _line: None)["kafka"].address
-    rows = []
-    try:
+    with local_stack("producer") as (config, bootstrap, _, _):
+        rows = []
         start = int(time.time() * 1000) - DAY_MS
 
         def spec(events: int) -> WorkloadSpec:
@@ -59,11 +51,7 @@ def main() -> None:
             )
         for events, packing in ((args.events // 2, True), (args.single_events, False)):
             rows.append(_sdk_only(config, bootstrap, spec(events), packing))
-    finally:
-        devstack.down(config, log=lambda _line: None)
-    print(f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}")
-    print(render(rows))
-    print(json.dumps(rows))
+    report(rows)
 
 
 def _baseline(bootstrap: str, messages: int) -> dict[str, object]:

@@ -10,21 +10,16 @@ Run: .venv/bin/python bench/replay.py [--events 1000000]
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import tempfile
 import time
-from pathlib import Path
 
 from core.kafka import isolated_topics
-from meterline import devstack
-from meterline.config import load_config
 from meterline.produce import produce_workload
-from meterline.table import render
 from meterline.workload import WorkloadSpec
 from reconciler.replay import rederive
 from streams.windows import DAY_MS
+
+from harness import local_stack, report
 
 LIVE_SPAN_MS = 21 * 60_000
 
@@ -33,11 +28,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1_000_000)
     args = parser.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="meterline-bench-replay-"))
-    base = load_config(None, {"METERLINE__DEV__STATE_DIR": str(state)})
-    bootstrap = devstack.up(base, log=lambda _line: None)["kafka"].address
-    rows: list[dict[str, object]] = []
-    try:
+    with local_stack("replay") as (base, bootstrap, _, _):
+        rows: list[dict[str, object]] = []
         for label, span in (("one day of event time", DAY_MS), ("20 minutes of event time", LIVE_SPAN_MS)):
             config = isolated_topics(base, bootstrap)
             now = int(time.time() * 1000)
@@ -64,14 +56,7 @@ def main() -> None:
                     "events/s": round(rederived.events / rederived.seconds),
                 }
             )
-    finally:
-        devstack.down(base, log=lambda _line: None)
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"{platform.python_implementation()} {platform.python_version()}"
-    )
-    print(render(rows))
-    print(json.dumps(rows))
+    report(rows)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
-import platform
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import datetime
@@ -39,13 +36,12 @@ from confluent_kafka import Consumer, TopicPartition
 
 from core.config import Config, TopicsConfig
 from core.kafka import isolated_topics
-from meterline import devstack
-from meterline.config import load_config
 from meterline.produce import produce_workload
-from meterline.table import render
 from meterline.workload import WorkloadSpec
 from schemas.serde import AvroSerde
 from streams.windows import DAY_MS
+
+from harness import local_stack, report
 
 ROOT = Path(__file__).resolve().parent.parent
 LIVE_SPAN_MS = 21 * 60_000
@@ -73,11 +69,8 @@ def _arguments() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = _arguments().parse_args()
-    state = Path(tempfile.mkdtemp(prefix="meterline-bench-stream-"))
-    base = load_config(None, {"METERLINE__DEV__STATE_DIR": str(state)})
-    bootstrap = devstack.up(base, log=lambda _line: None)["kafka"].address
-    rows: list[dict[str, object]] = []
-    try:
+    with local_stack("stream") as (base, bootstrap, state, _):
+        rows: list[dict[str, object]] = []
         packed = isolated_topics(base, bootstrap, "packed")
         single = isolated_topics(base, bootstrap, "single")
         packed_messages = _produce(packed, bootstrap, args.events, packing=True)
@@ -131,14 +124,7 @@ def main() -> None:
         big = isolated_topics(base, bootstrap, "memory")
         big_messages = _produce(big, bootstrap, args.memory_events, packing=True)
         meterline(big, args.memory_events, big_messages, ", one day")
-    finally:
-        devstack.down(base, log=lambda _line: None)
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"{platform.python_implementation()} {platform.python_version()}"
-    )
-    print(render(rows))
-    print(json.dumps(rows))
+    report(rows)
 
 
 def _spec(events: int, span_ms: int = DAY_MS) -> WorkloadSpec:

@@ -20,22 +20,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
-import tempfile
 import threading
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 from typing import Literal
 
 from confluent_kafka import Producer
 
 from core.config import Config
 from core.kafka import committed_reaches, isolated_topics, read_ends
-from meterline import devstack
-from meterline.config import load_config
 from meterline.table import render
 from meterline.workload import Expected, WorkloadSpec, generate
 from schemas.records import WindowAggregate
@@ -47,6 +41,8 @@ from sinks.stripe.sink import StripeSink
 from sinks.stripe.sync import sync
 from streams.windows import DAY_MS
 
+from harness import local_stack, machine
+
 MINUTE_MS = 60_000
 CUSTOMERS = 200
 
@@ -55,20 +51,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--revisions", type=int, default=6_000)
     args = parser.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="meterline-bench-stripe-"))
-    base = load_config(
-        None,
-        {
-            "METERLINE__DEV__STATE_DIR": str(state),
-            "METERLINE__STRIPE__REQUESTS_PER_SECOND": "10000",
-            "METERLINE__STRIPE__CONCURRENCY": "8",
-        },
-    )
-    services = devstack.up(base, log=lambda _line: None)
-    bootstrap, fake = services["kafka"].address, services["stripe"].address
-    _set_up(fake, base)
-    rows: list[dict[str, object]] = []
-    try:
+    env = {"METERLINE__STRIPE__REQUESTS_PER_SECOND": "10000", "METERLINE__STRIPE__CONCURRENCY": "8"}
+    with local_stack("stripe", env) as (base, bootstrap, state, services):
+        fake = services["stripe"].address
+        _set_up(fake, base)
+        rows: list[dict[str, object]] = []
         modes: tuple[tuple[int, Literal["meter_events", "meter_event_stream"]], ...] = (
             (1, "meter_events"),
             (2, "meter_event_stream"),
@@ -79,13 +66,8 @@ def main() -> None:
             )
             _produce(config, bootstrap, args.revisions, days_ago)  # other windows: other identifiers
             rows.append(_run(config, bootstrap, fake, f"chdb://{state / f'ledger-{mode}'}", args.revisions))
-    finally:
-        devstack.down(base, log=lambda _line: None)
     calls = _calls_per_million(base)
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"{platform.python_implementation()} {platform.python_version()}"
-    )
+    print(machine())
     print(render(rows))
     print(render(calls))
     print(json.dumps({"modes": rows, "calls_per_million_events": calls}))
