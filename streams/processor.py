@@ -208,10 +208,12 @@ class PartitionProcessor:
         self._note_stored(state.key)
         heapq.heappush(self._closing, (window_end(state.key.window_start, self.rules.size_ms), state.key))
 
+    def _dedup_deadline(self, state: WindowState) -> int:
+        return forget_dedup_at(state.revisions[-1].watermark, self.rules.dedup_retention_ms)
+
     def _track_closed(self, state: WindowState) -> None:
         if state.event_ids is not None:
-            forget_ids = forget_dedup_at(state.revisions[-1].watermark, self.rules.dedup_retention_ms)
-            heapq.heappush(self._aging, (forget_ids, False, state.key))
+            heapq.heappush(self._aging, (self._dedup_deadline(state), False, state.key))
         else:
             end = window_end(state.key.window_start, self.rules.size_ms)
             heapq.heappush(self._aging, (forget_window_at(end, self.rules.forget_after_ms), True, state.key))
@@ -271,12 +273,14 @@ class PartitionProcessor:
         ahead = []
         while self._aging and self._aging[0][0] <= watermark:
             entry = heapq.heappop(self._aging)
-            _, forget, key = entry
+            deadline, forget, key = entry
             if key in self._open or key in touched:
                 continue  # reopened by a correction: aged again when it closes
             state = self._retained.get(key) if not forget else self.store.load_window(key)
             if state is None or state.open:
                 continue
+            if not forget and deadline != self._dedup_deadline(state):
+                continue  # an entry of an earlier close: the ids stay until the last one's retention
             if state.last_offset >= offset:  # step 1: a later record's state, aged by a later record
                 ahead.append(entry)
                 continue

@@ -232,6 +232,30 @@ def test_a_late_event_emits_the_next_revision_with_its_delta() -> None:
     assert record(3, ("a", 5, minute + 1)) == []  # a duplicate never reopens a window
 
 
+def test_a_corrected_window_keeps_its_event_ids_for_the_retention_after_its_last_close() -> None:
+    """DESIGN §4: the ids are kept until the retention after the window closed, last. The aging
+    entry of its first close must not drop them early: a processor recovered after the correction
+    ages the window from its last close only, and would decide otherwise."""
+    processor, _, _ = start_processor({}, [], 0)
+    retention = CONFIG.windows.dedup_retention_seconds * 1000
+
+    def record(offset: int, *events: tuple[str, int]) -> list[WindowAggregate]:
+        batch = [UsageEvent(eid, "c", "egress_bytes", 5, "byte", ts, "t", {}) for eid, ts in events]
+        return processor.process(
+            offset, NOW, JUDGE(SERDE.encode_batch([SERDE.batch_item(e) for e in batch]), NOW)
+        )
+
+    record(0, ("a", START + 1))
+    [first] = record(1, ("x", START + 70_001))  # closes the first minute at this watermark
+    corrected_at = START + 1_800_000
+    closed = record(2, ("b", START + 2), ("y", corrected_at))  # reopens it, closes it again
+    [correction] = [a for a in closed if a.window_start == START]
+    assert (first.revision, correction.revision, correction.delta) == (0, 1, 5)
+    record(3, ("z", START + 70_001 + retention + 1))  # past the first close's retention only
+    assert record(4, ("a", START + 1)) == []  # still a duplicate: the last close was later
+    assert processor.stats.duplicates == 1 and processor.stats.undeduplicated == 0
+
+
 def test_the_store_writes_each_changed_window_once_per_commit_and_the_clock_last() -> None:
     log: list[tuple[bytes, bytes | None]] = []
     processor, store, _ = start_processor({}, log, 0)
