@@ -10,6 +10,8 @@ loads the prefix and processing restarts at the committed offset.
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -23,7 +25,7 @@ from schemas.records import AggregateIdentity, UsageEvent, WindowAggregate
 from schemas.serde import AvroSerde
 from streams.judge import Judge, Verdict
 from streams.processor import PartitionProcessor, rules_from
-from streams.state import PartitionClock, PartitionStore, WindowState, is_clock_key
+from streams.state import PartitionClock, PartitionStore, WindowKey, WindowState, is_clock_key
 from streams.windows import DAY_MS
 
 CONFIG = load_config(None, {})
@@ -269,3 +271,11 @@ def test_the_store_writes_each_changed_window_once_per_commit_and_the_clock_last
     assert WindowState.decode(window).value == 10 and WindowState.decode(window).last_offset == 9
     assert PartitionClock.decode(clock).last_offset == 9  # type: ignore[arg-type]
     assert store.write_behind() == 0
+
+
+def test_a_window_entry_decodes_alike_whether_its_ids_were_stored_as_a_set_or_a_sorted_list() -> None:
+    """Entries written before the ids were pickled as a set held a sorted list: same format, 1."""
+    state = WindowState(WindowKey("c", "egress_bytes", START), 12, 2, 7, {"b", "a"}, [], False)
+    as_list = pickle.dumps((1, tuple(state.key), 12, 2, 7, ["a", "b"], [], False), protocol=5)
+    assert WindowState.decode(state.encode()) == WindowState.decode(as_list) == state
+    assert WindowState.decode(dataclasses.replace(state, event_ids=None).encode()).event_ids is None
