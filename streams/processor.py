@@ -134,13 +134,14 @@ class PartitionProcessor:
         if offset <= self.clock.last_offset:
             self.stats.replayed_records += 1
             return []
-        self.stats.ticks += verdict.is_tick
         size = self.rules.size_ms
         aggregations = self.rules.aggregations
         open_windows, newest = self._open, self._newest
         touched: dict[tuple[str, str, int], WindowState] = {}
         counted = 0
-        latest_event_time = max((e.timestamp for e in verdict.non_billable), default=-1)
+        latest_event_time = (
+            max((e.timestamp for e in verdict.non_billable), default=-1) if verdict.non_billable else -1
+        )
         for event in verdict.billable:
             timestamp = event.timestamp
             if timestamp > latest_event_time:
@@ -176,17 +177,29 @@ class PartitionProcessor:
         self.stats.counted += counted
         if latest_event_time > self.clock.watermark:
             self.clock.watermark = latest_event_time
-        closed = self._close_due(offset, record_time, verdict.is_tick)
+        # Most records close nothing and age nothing: the heaps' tops say so without a call.
+        is_tick = verdict.is_tick
+        self.stats.ticks += is_tick
+        limit = closing_limit(self.clock.watermark, self.rules.grace_ms, record_time if is_tick else None)
+        closed = (
+            self._close_due(offset, record_time, limit)
+            if self._closing and self._closing[0][0] <= limit
+            else []
+        )
+        save = self.store.save_window
         for state in touched.values():
-            self._save(state, offset)
+            state.last_offset = offset
+            save(state)
         for state, _ in closed:
             if state.key not in touched:
-                self._save(state, offset)
+                state.last_offset = offset
+                save(state)
             self._retain(state)
-        self._age(touched, offset)
+        if self._aging and self._aging[0][0] <= self.clock.watermark:
+            self._age(touched, offset)
         self.clock.last_offset = offset
         self.store.save_clock(self.clock)
-        return [aggregate for _, aggregate in closed]
+        return [aggregate for _, aggregate in closed] if closed else []
 
     def due_for_tick(self, now_ms: int) -> bool:
         """True when an open window would close if a tick stamped `now_ms` arrived."""
@@ -219,9 +232,8 @@ class PartitionProcessor:
             heapq.heappush(self._aging, (forget_window_at(end, self.rules.forget_after_ms), True, state.key))
 
     def _close_due(
-        self, offset: int, record_time: int, is_tick: bool
+        self, offset: int, record_time: int, limit: int
     ) -> list[tuple[WindowState, WindowAggregate]]:
-        limit = closing_limit(self.clock.watermark, self.rules.grace_ms, record_time if is_tick else None)
         closed = []
         ahead = []
         while self._closing and self._closing[0][0] <= limit:
