@@ -129,7 +129,9 @@ class StreamRuntime:
             self._count(verdict)
             for rejection in verdict.rejections:
                 self._dead_letter(partition, record, rejection)
-            self._send(processor.process(record.offset, record.timestamp, verdict))
+            closed = processor.process(record.offset, record.timestamp, verdict)
+            if closed:
+                self._send(closed)
 
     def write_behind(self, partitions: Iterable[int] | None = None) -> int:
         """Write the state saved since the last call to the local stores and the changelog (sent,
