@@ -48,7 +48,14 @@ def connect(config: Config, dsn: str | None = None) -> Client:
         if target.startswith("chdb://"):
             return clickhouse_connect.get_client(dsn=target)
         return clickhouse_connect.get_client(
-            dsn=target, password=config.clickhouse.password.reveal(), connect_timeout=5
+            dsn=target,
+            password=config.clickhouse.password.reveal(),
+            connect_timeout=5,
+            # One client serves every thread of `meterline run` (the API, reconcile, alerts,
+            # notices): with the session id clickhouse-connect generates by default, a server
+            # refuses a query while another of the same session runs (SESSION_IS_LOCKED).
+            # meterline keeps no session state (no temporary tables, no SET).
+            autogenerate_session_id=False,
         )
     except Exception as exc:  # clickhouse-connect raises several types for an unreachable target
         raise unavailable(target, exc) from exc
