@@ -2,7 +2,10 @@
 
 Rows:
 - baseline: clickhouse-connect inserting the same rows into the same table in the sink's batch
-  size, no Kafka (the ceiling the sink can approach);
+  size, no Kafka (the ceiling the sink can approach); beside it the same rows as the sink now
+  sends them, RowBinary bytes through raw_insert;
+- floor: a bare confluent-kafka consumer reading the backlog, nothing done per message (what the
+  sink pays before any work of its own);
 - the sink (ClickHouseSink, in this process) draining a backlog of aggregates already on
   usage.aggregates: rows/s from its first insert to the commit that covers the backlog;
 - the sink keeping up with aggregates produced at a steady rate: latency from each aggregate's
@@ -24,13 +27,13 @@ from typing import TYPE_CHECKING
 from confluent_kafka import Producer
 
 from core.config import Config
-from core.kafka import committed_reaches, isolated_topics, read_ends
+from core.kafka import committed_reaches, group_consumer, isolated_topics, read_ends
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
-from sinks.clickhouse.rows import REVISION_COLUMNS
-from sinks.clickhouse.sink import ClickHouseSink, Flushed
+from sinks.clickhouse.rows import AGGREGATE_COLUMNS, REVISION_COLUMNS
+from sinks.clickhouse.sink import CONSUMER_SETTINGS, ClickHouseSink, Flushed
 
 from harness import local_stack, report
 
@@ -52,10 +55,12 @@ def main() -> None:
         client = connect(base, dsn)
         migrate(client, base.clickhouse.raw_events_ttl_days)
         rows.append(_baseline(client, args.rows, base.clickhouse.batch_rows))
+        rows.append(_baseline_row_binary(client, args.rows, base.clickhouse.batch_rows))
         client.close()
 
         backlog = isolated_topics(base, bootstrap, "backlog")
         _produce(backlog, bootstrap, _aggregates(args.rows, seed=1))
+        rows.append(_consume_floor(backlog, bootstrap, args.rows))
         rows.append(_drain(backlog, bootstrap, dsn, args.rows))
 
         live = isolated_topics(base, bootstrap, "live")
@@ -116,6 +121,48 @@ def _baseline(client: Client, count: int, batch: int) -> dict[str, object]:
         "what": f"baseline: clickhouse-connect inserts into chdb, {batch:,} rows each",
         "rows": count,
         "rows/s": round(count / seconds),
+        "latency median ms": None,
+        "latency p99 ms": None,
+    }
+
+
+def _baseline_row_binary(client: Client, count: int, batch: int) -> dict[str, object]:
+    serde = AvroSerde()
+    data = [serde.decode_aggregate_row_binary(serde.encode_aggregate(a)) for a in _aggregates(count, seed=4)]
+    started = time.perf_counter()
+    for first in range(0, count, batch):
+        client.raw_insert(
+            "usage_window_revisions",
+            list(AGGREGATE_COLUMNS),
+            b"".join(data[first : first + batch]),
+            fmt="RowBinary",
+        )
+    seconds = time.perf_counter() - started
+    return {
+        "what": f"the same as RowBinary rows through raw_insert, {batch:,} rows each",
+        "rows": count,
+        "rows/s": round(count / seconds),
+        "latency median ms": None,
+        "latency p99 ms": None,
+    }
+
+
+def _consume_floor(config: Config, bootstrap: str, count: int) -> dict[str, object]:
+    consumer = group_consumer(bootstrap, f"floor-{uuid.uuid4().hex[:6]}", CONSUMER_SETTINGS)
+    consumer.subscribe([config.topics.aggregates])
+    seen, started = 0, 0.0
+    try:
+        while seen < count:
+            messages = consumer.consume(1000, timeout=1.0)
+            if messages and not started:
+                started = time.perf_counter()
+            seen += sum(1 for m in messages if m.error() is None)
+    finally:
+        consumer.close()
+    return {
+        "what": "floor: the sink's consumer alone reading the backlog, nothing per message",
+        "rows": seen,
+        "rows/s": round(seen / (time.perf_counter() - started)),
         "latency median ms": None,
         "latency p99 ms": None,
     }

@@ -157,10 +157,10 @@ def partition_count(bootstrap: Kafka, topic: str, timeout: float = 15) -> int:
     return len(found.partitions)
 
 
-def group_consumer(bootstrap: Kafka, group_id: str) -> Consumer:
+def group_consumer(bootstrap: Kafka, group_id: str, extra: Mapping[str, object] | None = None) -> Consumer:
     """A member of `group_id` that commits explicitly (offset store off, no auto commit), starting
-    at the earliest offset when the group has none. A group join waits half the session timeout
-    on tansu (DESIGN §7), hence 6 s."""
+    at the earliest offset when the group has none; `extra` settings over these. A group join waits
+    half the session timeout on tansu (DESIGN §7), hence 6 s."""
     return Consumer(
         settings(
             bootstrap,
@@ -171,6 +171,7 @@ def group_consumer(bootstrap: Kafka, group_id: str) -> Consumer:
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": 6000,
                 "heartbeat.interval.ms": 1000,
+                **(extra or {}),
             },
         )
     )

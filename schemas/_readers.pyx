@@ -14,9 +14,11 @@ to their Python forms (schemas.codecs.read_events, read_aggregate: the fallback 
 compiler was at install).
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject_GenericSetAttr
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport INT32_MAX, INT32_MIN, int64_t, uint64_t
+from libc.stdint cimport INT32_MAX, INT32_MIN, UINT16_MAX, UINT32_MAX, int64_t, uint64_t
+from libc.string cimport memcpy
 
 from dataclasses import fields
 
@@ -137,3 +139,92 @@ def read_aggregate(bytes data, Py_ssize_t pos):
     if not (INT32_MIN <= partition <= INT32_MAX and INT32_MIN <= revision <= INT32_MAX):
         raise ValueError("an int field out of Avro's 32-bit range")
     return (customer_id, meter, window_start, window_end, partition, value, delta, count, revision, closed_at)
+
+
+cdef inline Py_ssize_t _utf8_span(const unsigned char* data, Py_ssize_t* pos, Py_ssize_t end) except -1:
+    """Where an Avro string's bytes start (pos advances past them); they are checked to be UTF-8,
+    so that this refuses what read_aggregate refuses."""
+    cdef int64_t length = _long(data, pos, end)
+    cdef Py_ssize_t start = pos[0]
+    if length < 0 or length > end - start:
+        raise ValueError(f"a string of {length} bytes where {end - start} remain")
+    PyUnicode_DecodeUTF8(<const char*>data + start, length, NULL)
+    pos[0] = start + length
+    return start
+
+
+cdef inline Py_ssize_t _uvarint_size(uint64_t n):
+    cdef Py_ssize_t size = 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size
+
+
+cdef inline char* _put_string(char* out, const unsigned char* data, Py_ssize_t start, Py_ssize_t length):
+    """RowBinary's String: the length as an unsigned LEB128 varint, then the bytes."""
+    cdef uint64_t n = <uint64_t>length
+    while n >= 0x80:
+        out[0] = <char>(n & 0x7F | 0x80)
+        out += 1
+        n >>= 7
+    out[0] = <char>n
+    memcpy(out + 1, data + start, length)
+    return out + 1 + length
+
+
+cdef inline char* _put_le(char* out, uint64_t n, int width):
+    cdef int i
+    for i in range(width):
+        out[i] = <char>(n >> (8 * i) & 0xFF)
+    return out + width
+
+
+def read_aggregate_row_binary(bytes data, Py_ssize_t pos):
+    """A WindowAggregate body in AGGREGATE_LAYOUT starting at `pos`, as one RowBinary row of
+    ClickHouse's usage_window_revisions in that order, with the types of
+    schemas.codecs.AGGREGATE_ROW_BINARY (the ClickHouse sink inserts these bytes as they are).
+    ValueError when the bytes are not an aggregate (as read_aggregate), or a field does not fit
+    its column's type."""
+    cdef const unsigned char* buffer = data
+    cdef Py_ssize_t end = len(data)
+    if pos < 0 or pos > end:
+        raise ValueError(f"position {pos} outside a record of {end} bytes")
+    cdef Py_ssize_t customer = _utf8_span(buffer, &pos, end)
+    cdef Py_ssize_t customer_length = pos - customer
+    cdef Py_ssize_t meter = _utf8_span(buffer, &pos, end)
+    cdef Py_ssize_t meter_length = pos - meter
+    cdef int64_t window_start = _long(buffer, &pos, end)
+    cdef int64_t window_end = _long(buffer, &pos, end)
+    cdef int64_t partition = _long(buffer, &pos, end)
+    cdef int64_t value = _long(buffer, &pos, end)
+    cdef int64_t delta = _long(buffer, &pos, end)
+    cdef int64_t count = _long(buffer, &pos, end)
+    cdef int64_t revision = _long(buffer, &pos, end)
+    cdef int64_t closed_at = _long(buffer, &pos, end)
+    if pos != end:
+        raise ValueError(f"{end - pos} trailing bytes after the record")
+    if not (INT32_MIN <= partition <= INT32_MAX and INT32_MIN <= revision <= INT32_MAX):
+        raise ValueError("an int field out of Avro's 32-bit range")
+    if not 0 <= partition <= UINT16_MAX:
+        raise ValueError(f"source_partition {partition} does not fit UInt16")
+    if count < 0:
+        raise ValueError(f"event_count {count} does not fit UInt64")
+    if not 0 <= revision <= UINT32_MAX:
+        raise ValueError(f"revision {revision} does not fit UInt32")
+    cdef Py_ssize_t size = (
+        _uvarint_size(customer_length) + customer_length + _uvarint_size(meter_length) + meter_length + 54
+    )
+    row = PyBytes_FromStringAndSize(NULL, size)
+    cdef char* out = PyBytes_AS_STRING(row)
+    out = _put_string(out, buffer, customer, customer_length)
+    out = _put_string(out, buffer, meter, meter_length)
+    out = _put_le(out, <uint64_t>window_start, 8)
+    out = _put_le(out, <uint64_t>window_end, 8)
+    out = _put_le(out, <uint64_t>partition, 2)
+    out = _put_le(out, <uint64_t>value, 8)
+    out = _put_le(out, <uint64_t>delta, 8)
+    out = _put_le(out, <uint64_t>count, 8)
+    out = _put_le(out, <uint64_t>revision, 4)
+    _put_le(out, <uint64_t>closed_at, 8)
+    return row

@@ -17,6 +17,7 @@ Python, pinned to it by tests/unit/test_codecs.py.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -294,3 +295,55 @@ def read_aggregate(data: bytes, pos: int) -> tuple[str, str, int, int, int, int,
     if not (_INT_MIN <= partition <= _INT_MAX and _INT_MIN <= revision <= _INT_MAX):
         raise ValueError("an int field out of Avro's 32-bit range")
     return customer_id, meter, window_start, window_end, partition, value, delta, count, revision, closed_at
+
+
+# What the ClickHouse sink inserts per aggregate: a RowBinary row of usage_window_revisions, its
+# columns in AGGREGATE_LAYOUT's order with these types (pinned to the table's by
+# tests/integration/test_clickhouse_sink.py). RowBinary writes a LowCardinality(String) as a String,
+# a DateTime64(3) as its Int64 milliseconds; numbers are little-endian.
+AGGREGATE_ROW_BINARY = (
+    ("customer_id", "String"),
+    ("meter", "LowCardinality(String)"),
+    ("window_start", "DateTime64(3, 'UTC')"),
+    ("window_end", "DateTime64(3, 'UTC')"),
+    ("source_partition", "UInt16"),
+    ("value", "Int64"),
+    ("delta", "Int64"),
+    ("event_count", "UInt64"),
+    ("revision", "UInt32"),
+    ("closed_at", "DateTime64(3, 'UTC')"),
+)
+_ROW_BINARY_NUMBERS = struct.Struct("<qqHqqQIq")
+
+
+def row_binary_aggregate(fields: Sequence[Any]) -> bytes:
+    """An aggregate's fields (in AGGREGATE_LAYOUT's order) as a RowBinary row of AGGREGATE_ROW_BINARY.
+    ValueError when one does not fit its column's type."""
+    customer_id, meter, window_start, window_end, partition, value, delta, count, revision, closed_at = fields
+    if not 0 <= partition <= 0xFFFF:
+        raise ValueError(f"source_partition {partition} does not fit UInt16")
+    if count < 0:
+        raise ValueError(f"event_count {count} does not fit UInt64")
+    if not 0 <= revision <= 0xFFFF_FFFF:
+        raise ValueError(f"revision {revision} does not fit UInt32")
+    customer: bytes = customer_id.encode()
+    meter_bytes: bytes = meter.encode()
+    numbers = _ROW_BINARY_NUMBERS.pack(
+        window_start, window_end, partition, value, delta, count, revision, closed_at
+    )
+    return _uleb128(len(customer)) + customer + _uleb128(len(meter_bytes)) + meter_bytes + numbers
+
+
+def read_aggregate_row_binary(data: bytes, pos: int) -> bytes:
+    """schemas/_readers.pyx's `read_aggregate_row_binary` in Python: the aggregate body starting at
+    `pos` as its RowBinary row. ValueError as read_aggregate, or when a field does not fit."""
+    return row_binary_aggregate(read_aggregate(data, pos))
+
+
+def _uleb128(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)

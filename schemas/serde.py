@@ -37,16 +37,17 @@ from schemas.codecs import (
     EventEncoder,
     array_body,
     layout_of,
+    row_binary_aggregate,
 )
 from schemas.errors import MalformedRecordError, UnknownSchemaError
 from schemas.records import UsageEvent, WindowAggregate
 
 try:
-    from schemas._readers import read_aggregate, read_events
+    from schemas._readers import read_aggregate, read_aggregate_row_binary, read_events
 
     READERS = "compiled"
 except ImportError:  # installed without a C compiler (the lean SDK): the same readers in Python
-    from schemas.codecs import read_aggregate, read_events
+    from schemas.codecs import read_aggregate, read_aggregate_row_binary, read_events
 
     READERS = "python"
 
@@ -233,7 +234,7 @@ class AvroSerde:
 
     def decode_aggregate_fields(self, data: bytes) -> tuple[Any, ...]:
         """An aggregate's fields in AGGREGATE_LAYOUT's order (WindowAggregate's), without building
-        the record: what the ClickHouse sink inserts as a row."""
+        the record."""
         header_len = _own_header_length(data)
         if data[:header_len] == self._aggregate_header:  # this code's own version: the compiled reader
             try:
@@ -244,6 +245,17 @@ class AvroSerde:
         if name != WINDOW_AGGREGATE:
             raise UnknownSchemaError(f"expected a {WINDOW_AGGREGATE}, got a {name}")
         return astuple(aggregate_from_avro(datum))
+
+    def decode_aggregate_row_binary(self, data: bytes) -> bytes:
+        """An aggregate as the RowBinary row the ClickHouse sink inserts (codecs.AGGREGATE_ROW_BINARY),
+        without a Python object per field."""
+        header = self._aggregate_header
+        try:
+            if header is not None and data.startswith(header):  # this code's own version: compiled
+                return read_aggregate_row_binary(data, len(header))
+            return row_binary_aggregate(self.decode_aggregate_fields(data))
+        except ValueError as exc:
+            raise MalformedRecordError(f"{WINDOW_AGGREGATE} does not make a row: {exc!r}") from exc
 
     @cached_property
     def _aggregate_header(self) -> bytes | None:

@@ -14,7 +14,7 @@ from confluent_kafka import Message
 
 from core.config import Config
 from schemas import dead_letters
-from schemas.codecs import AGGREGATE_LAYOUT
+from schemas.codecs import AGGREGATE_ROW_BINARY
 from schemas.errors import SchemaError
 from schemas.serde import AvroSerde
 from streams.judge import Judge
@@ -27,6 +27,9 @@ class Route:
     table: str
     columns: Sequence[str]
     rows: Callable[[Message], list[Row]]
+    row_format: str | None = None
+    """None: rows are Python values, which clickhouse-connect serializes; else the ClickHouse
+    format the rows already are (bytes each), inserted as they are."""
 
 
 REVISION_COLUMNS = (
@@ -42,9 +45,10 @@ REVISION_COLUMNS = (
     "closed_at",
 )
 
-# What the sink inserts: an aggregate's fields in the order its reader returns them (the same
-# columns as REVISION_COLUMNS), so that a decoded record is a row as it is.
-AGGREGATE_COLUMNS = tuple(name for name, _ in AGGREGATE_LAYOUT)
+# What the sink inserts: an aggregate's fields in AGGREGATE_LAYOUT's order (the same columns as
+# REVISION_COLUMNS), as the RowBinary row the compiled reader makes of its bytes: clickhouse-connect
+# serializing Python values in Python was a third of the sink's time (BENCHMARKS.md).
+AGGREGATE_COLUMNS = tuple(name for name, _ in AGGREGATE_ROW_BINARY)
 
 EVENT_COLUMNS = (
     "event_id",
@@ -80,7 +84,9 @@ DLQ_COLUMNS = (
 def routes(config: Config, serde: AvroSerde) -> dict[str, Route]:
     """Topic -> route, for the topics the sink consumes under `config`."""
     chosen = {
-        config.topics.aggregates: Route("usage_window_revisions", AGGREGATE_COLUMNS, aggregate_rows(serde)),
+        config.topics.aggregates: Route(
+            "usage_window_revisions", AGGREGATE_COLUMNS, aggregate_rows(serde), row_format="RowBinary"
+        ),
         config.topics.events_dlq: Route("dlq_events", DLQ_COLUMNS, dlq_rows(serde)),
     }
     if config.clickhouse.raw_events:
@@ -89,7 +95,7 @@ def routes(config: Config, serde: AvroSerde) -> dict[str, Route]:
 
 
 def aggregate_rows(serde: AvroSerde) -> Callable[[Message], list[Row]]:
-    decode = serde.decode_aggregate_fields
+    decode = serde.decode_aggregate_row_binary
 
     def rows(record: Message) -> list[Row]:
         return [decode(_value(record))]

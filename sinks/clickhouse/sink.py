@@ -4,18 +4,23 @@ enabled) into ClickHouse, each row exactly once after FINAL.
 Per consumed partition the sink keeps a buffer of rows and the offsets they came from. A buffer is
 flushed when it holds [clickhouse] batch_rows rows or its oldest row has waited batch_seconds, and
 on shutdown. Flushing a partition's buffer, in this order:
-1. Derive the insert's deduplication token from where the rows came from: group, topic,
-   partition and offset range. A retried insert of the same range carries the same token, and
-   ClickHouse drops it itself.
-2. Insert the rows with that token. While ClickHouse is unavailable (refused, timed out, the chdb
+1. Take the buffer out (the partition's next records start a new one) and derive the insert's
+   deduplication token from where its rows came from: group, topic, partition and offset range. A
+   retried insert of the same range carries the same token, and ClickHouse drops it itself.
+2. Finish the flush before it (steps 4 and 5): one insert is in flight at a time, so flushes end
+   in the order they began and a partition's commits only move forward.
+3. Start the insert with that token on the insert thread, and go back to consuming: the next
+   batch is read while ClickHouse writes this one (it releases the GIL; the two one after the
+   other were the sink's ceiling, BENCHMARKS.md).
+4. Finishing it: wait for the insert. If ClickHouse was unavailable (refused, timed out, the chdb
    directory held by another process), retry with backoff, reconnecting each time; meanwhile the
    consumer is paused and polled, so the group keeps this member and its partitions.
-3. Commit the offset after the range, synchronously: only rows that are in ClickHouse are ever
+5. Commit the offset after the range, synchronously: only rows that are in ClickHouse are ever
    committed past.
-4. Empty the buffer.
-A crash between 2 and 3 re-reads the range; the rows come again, maybe in other batches (so other
+A crash between 3 and 5 re-reads the range; the rows come again, maybe in other batches (so other
 tokens), and collapse under FINAL: every table is a ReplacingMergeTree keyed by the rows' identity.
-A revoked partition's buffer is dropped unflushed: its new owner reads it again from the commit.
+On a revoke the flush in flight is finished first (what is done is committed); the revoked
+partitions' buffers are dropped unflushed: their new owner reads them again from the commit.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -42,6 +48,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("meterline.sink.clickhouse")
 
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 10.0
+
+CONSUMER_SETTINGS = {
+    # librdkafka fetches ahead until this many records wait (100,000 by default; the bytes stay
+    # bounded by queued.max.messages.kbytes, 64 MiB): a bare consumer of a backlog of aggregates
+    # read ~240,000 records/s with the default and ~900,000 with this (BENCHMARKS.md).
+    "queued.min.messages": 500_000,
+}
 
 
 @dataclass
@@ -66,6 +79,20 @@ class SinkStats:
     rows: dict[str, int] = field(default_factory=dict)
     inserts: int = 0
     retries: int = 0
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A flush whose insert was started (step 3) and is not finished yet (steps 4 and 5)."""
+
+    key: tuple[str, int]
+    buffer: Buffer
+    token: str
+    record_times_ms: list[int]
+    started: float
+    """time.monotonic() when the flush began."""
+    insert: Future[None] | None
+    """None: the buffer had no rows, there is only the commit."""
 
 
 @dataclass(frozen=True)
@@ -98,13 +125,17 @@ class ClickHouseSink:
         self._buffers: dict[tuple[str, int], Buffer] = {}
         self._record_times: dict[tuple[str, int], list[int]] = {}
         self._client: Client | None = None
-        self._consumer = group_consumer(bootstrap, group_id)
+        self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-insert")
+        self._in_flight: InFlight | None = None
+        self._consumer = group_consumer(bootstrap, group_id, CONSUMER_SETTINGS)
         self._assignment = Assignment("clickhouse")
         metrics.SINK_LAG_SECONDS.labels("clickhouse").set_function(self.oldest_pending_seconds)
 
     def oldest_pending_seconds(self) -> float:
         """How long the oldest buffered record has waited for its insert and commit."""
-        since = min((b.since for b in list(self._buffers.values())), default=None)
+        flight = self._in_flight
+        waiting = [b.since for b in list(self._buffers.values())] + ([flight.buffer.since] if flight else [])
+        since = min(waiting, default=None)
         return 0.0 if since is None else time.monotonic() - since
 
     def run(self, should_stop: Callable[[], bool]) -> None:
@@ -118,15 +149,17 @@ class ClickHouseSink:
         try:
             while not should_stop():
                 messages = self._consumer.consume(1000, timeout=0.2)
-                for message in messages:
-                    self._take(message)
+                self._take(messages)
                 metrics.SINK_RECORDS.labels("clickhouse").inc(len(messages))
+                self._finish_inserted()
                 self._flush_due()
                 if time.monotonic() - last_log >= 10:
                     last_log = time.monotonic()
                     log.info("progress %s", vars(self.stats))
             self._flush_all()
+            self._finish_in_flight()
         finally:
+            self._inserter.shutdown(wait=True)  # the client is not closed under an insert
             self._consumer.close()
             if self._client is not None:
                 self._client.close()
@@ -134,21 +167,26 @@ class ClickHouseSink:
 
     # -- consuming -------------------------------------------------------------------------------
 
-    def _take(self, message: Message) -> None:
-        error = message.error()
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF:
-                return
-            raise KafkaException(error)
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
-        assert topic is not None and partition is not None and offset is not None
-        buffer = self._buffers.get((topic, partition))
-        if buffer is None:  # not setdefault: a Buffer built per record cost 7% of the sink's time
-            buffer = self._buffers[(topic, partition)] = Buffer(self.routes[topic])
-        buffer.add(offset, buffer.route.rows(message))
-        if self.on_flushed is not None:
-            self._record_times.setdefault((topic, partition), []).append(message.timestamp()[1])
-        self.stats.records += 1
+    def _take(self, messages: list[Message]) -> None:
+        """Add each record's rows to its partition's buffer (a loop over the whole consumed list:
+        this runs for every row the sink inserts)."""
+        buffers = self._buffers
+        times = self._record_times if self.on_flushed is not None else None
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise KafkaException(error)
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            assert topic is not None and partition is not None and offset is not None
+            buffer = buffers.get((topic, partition))
+            if buffer is None:  # not setdefault: a Buffer built per record cost 7% of the sink's time
+                buffer = buffers[(topic, partition)] = Buffer(self.routes[topic])
+            buffer.add(offset, buffer.route.rows(message))
+            if times is not None:
+                times.setdefault((topic, partition), []).append(message.timestamp()[1])
+            self.stats.records += 1
 
     def _flush_due(self) -> None:
         now = time.monotonic()
@@ -162,20 +200,50 @@ class ClickHouseSink:
             self._flush(key)
 
     def _flush(self, key: tuple[str, int]) -> None:
-        buffer = self._buffers.get(key)
+        # 1. Take the buffer out; the token: where its rows came from, nothing else.
+        buffer = self._buffers.pop(key, None)
         if buffer is None:
             return
         topic, partition = key
-        started = time.monotonic()
-        # 1. The token: where the rows came from, nothing else.
         token = f"{self.group_id}/{topic}/{partition}/{buffer.first_offset}-{buffer.last_offset}"
-        # 2. Insert, retrying while ClickHouse is unavailable.
-        if buffer.rows and not self._insert(key, buffer, token):
-            return  # revoked while retrying: dropped, its new owner reads it again
-        # 3. Commit past the range.
+        times = self._record_times.pop(key, [])
+        # 2. Finish the flush before it.
+        self._finish_in_flight()
+        if key not in self._assignment.held:
+            return  # revoked while that one retried: the new owner reads these rows again
+        # 3. Start the insert; consuming goes on meanwhile.
+        insert = self._inserter.submit(self._insert_once, buffer, token) if buffer.rows else None
+        self._in_flight = InFlight(key, buffer, token, times, time.monotonic(), insert)
+
+    def _finish_inserted(self) -> None:
+        """Commit the flush in flight as soon as its insert is done, not at the next flush."""
+        flight = self._in_flight
+        if flight is not None and (flight.insert is None or flight.insert.done()):
+            self._finish_in_flight()
+
+    def _finish_in_flight(self, retry: bool = True) -> None:
+        """Steps 4 and 5 of the flush in flight. Without `retry` (its partition is being revoked) an
+        insert ClickHouse could not take is left to the partition's next owner."""
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:
+            return
+        topic, partition = flight.key
+        # 4. Wait for the insert; while ClickHouse is unavailable, insert again.
+        if flight.insert is not None:
+            try:
+                flight.insert.result()
+            except ClickHouseUnavailableError as exc:
+                if not retry or not self._insert_until_done(flight, exc):
+                    log.info(
+                        "%s[%d]: the insert of %s is left to the partition's new owner",
+                        *flight.key,
+                        flight.token,
+                    )
+                    return
+        # 5. Commit past the range.
         try:
             self._consumer.commit(
-                offsets=[TopicPartition(topic, partition, buffer.last_offset + 1)], asynchronous=False
+                offsets=[TopicPartition(topic, partition, flight.buffer.last_offset + 1)], asynchronous=False
             )
         except KafkaException as exc:
             # Not ours any more (a rebalance): the new owner re-reads from the last commit, and
@@ -186,40 +254,39 @@ class ClickHouseSink:
                 partition,
                 exc,
             )
-        # 4. Empty the buffer (unless a rebalance replaced it while step 2 retried).
-        if self._buffers.get(key) is buffer:
-            del self._buffers[key]
-        times = self._record_times.pop(key, [])
-        metrics.SINK_FLUSH_SECONDS.labels("clickhouse").observe(time.monotonic() - started)
-        if self.on_flushed is not None and buffer.rows:
-            self.on_flushed(Flushed(buffer.route.table, partition, len(buffer.rows), times, time.time()))
+        metrics.SINK_FLUSH_SECONDS.labels("clickhouse").observe(time.monotonic() - flight.started)
+        if self.on_flushed is not None and flight.buffer.rows:
+            rows = len(flight.buffer.rows)
+            self.on_flushed(
+                Flushed(flight.buffer.route.table, partition, rows, flight.record_times_ms, time.time())
+            )
 
-    def _insert(self, key: tuple[str, int], buffer: Buffer, token: str) -> bool:
-        """Insert until it succeeds (True) or the partition is revoked meanwhile (False)."""
+    def _insert_until_done(self, flight: InFlight, failure: ClickHouseUnavailableError) -> bool:
+        """Insert again until it succeeds (True) or the partition is revoked meanwhile (False)."""
         delay = _BACKOFF_FIRST
         paused: list[TopicPartition] = []
         try:
             while True:
+                self.stats.retries += 1
+                metrics.SINK_RETRIES.labels("clickhouse").inc()
+                self._client = None
+                wait = delay * random.uniform(0.5, 1.0)
+                log.warning("%s; retrying the insert of %s in %.1f s", failure, flight.token, wait)
+                if not paused:
+                    paused = self._consumer.assignment()
+                    self._consumer.pause(paused)
+                deadline = time.monotonic() + wait
+                while time.monotonic() < deadline:
+                    # Paused: returns nothing, but keeps this member in the group.
+                    self._take(self._consumer.consume(100, timeout=0.1))
+                if flight.key not in self._assignment.held:
+                    return False
+                delay = min(delay * 2, _BACKOFF_MAX)
                 try:
-                    self._insert_once(buffer, token)
+                    self._insert_once(flight.buffer, flight.token)
                     return True
                 except ClickHouseUnavailableError as exc:
-                    self.stats.retries += 1
-                    metrics.SINK_RETRIES.labels("clickhouse").inc()
-                    self._client = None
-                    wait = delay * random.uniform(0.5, 1.0)
-                    log.warning("%s; retrying the insert of %s in %.1f s", exc, token, wait)
-                    if not paused:
-                        paused = self._consumer.assignment()
-                        self._consumer.pause(paused)
-                    deadline = time.monotonic() + wait
-                    while time.monotonic() < deadline:
-                        # Paused: returns nothing, but keeps this member in the group.
-                        for message in self._consumer.consume(100, timeout=0.1):
-                            self._take(message)
-                    if self._buffers.get(key) is not buffer:
-                        return False
-                    delay = min(delay * 2, _BACKOFF_MAX)
+                    failure = exc
         finally:
             if paused:
                 self._consumer.resume([tp for tp in paused if tp in self._consumer.assignment()])
@@ -227,13 +294,20 @@ class ClickHouseSink:
     def _insert_once(self, buffer: Buffer, token: str) -> None:
         if self._client is None:
             self._client = connect(self.config, self.dsn)
+        route, settings = buffer.route, {"insert_deduplication_token": token}
         try:
-            self._client.insert(
-                buffer.route.table,
-                buffer.rows,
-                column_names=list(buffer.route.columns),
-                settings={"insert_deduplication_token": token},
-            )
+            if route.row_format is None:
+                self._client.insert(
+                    route.table, buffer.rows, column_names=list(route.columns), settings=settings
+                )
+            else:
+                self._client.raw_insert(
+                    route.table,
+                    list(route.columns),
+                    b"".join(buffer.rows),  # type: ignore[arg-type]  # bytes rows, by row_format
+                    settings=settings,
+                    fmt=route.row_format,
+                )
         except Exception as exc:
             if _is_unavailable(exc):
                 raise unavailable(self.dsn, exc) from exc
@@ -243,6 +317,9 @@ class ClickHouseSink:
         metrics.CLICKHOUSE_ROWS.labels(buffer.route.table).inc(len(buffer.rows))
 
     def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        if self._in_flight is not None and self._in_flight.key in revoked:
+            self._finish_in_flight(retry=False)  # commit what is done before the partition goes
         self._assignment.revoked(_consumer, partitions)
         for tp in partitions:
             if self._buffers.pop((tp.topic, tp.partition), None) is not None:

@@ -19,9 +19,13 @@ import pytest
 from core.config import Config
 from core.kafka import read_ends
 from meterline.produce import produce_workload
+from schemas.codecs import AGGREGATE_ROW_BINARY
+from schemas.records import WindowAggregate
+from schemas.serde import AvroSerde
 from sinks.clickhouse import queries
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import DowngradeError, available, migrate
+from sinks.clickhouse.rows import AGGREGATE_COLUMNS
 from tests.support.clickhouse_sink import assert_exact, fresh, query, run_pipeline
 from tests.support.pipeline import SinkProcess, Workers, workload
 
@@ -61,6 +65,39 @@ def test_migrations_are_idempotent_and_refuse_a_downgrade(
             migrate(client, 30)
     finally:
         client.close()
+
+
+def test_the_row_binary_rows_of_aggregates_are_the_tables_columns_and_read_back_as_sent(
+    config: Config, clickhouse_dsn: str
+) -> None:
+    """The sink inserts the compiled reader's RowBinary rows as they are: their types are pinned
+    here to the table's, and a row read back is the aggregate that was sent."""
+    fresh(config, clickhouse_dsn)
+    serde = AvroSerde()
+    sent = [
+        WindowAggregate(
+            "cust-é", "api_calls", 1_780_000_000_000, 1_780_000_060_000, 3, 2**62, -5, 7, 2, 1_780_000_070_123
+        ),
+        WindowAggregate("c" * 300, "egress_bytes", 0, 60_000, 65_535, 0, 0, 2**64 - 1 >> 1, 2**31 - 1, 0),
+    ]
+    client = connect(config, clickhouse_dsn)
+    try:
+        types = dict(
+            client.query(
+                "SELECT name, type FROM system.columns "
+                "WHERE database = currentDatabase() AND table = 'usage_window_revisions'"
+            ).result_rows
+        )
+        assert {name: types[name] for name, _ in AGGREGATE_ROW_BINARY} == dict(AGGREGATE_ROW_BINARY)
+        rows = b"".join(serde.decode_aggregate_row_binary(serde.encode_aggregate(a)) for a in sent)
+        client.raw_insert("usage_window_revisions", list(AGGREGATE_COLUMNS), rows, fmt="RowBinary")
+        columns = ", ".join(
+            f"toUnixTimestamp64Milli({c})" if "DateTime" in t else c for c, t in AGGREGATE_ROW_BINARY
+        )
+        back = client.query(f"SELECT {columns} FROM usage_window_revisions FINAL ORDER BY meter").result_rows
+    finally:
+        client.close()
+    assert [WindowAggregate(*row) for row in back] == sent
 
 
 def test_a_second_process_on_the_embedded_directory_is_told_who_holds_it(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -15,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas import codecs
-from schemas._readers import read_aggregate, read_events
+from schemas._readers import read_aggregate, read_aggregate_row_binary, read_events
 from schemas.catalog import USAGE_EVENT, USAGE_EVENT_BATCH, WINDOW_AGGREGATE, SchemaCatalog
 from schemas.codecs import (
     AGGREGATE_LAYOUT,
@@ -146,6 +147,66 @@ def test_the_python_aggregate_reader_reads_every_byte_string_as_the_compiled_one
         assert outcome_of(codecs.read_aggregate, damaged) == outcome_of(read_aggregate, damaged)
 
 
+@given(aggregates)
+def test_an_aggregate_becomes_the_row_binary_row_of_its_fields(aggregate: WindowAggregate) -> None:
+    """RowBinary (https://clickhouse.com/docs/interfaces/formats/RowBinary): a String is its length
+    as an unsigned LEB128 varint and its bytes, numbers are fixed-width little-endian."""
+    body = fastavro_bytes(AGGREGATE_SCHEMA.parsed, aggregate_to_avro(aggregate))
+    fits = (
+        0 <= aggregate.source_partition <= 0xFFFF
+        and aggregate.event_count >= 0
+        and 0 <= aggregate.revision <= 0xFFFF_FFFF
+    )
+    for read in (read_aggregate_row_binary, codecs.read_aggregate_row_binary):
+        if not fits:
+            with pytest.raises(ValueError, match="does not fit"):
+                read(b"header" + body, 6)
+            continue
+        row = read(b"header" + body, 6)
+        customer, meter = aggregate.customer_id.encode(), aggregate.meter.encode()
+        assert row[: 1 + len(customer)] == bytes([len(customer)]) + customer  # short: one length byte
+        rest = row[1 + len(customer) :]
+        assert rest[: 1 + len(meter)] == bytes([len(meter)]) + meter
+        numbers = struct.unpack("<qqHqqQIq", rest[1 + len(meter) :])
+        assert numbers == (
+            aggregate.window_start,
+            aggregate.window_end,
+            aggregate.source_partition,
+            aggregate.value,
+            aggregate.delta,
+            aggregate.event_count,
+            aggregate.revision,
+            aggregate.closed_at,
+        )
+
+
+@given(aggregates, st.data())
+def test_the_python_row_binary_reader_reads_every_byte_string_as_the_compiled_one(
+    aggregate: WindowAggregate, data: st.DataObject
+) -> None:
+    for damaged in whole_and_damaged(AvroSerde(CATALOG).encode_aggregate(aggregate), data):
+        assert outcome_of(codecs.read_aggregate_row_binary, damaged) == outcome_of(
+            read_aggregate_row_binary, damaged
+        )
+
+
+def test_a_long_string_gets_a_varint_length_and_a_field_out_of_its_column_names_both() -> None:
+    serde = AvroSerde(CATALOG)
+    long_customer = WindowAggregate("c" * 300, "m", 0, 60_000, 3, 1, 1, 1, 0, 0)
+    row = serde.decode_aggregate_row_binary(serde.encode_aggregate(long_customer))
+    assert row[:2] == bytes([300 & 0x7F | 0x80, 300 >> 7]) and row[2:302] == b"c" * 300
+    for aggregate, message in (
+        (
+            WindowAggregate("c", "m", 0, 60_000, 70_000, 1, 1, 1, 0, 0),
+            "source_partition 70000 does not fit UInt16",
+        ),
+        (WindowAggregate("c", "m", 0, 60_000, 3, 1, 1, -1, 0, 0), "event_count -1 does not fit UInt64"),
+        (WindowAggregate("c", "m", 0, 60_000, 3, 1, 1, 1, -2, 0), "revision -2 does not fit UInt32"),
+    ):
+        with pytest.raises(MalformedRecordError, match=message):
+            serde.decode_aggregate_row_binary(serde.encode_aggregate(aggregate))
+
+
 def test_an_aggregate_position_outside_the_record_is_malformed() -> None:
     for read in (read_aggregate, codecs.read_aggregate):
         with pytest.raises(ValueError, match="outside a record"):
@@ -242,6 +303,7 @@ def test_the_compiled_reader_is_what_the_serde_reads_with_here() -> None:
 
     assert serde.READERS == "compiled" and serde.read_events is read_events
     assert serde.read_aggregate is read_aggregate
+    assert serde.read_aggregate_row_binary is read_aggregate_row_binary
 
 
 BOTH_EVENT_READERS = pytest.mark.parametrize(
