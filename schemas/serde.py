@@ -51,6 +51,13 @@ except ImportError:  # installed without a C compiler (the lean SDK): the same r
 
     READERS = "python"
 
+try:
+    from schemas._writers import write_aggregate as compiled_write_aggregate
+
+    WRITERS = "compiled"
+except ImportError:  # as above: AggregateEncoder writes the same bytes in Python
+    WRITERS = "python"
+
 if TYPE_CHECKING:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
@@ -138,7 +145,7 @@ class AvroSerde:
     def _write_aggregate(self) -> Callable[[WindowAggregate], bytes]:
         schema = self.catalog.latest(WINDOW_AGGREGATE)
         if layout_of(schema.definition) == AGGREGATE_LAYOUT:
-            return AggregateEncoder().encode
+            return compiled_write_aggregate if WRITERS == "compiled" else AggregateEncoder().encode
 
         def write(aggregate: WindowAggregate) -> bytes:
             buffer = io.BytesIO()

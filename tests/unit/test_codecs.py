@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import struct
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from schemas import codecs
 from schemas._readers import read_aggregate, read_aggregate_row_binary, read_events
+from schemas._writers import write_aggregate
 from schemas.catalog import USAGE_EVENT, USAGE_EVENT_BATCH, WINDOW_AGGREGATE, SchemaCatalog
 from schemas.codecs import (
     AGGREGATE_LAYOUT,
@@ -113,15 +115,28 @@ def test_an_aggregate_is_written_byte_for_byte_as_fastavro_writes_it(aggregate: 
     expected = fastavro_bytes(AGGREGATE_SCHEMA.parsed, aggregate_to_avro(aggregate))
     assert encoder.encode(aggregate) == expected
     assert encoder.encode(aggregate) == expected  # again, from the string cache
+    assert write_aggregate(aggregate) == expected
     serde = AvroSerde(CATALOG)
     assert serde.decode_aggregate(serde.encode_aggregate(aggregate)) == aggregate
 
 
-def test_an_aggregate_int_field_out_of_range_is_refused() -> None:
-    """fastavro writes it as a long, which a strict reader rejects; the encoder says so instead."""
-    aggregate = WindowAggregate("c", "m", 0, 60_000, 2**31, 1, 1, 1, 0, 0)
-    with pytest.raises(ValueError, match="32-bit int"):
-        AggregateEncoder().encode(aggregate)
+@pytest.mark.parametrize("write", [AggregateEncoder().encode, write_aggregate], ids=["python", "compiled"])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        # fastavro writes an int out of range as a long, which a strict reader rejects: refused here.
+        ({"source_partition": 2**31}, "2147483648 does not fit Avro's 32-bit int"),
+        ({"revision": -(2**31) - 1}, "-2147483649 does not fit Avro's 32-bit int"),
+        ({"value": 2**63}, "9223372036854775808 does not fit Avro's 64-bit long"),
+        ({"closed_at": -(2**63) - 1}, "-9223372036854775809 does not fit Avro's 64-bit long"),
+    ],
+)
+def test_a_number_out_of_its_fields_range_is_refused_by_both_writers(
+    write: Callable[[WindowAggregate], bytes], fields: dict[str, int], message: str
+) -> None:
+    aggregate = dataclasses.replace(WindowAggregate("c", "m", 0, 60_000, 3, 1, 1, 1, 0, 0), **fields)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        write(aggregate)
 
 
 def test_the_aggregate_layout_is_the_current_schema() -> None:
@@ -297,13 +312,14 @@ def test_blocks_with_a_byte_size_are_read_as_fastavro_reads_them() -> None:
         assert reader_outcome(serde, data) in ([EVENT, EVENT], [EVENT])
 
 
-def test_the_compiled_reader_is_what_the_serde_reads_with_here() -> None:
-    """./run.sh builds it; an install without a C compiler falls back to codecs.read_events."""
+def test_the_compiled_codecs_are_what_the_serde_uses_here() -> None:
+    """./run.sh builds them; an install without a C compiler falls back to schemas.codecs."""
     from schemas import serde
 
     assert serde.READERS == "compiled" and serde.read_events is read_events
     assert serde.read_aggregate is read_aggregate
     assert serde.read_aggregate_row_binary is read_aggregate_row_binary
+    assert AvroSerde(CATALOG)._write_aggregate is write_aggregate
 
 
 BOTH_EVENT_READERS = pytest.mark.parametrize(

@@ -1,0 +1,3 @@
+from schemas.records import WindowAggregate
+
+def write_aggregate(aggregate: WindowAggregate) -> bytes: ...
