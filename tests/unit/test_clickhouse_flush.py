@@ -1,0 +1,213 @@
+"""The ClickHouse sink's flush order with its insert overlapped (sinks/clickhouse/sink.py): a
+counting fake consumer and a fake client whose insert the test holds, so that what is committed
+while an insert is in flight, after it, or on a revoke is seen step by step. The same sink runs
+against the broker and the engine in tests/integration and tests/crash."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from core.config import Config
+from meterline.config import load_config
+from schemas.records import WindowAggregate
+from schemas.serde import AvroSerde
+from sinks.clickhouse.sink import ClickHouseSink
+
+
+class FakeMessage:
+    def __init__(self, topic: str, partition: int, offset: int, value: bytes) -> None:
+        self._topic, self._partition, self._offset, self._value = topic, partition, offset, value
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_780_000_000_000 + self._offset)
+
+
+class FakeConsumer:
+    """Counts commits; consume returns nothing (the test hands records to the sink itself)."""
+
+    def __init__(self, assigned: list[TopicPartition]) -> None:
+        self.commits: list[tuple[str, int, int]] = []
+        self.assigned = assigned
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        assert not asynchronous
+        self.commits += [(tp.topic, tp.partition, tp.offset) for tp in offsets]
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        return []
+
+    def assignment(self) -> list[TopicPartition]:
+        return list(self.assigned)
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        pass
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        pass
+
+
+class HeldClient:
+    """A client whose inserts wait for `release` and then fail with each of `failures` in turn."""
+
+    def __init__(self, failures: list[Exception] | None = None) -> None:
+        self.release = threading.Event()
+        self.attempts: list[str] = []
+        self.inserted: list[str] = []
+        self.failures = list(failures or [])
+
+    def raw_insert(
+        self, table: str, columns: list[str], data: bytes, settings: dict[str, str], fmt: str
+    ) -> None:
+        assert self.release.wait(10), "the test never released the insert"
+        self.attempts.append(settings["insert_deduplication_token"])
+        if self.failures:
+            raise self.failures.pop(0)
+        self.inserted.append(settings["insert_deduplication_token"])
+
+
+@pytest.fixture
+def config() -> Config:
+    return load_config(None, {})
+
+
+@pytest.fixture
+def sink(config: Config) -> Iterator[ClickHouseSink]:
+    # The consumer librdkafka makes is never used: it connects to nothing until it consumes.
+    sink = ClickHouseSink(config, "127.0.0.1:1", dsn="chdb:///nowhere", group_id="g")
+    partitions = [TopicPartition(config.topics.aggregates, p) for p in (0, 1)]
+    sink._consumer = FakeConsumer(partitions)  # type: ignore[assignment]
+    sink._assignment.assigned(sink._consumer, partitions)  # type: ignore[arg-type]
+    yield sink
+    sink._inserter.shutdown(wait=False, cancel_futures=True)
+
+
+def records(config: Config, partition: int, offsets: range) -> list[Any]:
+    serde = AvroSerde()
+    return [
+        FakeMessage(
+            config.topics.aggregates,
+            partition,
+            offset,
+            serde.encode_aggregate(
+                WindowAggregate(
+                    "c", "api_calls", offset * 60_000, (offset + 1) * 60_000, partition, 1, 1, 1, 0, 0
+                )
+            ),
+        )
+        for offset in offsets
+    ]
+
+
+def finish(sink: ClickHouseSink) -> None:
+    flight = sink._in_flight
+    assert flight is not None and flight.insert is not None
+    flight.insert.exception(timeout=10)  # done, whichever way
+    sink._finish_inserted()
+
+
+def test_a_range_is_committed_only_after_its_insert_and_in_the_order_flushed(
+    config: Config, sink: ClickHouseSink
+) -> None:
+    client = HeldClient()
+    sink._client = client  # type: ignore[assignment]
+    consumer: FakeConsumer = sink._consumer  # type: ignore[assignment]
+    topic = config.topics.aggregates
+    sink._take(records(config, 0, range(0, 3)))
+    sink._flush((topic, 0))
+    sink._take(records(config, 0, range(3, 5)))  # consumed while the insert is held
+    sink._finish_inserted()
+    assert consumer.commits == [] and client.inserted == []
+    client.release.set()
+    finish(sink)
+    assert client.inserted == [f"g/{topic}/0/0-2"] and consumer.commits == [(topic, 0, 3)]
+    sink._flush((topic, 0))
+    finish(sink)
+    assert consumer.commits == [(topic, 0, 3), (topic, 0, 5)]
+
+
+def test_a_flush_waits_for_the_one_in_flight_before_it_starts(config: Config, sink: ClickHouseSink) -> None:
+    client = HeldClient()
+    sink._client = client  # type: ignore[assignment]
+    consumer: FakeConsumer = sink._consumer  # type: ignore[assignment]
+    topic = config.topics.aggregates
+    sink._take(records(config, 0, range(0, 2)) + records(config, 1, range(0, 4)))
+    sink._flush((topic, 0))
+    threading.Timer(0.2, client.release.set).start()
+    sink._flush((topic, 1))  # blocks until partition 0's insert returns, then commits it
+    assert consumer.commits == [(topic, 0, 2)]
+    finish(sink)
+    assert consumer.commits == [(topic, 0, 2), (topic, 1, 4)]
+    assert client.inserted == [f"g/{topic}/0/0-1", f"g/{topic}/1/0-3"]
+
+
+def test_an_unavailable_target_is_retried_with_the_same_token_before_the_commit(
+    config: Config, sink: ClickHouseSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = HeldClient([ConnectionRefusedError("refused"), ConnectionRefusedError("refused")])
+    client.release.set()
+    sink._client = client  # type: ignore[assignment]
+    consumer: FakeConsumer = sink._consumer  # type: ignore[assignment]
+    topic = config.topics.aggregates
+    reconnected: list[HeldClient] = []
+
+    def connect_again(*_: Any) -> HeldClient:
+        reconnected.append(client)  # the same fake again: its remaining failures carry over
+        return client
+
+    monkeypatch.setattr("sinks.clickhouse.sink.connect", connect_again)
+    sink._take(records(config, 0, range(0, 3)))
+    sink._flush((topic, 0))
+    finish(sink)
+    assert sink.stats.retries == 2 and len(reconnected) == 2
+    assert client.attempts == [f"g/{topic}/0/0-2"] * 3
+    assert client.inserted == [f"g/{topic}/0/0-2"] and consumer.commits == [(topic, 0, 3)]
+
+
+def test_a_revoke_commits_the_flush_in_flight_of_its_partition_and_drops_its_buffer(
+    config: Config, sink: ClickHouseSink
+) -> None:
+    client = HeldClient()
+    sink._client = client  # type: ignore[assignment]
+    consumer: FakeConsumer = sink._consumer  # type: ignore[assignment]
+    topic = config.topics.aggregates
+    sink._take(records(config, 0, range(0, 3)))
+    sink._flush((topic, 0))
+    sink._take(records(config, 0, range(3, 6)))
+    threading.Timer(0.2, client.release.set).start()
+    sink._revoked(consumer, [TopicPartition(topic, 0)])  # type: ignore[arg-type]
+    assert consumer.commits == [(topic, 0, 3)] and sink._in_flight is None
+    assert (topic, 0) not in sink._buffers  # offsets 3-5: left to the partition's next owner
+
+
+def test_a_revoke_leaves_an_insert_the_target_refused_uncommitted(
+    config: Config, sink: ClickHouseSink
+) -> None:
+    client = HeldClient([ConnectionRefusedError("refused")])
+    client.release.set()
+    sink._client = client  # type: ignore[assignment]
+    consumer: FakeConsumer = sink._consumer  # type: ignore[assignment]
+    topic = config.topics.aggregates
+    sink._take(records(config, 1, range(0, 3)))
+    sink._flush((topic, 1))
+    sink._revoked(consumer, [TopicPartition(topic, 1)])  # type: ignore[arg-type]
+    assert consumer.commits == [] and client.inserted == [] and sink._in_flight is None
