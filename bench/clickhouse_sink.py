@@ -22,6 +22,7 @@ import statistics
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Producer
@@ -50,22 +51,33 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20, help="length of the latency run")
     args = parser.parse_args()
     with local_stack("sink", {"METERLINE__CLICKHOUSE__RAW_EVENTS": "false"}) as (base, bootstrap, state, _):
-        dsn = f"chdb://{state / 'bench-clickhouse'}"
         rows: list[dict[str, object]] = []
-        client = connect(base, dsn)
-        migrate(client, base.clickhouse.raw_events_ttl_days)
+        # Each row its own fresh engine directory: the merges ClickHouse runs in the background
+        # after a row's inserts would otherwise take CPU from the next row.
+        client = _fresh(base, state / "baseline")
         rows.append(_baseline(client, args.rows, base.clickhouse.batch_rows))
+        client.close()
+        client = _fresh(base, state / "baseline-row-binary")
         rows.append(_baseline_row_binary(client, args.rows, base.clickhouse.batch_rows))
         client.close()
 
         backlog = isolated_topics(base, bootstrap, "backlog")
         _produce(backlog, bootstrap, _aggregates(args.rows, seed=1))
         rows.append(_consume_floor(backlog, bootstrap, args.rows))
-        rows.append(_drain(backlog, bootstrap, dsn, args.rows))
+        _fresh(base, state / "drain").close()
+        rows.append(_drain(backlog, bootstrap, f"chdb://{state / 'drain'}", args.rows))
 
         live = isolated_topics(base, bootstrap, "live")
-        rows.append(_latency(live, bootstrap, dsn, args.rate, args.seconds))
+        _fresh(base, state / "live").close()
+        rows.append(_latency(live, bootstrap, f"chdb://{state / 'live'}", args.rate, args.seconds))
     report(rows)
+
+
+def _fresh(config: Config, directory: Path) -> Client:
+    """A client of a new, migrated embedded engine in `directory`."""
+    client = connect(config, f"chdb://{directory}")
+    migrate(client, config.clickhouse.raw_events_ttl_days)
+    return client
 
 
 def _aggregates(count: int, seed: int) -> list[WindowAggregate]:
