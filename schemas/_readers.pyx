@@ -116,34 +116,9 @@ def read_events(bytes data, Py_ssize_t pos, bint batch):
     return events
 
 
-def read_aggregate(bytes data, Py_ssize_t pos):
-    """The fields of a WindowAggregate body in AGGREGATE_LAYOUT starting at `pos` and ending at
-    the end of `data`, as a tuple in that layout's order (WindowAggregate's). ValueError when the
-    bytes are not one."""
-    cdef const unsigned char* buffer = data
-    cdef Py_ssize_t end = len(data)
-    if pos < 0 or pos > end:
-        raise ValueError(f"position {pos} outside a record of {end} bytes")
-    customer_id = _string(buffer, &pos, end)
-    meter = _string(buffer, &pos, end)
-    cdef int64_t window_start = _long(buffer, &pos, end)
-    cdef int64_t window_end = _long(buffer, &pos, end)
-    cdef int64_t partition = _long(buffer, &pos, end)
-    cdef int64_t value = _long(buffer, &pos, end)
-    cdef int64_t delta = _long(buffer, &pos, end)
-    cdef int64_t count = _long(buffer, &pos, end)
-    cdef int64_t revision = _long(buffer, &pos, end)
-    cdef int64_t closed_at = _long(buffer, &pos, end)
-    if pos != end:
-        raise ValueError(f"{end - pos} trailing bytes after the record")
-    if not (INT32_MIN <= partition <= INT32_MAX and INT32_MIN <= revision <= INT32_MAX):
-        raise ValueError("an int field out of Avro's 32-bit range")
-    return (customer_id, meter, window_start, window_end, partition, value, delta, count, revision, closed_at)
-
-
 cdef inline Py_ssize_t _utf8_span(const unsigned char* data, Py_ssize_t* pos, Py_ssize_t end) except -1:
-    """Where an Avro string's bytes start (pos advances past them); they are checked to be UTF-8,
-    so that this refuses what read_aggregate refuses."""
+    """Where an Avro string's bytes start (pos advances past them), checked to be UTF-8 as a
+    string read by _string is."""
     cdef int64_t length = _long(data, pos, end)
     cdef Py_ssize_t start = pos[0]
     if length < 0 or length > end - start:
@@ -151,6 +126,56 @@ cdef inline Py_ssize_t _utf8_span(const unsigned char* data, Py_ssize_t* pos, Py
     PyUnicode_DecodeUTF8(<const char*>data + start, length, NULL)
     pos[0] = start + length
     return start
+
+
+cdef struct _Aggregate:
+    Py_ssize_t customer, customer_length, meter, meter_length  # where the strings' bytes are
+    int64_t window_start, window_end, partition, value, delta, count, revision, closed_at
+
+
+cdef int _read_aggregate(const unsigned char* buffer, Py_ssize_t pos, Py_ssize_t end, _Aggregate* out) except -1:
+    """A WindowAggregate body in AGGREGATE_LAYOUT from `pos` to `end` into `out`, checked as Avro
+    (UTF-8 strings, 32-bit ints, nothing after it): what both readers below read."""
+    if pos < 0 or pos > end:
+        raise ValueError(f"position {pos} outside a record of {end} bytes")
+    out.customer = _utf8_span(buffer, &pos, end)
+    out.customer_length = pos - out.customer
+    out.meter = _utf8_span(buffer, &pos, end)
+    out.meter_length = pos - out.meter
+    out.window_start = _long(buffer, &pos, end)
+    out.window_end = _long(buffer, &pos, end)
+    out.partition = _long(buffer, &pos, end)
+    out.value = _long(buffer, &pos, end)
+    out.delta = _long(buffer, &pos, end)
+    out.count = _long(buffer, &pos, end)
+    out.revision = _long(buffer, &pos, end)
+    out.closed_at = _long(buffer, &pos, end)
+    if pos != end:
+        raise ValueError(f"{end - pos} trailing bytes after the record")
+    if not (INT32_MIN <= out.partition <= INT32_MAX and INT32_MIN <= out.revision <= INT32_MAX):
+        raise ValueError("an int field out of Avro's 32-bit range")
+    return 0
+
+
+def read_aggregate(bytes data, Py_ssize_t pos):
+    """The fields of a WindowAggregate body in AGGREGATE_LAYOUT starting at `pos` and ending at
+    the end of `data`, as a tuple in that layout's order (WindowAggregate's). ValueError when the
+    bytes are not one."""
+    cdef const unsigned char* buffer = data
+    cdef _Aggregate a
+    _read_aggregate(buffer, pos, len(data), &a)
+    return (
+        PyUnicode_DecodeUTF8(<const char*>buffer + a.customer, a.customer_length, NULL),
+        PyUnicode_DecodeUTF8(<const char*>buffer + a.meter, a.meter_length, NULL),
+        a.window_start,
+        a.window_end,
+        a.partition,
+        a.value,
+        a.delta,
+        a.count,
+        a.revision,
+        a.closed_at,
+    )
 
 
 cdef inline Py_ssize_t _uvarint_size(uint64_t n):
@@ -187,44 +212,27 @@ def read_aggregate_row_binary(bytes data, Py_ssize_t pos):
     ValueError when the bytes are not an aggregate (as read_aggregate), or a field does not fit
     its column's type."""
     cdef const unsigned char* buffer = data
-    cdef Py_ssize_t end = len(data)
-    if pos < 0 or pos > end:
-        raise ValueError(f"position {pos} outside a record of {end} bytes")
-    cdef Py_ssize_t customer = _utf8_span(buffer, &pos, end)
-    cdef Py_ssize_t customer_length = pos - customer
-    cdef Py_ssize_t meter = _utf8_span(buffer, &pos, end)
-    cdef Py_ssize_t meter_length = pos - meter
-    cdef int64_t window_start = _long(buffer, &pos, end)
-    cdef int64_t window_end = _long(buffer, &pos, end)
-    cdef int64_t partition = _long(buffer, &pos, end)
-    cdef int64_t value = _long(buffer, &pos, end)
-    cdef int64_t delta = _long(buffer, &pos, end)
-    cdef int64_t count = _long(buffer, &pos, end)
-    cdef int64_t revision = _long(buffer, &pos, end)
-    cdef int64_t closed_at = _long(buffer, &pos, end)
-    if pos != end:
-        raise ValueError(f"{end - pos} trailing bytes after the record")
-    if not (INT32_MIN <= partition <= INT32_MAX and INT32_MIN <= revision <= INT32_MAX):
-        raise ValueError("an int field out of Avro's 32-bit range")
-    if not 0 <= partition <= UINT16_MAX:
-        raise ValueError(f"source_partition {partition} does not fit UInt16")
-    if count < 0:
-        raise ValueError(f"event_count {count} does not fit UInt64")
-    if not 0 <= revision <= UINT32_MAX:
-        raise ValueError(f"revision {revision} does not fit UInt32")
+    cdef _Aggregate a
+    _read_aggregate(buffer, pos, len(data), &a)
+    if not 0 <= a.partition <= UINT16_MAX:
+        raise ValueError(f"source_partition {a.partition} does not fit UInt16")
+    if a.count < 0:
+        raise ValueError(f"event_count {a.count} does not fit UInt64")
+    if not 0 <= a.revision <= UINT32_MAX:
+        raise ValueError(f"revision {a.revision} does not fit UInt32")
     cdef Py_ssize_t size = (
-        _uvarint_size(customer_length) + customer_length + _uvarint_size(meter_length) + meter_length + 54
+        _uvarint_size(a.customer_length) + a.customer_length + _uvarint_size(a.meter_length) + a.meter_length + 54
     )
     row = PyBytes_FromStringAndSize(NULL, size)
     cdef char* out = PyBytes_AS_STRING(row)
-    out = _put_string(out, buffer, customer, customer_length)
-    out = _put_string(out, buffer, meter, meter_length)
-    out = _put_le(out, <uint64_t>window_start, 8)
-    out = _put_le(out, <uint64_t>window_end, 8)
-    out = _put_le(out, <uint64_t>partition, 2)
-    out = _put_le(out, <uint64_t>value, 8)
-    out = _put_le(out, <uint64_t>delta, 8)
-    out = _put_le(out, <uint64_t>count, 8)
-    out = _put_le(out, <uint64_t>revision, 4)
-    _put_le(out, <uint64_t>closed_at, 8)
+    out = _put_string(out, buffer, a.customer, a.customer_length)
+    out = _put_string(out, buffer, a.meter, a.meter_length)
+    out = _put_le(out, <uint64_t>a.window_start, 8)
+    out = _put_le(out, <uint64_t>a.window_end, 8)
+    out = _put_le(out, <uint64_t>a.partition, 2)
+    out = _put_le(out, <uint64_t>a.value, 8)
+    out = _put_le(out, <uint64_t>a.delta, 8)
+    out = _put_le(out, <uint64_t>a.count, 8)
+    out = _put_le(out, <uint64_t>a.revision, 4)
+    _put_le(out, <uint64_t>a.closed_at, 8)
     return row

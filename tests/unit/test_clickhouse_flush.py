@@ -118,6 +118,14 @@ def records(config: Config, partition: int, offsets: range) -> list[Any]:
     ]
 
 
+def held(sink: ClickHouseSink, failures: list[Exception] | None = None) -> tuple[HeldClient, FakeConsumer]:
+    """The sink's client replaced by a HeldClient; the client and the sink's fake consumer."""
+    client = HeldClient(failures)
+    sink._client = client  # type: ignore[assignment]
+    consumer: FakeConsumer = sink._consumer  # type: ignore[assignment]
+    return client, consumer
+
+
 def finish(sink: ClickHouseSink) -> None:
     flight = sink._in_flight
     assert flight is not None and flight.insert is not None
@@ -128,9 +136,7 @@ def finish(sink: ClickHouseSink) -> None:
 def test_a_range_is_committed_only_after_its_insert_and_in_the_order_flushed(
     config: Config, sink: ClickHouseSink
 ) -> None:
-    client = HeldClient()
-    sink._client = client  # type: ignore[assignment]
-    consumer: FakeConsumer = sink._consumer  # type: ignore[assignment]
+    client, consumer = held(sink)
     topic = config.topics.aggregates
     sink._take(records(config, 0, range(0, 3)))
     sink._flush((topic, 0))
@@ -146,9 +152,7 @@ def test_a_range_is_committed_only_after_its_insert_and_in_the_order_flushed(
 
 
 def test_a_flush_waits_for_the_one_in_flight_before_it_starts(config: Config, sink: ClickHouseSink) -> None:
-    client = HeldClient()
-    sink._client = client  # type: ignore[assignment]
-    consumer: FakeConsumer = sink._consumer  # type: ignore[assignment]
+    client, consumer = held(sink)
     topic = config.topics.aggregates
     sink._take(records(config, 0, range(0, 2)) + records(config, 1, range(0, 4)))
     sink._flush((topic, 0))
@@ -163,10 +167,8 @@ def test_a_flush_waits_for_the_one_in_flight_before_it_starts(config: Config, si
 def test_an_unavailable_target_is_retried_with_the_same_token_before_the_commit(
     config: Config, sink: ClickHouseSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = HeldClient([ConnectionRefusedError("refused"), ConnectionRefusedError("refused")])
+    client, consumer = held(sink, [ConnectionRefusedError("refused"), ConnectionRefusedError("refused")])
     client.release.set()
-    sink._client = client  # type: ignore[assignment]
-    consumer: FakeConsumer = sink._consumer  # type: ignore[assignment]
     topic = config.topics.aggregates
     reconnected: list[HeldClient] = []
 
@@ -186,9 +188,7 @@ def test_an_unavailable_target_is_retried_with_the_same_token_before_the_commit(
 def test_a_revoke_commits_the_flush_in_flight_of_its_partition_and_drops_its_buffer(
     config: Config, sink: ClickHouseSink
 ) -> None:
-    client = HeldClient()
-    sink._client = client  # type: ignore[assignment]
-    consumer: FakeConsumer = sink._consumer  # type: ignore[assignment]
+    client, consumer = held(sink)
     topic = config.topics.aggregates
     sink._take(records(config, 0, range(0, 3)))
     sink._flush((topic, 0))
@@ -202,10 +202,8 @@ def test_a_revoke_commits_the_flush_in_flight_of_its_partition_and_drops_its_buf
 def test_a_revoke_leaves_an_insert_the_target_refused_uncommitted(
     config: Config, sink: ClickHouseSink
 ) -> None:
-    client = HeldClient([ConnectionRefusedError("refused")])
+    client, consumer = held(sink, [ConnectionRefusedError("refused")])
     client.release.set()
-    sink._client = client  # type: ignore[assignment]
-    consumer: FakeConsumer = sink._consumer  # type: ignore[assignment]
     topic = config.topics.aggregates
     sink._take(records(config, 1, range(0, 3)))
     sink._flush((topic, 1))
