@@ -10,8 +10,9 @@ on shutdown. Flushing a partition's buffer, in this order:
 2. Finish the flush before it (steps 4 and 5): one insert is in flight at a time, so flushes end
    in the order they began and a partition's commits only move forward.
 3. Start the insert with that token on the insert thread, and go back to consuming: the next
-   batch is read while ClickHouse writes this one (it releases the GIL; the two one after the
-   other were the sink's ceiling, BENCHMARKS.md).
+   batch is read while ClickHouse writes this one (chdb and librdkafka release the GIL: +18% on
+   a drain measured apart, BENCHMARKS.md; against a server across a network an insert is mostly
+   waiting).
 4. Finishing it: wait for the insert. If ClickHouse was unavailable (refused, timed out, the chdb
    directory held by another process), retry with backoff, reconnecting each time; meanwhile the
    consumer is paused and polled, so the group keeps this member and its partitions.
