@@ -4,8 +4,8 @@ Rows:
 - baseline: clickhouse-connect inserting the same rows into the same table in the sink's batch
   size, no Kafka (the ceiling the sink can approach); beside it the same rows as the sink now
   sends them, RowBinary bytes through raw_insert;
-- floor: a bare confluent-kafka consumer reading the backlog, nothing done per message (what the
-  sink pays before any work of its own);
+- floor: the sink's consumer (its settings, CONSUMER_SETTINGS) reading the backlog, nothing done
+  per message (what the sink pays before any work of its own);
 - the sink (ClickHouseSink, in this process) draining a backlog of aggregates already on
   usage.aggregates: rows/s from its first insert to the commit that covers the backlog;
 - the sink keeping up with aggregates produced at a steady rate: latency from each aggregate's
@@ -129,13 +129,9 @@ def _baseline(client: Client, count: int, batch: int) -> dict[str, object]:
             "usage_window_revisions", data[first : first + batch], column_names=list(REVISION_COLUMNS)
         )
     seconds = time.perf_counter() - started
-    return {
-        "what": f"baseline: clickhouse-connect inserts into chdb, {batch:,} rows each",
-        "rows": count,
-        "rows/s": round(count / seconds),
-        "latency median ms": None,
-        "latency p99 ms": None,
-    }
+    return _throughput(
+        f"baseline: clickhouse-connect inserts into chdb, {batch:,} rows each", count, count / seconds
+    )
 
 
 def _baseline_row_binary(client: Client, count: int, batch: int) -> dict[str, object]:
@@ -150,13 +146,9 @@ def _baseline_row_binary(client: Client, count: int, batch: int) -> dict[str, ob
             fmt="RowBinary",
         )
     seconds = time.perf_counter() - started
-    return {
-        "what": f"the same as RowBinary rows through raw_insert, {batch:,} rows each",
-        "rows": count,
-        "rows/s": round(count / seconds),
-        "latency median ms": None,
-        "latency p99 ms": None,
-    }
+    return _throughput(
+        f"the same as RowBinary rows through raw_insert, {batch:,} rows each", count, count / seconds
+    )
 
 
 def _consume_floor(config: Config, bootstrap: str, count: int) -> dict[str, object]:
@@ -171,13 +163,10 @@ def _consume_floor(config: Config, bootstrap: str, count: int) -> dict[str, obje
             seen += sum(1 for m in messages if m.error() is None)
     finally:
         consumer.close()
-    return {
-        "what": "floor: the sink's consumer alone reading the backlog, nothing per message",
-        "rows": seen,
-        "rows/s": round(seen / (time.perf_counter() - started)),
-        "latency median ms": None,
-        "latency p99 ms": None,
-    }
+    rate = seen / (time.perf_counter() - started)
+    return _throughput(
+        "floor: the sink's consumer alone reading the backlog, nothing per message", seen, rate
+    )
 
 
 class SinkThread(threading.Thread):
@@ -216,9 +205,14 @@ def _drain(config: Config, bootstrap: str, dsn: str, count: int) -> dict[str, ob
     last_insert = max(f.visible_at for f in flushed)
     first_rows = min(flushed, key=lambda f: f.visible_at).rows
     rate = (count - first_rows) / (last_insert - first_insert)
+    return _throughput("meterline sink clickhouse, draining a backlog of aggregates", count, rate)
+
+
+def _throughput(what: str, rows: int, rate: float) -> dict[str, object]:
+    """A row of the report that measures rows/s, not latency."""
     return {
-        "what": "meterline sink clickhouse, draining a backlog of aggregates",
-        "rows": count,
+        "what": what,
+        "rows": rows,
         "rows/s": round(rate),
         "latency median ms": None,
         "latency p99 ms": None,

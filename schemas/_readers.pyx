@@ -52,13 +52,19 @@ cdef inline int64_t _long(const unsigned char* data, Py_ssize_t* pos, Py_ssize_t
     return <int64_t>(zigzag >> 1) ^ -<int64_t>(zigzag & 1)
 
 
-cdef inline str _string(const unsigned char* data, Py_ssize_t* pos, Py_ssize_t end):
+cdef inline Py_ssize_t _span(const unsigned char* data, Py_ssize_t* pos, Py_ssize_t end) except -1:
+    """Where an Avro string's bytes start; pos advances past them (their length is checked)."""
     cdef int64_t length = _long(data, pos, end)
     cdef Py_ssize_t start = pos[0]
     if length < 0 or length > end - start:
         raise ValueError(f"a string of {length} bytes where {end - start} remain")
     pos[0] = start + length
-    return PyUnicode_DecodeUTF8(<const char*>data + start, length, NULL)
+    return start
+
+
+cdef inline str _string(const unsigned char* data, Py_ssize_t* pos, Py_ssize_t end):
+    cdef Py_ssize_t start = _span(data, pos, end)
+    return PyUnicode_DecodeUTF8(<const char*>data + start, pos[0] - start, NULL)
 
 
 cdef inline int64_t _block_count(const unsigned char* data, Py_ssize_t* pos, Py_ssize_t end) except? -1:
@@ -116,32 +122,23 @@ def read_events(bytes data, Py_ssize_t pos, bint batch):
     return events
 
 
-cdef inline Py_ssize_t _utf8_span(const unsigned char* data, Py_ssize_t* pos, Py_ssize_t end) except -1:
-    """Where an Avro string's bytes start (pos advances past them), checked to be UTF-8 as a
-    string read by _string is."""
-    cdef int64_t length = _long(data, pos, end)
-    cdef Py_ssize_t start = pos[0]
-    if length < 0 or length > end - start:
-        raise ValueError(f"a string of {length} bytes where {end - start} remain")
-    PyUnicode_DecodeUTF8(<const char*>data + start, length, NULL)
-    pos[0] = start + length
-    return start
-
-
 cdef struct _Aggregate:
     Py_ssize_t customer, customer_length, meter, meter_length  # where the strings' bytes are
     int64_t window_start, window_end, partition, value, delta, count, revision, closed_at
 
 
-cdef int _read_aggregate(const unsigned char* buffer, Py_ssize_t pos, Py_ssize_t end, _Aggregate* out) except -1:
+cdef tuple _read_aggregate(const unsigned char* buffer, Py_ssize_t pos, Py_ssize_t end, _Aggregate* out):
     """A WindowAggregate body in AGGREGATE_LAYOUT from `pos` to `end` into `out`, checked as Avro
-    (UTF-8 strings, 32-bit ints, nothing after it): what both readers below read."""
+    (UTF-8 strings, 32-bit ints, nothing after it): what both readers below read. Returns its two
+    strings, each decoded once (the decoding is the UTF-8 check)."""
     if pos < 0 or pos > end:
         raise ValueError(f"position {pos} outside a record of {end} bytes")
-    out.customer = _utf8_span(buffer, &pos, end)
+    out.customer = _span(buffer, &pos, end)
     out.customer_length = pos - out.customer
-    out.meter = _utf8_span(buffer, &pos, end)
+    customer_id = PyUnicode_DecodeUTF8(<const char*>buffer + out.customer, out.customer_length, NULL)
+    out.meter = _span(buffer, &pos, end)
     out.meter_length = pos - out.meter
+    meter = PyUnicode_DecodeUTF8(<const char*>buffer + out.meter, out.meter_length, NULL)
     out.window_start = _long(buffer, &pos, end)
     out.window_end = _long(buffer, &pos, end)
     out.partition = _long(buffer, &pos, end)
@@ -154,7 +151,7 @@ cdef int _read_aggregate(const unsigned char* buffer, Py_ssize_t pos, Py_ssize_t
         raise ValueError(f"{end - pos} trailing bytes after the record")
     if not (INT32_MIN <= out.partition <= INT32_MAX and INT32_MIN <= out.revision <= INT32_MAX):
         raise ValueError("an int field out of Avro's 32-bit range")
-    return 0
+    return customer_id, meter
 
 
 def read_aggregate(bytes data, Py_ssize_t pos):
@@ -163,10 +160,10 @@ def read_aggregate(bytes data, Py_ssize_t pos):
     bytes are not one."""
     cdef const unsigned char* buffer = data
     cdef _Aggregate a
-    _read_aggregate(buffer, pos, len(data), &a)
+    customer_id, meter = _read_aggregate(buffer, pos, len(data), &a)
     return (
-        PyUnicode_DecodeUTF8(<const char*>buffer + a.customer, a.customer_length, NULL),
-        PyUnicode_DecodeUTF8(<const char*>buffer + a.meter, a.meter_length, NULL),
+        customer_id,
+        meter,
         a.window_start,
         a.window_end,
         a.partition,

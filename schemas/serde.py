@@ -242,10 +242,10 @@ class AvroSerde:
     def decode_aggregate_fields(self, data: bytes) -> tuple[Any, ...]:
         """An aggregate's fields in AGGREGATE_LAYOUT's order (WindowAggregate's), without building
         the record."""
-        header_len = _own_header_length(data)
-        if data[:header_len] == self._aggregate_header:  # this code's own version: the compiled reader
+        body = self._own_aggregate_body(data)
+        if body is not None:  # this code's own version: the compiled reader
             try:
-                return read_aggregate(data, header_len)
+                return read_aggregate(data, body)
             except ValueError as exc:
                 raise MalformedRecordError(f"{WINDOW_AGGREGATE} body does not decode: {exc!r}") from exc
         name, datum = self.decode(data)
@@ -256,13 +256,19 @@ class AvroSerde:
     def decode_aggregate_row_binary(self, data: bytes) -> bytes:
         """An aggregate as the RowBinary row the ClickHouse sink inserts (codecs.AGGREGATE_ROW_BINARY),
         without a Python object per field."""
-        header = self._aggregate_header
+        body = self._own_aggregate_body(data)
         try:
-            if header is not None and data.startswith(header):  # this code's own version: compiled
-                return read_aggregate_row_binary(data, len(header))
+            if body is not None:  # this code's own version: the compiled reader
+                return read_aggregate_row_binary(data, body)
             return row_binary_aggregate(self.decode_aggregate_fields(data))
         except ValueError as exc:
             raise MalformedRecordError(f"{WINDOW_AGGREGATE} does not make a row: {exc!r}") from exc
+
+    def _own_aggregate_body(self, data: bytes) -> int | None:
+        """Where the body of `data` starts when it is an aggregate written in AGGREGATE_LAYOUT by this
+        code's newest version (what the compiled readers read); None otherwise."""
+        header = self._aggregate_header
+        return len(header) if header is not None and data.startswith(header) else None
 
     @cached_property
     def _aggregate_header(self) -> bytes | None:
