@@ -7,16 +7,18 @@ How a record at offset `o` is processed:
 1. Each billable event goes to its window (customer, meter, window_start). A window whose
    `last_offset >= o` was saved by this record or a later one before a crash (the store writes
    behind, so a crash can leave some windows ahead of the clock): it already holds what this
-   record did to it, so the record neither counts into it, nor closes it, nor ages it.
-2. An event id already in the window's dedup set is a duplicate: not counted.
+   record did to it, so the record neither counts into it, nor closes it, nor forgets it.
+2. An event id already in the window's dedup set is a duplicate: not counted. A closed window's
+   set is kept until the watermark passes the dedup retention after its last close; judged
+   when the window is next needed, so no write is made when it expires (streams.state).
 3. The partition's watermark becomes the highest event time seen.
 4. Open windows close when `window_end + grace <= watermark`; on an empty batch (a tick, sent
    by the app into a quiet partition) also when `window_end + grace <= the tick's timestamp`.
    Each close emits the next revision: revision 0 first, then one per late correction, with
    `delta` = value - the previous revision's value.
-5. Every window saved (touched, closed, aged) is stamped with `o`, then the partition clock. The
-   store writes them behind, the clock last (streams.state.PartitionStore), so that the stored
-   clock marks records whose writes are all stored.
+5. Every window saved (touched, closed, forgotten) is stamped with `o`, then the partition clock.
+   The store writes them behind, the clock last (streams.state.PartitionStore), so that the
+   stored clock marks records whose writes are all stored.
 
 Every decision depends on the records alone (their events, offsets and timestamps; wall clock
 enters only as the timestamp of a tick record), so a replay decides exactly as the first run did
@@ -51,7 +53,9 @@ class Store(Protocol):
 
     def load_window(self, key: WindowKey) -> WindowState | None: ...
 
-    def save_window(self, state: WindowState) -> None: ...
+    def save_window(self, state: WindowState, ids_until: int | None = None) -> None:
+        """`ids_until`: for a closed window holding ids, the watermark at which they expire. The
+        store keeps them until its clock is past it, and may let them go then."""
 
     def drop_window(self, key: WindowKey) -> None: ...
 
@@ -97,20 +101,19 @@ class PartitionProcessor:
     # keyed by WindowKey, looked up also by plain (customer, meter, window_start) tuples
     _open: dict[tuple[str, str, int], WindowState] = field(default_factory=dict)
     _closing: list[tuple[int, WindowKey]] = field(default_factory=list)  # heap of (window_end, key)
-    # heap of (deadline, forget, key) of closed windows: forget=False drops the dedup set, True the window
-    _aging: list[tuple[int, bool, WindowKey]] = field(default_factory=list)
+    # heap of (deadline, key) of closed windows: past the deadline no event can reopen the window
+    _forgetting: list[tuple[int, WindowKey]] = field(default_factory=list)
     # (customer, meter) -> the latest window_start of any window saved for it: a window after it is
     # new, known without asking the store (on sparse usage most windows are)
     _newest: dict[tuple[str, str], int] = field(default_factory=dict)
-    # closed windows still holding their dedup set, as they will be saved without it (_retain)
-    _retained: dict[WindowKey, WindowState] = field(default_factory=dict)
 
     def recover(
         self, windows: Iterable[WindowState], clock: PartitionClock | None, first_offset: int
     ) -> list[WindowAggregate]:
         """Load the partition's saved state before processing from `first_offset` (the committed
         offset) and return the revisions closed at or after it: their emission may have been lost
-        in flight, so they are sent again, identical to the first time."""
+        in flight, so they are sent again, identical to the first time. A closed window stored
+        with its ids inline (format 1) is saved again, its ids moved to a chunk or let go."""
         self.clock = clock or PartitionClock()
         again: list[WindowAggregate] = []
         for state in windows:
@@ -119,7 +122,10 @@ class PartitionProcessor:
             else:
                 self._note_stored(state.key)
                 self._track_closed(state)
-                self._retain(state)
+                if state.event_ids is not None:
+                    if self._dedup_deadline(state) <= self.clock.watermark:
+                        state.event_ids = None
+                    self._save_closed(state)
             again.extend(
                 self._aggregate(state.key, r, state)
                 for r in state.revisions
@@ -159,6 +165,8 @@ class PartitionProcessor:
             if state.last_offset >= offset:
                 self.stats.replayed_events += 1
                 continue
+            if not state.open and state.event_ids is not None and self._ids_expired(state):
+                state.event_ids = None
             if state.event_ids is None:
                 self.stats.undeduplicated += 1
             elif event.event_id in state.event_ids:
@@ -189,14 +197,16 @@ class PartitionProcessor:
         save = self.store.save_window
         for state in touched.values():
             state.last_offset = offset
-            save(state)
+            if state.open:
+                save(state)
+            else:
+                self._save_closed(state)
         for state, _ in closed:
             if state.key not in touched:
                 state.last_offset = offset
-                save(state)
-            self._retain(state)
-        if self._aging and self._aging[0][0] <= self.clock.watermark:
-            self._age(touched, offset)
+                self._save_closed(state)
+        if self._forgetting and self._forgetting[0][0] <= self.clock.watermark:
+            self._forget(touched, offset)
         self.clock.last_offset = offset
         self.store.save_clock(self.clock)
         return [aggregate for _, aggregate in closed] if closed else []
@@ -224,12 +234,18 @@ class PartitionProcessor:
     def _dedup_deadline(self, state: WindowState) -> int:
         return forget_dedup_at(state.revisions[-1].watermark, self.rules.dedup_retention_ms)
 
+    def _ids_expired(self, state: WindowState) -> bool:
+        """A closed window's ids are gone once the watermark reached their deadline: judged by the
+        watermark before the record, as a replay judges it."""
+        return self._dedup_deadline(state) <= self.clock.watermark
+
     def _track_closed(self, state: WindowState) -> None:
-        if state.event_ids is not None:
-            heapq.heappush(self._aging, (self._dedup_deadline(state), False, state.key))
-        else:
-            end = window_end(state.key.window_start, self.rules.size_ms)
-            heapq.heappush(self._aging, (forget_window_at(end, self.rules.forget_after_ms), True, state.key))
+        end = window_end(state.key.window_start, self.rules.size_ms)
+        heapq.heappush(self._forgetting, (forget_window_at(end, self.rules.forget_after_ms), state.key))
+
+    def _save_closed(self, state: WindowState) -> None:
+        ids_until = None if state.event_ids is None else self._dedup_deadline(state)
+        self.store.save_window(state, ids_until)
 
     def _close_due(
         self, offset: int, record_time: int, limit: int
@@ -260,50 +276,25 @@ class PartitionProcessor:
             heapq.heappush(self._closing, entry)
         return closed
 
-    def _save(self, state: WindowState, offset: int) -> None:
-        state.last_offset = offset
-        self.store.save_window(state)
-
-    def _retain(self, state: WindowState) -> None:
-        """Keep what a closed window will be once its dedup set is dropped, as saved at its close:
-        dropping the ids then needs no load and decode from the store, only a write."""
-        if state.event_ids is not None:
-            self._retained[state.key] = WindowState(
-                state.key,
-                state.value,
-                state.event_count,
-                state.last_offset,
-                None,
-                list(state.revisions),
-                False,
-            )
-
-    def _age(self, touched: Mapping[tuple[str, str, int], WindowState], offset: int) -> None:
-        """Past its retention a closed window forgets its event ids; past the maximum lateness it is
-        dropped. Both judged by the watermark, so a replay ages alike."""
+    def _forget(self, touched: Mapping[tuple[str, str, int], WindowState], offset: int) -> None:
+        """Past the maximum lateness a closed window is dropped: no event can reopen it. Judged by
+        the watermark, so a replay forgets alike."""
         watermark = self.clock.watermark
         ahead = []
-        while self._aging and self._aging[0][0] <= watermark:
-            entry = heapq.heappop(self._aging)
-            deadline, forget, key = entry
+        while self._forgetting and self._forgetting[0][0] <= watermark:
+            entry = heapq.heappop(self._forgetting)
+            key = entry[1]
             if key in self._open or key in touched:
-                continue  # reopened by a correction: aged again when it closes
-            state = self._retained.get(key) if not forget else self.store.load_window(key)
+                continue  # reopened by a correction: forgotten when it closes again
+            state = self.store.load_window(key)
             if state is None or state.open:
-                continue
-            if not forget and deadline != self._dedup_deadline(state):
-                continue  # an entry of an earlier close: the ids stay until the last one's retention
-            if state.last_offset >= offset:  # step 1: a later record's state, aged by a later record
+                continue  # dropped already (a second entry of a window closed twice)
+            if state.last_offset >= offset:  # step 1: a later record's state, dropped by a later record
                 ahead.append(entry)
                 continue
-            if not forget:
-                del self._retained[key]
-                self._save(state, offset)
-                self._track_closed(state)
-            elif state.event_ids is None:
-                self.store.drop_window(key)
+            self.store.drop_window(key)
         for entry in ahead:
-            heapq.heappush(self._aging, entry)
+            heapq.heappush(self._forgetting, entry)
 
     def _aggregate(self, key: WindowKey, revision: Revision, state: WindowState) -> WindowAggregate:
         previous = 0

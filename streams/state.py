@@ -6,17 +6,36 @@ after a crash changes nothing (DESIGN §4). A window keeps the event ids it coun
 set) until the retention after its close has passed, and the revisions it emitted, so that a
 correction knows its number and delta and a lost emission can be sent again, identically.
 
+An open window's entry holds its ids. A closed window's ids go into an ids chunk, shared by the
+windows closed in one write-behind whose ids expire in the same five minutes, and its entry holds
+the chunk's key: when their retention has passed the chunk is deleted whole, where rewriting each
+window without its ids cost a second write per window (BENCHMARKS.md, issue 18). Expiry itself is
+the processor's decision (streams.processor): the store deletes a chunk only once its clock is
+past every id in it, so a chunk is there for as long as the processor may ask for it.
+
 Entries are stored as pickled tuples of builtins: fast, and stable across Python versions.
 """
 
 from __future__ import annotations
 
+import heapq
 import pickle
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-_FORMAT = 1
+_WINDOW_FORMAT = 2
+"""2: a closed window's ids in a chunk. Format 1 entries (ids always inline) still decode."""
+_CLOCK_FORMAT = 1
+_CHUNK_FORMAT = 1
+
+IDS_BUCKET_MS = 5 * 60_000
+"""The span of dedup deadlines whose ids share chunks: a chunk goes at most this long after its
+first id could."""
+
+IDS_PER_CHUNK = 2_000
+"""About this many ids per chunk: a late event that reopens a closed window decodes one chunk."""
 
 
 class WindowKey(NamedTuple):
@@ -48,37 +67,41 @@ class WindowState:
     revisions: list[Revision] = field(default_factory=list)
     open: bool = True
 
-    def encode(self) -> bytes:
+    def encode(self, ids_at: bytes | None = None) -> bytes:
+        """The entry; `ids_at`, the key of the chunk holding the ids of a closed window, in their place."""
         # The ids as the set they are: sorting 330 of them (a live window) tripled the cost of
-        # every write-behind, and nothing needs the bytes stable. Entries that hold a list (older
-        # writers) decode alike.
+        # every write-behind, and nothing needs the bytes stable.
         revisions = [tuple(r) for r in self.revisions]
+        ids = self.event_ids if ids_at is None else ids_at
         row = (
-            _FORMAT,
+            _WINDOW_FORMAT,
             tuple(self.key),
             self.value,
             self.event_count,
             self.last_offset,
-            self.event_ids,
+            ids,
             revisions,
             self.open,
         )
         return pickle.dumps(row, protocol=5)
 
     @classmethod
-    def decode(cls, data: bytes) -> WindowState:
+    def decode(cls, data: bytes) -> tuple[WindowState, bytes | None]:
+        """The window, and the key of the chunk holding its ids (None where the entry holds them:
+        an open window, format 1, or a window without ids). Format 1 entries may hold the ids as a
+        sorted list."""
         fmt, key, value, count, last_offset, ids, revisions, is_open = pickle.loads(data)
-        if fmt != _FORMAT:
-            raise ValueError(f"window state format {fmt} is not {_FORMAT}")
-        return cls(
-            WindowKey(*key),
-            value,
-            count,
-            last_offset,
-            ids if ids is None or type(ids) is set else set(ids),
-            [Revision(*r) for r in revisions],
-            is_open,
+        if fmt not in (1, _WINDOW_FORMAT):
+            raise ValueError(f"window state format {fmt} is not 1 or {_WINDOW_FORMAT}")
+        ids_at = ids if type(ids) is bytes else None
+        if ids_at is not None or ids is None:
+            ids = None
+        elif type(ids) is not set:
+            ids = set(ids)
+        state = cls(
+            WindowKey(*key), value, count, last_offset, ids, [Revision(*r) for r in revisions], is_open
         )
+        return state, ids_at
 
 
 @dataclass(slots=True)
@@ -89,13 +112,13 @@ class PartitionClock:
     """The last input offset fully processed."""
 
     def encode(self) -> bytes:
-        return pickle.dumps((_FORMAT, self.watermark, self.last_offset), protocol=5)
+        return pickle.dumps((_CLOCK_FORMAT, self.watermark, self.last_offset), protocol=5)
 
     @classmethod
     def decode(cls, data: bytes) -> PartitionClock:
         fmt, watermark, last_offset = pickle.loads(data)
-        if fmt != _FORMAT:
-            raise ValueError(f"partition clock format {fmt} is not {_FORMAT}")
+        if fmt != _CLOCK_FORMAT:
+            raise ValueError(f"partition clock format {fmt} is not {_CLOCK_FORMAT}")
         return cls(watermark, last_offset)
 
 
@@ -108,8 +131,29 @@ def clock_store_key(partition: int) -> bytes:
     return pickle.dumps((partition, "clock"), protocol=5)
 
 
+def ids_chunk_key(partition: int, bucket: int, name: str) -> bytes:
+    """The store key of an ids chunk: its bucket (IDS_BUCKET_MS of dedup deadlines) and a name no
+    other chunk has, even one written before a crash by the same records."""
+    return pickle.dumps((partition, "i", bucket, name), protocol=5)
+
+
 def is_clock_key(data: bytes) -> bool:
     return bool(pickle.loads(data)[1] == "clock")
+
+
+def ids_chunk_bucket(data: bytes) -> int | None:
+    """The bucket of an ids chunk's key; None for any other key."""
+    key = pickle.loads(data)
+    return int(key[2]) if key[1] == "i" else None
+
+
+def ids_bucket(ids_until: int) -> int:
+    return ids_until // IDS_BUCKET_MS
+
+
+def ids_bucket_expired(bucket: int, watermark: int) -> bool:
+    """True once every deadline in the bucket is at or before the watermark."""
+    return (bucket + 1) * IDS_BUCKET_MS - 1 <= watermark
 
 
 class Entries(Protocol):
@@ -125,22 +169,37 @@ class Entries(Protocol):
 
 class UnsavedStore:
     """A partition's state in memory only, nothing encoded: for replay, which commits nothing and
-    so has nothing to recover."""
+    so has nothing to recover. A closed window's ids are let go when the clock passes their
+    deadline, as PartitionStore deletes their chunk."""
 
     def __init__(self) -> None:
         self._windows: dict[WindowKey, WindowState] = {}
+        self._ids_until: dict[WindowKey, int] = {}
+        self._expiring: list[tuple[int, WindowKey]] = []  # heap of (ids_until, key)
 
     def load_window(self, key: WindowKey) -> WindowState | None:
         return self._windows.get(key)
 
-    def save_window(self, state: WindowState) -> None:
+    def save_window(self, state: WindowState, ids_until: int | None = None) -> None:
         self._windows[state.key] = state
+        if ids_until is not None:
+            self._ids_until[state.key] = ids_until
+            heapq.heappush(self._expiring, (ids_until, state.key))
 
     def drop_window(self, key: WindowKey) -> None:
         self._windows.pop(key, None)
 
     def save_clock(self, clock: PartitionClock) -> None:
-        pass  # the processor holds its clock; nothing reads it back
+        # The processor holds its clock; nothing reads it back. Its watermark lets ids go.
+        expiring = self._expiring
+        while expiring and expiring[0][0] <= clock.watermark:
+            until, key = heapq.heappop(expiring)
+            if self._ids_until.get(key) != until:
+                continue  # closed again since: its ids expire later
+            del self._ids_until[key]
+            state = self._windows.get(key)
+            if state is not None and not state.open:
+                state.event_ids = None
 
 
 class PartitionStore:
@@ -149,52 +208,126 @@ class PartitionStore:
     commit interval is encoded and sent to the changelog once. The entries are
     streams.output.LocalState (a local store written through to the changelog topic).
 
-    Exactness holds as with writes in record order: `write_behind()` writes every changed window
-    (each stamped with the last offset folded into it) and the clock last, and Faust commits only
-    offsets processed before it ran. A crash mid-way leaves windows stamped ahead of the clock,
-    which processing skips by their stamps (streams.processor step 1)."""
+    Exactness holds as with writes in record order: `write_behind()` writes the new ids chunks,
+    then every changed window (each stamped with the last offset folded into it, a closed one
+    pointing at its chunk), then the clock, then deletes the chunks the clock is past. Faust
+    commits only offsets processed before it ran. A crash mid-way leaves windows stamped ahead of
+    the clock, which processing skips by their stamps (streams.processor step 1); a window never
+    points at a chunk not written; and a chunk is deleted only behind a clock past its ids, so
+    no record processed again after a crash can ask for it."""
 
     def __init__(self, entries: Entries, partition: int) -> None:
         self._entries = entries
         self._partition = partition
         self._changed: dict[WindowKey, WindowState | None] = {}  # None: dropped
+        # the closed windows in _changed holding ids: when their ids expire, and the ids
+        self._closed_ids: dict[WindowKey, tuple[int, set[str]]] = {}
         self._clock: PartitionClock | None = None
+        self._chunks: dict[int, list[bytes]] = {}  # bucket -> the keys of its stored chunks
+        self._name = uuid.uuid4().hex  # with a counter, names this store's chunks
+        self._written = 0
+        self._last_chunk: tuple[bytes, dict[tuple[str, str, int], set[str]]] | None = None  # the last read
 
     def load_window(self, key: WindowKey) -> WindowState | None:
         if key in self._changed:
             return self._changed[key]
         raw = self._entries.get(window_store_key(self._partition, key))
-        return None if raw is None else WindowState.decode(raw)
+        if raw is None:
+            return None
+        state, ids_at = WindowState.decode(raw)
+        if ids_at is not None:
+            state.event_ids = self._chunk_ids(ids_at, key)
+        return state
 
-    def save_window(self, state: WindowState) -> None:
+    def save_window(self, state: WindowState, ids_until: int | None = None) -> None:
+        """`ids_until`: for a closed window holding ids, the watermark at which they expire."""
         self._changed[state.key] = state
+        if ids_until is not None and state.event_ids is not None:
+            self._closed_ids[state.key] = (ids_until, state.event_ids)
+        elif self._closed_ids:
+            self._closed_ids.pop(state.key, None)
 
     def drop_window(self, key: WindowKey) -> None:
         self._changed[key] = None
+        self._closed_ids.pop(key, None)
 
     def save_clock(self, clock: PartitionClock) -> None:
         self._clock = clock
 
     def write_behind(self) -> int:
-        """Write what changed since the last call, the clock last; returns the number of writes."""
+        """Write what changed since the last call (see the class); returns the number of writes."""
         partition = self._partition
-        changes = {
-            window_store_key(partition, key): None if state is None else state.encode()
-            for key, state in self._changed.items()
-        }
+        # Chunks stored before this call only: one written now goes after the windows pointing at
+        # it, and the changes are a mapping, where its deletion would take the place of its writing.
+        expired = (
+            []
+            if self._clock is None
+            else [b for b in self._chunks if ids_bucket_expired(b, self._clock.watermark)]
+        )
+        deleted = [key for bucket in expired for key in self._chunks.pop(bucket)]
+        changes, chunk_of = self._new_chunks()
+        for key, state in self._changed.items():
+            changes[window_store_key(partition, key)] = (
+                None if state is None else state.encode(chunk_of.get(key))
+            )
         if self._clock is not None:
             changes[clock_store_key(partition)] = self._clock.encode()
+        if deleted:
+            changes.update(dict.fromkeys(deleted))
+            self._last_chunk = None
         self._entries.write(changes)
         self._changed.clear()
+        self._closed_ids.clear()
         self._clock = None
         return len(changes)
 
     def saved_state(self) -> tuple[list[WindowState], PartitionClock | None]:
-        """What the entries hold (on recovery, before anything changed)."""
+        """What the entries hold (on recovery, before anything changed). A closed window whose ids
+        are in a chunk comes without them: the processor asks for them when it needs them."""
         windows, clock = [], None
         for key, value in self._entries.items():
             if is_clock_key(key):
                 clock = PartitionClock.decode(value)
+                continue
+            bucket = ids_chunk_bucket(key)
+            if bucket is None:
+                windows.append(WindowState.decode(value)[0])
             else:
-                windows.append(WindowState.decode(value))
+                self._chunks.setdefault(bucket, []).append(key)
         return windows, clock
+
+    def _new_chunks(self) -> tuple[dict[bytes, bytes | None], dict[tuple[str, str, int], bytes]]:
+        """The chunks holding the ids of the windows closed since the last write, and each window's chunk."""
+        by_bucket: dict[int, list[tuple[WindowKey, set[str]]]] = {}
+        for key, (until, ids) in self._closed_ids.items():
+            by_bucket.setdefault(ids_bucket(until), []).append((key, ids))
+        changes: dict[bytes, bytes | None] = {}
+        chunk_of: dict[tuple[str, str, int], bytes] = {}
+        for bucket, windows in by_bucket.items():
+            chunk: dict[tuple[str, str, int], set[str]] = {}
+            size = 0
+            for position, (key, ids) in enumerate(windows):
+                chunk[(key.customer_id, key.meter, key.window_start)] = ids  # plain: pickled
+                size += len(ids)
+                if size >= IDS_PER_CHUNK or position == len(windows) - 1:
+                    self._written += 1
+                    chunk_key = ids_chunk_key(self._partition, bucket, f"{self._name}-{self._written}")
+                    changes[chunk_key] = pickle.dumps((_CHUNK_FORMAT, chunk), protocol=5)
+                    chunk_of.update(dict.fromkeys(chunk, chunk_key))
+                    self._chunks.setdefault(bucket, []).append(chunk_key)
+                    chunk, size = {}, 0
+        return changes, chunk_of
+
+    def _chunk_ids(self, chunk_key: bytes, key: WindowKey) -> set[str] | None:
+        """The ids of `key` held in a chunk (a copy: the window may count more), or None once the
+        chunk is deleted (their retention has passed). The last chunk read stays decoded: late
+        events come in runs."""
+        if self._last_chunk is None or self._last_chunk[0] != chunk_key:
+            raw = self._entries.get(chunk_key)
+            if raw is None:
+                return None
+            fmt, chunk = pickle.loads(raw)
+            if fmt != _CHUNK_FORMAT:
+                raise ValueError(f"ids chunk format {fmt} is not {_CHUNK_FORMAT}")
+            self._last_chunk = (chunk_key, chunk)
+        return set(self._last_chunk[1][key])

@@ -25,7 +25,15 @@ from schemas.records import AggregateIdentity, UsageEvent, WindowAggregate
 from schemas.serde import AvroSerde
 from streams.judge import Judge, Verdict
 from streams.processor import PartitionProcessor, rules_from
-from streams.state import PartitionClock, PartitionStore, WindowKey, WindowState, is_clock_key
+from streams.state import (
+    IDS_BUCKET_MS,
+    PartitionClock,
+    PartitionStore,
+    UnsavedStore,
+    WindowKey,
+    WindowState,
+    is_clock_key,
+)
 from streams.windows import DAY_MS
 
 CONFIG = load_config(None, {})
@@ -268,7 +276,8 @@ def test_the_store_writes_each_changed_window_once_per_commit_and_the_clock_last
     assert store.write_behind() == 2
     [(window_key, window), (clock_key, clock)] = log
     assert is_clock_key(clock_key) and not is_clock_key(window_key)
-    assert WindowState.decode(window).value == 10 and WindowState.decode(window).last_offset == 9
+    state, ids_at = WindowState.decode(window)
+    assert (state.value, state.last_offset, ids_at) == (10, 9, None)
     assert PartitionClock.decode(clock).last_offset == 9  # type: ignore[arg-type]
     assert store.write_behind() == 0
 
@@ -277,5 +286,137 @@ def test_a_window_entry_decodes_alike_whether_its_ids_were_stored_as_a_set_or_a_
     """Entries written before the ids were pickled as a set held a sorted list: same format, 1."""
     state = WindowState(WindowKey("c", "egress_bytes", START), 12, 2, 7, {"b", "a"}, [], False)
     as_list = pickle.dumps((1, tuple(state.key), 12, 2, 7, ["a", "b"], [], False), protocol=5)
-    assert WindowState.decode(state.encode()) == WindowState.decode(as_list) == state
-    assert WindowState.decode(dataclasses.replace(state, event_ids=None).encode()).event_ids is None
+    assert WindowState.decode(state.encode()) == WindowState.decode(as_list) == (state, None)
+    assert WindowState.decode(dataclasses.replace(state, event_ids=None).encode())[0].event_ids is None
+
+
+def _one_event_per_record(processor: PartitionProcessor, offset: int, event_id: str, timestamp: int) -> None:
+    event = UsageEvent(event_id, "c", "egress_bytes", 5, "byte", timestamp, "t", {})
+    processor.process(offset, NOW, JUDGE(SERDE.encode_batch([SERDE.batch_item(event)]), NOW))
+
+
+def test_closed_windows_ids_are_written_once_in_a_chunk_deleted_whole_past_their_retention() -> None:
+    """Issue 18: one write per window that opens and closes between two commits, its ids in a chunk
+    written before it (a crash keeps a prefix, so no window points at a chunk not stored); when
+    the ids expire no window is written again: the chunk is deleted whole, after the clock past them."""
+    log: list[tuple[bytes, bytes | None]] = []
+    processor, store, _ = start_processor({}, log, 0)
+    for customer in range(3):
+        _one_event(processor, customer, f"e{customer}", START + 1, f"c{customer}")
+    closing_at = START + 10 * 60_000 + 1
+    _one_event(processor, 3, "e10", closing_at)  # closes the three windows at one watermark
+    store.write_behind()
+    assert [kind for kind, _ in _entries(log)] == ["i", "w", "w", "w", "w", "clock"]
+    chunk_key = log[0][0]
+    windows = [
+        WindowState.decode(value) for key, value in log if value is not None and pickle.loads(key)[1] == "w"
+    ]
+    assert [ids_at for _, ids_at in windows] == [chunk_key] * 3 + [None]  # the open one holds its ids
+    assert pickle.loads(log[0][1]) == (1, {(f"c{c}", "egress_bytes", START): {f"e{c}"} for c in range(3)})  # type: ignore[arg-type]
+    assert windows[3][0].event_ids == {"e10"}
+
+    del log[:]
+    retention = CONFIG.windows.dedup_retention_seconds * 1000
+    _one_event(processor, 4, "later", closing_at + retention + IDS_BUCKET_MS)
+    store.write_behind()
+    assert [kind for kind, _ in _entries(log)] == ["i", "w", "w", "clock", "deleted i"]
+    assert log[-1] == (chunk_key, None)
+
+
+def test_a_duplicate_is_not_counted_within_the_retention_and_counted_after_it_with_or_without_a_restart() -> (
+    None
+):
+    """DESIGN §4 bounds dedup: the ids go once the watermark passes the retention after the close.
+    Expiry is judged from the watermark, not from what the store still holds, so a processor
+    restarted from the changelog (or the in-memory store of replay) decides alike."""
+    retention = CONFIG.windows.dedup_retention_seconds * 1000
+    closed_by = START + 5 * 60_000  # the watermark that closes the first minute
+
+    def run(restart_at: int | None, replay: bool) -> tuple[int, int]:
+        log: list[tuple[bytes, bytes | None]] = []
+        processor, store, _ = start_processor({}, log, 0)
+        if replay:
+            processor = PartitionProcessor(0, RULES, UnsavedStore())
+        events = [
+            ("a", START + 1),
+            ("x", closed_by),
+            ("a", START + 1),  # within the retention: a duplicate
+            ("y", closed_by + retention - 1),
+            ("a", START + 1),  # still within it
+            ("z", closed_by + retention),
+            ("a", START + 1),  # past it: counted again
+        ]
+        for offset, (event_id, timestamp) in enumerate(events):
+            if offset == restart_at:
+                store.write_behind()
+                processor, store, _ = start_processor(recovered(log), log, offset)
+            _one_event(processor, offset, event_id, timestamp)
+        return processor.stats.duplicates, processor.stats.undeduplicated
+
+    assert run(None, replay=False) == (2, 1)
+    assert run(None, replay=True) == (2, 1)
+    for restart_at in range(1, 7):
+        duplicates, undeduplicated = run(restart_at, replay=False)
+        assert undeduplicated == 1, restart_at
+        assert duplicates == sum(1 for offset in (2, 4) if offset >= restart_at), restart_at
+
+
+def test_state_written_in_format_1_recovers_and_is_rewritten_with_its_ids_in_a_chunk() -> None:
+    """A changelog written before issue 18 (format 1: every window holds its ids) recovers: its
+    closed windows still deduplicate, are rewritten once with their ids in a chunk (or without
+    them, when expired), and totals continue exactly."""
+    retention = CONFIG.windows.dedup_retention_seconds * 1000
+    old_close = START + 2 * 60_000
+    first, second, expired = (WindowKey("c", "egress_bytes", START + m * 60_000) for m in (0, 1, -120))
+    watermark = old_close + 60_000
+
+    def v1(
+        key: WindowKey, ids: list[str] | None, revision_watermark: int, is_open: bool
+    ) -> tuple[bytes, bytes]:
+        revisions = (
+            [] if is_open else [(0, 5 * len(ids or ["?"]), len(ids or ["?"]), 3, NOW, revision_watermark)]
+        )
+        row = (1, tuple(key), 5 * len(ids or ["?"]), len(ids or ["?"]), 3, ids, revisions, is_open)
+        return pickle.dumps((0, "w", *key), protocol=5), pickle.dumps(row, protocol=5)
+
+    data = dict(
+        [
+            v1(first, ["a"], old_close, False),
+            v1(expired, ["old"], old_close - 2 * retention, False),
+            v1(second, ["b"], 0, True),
+            (pickle.dumps((0, "clock"), protocol=5), pickle.dumps((1, watermark, 3), protocol=5)),
+        ]
+    )
+    log: list[tuple[bytes, bytes | None]] = []
+    processor, store, again = start_processor(data, log, 4)
+    assert again == []
+    _one_event(processor, 4, "a", START + 1)  # a duplicate of the closed window's event
+    _one_event(processor, 5, "b", START + 60_001)  # and of the open one's
+    _one_event(processor, 6, "old", START - 120 * 60_000 + 1)  # past its retention: counted
+    assert (processor.stats.duplicates, processor.stats.undeduplicated) == (2, 1)
+    store.write_behind()
+    rewritten = {
+        pickle.loads(key)[2:]: value
+        for key, value in log
+        if value is not None and pickle.loads(key)[1] == "w"
+    }
+    state, ids_at = WindowState.decode(rewritten[first])
+    assert ids_at is not None and (state.value, state.last_offset) == (5, 3)  # moved, not changed
+    assert pickle.loads(data[ids_at])[1][first] == {"a"}
+    assert WindowState.decode(rewritten[expired])[0].event_ids is None
+    assert pickle.loads(rewritten[expired])[0] == 2
+
+
+def _one_event(
+    processor: PartitionProcessor, offset: int, event_id: str, timestamp: int, customer: str = "c"
+) -> None:
+    event = UsageEvent(event_id, customer, "egress_bytes", 5, "byte", timestamp, "t", {})
+    processor.process(offset, NOW, JUDGE(SERDE.encode_batch([SERDE.batch_item(event)]), NOW))
+
+
+def _entries(log: list[tuple[bytes, bytes | None]]) -> list[tuple[str, bytes]]:
+    """The log's writes by kind of entry: "w" window, "i" ids chunk, "clock"; "deleted ..." for a deletion."""
+    return [
+        (pickle.loads(key)[1] if value is not None else f"deleted {pickle.loads(key)[1]}", key)
+        for key, value in log
+    ]
