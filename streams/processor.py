@@ -297,10 +297,8 @@ class PartitionProcessor:
             heapq.heappush(self._forgetting, entry)
 
     def _aggregate(self, key: WindowKey, revision: Revision, state: WindowState) -> WindowAggregate:
-        previous = 0
-        for r in state.revisions:
-            if r.revision == revision.revision - 1:
-                previous = r.value
+        # Revisions are appended one per close, numbered from 0: revision n is at index n.
+        previous = state.revisions[revision.revision - 1].value if revision.revision else 0
         return WindowAggregate(
             customer_id=key.customer_id,
             meter=key.meter,
