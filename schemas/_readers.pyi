@@ -1,5 +1,17 @@
-from schemas.records import UsageEvent
+from schemas.records import UsageEvent, WindowAggregate
 
 def read_events(data: bytes, pos: int, batch: bool) -> list[UsageEvent]: ...
 def read_aggregate(data: bytes, pos: int) -> tuple[str, str, int, int, int, int, int, int, int, int]: ...
 def read_aggregate_row_binary(data: bytes, pos: int) -> bytes: ...
+def new_aggregate(
+    customer_id: str,
+    meter: str,
+    window_start: int,
+    window_end: int,
+    source_partition: int,
+    value: int,
+    delta: int,
+    event_count: int,
+    revision: int,
+    closed_at: int,
+) -> WindowAggregate: ...

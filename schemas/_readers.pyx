@@ -22,13 +22,28 @@ from libc.string cimport memcpy
 
 from dataclasses import fields
 
-from schemas.records import UsageEvent
+from schemas.records import UsageEvent, WindowAggregate
 
-# The records are built without UsageEvent.__init__ (a frozen dataclass's __init__ sets each field
-# through object.__setattr__, a third of the cost): so this must set exactly its fields.
+# The records are built without their __init__ (a frozen dataclass's __init__ sets each field
+# through object.__setattr__, a third of the cost of reading an event, and ~3.4 µs of an
+# aggregate's ~0.4 here): so this must set exactly their fields.
 _FIELDS = ("event_id", "customer_id", "meter", "quantity", "unit", "timestamp", "source", "attributes")
 if tuple(f.name for f in fields(UsageEvent)) != _FIELDS:
     raise ImportError(f"schemas._readers sets the fields {_FIELDS}; UsageEvent has others")
+_AGGREGATE_FIELDS = (
+    "customer_id",
+    "meter",
+    "window_start",
+    "window_end",
+    "source_partition",
+    "value",
+    "delta",
+    "event_count",
+    "revision",
+    "closed_at",
+)
+if tuple(f.name for f in fields(WindowAggregate)) != _AGGREGATE_FIELDS:
+    raise ImportError(f"schemas._readers sets the fields {_AGGREGATE_FIELDS}; WindowAggregate has others")
 
 
 cdef inline int64_t _long(const unsigned char* data, Py_ssize_t* pos, Py_ssize_t end) except? -1:
@@ -120,6 +135,25 @@ def read_events(bytes data, Py_ssize_t pos, bint batch):
     if pos != end:
         raise ValueError(f"{end - pos} trailing bytes after the record")
     return events
+
+
+def new_aggregate(
+    customer_id, meter, window_start, window_end, source_partition, value, delta, event_count, revision, closed_at
+):
+    """WindowAggregate(...), the same record, without its __init__: what the stream app builds at
+    every close, and the sinks at every read."""
+    aggregate = object.__new__(WindowAggregate)
+    PyObject_GenericSetAttr(aggregate, "customer_id", customer_id)
+    PyObject_GenericSetAttr(aggregate, "meter", meter)
+    PyObject_GenericSetAttr(aggregate, "window_start", window_start)
+    PyObject_GenericSetAttr(aggregate, "window_end", window_end)
+    PyObject_GenericSetAttr(aggregate, "source_partition", source_partition)
+    PyObject_GenericSetAttr(aggregate, "value", value)
+    PyObject_GenericSetAttr(aggregate, "delta", delta)
+    PyObject_GenericSetAttr(aggregate, "event_count", event_count)
+    PyObject_GenericSetAttr(aggregate, "revision", revision)
+    PyObject_GenericSetAttr(aggregate, "closed_at", closed_at)
+    return aggregate
 
 
 cdef struct _Aggregate:

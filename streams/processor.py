@@ -34,6 +34,7 @@ from typing import Protocol
 
 from core.config import Config
 from schemas.records import WindowAggregate
+from schemas.serde import new_aggregate
 from streams.judge import Verdict
 from streams.state import PartitionClock, Revision, WindowKey, WindowState
 from streams.windows import (
@@ -299,17 +300,17 @@ class PartitionProcessor:
     def _aggregate(self, key: WindowKey, revision: Revision, state: WindowState) -> WindowAggregate:
         # Revisions are appended one per close, numbered from 0: revision n is at index n.
         previous = state.revisions[revision.revision - 1].value if revision.revision else 0
-        return WindowAggregate(
-            customer_id=key.customer_id,
-            meter=key.meter,
-            window_start=key.window_start,
-            window_end=window_end(key.window_start, self.rules.size_ms),
-            source_partition=self.partition,
-            value=revision.value,
-            delta=revision.value - previous,
-            event_count=revision.event_count,
-            revision=revision.revision,
-            closed_at=revision.closed_at,
+        return new_aggregate(
+            key.customer_id,
+            key.meter,
+            key.window_start,
+            window_end(key.window_start, self.rules.size_ms),
+            self.partition,
+            revision.value,
+            revision.value - previous,
+            revision.event_count,
+            revision.revision,
+            revision.closed_at,
         )
 
 
