@@ -34,8 +34,9 @@ IDS_BUCKET_MS = 5 * 60_000
 """The span of dedup deadlines whose ids share chunks: a chunk goes at most this long after its
 first id could."""
 
-IDS_PER_CHUNK = 2_000
-"""About this many ids per chunk: a late event that reopens a closed window decodes one chunk."""
+IDS_PER_CHUNK = 250
+"""About this many ids per chunk (a window's ids are never split): a late event that reopens a
+closed window decodes one chunk, ~10 KB. 2,000 measured alike in the worker (BENCHMARKS.md)."""
 
 
 class WindowKey(NamedTuple):
