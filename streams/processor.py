@@ -124,7 +124,7 @@ class PartitionProcessor:
                 self._note_stored(state.key)
                 self._track_closed(state)
                 if state.event_ids is not None:
-                    if self._dedup_deadline(state) <= self.clock.watermark:
+                    if self._ids_expired(state):
                         state.event_ids = None
                     self._save_closed(state)
             again.extend(

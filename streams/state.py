@@ -23,7 +23,7 @@ import pickle
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 _WINDOW_FORMAT = 2
 """2: a closed window's ids in a chunk. Format 1 entries (ids always inline) still decode."""
@@ -138,14 +138,10 @@ def ids_chunk_key(partition: int, bucket: int, name: str) -> bytes:
     return pickle.dumps((partition, "i", bucket, name), protocol=5)
 
 
-def is_clock_key(data: bytes) -> bool:
-    return bool(pickle.loads(data)[1] == "clock")
-
-
-def ids_chunk_bucket(data: bytes) -> int | None:
-    """The bucket of an ids chunk's key; None for any other key."""
-    key = pickle.loads(data)
-    return int(key[2]) if key[1] == "i" else None
+def store_key_parts(data: bytes) -> tuple[Any, ...]:
+    """The tuple a store key was made of: (partition, "w", customer, meter, window_start),
+    (partition, "i", bucket, name) or (partition, "clock")."""
+    return tuple(pickle.loads(data))
 
 
 def ids_bucket(ids_until: int) -> int:
@@ -287,14 +283,13 @@ class PartitionStore:
         are in a chunk comes without them: the processor asks for them when it needs them."""
         windows, clock = [], None
         for key, value in self._entries.items():
-            if is_clock_key(key):
+            _, kind, *rest = store_key_parts(key)
+            if kind == "clock":
                 clock = PartitionClock.decode(value)
-                continue
-            bucket = ids_chunk_bucket(key)
-            if bucket is None:
-                windows.append(WindowState.decode(value)[0])
+            elif kind == "i":
+                self._chunks.setdefault(rest[0], []).append(key)
             else:
-                self._chunks.setdefault(bucket, []).append(key)
+                windows.append(WindowState.decode(value)[0])
         return windows, clock
 
     def _new_chunks(self) -> tuple[dict[bytes, bytes | None], dict[tuple[str, str, int], bytes]]:

@@ -32,7 +32,7 @@ from streams.state import (
     UnsavedStore,
     WindowKey,
     WindowState,
-    is_clock_key,
+    store_key_parts,
 )
 from streams.windows import DAY_MS
 
@@ -275,7 +275,7 @@ def test_the_store_writes_each_changed_window_once_per_commit_and_the_clock_last
     assert log == []  # nothing written before the commit
     assert store.write_behind() == 2
     [(window_key, window), (clock_key, clock)] = log
-    assert is_clock_key(clock_key) and not is_clock_key(window_key)
+    assert (store_key_parts(window_key)[1], store_key_parts(clock_key)[1]) == ("w", "clock")
     state, ids_at = WindowState.decode(window)
     assert (state.value, state.last_offset, ids_at) == (10, 9, None)
     assert PartitionClock.decode(clock).last_offset == 9  # type: ignore[arg-type]
@@ -309,7 +309,9 @@ def test_closed_windows_ids_are_written_once_in_a_chunk_deleted_whole_past_their
     assert [kind for kind, _ in _entries(log)] == ["i", "w", "w", "w", "w", "clock"]
     chunk_key = log[0][0]
     windows = [
-        WindowState.decode(value) for key, value in log if value is not None and pickle.loads(key)[1] == "w"
+        WindowState.decode(value)
+        for key, value in log
+        if value is not None and store_key_parts(key)[1] == "w"
     ]
     assert [ids_at for _, ids_at in windows] == [chunk_key] * 3 + [None]  # the open one holds its ids
     assert pickle.loads(log[0][1]) == (1, {(f"c{c}", "egress_bytes", START): {f"e{c}"} for c in range(3)})  # type: ignore[arg-type]
@@ -396,9 +398,9 @@ def test_state_written_in_format_1_recovers_and_is_rewritten_with_its_ids_in_a_c
     assert (processor.stats.duplicates, processor.stats.undeduplicated) == (2, 1)
     store.write_behind()
     rewritten = {
-        pickle.loads(key)[2:]: value
+        store_key_parts(key)[2:]: value
         for key, value in log
-        if value is not None and pickle.loads(key)[1] == "w"
+        if value is not None and store_key_parts(key)[1] == "w"
     }
     state, ids_at = WindowState.decode(rewritten[first])
     assert ids_at is not None and (state.value, state.last_offset) == (5, 3)  # moved, not changed
@@ -417,6 +419,6 @@ def _one_event(
 def _entries(log: list[tuple[bytes, bytes | None]]) -> list[tuple[str, bytes]]:
     """The log's writes by kind of entry: "w" window, "i" ids chunk, "clock"; "deleted ..." for a deletion."""
     return [
-        (pickle.loads(key)[1] if value is not None else f"deleted {pickle.loads(key)[1]}", key)
+        (store_key_parts(key)[1] if value is not None else f"deleted {store_key_parts(key)[1]}", key)
         for key, value in log
     ]
