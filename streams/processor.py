@@ -102,8 +102,13 @@ class PartitionProcessor:
     # keyed by WindowKey, looked up also by plain (customer, meter, window_start) tuples
     _open: dict[tuple[str, str, int], WindowState] = field(default_factory=dict)
     _closing: list[tuple[int, WindowKey]] = field(default_factory=list)  # heap of (window_end, key)
-    # heap of (deadline, key) of closed windows: past the deadline no event can reopen the window
-    _forgetting: list[tuple[int, WindowKey]] = field(default_factory=list)
+    # The closed windows to forget, by window start: every window of one start has the same
+    # deadline (streams.windows.forget_window_at), so the index costs a closed window one list slot
+    # holding its series, a tuple shared through `_series` (issue 18 item 5: an entry of its own,
+    # with its own strings, was ~300 bytes, 65 MB a day on sparse usage).
+    _forgetting: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
+    _forget_starts: list[int] = field(default_factory=list)  # heap of the starts in _forgetting
+    _series: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # one tuple each
     # (customer, meter) -> the latest window_start of any window saved for it: a window after it is
     # new, known without asking the store (on sparse usage most windows are)
     _newest: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -206,7 +211,7 @@ class PartitionProcessor:
             if state.key not in touched:
                 state.last_offset = offset
                 self._save_closed(state)
-        if self._forgetting and self._forgetting[0][0] <= self.clock.watermark:
+        if self._forget_starts and self._forget_deadline(self._forget_starts[0]) <= self.clock.watermark:
             self._forget(touched, offset)
         self.clock.last_offset = offset
         self.store.save_clock(self.clock)
@@ -241,8 +246,17 @@ class PartitionProcessor:
         return self._dedup_deadline(state) <= self.clock.watermark
 
     def _track_closed(self, state: WindowState) -> None:
-        end = window_end(state.key.window_start, self.rules.size_ms)
-        heapq.heappush(self._forgetting, (forget_window_at(end, self.rules.forget_after_ms), state.key))
+        series = state.key[:2]
+        series = self._series.setdefault(series, series)
+        start = state.key.window_start
+        pending = self._forgetting.get(start)
+        if pending is None:
+            pending = self._forgetting[start] = []
+            heapq.heappush(self._forget_starts, start)
+        pending.append(series)
+
+    def _forget_deadline(self, start: int) -> int:
+        return forget_window_at(window_end(start, self.rules.size_ms), self.rules.forget_after_ms)
 
     def _save_closed(self, state: WindowState) -> None:
         ids_until = None if state.event_ids is None else self._dedup_deadline(state)
@@ -281,21 +295,24 @@ class PartitionProcessor:
         """Past the maximum lateness a closed window is dropped: no event can reopen it. Judged by
         the watermark, so a replay forgets alike."""
         watermark = self.clock.watermark
-        ahead = []
-        while self._forgetting and self._forgetting[0][0] <= watermark:
-            entry = heapq.heappop(self._forgetting)
-            key = entry[1]
-            if key in self._open or key in touched:
-                continue  # reopened by a correction: forgotten when it closes again
-            state = self.store.load_window(key)
-            if state is None or state.open:
-                continue  # dropped already (a second entry of a window closed twice)
-            if state.last_offset >= offset:  # step 1: a later record's state, dropped by a later record
-                ahead.append(entry)
-                continue
-            self.store.drop_window(key)
-        for entry in ahead:
-            heapq.heappush(self._forgetting, entry)
+        ahead: dict[int, list[tuple[str, str]]] = {}
+        while self._forget_starts and self._forget_deadline(self._forget_starts[0]) <= watermark:
+            start = heapq.heappop(self._forget_starts)
+            for series in self._forgetting.pop(start):
+                slot = (*series, start)
+                if slot in self._open or slot in touched:
+                    continue  # reopened by a correction: forgotten when it closes again
+                key = WindowKey(*slot)
+                state = self.store.load_window(key)
+                if state is None or state.open:
+                    continue  # dropped already (a window closed twice is listed twice)
+                if state.last_offset >= offset:  # step 1: a later record's state, dropped by a later record
+                    ahead.setdefault(start, []).append(series)
+                    continue
+                self.store.drop_window(key)
+        for start, pending in ahead.items():
+            self._forgetting[start] = pending
+            heapq.heappush(self._forget_starts, start)
 
     def _aggregate(self, key: WindowKey, revision: Revision, state: WindowState) -> WindowAggregate:
         # Revisions are appended one per close, numbered from 0: revision n is at index n.
