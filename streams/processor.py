@@ -107,7 +107,7 @@ class PartitionProcessor:
     # holding its series, a tuple shared through `_series` (issue 18 item 5: an entry of its own,
     # with its own strings, was ~300 bytes, 65 MB a day on sparse usage).
     _forgetting: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
-    _forget_starts: list[int] = field(default_factory=list)  # heap of the starts in _forgetting
+    _forget_at: list[tuple[int, int]] = field(default_factory=list)  # heap of (deadline, start)
     _series: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # one tuple each
     # (customer, meter) -> the latest window_start of any window saved for it: a window after it is
     # new, known without asking the store (on sparse usage most windows are)
@@ -211,7 +211,7 @@ class PartitionProcessor:
             if state.key not in touched:
                 state.last_offset = offset
                 self._save_closed(state)
-        if self._forget_starts and self._forget_deadline(self._forget_starts[0]) <= self.clock.watermark:
+        if self._forget_at and self._forget_at[0][0] <= self.clock.watermark:
             self._forget(touched, offset)
         self.clock.last_offset = offset
         self.store.save_clock(self.clock)
@@ -252,11 +252,9 @@ class PartitionProcessor:
         pending = self._forgetting.get(start)
         if pending is None:
             pending = self._forgetting[start] = []
-            heapq.heappush(self._forget_starts, start)
+            deadline = forget_window_at(window_end(start, self.rules.size_ms), self.rules.forget_after_ms)
+            heapq.heappush(self._forget_at, (deadline, start))
         pending.append(series)
-
-    def _forget_deadline(self, start: int) -> int:
-        return forget_window_at(window_end(start, self.rules.size_ms), self.rules.forget_after_ms)
 
     def _save_closed(self, state: WindowState) -> None:
         ids_until = None if state.event_ids is None else self._dedup_deadline(state)
@@ -295,9 +293,9 @@ class PartitionProcessor:
         """Past the maximum lateness a closed window is dropped: no event can reopen it. Judged by
         the watermark, so a replay forgets alike."""
         watermark = self.clock.watermark
-        ahead: dict[int, list[tuple[str, str]]] = {}
-        while self._forget_starts and self._forget_deadline(self._forget_starts[0]) <= watermark:
-            start = heapq.heappop(self._forget_starts)
+        ahead: dict[tuple[int, int], list[tuple[str, str]]] = {}
+        while self._forget_at and self._forget_at[0][0] <= watermark:
+            deadline, start = heapq.heappop(self._forget_at)
             for series in self._forgetting.pop(start):
                 slot = (*series, start)
                 if slot in self._open or slot in touched:
@@ -307,12 +305,12 @@ class PartitionProcessor:
                 if state is None or state.open:
                     continue  # dropped already (a window closed twice is listed twice)
                 if state.last_offset >= offset:  # step 1: a later record's state, dropped by a later record
-                    ahead.setdefault(start, []).append(series)
+                    ahead.setdefault((deadline, start), []).append(series)
                     continue
                 self.store.drop_window(key)
-        for start, pending in ahead.items():
-            self._forgetting[start] = pending
-            heapq.heappush(self._forget_starts, start)
+        for entry, pending in ahead.items():
+            self._forgetting[entry[1]] = pending
+            heapq.heappush(self._forget_at, entry)
 
     def _aggregate(self, key: WindowKey, revision: Revision, state: WindowState) -> WindowAggregate:
         # Revisions are appended one per close, numbered from 0: revision n is at index n.
