@@ -8,7 +8,9 @@ worker's memory on 1M and 5M packed events over the same span (same windows): st
 open windows and dedup retention, not with the number of events.
 
 A worker's rate is read from its committed offsets (committed every 0.5 s here), from its first
-commit to the one that covers the topic, so the group join and startup are not counted.
+commit to the one that covers the topic, so the group join and startup are not counted. Over the
+same interval, the CPU the worker (with its child processes) and the broker used, in % of one
+core: on two cores shared by both, it tells a worker that waits from one that computes.
 
 Run: .venv/bin/python bench/stream.py [--events 1000000] [--single-events 200000] [--memory-events 5000000]
      [--quix-python PATH] [--meterline-only] [--profile DIR] [--before DIR]
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import os
 import signal
 import subprocess
@@ -68,7 +71,8 @@ def _arguments() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = _arguments().parse_args()
-    with local_stack("stream") as (base, bootstrap, state, _):
+    with local_stack("stream") as (base, bootstrap, state, services):
+        broker = services["kafka"].pid
         rows: list[dict[str, object]] = []
         packed = isolated_topics(base, bootstrap, "packed")
         single = isolated_topics(base, bootstrap, "single")
@@ -86,12 +90,21 @@ def main() -> None:
                 rows.append(
                     _floor(bootstrap, single, args.single_events, single_messages, "single-event", reader)
                 )
-            rows.append(_worker(state, bootstrap, single, args.single_events, single_messages, "faust-bare"))
-            rows.append(_worker(state, bootstrap, single, args.single_events, single_messages, "faust-table"))
+            for kind in ("faust-bare", "faust-table"):
+                rows.append(
+                    _worker(state, bootstrap, broker, single, args.single_events, single_messages, kind)
+                )
         if args.quix_python and not args.meterline_only:
             rows.append(
                 _worker(
-                    state, bootstrap, single, args.single_events, single_messages, "quix", args.quix_python
+                    state,
+                    bootstrap,
+                    broker,
+                    single,
+                    args.single_events,
+                    single_messages,
+                    "quix",
+                    args.quix_python,
                 )
             )
         elif not args.meterline_only:
@@ -103,6 +116,7 @@ def main() -> None:
                 row = _worker(
                     state,
                     bootstrap,
+                    broker,
                     config,
                     events,
                     messages,
@@ -191,6 +205,8 @@ def _floor(
         "messages": messages,
         "events/s": round(decoded / seconds),
         "RSS MiB": None,
+        "worker CPU %": None,
+        "broker CPU %": None,
     }
 
 
@@ -246,6 +262,7 @@ def _command(
 def _worker(
     state: Path,
     bootstrap: str,
+    broker: int | None,
     config: Config,
     events: int,
     messages: int,
@@ -254,7 +271,8 @@ def _worker(
     profile: Path | None = None,
     source: Path = ROOT,
 ) -> dict[str, object]:
-    """One worker's row; a meterline worker runs the code of `source` (this checkout or --before)."""
+    """One worker's row; a meterline worker runs the code of `source` (this checkout or --before).
+    `broker`: the broker's process id, whose CPU is reported beside the worker's (None: not ours)."""
     app_id = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
     data_dir = state / app_id
     env = {
@@ -279,6 +297,7 @@ def _worker(
     first: tuple[float, int] | None = None
     last: tuple[float, int, float] = (time.monotonic(), 0, time.time())
     peak_rss = 0
+    usage: list[tuple[float, float, float, float]] = []  # (monotonic, wall, worker CPU s, broker CPU s)
     deadline = time.monotonic() + 1800
     try:
         # Done when the commits cover every message produced: the broker's high watermark can lag
@@ -286,7 +305,16 @@ def _worker(
         # adds to quiet partitions only come after.
         while time.monotonic() < deadline and last[1] < messages and process.poll() is None:
             time.sleep(0.1)
-            peak_rss = max(peak_rss, _rss_kib(process.pid))
+            worker = _process_tree(process.pid)
+            peak_rss = max(peak_rss, sum(_rss_kib(pid) for pid in worker))
+            usage.append(
+                (
+                    time.monotonic(),
+                    time.time(),
+                    sum(_cpu_seconds(pid) for pid in worker),
+                    _cpu_seconds(broker) if broker else 0.0,
+                )
+            )
             done = _committed(bootstrap, app_id, config.topics.events, partitions)
             now = time.monotonic()
             if done and first is None:
@@ -306,14 +334,18 @@ def _worker(
     covered: float
     if started is not None:  # from the first record processed, to the commit covering the last
         seconds, covered = last[2] - started, events
+        worker_cpu, broker_cpu = _cpu_between(usage, 1, started, last[2])
     else:  # from the first commit to the last: startup excluded, the first commit's work too
         seconds, covered = last[0] - first[0], (last[1] - first[1]) / messages * events
+        worker_cpu, broker_cpu = _cpu_between(usage, 0, first[0], last[0])
     return {
         "what": label,
         "events": events,
         "messages": messages,
         "events/s": round(covered / seconds) if seconds else None,
         "RSS MiB": round(peak_rss / 1024),
+        "worker CPU %": round(100 * worker_cpu / seconds) if seconds else None,
+        "broker CPU %": round(100 * broker_cpu / seconds) if seconds and broker else None,
     }
 
 
@@ -334,6 +366,39 @@ def _first_record_at(log: Path) -> float | None:
             stamp = line[1 : line.index("]")]
             return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
     return None
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants: the worker under py-spy (--profile) is py-spy's child."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return []
+    return [pid] + [descendant for child in children for descendant in _process_tree(int(child))]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """The user and system CPU time a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def _cpu_between(
+    usage: list[tuple[float, float, float, float]], clock: int, start: float, end: float
+) -> tuple[float, float]:
+    """The worker's and the broker's CPU seconds from `start` to `end` on `clock` (0 monotonic, 1
+    wall), interpolated between the samples taken every ~0.1 s."""
+
+    def at(moment: float, column: int) -> float:
+        times = [sample[clock] for sample in usage]
+        i = min(max(bisect.bisect_left(times, moment), 1), len(usage) - 1)
+        (t0, c0), (t1, c1) = (times[i - 1], usage[i - 1][column]), (times[i], usage[i][column])
+        return c0 + (c1 - c0) * (moment - t0) / (t1 - t0) if t1 > t0 else c1
+
+    return at(end, 2) - at(start, 2), at(end, 3) - at(start, 3)
 
 
 def _rss_kib(pid: int) -> int:
