@@ -58,6 +58,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
     def _to_message(self, tp: TP, record: Any) -> ConsumerMessage:
         return BatchMessage(tp, record, self.app.consumer_generation_id)
 
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        # Faust marks offset_from..offset_to as skipped, offset_to included: that is the batch
+        # message's own offset, acked again once processed. The duplicate in the acked offsets
+        # ends the consecutive run a commit takes (robinhood/faust#625), so each commit moved a
+        # partition on by one batch only: commits fell minutes behind processing, and the acked
+        # offsets (an int per record) grew with them. The gap stops before the message.
+        await super()._add_gap(tp, offset_from, offset_to - 1)
+
 
 class BatchTransport(faust_aiokafka.Transport):
     Consumer: ClassVar[type[BatchConsumer]] = BatchConsumer
