@@ -174,7 +174,10 @@ def recover(output: Output, topic: str, partition: int, into: Entries, timeout: 
     try:
         while time.monotonic() < deadline:
             changes: dict[bytes, bytes | None] = {}
-            for message in consumer.consume(10_000, timeout=1.0):
+            # consume() waits out its timeout unless all 10,000 arrive: with a second, every
+            # partition whose changelog is short (a new one: just the marker) took a second to
+            # recover, while the worker, which recovers at a partition's first record, stood still.
+            for message in consumer.consume(10_000, timeout=0.1):
                 if message.error():
                     continue
                 read += 1
