@@ -168,6 +168,9 @@ def recover(output: Output, topic: str, partition: int, into: Entries, timeout: 
     consumer = Consumer(
         settings(output.bootstrap, {"group.id": f"recovery-{uuid.uuid4().hex}", "enable.auto.commit": False})
     )
+    # The partition's leader known before the assignment: otherwise librdkafka finds none for the
+    # start offset's query and retries it on a timer, half a second later.
+    consumer.list_topics(topic, timeout=10)
     consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
     read = 0
     deadline = time.monotonic() + timeout
