@@ -62,8 +62,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
         # Faust marks offset_from..offset_to as skipped, offset_to included: that is the batch
         # message's own offset, acked again once processed. The duplicate in the acked offsets
         # ends the consecutive run a commit takes (robinhood/faust#625), so each commit moved a
-        # partition on by one batch only: commits fell minutes behind processing, and the acked
-        # offsets (an int per record) grew with them. The gap stops before the message.
+        # partition on by one batch only: commits fell far behind processing (30 s on a backlog of
+        # 1M events, BENCHMARKS.md), and the acked offsets (an int per record) grew with them. The
+        # gap stops before the message.
         await super()._add_gap(tp, offset_from, offset_to - 1)
 
 

@@ -14,6 +14,7 @@ streams.state's store keys, `None` deletes), and in a local store rebuilt from i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from core.errors import MeterlineError
 from core.kafka import Kafka, idempotent_producer, settings
@@ -169,8 +170,10 @@ def recover(output: Output, topic: str, partition: int, into: Entries, timeout: 
         settings(output.bootstrap, {"group.id": f"recovery-{uuid.uuid4().hex}", "enable.auto.commit": False})
     )
     # The partition's leader known before the assignment: otherwise librdkafka finds none for the
-    # start offset's query and retries it on a timer, half a second later.
-    consumer.list_topics(topic, timeout=10)
+    # start offset's query and retries it on a timer, half a second later. Only a head start: with
+    # the broker away, the loop below waits for it as before.
+    with contextlib.suppress(KafkaException):
+        consumer.list_topics(topic, timeout=10)
     consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
     read = 0
     deadline = time.monotonic() + timeout
