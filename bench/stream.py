@@ -393,8 +393,9 @@ def _cpu_between(
     """The worker's and the broker's CPU seconds from `start` to `end` on `clock` (0 monotonic, 1
     wall), interpolated between the samples taken every ~0.1 s."""
 
+    times = [sample[clock] for sample in usage]
+
     def at(moment: float, column: int) -> float:
-        times = [sample[clock] for sample in usage]
         i = min(max(bisect.bisect_left(times, moment), 1), len(usage) - 1)
         (t0, c0), (t1, c1) = (times[i - 1], usage[i - 1][column]), (times[i], usage[i][column])
         return c0 + (c1 - c0) * (moment - t0) / (t1 - t0) if t1 > t0 else c1

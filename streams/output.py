@@ -169,15 +169,15 @@ def recover(output: Output, topic: str, partition: int, into: Entries, timeout: 
     consumer = Consumer(
         settings(output.bootstrap, {"group.id": f"recovery-{uuid.uuid4().hex}", "enable.auto.commit": False})
     )
-    # The partition's leader known before the assignment: otherwise librdkafka finds none for the
-    # start offset's query and retries it on a timer, half a second later. Only a head start: with
-    # the broker away, the loop below waits for it as before.
-    with contextlib.suppress(KafkaException):
-        consumer.list_topics(topic, timeout=10)
-    consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
     read = 0
     deadline = time.monotonic() + timeout
     try:
+        # The partition's leader known before the assignment: otherwise librdkafka finds none for
+        # the start offset's query and retries it on a timer, half a second later. Only a head
+        # start: with the broker away, the loop below waits for it as before.
+        with contextlib.suppress(KafkaException):
+            consumer.list_topics(topic, timeout=10)
+        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
         while time.monotonic() < deadline:
             changes: dict[bytes, bytes | None] = {}
             # consume() waits out its timeout unless all 10,000 arrive: with a second, every
