@@ -46,6 +46,9 @@ class Output:
                 # A worker sends several messages per window: a Python callback for each delivered
                 # one cost more than the send. Failures still come back, and stop the worker.
                 "delivery.report.only.error": True,
+                # One callback for every send, set once: passed with each send it cost 0.5 µs of
+                # the 2.3 each send took (measured).
+                "on_delivery": self._delivered,
                 # Keyed messages (aggregates, dead letters) land where Kafka's Java client would put them.
                 "partitioner": "murmur2_random",
             },
@@ -55,7 +58,7 @@ class Output:
     def send(self, topic: str, key: bytes | None, value: bytes | None, **kwargs: Any) -> None:
         while True:
             try:
-                self._producer.produce(topic, value, key, on_delivery=self._delivered, **kwargs)
+                self._producer.produce(topic, value, key, **kwargs)
                 return
             except BufferError:  # librdkafka's queue is full: let deliveries drain it
                 self._producer.poll(0.05)
