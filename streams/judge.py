@@ -29,7 +29,7 @@ class Rejection:
     """The decoded event, when the record decoded."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Verdict:
     billable: list[UsageEvent] = field(default_factory=list)
     non_billable: list[UsageEvent] = field(default_factory=list)

@@ -36,7 +36,7 @@ from core.config import Config
 from schemas.records import WindowAggregate
 from schemas.serde import new_aggregate
 from streams.judge import Verdict
-from streams.state import PartitionClock, Revision, WindowKey, WindowState
+from streams.state import PartitionClock, Revision, WindowKey, WindowState, new_revision, new_window_key
 from streams.windows import (
     DAY_MS,
     closing_limit,
@@ -163,7 +163,7 @@ class PartitionProcessor:
             slot = (event.customer_id, event.meter, window_start(timestamp, size))
             state = touched.get(slot) or open_windows.get(slot)
             if state is None:
-                key = WindowKey(*slot)
+                key = new_window_key(slot)
                 if slot[2] > newest.get(slot[:2], -1):
                     state = WindowState(key)
                 else:
@@ -277,8 +277,8 @@ class PartitionProcessor:
             del self._open[key]
             state.open = False
             previous = state.revisions[-1].revision if state.revisions else -1
-            revision = Revision(
-                previous + 1, state.value, state.event_count, offset, record_time, self.clock.watermark
+            revision = new_revision(
+                (previous + 1, state.value, state.event_count, offset, record_time, self.clock.watermark)
             )
             state.revisions.append(revision)
             self.stats.windows_closed += 1
@@ -300,7 +300,7 @@ class PartitionProcessor:
                 slot = (*series, start)
                 if slot in self._open or slot in touched:
                     continue  # reopened by a correction: forgotten when it closes again
-                key = WindowKey(*slot)
+                key = new_window_key(slot)
                 state = self.store.load_window(key)
                 if state is None or state.open:
                     continue  # dropped already (a window closed twice is listed twice)

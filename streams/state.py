@@ -21,9 +21,10 @@ from __future__ import annotations
 import heapq
 import pickle
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from functools import partial
+from typing import Any, NamedTuple, Protocol, cast
 
 _WINDOW_FORMAT = 2
 """2: a closed window's ids in a chunk. Format 1 entries (ids always inline) still decode."""
@@ -55,6 +56,14 @@ class Revision(NamedTuple):
     """That record's timestamp (ms): the same when the close is replayed."""
     watermark: int
     """The partition's watermark then: the dedup retention runs from it."""
+
+
+# A NamedTuple from a tuple of its fields without the Python `__new__` namedtuple gives it (a
+# lambda): a window key is made for every window opened, a revision for every close.
+new_window_key = cast(Callable[[tuple[str, str, int]], WindowKey], partial(tuple.__new__, WindowKey))
+new_revision = cast(
+    Callable[[tuple[int, int, int, int, int, int]], Revision], partial(tuple.__new__, Revision)
+)
 
 
 @dataclass(slots=True)
@@ -100,7 +109,7 @@ class WindowState:
         elif type(ids) is not set:
             ids = set(ids)
         state = cls(
-            WindowKey(*key), value, count, last_offset, ids, [Revision(*r) for r in revisions], is_open
+            new_window_key(key), value, count, last_offset, ids, [new_revision(r) for r in revisions], is_open
         )
         return state, ids_at
 
@@ -303,7 +312,7 @@ class PartitionStore:
             chunk: dict[tuple[str, str, int], set[str]] = {}
             size = 0
             for position, (key, ids) in enumerate(windows):
-                chunk[(key.customer_id, key.meter, key.window_start)] = ids  # plain: pickled
+                chunk[key[:]] = ids  # a plain tuple: pickled without its class
                 size += len(ids)
                 if size >= IDS_PER_CHUNK or position == len(windows) - 1:
                     self._written += 1
