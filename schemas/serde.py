@@ -224,7 +224,8 @@ class AvroSerde:
         is_batch = self._usage_headers.get(data[:header_len])
         if is_batch is not None:  # this code's own versions: read by the compiled reader
             try:
-                return DecodedUsage(read_events(data, header_len, is_batch), is_batch)
+                # Built by tuple.__new__: namedtuple's own __new__ is a Python lambda, once a record.
+                return tuple.__new__(DecodedUsage, (read_events(data, header_len, is_batch), is_batch))
             except ValueError as exc:
                 name = USAGE_EVENT_BATCH if is_batch else USAGE_EVENT
                 raise MalformedRecordError(f"{name} body does not decode: {exc!r}") from exc
