@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core import collector, logs, metrics
+from core import allocator, collector, logs, metrics
 from core.config import Config
 from core.errors import MeterlineError
 from core.http import Route, Server
@@ -125,6 +125,7 @@ def stream_app(config: Config, bootstrap: Kafka, data_dir: Path | None, health: 
     counters on /metrics, and `ready` on /readyz once Faust has started it."""
     from streams.app import build_app
 
+    allocator.limit_arenas()  # before the clients' threads start (core.allocator)
     topics.require_for_role(bootstrap, config, "stream")
     data_dir = data_dir or devstack.stream_state_dir(config) / config.stream.app_id
     data_dir.mkdir(parents=True, exist_ok=True)
