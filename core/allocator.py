@@ -19,7 +19,7 @@ def limit_arenas(arenas: int = 2) -> bool:
     setting (not glibc), which leaves the allocator as it is."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no such symbol; no C library by that handle
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
