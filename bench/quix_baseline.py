@@ -12,7 +12,10 @@ from typing import Any
 
 from quixstreams import Application  # type: ignore[import-not-found]
 from quixstreams.models import TopicConfig  # type: ignore[import-not-found]
-from quixstreams.models.serializers import Deserializer  # type: ignore[import-not-found]
+from quixstreams.models.serializers import (  # type: ignore[import-not-found]
+    Deserializer,
+    IgnoreMessage,
+)
 
 from schemas.serde import AvroSerde
 
@@ -23,7 +26,10 @@ class UsageDeserializer(Deserializer):  # type: ignore[misc]
         self._serde = AvroSerde()
 
     def __call__(self, value: bytes, ctx: Any) -> Any:
-        [event] = self._serde.decode_usage(value).events
+        events = self._serde.decode_usage(value).events
+        if not events:  # a tick: the empty batch meterline's stream app sends into a quiet partition
+            raise IgnoreMessage
+        [event] = events
         return {"quantity": event.quantity, "ts": event.timestamp}
 
 
