@@ -109,7 +109,7 @@ class WindowState:
         elif type(ids) is not set:
             ids = set(ids)
         state = cls(
-            new_window_key(key), value, count, last_offset, ids, [new_revision(r) for r in revisions], is_open
+            WindowKey(*key), value, count, last_offset, ids, [Revision(*r) for r in revisions], is_open
         )
         return state, ids_at
 
