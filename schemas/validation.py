@@ -66,19 +66,25 @@ def require_valid(event: UsageEvent, meter_units: Mapping[str, str]) -> None:
         raise error
 
 
+def timing_bounds(record_time: int, max_lateness_ms: int, max_skew_ms: int) -> tuple[int, int]:
+    """The earliest and latest event times a record stamped `record_time` accepts, both included."""
+    return record_time - max_lateness_ms, record_time + max_skew_ms
+
+
 def check_timing(
     event_time: int, record_time: int, max_lateness_ms: int, max_skew_ms: int
 ) -> InvalidEventError | None:
     """Judge an event's time against its Kafka record's own timestamp, never the wall clock, so that a
     replay months later decides exactly as the live stream did (DESIGN §4)."""
-    if event_time < record_time - max_lateness_ms:
+    earliest, latest = timing_bounds(record_time, max_lateness_ms, max_skew_ms)
+    if event_time < earliest:
         return InvalidEventError(
             RejectReason.TOO_LATE,
             "timestamp",
             event_time,
             f"more than {max_lateness_ms // 86_400_000} days before its record's timestamp {record_time}",
         )
-    if event_time > record_time + max_skew_ms:
+    if event_time > latest:
         return InvalidEventError(
             RejectReason.TOO_FAR_FUTURE,
             "timestamp",

@@ -16,6 +16,11 @@ class BillableFilter:
             for attribute, patterns in rules.items()
         ]
 
+    @property
+    def accepts_all(self) -> bool:
+        """No rules: every event of the meter is billable, whatever its attributes."""
+        return not self._rules
+
     def __call__(self, attributes: Mapping[str, str]) -> bool:
         for attribute, pattern in self._rules:
             value = attributes.get(attribute)

@@ -15,7 +15,7 @@ from core.config import Config
 from schemas.errors import RejectReason, SchemaError
 from schemas.records import UsageEvent
 from schemas.serde import AvroSerde
-from schemas.validation import check_event, check_timing
+from schemas.validation import check_event, check_timing, timing_bounds
 from streams.billable import BillableFilter
 
 
@@ -51,7 +51,9 @@ class Judge:
     def __init__(self, config: Config, serde: AvroSerde) -> None:
         self._serde = serde
         self._units: Mapping[str, str] = config.meter_units
-        self._filters = {name: BillableFilter(meter.billable) for name, meter in config.meters.items()}
+        rules = {name: BillableFilter(meter.billable) for name, meter in config.meters.items()}
+        # None for a meter whose every event is billable: no call per event (most meters have no rules)
+        self._filters = {name: None if rule.accepts_all else rule for name, rule in rules.items()}
         self._lateness_ms = config.windows.max_lateness_ms
         self._skew_ms = config.windows.max_clock_skew_ms
 
@@ -65,14 +67,22 @@ class Judge:
         verdict.is_batch = decoded.is_batch
         verdict.events = len(decoded.events)
         units, filters, lateness, skew = self._units, self._filters, self._lateness_ms, self._skew_ms
+        earliest, latest = timing_bounds(record_time, lateness, skew)
+        billable, non_billable = verdict.billable.append, verdict.non_billable.append
         for index, event in enumerate(decoded.events):
-            error = check_event(event, units) or check_timing(event.timestamp, record_time, lateness, skew)
-            if error is not None:
+            # The timing rule as bounds reckoned once per record; check_timing says why an event fails it.
+            if check_event(event, units) is None and earliest <= event.timestamp <= latest:
+                rule = filters[event.meter]
+                if rule is None or rule(event.attributes):
+                    billable(event)
+                else:
+                    non_billable(event)
+            else:
+                error = check_event(event, units) or check_timing(
+                    event.timestamp, record_time, lateness, skew
+                )
+                assert error is not None, "an event outside the bounds fails check_timing"
                 verdict.rejections.append(
                     Rejection(error.reason, str(error), index if decoded.is_batch else None, event)
                 )
-            elif filters[event.meter](event.attributes):
-                verdict.billable.append(event)
-            else:
-                verdict.non_billable.append(event)
         return verdict

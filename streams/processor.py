@@ -161,13 +161,16 @@ class PartitionProcessor:
             # A plain tuple is cheaper to build than a WindowKey and finds it in the dicts (equal,
             # same hash); the WindowKey is made only for a window not in memory.
             slot = (event.customer_id, event.meter, window_start(timestamp, size))
-            state = touched.get(slot) or open_windows.get(slot)
+            state = touched.get(slot)
+            first_touch = state is None
             if state is None:
-                key = new_window_key(slot)
-                if slot[2] > newest.get(slot[:2], -1):
-                    state = WindowState(key)
-                else:
-                    state = self.store.load_window(key) or WindowState(key)
+                state = open_windows.get(slot)
+                if state is None:
+                    key = new_window_key(slot)
+                    if slot[2] > newest.get(slot[:2], -1):
+                        state = WindowState(key)
+                    else:
+                        state = self.store.load_window(key) or WindowState(key)
             if state.last_offset >= offset:
                 self.stats.replayed_events += 1
                 continue
@@ -183,7 +186,7 @@ class PartitionProcessor:
             state.value += event_value(aggregations[event.meter], event.quantity)
             state.event_count += 1
             counted += 1
-            if slot not in touched:
+            if first_touch:
                 touched[state.key] = state
                 if not state.open or state.key not in open_windows:
                     state.open = True
