@@ -384,3 +384,49 @@ def test_the_python_reader_reads_every_byte_string_as_the_compiled_one(
     serde = AvroSerde(CATALOG)
     for damaged in whole_and_damaged(serde.encode_batch([serde.batch_item(e) for e in batch]), data):
         assert outcome_of(codecs.read_events, damaged) == outcome_of(read_events, damaged)
+
+
+def read_one(event: UsageEvent) -> UsageEvent:
+    """`event` through the compiled reader, alone in a batch."""
+    (read,) = read_events(serde_batch_of(event), 10, True)
+    return read
+
+
+def test_recurring_strings_are_read_once_and_handed_out_again_and_the_rest_each_time() -> None:
+    """The compiled reader keeps one str per recurring value (schemas/_readers.pyx, _recurring_string):
+    a customer, meter, unit, source and attribute of one record are the very objects of the next;
+    event ids, and strings longer than the table's 48 bytes, are new each time."""
+    first, second = read_one(EVENT), read_one(dataclasses.replace(EVENT, event_id="e-2"))
+    assert first == EVENT and second == dataclasses.replace(EVENT, event_id="e-2")
+    for name in ("customer_id", "meter", "unit", "source"):
+        assert getattr(first, name) is getattr(second, name)
+    ((key, value),), ((key_again, value_again),) = first.attributes.items(), second.attributes.items()
+    assert key is key_again and value is value_again
+    assert read_one(EVENT).event_id is not first.event_id
+    longest, too_long = "c" * 48, "c" * 49
+    assert read_one(dataclasses.replace(EVENT, customer_id=longest)).customer_id is (
+        read_one(dataclasses.replace(EVENT, customer_id=longest)).customer_id
+    )
+    once, again = (read_one(dataclasses.replace(EVENT, customer_id=too_long)) for _ in range(2))
+    assert once.customer_id == again.customer_id == too_long and once.customer_id is not again.customer_id
+
+
+def test_more_distinct_strings_than_the_table_holds_are_each_read_as_fastavro_reads_them() -> None:
+    """20,000 customers through a table of 4,096 slots, twice over: slots taken, replaced and found
+    again, and every string right."""
+    serde = AvroSerde(CATALOG)
+    batch = [
+        dataclasses.replace(EVENT, customer_id=f"customer-{n}", meter=f"m{n % 7}") for n in range(20_000)
+    ]
+    encoded = serde.encode_batch([serde.batch_item(e) for e in batch])
+    for _ in range(2):
+        assert read_events(encoded, 10, True) == batch == serde.decode_usage_with_fastavro(encoded).events
+
+
+def test_bad_utf8_in_a_recurring_string_is_malformed_and_leaves_the_table_right() -> None:
+    good = serde_batch_of(EVENT)
+    bad = good.replace(b"cust-1", b"cust-\xff")
+    assert bad != good
+    with pytest.raises(UnicodeDecodeError):
+        read_events(bad, 10, True)
+    assert read_events(good, 10, True) == [EVENT]
