@@ -7,12 +7,15 @@ Rows:
 - floor: the sink's consumer (its settings, CONSUMER_SETTINGS) reading the backlog, nothing done
   per message (what the sink pays before any work of its own);
 - the sink (ClickHouseSink, in this process) draining a backlog of aggregates already on
-  usage.aggregates: rows/s from its first insert to the commit that covers the backlog;
+  usage.aggregates: rows/s from its first insert to the commit that covers the backlog. The
+  baseline and the drain run in alternating pairs (--pairs), each into a fresh engine directory,
+  and the last row divides the median drain by the median baseline: one pair's ratio moved from
+  0.42x to 0.60x between runs of the same code, the baseline alone between 178k and 280k rows/s;
 - the sink keeping up with aggregates produced at a steady rate: latency from each aggregate's
   Kafka timestamp (when the stream app sent it, i.e. when its window closed) to the return of
   the insert that made it visible, median and p99, with the default batch_seconds.
 
-Run: .venv/bin/python bench/clickhouse_sink.py [--rows 500000] [--rate 2000] [--seconds 20]
+Run: .venv/bin/python bench/clickhouse_sink.py [--rows 500000] [--pairs 3] [--rate 2000] [--seconds 20]
 """
 
 from __future__ import annotations
@@ -49,14 +52,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=500_000)
     parser.add_argument("--rate", type=int, default=2_000, help="aggregates/s in the latency run")
     parser.add_argument("--seconds", type=int, default=20, help="length of the latency run")
+    parser.add_argument("--pairs", type=int, default=3, help="alternating baseline and drain runs")
     args = parser.parse_args()
     with local_stack("sink", {"METERLINE__CLICKHOUSE__RAW_EVENTS": "false"}) as (base, bootstrap, state, _):
         rows: list[dict[str, object]] = []
         # Each row its own fresh engine directory: the merges ClickHouse runs in the background
         # after a row's inserts would otherwise take CPU from the next row.
-        client = _fresh(base, state / "baseline")
-        rows.append(_baseline(client, args.rows, base.clickhouse.batch_rows))
-        client.close()
         client = _fresh(base, state / "baseline-row-binary")
         rows.append(_baseline_row_binary(client, args.rows, base.clickhouse.batch_rows))
         client.close()
@@ -64,8 +65,16 @@ def main() -> None:
         backlog = isolated_topics(base, bootstrap, "backlog")
         _produce(backlog, bootstrap, _aggregates(args.rows, seed=1))
         rows.append(_consume_floor(backlog, bootstrap, args.rows))
-        _fresh(base, state / "drain").close()
-        rows.append(_drain(backlog, bootstrap, f"chdb://{state / 'drain'}", args.rows))
+        baselines, drains = [], []
+        for pair in range(args.pairs):
+            client = _fresh(base, state / f"baseline-{pair}")
+            baselines.append(_baseline(client, args.rows, base.clickhouse.batch_rows))
+            client.close()
+            _fresh(base, state / f"drain-{pair}").close()
+            # The same backlog each time, read from its start by a new group.
+            drains.append(_drain(backlog, bootstrap, f"chdb://{state / f'drain-{pair}'}", args.rows))
+            rows += [baselines[-1], drains[-1]]
+        rows.append(_ratio(drains, baselines, args.rows))
 
         live = isolated_topics(base, bootstrap, "live")
         _fresh(base, state / "live").close()
@@ -217,6 +226,22 @@ def _throughput(what: str, rows: int, rate: float) -> dict[str, object]:
         "latency median ms": None,
         "latency p99 ms": None,
     }
+
+
+def _ratio(
+    drains: list[dict[str, object]], baselines: list[dict[str, object]], count: int
+) -> dict[str, object]:
+    drain = statistics.median(_rate(row) for row in drains)
+    baseline = statistics.median(_rate(row) for row in baselines)
+    return _throughput(
+        f"median drain / median baseline of {len(drains)} pairs: {drain / baseline:.2f}x", count, drain
+    )
+
+
+def _rate(row: dict[str, object]) -> int:
+    rate = row["rows/s"]
+    assert isinstance(rate, int), row
+    return rate
 
 
 def _latency(config: Config, bootstrap: str, dsn: str, rate: int, seconds: int) -> dict[str, object]:
