@@ -20,7 +20,7 @@ from sinks.clickhouse.sink import ClickHouseSink
 
 
 class FakeMessage:
-    def __init__(self, topic: str, partition: int, offset: int, value: bytes) -> None:
+    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
         self._topic, self._partition, self._offset, self._value = topic, partition, offset, value
 
     def error(self) -> None:
@@ -35,7 +35,7 @@ class FakeMessage:
     def offset(self) -> int:
         return self._offset
 
-    def value(self) -> bytes:
+    def value(self) -> bytes | None:
         return self._value
 
     def timestamp(self) -> tuple[int, int]:
@@ -209,3 +209,27 @@ def test_a_revoke_leaves_an_insert_the_target_refused_uncommitted(
     sink._flush((topic, 1))
     sink._revoked(consumer, [TopicPartition(topic, 1)])  # type: ignore[arg-type]
     assert consumer.commits == [] and client.inserted == [] and sink._in_flight is None
+
+
+def test_records_of_partitions_interleaved_go_to_their_buffers_in_order(
+    config: Config, sink: ClickHouseSink
+) -> None:
+    """The sink takes a run of one partition's records at a time: runs broken by other partitions'
+    records still add up to each partition's rows in offset order, with the range they came from."""
+    topic, serde = config.topics.aggregates, AvroSerde()
+    zero, one = records(config, 0, range(0, 4)), records(config, 1, range(0, 3))
+    sink._take([zero[0], zero[1], one[0], zero[2], one[1], one[2], zero[3]])
+    for partition, sent in ((0, zero), (1, one)):
+        buffer = sink._buffers[(topic, partition)]
+        assert (buffer.first_offset, buffer.last_offset) == (0, len(sent) - 1)
+        assert buffer.rows == [serde.decode_aggregate_row_binary(m.value()) for m in sent]
+    assert sink.stats.records == 7
+
+
+def test_an_aggregate_record_without_a_value_is_an_error_naming_it(
+    config: Config, sink: ClickHouseSink
+) -> None:
+    taken = records(config, 0, range(0, 3))
+    taken[1]._value = None
+    with pytest.raises(ValueError, match="partition 0 offset 1: a record without a value"):
+        sink._take(taken)
