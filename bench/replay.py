@@ -1,4 +1,4 @@
-"""Replay throughput: events/s re-derived by `reconciler.replay.rederive` (the stream app's judge and
+"""Replay throughput: events/s re-derived by `reconciler.rederive.rederive` (the stream app's judge and
 processor, one process per partition, nothing committed), on the stream benchmark's workloads.
 
 Timed end to end: appending the end markers, starting the processes, reading and folding every
@@ -16,7 +16,7 @@ import time
 from core.kafka import isolated_topics
 from meterline.produce import produce_workload
 from meterline.workload import WorkloadSpec
-from reconciler.replay import rederive
+from reconciler.rederive import rederive
 from streams.windows import DAY_MS
 
 from harness import local_stack, report

@@ -43,11 +43,11 @@ def register(commands: Any) -> None:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from reconciler.rederive import rederive
     from reconciler.replay import (
         clickhouse_differences,
         emit_repairs,
         plan_repairs,
-        rederive,
         reported_windows,
         stored_windows,
         stripe_differences,
