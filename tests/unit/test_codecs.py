@@ -392,6 +392,19 @@ def read_one(event: UsageEvent) -> UsageEvent:
     return read
 
 
+def test_an_event_read_into_its_slots_is_the_record_its_init_builds() -> None:
+    """schemas._readers stores an event's fields straight into UsageEvent's slots: the same record,
+    every field where __init__ puts it, as frozen."""
+    read = read_one(EVENT)
+    assert type(read) is UsageEvent and read == EVENT
+    assert dataclasses.astuple(read) == dataclasses.astuple(EVENT)
+    assert [getattr(read, f.name) for f in fields(UsageEvent)] == [
+        getattr(EVENT, f.name) for f in fields(UsageEvent)
+    ]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        read.quantity = 1  # type: ignore[misc]
+
+
 def test_recurring_strings_are_read_once_and_handed_out_again_and_the_rest_each_time() -> None:
     """The compiled reader keeps one str per recurring value (schemas/_readers.pyx, _recurring_string):
     a customer, meter, unit, source and attribute of one record are the very objects of the next;
