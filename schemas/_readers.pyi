@@ -1,4 +1,5 @@
 from schemas.records import UsageEvent, WindowAggregate
+from schemas.validation import BillableRule
 
 def read_events(data: bytes, pos: int, batch: bool) -> list[UsageEvent]: ...
 def read_aggregate(data: bytes, pos: int) -> tuple[str, str, int, int, int, int, int, int, int, int]: ...
@@ -15,3 +16,12 @@ def new_aggregate(
     revision: int,
     closed_at: int,
 ) -> WindowAggregate: ...
+def triage(
+    events: list[UsageEvent],
+    meter_units: dict[str, str],
+    filters: dict[str, BillableRule | None],
+    earliest: int,
+    latest: int,
+    billable: list[UsageEvent],
+    non_billable: list[UsageEvent],
+) -> list[int]: ...

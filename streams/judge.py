@@ -8,15 +8,19 @@ wall clock (DESIGN §4).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from core.config import Config
 from schemas.errors import RejectReason, SchemaError
 from schemas.records import UsageEvent
 from schemas.serde import AvroSerde
-from schemas.validation import check_event, check_timing, timing_bounds
+from schemas.validation import BillableRule, check_event, check_timing, timing_bounds
 from streams.billable import BillableFilter
+
+try:
+    from schemas._readers import triage
+except ImportError:  # installed without a C compiler: the same in Python
+    from schemas.validation import triage
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,12 @@ class Judge:
 
     def __init__(self, config: Config, serde: AvroSerde) -> None:
         self._serde = serde
-        self._units: Mapping[str, str] = config.meter_units
+        self._units = dict(config.meter_units)
         rules = {name: BillableFilter(meter.billable) for name, meter in config.meters.items()}
         # None for a meter whose every event is billable: no call per event (most meters have no rules)
-        self._filters = {name: None if rule.accepts_all else rule for name, rule in rules.items()}
+        self._filters: dict[str, BillableRule | None] = {
+            name: None if rule.accepts_all else rule for name, rule in rules.items()
+        }
         self._lateness_ms = config.windows.max_lateness_ms
         self._skew_ms = config.windows.max_clock_skew_ms
 
@@ -66,23 +72,16 @@ class Judge:
             return verdict
         verdict.is_batch = decoded.is_batch
         verdict.events = len(decoded.events)
-        units, filters, lateness, skew = self._units, self._filters, self._lateness_ms, self._skew_ms
+        units, lateness, skew = self._units, self._lateness_ms, self._skew_ms
         earliest, latest = timing_bounds(record_time, lateness, skew)
-        billable, non_billable = verdict.billable.append, verdict.non_billable.append
-        for index, event in enumerate(decoded.events):
-            # The timing rule as bounds reckoned once per record; check_timing says why an event fails it.
-            if check_event(event, units) is None and earliest <= event.timestamp <= latest:
-                rule = filters[event.meter]
-                if rule is None or rule(event.attributes):
-                    billable(event)
-                else:
-                    non_billable(event)
-            else:
-                error = check_event(event, units) or check_timing(
-                    event.timestamp, record_time, lateness, skew
-                )
-                assert error is not None, "an event outside the bounds fails check_timing"
-                verdict.rejections.append(
-                    Rejection(error.reason, str(error), index if decoded.is_batch else None, event)
-                )
+        events = decoded.events
+        for index in triage(
+            events, units, self._filters, earliest, latest, verdict.billable, verdict.non_billable
+        ):
+            event = events[index]
+            error = check_event(event, units) or check_timing(event.timestamp, record_time, lateness, skew)
+            assert error is not None, "triage rejects only what check_event or check_timing rejects"
+            verdict.rejections.append(
+                Rejection(error.reason, str(error), index if decoded.is_batch else None, event)
+            )
         return verdict

@@ -1,17 +1,21 @@
 """The judge sorts every event of a record as the rules one by one sort it (check_event,
-check_timing, the meter's BillableFilter), though its loop reckons the timing bounds once per record
-and skips the filter call for meters without rules."""
+check_timing, the meter's BillableFilter), though its first look (triage: compiled in
+schemas._readers, in Python in schemas.validation) reckons the timing bounds once per record, reads
+the fields from the events' slots and skips the filter call for meters without rules."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from meterline.config import load_config
+from schemas import _readers, validation
 from schemas.errors import RejectReason
 from schemas.records import UsageEvent
 from schemas.serde import AvroSerde
 from schemas.validation import check_event, check_timing
+from streams import judge
 from streams.billable import BillableFilter
 from streams.judge import Judge
 
@@ -129,3 +133,33 @@ EVENTS = st.builds(
 @given(st.lists(EVENTS, min_size=1, max_size=20))
 def test_the_verdict_is_the_rules_applied_one_by_one(events: list[UsageEvent]) -> None:
     assert judged(events) == by_the_rules(events)
+
+
+@given(st.lists(EVENTS, max_size=20))
+def test_both_triages_sort_events_as_the_rules_do(events: list[UsageEvent]) -> None:
+    billable, non_billable, rejected = by_the_rules(events)
+    filters = JUDGE._filters
+    for triage in (_readers.triage, validation.triage):
+        sorted_billable: list[UsageEvent] = []
+        sorted_non_billable: list[UsageEvent] = []
+        indices = triage(
+            events,
+            CONFIG.meter_units,
+            filters,
+            RECORD_TIME - LATENESS,
+            RECORD_TIME + SKEW,
+            sorted_billable,
+            sorted_non_billable,
+        )
+        assert (sorted_billable, sorted_non_billable, indices) == (
+            billable,
+            non_billable,
+            [i for _, i in rejected],
+        )
+
+
+def test_the_compiled_triage_is_the_judges_here_and_reads_only_usage_events() -> None:
+    """./run.sh builds it; an install without a C compiler falls back to schemas.validation.triage."""
+    assert judge.triage is _readers.triage
+    with pytest.raises(TypeError, match="triage reads UsageEvents, not tuple"):
+        _readers.triage([("e-1",)], {}, {}, 0, 1, [], [])  # type: ignore[list-item]
