@@ -1,5 +1,6 @@
 """Replay throughput: events/s re-derived by `reconciler.rederive.rederive` (the stream app's judge and
-processor, one process per partition, nothing committed), on the stream benchmark's workloads.
+processor, one process per core taking partitions in turn, nothing committed), on the stream
+benchmark's workloads.
 
 Timed end to end: appending the end markers, starting the processes, reading and folding every
 partition up to its marker, collecting the totals.

@@ -11,9 +11,9 @@ stream app itself sends into quiet partitions, so the stream app takes it as one
 header `meterline.replay.end` with this run's id. Neither the high watermark (tansu's counts
 batches, not records) nor offsets_for_times for a stop (tansu answers 0 for a time after its last
 record) is trusted. Records stamped after `to + lateness` cannot count into the range (their
-events for it are too late), so reading them costs time only. The
-partitions are re-derived in parallel processes: there is no state to commit, so nothing but
-decoding and folding is paid per event.
+events for it are too late), so reading them costs time only. The partitions are re-derived in
+parallel processes: there is no state to commit, so nothing but decoding and folding is paid per
+event.
 
 Its own module, importing only what a re-deriving process needs: each process starts by importing
 the module of the function it runs, and reconciler.replay's (Stripe's client, ClickHouse's queries)
