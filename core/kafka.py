@@ -9,7 +9,15 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from core import metrics
@@ -183,6 +191,13 @@ def consumer_from_beginning(bootstrap: Kafka, topic: str, group_id: str) -> Cons
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     return consumer
+
+
+def take(consumer: Consumer, most: int, timeout: float) -> list[Message]:
+    """Up to `most` of the messages the consumer has fetched, at once; when it has none, the first
+    to arrive within `timeout`. consume(most, timeout) alone waits out its timeout unless `most`
+    arrive: a reader of packed records (hundreds to a partition) waited most of its calls out."""
+    return consumer.consume(most, timeout=0) or consumer.consume(1, timeout=timeout)
 
 
 def at_end(consumer: Consumer) -> bool:

@@ -3,17 +3,16 @@
 ClickHouse and Stripe (reconciler.replay).
 
 Which records: an event is accepted only when its record's timestamp lies within the maximum
-lateness after it and the clock skew before it (DESIGN §4), so every event of a window in
-[from, to) sits in a record stamped at or after `from - skew`. Each partition is read from the
-offset of that time (offsets_for_times; reading earlier records costs time, not exactness) to its
-end. The end is a marker replay appends to every partition first: a tick (the empty batch the
-stream app itself sends into quiet partitions, so the stream app takes it as one) carrying the
+lateness after it and the clock skew before it (DESIGN §4), so every event of a window in [from,
+to) sits in a record stamped at or after `from - skew`. Each partition is read from the offset of
+that time (offsets_for_times; reading earlier records costs time, not exactness) to its end. The
+end is a marker replay appends to every partition as its processes start: a tick (the empty batch
+the stream app itself sends into quiet partitions, so the stream app takes it as one) carrying the
 header `meterline.replay.end` with this run's id. Neither the high watermark (tansu's counts
 batches, not records) nor offsets_for_times for a stop (tansu answers 0 for a time after its last
-record) is trusted. Records stamped after `to + lateness` cannot count into the range (their
-events for it are too late), so reading them costs time only. The partitions are re-derived in
-parallel processes: there is no state to commit, so nothing but decoding and folding is paid per
-event.
+record) is trusted. Records stamped after `to + lateness` cannot count into the range (their events
+for it are too late), so reading them costs time only. The partitions are re-derived in parallel
+processes: there is no state to commit, so nothing but decoding and folding is paid per event.
 
 Its own module, importing only what a re-deriving process needs: each process starts by importing
 the module of the function it runs, and reconciler.replay's (Stripe's client, ClickHouse's queries)
@@ -33,7 +32,7 @@ from confluent_kafka import Consumer, TopicPartition
 from core import collector
 from core.config import Config
 from core.errors import MeterlineError
-from core.kafka import Kafka, idempotent_producer, partition_count, settings
+from core.kafka import Kafka, idempotent_producer, partition_count, settings, take
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from streams.judge import Judge
@@ -83,14 +82,18 @@ def rederive(
     """The totals of the windows starting in [start, end), per source partition."""
     partitions = range(partition_count(bootstrap, config.topics.events))
     started = time.monotonic()
-    marker = _mark_ends(config, bootstrap, partitions)
+    marker = uuid.uuid4().hex.encode()
     jobs = [(config, bootstrap, p, start_ms, end_ms, customer, marker) for p in partitions]
     result = Rederived()
     # A process per core, each taking partitions in turn: more processes only pay more start-up
     # (imports) on the same cores (4.4 s against 4.0 s for a day of usage, 2 cores, 4 partitions).
     workers = max(1, min(len(jobs), multiprocessing.cpu_count()))
     with multiprocessing.get_context("spawn").Pool(workers, collector.tune_for_long_lived_state) as pool:
-        for done, part in enumerate(pool.imap_unordered(_rederive_partition, jobs), 1):
+        parts = pool.imap_unordered(_rederive_partition, jobs)
+        # While the processes start and read: an idempotent producer's first delivery waits for its
+        # producer id (half a second on tansu), and a process reads until it meets the marker.
+        _mark_ends(config, bootstrap, partitions, marker)
+        for done, part in enumerate(parts, 1):
             result.records += part.records
             result.events += part.events
             for (c, m, w), totals in part.totals.items():
@@ -101,16 +104,14 @@ def rederive(
     return result
 
 
-def _mark_ends(config: Config, bootstrap: Kafka, partitions: Iterable[int]) -> bytes:
-    """Append this run's end marker to every partition; returns its id."""
-    marker = uuid.uuid4().hex.encode()
+def _mark_ends(config: Config, bootstrap: Kafka, partitions: Iterable[int], marker: bytes) -> None:
+    """Append the end marker `marker` to every partition."""
     tick = AvroSerde.from_registry_url(config.kafka.schema_registry_url).encode_batch([])
     producer = idempotent_producer(bootstrap)
     for partition in partitions:
         producer.produce(config.topics.events, tick, partition=partition, headers=[(END_HEADER, marker)])
     if producer.flush(30) > 0:
         raise ReplayError("the end markers were not delivered to usage.events")
-    return marker
 
 
 def _rederive_partition(job: tuple[Config, Kafka, int, int, int, str | None, bytes]) -> PartitionResult:
@@ -119,7 +120,6 @@ def _rederive_partition(job: tuple[Config, Kafka, int, int, int, str | None, byt
     tick_bytes = serde.encode_batch([])
     judge = Judge(config, serde)
     processor = PartitionProcessor(partition, rules_from(config), UnsavedStore())
-    first = _first_offset(config, bootstrap, partition, start_ms)
     consumer = Consumer(
         settings(
             bootstrap,
@@ -130,7 +130,6 @@ def _rederive_partition(job: tuple[Config, Kafka, int, int, int, str | None, byt
             },
         )
     )
-    consumer.assign([TopicPartition(config.topics.events, partition, first)])
     # The totals are those of the revisions the processor emits, as the stream app's are, the latest
     # of a window winning: not what its state holds at the end, which has forgotten the windows
     # the watermark left more than the maximum lateness behind (a range long past, read to now).
@@ -142,16 +141,18 @@ def _rederive_partition(job: tuple[Config, Kafka, int, int, int, str | None, byt
                 totals[(a.customer_id, a.meter, a.window_start)] = (a.value, a.event_count)
 
     records = events = 0
-    last_offset, last_time = first - 1, 0
     deadline = time.monotonic() + MARKER_TIMEOUT_S
     try:
+        first = _first_offset(consumer, config, partition, start_ms)
+        consumer.assign([TopicPartition(config.topics.events, partition, first)])
+        last_offset, last_time = first - 1, 0
         reading = True
         while reading:
             if time.monotonic() > deadline:
                 raise ReplayError(
                     f"partition {partition}: the end marker did not come back in {MARKER_TIMEOUT_S:.0f} s"
                 )
-            for message in consumer.consume(5_000, timeout=0.2):
+            for message in take(consumer, 5_000, timeout=0.2):
                 offset = message.offset()
                 if message.error() or offset is None:
                     continue
@@ -173,13 +174,7 @@ def _rederive_partition(job: tuple[Config, Kafka, int, int, int, str | None, byt
     return PartitionResult(partition, records, events, totals)
 
 
-def _first_offset(config: Config, bootstrap: Kafka, partition: int, start_ms: int) -> int:
-    consumer = Consumer(settings(bootstrap, {"group.id": "meterline-replay-offsets"}))
-    try:
-        since = max(0, start_ms - config.windows.max_clock_skew_ms)
-        [found] = consumer.offsets_for_times(
-            [TopicPartition(config.topics.events, partition, since)], timeout=10
-        )
-    finally:
-        consumer.close()
+def _first_offset(consumer: Consumer, config: Config, partition: int, start_ms: int) -> int:
+    since = max(0, start_ms - config.windows.max_clock_skew_ms)
+    [found] = consumer.offsets_for_times([TopicPartition(config.topics.events, partition, since)], timeout=10)
     return max(int(found.offset), 0)  # -1: none that late, yet the end marker is: from the start

@@ -27,7 +27,7 @@ from typing import Any, cast
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from core.errors import MeterlineError
-from core.kafka import Kafka, idempotent_producer, settings
+from core.kafka import Kafka, idempotent_producer, settings, take
 from streams.state import Entries
 
 log = logging.getLogger("meterline.stream")
@@ -183,10 +183,9 @@ def recover(output: Output, topic: str, partition: int, into: Entries, timeout: 
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
         while time.monotonic() < deadline:
             changes: dict[bytes, bytes | None] = {}
-            # consume() waits out its timeout unless all 10,000 arrive: with a second, every
-            # partition whose changelog is short (a new one: just the marker) took a second to
-            # recover, while the worker, which recovers at a partition's first record, stood still.
-            for message in consumer.consume(10_000, timeout=0.1):
+            # Not waiting while messages are there: the worker, which recovers at a partition's
+            # first record, stands still meanwhile (a new changelog holds just the marker).
+            for message in take(consumer, 10_000, timeout=0.1):
                 if message.error():
                     continue
                 read += 1
