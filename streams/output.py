@@ -23,13 +23,16 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from core.errors import MeterlineError
 from core.kafka import Kafka, idempotent_producer, settings, take
 from streams.state import Entries
+
+if TYPE_CHECKING:
+    from rocksdict import Cache, WriteBufferManager
 
 log = logging.getLogger("meterline.stream")
 
@@ -131,7 +134,7 @@ ROCKSDB_BLOCK_CACHE_BYTES = 32 << 20
 
 
 @functools.cache
-def _rocksdb_budget() -> tuple[Any, Any]:
+def _rocksdb_budget() -> tuple[WriteBufferManager, Cache]:
     """The memtable budget and block cache every RocksDB store of this process shares."""
     from rocksdict import Cache, WriteBufferManager
 
