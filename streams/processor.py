@@ -35,6 +35,7 @@ from typing import Protocol
 from core.config import Config
 from schemas.records import WindowAggregate
 from schemas.serde import new_aggregate
+from streams.buckets import Buckets
 from streams.judge import Verdict
 from streams.state import PartitionClock, Revision, WindowKey, WindowState, new_revision, new_window_key
 from streams.windows import (
@@ -101,11 +102,8 @@ class PartitionProcessor:
     stats: ProcessorStats = field(default_factory=ProcessorStats)
     # keyed by WindowKey, looked up also by plain (customer, meter, window_start) tuples
     _open: dict[tuple[str, str, int], WindowState] = field(default_factory=dict)
-    # The open windows by the end they close at, and a heap of those ends: the windows of one minute
-    # close together, so the heap holds a minute once, not each window (a heap of (end, key)
-    # compared window keys on every tie, 4% of the time on single-event messages).
-    _closing: dict[int, list[WindowKey]] = field(default_factory=dict)
-    _closing_ends: list[int] = field(default_factory=list)
+    # The open windows by the end they close at
+    _closing: Buckets[WindowKey] = field(default_factory=Buckets)
     # The closed windows to forget, by window start: every window of one start has the same
     # deadline (streams.windows.forget_window_at), so the index costs a closed window one list slot
     # holding its series, a tuple shared through `_series` (issue 18 item 5: an entry of its own,
@@ -202,11 +200,7 @@ class PartitionProcessor:
         is_tick = verdict.is_tick
         self.stats.ticks += is_tick
         limit = closing_limit(self.clock.watermark, self.rules.grace_ms, record_time if is_tick else None)
-        closed = (
-            self._close_due(offset, record_time, limit)
-            if self._closing_ends and self._closing_ends[0] <= limit
-            else []
-        )
+        closed = self._close_due(offset, record_time, limit) if self._closing.due(limit) else []
         save = self.store.save_window
         for state in touched.values():
             state.last_offset = offset
@@ -226,8 +220,7 @@ class PartitionProcessor:
 
     def due_for_tick(self, now_ms: int) -> bool:
         """True when an open window would close if a tick stamped `now_ms` arrived."""
-        ends = self._closing_ends
-        return bool(ends) and ends[0] <= closing_limit(now_ms, self.rules.grace_ms)
+        return self._closing.due(closing_limit(now_ms, self.rules.grace_ms))
 
     @property
     def open_windows(self) -> int:
@@ -243,14 +236,7 @@ class PartitionProcessor:
     def _track_open(self, state: WindowState) -> None:
         self._open[state.key] = state
         self._note_stored(state.key)
-        self._close_at(window_end(state.key.window_start, self.rules.size_ms), state.key)
-
-    def _close_at(self, end: int, key: WindowKey) -> None:
-        keys = self._closing.get(end)
-        if keys is None:
-            keys = self._closing[end] = []
-            heapq.heappush(self._closing_ends, end)
-        keys.append(key)
+        self._closing.add(window_end(state.key.window_start, self.rules.size_ms), state.key)
 
     def _dedup_deadline(self, state: WindowState) -> int:
         return forget_dedup_at(state.revisions[-1].watermark, self.rules.dedup_retention_ms)
@@ -280,11 +266,9 @@ class PartitionProcessor:
     ) -> list[tuple[WindowState, WindowAggregate]]:
         closed = []
         ahead = []
-        ends = self._closing_ends
-        while ends and ends[0] <= limit:
-            end = heapq.heappop(ends)
+        for end, keys in self._closing.pop_due(limit):
             # in key order, as a heap of (end, key) closed them: the emissions' order is unchanged
-            for key in sorted(self._closing.pop(end)):
+            for key in sorted(keys):
                 state = self._open.get(key)
                 if state is None:  # a second entry of a window already closed
                     continue
@@ -303,7 +287,7 @@ class PartitionProcessor:
                 self._track_closed(state)
                 closed.append((state, self._aggregate(key, revision, state)))
         for end, key in ahead:
-            self._close_at(end, key)
+            self._closing.add(end, key)
         return closed
 
     def _forget(self, touched: Mapping[tuple[str, str, int], WindowState], offset: int) -> None:

@@ -18,13 +18,14 @@ Entries are stored as pickled tuples of builtins: fast, and stable across Python
 
 from __future__ import annotations
 
-import heapq
 import pickle
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple, Protocol, cast
+
+from streams.buckets import Buckets
 
 _WINDOW_FORMAT = 2
 """2: a closed window's ids in a chunk. Format 1 entries (ids always inline) still decode."""
@@ -181,11 +182,7 @@ class UnsavedStore:
     def __init__(self) -> None:
         self._windows: dict[WindowKey, WindowState] = {}
         self._ids_until: dict[WindowKey, int] = {}
-        # The windows by when their ids expire, and a heap of those deadlines: the windows one
-        # record closes share theirs, so the heap holds a deadline once (a heap of (deadline, key)
-        # compared window keys on every tie: on a day of sparse windows, 213k of them).
-        self._expiring: dict[int, list[WindowKey]] = {}
-        self._deadlines: list[int] = []
+        self._expiring: Buckets[WindowKey] = Buckets()  # the closed windows by when their ids expire
 
     def load_window(self, key: WindowKey) -> WindowState | None:
         return self._windows.get(key)
@@ -194,21 +191,15 @@ class UnsavedStore:
         self._windows[state.key] = state
         if ids_until is not None:
             self._ids_until[state.key] = ids_until
-            keys = self._expiring.get(ids_until)
-            if keys is None:
-                keys = self._expiring[ids_until] = []
-                heapq.heappush(self._deadlines, ids_until)
-            keys.append(state.key)
+            self._expiring.add(ids_until, state.key)
 
     def drop_window(self, key: WindowKey) -> None:
         self._windows.pop(key, None)
 
     def save_clock(self, clock: PartitionClock) -> None:
         # The processor holds its clock; nothing reads it back. Its watermark lets ids go.
-        deadlines = self._deadlines
-        while deadlines and deadlines[0] <= clock.watermark:
-            until = heapq.heappop(deadlines)
-            for key in self._expiring.pop(until):
+        for until, keys in self._expiring.pop_due(clock.watermark):
+            for key in keys:
                 if self._ids_until.get(key) != until:
                     continue  # closed again since (its ids expire later), or listed twice
                 del self._ids_until[key]
