@@ -103,7 +103,9 @@ class WindowsConfig:
     idle_timeout_seconds: int
     max_lateness_days: int
     max_clock_skew_seconds: int
-    dedup_retention_seconds: int
+    dedup_horizon_days: int
+    """How long a closed window keeps the event ids it counted, past its end or its last close
+    (DESIGN §4): by default the lateness horizon, so that no duplicate it accepts is counted twice."""
 
     @property
     def size_ms(self) -> int:
@@ -116,6 +118,10 @@ class WindowsConfig:
     @property
     def max_clock_skew_ms(self) -> int:
         return self.max_clock_skew_seconds * 1000
+
+    @property
+    def dedup_horizon_ms(self) -> int:
+        return int(timedelta(days=self.dedup_horizon_days).total_seconds()) * 1000
 
 
 @dataclass(frozen=True)

@@ -268,25 +268,61 @@ def _topics(s: Section) -> TopicsConfig:
 
 
 def _windows(s: Section) -> WindowsConfig:
+    max_lateness_days = s.get(
+        "max_lateness_days",
+        int,
+        35,
+        between(1, STRIPE_LATENESS_LIMIT_DAYS, " (Stripe refuses usage older than 35 days)"),
+    )
+    if "dedup_retention_seconds" in s.table:
+        s.seen.add("dedup_retention_seconds")
+        s.problem(
+            "dedup_retention_seconds",
+            s.table["dedup_retention_seconds"],
+            "replaced by windows.dedup_horizon_days: whole days, at least 1 (Stripe remembers an "
+            "identifier 24 hours); left out, the lateness horizon",
+        )
     windows = WindowsConfig(
         size_minutes=s.get("size_minutes", int, 1, lambda v: None if v in (1, 5) else "must be 1 or 5"),
         grace_seconds=s.get("grace_seconds", int, 10, between(0, 3600)),
         idle_timeout_seconds=s.get("idle_timeout_seconds", int, 30, between(1, 86_400)),
-        max_lateness_days=s.get(
-            "max_lateness_days",
-            int,
-            35,
-            between(1, STRIPE_LATENESS_LIMIT_DAYS, " (Stripe refuses usage older than 35 days)"),
-        ),
+        max_lateness_days=max_lateness_days,
         max_clock_skew_seconds=s.get(
             "max_clock_skew_seconds",
             int,
             300,
             between(0, 300, " (Stripe refuses usage more than 5 minutes ahead)"),
         ),
-        dedup_retention_seconds=s.get("dedup_retention_seconds", int, 3600, at_least(0)),
+        dedup_horizon_days=s.get(
+            "dedup_horizon_days",
+            int,
+            max_lateness_days,
+            between(
+                1,
+                max_lateness_days,
+                " (at least Stripe's 24 hours of identifier dedup; longer than windows.max_lateness_days"
+                " holds ids no event can use)",
+            ),
+        ),
     )
     return windows
+
+
+def dedup_promise(windows: WindowsConfig) -> str:
+    """What the dedup horizon promises, and with a shorter one what it gives up, in a sentence
+    (`config check` prints it)."""
+    if windows.dedup_horizon_days >= windows.max_lateness_days:
+        return (
+            f"event ids are held {windows.dedup_horizon_days} days, the lateness horizon: no duplicate "
+            "is ever counted twice, and an event for a window the stream no longer holds is "
+            "dead-lettered as too_late"
+        )
+    return (
+        f"event ids are held {windows.dedup_horizon_days} days past a window's end or last close "
+        f"(plus a day of margin), less than the {windows.max_lateness_days}-day lateness horizon: a "
+        "duplicate arriving after that in its partition's event time (a batch re-sent after an "
+        "outage, a backfill) is counted again"
+    )
 
 
 def _stream(s: Section) -> StreamConfig:

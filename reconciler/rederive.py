@@ -161,7 +161,7 @@ def _rederive_partition(job: tuple[Config, Kafka, int, int, int, str | None, byt
                     reading = False
                     break
                 record_time = message.timestamp()[1]
-                verdict = judge(value, record_time)
+                verdict = judge(value, record_time, processor.held_from(offset))
                 fold(processor.process(offset, record_time, verdict))
                 records += 1
                 events += verdict.events

@@ -115,6 +115,10 @@ class StreamRuntime:
         self.last_tick: dict[int, float] = {}
         self.counters = StreamCounters()
         self.tick = serde.encode_batch([])
+        # Dead letters that depend on the state (Verdict.gone) are sent but not yet delivered: a
+        # record the stored clock marks applied is never judged again, so they must be delivered
+        # before the clock is written.
+        self._state_letters_pending = False
 
     def handle(self, partition: int, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Process one fetched batch of a partition's records, in offset order."""
@@ -125,10 +129,11 @@ class StreamRuntime:
         if processor is None:
             processor = self._recover(partition, records[0].offset)
         for record in records:
-            verdict = self.judge(record.value, record.timestamp)
+            verdict = self.judge(record.value, record.timestamp, processor.held_from(record.offset))
             self._count(verdict)
             for rejection in verdict.rejections:
                 self._dead_letter(partition, record, rejection)
+            self._state_letters_pending |= verdict.gone > 0
             closed = processor.process(record.offset, record.timestamp, verdict)
             if closed:
                 self._send(closed)
@@ -138,6 +143,9 @@ class StreamRuntime:
         not yet delivered: Output.flush does that). Runs on the event loop, between records, so
         that it writes whole records; returns the number of writes."""
         chosen = self.stores if partitions is None else [p for p in partitions if p in self.stores]
+        if self._state_letters_pending:  # rare: an event for a window long gone
+            self.output.flush()
+            self._state_letters_pending = False
         return sum(self.stores[p].write_behind() for p in chosen)
 
     def forget(self, partitions: Iterable[int]) -> None:

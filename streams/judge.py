@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.config import Config
-from schemas.errors import RejectReason, SchemaError
+from schemas.errors import InvalidEventError, RejectReason, SchemaError
 from schemas.records import UsageEvent
 from schemas.serde import AvroSerde
 from schemas.validation import BillableRule, check_event, check_timing, timing_bounds
@@ -42,6 +42,9 @@ class Verdict:
     is_batch: bool = False
     events: int = 0
     """Events decoded (0 for an undecodable record)."""
+    gone: int = 0
+    """Rejections that depend on the partition's state, not on the record alone: events within
+    their record's lateness whose window the partition no longer holds (Judge's `held_from`)."""
 
     @property
     def is_tick(self) -> bool:
@@ -63,7 +66,9 @@ class Judge:
         self._lateness_ms = config.windows.max_lateness_ms
         self._skew_ms = config.windows.max_clock_skew_ms
 
-    def __call__(self, value: bytes, record_time: int) -> Verdict:
+    def __call__(self, value: bytes, record_time: int, held_from: int | None = None) -> Verdict:
+        """`held_from`: the earliest event time whose window the partition still holds
+        (PartitionProcessor.held_from); an event before it is too late whatever its record says."""
         verdict = Verdict()
         try:
             decoded = self._serde.decode_usage(value)
@@ -74,14 +79,34 @@ class Judge:
         verdict.events = len(decoded.events)
         units, lateness, skew = self._units, self._lateness_ms, self._skew_ms
         earliest, latest = timing_bounds(record_time, lateness, skew)
+        if held_from is not None and held_from > earliest:
+            earliest = held_from
         events = decoded.events
         for index in triage(
             events, units, self._filters, earliest, latest, verdict.billable, verdict.non_billable
         ):
             event = events[index]
             error = check_event(event, units) or check_timing(event.timestamp, record_time, lateness, skew)
-            assert error is not None, "triage rejects only what check_event or check_timing rejects"
+            if error is None:
+                error = _window_gone(event.timestamp, held_from)
+                assert error is not None, "triage rejects only what the checks here reject"
+                verdict.gone += 1
             verdict.rejections.append(
                 Rejection(error.reason, str(error), index if decoded.is_batch else None, event)
             )
         return verdict
+
+
+def _window_gone(event_time: int, held_from: int | None) -> InvalidEventError | None:
+    """Within its record's lateness, yet before what the partition holds: its window's total and
+    ids went once the partition's event time passed it by the lateness horizon (streams.windows
+    .earliest_held), so counting it would start the window again at revision 0."""
+    if held_from is None or event_time >= held_from:
+        return None
+    return InvalidEventError(
+        RejectReason.TOO_LATE,
+        "timestamp",
+        event_time,
+        f"before {held_from}, the earliest this partition still holds: its event time has moved past "
+        "this window by more than the lateness horizon, and the window's total and ids are gone",
+    )

@@ -9,8 +9,12 @@ How a record at offset `o` is processed:
    behind, so a crash can leave some windows ahead of the clock): it already holds what this
    record did to it, so the record neither counts into it, nor closes it, nor forgets it.
 2. An event id already in the window's dedup set is a duplicate: not counted. A closed window's
-   set is kept until the watermark passes the dedup retention after its last close; judged
-   when the window is next needed, so no write is made when it expires (streams.state).
+   set is kept for the dedup horizon past the later of its end and its last close (by default
+   as long as the window itself: streams.windows.forget_dedup_at); judged when the window is next
+   needed, so no write is made when it expires (streams.state). A window reopened after its ids
+   went starts a new set: what it counted before is forgotten, what it counts from then on is not.
+   An event older than what the partition holds (`held_from`) never gets here: the judge
+   dead-letters it as too late, as its window is gone.
 3. The partition's watermark becomes the highest event time seen.
 4. Open windows close when `window_end + grace <= watermark`; on an empty batch (a tick, sent
    by the app into a quiet partition) also when `window_end + grace <= the tick's timestamp`.
@@ -41,6 +45,7 @@ from streams.state import PartitionClock, Revision, WindowKey, WindowState, new_
 from streams.windows import (
     DAY_MS,
     closing_limit,
+    earliest_held,
     event_value,
     forget_dedup_at,
     forget_window_at,
@@ -68,7 +73,9 @@ class Store(Protocol):
 class WindowRules:
     size_ms: int
     grace_ms: int
-    dedup_retention_ms: int
+    keep_ids_ms: int
+    """How long past the later of its end and its last close a closed window keeps its event ids:
+    the dedup horizon plus the clock skew and a day of margin, as `forget_after_ms` (capped by it)."""
     forget_after_ms: int
     """How long past its end a closed window is kept for corrections: the maximum lateness plus the
     clock skew and a day of margin, after which no event can be accepted for it."""
@@ -87,7 +94,8 @@ class ProcessorStats:
     replayed_events: int = 0
     """Events skipped because their window was saved by their record before a crash."""
     undeduplicated: int = 0
-    """Events for windows whose dedup set had expired: counted, as DESIGN §4 bounds dedup."""
+    """Events that reopened a window whose dedup set had expired (a horizon shorter than the
+    lateness horizon): counted, as the configured horizon bounds dedup."""
     windows_closed: int = 0
     corrections: int = 0
     reemitted: int = 0
@@ -126,6 +134,8 @@ class PartitionProcessor:
         again: list[WindowAggregate] = []
         for state in windows:
             if state.open:
+                if state.event_ids is None:  # reopened after its ids went, saved before issue 34
+                    state.event_ids = set()
                 self._track_open(state)
             else:
                 self._note_stored(state.key)
@@ -176,15 +186,16 @@ class PartitionProcessor:
             if state.last_offset >= offset:
                 self.stats.replayed_events += 1
                 continue
-            if not state.open and state.event_ids is not None and self._ids_expired(state):
-                state.event_ids = None
-            if state.event_ids is None:
+            ids = state.event_ids
+            if ids is None or (not state.open and self._ids_expired(state)):
+                # Reopened past its dedup horizon: the ids it counted are gone; this event and
+                # the ones after it are remembered again (issue 34: None here counted every retry).
+                ids = state.event_ids = set()
                 self.stats.undeduplicated += 1
-            elif event.event_id in state.event_ids:
+            elif event.event_id in ids:
                 self.stats.duplicates += 1
                 continue
-            else:
-                state.event_ids.add(event.event_id)
+            ids.add(event.event_id)
             state.value += event_value(aggregations[event.meter], event.quantity)
             state.event_count += 1
             counted += 1
@@ -218,6 +229,15 @@ class PartitionProcessor:
         self.store.save_clock(self.clock)
         return [aggregate for _, aggregate in closed] if closed else []
 
+    def held_from(self, offset: int) -> int | None:
+        """The earliest event time the record at `offset` may count at: older windows are gone
+        (streams.windows.earliest_held). None for a record applied before a crash: judged by its
+        own timestamp alone, as the dead letters of this rule were delivered before the clock that
+        skips it (streams.app.StreamRuntime.write_behind)."""
+        if offset <= self.clock.last_offset:
+            return None
+        return earliest_held(self.clock.watermark, self.rules.forget_after_ms, self.rules.size_ms)
+
     def due_for_tick(self, now_ms: int) -> bool:
         """True when an open window would close if a tick stamped `now_ms` arrived."""
         return self._closing.due(closing_limit(now_ms, self.rules.grace_ms))
@@ -239,7 +259,12 @@ class PartitionProcessor:
         self._closing.add(window_end(state.key.window_start, self.rules.size_ms), state.key)
 
     def _dedup_deadline(self, state: WindowState) -> int:
-        return forget_dedup_at(state.revisions[-1].watermark, self.rules.dedup_retention_ms)
+        return forget_dedup_at(
+            window_end(state.key.window_start, self.rules.size_ms),
+            state.revisions[-1].watermark,
+            self.rules.keep_ids_ms,
+            self.rules.forget_after_ms,
+        )
 
     def _ids_expired(self, state: WindowState) -> bool:
         """A closed window's ids are gone once the watermark reached their deadline: judged by the
@@ -335,7 +360,7 @@ def rules_from(config: Config) -> WindowRules:
     return WindowRules(
         size_ms=w.size_ms,
         grace_ms=w.grace_seconds * 1000,
-        dedup_retention_ms=w.dedup_retention_seconds * 1000,
+        keep_ids_ms=w.dedup_horizon_ms + w.max_clock_skew_ms + DAY_MS,
         forget_after_ms=w.max_lateness_ms + w.max_clock_skew_ms + DAY_MS,
         aggregations={name: meter.aggregation for name, meter in config.meters.items()},
     )

@@ -3,12 +3,12 @@
 One `WindowState` per (customer, meter, window_start) and one `PartitionClock` per partition.
 Every entry remembers the last input offset folded into it, so that processing a record again
 after a crash changes nothing (DESIGN §4). A window keeps the event ids it counted (its dedup
-set) until the retention after its close has passed, and the revisions it emitted, so that a
-correction knows its number and delta and a lost emission can be sent again, identically.
+set) for the dedup horizon (streams.windows.forget_dedup_at), and the revisions it emitted, so
+that a correction knows its number and delta and a lost emission can be sent again, identically.
 
 An open window's entry holds its ids. A closed window's ids go into an ids chunk, shared by the
 windows closed in one write-behind whose ids expire in the same five minutes, and its entry holds
-the chunk's key: when their retention has passed the chunk is deleted whole, where rewriting each
+the chunk's key: when their horizon has passed the chunk is deleted whole, where rewriting each
 window without its ids cost a second write per window (BENCHMARKS.md, issue 18). Expiry itself is
 the processor's decision (streams.processor): the store deletes a chunk only once its clock is
 past every id in it, so a chunk is there for as long as the processor may ask for it.
@@ -56,7 +56,7 @@ class Revision(NamedTuple):
     closed_at: int
     """That record's timestamp (ms): the same when the close is replayed."""
     watermark: int
-    """The partition's watermark then: the dedup retention runs from it."""
+    """The partition's watermark then: the dedup horizon runs from it (or from the window's end)."""
 
 
 # A NamedTuple from a tuple of its fields without the Python `__new__` namedtuple gives it (a
@@ -74,7 +74,7 @@ class WindowState:
     event_count: int = 0
     last_offset: int = -1
     event_ids: set[str] | None = field(default_factory=set)
-    """None once the dedup retention after the close has passed."""
+    """None for a closed window whose ids are in a chunk not read yet, or went with its horizon."""
     revisions: list[Revision] = field(default_factory=list)
     open: bool = True
 
@@ -325,7 +325,7 @@ class PartitionStore:
 
     def _chunk_ids(self, chunk_key: bytes, key: WindowKey) -> set[str] | None:
         """The ids of `key` held in a chunk (a copy: the window may count more), or None once the
-        chunk is deleted (their retention has passed). The last chunk read stays decoded: late
+        chunk is deleted (their horizon has passed). The last chunk read stays decoded: late
         events come in runs."""
         if self._last_chunk is None or self._last_chunk[0] != chunk_key:
             raw = self._entries.get(chunk_key)

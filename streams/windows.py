@@ -23,15 +23,30 @@ def closing_limit(watermark_ms: int, grace_ms: int, tick_ms: int | None = None) 
     return limit if tick_ms is None else max(limit, tick_ms - grace_ms)
 
 
-def forget_dedup_at(closed_by_watermark_ms: int, retention_ms: int) -> int:
-    """When a closed window's event ids may go: the retention after the watermark that closed it
-    last ("until an hour after the window closed", DESIGN §4)."""
-    return closed_by_watermark_ms + retention_ms
+def forget_dedup_at(
+    window_end_ms: int, closed_by_watermark_ms: int, keep_ids_ms: int, forget_after_ms: int
+) -> int:
+    """When a closed window's event ids may go: `keep_ids_ms` (the dedup horizon and its margin)
+    after the later of its end and the watermark that closed it last, so that neither a reopening
+    nor a jump of event time shortens it; never later than the window itself goes (DESIGN §4).
+    With the default horizon (the lateness horizon) that is when the window goes."""
+    return min(
+        forget_window_at(window_end_ms, forget_after_ms),
+        max(window_end_ms, closed_by_watermark_ms) + keep_ids_ms,
+    )
 
 
 def forget_window_at(window_end_ms: int, forget_after_ms: int) -> int:
     """When a closed window's state may go: no event can be accepted for it after this."""
     return window_end_ms + forget_after_ms
+
+
+def earliest_held(watermark_ms: int, forget_after_ms: int, size_ms: int) -> int:
+    """The earliest event time whose window a partition at `watermark_ms` still holds: an event
+    before it would find its window's total and ids gone, so it is dead-lettered as too late
+    rather than counted again from revision 0 (DESIGN §4). Inverse of forget_window_at: the window
+    of `t` is held while window_end(t) + forget_after > watermark, that is t >= this."""
+    return window_start(watermark_ms - forget_after_ms, size_ms)
 
 
 def event_value(aggregation: str, quantity: int) -> int:

@@ -14,6 +14,7 @@ from meterline.cli.common import (
     load,
     quiet_if,
 )
+from meterline.config import dedup_promise
 from meterline.table import render
 
 if TYPE_CHECKING:
@@ -72,8 +73,15 @@ def _config_check(args: argparse.Namespace) -> int:
         for m in config.meters.values()
     ]
     kafka = Brokers(config.kafka.bootstrap or "(the local stack)", security_properties(config.kafka))
+    dedup = {"horizon_days": config.windows.dedup_horizon_days, "promise": dedup_promise(config.windows)}
     if args.json:
-        document = {"ok": True, "source": config.source, "kafka": kafka.redacted(), "meters": meters}
+        document = {
+            "ok": True,
+            "source": config.source,
+            "kafka": kafka.redacted(),
+            "dedup": dedup,
+            "meters": meters,
+        }
         print(json.dumps(document, indent=2))
     else:
         print(
@@ -84,6 +92,7 @@ def _config_check(args: argparse.Namespace) -> int:
             f"Kafka {kafka.bootstrap}: "
             + ", ".join(f"{k}={v}" for k, v in kafka.redacted().items() if k != "bootstrap.servers")
         )
+        print(f"dedup: {dedup['promise']}")
         print(render(meters))
     return 0
 

@@ -202,8 +202,8 @@ def test_replaying_an_old_range_keeps_its_windows_while_the_topic_goes_on_for_mo
     for customer, amounts in quantities.items():
         for n, quantity in enumerate(amounts):
             send(customer, old + 10_000, quantity, n)
-        # Months later: the old window closes, then, an hour on, is past its dedup retention and
-        # far past the maximum lateness: the stream app forgets it.
+        # Months later: the old window closes and, far past the maximum lateness, the stream app
+        # forgets it, its ids with it.
         send(customer, now - 2 * 3_600_000, 1, 0)
         send(customer, now - 60_000, 1, 0)
     assert producer.flush(30) == 0

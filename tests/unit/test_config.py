@@ -150,3 +150,42 @@ def test_a_price_not_billed_through_stripe_is_priced_and_labelled_so(tmp_path: P
         "Billed through Stripe",
         "Total",
     ]
+
+
+def test_the_dedup_horizon_is_the_lateness_horizon_unless_shortened_to_a_day_or_more() -> None:
+    """Issue 34, DESIGN §4: ids are held as long as an event can change a bill, never less than
+    Stripe's 24 hours; `config check` says what a shorter horizon gives up. The old setting in
+    seconds is refused by name, with what replaced it."""
+    assert load_config(None, {}).windows.dedup_horizon_days == 35
+    assert load_config(None, {"METERLINE__WINDOWS__MAX_LATENESS_DAYS": "10"}).windows.dedup_horizon_days == 10
+    assert (
+        load_config(None, {"METERLINE__WINDOWS__DEDUP_HORIZON_DAYS": "1"}).windows.dedup_horizon_ms
+        == 86_400_000
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            None,
+            {
+                "METERLINE__WINDOWS__DEDUP_HORIZON_DAYS": "0",
+                "METERLINE__WINDOWS__DEDUP_RETENTION_SECONDS": "3600",
+            },
+        )
+    assert [(p.field, p.value) for p in caught.value.problems] == [
+        ("windows.dedup_retention_seconds", 3600),
+        ("windows.dedup_horizon_days", 0),
+    ]
+    assert "replaced by windows.dedup_horizon_days" in caught.value.problems[0].why
+    assert "Stripe's 24 hours" in caught.value.problems[1].why
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"METERLINE__WINDOWS__DEDUP_HORIZON_DAYS": "36"})
+    assert "must be between 1 and 35" in caught.value.problems[0].why
+
+    default = meterline("config", "check", "--json")
+    assert json.loads(default.stdout)["dedup"]["horizon_days"] == 35
+    shorter = meterline("config", "check", env={"METERLINE__WINDOWS__DEDUP_HORIZON_DAYS": "2"})
+    assert shorter.returncode == 0, shorter.stderr
+    assert (
+        "dedup: event ids are held 2 days past a window's end or last close (plus a day of margin), "
+        "less than the 35-day lateness horizon: a duplicate arriving after that in its partition's "
+        "event time (a batch re-sent after an outage, a backfill) is counted again"
+    ) in shorter.stdout

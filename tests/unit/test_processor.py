@@ -1,11 +1,6 @@
 """The pure aggregation (judge + partition processor) is exact for any order, duplication, lateness,
-batching, tick timing and crash point of a generated workload: no broker, no Faust.
-
-A crash is modelled as the stream app meets it: the store writes behind at commits chosen at
-random, the state changelog keeps a prefix of its writes, the committed offset lies at or before
-the last record whose writes are all in that prefix (Faust writes and flushes before it commits),
-emissions of records before it were delivered and any of the later ones may be lost. Recovery
-loads the prefix and processing restarts at the committed offset.
+batching, tick timing and crash point of a generated workload: no broker, no Faust (crashes as
+tests.support.processor models them).
 """
 
 from __future__ import annotations
@@ -13,90 +8,49 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import random
-from collections import Counter
-from collections.abc import Iterable, Mapping
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterline.config import load_config
 from meterline.workload import Expected, WorkloadSpec, generate
-from schemas.records import AggregateIdentity, UsageEvent, WindowAggregate
+from schemas.records import UsageEvent, WindowAggregate
 from schemas.serde import AvroSerde
-from streams.judge import Judge, Verdict
+from streams.judge import Judge
 from streams.processor import PartitionProcessor, rules_from
 from streams.state import (
     IDS_BUCKET_MS,
     PartitionClock,
-    PartitionStore,
     UnsavedStore,
     WindowKey,
     WindowState,
     store_key_parts,
 )
 from streams.windows import DAY_MS
+from tests.support.processor import recovered, run_with_crashes, start_processor, sums_by_window
 
 CONFIG = load_config(None, {})
 SERDE = AvroSerde()
 JUDGE = Judge(CONFIG, SERDE)
 RULES = rules_from(CONFIG)
+# The shortest dedup horizon (a day): ids go before their window does.
+SHORT_RULES = rules_from(load_config(None, {"METERLINE__WINDOWS__DEDUP_HORIZON_DAYS": "1"}))
+KEEP_MS = SHORT_RULES.keep_ids_ms
 START = 1_780_000_000_000 // 60_000 * 60_000
 NOW = START + DAY_MS // 4  # the records' timestamps: produce time, after the span
-
-
-class ChangelogEntries:
-    """A partition's state entries whose every write is also appended to a log, like the changelog
-    topic behind streams.output.LocalState."""
-
-    def __init__(self, data: dict[bytes, bytes], log: list[tuple[bytes, bytes | None]]) -> None:
-        self.data, self.log = data, log
-
-    def get(self, key: bytes) -> bytes | None:
-        return self.data.get(key)
-
-    def items(self) -> Iterable[tuple[bytes, bytes]]:
-        return self.data.items()
-
-    def write(self, changes: Mapping[bytes, bytes | None]) -> None:
-        for key, value in changes.items():
-            self.log.append((key, value))
-            if value is None:
-                self.data.pop(key, None)
-            else:
-                self.data[key] = value
-
-
-def recovered(log: list[tuple[bytes, bytes | None]]) -> dict[bytes, bytes]:
-    data: dict[bytes, bytes] = {}
-    for key, value in log:
-        if value is None:
-            data.pop(key, None)
-        else:
-            data[key] = value
-    return data
-
-
-def start_processor(
-    data: dict[bytes, bytes], log: list, first_offset: int
-) -> tuple[PartitionProcessor, PartitionStore, list]:
-    store = PartitionStore(ChangelogEntries(data, log), 0)
-    processor = PartitionProcessor(0, RULES, store)
-    windows, clock = store.saved_state()
-    return processor, store, processor.recover(windows, clock, first_offset)
 
 
 def records_of(
     spec: WorkloadSpec, rng: random.Random, shuffle: float, max_batch: int
 ) -> tuple[list, Expected]:
     """The workload as Kafka records (value, timestamp): batches of 1..max_batch events, some
-    records moved out of place, invalid ones as single records. Moves stay within ~25 minutes of
-    event time, so that a duplicate still meets its original within the dedup retention (1 h after
-    the close, DESIGN §4); beyond it, counting a duplicate again is the documented bound."""
+    records moved out of place, as far as the end of the span (dedup holds for the lateness
+    horizon, DESIGN §4), invalid ones as single records."""
     expected = Expected(CONFIG.windows.size_ms)
     emissions = list(generate(spec, CONFIG.meters, CONFIG.windows.size_ms, expected))
-    reach = len(emissions) * 25 * 60_000 // spec.span_ms
     position = {
-        id(e): i + (rng.randint(0, reach) if rng.random() < shuffle else 0) for i, e in enumerate(emissions)
+        id(e): i + (rng.randint(0, len(emissions)) if rng.random() < shuffle else 0)
+        for i, e in enumerate(emissions)
     }
     emissions.sort(key=lambda e: position[id(e)])
     records: list[tuple[bytes, int]] = []
@@ -120,28 +74,6 @@ def records_of(
                 flush()
     flush()
     return records, expected
-
-
-def sums_by_window(aggregates: Iterable[WindowAggregate]) -> dict[tuple[str, str, int], list[int]]:
-    """What a sink derives: one aggregate per identity (asserting repeats are identical), deltas summed."""
-    by_identity: dict[AggregateIdentity, WindowAggregate] = {}
-    for aggregate in aggregates:
-        first = by_identity.setdefault(aggregate.identity, aggregate)
-        assert first == aggregate, f"two aggregates share identity {aggregate.identity}"
-    totals: dict[tuple[str, str, int], list[int]] = {}
-    latest: dict[tuple[str, str, int], int] = {}
-    for identity, aggregate in by_identity.items():
-        key = (identity.customer_id, identity.meter, identity.window_start)
-        totals.setdefault(key, [0, 0])[0] += aggregate.delta
-        if aggregate.revision >= latest.get(key, -1):
-            latest[key] = aggregate.revision
-            totals[key][1] = aggregate.event_count
-    revisions = Counter((i.customer_id, i.meter, i.window_start) for i in by_identity)
-    for key, count in revisions.items():  # revisions are 0..n-1, none missing
-        assert {i.revision for i in by_identity if (i.customer_id, i.meter, i.window_start) == key} == set(
-            range(count)
-        )
-    return totals
 
 
 @settings(
@@ -185,46 +117,13 @@ def test_totals_are_exact_for_any_order_batching_ticks_and_crashes(
         if plan.random() < tick_rate:  # a quiet-partition tick stamped by the wall clock: now
             with_ticks.append((tick, NOW))
     with_ticks.append((tick, NOW + 365 * DAY_MS))  # the end: every window closes
-    crash_at = sorted(plan.sample(range(len(with_ticks)), min(crashes, len(with_ticks))))
-
-    log: list[tuple[bytes, bytes | None]] = []
-    processor, store, delivered = start_processor({}, log, 0)
-    in_flight: list[tuple[int, WindowAggregate]] = []
-    writes_done: dict[int, int] = {}  # offset -> log length once its writes were made
-    rejected: Counter[str] = Counter()
-    offset = 0
-    while offset < len(with_ticks):
-        if crash_at and offset == crash_at[0]:
-            crash_at.pop(0)
-            kept = plan.randint(0, len(log))
-            complete = [o for o, n in writes_done.items() if n <= kept]
-            committed = plan.randint(0, max(complete) + 1) if complete else 0
-            delivered += [a for o, a in in_flight if o < committed or plan.random() < 0.5]
-            in_flight.clear()
-            del log[kept:]
-            writes_done = {o: n for o, n in writes_done.items() if o < committed}
-            rejected = Counter({k: v for k, v in rejected.items() if k[0] < committed})
-            processor, store, again = start_processor(recovered(log), log, committed)
-            delivered += again
-            offset = committed
-            continue
-        value, timestamp = with_ticks[offset]
-        verdict: Verdict = JUDGE(value, timestamp)
-        for rejection in verdict.rejections:
-            rejected[(offset, rejection.index)] = rejection.reason
-        in_flight += [(offset, a) for a in processor.process(offset, timestamp, verdict)]
-        if plan.random() < commit_rate:  # the app writes behind before each commit
-            store.write_behind()
-            writes_done[offset] = len(log)
-        offset += 1
-    delivered += [a for _, a in in_flight]
-
+    delivered, rejected = run_with_crashes(with_ticks, JUDGE, RULES, plan, crashes, commit_rate)
     assert sums_by_window(delivered) == expected.totals
-    assert Counter(rejected.values()) == expected.rejected
+    assert rejected == expected.rejected
 
 
 def test_a_late_event_emits_the_next_revision_with_its_delta() -> None:
-    processor, _, _ = start_processor({}, [], 0)
+    processor, _, _ = start_processor({}, [], 0, RULES)
     minute = START
 
     def record(offset: int, *events: tuple[str, int, int]) -> list[WindowAggregate]:
@@ -242,17 +141,18 @@ def test_a_late_event_emits_the_next_revision_with_its_delta() -> None:
     assert record(3, ("a", 5, minute + 1)) == []  # a duplicate never reopens a window
 
 
-def test_a_corrected_window_keeps_its_event_ids_for_the_retention_after_its_last_close() -> None:
-    """DESIGN §4: the ids are kept until the retention after the window closed, last. The aging
-    entry of its first close must not drop them early: a processor recovered after the correction
-    ages the window from its last close only, and would decide otherwise."""
-    processor, _, _ = start_processor({}, [], 0)
-    retention = CONFIG.windows.dedup_retention_seconds * 1000
+def test_a_corrected_window_keeps_its_event_ids_for_the_horizon_after_its_last_close() -> None:
+    """DESIGN §4: with a horizon shorter than the lateness, the ids are kept until the horizon
+    after the window closed, last. The aging entry of its first close must not drop them early: a
+    processor recovered after the correction ages the window from its last close only, and would
+    decide otherwise."""
+    processor, _, _ = start_processor({}, [], 0, SHORT_RULES)
 
     def record(offset: int, *events: tuple[str, int]) -> list[WindowAggregate]:
         batch = [UsageEvent(eid, "c", "egress_bytes", 5, "byte", ts, "t", {}) for eid, ts in events]
+        at = max(NOW, *(ts for _, ts in events))  # stamped when sent: the present
         return processor.process(
-            offset, NOW, JUDGE(SERDE.encode_batch([SERDE.batch_item(e) for e in batch]), NOW)
+            offset, at, JUDGE(SERDE.encode_batch([SERDE.batch_item(e) for e in batch]), at)
         )
 
     record(0, ("a", START + 1))
@@ -261,14 +161,14 @@ def test_a_corrected_window_keeps_its_event_ids_for_the_retention_after_its_last
     closed = record(2, ("b", START + 2), ("y", corrected_at))  # reopens it, closes it again
     [correction] = [a for a in closed if a.window_start == START]
     assert (first.revision, correction.revision, correction.delta) == (0, 1, 5)
-    record(3, ("z", START + 70_001 + retention + 1))  # past the first close's retention only
+    record(3, ("z", START + 70_001 + KEEP_MS + 1))  # past the first close's horizon only
     assert record(4, ("a", START + 1)) == []  # still a duplicate: the last close was later
     assert processor.stats.duplicates == 1 and processor.stats.undeduplicated == 0
 
 
 def test_the_store_writes_each_changed_window_once_per_commit_and_the_clock_last() -> None:
     log: list[tuple[bytes, bytes | None]] = []
-    processor, store, _ = start_processor({}, log, 0)
+    processor, store, _ = start_processor({}, log, 0, RULES)
     for offset in range(10):
         event = UsageEvent(f"e{offset}", "c", "egress_bytes", 1, "byte", START + offset, "t", {})
         processor.process(offset, NOW, JUDGE(SERDE.encode_batch([SERDE.batch_item(event)]), NOW))
@@ -290,12 +190,12 @@ def test_a_window_entry_decodes_alike_whether_its_ids_were_stored_as_a_set_or_a_
     assert WindowState.decode(dataclasses.replace(state, event_ids=None).encode())[0].event_ids is None
 
 
-def test_closed_windows_ids_are_written_once_in_a_chunk_deleted_whole_past_their_retention() -> None:
+def test_closed_windows_ids_are_written_once_in_a_chunk_deleted_whole_past_their_horizon() -> None:
     """Issue 18: one write per window that opens and closes between two commits, its ids in a chunk
     written before it (a crash keeps a prefix, so no window points at a chunk not stored); when
     the ids expire no window is written again: the chunk is deleted whole, after the clock past them."""
     log: list[tuple[bytes, bytes | None]] = []
-    processor, store, _ = start_processor({}, log, 0)
+    processor, store, _ = start_processor({}, log, 0, SHORT_RULES)
     for customer in range(3):
         _one_event(processor, customer, f"e{customer}", START + 1, f"c{customer}")
     closing_at = START + 10 * 60_000 + 1
@@ -313,58 +213,61 @@ def test_closed_windows_ids_are_written_once_in_a_chunk_deleted_whole_past_their
     assert windows[3][0].event_ids == {"e10"}
 
     del log[:]
-    retention = CONFIG.windows.dedup_retention_seconds * 1000
-    _one_event(processor, 4, "later", closing_at + retention + IDS_BUCKET_MS)
+    later = closing_at + KEEP_MS + IDS_BUCKET_MS
+    _one_event(processor, 4, "later", later, record_time=later)
     store.write_behind()
     assert [kind for kind, _ in _entries(log)] == ["i", "w", "w", "clock", "deleted i"]
     assert log[-1] == (chunk_key, None)
 
 
-def test_a_duplicate_is_not_counted_within_the_retention_and_counted_after_it_with_or_without_a_restart() -> (
-    None
-):
-    """DESIGN §4 bounds dedup: the ids go once the watermark passes the retention after the close.
-    Expiry is judged from the watermark, not from what the store still holds, so a processor
-    restarted from the changelog (or the in-memory store of replay) decides alike."""
-    retention = CONFIG.windows.dedup_retention_seconds * 1000
+def test_a_duplicate_is_not_counted_within_a_short_horizon_and_counted_once_more_after_it() -> None:
+    """A horizon shorter than the lateness (a stated choice, DESIGN §4) bounds dedup: the ids go
+    once the watermark passes the horizon after the close. The window reopened then remembers its
+    ids again: a retry of what it counts anew is a duplicate (issue 34). Expiry is judged from the
+    watermark, not from what the store still holds, so a processor restarted from the changelog
+    (or the in-memory store of replay) decides alike."""
     closed_by = START + 5 * 60_000  # the watermark that closes the first minute
 
     def run(restart_at: int | None, replay: bool) -> tuple[int, int]:
         log: list[tuple[bytes, bytes | None]] = []
-        processor, store, _ = start_processor({}, log, 0)
+        processor, store, _ = start_processor({}, log, 0, SHORT_RULES)
         if replay:
-            processor = PartitionProcessor(0, RULES, UnsavedStore())
+            processor = PartitionProcessor(0, SHORT_RULES, UnsavedStore())
         events = [
             ("a", START + 1),
             ("x", closed_by),
-            ("a", START + 1),  # within the retention: a duplicate
-            ("y", closed_by + retention - 1),
+            ("a", START + 1),  # within the horizon: a duplicate
+            ("y", closed_by + KEEP_MS - 1),
             ("a", START + 1),  # still within it
-            ("z", closed_by + retention),
-            ("a", START + 1),  # past it: counted again
+            ("z", closed_by + KEEP_MS),
+            ("a", START + 1),  # past it: counted again, and remembered again
+            ("a", START + 1),  # its retry: a duplicate
         ]
+        sent = NOW  # each record stamped when it is sent: the present
         for offset, (event_id, timestamp) in enumerate(events):
             if offset == restart_at:
                 store.write_behind()
-                processor, store, _ = start_processor(recovered(log), log, offset)
-            _one_event(processor, offset, event_id, timestamp)
+                processor, store, _ = start_processor(recovered(log), log, offset, SHORT_RULES)
+            sent = max(sent, timestamp)
+            _one_event(processor, offset, event_id, timestamp, record_time=sent)
         return processor.stats.duplicates, processor.stats.undeduplicated
 
-    assert run(None, replay=False) == (2, 1)
-    assert run(None, replay=True) == (2, 1)
-    for restart_at in range(1, 7):
+    assert run(None, replay=False) == (3, 1)
+    assert run(None, replay=True) == (3, 1)
+    for restart_at in range(1, 8):
         duplicates, undeduplicated = run(restart_at, replay=False)
-        assert undeduplicated == 1, restart_at
-        assert duplicates == sum(1 for offset in (2, 4) if offset >= restart_at), restart_at
+        assert undeduplicated == (1 if restart_at <= 6 else 0), restart_at
+        assert duplicates == sum(1 for offset in (2, 4, 7) if offset >= restart_at), restart_at
 
 
 def test_state_written_in_format_1_recovers_and_is_rewritten_with_its_ids_in_a_chunk() -> None:
     """A changelog written before issue 18 (format 1: every window holds its ids) recovers: its
     closed windows still deduplicate, are rewritten once with their ids in a chunk (or without
     them, when expired), and totals continue exactly."""
-    retention = CONFIG.windows.dedup_retention_seconds * 1000
     old_close = START + 2 * 60_000
-    first, second, expired = (WindowKey("c", "egress_bytes", START + m * 60_000) for m in (0, 1, -120))
+    first, second, expired = (
+        WindowKey("c", "egress_bytes", START + m * 60_000) for m in (0, 1, -3 * 24 * 60)
+    )
     watermark = old_close + 60_000
 
     def v1(
@@ -379,17 +282,17 @@ def test_state_written_in_format_1_recovers_and_is_rewritten_with_its_ids_in_a_c
     data = dict(
         [
             v1(first, ["a"], old_close, False),
-            v1(expired, ["old"], old_close - 2 * retention, False),
+            v1(expired, ["old"], old_close - 2 * KEEP_MS, False),
             v1(second, ["b"], 0, True),
             (pickle.dumps((0, "clock"), protocol=5), pickle.dumps((1, watermark, 3), protocol=5)),
         ]
     )
     log: list[tuple[bytes, bytes | None]] = []
-    processor, store, again = start_processor(data, log, 4)
+    processor, store, again = start_processor(data, log, 4, SHORT_RULES)
     assert again == []
     _one_event(processor, 4, "a", START + 1)  # a duplicate of the closed window's event
     _one_event(processor, 5, "b", START + 60_001)  # and of the open one's
-    _one_event(processor, 6, "old", START - 120 * 60_000 + 1)  # past its retention: counted
+    _one_event(processor, 6, "old", expired.window_start + 1)  # past its horizon: counted
     assert (processor.stats.duplicates, processor.stats.undeduplicated) == (2, 1)
     store.write_behind()
     rewritten = {
@@ -400,7 +303,8 @@ def test_state_written_in_format_1_recovers_and_is_rewritten_with_its_ids_in_a_c
     state, ids_at = WindowState.decode(rewritten[first])
     assert ids_at is not None and (state.value, state.last_offset) == (5, 3)  # moved, not changed
     assert pickle.loads(data[ids_at])[1][first] == {"a"}
-    assert WindowState.decode(rewritten[expired])[0].event_ids is None
+    state, ids_at = WindowState.decode(rewritten[expired])  # reopened by "old", closed again
+    assert ids_at is not None and pickle.loads(data[ids_at])[1][expired] == {"old"}
     assert pickle.loads(rewritten[expired])[0] == 2
 
 
@@ -425,13 +329,13 @@ def test_a_closed_window_is_forgotten_once_no_event_can_reopen_it() -> None:
 
     def stored(records: int, restart_at: int | None = None, replay: bool = False) -> list[bool]:
         log: list[tuple[bytes, bytes | None]] = []
-        processor, store, _ = start_processor({}, log, 0)
+        processor, store, _ = start_processor({}, log, 0, RULES)
         if replay:
             processor = PartitionProcessor(0, RULES, UnsavedStore())
         for offset, (event_id, customer, timestamp) in enumerate(events[:records]):
             if offset == restart_at:
                 store.write_behind()
-                processor, store, _ = start_processor(recovered(log), log, offset)
+                processor, store, _ = start_processor(recovered(log), log, offset, RULES)
             _one_event(processor, offset, event_id, timestamp, customer, record_time=timestamp)
         store.write_behind()
         if restart_at is None and records > 4:
@@ -446,7 +350,7 @@ def test_a_closed_window_is_forgotten_once_no_event_can_reopen_it() -> None:
 
     # A crash amid the last record's writes: it is processed again from what was kept.
     log: list[tuple[bytes, bytes | None]] = []
-    processor, store, _ = start_processor({}, log, 0)
+    processor, store, _ = start_processor({}, log, 0, RULES)
     for offset, (event_id, customer, timestamp) in enumerate(events[:-1]):
         _one_event(processor, offset, event_id, timestamp, customer, record_time=timestamp)
     store.write_behind()
@@ -456,7 +360,7 @@ def test_a_closed_window_is_forgotten_once_no_event_can_reopen_it() -> None:
     writes = [kind for kind, _ in _entries(log[committed:])]
     assert writes.count("deleted w") == 2 and writes.index("deleted w") < writes.index("clock"), writes
     for kept_writes in range(committed, len(log) + 1):
-        processor, store, _ = start_processor(recovered(log[:kept_writes]), [], len(events) - 1)
+        processor, store, _ = start_processor(recovered(log[:kept_writes]), [], len(events) - 1, RULES)
         _one_event(processor, len(events) - 1, "w", deadline, "c", record_time=deadline)
         assert [store.load_window(key) for key in first_windows] == [None, None], kept_writes
         assert store.load_window(kept) is not None
