@@ -11,7 +11,9 @@ the stream app itself sends into quiet partitions, so the stream app takes it as
 header `meterline.replay.end` with this run's id. Neither the high watermark (tansu's counts
 batches, not records) nor offsets_for_times for a stop (tansu answers 0 for a time after its last
 record) is trusted. Records stamped after `to + lateness` cannot count into the range (their events
-for it are too late), so reading them costs time only. The partitions are re-derived in parallel
+for it are too late), so reading them costs time only; the events of other windows are set aside
+(they move the partition's event time, as in the stream app, but fold into nothing), so a replay
+holds the ids of the range's windows alone. The partitions are re-derived in parallel
 processes: there is no state to commit, so nothing but decoding and folding is paid per event.
 
 Its own module, importing only what a re-deriving process needs: each process starts by importing
@@ -33,9 +35,9 @@ from core import collector
 from core.config import Config
 from core.errors import MeterlineError
 from core.kafka import Kafka, idempotent_producer, partition_count, settings, take
-from schemas.records import WindowAggregate
+from schemas.records import UsageEvent, WindowAggregate
 from schemas.serde import AvroSerde
-from streams.judge import Judge
+from streams.judge import Judge, Verdict
 from streams.processor import PartitionProcessor, rules_from
 from streams.state import UnsavedStore
 
@@ -136,10 +138,10 @@ def _rederive_partition(job: tuple[Config, Kafka, int, int, int, str | None, byt
     totals: dict[WindowId, tuple[int, int]] = {}
 
     def fold(aggregates: list[WindowAggregate]) -> None:
-        for a in aggregates:
-            if start_ms <= a.window_start < end_ms and customer in (None, a.customer_id):
-                totals[(a.customer_id, a.meter, a.window_start)] = (a.value, a.event_count)
+        for a in aggregates:  # only the range's windows: the rest were set aside
+            totals[(a.customer_id, a.meter, a.window_start)] = (a.value, a.event_count)
 
+    in_range = event_times(start_ms, end_ms, config.windows.size_ms)
     records = events = 0
     deadline = time.monotonic() + MARKER_TIMEOUT_S
     try:
@@ -162,6 +164,8 @@ def _rederive_partition(job: tuple[Config, Kafka, int, int, int, str | None, byt
                     break
                 record_time = message.timestamp()[1]
                 verdict = judge(value, record_time, processor.held_from(offset))
+                if verdict.billable:
+                    set_aside(verdict, in_range, customer)
                 fold(processor.process(offset, record_time, verdict))
                 records += 1
                 events += verdict.events
@@ -172,6 +176,26 @@ def _rederive_partition(job: tuple[Config, Kafka, int, int, int, str | None, byt
     tick = judge(serde.encode_batch([]), last_time + 365 * 86_400_000)
     fold(processor.process(last_offset + 1, last_time + 365 * 86_400_000, tick))
     return PartitionResult(partition, records, events, totals)
+
+
+def event_times(start_ms: int, end_ms: int, size_ms: int) -> range:
+    """The event times of the windows that start in [start, end)."""
+    return range(-(-start_ms // size_ms) * size_ms, -(-end_ms // size_ms) * size_ms)
+
+
+def set_aside(verdict: Verdict, in_range: range, customer: str | None) -> None:
+    """Move the billable events of windows outside the range (or of other customers) to the
+    non-billable: they still move the partition's event time, as the stream app's do, but fold into
+    no window, and no window holds their ids, which dedup keeps for the whole lateness horizon
+    (replay reads from the range to the end of the topic)."""
+    kept: list[UsageEvent] = []
+    aside: list[UsageEvent] = []
+    for event in verdict.billable:
+        wanted = event.timestamp in in_range and customer in (None, event.customer_id)
+        (kept if wanted else aside).append(event)
+    if aside:
+        verdict.billable = kept
+        verdict.non_billable.extend(aside)
 
 
 def _first_offset(consumer: Consumer, config: Config, partition: int, start_ms: int) -> int:

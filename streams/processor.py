@@ -284,6 +284,10 @@ class PartitionProcessor:
 
     def _save_closed(self, state: WindowState) -> None:
         ids_until = None if state.event_ids is None else self._dedup_deadline(state)
+        if ids_until is not None and ids_until <= self.clock.watermark:
+            # Past them as it closes (its end passed the horizon within this record): nothing to
+            # keep, and no chunk for the store to write where it deletes the expired ones.
+            state.event_ids = ids_until = None
         self.store.save_window(state, ids_until)
 
     def _close_due(

@@ -142,15 +142,19 @@ def clock_store_key(partition: int) -> bytes:
     return pickle.dumps((partition, "clock"), protocol=5)
 
 
-def ids_chunk_key(partition: int, bucket: int, name: str) -> bytes:
-    """The store key of an ids chunk: its bucket (IDS_BUCKET_MS of dedup deadlines) and a name no
-    other chunk has, even one written before a crash by the same records."""
-    return pickle.dumps((partition, "i", bucket, name), protocol=5)
+def ids_chunk_key(partition: int, bucket: int, writer: str, number: int) -> bytes:
+    """The store key of an ids chunk: its bucket (IDS_BUCKET_MS of dedup deadlines), the store
+    that wrote it (a name no other has, even one that processed the same records before a crash)
+    and its number among that store's chunks of the bucket, from 0: a bucket's chunks are named by
+    how many each writer made, so that no list of their keys is held (a 35-day horizon would hold
+    one per chunk, issue 34)."""
+    return pickle.dumps((partition, "i", bucket, writer, number), protocol=5)
 
 
 def store_key_parts(data: bytes) -> tuple[Any, ...]:
     """The tuple a store key was made of: (partition, "w", customer, meter, window_start),
-    (partition, "i", bucket, name) or (partition, "clock")."""
+    (partition, "i", bucket, writer, number), (partition, "i", bucket, name) before issue 34, or
+    (partition, "clock")."""
     return tuple(pickle.loads(data))
 
 
@@ -229,9 +233,10 @@ class PartitionStore:
         # the closed windows in _changed holding ids: when their ids expire, and the ids
         self._closed_ids: dict[WindowKey, tuple[int, set[str]]] = {}
         self._clock: PartitionClock | None = None
-        self._chunks: dict[int, list[bytes]] = {}  # bucket -> the keys of its stored chunks
-        self._name = uuid.uuid4().hex  # with a counter, names this store's chunks
-        self._written = 0
+        # bucket -> writer -> how many chunks it wrote there (their keys: ids_chunk_key)
+        self._chunks: dict[int, dict[str, int]] = {}
+        self._named_chunks: dict[int, list[bytes]] = {}  # bucket -> keys written before issue 34
+        self._name = uuid.uuid4().hex  # this store as a writer of chunks
         self._last_chunk: tuple[bytes, dict[tuple[str, str, int], set[str]]] | None = None  # the last read
 
     def load_window(self, key: WindowKey) -> WindowState | None:
@@ -265,12 +270,7 @@ class PartitionStore:
         partition = self._partition
         # Chunks stored before this call only: one written now goes after the windows pointing at
         # it, and the changes are a mapping, where its deletion would take the place of its writing.
-        expired = (
-            []
-            if self._clock is None
-            else [b for b in self._chunks if ids_bucket_expired(b, self._clock.watermark)]
-        )
-        deleted = [key for bucket in expired for key in self._chunks.pop(bucket)]
+        deleted = [] if self._clock is None else self._expired_chunks(self._clock.watermark)
         changes, chunk_of = self._new_chunks()
         for key, state in self._changed.items():
             changes[window_store_key(partition, key)] = (
@@ -295,8 +295,12 @@ class PartitionStore:
             _, kind, *rest = store_key_parts(key)
             if kind == "clock":
                 clock = PartitionClock.decode(value)
+            elif kind == "i" and len(rest) == 3:
+                bucket, writer, number = rest
+                written = self._chunks.setdefault(bucket, {})
+                written[writer] = max(written.get(writer, 0), number + 1)
             elif kind == "i":
-                self._chunks.setdefault(rest[0], []).append(key)
+                self._named_chunks.setdefault(rest[0], []).append(key)
             else:
                 windows.append(WindowState.decode(value)[0])
         return windows, clock
@@ -315,13 +319,28 @@ class PartitionStore:
                 chunk[key[:]] = ids  # a plain tuple: pickled without its class
                 size += len(ids)
                 if size >= IDS_PER_CHUNK or position == len(windows) - 1:
-                    self._written += 1
-                    chunk_key = ids_chunk_key(self._partition, bucket, f"{self._name}-{self._written}")
+                    written = self._chunks.setdefault(bucket, {})
+                    number = written.get(self._name, 0)
+                    written[self._name] = number + 1
+                    chunk_key = ids_chunk_key(self._partition, bucket, self._name, number)
                     changes[chunk_key] = pickle.dumps((_CHUNK_FORMAT, chunk), protocol=5)
                     chunk_of.update(dict.fromkeys(chunk, chunk_key))
-                    self._chunks.setdefault(bucket, []).append(chunk_key)
                     chunk, size = {}, 0
         return changes, chunk_of
+
+    def _expired_chunks(self, watermark: int) -> list[bytes]:
+        """The keys of the chunks stored before this write whose bucket the watermark is past,
+        forgotten here. A writer's chunks of a bucket are numbered from 0 and written in order,
+        so a crash keeps a first few of them: deleting a key never written is harmless."""
+        expired = [b for b in self._chunks if ids_bucket_expired(b, watermark)]
+        keys = [
+            ids_chunk_key(self._partition, bucket, writer, number)
+            for bucket in expired
+            for writer, count in self._chunks.pop(bucket).items()
+            for number in range(count)
+        ]
+        named = [b for b in self._named_chunks if ids_bucket_expired(b, watermark)]
+        return keys + [key for bucket in named for key in self._named_chunks.pop(bucket)]
 
     def _chunk_ids(self, chunk_key: bytes, key: WindowKey) -> set[str] | None:
         """The ids of `key` held in a chunk (a copy: the window may count more), or None once the

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import random
+from collections.abc import Iterable, Mapping
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,14 +21,22 @@ from streams.judge import Judge
 from streams.processor import PartitionProcessor, rules_from
 from streams.state import (
     IDS_BUCKET_MS,
+    Entries,
     PartitionClock,
+    PartitionStore,
     UnsavedStore,
     WindowKey,
     WindowState,
     store_key_parts,
 )
 from streams.windows import DAY_MS
-from tests.support.processor import recovered, run_with_crashes, start_processor, sums_by_window
+from tests.support.processor import (
+    ChangelogEntries,
+    recovered,
+    run_with_crashes,
+    start_processor,
+    sums_by_window,
+)
 
 CONFIG = load_config(None, {})
 SERDE = AvroSerde()
@@ -411,6 +420,72 @@ def test_a_closed_window_costs_the_processor_a_list_slot_until_it_is_forgotten()
     closed = processor.stats.windows_closed - closed_before
     assert closed == minutes * len(series)
     assert grown / closed < 40, f"{grown / closed:.0f} bytes per closed window"
+
+
+def test_a_bucket_s_chunks_cost_the_store_no_memory_each_and_go_whole_whoever_wrote_them() -> None:
+    """Issue 34: ids are held for the whole lateness horizon, and every commit that closes windows
+    writes a chunk: a key per chunk in memory would be ~100 bytes an event-minute, 36 days long. A
+    bucket's chunks are named by their writer and number instead, so the store holds a count per
+    writer. When the bucket expires, every chunk goes: this store's, those of the store before a
+    restart, and one named as before issue 34."""
+    import tracemalloc
+
+    import streams.state as state_module
+
+    class Forgetful:  # entries that keep nothing: the store's own memory alone is traced
+        def get(self, key: bytes) -> bytes | None:
+            return None
+
+        def items(self) -> Iterable[tuple[bytes, bytes]]:
+            return []
+
+        def write(self, changes: Mapping[bytes, bytes | None]) -> None:
+            pass
+
+    def late_windows(processor: PartitionProcessor, store: PartitionStore, first: int, count: int) -> None:
+        """`count` commits, each closing a window of its own, all into one bucket."""
+        for n in range(first, first + count):  # each a late event: a window opened and closed
+            _one_event(processor, n, f"late-{n}", START - n * 60_000 + 2)
+            store.write_behind()
+
+    def closed_first(entries: Entries) -> tuple[PartitionProcessor, PartitionStore]:
+        store = PartitionStore(entries, 0)
+        processor = PartitionProcessor(0, SHORT_RULES, store)
+        _one_event(processor, 0, "first", START + 1, "c-first")
+        _one_event(processor, 1, "closes", START + 2 * 60_000)  # closes the first window
+        store.write_behind()
+        return processor, store
+
+    processor, store = closed_first(Forgetful())
+    late_windows(processor, store, 2, 10)  # the index at its size
+    tracemalloc.start()
+    try:
+        in_the_store = [tracemalloc.Filter(True, state_module.__file__)]
+        before = tracemalloc.take_snapshot().filter_traces(in_the_store)
+        late_windows(processor, store, 12, 2_000)
+        after = tracemalloc.take_snapshot().filter_traces(in_the_store)
+    finally:
+        tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert grown < 10_000, f"{grown} bytes for 2,000 chunks"  # a key each held: ~200,000
+
+    log: list[tuple[bytes, bytes | None]] = []
+    processor, store = closed_first(ChangelogEntries({}, log))
+    processor, store, _ = start_processor(recovered(log), log, 2, SHORT_RULES)  # a second writer
+    late_windows(processor, store, 2, 100)
+    chunks = {key for key, value in log if value is not None and store_key_parts(key)[1] == "i"}
+    assert len(chunks) == 101 and len({store_key_parts(key)[2] for key in chunks}) == 1  # one bucket
+    data = recovered(log)
+    named = pickle.dumps((0, "i", store_key_parts(min(chunks))[2], "0123abcd-7"), protocol=5)
+    data[named] = pickle.dumps((1, {}), protocol=5)
+    processor, store, _ = start_processor(data, log, 102, SHORT_RULES)  # a third writer
+    del log[:]
+    later = START + 2 * 60_000 + KEEP_MS + IDS_BUCKET_MS
+    _one_event(processor, 102, "later", later, record_time=later)
+    store.write_behind()
+    assert {key for key, value in log if value is None and store_key_parts(key)[1] == "i"} == chunks | {named}
+    bucket = store_key_parts(named)[2]
+    assert not [key for key in data if store_key_parts(key)[1:3] == ("i", bucket)]
 
 
 def _one_event(
