@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 
 from core.kafka import isolated_topics
@@ -55,6 +56,8 @@ def main() -> None:
                     "windows": len(rederived.windows()),
                     "seconds": round(rederived.seconds, 1),
                     "events/s": round(rederived.events / rederived.seconds),
+                    # the largest replay process so far (this row's, unless the one before was larger)
+                    "peak RSS MiB": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024,
                 }
             )
     report(rows)

@@ -9,7 +9,9 @@ that a correction knows its number and delta and a lost emission can be sent aga
 An open window's entry holds its ids. A closed window's ids go into an ids chunk, shared by the
 windows closed in one write-behind whose ids expire in the same five minutes, and its entry holds
 the chunk's key: when their horizon has passed the chunk is deleted whole, where rewriting each
-window without its ids cost a second write per window (BENCHMARKS.md, issue 18). Expiry itself is
+window without its ids cost a second write per window (BENCHMARKS.md, issue 18). A bucket's chunks
+are named by the store that wrote them and a number, so that the store remembers how many each
+writer made there, not every key (ids live the whole lateness horizon: issue 34). Expiry itself is
 the processor's decision (streams.processor): the store deletes a chunk only once its clock is
 past every id in it, so a chunk is there for as long as the processor may ask for it.
 
