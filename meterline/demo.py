@@ -415,7 +415,10 @@ def _stripe_would_bill(config: Config, address: forward.RunningRun, customer: st
             continue
         meter = line["meter"]
         key = base_fee_lookup_key(plan.name) if meter is None else lookup_key(plan.name, meter)
-        listed, _ = caller.retrying(partial(caller.client.v1.prices.list, {"lookup_keys": [key]}))
+        # `tiers` comes back only when expanded (https://docs.stripe.com/api/prices/object#price_object-tiers)
+        listed, _ = caller.retrying(
+            partial(caller.client.v1.prices.list, {"lookup_keys": [key], "expand": ["data.tiers"]})
+        )
         price = listed.data[0].to_dict()
         quantity = (
             Decimal(1) if meter is None else line_quantity(price, totals.total(customer, meter, start, end))

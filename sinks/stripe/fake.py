@@ -51,6 +51,7 @@ from sinks.stripe.fake_state import (
     StripeError,
     invalid,
     new_id,
+    price_view,
     subscription_shape,
 )
 
@@ -218,11 +219,22 @@ class FakeStripe:
             (r"/v1/customers/([^/]+)", "GET", lambda m, p, q, h: s.customer(m[1])),
             (r"/v1/products", "POST", lambda m, p, q, h: s.create_product(p)),
             (r"/v1/products/([^/]+)", "GET", lambda m, p, q, h: s.product(m[1])),
-            (r"/v1/prices", "POST", lambda m, p, q, h: s.create_price(p)),
+            (
+                r"/v1/prices",
+                "POST",
+                lambda m, p, q, h: price_view(s.create_price(p), p.get("expand", [])),
+            ),
             (
                 r"/v1/prices",
                 "GET",
-                lambda m, p, q, h: page(s.list_prices(q.get("lookup_keys", [])), q, "/v1/prices"),
+                lambda m, p, q, h: page(
+                    [
+                        price_view(x, q.get("expand", []), "data.")
+                        for x in s.list_prices(q.get("lookup_keys", []))
+                    ],
+                    q,
+                    "/v1/prices",
+                ),
             ),
             (r"/v1/billing/meters", "POST", lambda m, p, q, h: s.create_meter(p)),
             (

@@ -93,6 +93,40 @@ def _check_price_terms(params: Mapping[str, Any]) -> None:
             raise invalid(f"Invalid decimal: {value}; at most 12 decimal places.", param=name)
 
 
+def _tiers(raw: list[Mapping[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Tiers as a price returns them, typed (the API reference's `price_tier`): `up_to` an integer
+    or null for the last ("inf" on the way in), the amounts as integers of minor units where whole,
+    and as decimal strings."""
+    if raw is None:
+        return None
+
+    def amounts(tier: Mapping[str, Any], name: str) -> dict[str, Any]:
+        given = tier.get(f"{name}_decimal", tier.get(name))
+        if given is None:
+            return {name: None, f"{name}_decimal": None}
+        exact = Decimal(str(given))
+        whole = int(exact) if exact == exact.to_integral_value() else None
+        return {name: whole, f"{name}_decimal": str(exact)}
+
+    return [
+        {
+            **amounts(tier, "flat_amount"),
+            **amounts(tier, "unit_amount"),
+            "up_to": None if tier.get("up_to") in ("inf", None) else int(tier["up_to"]),
+        }
+        for tier in raw
+    ]
+
+
+def price_view(price: Mapping[str, Any], expand: list[str], prefix: str = "") -> dict[str, Any]:
+    """A price as an answer shows it: `tiers` "is not included by default. To include it in the
+    response, expand the `tiers` field" (https://docs.stripe.com/api/prices/object#price_object-tiers):
+    `expand[]=tiers` on a price, `expand[]=data.tiers` on a list of them (`prefix` "data.")."""
+    if f"{prefix}tiers" in expand:
+        return dict(price)
+    return {k: v for k, v in price.items() if k != "tiers"}
+
+
 def _transform(raw: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return None if not raw else {"divide_by": int(raw["divide_by"]), "round": raw["round"]}
 
@@ -236,7 +270,7 @@ class FakeStripeState:
                 "unit_amount_decimal": params.get("unit_amount_decimal"),
                 "billing_scheme": params.get("billing_scheme", "per_unit"),
                 "tiers_mode": params.get("tiers_mode"),
-                "tiers": params.get("tiers"),
+                "tiers": _tiers(params.get("tiers")),
                 "transform_quantity": _transform(params.get("transform_quantity")),
                 "recurring": recurring or None,
                 "lookup_key": lookup_key,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -475,4 +476,48 @@ def test_the_directory_finds_a_trialing_subscription_s_item_and_looks_again_afte
     found.forget_items([customer])
     assert [i.id for i in found.subscription_items(customer, "api_calls")] == [
         again["items"]["data"][0]["id"]
+    ]
+
+
+def test_a_price_s_tiers_come_back_only_when_expanded_and_typed(api: stripe.StripeClient) -> None:
+    """Issue 35, item 3. The price object's `tiers`: "This field is not included by default. To
+    include it in the response, expand the `tiers` field"; each tier's `up_to` is an integer, null
+    for the last, its amounts integers and decimal strings
+    (https://docs.stripe.com/api/prices/object#price_object-tiers). A reader of tiers that does not
+    expand them (the demo's "Stripe would bill" did) meets a KeyError on real Stripe."""
+    product = api.v1.products.create({"name": "tiered"})
+    created = api.v1.prices.create(
+        {
+            "product": product.id,
+            "currency": "usd",
+            "recurring": {"interval": "month", "usage_type": "licensed"},
+            "billing_scheme": "tiered",
+            "tiers_mode": "graduated",
+            "tiers": [
+                {"up_to": 1000, "unit_amount_decimal": Decimal("0"), "flat_amount": 200},
+                {"up_to": "inf", "unit_amount_decimal": "0.1"},
+            ],
+            "lookup_key": "tiered-key",
+        }
+    )
+    assert "tiers" not in created
+    [listed] = api.v1.prices.list({"lookup_keys": ["tiered-key"]}).data
+    assert "tiers" not in listed
+    [expanded] = api.v1.prices.list({"lookup_keys": ["tiered-key"], "expand": ["data.tiers"]}).data
+    # stripe-python reads the spec's decimal strings as Decimals
+    assert expanded.to_dict()["tiers"] == [
+        {
+            "up_to": 1000,
+            "unit_amount": 0,
+            "unit_amount_decimal": Decimal("0"),
+            "flat_amount": 200,
+            "flat_amount_decimal": Decimal("200"),
+        },
+        {
+            "up_to": None,
+            "unit_amount": None,
+            "unit_amount_decimal": Decimal("0.1"),
+            "flat_amount": None,
+            "flat_amount_decimal": None,
+        },
     ]

@@ -162,9 +162,21 @@ def test_stripe_sync_creates_what_is_missing_once_and_dry_run_changes_nothing(
     assert actions[("price", "meterline_standard_api_calls")] == "created"
     # The seed's price: 1,000,000 included, then $0.001 = 0.1 cent per call, on the api_calls meter.
     [price] = fake.state.list_prices(["meterline_standard_api_calls"])
-    assert price["tiers"] == [
-        {"up_to": "1000000", "unit_amount_decimal": "0"},
-        {"up_to": "inf", "unit_amount_decimal": "0.1"},
+    assert price["tiers"] == [  # as Stripe returns them, typed (the fake's tests cite the page)
+        {
+            "up_to": 1000000,
+            "unit_amount": 0,
+            "unit_amount_decimal": "0",
+            "flat_amount": None,
+            "flat_amount_decimal": None,
+        },
+        {
+            "up_to": None,
+            "unit_amount": None,
+            "unit_amount_decimal": "0.1",
+            "flat_amount": None,
+            "flat_amount_decimal": None,
+        },
     ]
     assert price["recurring"]["meter"] == fake.state.meters[price["recurring"]["meter"]]["id"]
     # Egress in GB with 2 decimals, rounded up: Stripe divides the bytes by 10^7, rounds up, and
