@@ -37,6 +37,10 @@ ZERO_DECIMAL = frozenset(
     ]
 )
 THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
+WHOLE_UNIT_CHARGES = frozenset(["isk"])
+"""Two-decimal in the API, charged in whole units: "Currency ISK has become effectively
+zero-decimal and charged amounts must be evenly divisible by 100 ... ISK will remain a two-decimal
+currency in the Stripe API" (https://support.stripe.com/questions/deprecation-of-fractional-isk-charges-and-refunds)."""
 TWO_DECIMAL = frozenset(
     [
         "usd",
@@ -191,6 +195,14 @@ class Currency:
 
     def from_minor(self, amount: Decimal | int) -> Decimal:
         return Decimal(amount).scaleb(-self.exponent)
+
+    @property
+    def charge_step(self) -> int:
+        """A charge is a whole multiple of this many minor units: 10 for the three-decimal
+        currencies ("round amounts to the nearest ten"), 100 for ISK, else 1."""
+        if self.exponent == 3:
+            return 10
+        return 100 if self.code in WHOLE_UNIT_CHARGES else 1
 
     def format(self, amount: Decimal) -> str:
         """$200.00, ¥1,200, 1.250 KWD; an amount finer than the minor unit (a unit price of

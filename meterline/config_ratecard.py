@@ -156,6 +156,15 @@ def _tiers(p: Section, raw: list[Any], wanted: bool) -> tuple[Tier, ...]:
         if price is None or fee is None:
             p.problem(f"tiers[{n}]", entry, "unit_price and flat_fee are amounts written as strings")
             continue
+        if up_to is not None and Decimal(up_to) <= 0:
+            # No usage already falls in the first tier (its flat fee billed at none: reconciler.pricing)
+            p.problem(
+                f"tiers[{n}].up_to",
+                up_to,
+                "must be above 0: a tier up to 0 holds no usage, and no usage is the first tier's "
+                "(a fee billed whatever the usage goes in the first tier's flat_fee or the base fee)",
+            )
+            continue
         tiers.append(Tier(None if up_to is None else Decimal(up_to), price, fee))
     edges = [t.up_to for t in tiers]
     if not tiers or edges[-1] is not None or None in edges[:-1] or edges[:-1] != sorted(set(edges[:-1])):  # type: ignore[type-var]

@@ -7,6 +7,12 @@ declared decimals, then prices them one of three ways, whose rows are the line's
 - included + overage: the first `included` units at no charge, the rest at `overage_price`;
 - graduated tiers: each tier prices the units that fall in it (plus its flat fee if reached);
 - volume tiers: the tier the whole quantity falls in prices every unit (plus its flat fee).
+No usage falls in the first tier, whose flat fee is billed then too: Stripe's tiers start at
+"First unit 0" (https://docs.stripe.com/billing/subscriptions/usage-based/pricing-models), a
+volume price "bills at the tier corresponding to the amount of usage at the end of the period"
+(https://docs.stripe.com/subscriptions/pricing-models/tiered-pricing), and a tier's flat amount
+is "for an entire tier, regardless of the number of units in the tier" (API reference, price
+tiers). A base fee carried as the first tier's flat fee is billed whatever the usage.
 A line's exact amount is rounded half up to the currency's minor unit, and the total is the sum of
 the rounded lines: Stripe rounds "on the line item level of your invoices ... each will be rounded
 before summing up the total" (https://stripe.com/docs/billing/subscriptions/decimal-amounts).
@@ -127,16 +133,25 @@ def invoice(plan: Plan, usage: Mapping[str, int]) -> Invoice:
 
 
 def currency_notes(currency_code: str) -> tuple[str, ...]:
-    """What the lines cannot promise in this currency. Stripe's currency page asks payments in a
-    three-decimal currency to end in 0 ("Your integration must round amounts to the nearest ten")
-    and does not say how it rounds an invoice to that: the lines are rounded to the minor unit, and
-    the charge may differ from their sum by up to 5 of it."""
-    if currency(currency_code).exponent != 3:
+    """What the lines cannot promise in this currency. Stripe charges some currencies only in
+    coarser steps than their minor unit (core.currencies.Currency.charge_step): a three-decimal
+    currency's payments must end in 0 ("Your integration must round amounts to the nearest ten",
+    https://docs.stripe.com/currencies), an ISK charge must be whole krónur. Stripe does not say
+    how it rounds an invoice to that: the lines are rounded to the minor unit, and the charge may
+    differ from their sum by up to half a step."""
+    unit = currency(currency_code)
+    if unit.charge_step == 1:
         return ()
+    step = unit.from_minor(unit.charge_step)
+    rule = (
+        "a three-decimal currency: Stripe charges amounts whose last digit is 0 (https://docs.stripe.com/currencies)"
+        if unit.exponent == 3
+        else "two-decimal in Stripe's API but charged in whole units "
+        "(https://support.stripe.com/questions/deprecation-of-fractional-isk-charges-and-refunds)"
+    )
     return (
-        f"{currency_code.upper()} is a three-decimal currency: Stripe charges amounts whose last digit is 0 "
-        "(https://docs.stripe.com/currencies) and does not document how it rounds an invoice to that; "
-        "the charge may differ from this total by up to 0.005",
+        f"{currency_code.upper()} is {rule} and Stripe does not document how it rounds an invoice to "
+        f"that; the charge may differ from this total by up to {unit.round(step / 2)}",
     )
 
 
@@ -159,7 +174,8 @@ def _graduated(price: MeterPrice, quantity: Decimal) -> list[Part]:
             break
         top = quantity if tier.up_to is None else min(quantity, tier.up_to)
         units = max(top - floor, Decimal(0))
-        amount = units * tier.unit_price + (tier.flat_fee if units > 0 else Decimal(0))
+        reached = units > 0 or n == 1  # no usage is in the first tier
+        amount = units * tier.unit_price + (tier.flat_fee if reached else Decimal(0))
         parts.append(Part(f"{price.label}, {_tier_range(floor, tier.up_to)}", units, tier.unit_price, amount))
         if tier.up_to is None:
             break
@@ -170,7 +186,7 @@ def _graduated(price: MeterPrice, quantity: Decimal) -> list[Part]:
 def _volume(price: MeterPrice, quantity: Decimal) -> Part:
     tier = next(t for t in price.tiers if t.up_to is None or quantity <= t.up_to)
     floor = _floor_of(price.tiers, tier)
-    amount = quantity * tier.unit_price + (tier.flat_fee if quantity > 0 else Decimal(0))
+    amount = quantity * tier.unit_price + tier.flat_fee
     return Part(
         f"{price.label}, all units at the {_tier_range(floor, tier.up_to)} rate",
         quantity,

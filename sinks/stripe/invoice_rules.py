@@ -9,13 +9,16 @@ meterline's rate card, so the two are independent.
 - `per_unit`: quantity x `unit_amount_decimal`. `tiered`, graduated: each tier's units (from the
   previous `up_to` + 1 to its own `up_to`, inclusive) at its unit amount, plus its flat amount when
   units fall in it; volume: every unit at the tier the whole quantity falls in, plus its flat amount
-  (https://docs.stripe.com/products-prices/pricing-models#tiered-pricing).
+  (https://docs.stripe.com/products-prices/pricing-models#tiered-pricing). A quantity of 0 falls in
+  the first tier, whose first unit is 0 in Stripe's tables
+  (https://docs.stripe.com/billing/subscriptions/usage-based/pricing-models), and `flat_amount` is
+  "the flat billing amount for an entire tier, regardless of the number of units in the tier" (API
+  reference): its flat amount is billed at no usage.
 - The line is rounded to a whole minor unit, half up, before lines are summed ("Rounding occurs on
   the line item level ... 0.05 * 30 = 1.5, which is then rounded up to 2 cents ... each will be
   rounded before summing up the total",
   https://stripe.com/docs/billing/subscriptions/decimal-amounts).
-Where the pages are silent (a volume tier's flat amount at quantity 0, rounding inside a tiered
-line), the safe reading is taken: nothing is billed for no usage, and the line is rounded once.
+Where the pages are silent (rounding inside a tiered line), the line is rounded once.
 """
 
 from __future__ import annotations
@@ -43,10 +46,8 @@ def line_amount(price: Mapping[str, Any], quantity: Decimal) -> int:
 
 
 def _tiered(mode: str, tiers: list[Mapping[str, Any]], quantity: Decimal) -> Decimal:
-    if quantity <= 0:
-        return Decimal(0)
     total, below = Decimal(0), Decimal(0)
-    for tier in tiers:
+    for n, tier in enumerate(tiers):
         top = None if tier["up_to"] in ("inf", None) else Decimal(tier["up_to"])
         unit = Decimal(str(tier.get("unit_amount_decimal") or 0))
         flat = Decimal(str(tier.get("flat_amount_decimal") or 0))
@@ -55,7 +56,7 @@ def _tiered(mode: str, tiers: list[Mapping[str, Any]], quantity: Decimal) -> Dec
                 return quantity * unit + flat
             continue
         units = (quantity if top is None else min(quantity, top)) - below
-        if units <= 0:
+        if units <= 0 and n > 0:
             break
         total += units * unit + flat
         if top is None:

@@ -6,7 +6,9 @@ How billed units reach Stripe: Stripe counts whole units, so a price billed with
 hundredths (for 2) of the billed unit. Stripe divides the reported base units by
 `per / 10^decimals` and rounds up or down (`transform_quantity`), and the unit amount is per
 hundredth. Egress at $0.09 per GB, 2 decimals, rounded up: divide_by 10,000,000 bytes, round up,
-0.09 cents each.
+0.09 cents each. Where `per` divides 10^decimals instead (per 4 with 2 decimals), a base unit is a
+whole number of hundredths and nothing is ever rounded: Stripe counts the base units, at the
+price of one billed unit over `per`.
 
 What Stripe cannot represent, each with its page:
 - a quantity transform together with tiers or an included quantity (included units are a free
@@ -16,7 +18,8 @@ What Stripe cannot represent, each with its page:
 - more than 12 decimals of a minor unit in a unit amount, and a flat amount that is not a whole
   number of minor units (https://stripe.com/docs/billing/subscriptions/decimal-amounts; the API's
   `flat_amount_decimal` "represents an integer in the minor units");
-- `per` that is not a whole multiple of 10^decimals: `divide_by` is a whole number;
+- `per` that neither is a whole multiple of 10^decimals nor divides it: `divide_by` is a whole
+  number, and a quotient with more decimals than declared would need rounding Stripe cannot do;
 - included together with tiers: two pricings of the same units.
 """
 
@@ -47,10 +50,14 @@ def stripe_terms(plan: Plan, price: MeterPrice) -> dict[str, Any] | str:
     unit = currency(plan.currency)
     scale = Decimal(10) ** price.decimals
     divide_by = price.per / scale
-    if divide_by != divide_by.to_integral_value() or divide_by < 1:
+    if divide_by >= 1 and divide_by == divide_by.to_integral_value():
+        stripe_units = scale  # per billed unit: Stripe counts hundredths (2 decimals) of it
+    elif scale % price.per == 0:
+        divide_by, stripe_units = Decimal(1), price.per  # Stripe counts the base units
+    else:
         return (
-            f"per = {price.per} is not a whole multiple of 10^decimals ({scale}): Stripe divides "
-            "the reported quantity by a whole number (transform_quantity.divide_by)"
+            f"per = {price.per} neither is a whole multiple of 10^decimals ({scale}) nor divides "
+            "it: Stripe divides the reported quantity by a whole number (transform_quantity.divide_by)"
         )
     if price.included and price.tiers_mode is not None:
         return "included and tiers price the same units twice: use a free first tier instead"
@@ -70,8 +77,10 @@ def stripe_terms(plan: Plan, price: MeterPrice) -> dict[str, Any] | str:
             terms["tiers_mode"] = price.tiers_mode
             terms["tiers"] = [
                 {
-                    "up_to": "inf" if t.up_to is None else _whole(t.up_to * scale, f"tier up_to {t.up_to}"),
-                    "unit_amount_decimal": _unit_amount(unit, t.unit_price, scale),
+                    "up_to": "inf"
+                    if t.up_to is None
+                    else _whole(t.up_to * stripe_units, f"tier up_to {t.up_to}"),
+                    "unit_amount_decimal": _unit_amount(unit, t.unit_price, stripe_units),
                     **({"flat_amount_decimal": _flat_amount(unit, t.flat_fee)} if t.flat_fee else {}),
                 }
                 for t in price.tiers
@@ -80,11 +89,17 @@ def stripe_terms(plan: Plan, price: MeterPrice) -> dict[str, Any] | str:
             terms["billing_scheme"] = "tiered"
             terms["tiers_mode"] = "graduated"
             terms["tiers"] = [
-                {"up_to": _whole(price.included * scale, "included"), "unit_amount_decimal": "0"},
-                {"up_to": "inf", "unit_amount_decimal": _unit_amount(unit, _overage(price), scale)},
+                {
+                    "up_to": _whole(price.included * stripe_units, "included"),
+                    "unit_amount_decimal": "0",
+                },
+                {
+                    "up_to": "inf",
+                    "unit_amount_decimal": _unit_amount(unit, _overage(price), stripe_units),
+                },
             ]
         else:
-            terms["unit_amount_decimal"] = _unit_amount(unit, _overage(price), scale)
+            terms["unit_amount_decimal"] = _unit_amount(unit, _overage(price), stripe_units)
     except _Unrepresentable as exc:
         return str(exc)
     return terms

@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.config import ConfigError
 from core.currencies import UnknownCurrency, currency
 from core.ratecard import MeterPrice, Plan, Tier
+from meterline.config import load_config
 from reconciler.invoice_text import describe, rows
 from reconciler.pricing import billed_quantity, invoice, meter_line
 from sinks.stripe.invoice_rules import line_amount, line_quantity
@@ -247,7 +249,7 @@ def test_billed_units_with_decimals_become_a_quantity_transform_and_a_per_hundre
         ),
         (MeterPrice("c", "c", "s", per=D(1000), included=D(5), overage_price=D(1)), "not compatible"),
         (MeterPrice("c", "c", "s", per=D(1000), rounding="half_up", overage_price=D(1)), "not half up"),
-        (MeterPrice("c", "c", "GB", per=D(50), decimals=2, overage_price=D(1)), "whole multiple"),
+        (MeterPrice("c", "c", "GB", per=D(30), decimals=2, overage_price=D(1)), "nor divides it"),
         (  # https://stripe.com/docs/billing/subscriptions/decimal-amounts: "up to 12 decimal places"
             MeterPrice("c", "c", "call", overage_price=D("0.000000000000001")),  # 13 decimals of a cent
             "more than the 12 decimals",
@@ -279,11 +281,14 @@ def billable_prices(draw: st.DrawFn, name: str) -> MeterPrice:
         decimals = draw(st.integers(0, 3))
         divide_by = draw(st.sampled_from([1, 10, 1000, 10**6]))
         rounding = draw(st.sampled_from(["up", "down"] + (["half_up"] if divide_by == 1 else [])))
+        # per a whole multiple of 10^decimals, or one of its divisors (per 4, 2 decimals: issue 35)
+        divisors = [d for d in (2, 4, 5, 8, 20, 25, 40, 125) if 10**decimals % d == 0]
+        per = draw(st.sampled_from([divide_by * 10**decimals, *divisors]))
         return MeterPrice(
             name,
             name,
             "unit",
-            per=D(divide_by * 10**decimals),
+            per=D(per),
             decimals=decimals,
             rounding=rounding,
             overage_price=draw(amounts),
@@ -306,7 +311,7 @@ def billable_prices(draw: st.DrawFn, name: str) -> MeterPrice:
     prices=st.lists(st.sampled_from("abcd"), min_size=1, max_size=4, unique=True).flatmap(
         lambda names: st.tuples(*(billable_prices(n) for n in names))
     ),
-    usage=st.lists(st.integers(0, 10**11), min_size=4, max_size=4),
+    usage=st.lists(st.one_of(st.just(0), st.integers(0, 10**11)), min_size=4, max_size=4),
 )
 @settings(max_examples=settings().max_examples * 4, deadline=None)  # 400; quick: 40
 def test_random_usage_on_random_billable_cards_bills_what_stripe_s_line_rules_bill(
@@ -327,3 +332,71 @@ def test_random_usage_on_random_billable_cards_bills_what_stripe_s_line_rules_bi
         expected.append(line_amount(terms, line_quantity(terms, used[price.meter])))
     assert [int(unit.to_minor(line.amount)) for line in bill.lines] == expected
     assert unit.to_minor(bill.total) == sum(expected)
+
+
+# -- issue 35, item 6: where the independent check and Stripe's rules disagreed with meterline ---------------
+
+FIRST_TIER_FEE = (Tier(D(1000), D(0), D(200)), Tier(None, D("0.001")))
+
+
+@pytest.mark.parametrize("mode", ["graduated", "volume"])
+def test_no_usage_bills_the_first_tier_s_flat_fee(mode: str) -> None:
+    """A base fee carried as the first tier's flat fee is billed at zero usage. Stripe's tables start
+    the first tier at "First unit 0" (https://docs.stripe.com/billing/subscriptions/usage-based/pricing-models),
+    a volume price "bills at the tier corresponding to the amount of usage at the end of the period"
+    (https://docs.stripe.com/subscriptions/pricing-models/tiered-pricing), and `flat_amount` is "the
+    flat billing amount for an entire tier, regardless of the number of units in the tier" (API
+    reference, price tiers). No page shows an invoice at zero usage: the worked examples decide,
+    and Stripe test mode has to confirm it (the closing note of issue 35 gives the request)."""
+    price = MeterPrice("api_calls", "API calls", "call", tiers_mode=mode, tiers=FIRST_TIER_FEE)  # type: ignore[arg-type]
+    card = plan(price)
+    terms = stripe_terms(card, price)
+    assert isinstance(terms, dict)
+    # at 1,001, graduated: 1,000 in the first tier and one at $0.001; volume: all at $0.001
+    after = "200.00" if mode == "graduated" else "1.00"
+    for calls, total in ((0, "200.00"), (1000, "200.00"), (1001, after)):
+        bill = invoice(card, {"api_calls": calls})
+        assert bill.total == D(total), (calls, bill.total)
+        assert int(currency("usd").to_minor(bill.total)) == line_amount(terms, line_quantity(terms, calls))
+
+
+def test_a_tier_up_to_0_is_refused_by_config_check() -> None:
+    """A first tier `up_to = 0` held no usage and its flat fee was never billed; no usage is the
+    first tier's (above), so such a tier is a mistake: refused with where and why."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            None,
+            {
+                "METERLINE__PLANS__STANDARD__PRICES__API_CALLS__TIERS_MODE": "graduated",
+                "METERLINE__PLANS__STANDARD__PRICES__API_CALLS__TIERS": (
+                    '[{up_to = 0, unit_price = "0", flat_fee = "200"}, {unit_price = "0.001"}]'
+                ),
+            },
+        )
+    [problem] = [p for p in caught.value.problems if p.field.endswith("tiers[0].up_to")]
+    assert problem.value == 0 and problem.why.startswith("must be above 0")
+
+
+def test_a_per_that_divides_10_to_the_decimals_is_billed_per_base_unit_exactly() -> None:
+    """per = 4 with 2 decimals: a base unit is exactly 0.25 of a billed unit, so the billed quantity
+    never needs rounding, and Stripe bills the base units at the price over 4 (no quantity transform,
+    whose `divide_by` is a whole number: https://docs.stripe.com/billing/subscriptions/usage-based/transform-quantities)."""
+    price = MeterPrice("c", "c", "batch", per=D(4), decimals=2, overage_price=D("0.02"))
+    card = plan(price)
+    terms = stripe_terms(card, price)
+    assert terms == {"unit_amount_decimal": "0.5"}  # half a cent a base unit
+    for units, total in ((1, "0.01"), (3, "0.02"), (4, "0.02"), (1001, "5.01")):  # 0.005, 0.015, 0.02, 5.005
+        bill = invoice(card, {"c": units})
+        assert bill.total == D(total), units
+        assert int(currency("usd").to_minor(bill.total)) == line_amount(terms, line_quantity(terms, units))
+
+
+def test_an_isk_invoice_says_stripe_charges_whole_kronur() -> None:
+    """ISK is two-decimal in Stripe's API but "charged amounts must be evenly divisible by 100"
+    (https://support.stripe.com/questions/deprecation-of-fractional-isk-charges-and-refunds): the
+    lines are exact to the eyrir, and the invoice says the charge may differ, as for KWD."""
+    per_call = MeterPrice("api_calls", "API calls", "call", overage_price=D("0.15"))
+    bill = invoice(plan(per_call, currency_code="isk"), {"api_calls": 3})
+    assert bill.total == D("0.45") and "charged in whole units" in bill.notes[0]
+    assert "up to 0.50" in bill.notes[0]
+    assert currency("isk").charge_step == 100 and currency("kwd").charge_step == 10
