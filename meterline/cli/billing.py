@@ -126,12 +126,13 @@ def _stripe_sync(args: argparse.Namespace) -> int:
     import dataclasses
 
     from sinks.stripe.calls import caller_for
-    from sinks.stripe.sync import sync
+    from sinks.stripe.sync import refused, sync
 
     config = load(args)
-    changes = [dataclasses.asdict(c) for c in sync(config, caller_for(config), dry_run=args.dry_run)]
+    made = sync(config, caller_for(config), dry_run=args.dry_run)
+    changes = [dataclasses.asdict(c) for c in made]
     print(json.dumps(changes) if args.json else render(changes))
-    return 0
+    return 1 if refused(made) else 0
 
 
 def _invoice_preview(args: argparse.Namespace) -> int:

@@ -75,6 +75,17 @@ def make_client(api_base: str, api_key: str, timeout_s: float) -> stripe.StripeC
     )
 
 
+CUSTOMER_PAYLOAD_KEY = "stripe_customer_id"
+VALUE_PAYLOAD_KEY = "value"
+"""The payload keys of the meter events meterline sends: Stripe's defaults for a meter's
+`customer_mapping.event_payload_key` and `value_settings.event_payload_key`, which `stripe sync`
+requires of the meters it uses (sinks.stripe.sync)."""
+
+
+def meter_payload(report: Report) -> dict[str, str]:
+    return {CUSTOMER_PAYLOAD_KEY: report.stripe_customer, VALUE_PAYLOAD_KEY: str(report.value)}
+
+
 class Caller:
     """Makes one report (or one stream batch) until it settles; counts what happened."""
 
@@ -104,7 +115,7 @@ class Caller:
     def meter_event(self, report: Report) -> Outcome:
         params = {
             "event_name": report.stripe_event_name,
-            "payload": {"stripe_customer_id": report.stripe_customer, "value": str(report.value)},
+            "payload": meter_payload(report),
             "timestamp": report.timestamp,
             "identifier": report.identifier,
         }
@@ -140,7 +151,7 @@ class Caller:
             {
                 "event_name": r.stripe_event_name,
                 "identifier": r.identifier,
-                "payload": {"stripe_customer_id": r.stripe_customer, "value": str(r.value)},
+                "payload": meter_payload(r),
                 "timestamp": datetime.fromtimestamp(r.timestamp, UTC)
                 .isoformat(timespec="milliseconds")
                 .replace("+00:00", "Z"),

@@ -310,8 +310,19 @@ class FakeStripeState:
                 "event_name": params["event_name"],
                 "status": "active",
                 "default_aggregation": {"formula": formula},
-                "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
-                "value_settings": {"event_payload_key": "value"},
+                # Stripe's defaults, or the payload keys asked for ("Payload key overrides",
+                # https://docs.stripe.com/billing/subscriptions/usage-based/meters/configure)
+                "customer_mapping": {
+                    "event_payload_key": (params.get("customer_mapping") or {}).get(
+                        "event_payload_key", "stripe_customer_id"
+                    ),
+                    "type": "by_id",
+                },
+                "value_settings": {
+                    "event_payload_key": (params.get("value_settings") or {}).get(
+                        "event_payload_key", "value"
+                    )
+                },
                 "event_time_window": None,
                 "created": self.now(),
                 "livemode": False,
@@ -441,12 +452,19 @@ class FakeStripeState:
             raise invalid(
                 "Timestamp must be at most 5 minutes in the future.", "timestamp_in_future", "timestamp"
             )
-        raw_value = str(payload.get("value", ""))
-        if not raw_value.lstrip("-").isdigit():
+        with self.lock:
+            active = [
+                m for m in self.meters.values() if m["event_name"] == event_name and m["status"] == "active"
+            ]
+        # the meter's payload keys (one meter per event name); Stripe's defaults without one
+        customer_key = active[0]["customer_mapping"]["event_payload_key"] if active else "stripe_customer_id"
+        value_key = active[0]["value_settings"]["event_payload_key"] if active else "value"
+        raw_value = str(payload.get(value_key, ""))
+        if value_key in payload and not raw_value.lstrip("-").isdigit():
             raise invalid(
-                f"Invalid value `{raw_value}` for payload[value]: must be a whole number.",
+                f"Invalid value `{raw_value}` for payload[{value_key}]: must be a whole number.",
                 "meter_event_invalid_value",
-                "payload[value]",
+                f"payload[{value_key}]",
             )
         identifier = str(params.get("identifier") or new_id("mev"))
         with self.lock:
@@ -458,15 +476,17 @@ class FakeStripeState:
                     "identifier",
                 )
             self.identifiers[identifier] = now
-            customer = str(payload.get("stripe_customer_id", ""))
-            active = [
-                m for m in self.meters.values() if m["event_name"] == event_name and m["status"] == "active"
-            ]
+            customer = str(payload.get(customer_key, ""))
             problem = None
             if not active:
                 problem = ("no_meter", f"No active meter for event_name `{event_name}`.")
             elif not customer:
-                problem = ("meter_event_no_customer_defined", "The payload has no stripe_customer_id.")
+                problem = (
+                    "meter_event_no_customer_defined",
+                    f"Customer mapping key {customer_key} not found in payload.",
+                )
+            elif value_key not in payload:
+                problem = ("meter_event_value_not_found", f"Value key {value_key} not found in payload.")
             elif customer not in self.customers:
                 problem = ("meter_event_customer_not_found", f"No such customer: '{customer}'")
             if problem is not None:

@@ -8,6 +8,13 @@ licensed price `meterline_<plan>_base` on the product `meterline_plan_<plan>`. I
 exists is found (meters by event name, products by id, prices by lookup key) and left alone; a
 price whose terms changed in the rate card is replaced (Stripe prices are immutable: a new one
 takes over the lookup key). `dry_run` changes nothing.
+
+An active meter found by its event name is used only if it bills as meterline reports: sum of the
+values, the customer and the value under the payload keys meterline sends (sinks.stripe.calls).
+Stripe allows one meter per event name and no change to a meter "aside from the display name"
+(https://docs.stripe.com/billing/subscriptions/usage-based/meters/configure): one made otherwise
+(by hand, `count` or `last`, other payload keys) would mis-bill or refuse every event, and only
+asynchronously. It is refused by name with what differs, and its prices are not made.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any
 import stripe
 
 from core.config import Config
-from sinks.stripe.calls import Caller
+from sinks.stripe.calls import CUSTOMER_PAYLOAD_KEY, VALUE_PAYLOAD_KEY, Caller
 from sinks.stripe.directory import metadata
 from sinks.stripe.prices import base_fee_lookup_key, base_fee_price, lookup_key, metered_price
 
@@ -34,12 +41,28 @@ class Change:
 def sync(config: Config, caller: Caller, dry_run: bool = False) -> list[Change]:
     client = caller.client
     listed, _ = caller.retrying(lambda: client.v1.billing.meters.list({"status": "active", "limit": 100}))
-    meters = {m.event_name: m.id for m in listed.auto_paging_iter()}
+    found = {m.event_name: m for m in listed.auto_paging_iter()}
+    meters: dict[str, str] = {}  # event name -> the id of the meter meterline reports into
+    refused_events: set[str] = set()
     changes: list[Change] = []
     for name, meter in sorted(config.meters.items()):
         event_name = meter.stripe_event_name
-        if event_name in meters:
-            changes.append(Change("meter", event_name, "exists", meters[event_name]))
+        if event_name in found:
+            differences = meter_differences(found[event_name])
+            if differences:
+                refused_events.add(event_name)
+                changes.append(
+                    Change(
+                        "meter",
+                        event_name,
+                        f"refused: {'; '.join(differences)}. A meter cannot be changed: deactivate it "
+                        "in Stripe, or give this meter another stripe_event_name",
+                        found[event_name].id,
+                    )
+                )
+            else:
+                meters[event_name] = found[event_name].id
+                changes.append(Change("meter", event_name, "exists", found[event_name].id))
         elif dry_run:
             changes.append(Change("meter", event_name, "would create", ""))
         else:
@@ -68,6 +91,9 @@ def sync(config: Config, caller: Caller, dry_run: bool = False) -> list[Change]:
             if not price.billed_by_stripe:
                 changes.append(Change("price", key, "skipped: not billed through Stripe", ""))
                 continue
+            if config.meters[meter_name].stripe_event_name in refused_events:
+                changes.append(Change("price", key, "refused: its meter is refused (above)", ""))
+                continue
             terms = metered_price(
                 plan,
                 price,
@@ -76,6 +102,29 @@ def sync(config: Config, caller: Caller, dry_run: bool = False) -> list[Change]:
             )
             changes.append(_price(caller, key, terms, dry_run))
     return changes
+
+
+def meter_differences(meter: stripe.billing.Meter) -> list[str]:
+    """How an existing Stripe meter differs from the one meterline reports into (none: usable)."""
+    wanted = {
+        "default_aggregation.formula": "sum",
+        "customer_mapping.type": "by_id",
+        "customer_mapping.event_payload_key": CUSTOMER_PAYLOAD_KEY,
+        "value_settings.event_payload_key": VALUE_PAYLOAD_KEY,
+    }
+    shown = meter.to_dict()
+    differences = []
+    for path, value in wanted.items():
+        group, field = path.split(".")
+        actual = (shown.get(group) or {}).get(field)
+        if actual != value:
+            differences.append(f"{path} is {actual!r}, not {value!r}")
+    return differences
+
+
+def refused(changes: list[Change]) -> bool:
+    """Whether `stripe sync` left something undone that billing needs (exit 1)."""
+    return any(c.action.startswith(("refused", "not representable")) for c in changes)
 
 
 def product_id(meter: str) -> str:

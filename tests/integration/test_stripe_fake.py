@@ -521,3 +521,31 @@ def test_a_price_s_tiers_come_back_only_when_expanded_and_typed(api: stripe.Stri
             "flat_amount_decimal": None,
         },
     ]
+
+
+def test_a_meter_reads_the_payload_keys_it_was_made_with(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    """Issue 35, item 4. A meter's "Payload key overrides" name the keys of the customer and the
+    value (https://docs.stripe.com/billing/subscriptions/usage-based/meters/configure); an event
+    without them is accepted and reported asynchronously ("Customer mapping key ... not found in
+    payload", https://docs.stripe.com/api/v2/core/events/object)."""
+    api.v1.billing.meters.create(
+        {
+            "display_name": "tokens",
+            "event_name": "api_calls",
+            "default_aggregation": {"formula": "sum"},
+            "value_settings": {"event_payload_key": "tokens"},
+        }
+    )
+    customer = api.v1.customers.create({"metadata": {"meterline_customer_id": "cust-1"}}).id
+    report(api, customer, 3, NOW - 60, "with-value")  # meterline's payload: `value`, not `tokens`
+    assert fake[0].state.error_reports[-1]["code"] == "meter_event_value_not_found"
+    api.v1.billing.meter_events.create(
+        {
+            "event_name": "api_calls",
+            "payload": {"stripe_customer_id": customer, "tokens": "4"},
+            "identifier": "t",
+        }
+    )
+    assert [e.value for e in fake[0].state.meter_events] == [4]

@@ -25,7 +25,7 @@ from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.fake import FakeStripe
 from sinks.stripe.report import identifier
 from sinks.stripe.sink import StripeSink
-from sinks.stripe.sync import sync
+from sinks.stripe.sync import refused, sync
 from tests.support.kafka import read_messages
 from tests.support.pipeline import SinkProcess, Workers, small_workload
 from tests.support.stripe import (
@@ -389,3 +389,37 @@ def test_a_legacy_correction_lowers_usage_by_set_where_exact_and_is_refused_wher
     assert headers["error.code"] == b"cannot_lower_usage" and b"Over-billed by 3" in headers["error.detail"]
     failed = [r for r in ledger(config, ledger_dsn) if r[5] == "failed"]
     assert [(r[4], r[6]) for r in failed] == [(1, "cannot_lower_usage")]
+
+
+def test_stripe_sync_refuses_a_meter_of_the_same_event_name_that_bills_otherwise(
+    config: Config, stripe_fake: tuple[FakeStripe, str]
+) -> None:
+    """Issue 35, item 4. A meter cannot be changed "aside from the display name", and an event name
+    has one meter (https://docs.stripe.com/billing/subscriptions/usage-based/meters/configure): a
+    meter made by hand that counts, or reads another payload key, would mis-bill or refuse every
+    event meterline sends. Sync names it and what differs, and makes no price on it."""
+    fake, base = stripe_fake
+    fake.state.create_meter(
+        {"display_name": "by hand", "event_name": "api_calls", "default_aggregation": {"formula": "count"}}
+    )
+    fake.state.create_meter(
+        {
+            "display_name": "by hand",
+            "event_name": "egress_bytes",
+            "default_aggregation": {"formula": "sum"},
+            "value_settings": {"event_payload_key": "bytes"},
+        }
+    )
+    made = sync(config, Caller(base, KEY, 5, RateLimiter(1000), "2024-06-20"))
+    actions = {(c.kind, c.name): c.action for c in made}
+    assert actions[("meter", "api_calls")].startswith(
+        "refused: default_aggregation.formula is 'count', not 'sum'. A meter cannot be changed"
+    )
+    assert actions[("meter", "egress_bytes")].startswith(
+        "refused: value_settings.event_payload_key is 'bytes', not 'value'."
+    )
+    assert actions[("meter", "compute_ms")] == "created"
+    assert actions[("price", "meterline_standard_api_calls")] == "refused: its meter is refused (above)"
+    assert actions[("price", "meterline_standard_compute_ms")] == "created"
+    assert [p["lookup_key"] for p in fake.state.prices.values()] == ["meterline_standard_compute_ms"]
+    assert refused(made) and not refused([c for c in made if c.kind == "product"])
