@@ -22,6 +22,15 @@ case "${1:-}" in
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
         fi
         export METERLINE_REQUIRE_BROWSER=1   # a missing browser fails the test instead of skipping it
+        # Stripe's request validator (tests/support/stripe_mock.py), built with Go where Go is;
+        # then required, so that a failed install fails its test instead of skipping it.
+        if command -v go >/dev/null 2>&1; then
+            if [ ! -x .venv/bin/stripe-mock ]; then
+                echo "installing stripe-mock v0.197.0 (Stripe's request validator) with Go" >&2
+                GOBIN="$PWD/.venv/bin" go install github.com/stripe/stripe-mock@v0.197.0
+            fi
+            export METERLINE_REQUIRE_STRIPE_MOCK=1
+        fi
         .venv/bin/ruff check .
         .venv/bin/mypy
         # One test module per worker, each with its own broker (module fixtures stay whole).
