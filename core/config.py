@@ -183,6 +183,10 @@ class StripeConfig:
     summaries_settle_seconds: int
     """How long after its last report a window's meter event summary is taken as final: Stripe
     aggregates asynchronously ("an eventually consistent view") and does not say how long it takes."""
+    resend_check_after_hours: int
+    """A report still pending this long after its revision closed is resent only if Stripe's totals
+    show it did not land: Stripe remembers an identifier "within a rolling period of at least 24
+    hours" (sinks.stripe.landed)."""
 
 
 @dataclass(frozen=True)

@@ -446,6 +446,16 @@ def _stripe(s: Section) -> StripeConfig:
         webhook_port=s.get("webhook_port", int, 8787, between(0, 65535)),
         webhook_tolerance_seconds=s.get("webhook_tolerance_seconds", int, 300, between(1, 3600)),
         summaries_settle_seconds=s.get("summaries_settle_seconds", int, 3600, between(0, 86_400)),
+        resend_check_after_hours=s.get(
+            "resend_check_after_hours",
+            int,
+            23,
+            between(
+                1,
+                23,
+                " (Stripe remembers an identifier at least 24 hours: resending later could add it twice)",
+            ),
+        ),
     )
     return stripe
 

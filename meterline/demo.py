@@ -358,8 +358,8 @@ def _dead_letters(address: forward.RunningRun, expected: Expected) -> bool:
 
 
 def _stripe(config: Config, spec: WorkloadSpec, expected: Expected) -> bool:
-    from reconciler.stripe_totals import meter_totals
     from sinks.stripe.calls import caller_for
+    from sinks.stripe.totals import meter_totals
 
     ours: Counter[tuple[str, str]] = Counter()
     for (customer, meter, _), (value, _) in expected.totals.items():
@@ -392,11 +392,11 @@ def _stripe_would_bill(config: Config, address: forward.RunningRun, customer: st
     from decimal import Decimal
 
     from core.currencies import currency
-    from reconciler.stripe_totals import StripeTotals
     from reconciler.usage import period_bounds
     from sinks.stripe.calls import caller_for
     from sinks.stripe.invoice_rules import line_amount, line_quantity
     from sinks.stripe.prices import base_fee_lookup_key, lookup_key
+    from sinks.stripe.totals import StripeTotals
 
     code, output = _inside(
         address, "invoice", "preview", "--customer", customer, "--period", month, "--json", show=False

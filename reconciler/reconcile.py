@@ -30,11 +30,11 @@ from core.config import Config
 from core.logs import context
 from reconciler.compare import Difference, compare, differing
 from reconciler.periods import resolve
-from reconciler.stripe_totals import StripeTotals
 from reconciler.usage import PeriodError, period_bounds
 from sinks.clickhouse.queries import in_span
 from sinks.stripe.calls import Caller
 from sinks.stripe.directory import Directory
+from sinks.stripe.totals import StripeTotals
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

@@ -21,10 +21,10 @@ from core.config import Config
 from core.kafka import Kafka, idempotent_producer
 from reconciler.compare import Difference, compare
 from reconciler.rederive import PartitionWindow, Rederived, ReplayError, WindowId
-from reconciler.stripe_totals import StripeTotals
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.queries import in_span
+from sinks.stripe.totals import StripeTotals
 from streams.windows import window_end
 
 if TYPE_CHECKING:

@@ -52,9 +52,9 @@ def _replay(args: argparse.Namespace) -> int:
         stored_windows,
         stripe_differences,
     )
-    from reconciler.stripe_totals import StripeTotals
     from sinks.clickhouse.client import connect
     from sinks.stripe.calls import caller_for
+    from sinks.stripe.totals import StripeTotals
 
     config = load(args)
     bootstrap = devstack.kafka_brokers(config)

@@ -71,6 +71,15 @@ class Ledger:
         ).result_rows
         return [int(p) for (p,) in rows]
 
+    def window_reports(self, customer: str, meter: str, window_start: int) -> list[tuple[Status, int]]:
+        """The status and value of every revision of a window the ledger holds, all partitions."""
+        rows = self.client.query(
+            "SELECT toString(status), value FROM stripe_reports FINAL WHERE customer_id = %(customer)s "
+            "AND meter = %(meter)s AND toUnixTimestamp64Milli(window_start) = %(window)s",
+            parameters={"customer": customer, "meter": meter, "window": window_start},
+        ).result_rows
+        return [(Status(status), int(value)) for status, value in rows]
+
     def record(self, entries: Sequence[tuple[WindowAggregate, str, str, Outcome]]) -> None:
         """Append (aggregate, Stripe customer, Stripe event name, outcome) rows."""
         if not entries:

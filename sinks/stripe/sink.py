@@ -7,7 +7,10 @@ Per batch of consumed aggregates, in this order:
    lowers usage where `set` would not be exact (a window other partitions reported too; where it
    is exact, the correction sets the window's total instead of incrementing by a negative delta).
 2. Read the ledger: a revision already sent, confirmed or failed (before a crash or a rebalance)
-   is not reported again.
+   is not reported again. One still `pending` from before (its answer lost) whose revision closed
+   more than `stripe.resend_check_after_hours` ago may be one Stripe has forgotten the
+   identifier of: Stripe's totals decide whether it landed (sinks.stripe.landed); only what did
+   not is sent again.
 3. Write `pending` rows for the rest: the ledger shows a batch that was interrupted.
 4. Report: per (customer, meter) one call at a time in offset order, groups concurrently, under
    the client-side rate limit; each call retried until it settles (sinks.stripe.calls), with the
@@ -37,11 +40,12 @@ from core.config import Config
 from core.kafka import Assignment, Kafka, group_consumer, idempotent_producer
 from core.logs import context
 from schemas.dead_letters import DeadLetter
-from schemas.records import WindowAggregate
+from schemas.records import AggregateIdentity, WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.stripe.calls import caller_for
 from sinks.stripe.directory import Directory, item_at
+from sinks.stripe.landed import LostReports
 from sinks.stripe.ledger import Ledger
 from sinks.stripe.report import STREAM_BATCH, Outcome, Reason, Report, Status, identifier, too_old
 
@@ -87,6 +91,7 @@ class StripeSink:
         self.stats = StripeSinkStats()
         self._client = connect(config, dsn)
         self.ledger = Ledger(self._client, self.mode)
+        self._lost = LostReports(config, self.caller, self.ledger)
         self._subscriptions_seen = 0  # epoch s of the newest subscription event looked at
         self._subscriptions_looked_at = float("-inf")
         self._pool = ThreadPoolExecutor(config.stripe.concurrency, thread_name_prefix="stripe")
@@ -162,13 +167,17 @@ class StripeSink:
             if not (i.aggregate.identity in settled and settled[i.aggregate.identity].terminal)
         ]
         self.stats.already_settled += len(items) - len(todo)
+        decided = self._decide_lost(todo, settled)
         # 3. Pending, before any call.
-        to_call = [i for i in todo if i.report is not None]
+        to_call = [i for i in todo if i.report is not None and i.report.identifier not in decided]
         self.ledger.record([self._entry(i, Outcome(Status.PENDING)) for i in to_call])
         # 4. Report.
         outcomes = self._report([i.report for i in to_call if i.report is not None])
         results = [(i, outcomes[i.report.identifier]) for i in to_call if i.report is not None]
         results += [(i, i.refusal) for i in todo if i.refusal is not None]
+        results += [
+            (i, decided[i.report.identifier]) for i in todo if i.report and i.report.identifier in decided
+        ]
         # 5. Outcomes to the ledger, refusals to the DLQ.
         self.ledger.record([self._entry(i, outcome) for i, outcome in results])
         answered_at = time.time() * 1000
@@ -193,6 +202,21 @@ class StripeSink:
             )
         except KafkaException as exc:  # revoked meanwhile: the new owner finds them settled (step 2)
             log.warning("commit failed (%s); the batch will be read again and found settled", exc)
+
+    def _decide_lost(self, todo: list[_Item], settled: dict[AggregateIdentity, Status]) -> dict[str, Outcome]:
+        """Step 2's second half: the pending reports Stripe may have forgotten the identifiers of,
+        decided from its totals (identifier -> outcome); legacy usage records carry no identifier."""
+        if self.mode == "usage_records":
+            return {}
+        now_ms = int(time.time() * 1000)
+        lost = [
+            i.report
+            for i in todo
+            if i.report is not None
+            and settled.get(i.aggregate.identity) is Status.PENDING
+            and self._lost.may_be_forgotten(i.report, now_ms)
+        ]
+        return self._lost.decide(lost) if lost else {}
 
     def _resolve(self, message: Message) -> _Item:
         aggregate = self.serde.decode_aggregate(message.value() or b"")

@@ -14,7 +14,6 @@ from core.config import Config
 from core.ratecard import Tier
 from meterline.demo import _onboard
 from meterline.workload import WorkloadSpec
-from reconciler.stripe_totals import StripeTotals
 from schemas.serde import new_aggregate
 from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.directory import Directory
@@ -22,6 +21,7 @@ from sinks.stripe.fake import FakeStripe
 from sinks.stripe.prices import lookup_key
 from sinks.stripe.report import Report
 from sinks.stripe.sync import sync
+from sinks.stripe.totals import StripeTotals
 from tests.support.stripe import KEY
 from tests.support.stripe_mock import Recorder, replay, requires_stripe_mock, stripe_mock
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from core.kafka import read_ends
 from meterline.workload import customer_ids
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
+from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.fake import FakeStripe
@@ -423,3 +425,70 @@ def test_stripe_sync_refuses_a_meter_of_the_same_event_name_that_bills_otherwise
     assert actions[("price", "meterline_standard_compute_ms")] == "created"
     assert [p["lookup_key"] for p in fake.state.prices.values()] == ["meterline_standard_compute_ms"]
     assert refused(made) and not refused([c for c in made if c.kind == "product"])
+
+
+def test_a_report_pending_past_stripe_s_identifier_window_is_sent_again_only_if_stripe_lacks_it(
+    config: Config, stripe_fake: tuple[FakeStripe, str], ledger_dsn: str
+) -> None:
+    """Issue 35, item 5. Stripe enforces a meter event identifier "within a rolling period of at
+    least 24 hours" (https://docs.stripe.com/api/billing/meter-event/create) and keeps idempotency
+    keys 24 hours (https://docs.stripe.com/api/idempotent_requests). Three reports were sent 25
+    hours ago and their answers lost (pending in the ledger); the fake has forgotten their
+    identifiers. One landed: Stripe's totals say so, and it is not sent again (a blind resend
+    billed it twice). One did not: it is sent once. Of one, Stripe holds a different amount: it is
+    not sent, but failed and dead-lettered with the figures."""
+    from sinks.stripe.calls import meter_payload
+    from sinks.stripe.landed import UNDECIDED
+    from sinks.stripe.ledger import Ledger
+    from sinks.stripe.report import Outcome, Report, Status
+    from tests.support.sinks import run_sink
+
+    fake, base = stripe_fake
+    customers = ["landed", "lost", "other"]
+    set_up_stripe(config, base, customers)
+    stripe_customer = {c["metadata"]["meterline_customer_id"]: c["id"] for c in fake.state.customers.values()}
+    now_s = int(time.time())
+    window = (now_s - 30 * 3600) // 60 * 60 * 1000
+    aggregates = {
+        c: WindowAggregate(c, "api_calls", window, window + 60_000, 0, 7, 7, 1, 0, window + 70_000)
+        for c in customers
+    }
+    client = connect(config, ledger_dsn)
+    try:
+        Ledger(client, "meter_events").record(
+            [(a, stripe_customer[c], "api_calls", Outcome(Status.PENDING)) for c, a in aggregates.items()]
+        )
+    finally:
+        client.close()
+    fake.state.clock = lambda: now_s - 25 * 3600  # the first sending, whose answers were lost
+    for customer, value in (("landed", 7), ("other", 3)):
+        report = Report(aggregates[customer], stripe_customer[customer], "api_calls")
+        fake.state.record_meter_event(
+            {
+                "event_name": "api_calls",
+                "payload": {**meter_payload(report), "value": str(value)},
+                "identifier": report.identifier,
+            },
+            report.timestamp,
+        )
+    fake.state.clock = lambda: now_s  # a day on: Stripe forgot the identifiers
+    produce_aggregates(config, list(aggregates.values()))
+    on_fake = dataclasses.replace(config, stripe=dataclasses.replace(config.stripe, api_base=base))
+    run_sink(
+        StripeSink(on_fake, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-lost-answers"),
+        config.kafka.bootstrap,
+        read_ends(config.kafka.bootstrap, [config.topics.aggregates]),
+    )
+
+    events = Counter(e.customer for e in fake.state.meter_events)
+    assert {c: events[stripe_customer[c]] for c in customers} == {"landed": 1, "lost": 1, "other": 1}
+    statuses = {r[0]: (r[5], r[6]) for r in ledger(config, ledger_dsn)}
+    assert statuses == {
+        "landed": ("sent", "decided_by_totals"),
+        "lost": ("sent", ""),
+        "other": ("failed", UNDECIDED),
+    }
+    [undecided] = read_messages(config.kafka.bootstrap, config.topics.stripe_dlq, 1)
+    headers = dict(undecided.headers() or [])
+    assert headers["error.code"] == UNDECIDED.encode()
+    assert b"Stripe's total of the window 3, settled in the ledger 0, pending 7" in headers["error.detail"]

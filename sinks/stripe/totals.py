@@ -1,5 +1,6 @@
 """What Stripe holds for our customers: meter event summaries per (customer, meter), read the way
-Stripe bills them. The reconciler compares these with ClickHouse; the demo prints them.
+Stripe bills them. The reconciler compares these with ClickHouse, the demo prints them, and the
+sink asks them whether a report whose answer was lost landed (sinks.stripe.landed).
 """
 
 from __future__ import annotations
