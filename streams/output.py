@@ -152,10 +152,6 @@ class RocksStore:
         memtables, cache = _rocksdb_budget()
         tables = BlockBasedOptions()
         tables.set_block_cache(cache)
-        # A closed window's entry and its ids chunk are read when a late event or a re-send
-        # reopens it, for the whole lateness horizon (issue 34): a key the store does not hold
-        # (a window that never was) is answered by the filter, ~1% false positives, no block read.
-        tables.set_bloom_filter(10, False)
         db_options = Options(raw_mode=True)
         db_options.set_write_buffer_manager(memtables)
         db_options.set_block_based_table_factory(tables)
