@@ -20,7 +20,7 @@ from meterline.config_checks import (
     money,
     unit_check,
 )
-from sinks.stripe.prices import base_fee_terms, stripe_terms
+from sinks.stripe.prices import base_fee_lookup_key, base_fee_terms, lookup_key, stripe_terms
 
 
 def plan_history(
@@ -115,6 +115,16 @@ def build_plans(
             )
             p.finish()
         plan = Plan(name, currency, base_fee, prices)
+        for key in [base_fee_lookup_key(name), *(lookup_key(name, meter) for meter in prices)]:
+            if len(key) > STRIPE_LOOKUP_KEY_MAX:
+                problems.append(
+                    ConfigProblem(
+                        f"plans.{name}",
+                        name,
+                        f"the price lookup key {key!r} is {len(key)} characters: Stripe takes at most "
+                        f"{STRIPE_LOOKUP_KEY_MAX} (a shorter plan or meter name)",
+                    )
+                )
         if currency_check(currency) is None:
             _check_billable(plan, problems)
         plans[name] = plan
@@ -172,6 +182,20 @@ def _tiers(p: Section, raw: list[Any], wanted: bool) -> tuple[Tier, ...]:
     return tuple(tiers)
 
 
+STRIPE_EVENT_NAME_MAX = 100
+"""A billing meter's `event_name`: maxLength 100 in Stripe's OpenAPI specification (issue 35)."""
+STRIPE_LOOKUP_KEY_MAX = 200
+"""A price's `lookup_key` "may be up to 200 characters" (https://docs.stripe.com/api/prices/object)."""
+
+
+def _event_name_check(value: str) -> str | None:
+    if not value:
+        return "must not be empty"
+    if len(value) > STRIPE_EVENT_NAME_MAX:
+        return f"is {len(value)} characters: Stripe's meter event names take at most {STRIPE_EVENT_NAME_MAX}"
+    return None
+
+
 def build_meters(raw: Any, problems: list[ConfigProblem]) -> dict[str, MeterConfig]:
     if not isinstance(raw, dict) or not raw:
         problems.append(ConfigProblem("meters", raw, "declare at least one meter as [meters.<name>]"))
@@ -188,7 +212,7 @@ def build_meters(raw: Any, problems: list[ConfigProblem]) -> dict[str, MeterConf
         aggregation = s.get(
             "aggregation", str, "sum", lambda v: None if v in ("sum", "count") else "must be sum or count"
         )
-        event_name = s.get("stripe_event_name", str, name, lambda v: None if v else "must not be empty")
+        event_name = s.get("stripe_event_name", str, name, _event_name_check)
         billable = _billable(s.get("billable", dict, {}), s)
         s.finish()
         meters[name] = MeterConfig(

@@ -115,7 +115,7 @@ class Directory:
         )
         found = tuple(
             BillingItem(str(item["id"]), billing_from(subscription, item))
-            for subscription in listed.data
+            for subscription in listed.auto_paging_iter()  # every page: a list answers 10 at a time
             if subscription["status"] in BILLING_STATUSES
             for item in subscription["items"]["data"]
             if metadata(item["price"]).get("meterline_meter") == meter

@@ -549,3 +549,43 @@ def test_a_meter_reads_the_payload_keys_it_was_made_with(
         }
     )
     assert [e.value for e in fake[0].state.meter_events] == [4]
+
+
+def test_the_directory_reads_a_customer_s_subscriptions_to_the_last_page(
+    fake: tuple[FakeStripe, str], api: stripe.StripeClient
+) -> None:
+    """Issue 35, item 7. A list answers 10 objects unless asked for more ("limit ... defaults to
+    10", https://docs.stripe.com/api/pagination): a customer whose item billing the meter is on
+    its 11th subscription was not found, and its legacy usage was refused."""
+    from meterline.config import load_config
+    from sinks.stripe.calls import Caller, RateLimiter
+    from sinks.stripe.directory import Directory
+
+    _, customer = setup_meter(api)
+    product = api.v1.products.create({"name": "API"})
+    other = api.v1.prices.create(
+        {
+            "product": product.id,
+            "currency": "usd",
+            "unit_amount_decimal": "100",
+            "recurring": {"interval": "month"},
+        }  # type: ignore[typeddict-item]
+    )
+    for _ in range(10):
+        api.v1.subscriptions.create({"customer": customer, "items": [{"price": other.id}]})
+    metered = api.v1.prices.create(
+        {
+            "product": product.id,
+            "currency": "usd",
+            "unit_amount_decimal": "0.1",
+            "lookup_key": "meterline_api_calls",
+            "recurring": {"interval": "month", "usage_type": "metered"},
+        }  # type: ignore[typeddict-item]
+    )
+    last = api.v1.subscriptions.create({"customer": customer, "items": [{"price": metered.id}]})
+    directory = Directory(
+        load_config(None, {}).stripe, Caller(fake[1], KEY, 5, RateLimiter(1000), "2024-06-20")
+    )
+    assert [i.id for i in directory.subscription_items(customer, "api_calls")] == [
+        last["items"]["data"][0]["id"]
+    ]

@@ -189,3 +189,30 @@ def test_the_dedup_horizon_is_the_lateness_horizon_unless_shortened_to_a_day_or_
         "less than the 35-day lateness horizon: a duplicate arriving after that in its partition's "
         "event time (a batch re-sent after an outage, a backfill) is counted again"
     ) in shorter.stdout
+
+
+def test_config_check_bounds_what_stripe_bounds() -> None:
+    """Issue 35, item 7: a meter event name over 100 characters (maxLength in Stripe's OpenAPI
+    specification) and a price lookup key over 200 ("This may be up to 200 characters",
+    https://docs.stripe.com/api/prices/object) are refused by `config check`, not by Stripe at
+    `stripe sync`."""
+    long_plan = "p" * 190
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            None,
+            {
+                "METERLINE__METERS__API_CALLS__STRIPE_EVENT_NAME": "e" * 101,
+                f"METERLINE__PLANS__{long_plan.upper()}__CURRENCY": "usd",
+                f"METERLINE__PLANS__{long_plan.upper()}__PRICES": (
+                    '{ api_calls = { overage_price = "0.001" } }'
+                ),
+            },
+        )
+    whys = {p.field: p.why for p in caught.value.problems}
+    assert whys["meters.api_calls.stripe_event_name"] == (
+        "is 101 characters: Stripe's meter event names take at most 100"
+    )
+    assert whys[f"plans.{long_plan}"].startswith(
+        f"the price lookup key 'meterline_{long_plan}_api_calls' is 210"
+    )
+    assert load_config(None, {"METERLINE__METERS__API_CALLS__STRIPE_EVENT_NAME": "e" * 100})
