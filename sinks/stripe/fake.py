@@ -222,7 +222,9 @@ class FakeStripe:
             (
                 r"/v1/prices",
                 "POST",
-                lambda m, p, q, h: price_view(s.create_price(p), p.get("expand", [])),
+                lambda m, p, q, h: price_view(
+                    s.create_price(p, h.get("stripe-version")), p.get("expand", [])
+                ),
             ),
             (
                 r"/v1/prices",

@@ -127,6 +127,23 @@ def price_view(price: Mapping[str, Any], expand: list[str], prefix: str = "") ->
     return {k: v for k, v in price.items() if k != "tiers"}
 
 
+def _check_recurring(recurring: Mapping[str, Any], api_version: str | None) -> None:
+    """Since 2025-03-31.basil "You can no longer create a price with a usage_type of metered
+    without a specified meter", and `aggregate_usage` is gone from every endpoint
+    (https://docs.stripe.com/changelog/basil/2025-03-31/deprecate-legacy-usage-based-billing)."""
+    current = api_version is None or api_version >= USAGE_RECORDS_REMOVED_IN
+    if current and recurring.get("usage_type") == "metered" and not recurring.get("meter"):
+        raise invalid(
+            "A metered price needs a meter (recurring[meter]) since 2025-03-31.basil; legacy "
+            "usage-based prices are unavailable on this API version.",
+            param="recurring[meter]",
+        )
+    if current and "aggregate_usage" in recurring:
+        raise invalid(
+            "Received unknown parameter: recurring[aggregate_usage]", param="recurring[aggregate_usage]"
+        )
+
+
 def _transform(raw: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return None if not raw else {"divide_by": int(raw["divide_by"]), "round": raw["round"]}
 
@@ -246,7 +263,8 @@ class FakeStripeState:
             raise missing("product", product_id)
         return found
 
-    def create_price(self, params: Mapping[str, Any]) -> dict[str, Any]:
+    def create_price(self, params: Mapping[str, Any], api_version: str | None = None) -> dict[str, Any]:
+        """`api_version`: the request's Stripe-Version (None: the account's, a current one)."""
         product = params.get("product")
         with self.lock:
             if product not in self.products:
@@ -262,6 +280,7 @@ class FakeStripeState:
                         other["lookup_key"] = None
             recurring = dict(params.get("recurring") or {})
             _check_price_terms(params)
+            _check_recurring(recurring, api_version)
             price = {
                 "id": new_id("price"),
                 "object": "price",
@@ -418,6 +437,16 @@ class FakeStripeState:
                     if clear_usage:
                         self.usage_records.pop(item_id, None)
                     return {"id": item_id, "object": "subscription_item", "deleted": True}
+        raise missing("subscription_item", item_id)
+
+    def item_price(self, item_id: str) -> dict[str, Any]:
+        """The price of a subscription item."""
+        with self.lock:
+            for subscription in self.subscriptions.values():
+                for item in subscription["items"]["data"]:
+                    if item["id"] == item_id:
+                        price: dict[str, Any] = item["price"]
+                        return price
         raise missing("subscription_item", item_id)
 
     def item_period(self, item_id: str) -> tuple[int, int, int]:
@@ -583,6 +612,15 @@ class FakeStripeState:
         action = params.get("action", "increment")
         if action not in ("increment", "set"):
             raise invalid(f"Invalid action: {action}", param="action")
+        price = self.item_price(item_id)
+        if (price.get("recurring") or {}).get("meter"):
+            # Usage records bill "a price with a usage_type of metered without a specified meter"
+            # (https://docs.stripe.com/changelog/basil/2025-03-31/deprecate-legacy-usage-based-billing)
+            raise invalid(
+                f"Usage records cannot be created for subscription item {item_id}: its price "
+                f"{price['id']} is attached to a meter; report usage to the meter with meter events.",
+                param="subscription_item",
+            )
         timestamp = int(params.get("timestamp") or self.now())
         _, period_start, period_end = self.item_period(item_id)
         if not period_start <= timestamp < period_end or timestamp > self.now():

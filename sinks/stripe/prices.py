@@ -105,16 +105,26 @@ def stripe_terms(plan: Plan, price: MeterPrice) -> dict[str, Any] | str:
     return terms
 
 
-def metered_price(plan: Plan, price: MeterPrice, meter_id: str, product: str) -> dict[str, Any] | str:
-    """The params of `POST /v1/prices` for `price`, or why Stripe cannot bill it exactly."""
+def metered_price(
+    plan: Plan, price: MeterPrice, meter_id: str, product: str, legacy: bool = False
+) -> dict[str, Any] | str:
+    """The params of `POST /v1/prices` for `price`, or why Stripe cannot bill it exactly. `legacy`:
+    a price legacy usage records can bill, without a meter ("a price with a usage_type of metered
+    without a specified meter", which only a Stripe-Version before 2025-03-31.basil creates:
+    https://docs.stripe.com/changelog/basil/2025-03-31/deprecate-legacy-usage-based-billing)."""
     terms = stripe_terms(plan, price)
     if isinstance(terms, str):
         return terms
+    recurring = (
+        {"interval": "month", "usage_type": "metered", "aggregate_usage": "sum"}
+        if legacy
+        else {"interval": "month", "usage_type": "metered", "meter": meter_id}
+    )
     params: dict[str, Any] = {
         "product": product,
         "currency": plan.currency,
         "lookup_key": lookup_key(plan.name, price.meter),
-        "recurring": {"interval": "month", "usage_type": "metered", "meter": meter_id},
+        "recurring": recurring,
         "metadata": {"meterline_meter": price.meter, "meterline_plan": plan.name},
         **terms,
     }

@@ -2,7 +2,9 @@
 
 Per meter: a billing meter for its `stripe_event_name` (sum of the reported deltas) and a product
 with the deterministic id `meterline_<meter>`. Per plan and meter: a metered price with the lookup
-key `meterline_<plan>_<meter>` (sinks.stripe.prices; one Stripe cannot bill exactly is reported,
+key `meterline_<plan>_<meter>` on the meter; in `usage_records` mode a legacy one without a meter,
+which is all usage records can bill, its calls pinned to `stripe.legacy_api_version`
+(sinks.stripe.prices; one Stripe cannot bill exactly is reported,
 not created; one marked `billed_by_stripe = false` is skipped); per plan with a base fee, a
 licensed price `meterline_<plan>_base` on the product `meterline_plan_<plan>`. Idempotent: what
 exists is found (meters by event name, products by id, prices by lookup key) and left alone; a
@@ -94,13 +96,15 @@ def sync(config: Config, caller: Caller, dry_run: bool = False) -> list[Change]:
             if config.meters[meter_name].stripe_event_name in refused_events:
                 changes.append(Change("price", key, "refused: its meter is refused (above)", ""))
                 continue
+            legacy = config.stripe.mode == "usage_records"
             terms = metered_price(
                 plan,
                 price,
                 meters.get(config.meters[meter_name].stripe_event_name) or "",
                 product_id(meter_name),
+                legacy,
             )
-            changes.append(_price(caller, key, terms, dry_run))
+            changes.append(_price(caller, key, terms, dry_run, caller.legacy_version if legacy else None))
     return changes
 
 
@@ -145,11 +149,16 @@ def _product(caller: Caller, product: str, name: str, metadata: dict[str, str], 
     return Change("product", product, "created", product)
 
 
-def _price(caller: Caller, key: str, params: dict[str, Any] | str, dry_run: bool) -> Change:
+def _price(
+    caller: Caller, key: str, params: dict[str, Any] | str, dry_run: bool, stripe_version: str | None = None
+) -> Change:
+    """The price under lookup key `key`; `stripe_version`: the API version its calls are pinned to
+    (a legacy usage-records price exists only before 2025-03-31.basil)."""
     if isinstance(params, str):  # config check refuses these; a rate card built in code may not
         return Change("price", key, f"not representable: {params}", "")
     client = caller.client
-    listed, _ = caller.retrying(lambda: client.v1.prices.list({"lookup_keys": [key]}))
+    options: dict[str, Any] = {"stripe_version": stripe_version} if stripe_version else {}
+    listed, _ = caller.retrying(lambda: client.v1.prices.list({"lookup_keys": [key]}, options))  # type: ignore[arg-type]
     existing = listed.data[0] if listed.data else None
     if (
         existing is not None
@@ -159,5 +168,5 @@ def _price(caller: Caller, key: str, params: dict[str, Any] | str, dry_run: bool
     if dry_run:
         return Change("price", key, "would replace" if existing else "would create", "")
     create: dict[str, Any] = {**params, **({"transfer_lookup_key": True} if existing else {})}
-    created, _ = caller.retrying(lambda: client.v1.prices.create(create))  # type: ignore[arg-type]
+    created, _ = caller.retrying(lambda: client.v1.prices.create(create, options))  # type: ignore[arg-type]
     return Change("price", key, "replaced" if existing else "created", created.id)

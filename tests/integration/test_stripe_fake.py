@@ -15,6 +15,7 @@ import pytest
 import stripe
 
 from sinks.stripe.fake import FakeStripe, Faults
+from tests.support.stripe import LEGACY_VERSION
 
 KEY = "sk_test_meterline_fake"
 NOW = int(time.time())
@@ -279,7 +280,8 @@ def legacy_item(api: stripe.StripeClient, customer: str, started: int) -> str:
             "currency": "usd",
             "unit_amount_decimal": "0.1",
             "recurring": {"interval": "month", "usage_type": "metered"},
-        }  # type: ignore[typeddict-item]
+        },  # type: ignore[typeddict-item]
+        {"stripe_version": LEGACY_VERSION},
     )
     subscription = api.v1.subscriptions.create(
         {"customer": customer, "items": [{"price": price.id}], "backdate_start_date": started}  # type: ignore[typeddict-item]
@@ -447,7 +449,8 @@ def test_the_directory_finds_a_trialing_subscription_s_item_and_looks_again_afte
             "unit_amount_decimal": "0.1",
             "lookup_key": "meterline_api_calls",
             "recurring": {"interval": "month", "usage_type": "metered"},
-        }  # type: ignore[typeddict-item]
+        },  # type: ignore[typeddict-item]
+        {"stripe_version": LEGACY_VERSION},
     )
     trial = api.v1.subscriptions.create(
         {"customer": customer, "items": [{"price": price.id}], "trial_period_days": 14}  # type: ignore[typeddict-item]
@@ -580,7 +583,8 @@ def test_the_directory_reads_a_customer_s_subscriptions_to_the_last_page(
             "unit_amount_decimal": "0.1",
             "lookup_key": "meterline_api_calls",
             "recurring": {"interval": "month", "usage_type": "metered"},
-        }  # type: ignore[typeddict-item]
+        },  # type: ignore[typeddict-item]
+        {"stripe_version": LEGACY_VERSION},
     )
     last = api.v1.subscriptions.create({"customer": customer, "items": [{"price": metered.id}]})
     directory = Directory(
@@ -589,3 +593,21 @@ def test_the_directory_reads_a_customer_s_subscriptions_to_the_last_page(
     assert [i.id for i in directory.subscription_items(customer, "api_calls")] == [
         last["items"]["data"][0]["id"]
     ]
+
+
+def test_a_metered_price_without_a_meter_exists_only_before_basil(api: stripe.StripeClient) -> None:
+    """Issue 35, item 1: "You can no longer create a price with a usage_type of metered without a
+    specified meter" from 2025-03-31.basil on
+    (https://docs.stripe.com/changelog/basil/2025-03-31/deprecate-legacy-usage-based-billing); a
+    legacy account's Stripe-Version still can, and only such prices take usage records."""
+    product = api.v1.products.create({"name": "API"})
+    legacy = {
+        "product": product.id,
+        "currency": "usd",
+        "unit_amount_decimal": "0.1",
+        "recurring": {"interval": "month", "usage_type": "metered"},
+    }
+    with pytest.raises(stripe.InvalidRequestError, match="A metered price needs a meter"):
+        api.v1.prices.create(legacy)  # type: ignore[arg-type]
+    made = api.v1.prices.create(legacy, {"stripe_version": LEGACY_VERSION})  # type: ignore[arg-type]
+    assert made.to_dict()["recurring"] == {"interval": "month", "usage_type": "metered"}

@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import stripe
 
 from core.config import Config
 from core.kafka import read_ends
@@ -32,6 +33,7 @@ from tests.support.kafka import read_messages
 from tests.support.pipeline import SinkProcess, Workers, small_workload
 from tests.support.stripe import (
     KEY,
+    LEGACY_VERSION,
     expected_by_customer_meter,
     set_up_stripe,
     subscribe,
@@ -301,7 +303,8 @@ def test_after_a_plan_change_a_legacy_window_goes_to_the_item_of_its_time_or_is_
             "unit_amount_decimal": "0.05",
             "metadata": {"meterline_meter": "api_calls"},
             "recurring": {"interval": "month", "usage_type": "metered"},
-        }
+        },
+        {"stripe_version": LEGACY_VERSION},
     )
     monkeypatch.setattr(fake.state, "clock", lambda: changed_s)
     [subscription] = fake.state.subscriptions
@@ -492,3 +495,31 @@ def test_a_report_pending_past_stripe_s_identifier_window_is_sent_again_only_if_
     headers = dict(undecided.headers() or [])
     assert headers["error.code"] == UNDECIDED.encode()
     assert b"Stripe's total of the window 3, settled in the ledger 0, pending 7" in headers["error.detail"]
+
+
+def test_stripe_sync_makes_prices_usage_records_can_bill_in_usage_records_mode(
+    config: Config, stripe_fake: tuple[FakeStripe, str]
+) -> None:
+    """Issue 35, item 1. Usage records bill only "a price with a usage_type of metered without a
+    specified meter", which only a Stripe-Version before 2025-03-31.basil creates
+    (https://docs.stripe.com/changelog/basil/2025-03-31/deprecate-legacy-usage-based-billing).
+    In usage_records mode sync makes those, pinned to stripe.legacy_api_version; the prices it
+    makes for meter events carry the meter, and a usage record on their items is refused."""
+    fake, base = stripe_fake
+    set_up_stripe(config, base, ["legacy"])  # `stripe sync` for meter events
+    [metered] = fake.state.list_prices(["meterline_standard_api_calls"])
+    assert metered["recurring"]["meter"]
+    sync(legacy_config(config, base), Caller(base, KEY, 5, RateLimiter(1000), LEGACY_VERSION))
+    [price] = fake.state.list_prices(["meterline_standard_api_calls"])  # replaced under the key
+    assert price["recurring"] == {"interval": "month", "usage_type": "metered", "aggregate_usage": "sum"}
+    api = stripe.StripeClient(KEY, base_addresses={"api": base}, max_network_retries=0)
+    [customer] = fake.state.customers
+    subscription = api.v1.subscriptions.create(
+        {"customer": customer, "items": [{"price": price["id"]}, {"price": metered["id"]}]}
+    )
+    legacy_item, meter_item = (i["id"] for i in subscription["items"]["data"])
+    record = {"quantity": 5, "timestamp": fake.state.now(), "action": "increment"}
+    options = {"stripe_version": LEGACY_VERSION}
+    assert api.raw_request("post", f"/v1/subscription_items/{legacy_item}/usage_records", **record, **options)
+    with pytest.raises(stripe.InvalidRequestError, match="is attached to a meter"):
+        api.raw_request("post", f"/v1/subscription_items/{meter_item}/usage_records", **record, **options)

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
 KEY = "sk_test_meterline_fake"
+LEGACY_VERSION = "2024-06-20"
+"""A Stripe-Version before 2025-03-31.basil, as stripe.legacy_api_version: legacy usage-based prices
+(metered, no meter) and usage records exist only there."""
 
 
 def serve_fake(seed: int) -> tuple[FakeStripe, ThreadingHTTPServer, str]:
@@ -126,7 +129,8 @@ def subscribe(
                 "unit_amount_decimal": "0.1",
                 "lookup_key": f"meterline_{name}",
                 "recurring": {"interval": "month", "usage_type": "metered"},
-            }
+            },
+            {"stripe_version": LEGACY_VERSION},
         ).id
         for name in config.meters
     }
