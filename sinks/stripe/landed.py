@@ -97,7 +97,8 @@ class LostReports:
                     Status.FAILED,
                     0,
                     UNDECIDED,
-                    f"its answer was lost over a day ago and Stripe's totals cannot place it: {figures}",
+                    f"its answer was lost before Stripe may have forgotten its identifier, and "
+                    f"Stripe's totals cannot place it: {figures}",
                 )
             )
             decided.update({r.identifier: outcome for r in lost})

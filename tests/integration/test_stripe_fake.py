@@ -272,7 +272,8 @@ def test_the_v2_stream_takes_up_to_100_events_with_a_15_minute_session(
     assert expired.value.http_status == 401
 
 
-def legacy_item(api: stripe.StripeClient, customer: str, started: int) -> str:
+def legacy_price(api: stripe.StripeClient, **extra: str) -> str:
+    """A legacy metered price (no meter: made under a Stripe-Version before basil) on a new product."""
     product = api.v1.products.create({"name": "API"})
     price = api.v1.prices.create(
         {
@@ -280,11 +281,16 @@ def legacy_item(api: stripe.StripeClient, customer: str, started: int) -> str:
             "currency": "usd",
             "unit_amount_decimal": "0.1",
             "recurring": {"interval": "month", "usage_type": "metered"},
+            **extra,
         },  # type: ignore[typeddict-item]
         {"stripe_version": LEGACY_VERSION},
     )
+    return str(price.id)
+
+
+def legacy_item(api: stripe.StripeClient, customer: str, started: int) -> str:
     subscription = api.v1.subscriptions.create(
-        {"customer": customer, "items": [{"price": price.id}], "backdate_start_date": started}  # type: ignore[typeddict-item]
+        {"customer": customer, "items": [{"price": legacy_price(api)}], "backdate_start_date": started}  # type: ignore[typeddict-item]
     )
     return str(subscription["items"]["data"][0]["id"])
 
@@ -441,19 +447,9 @@ def test_the_directory_finds_a_trialing_subscription_s_item_and_looks_again_afte
     from sinks.stripe.calls import Caller, RateLimiter
 
     _, customer = setup_meter(api)
-    product = api.v1.products.create({"name": "API"})
-    price = api.v1.prices.create(
-        {
-            "product": product.id,
-            "currency": "usd",
-            "unit_amount_decimal": "0.1",
-            "lookup_key": "meterline_api_calls",
-            "recurring": {"interval": "month", "usage_type": "metered"},
-        },  # type: ignore[typeddict-item]
-        {"stripe_version": LEGACY_VERSION},
-    )
+    price = legacy_price(api, lookup_key="meterline_api_calls")
     trial = api.v1.subscriptions.create(
-        {"customer": customer, "items": [{"price": price.id}], "trial_period_days": 14}  # type: ignore[typeddict-item]
+        {"customer": customer, "items": [{"price": price}], "trial_period_days": 14}  # type: ignore[typeddict-item]
     )
     assert trial["status"] == "trialing"
     clock = [1000.0]
@@ -465,7 +461,7 @@ def test_the_directory_finds_a_trialing_subscription_s_item_and_looks_again_afte
         trial["items"]["data"][0]["id"]
     ]
     fake[0].state.subscriptions.clear()  # the plan changed: that item is gone
-    changed = api.v1.subscriptions.create({"customer": customer, "items": [{"price": price.id}]})
+    changed = api.v1.subscriptions.create({"customer": customer, "items": [{"price": price}]})
     assert [i.id for i in found.subscription_items(customer, "api_calls")] == [
         trial["items"]["data"][0]["id"]
     ]  # cached
@@ -475,7 +471,7 @@ def test_the_directory_finds_a_trialing_subscription_s_item_and_looks_again_afte
     ]
     # A subscription event about the customer: looked up again at once, whatever the TTL.
     fake[0].state.subscriptions.clear()
-    again = api.v1.subscriptions.create({"customer": customer, "items": [{"price": price.id}]})
+    again = api.v1.subscriptions.create({"customer": customer, "items": [{"price": price}]})
     found.forget_items([customer])
     assert [i.id for i in found.subscription_items(customer, "api_calls")] == [
         again["items"]["data"][0]["id"]
@@ -576,17 +572,8 @@ def test_the_directory_reads_a_customer_s_subscriptions_to_the_last_page(
     )
     for _ in range(10):
         api.v1.subscriptions.create({"customer": customer, "items": [{"price": other.id}]})
-    metered = api.v1.prices.create(
-        {
-            "product": product.id,
-            "currency": "usd",
-            "unit_amount_decimal": "0.1",
-            "lookup_key": "meterline_api_calls",
-            "recurring": {"interval": "month", "usage_type": "metered"},
-        },  # type: ignore[typeddict-item]
-        {"stripe_version": LEGACY_VERSION},
-    )
-    last = api.v1.subscriptions.create({"customer": customer, "items": [{"price": metered.id}]})
+    metered = legacy_price(api, lookup_key="meterline_api_calls")
+    last = api.v1.subscriptions.create({"customer": customer, "items": [{"price": metered}]})
     directory = Directory(
         load_config(None, {}).stripe, Caller(fake[1], KEY, 5, RateLimiter(1000), "2024-06-20")
     )
