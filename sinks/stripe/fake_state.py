@@ -249,6 +249,10 @@ class FakeStripeState:
             "active": True,
             "metadata": dict(params.get("metadata") or {}),
             "created": self.now(),
+            "updated": self.now(),
+            "images": [],
+            "marketing_features": [],
+            "livemode": False,
         }
         with self.lock:
             if product["id"] in self.products:
@@ -279,6 +283,9 @@ class FakeStripeState:
                     if other.get("lookup_key") == lookup_key:
                         other["lookup_key"] = None
             recurring = dict(params.get("recurring") or {})
+            if recurring:
+                recurring.setdefault("usage_type", "licensed")
+                recurring["interval_count"] = int(recurring.get("interval_count", 1))
             _check_price_terms(params)
             _check_recurring(recurring, api_version)
             price = {
@@ -296,6 +303,8 @@ class FakeStripeState:
                 "metadata": dict(params.get("metadata") or {}),
                 "active": True,
                 "created": self.now(),
+                "livemode": False,
+                "type": "recurring" if recurring else "one_time",
             }
             self.prices[price["id"]] = price
         return price
@@ -344,6 +353,8 @@ class FakeStripeState:
                 },
                 "event_time_window": None,
                 "created": self.now(),
+                "updated": self.now(),
+                "status_transitions": {"deactivated_at": None},
                 "livemode": False,
             }
             self.meters[meter["id"]] = meter
@@ -369,10 +380,12 @@ class FakeStripeState:
             period_start, period_end = monthly_period(start, self.now())
             subscription_id = new_id("sub")
             data = []
+            currency = "usd"
             for item in items:
                 price = self.prices.get(item.get("price"))
                 if price is None:
                     raise missing("price", str(item.get("price")), "items[price]")
+                currency = price["currency"]
                 data.append(
                     {
                         "id": new_id("si"),
@@ -382,6 +395,8 @@ class FakeStripeState:
                         "created": self.now(),
                         "current_period_start": period_start,
                         "current_period_end": period_end,
+                        "discounts": [],
+                        "metadata": {},
                     }
                 )
             subscription = {
@@ -393,6 +408,16 @@ class FakeStripeState:
                 "start_date": start,
                 "metadata": dict(params.get("metadata") or {}),
                 "created": self.now(),
+                # the rest the specification requires, as a subscription of meterline's kind has it
+                "billing_cycle_anchor": start,
+                "automatic_tax": {"enabled": False, "liability": None, "disabled_reason": None},
+                "billing_mode": {"type": "classic"},
+                "cancel_at_period_end": False,
+                "collection_method": "charge_automatically",
+                "currency": currency,
+                "discounts": [],
+                "invoice_settings": {"account_tax_ids": None, "issuer": {"type": "self"}},
+                "livemode": False,
             }
             self.subscriptions[subscription_id] = subscription
         return subscription
@@ -420,6 +445,8 @@ class FakeStripeState:
                 "created": self.now(),
                 "current_period_start": period_start,
                 "current_period_end": period_end,
+                "discounts": [],
+                "metadata": {},
             }
             subscription["items"]["data"].append(item)
         return item

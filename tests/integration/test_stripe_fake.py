@@ -597,4 +597,179 @@ def test_a_metered_price_without_a_meter_exists_only_before_basil(api: stripe.St
     with pytest.raises(stripe.InvalidRequestError, match="A metered price needs a meter"):
         api.v1.prices.create(legacy)  # type: ignore[arg-type]
     made = api.v1.prices.create(legacy, {"stripe_version": LEGACY_VERSION})  # type: ignore[arg-type]
-    assert made.to_dict()["recurring"] == {"interval": "month", "usage_type": "metered"}
+    assert made.to_dict()["recurring"] == {"interval": "month", "interval_count": 1, "usage_type": "metered"}
+
+
+# The properties Stripe's specification marks required on the objects the fake returns, with their
+# JSON types: facts of the OpenAPI specification 2025-09-30.clover, as stripe-mock v0.197.0 bundles
+# it (embedded/openapi/spec3.json, components.schemas.<object>.required).
+REQUIRED = {
+    "billing.meter": {
+        "created": "integer",
+        "customer_mapping": "object",
+        "default_aggregation": "object",
+        "display_name": "string",
+        "event_name": "string",
+        "id": "string",
+        "livemode": "boolean",
+        "object": "string",
+        "status": "string",
+        "status_transitions": "object",
+        "updated": "integer",
+        "value_settings": "object",
+    },
+    "product": {
+        "active": "boolean",
+        "created": "integer",
+        "id": "string",
+        "images": "array",
+        "livemode": "boolean",
+        "marketing_features": "array",
+        "metadata": "object",
+        "name": "string",
+        "object": "string",
+        "updated": "integer",
+    },
+    "price": {
+        "active": "boolean",
+        "billing_scheme": "string",
+        "created": "integer",
+        "currency": "string",
+        "id": "string",
+        "livemode": "boolean",
+        "metadata": "object",
+        "object": "string",
+        "product": "string",
+        "type": "string",
+    },
+    "recurring": {"interval": "string", "interval_count": "integer", "usage_type": "string"},
+    "customer": {"created": "integer", "id": "string", "livemode": "boolean", "object": "string"},
+    "subscription": {
+        "automatic_tax": "object",
+        "billing_cycle_anchor": "integer",
+        "billing_mode": "object",
+        "cancel_at_period_end": "boolean",
+        "collection_method": "string",
+        "created": "integer",
+        "currency": "string",
+        "customer": "string",
+        "discounts": "array",
+        "id": "string",
+        "invoice_settings": "object",
+        "items": "object",
+        "livemode": "boolean",
+        "metadata": "object",
+        "object": "string",
+        "start_date": "integer",
+        "status": "string",
+    },
+    "subscription_item": {
+        "created": "integer",
+        "current_period_end": "integer",
+        "current_period_start": "integer",
+        "discounts": "array",
+        "id": "string",
+        "metadata": "object",
+        "object": "string",
+        "price": "object",
+        "subscription": "string",
+    },
+    "billing.meter_event": {
+        "created": "integer",
+        "event_name": "string",
+        "identifier": "string",
+        "livemode": "boolean",
+        "object": "string",
+        "payload": "object",
+        "timestamp": "integer",
+    },
+    "billing.meter_event_summary": {
+        "aggregated_value": "number",
+        "end_time": "integer",
+        "id": "string",
+        "livemode": "boolean",
+        "meter": "string",
+        "object": "string",
+        "start_time": "integer",
+    },
+}
+JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "integer": (int,),
+    "number": (int, float),
+    "string": (str,),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+def missing_or_mistyped(shape: str, found: dict[str, Any]) -> list[str]:
+    wrong = []
+    for name, kind in REQUIRED[shape].items():
+        value = found.get(name, KeyError)
+        ok = isinstance(value, JSON_TYPES[kind]) and not (
+            kind in ("integer", "number") and isinstance(value, bool)
+        )
+        if not ok:
+            wrong.append(f"{shape}.{name}: {value!r} is not {kind}")
+    return wrong
+
+
+def test_every_object_the_fake_returns_carries_the_properties_stripe_s_specification_requires(
+    fake: tuple[FakeStripe, str],
+) -> None:
+    """Issue 35, item 7: the fake's objects as Stripe's specification describes them (REQUIRED
+    above): a client reading a required property of the real object must find it here too."""
+    import json as json_module
+    import urllib.request
+
+    def call(method: str, path: str, form: str = "", version: str = "") -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/x-www-form-urlencoded"}
+        if version:
+            headers["Stripe-Version"] = version
+        request = urllib.request.Request(fake[1] + path, form.encode() or None, headers, method=method)
+        with urllib.request.urlopen(request) as answer:
+            found: dict[str, Any] = json_module.loads(answer.read())
+            return found
+
+    meter = call(
+        "POST", "/v1/billing/meters", "display_name=m&event_name=api_calls&default_aggregation[formula]=sum"
+    )
+    product = call("POST", "/v1/products", "name=API")
+    price = call(
+        "POST",
+        "/v1/prices",
+        f"product={product['id']}&currency=usd&unit_amount_decimal=0.1&recurring[interval]=month"
+        f"&recurring[usage_type]=metered&recurring[meter]={meter['id']}",
+    )
+    customer = call("POST", "/v1/customers", "metadata[meterline_customer_id]=c")
+    subscription = call(
+        "POST", "/v1/subscriptions", f"customer={customer['id']}&items[0][price]={price['id']}"
+    )
+    event = call(
+        "POST",
+        "/v1/billing/meter_events",
+        f"event_name=api_calls&payload[stripe_customer_id]={customer['id']}&payload[value]=3"
+        f"&timestamp={NOW - 120}",
+    )
+    summaries = call(
+        "GET",
+        f"/v1/billing/meters/{meter['id']}/event_summaries?customer={customer['id']}"
+        f"&start_time={(NOW - 3600) // 60 * 60}&end_time={(NOW + 60) // 60 * 60}",
+    )
+    wrong = [
+        *missing_or_mistyped("billing.meter", meter),
+        *missing_or_mistyped("product", product),
+        *missing_or_mistyped("price", price),
+        *missing_or_mistyped("recurring", price["recurring"]),
+        *missing_or_mistyped("customer", customer),
+        *missing_or_mistyped("subscription", subscription),
+        *(
+            w
+            for item in subscription["items"]["data"]
+            for w in missing_or_mistyped("subscription_item", item)
+        ),
+        *missing_or_mistyped("billing.meter_event", event),
+        *(w for s in summaries["data"] for w in missing_or_mistyped("billing.meter_event_summary", s)),
+    ]
+    assert summaries["data"] and wrong == []

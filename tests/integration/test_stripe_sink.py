@@ -511,7 +511,12 @@ def test_stripe_sync_makes_prices_usage_records_can_bill_in_usage_records_mode(
     assert metered["recurring"]["meter"]
     sync(legacy_config(config, base), Caller(base, KEY, 5, RateLimiter(1000), LEGACY_VERSION))
     [price] = fake.state.list_prices(["meterline_standard_api_calls"])  # replaced under the key
-    assert price["recurring"] == {"interval": "month", "usage_type": "metered", "aggregate_usage": "sum"}
+    assert price["recurring"] == {
+        "interval": "month",
+        "interval_count": 1,
+        "usage_type": "metered",
+        "aggregate_usage": "sum",
+    }
     api = stripe.StripeClient(KEY, base_addresses={"api": base}, max_network_retries=0)
     [customer] = fake.state.customers
     subscription = api.v1.subscriptions.create(
