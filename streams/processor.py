@@ -361,10 +361,13 @@ class PartitionProcessor:
 
 def rules_from(config: Config) -> WindowRules:
     w = config.windows
+    # One margin past both horizons (clocks that disagree, and a day): with the default dedup
+    # horizon, the lateness horizon, ids live exactly as long as their window.
+    margin = w.max_clock_skew_ms + DAY_MS
     return WindowRules(
         size_ms=w.size_ms,
         grace_ms=w.grace_seconds * 1000,
-        keep_ids_ms=w.dedup_horizon_ms + w.max_clock_skew_ms + DAY_MS,
-        forget_after_ms=w.max_lateness_ms + w.max_clock_skew_ms + DAY_MS,
+        keep_ids_ms=w.dedup_horizon_ms + margin,
+        forget_after_ms=w.max_lateness_ms + margin,
         aggregations={name: meter.aggregation for name, meter in config.meters.items()},
     )

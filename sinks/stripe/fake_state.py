@@ -457,33 +457,27 @@ class FakeStripeState:
         item", https://docs.stripe.com/api/subscription_items/delete), and usage reported to it
         afterwards is refused as a missing item."""
         with self.lock:
-            for subscription in self.subscriptions.values():
-                items = subscription["items"]["data"]
-                if any(i["id"] == item_id for i in items):
-                    items[:] = [i for i in items if i["id"] != item_id]
-                    if clear_usage:
-                        self.usage_records.pop(item_id, None)
-                    return {"id": item_id, "object": "subscription_item", "deleted": True}
-        raise missing("subscription_item", item_id)
+            subscription, _ = self.subscription_item(item_id)
+            items = subscription["items"]["data"]
+            items[:] = [i for i in items if i["id"] != item_id]
+            if clear_usage:
+                self.usage_records.pop(item_id, None)
+        return {"id": item_id, "object": "subscription_item", "deleted": True}
 
-    def item_price(self, item_id: str) -> dict[str, Any]:
-        """The price of a subscription item."""
+    def subscription_item(self, item_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A subscription item and its subscription, or Stripe's resource_missing."""
         with self.lock:
             for subscription in self.subscriptions.values():
                 for item in subscription["items"]["data"]:
                     if item["id"] == item_id:
-                        price: dict[str, Any] = item["price"]
-                        return price
+                        return subscription, item
         raise missing("subscription_item", item_id)
 
     def item_period(self, item_id: str) -> tuple[int, int, int]:
         """(subscription start, current period start, end) of a subscription item, as of now."""
-        with self.lock:
-            for subscription in self.subscriptions.values():
-                if any(i["id"] == item_id for i in subscription["items"]["data"]):
-                    start = subscription["start_date"]
-                    return (start, *monthly_period(start, self.now()))
-        raise missing("subscription_item", item_id)
+        subscription, _ = self.subscription_item(item_id)
+        start = subscription["start_date"]
+        return (start, *monthly_period(start, self.now()))
 
     # -- meter events ----------------------------------------------------------------------------
 
@@ -639,7 +633,8 @@ class FakeStripeState:
         action = params.get("action", "increment")
         if action not in ("increment", "set"):
             raise invalid(f"Invalid action: {action}", param="action")
-        price = self.item_price(item_id)
+        _, item = self.subscription_item(item_id)
+        price = item["price"]
         if (price.get("recurring") or {}).get("meter"):
             # Usage records bill "a price with a usage_type of metered without a specified meter"
             # (https://docs.stripe.com/changelog/basil/2025-03-31/deprecate-legacy-usage-based-billing)

@@ -79,6 +79,7 @@ def sync(config: Config, caller: Caller, dry_run: bool = False) -> list[Change]:
         changes.append(
             _product(caller, product_id(name), f"{name} ({meter.unit})", {"meterline_meter": name}, dry_run)
         )
+    legacy = config.stripe.mode == "usage_records"  # its metered prices carry no meter
     for plan in sorted(config.plans.values(), key=lambda p: p.name):
         if plan.base_fee:
             product = f"meterline_plan_{plan.name}"
@@ -96,7 +97,6 @@ def sync(config: Config, caller: Caller, dry_run: bool = False) -> list[Change]:
             if config.meters[meter_name].stripe_event_name in refused_events:
                 changes.append(Change("price", key, "refused: its meter is refused (above)", ""))
                 continue
-            legacy = config.stripe.mode == "usage_records"
             terms = metered_price(
                 plan,
                 price,
