@@ -187,6 +187,16 @@ class StripeConfig:
     """A report still pending this long after its revision closed is resent only if Stripe's totals
     show it did not land: Stripe remembers an identifier "within a rolling period of at least 24
     hours" (sinks.stripe.landed)."""
+    invoice_grace_hours: int
+    """The account's invoice finalization grace period: usage may still be reported for a period
+    this long after it ends (Stripe's default 1 hour, at most 72:
+    https://docs.stripe.com/billing/subscriptions/usage-based/configure-grace-period)."""
+    search_again_seconds: int
+    """A customer search found nothing for is searched again after this long (Stripe's search lags
+    a new customer by "less than a minute" normally)."""
+    customer_wait_hours: int
+    """How long a window waits for its Stripe customer to be known, from the window's end; 0: until
+    its invoice can no longer take it (the end of its UTC month plus `invoice_grace_hours`)."""
 
 
 @dataclass(frozen=True)

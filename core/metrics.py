@@ -47,6 +47,10 @@ STRIPE_RETRIES = Counter("meterline_stripe_retries", "Stripe calls retried with 
 STRIPE_REPORTS = Counter(
     "meterline_stripe_reports", "Window revisions settled with Stripe, by ledger status.", ["status"]
 )
+STRIPE_WAITING = Gauge(
+    "meterline_stripe_waiting_for_customer",
+    "Window revisions held until Stripe knows their customer (the sink's last look at its ledger).",
+)
 STRIPE_REPORT_LATENCY = Histogram(
     "meterline_stripe_report_latency_seconds",
     "From a window's close (its aggregate on usage.aggregates) to Stripe's answer.",

@@ -456,6 +456,14 @@ def _stripe(s: Section) -> StripeConfig:
                 " (Stripe remembers an identifier at least 24 hours: resending later could add it twice)",
             ),
         ),
+        search_again_seconds=s.get("search_again_seconds", int, 60, between(1, 3600)),
+        invoice_grace_hours=s.get("invoice_grace_hours", int, 1, between(0, 72, " (Stripe's limit)")),
+        customer_wait_hours=s.get(
+            "customer_wait_hours",
+            int,
+            0,
+            between(0, 34 * 24, " (Stripe takes no meter event older than 35 days)"),
+        ),
     )
     return stripe
 

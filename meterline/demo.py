@@ -28,7 +28,7 @@ from core.config import Config
 from core.errors import MeterlineError
 from core.kafka import committed_reaches, read_ends
 from meterline import demo_usage, devstack, forward, inspect, progress
-from meterline.table import render
+from meterline.table import render, utc_minute
 from meterline.topics import role_topics
 from meterline.workload import Expected, WorkloadSpec, customer_ids
 
@@ -117,7 +117,8 @@ def _produce_and_judge(
     judgement matches it)."""
     print(
         f"\n== 2. a month of usage: {spec.events:,} records for {spec.customers} customers from "
-        f"{_iso(spec.start_ms)} to {_iso(spec.start_ms + spec.span_ms)} (seed {spec.seed}; duplicates "
+        f"{utc_minute(spec.start_ms)} to {utc_minute(spec.start_ms + spec.span_ms)} (seed {spec.seed}; "
+        f"duplicates "
         f"{spec.duplicate_rate:.0%}, late {spec.late_rate:.0%}, malformed {spec.malformed_rate:.0%}): "
         f"the SDK sends the first {1 - demo_usage.HTTP_SHARE:.0%} of the records, and `meterline ingest` "
         f"takes the valid events of the rest as CloudEvents, {demo_usage.HTTP_BATCH} a request"
@@ -438,7 +439,3 @@ def _stripe_would_bill(config: Config, address: forward.RunningRun, customer: st
         f"  Stripe's line rules on Stripe's own totals bill what the preview shows: {'yes' if same else 'NO'}"
     )
     return same
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+
+def utc_minute(epoch_ms: int) -> str:
+    """A moment as tables print it: 2026-12-07 15:53 UTC."""
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def render(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = None) -> str:

@@ -7,9 +7,10 @@
 3. Every pair whose drift exceeds the threshold is drilled into by hour: our hourly totals
    against Stripe's summaries grouped by hour (meter events only: usage records have no hours).
 4. Usage that is not billed is listed beside: revisions Stripe refused or the sink refused (the
-   ledger's `failed` rows), corrections that arrived after the invoice of their period was
-   finalized (known from the `invoice.finalized` webhook: Stripe has them, the invoice does not),
-   and the dead letters of the period by reason.
+   ledger's `failed` rows), revisions still waiting for Stripe to know their customer,
+   corrections that arrived after the invoice of their period was finalized (known from the
+   `invoice.finalized` webhook: Stripe has them, the invoice does not), and the dead letters of
+   the period by reason.
 5. The run is stored in `reconciliation_runs`.
 """
 
@@ -33,6 +34,7 @@ from reconciler.periods import resolve
 from reconciler.usage import PeriodError, period_bounds
 from sinks.clickhouse.queries import in_span
 from sinks.stripe.calls import Caller
+from sinks.stripe.customers import KnownCustomers
 from sinks.stripe.directory import Directory
 from sinks.stripe.totals import StripeTotals
 
@@ -115,7 +117,7 @@ def reconcile(
     meters = [meter] if meter else list(config.meters)
     # 2. Stripe's.
     theirs: dict[Pair, int] = {}
-    stripe = StripeTotals(caller, config)
+    stripe = StripeTotals(caller, config, KnownCustomers(client).find)
     items = stripe.directory  # one directory: each customer and item is looked up once per run
     for n, who in enumerate(customers, 1):
         for what in meters:
@@ -226,7 +228,7 @@ def _unbilled(
 ) -> list[Unbilled]:
     rows = client.query(
         "SELECT customer_id, meter, error_code, sum(value), count() FROM stripe_reports FINAL "
-        f"WHERE status = 'failed' AND {in_span()}{_where(customer, meter)} "
+        f"WHERE status IN ('failed', 'waiting_for_customer') AND {in_span()}{_where(customer, meter)} "
         "GROUP BY customer_id, meter, error_code ORDER BY customer_id, meter, error_code",
         parameters={"start": start, "end": end, "customer": customer, "meter": meter},
     ).result_rows

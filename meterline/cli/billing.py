@@ -21,7 +21,7 @@ from meterline.cli.common import (
     role_arguments,
     run_until_signalled,
 )
-from meterline.table import render
+from meterline.table import render, utc_minute
 
 if TYPE_CHECKING:
     from reconciler.pricing import Invoice
@@ -39,6 +39,19 @@ def register(commands: Any) -> None:
     sync.add_argument("--dry-run", action="store_true", help="show what would be created, change nothing")
     sync.add_argument("--json", action="store_true")
     sync.set_defaults(run=_stripe_sync)
+    customers = stripe_commands.add_parser(
+        "customers",
+        help="the Stripe customers meterline knows without searching, and the customers usage waits for",
+    )
+    customers.add_argument(
+        "--import",
+        dest="import_file",
+        type=Path,
+        metavar="FILE",
+        help="a CSV of customer_id,stripe_customer to add to the map (webhooks keep it current after)",
+    )
+    customers.add_argument("--json", action="store_true")
+    customers.set_defaults(run=_stripe_customers)
 
     invoice = commands.add_parser("invoice", help="what a customer's invoice will say").add_subparsers(
         title="invoice"
@@ -133,6 +146,52 @@ def _stripe_sync(args: argparse.Namespace) -> int:
     changes = [dataclasses.asdict(c) for c in made]
     print(json.dumps(changes) if args.json else render(changes))
     return 1 if refused(made) else 0
+
+
+def _stripe_customers(args: argparse.Namespace) -> int:
+    from sinks.clickhouse.client import connect
+    from sinks.stripe.customers import CustomersFileError, KnownCustomers, parse_import
+    from sinks.stripe.ledger import Ledger
+    from sinks.stripe.report import customer_wait_until
+
+    config = load(args)
+    imported = []
+    if args.import_file is not None:
+        try:
+            imported = parse_import(args.import_file.read_text())
+        except (OSError, CustomersFileError) as exc:
+            return cannot_run(f"stripe customers --import {args.import_file}", exc, args.json)
+    client = connect(config)
+    try:
+        known_customers = KnownCustomers(client)
+        known_customers.record(imported)
+        known = known_customers.count_by_source()
+        waiting = Ledger(client, config.stripe.mode).waiting()
+    finally:
+        client.close()
+    size_ms = config.windows.size_ms
+    rows = [
+        {
+            "customer": customer,
+            "waiting revisions": w.revisions,
+            "earliest window": utc_minute(w.earliest_window_start),
+            "unbilled after": utc_minute(
+                customer_wait_until(w.earliest_window_start, w.earliest_window_start + size_ms, config.stripe)
+            ),
+        }
+        for customer, w in sorted(waiting.items())
+    ]
+    if args.json:
+        print(json.dumps({"imported": len(imported), "known": known, "waiting": rows}))
+        return 0
+    if imported:
+        print(f"imported {len(imported)} customers from {args.import_file}")
+    print(
+        "known without search: "
+        + (", ".join(f"{n} from {source}" for source, n in sorted(known.items())) or "none")
+    )
+    print(render(rows) if rows else "no usage waits for its Stripe customer")
+    return 0
 
 
 def _invoice_preview(args: argparse.Namespace) -> int:

@@ -54,6 +54,7 @@ def _replay(args: argparse.Namespace) -> int:
     )
     from sinks.clickhouse.client import connect
     from sinks.stripe.calls import caller_for
+    from sinks.stripe.customers import KnownCustomers
     from sinks.stripe.totals import StripeTotals
 
     config = load(args)
@@ -64,14 +65,14 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         stored = stored_windows(client, args.start, args.end, args.customer)
         reported = reported_windows(client, args.start, args.end, args.customer)
+        in_clickhouse = clickhouse_differences(rederived, stored)
+        stripe = StripeTotals(caller_for(config), config, KnownCustomers(client).find)
+        in_stripe = stripe_differences(rederived, stripe, args.start, args.end)
+        fixes = []
+        if args.repair:
+            fixes = plan_repairs(config, stripe, rederived, stored, reported, int(time.time() * 1000))
     finally:
         client.close()
-    in_clickhouse = clickhouse_differences(rederived, stored)
-    stripe = StripeTotals(caller_for(config), config)
-    in_stripe = stripe_differences(rederived, stripe, args.start, args.end)
-    fixes = []
-    if args.repair:
-        fixes = plan_repairs(config, stripe, rederived, stored, reported, int(time.time() * 1000))
         if fixes:
             emit_repairs(config, bootstrap, fixes)
     summary = {

@@ -1,16 +1,18 @@
 """Who is who at Stripe: a meterline customer's Stripe customer, and (legacy usage records) the
 subscription item that bills a meter. Configured mappings win; others are looked up and cached
 (customers for good, subscription items for a few minutes, as plans change, and afresh after a
-subscription event about their customer): customers by their
-metadata (`stripe.customer_metadata_key`), subscription items of an active, trialing or past-due
-subscription by their price's metadata `meterline_meter` (as `meterline stripe sync` creates
-prices) or, for prices made by hand, its lookup key `meterline_<meter>`. A window goes to the item
-that billed its meter at the window's time (`item_at`): after a plan change, a late window from
-before it is not billed at the new item's price.
+subscription event about their customer): customers in the map of those known from webhooks and
+imports (sinks.stripe.customers), else searched by their metadata (`stripe.customer_metadata_key`;
+a miss is searched again after `stripe.search_again_seconds`); subscription items of an active,
+trialing or past-due subscription by their price's metadata `meterline_meter` (as `meterline
+stripe sync` creates prices) or, for prices made by hand, its lookup key `meterline_<meter>`. A
+window goes to the item that billed its meter at the window's time (`item_at`): after a plan
+change, a late window from before it is not billed at the new item's price.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,7 +22,6 @@ from typing import Any, TypeVar
 from core.config import StripeConfig
 from sinks.stripe.calls import Caller
 
-NEGATIVE_TTL_S = 60.0  # an unknown customer is looked up again after this long (it may be created)
 ITEM_TTL_S = 300.0  # a subscription item found is looked up again after this long (plans change)
 Found = TypeVar("Found")
 BILLING_STATUSES = ("active", "trialing", "past_due")
@@ -54,19 +55,40 @@ def billing_from(subscription: Any, item: Any) -> int:
     return int(item["created"])
 
 
+Known = Callable[[Iterable[str]], dict[str, str]]
+"""meterline ids -> the Stripe customers known for them without searching (KnownCustomers.find)."""
+
+
 class Directory:
-    def __init__(self, config: StripeConfig, caller: Caller) -> None:
+    def __init__(self, config: StripeConfig, caller: Caller, known: Known | None = None) -> None:
         self.config = config
         self.caller = caller
+        self.known = known
         self._customers: dict[str, tuple[str | None, float]] = {}
         self._items: dict[tuple[str, str], tuple[tuple[BillingItem, ...] | None, float]] = {}
         self._lock = threading.Lock()
 
     def customer(self, customer_id: str) -> str | None:
-        configured = self.config.customers.get(customer_id)
-        if configured:
-            return configured
-        return self._cached(self._customers, customer_id, lambda: self._search_customer(customer_id))
+        return self.customers([customer_id])[customer_id]
+
+    def customers(self, customer_ids: Iterable[str]) -> dict[str, str | None]:
+        """Each one's Stripe customer (None: not known yet). The known map is asked once for all
+        those not found before, each time: a webhook may have named them since."""
+        wanted = set(customer_ids)
+        found: dict[str, str | None] = {c: self.config.customers.get(c) for c in wanted}
+        with self._lock:
+            for customer_id in wanted:
+                hit = self._customers.get(customer_id)
+                if found[customer_id] is None and hit is not None and hit[0] is not None:
+                    found[customer_id] = hit[0]
+        missing = [c for c, stripe_customer in found.items() if stripe_customer is None]
+        if missing and self.known is not None:
+            found.update(self.known(missing))
+        for customer_id in [c for c, stripe_customer in found.items() if stripe_customer is None]:
+            found[customer_id] = self._cached(
+                self._customers, customer_id, functools.partial(self._search_customer, customer_id)
+            )
+        return found
 
     def subscription_items(self, stripe_customer: str, meter: str) -> tuple[BillingItem, ...]:
         """The customer's items pricing the meter (none: it has no subscription billing it)."""
@@ -97,7 +119,7 @@ class Directory:
             hit = cache.get(key)
         if hit is not None:
             age = time.monotonic() - hit[1]
-            if age < (found_ttl_s if hit[0] is not None else NEGATIVE_TTL_S):
+            if age < (found_ttl_s if hit[0] is not None else self.config.search_again_seconds):
                 return hit[0]
         found = look_up()
         with self._lock:

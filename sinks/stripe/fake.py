@@ -18,6 +18,7 @@ rate limiting and injectable faults.
   send a duplicate, an old event, a stale signature or a wrong one. The meter error report is a
   thin event, as Stripe sends it, whose event is served at GET /v2/core/events/<id> (`errors`
   [{code, identifier, message}] may be given; `fetchable: false` sends one Stripe will not serve).
+- Search lags writes by `search_lag_seconds` (`--search-lag-seconds`), as Stripe's does.
 - Inspection for tests and benchmarks: GET /_fake/meter_events, /_fake/error_reports,
   /_fake/usage_records, /_fake/stats.
 
@@ -87,8 +88,8 @@ class _Saved:
 class FakeStripe:
     """The fake's state, idempotency records, sessions and faults; `serve()` puts it on HTTP."""
 
-    def __init__(self, seed: int | None = None) -> None:
-        self.state = FakeStripeState()
+    def __init__(self, seed: int | None = None, search_lag_seconds: float = 0.0) -> None:
+        self.state = FakeStripeState(search_lag_seconds=search_lag_seconds)
         self.faults = Faults()
         self.random = random.Random(seed)
         self.calls = 0
@@ -623,8 +624,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--search-lag-seconds", type=float, default=0.0, help="how long a new customer is not found by search"
+    )
     args = parser.parse_args()
-    with make_server(FakeStripe(), args.host, args.port) as server:
+    with make_server(FakeStripe(search_lag_seconds=args.search_lag_seconds), args.host, args.port) as server:
         server.serve_forever()
 
 

@@ -198,6 +198,11 @@ class FakeStripeState:
         default_factory=dict
     )  # subscription item -> records
     identifiers: dict[str, int] = field(default_factory=dict)  # identifier -> when it was first accepted
+    search_lag_seconds: float = 0.0
+    """How long a customer written is not yet found by search: "Under normal operating conditions,
+    data is searchable in less than a minute ... can be up to an hour behind during outages"
+    (https://docs.stripe.com/api/customers/search). Retrieving it by id has no lag."""
+    written_at: dict[str, float] = field(default_factory=dict)  # customer -> clock() of its last write
     lock: threading.RLock = field(default_factory=threading.RLock)
     clock: Any = time.time  # tests move time
 
@@ -219,6 +224,7 @@ class FakeStripeState:
         }
         with self.lock:
             self.customers[customer_id] = customer
+            self.written_at[customer_id] = self.clock()
         return customer
 
     def customer(self, customer_id: str) -> dict[str, Any]:
@@ -229,15 +235,21 @@ class FakeStripeState:
         return found
 
     def search_customers(self, query: str) -> list[dict[str, Any]]:
-        """Stripe's search syntax, the one clause meterline uses: metadata['key']:'value'."""
+        """Stripe's search syntax, the one clause meterline uses: metadata['key']:'value'. A
+        customer is found `search_lag_seconds` after it was written."""
         import re
 
         match = re.fullmatch(r"\s*metadata\['([^']+)'\]\s*:\s*'([^']*)'\s*", query)
         if match is None:
             raise invalid(f"Unsupported search query: {query}", param="query")
         key, value = match.groups()
+        indexed_before = self.clock() - self.search_lag_seconds
         with self.lock:
-            return [c for c in self.customers.values() if c["metadata"].get(key) == value]
+            return [
+                c
+                for c in self.customers.values()
+                if c["metadata"].get(key) == value and self.written_at[c["id"]] <= indexed_before
+            ]
 
     def create_product(self, params: Mapping[str, Any]) -> dict[str, Any]:
         if not params.get("name"):

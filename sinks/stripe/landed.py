@@ -25,6 +25,7 @@ from functools import cached_property
 
 from core.config import Config
 from sinks.stripe.calls import Caller
+from sinks.stripe.customers import KnownCustomers
 from sinks.stripe.ledger import Ledger
 from sinks.stripe.report import Outcome, Report, Status
 from sinks.stripe.totals import StripeTotals
@@ -63,7 +64,7 @@ class LostReports:
     @cached_property
     def totals(self) -> StripeTotals:
         """Made at the first check: it lists Stripe's meters, which `stripe sync` may make later."""
-        return StripeTotals(self.caller, self.config)
+        return StripeTotals(self.caller, self.config, KnownCustomers(self.ledger.client).find)
 
     def may_be_forgotten(self, report: Report, now_ms: int) -> bool:
         """Whether Stripe may have forgotten the identifier of this pending report: its revision

@@ -5,8 +5,10 @@ wins (ReplacingMergeTree on updated_at), so reads use FINAL.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from schemas.records import AggregateIdentity, WindowAggregate
@@ -33,6 +35,26 @@ COLUMNS = (
     "stripe_request_id",
     "updated_at",
 )
+
+
+HELD_COLUMNS = ("held_record", "held_partition", "held_offset")
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """A record of usage.aggregates as the sink consumed it (a waiting revision's is held in the
+    ledger)."""
+
+    value: bytes
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Waiting:
+    revisions: int
+    earliest_window_start: int
+    """Epoch ms: its horizon comes first (sinks.stripe.report.customer_wait_until)."""
 
 
 class Ledger:
@@ -80,8 +102,38 @@ class Ledger:
         ).result_rows
         return [(Status(status), int(value)) for status, value in rows]
 
-    def record(self, entries: Sequence[tuple[WindowAggregate, str, str, Outcome]]) -> None:
-        """Append (aggregate, Stripe customer, Stripe event name, outcome) rows."""
+    def waiting(self) -> dict[str, Waiting]:
+        """The customers whose revisions wait for Stripe to know them."""
+        rows = self.client.query(
+            "SELECT customer_id, count(), toUnixTimestamp64Milli(min(window_start)) FROM stripe_reports "
+            "FINAL WHERE status = 'waiting_for_customer' GROUP BY customer_id"
+        ).result_rows
+        return {str(c): Waiting(int(n), int(earliest)) for c, n, earliest in rows}
+
+    def held(self, customers: Iterable[str]) -> list[Consumed]:
+        """The records the waiting revisions of these customers came as, in offset order."""
+        wanted = sorted(set(customers))
+        if not wanted:
+            return []
+        rows = self.client.query(
+            "SELECT held_record, held_partition, held_offset FROM stripe_reports FINAL "
+            "WHERE status = 'waiting_for_customer' AND customer_id IN %(wanted)s "
+            "ORDER BY held_partition, held_offset",
+            parameters={"wanted": wanted},
+        ).result_rows
+        return [Consumed(base64.b64decode(record), int(p), int(o)) for record, p, o in rows]
+
+    def hold(self, entries: Sequence[tuple[WindowAggregate, Consumed, Outcome]]) -> None:
+        """Append `waiting_for_customer` rows, each with the record its revision came as."""
+        self.record([(a, "", "", outcome) for a, _, outcome in entries], [h for _, h, _ in entries])
+
+    def record(
+        self,
+        entries: Sequence[tuple[WindowAggregate, str, str, Outcome]],
+        held: Sequence[Consumed] | None = None,
+    ) -> None:
+        """Append (aggregate, Stripe customer, Stripe event name, outcome) rows (`held`: the
+        records of waiting ones, row by row)."""
         if not entries:
             return
         # A later write must win even within the same millisecond: versions only grow.
@@ -107,4 +159,11 @@ class Ledger:
             ]
             for a, stripe_customer, event_name, outcome in entries
         ]
-        self.client.insert("stripe_reports", rows, column_names=list(COLUMNS))
+        columns = list(COLUMNS)
+        if held is not None:
+            rows = [
+                [*row, base64.b64encode(h.value).decode(), h.partition, h.offset]
+                for row, h in zip(rows, held, strict=True)
+            ]
+            columns += HELD_COLUMNS
+        self.client.insert("stripe_reports", rows, column_names=columns)

@@ -10,13 +10,16 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
+from core.config import StripeConfig
 from schemas.records import AggregateIdentity, WindowAggregate
 
 MAX_PAST_S = 35 * 86_400  # Stripe refuses meter events older than 35 days
 PAST_MARGIN_S = 3_600  # refuse an hour early: the call may be retried for a while
 _IDENTIFIER_MAX = 100  # Stripe's limit
+HOUR_MS = 3_600_000
 
 
 class Status(StrEnum):
@@ -24,11 +27,14 @@ class Status(StrEnum):
     SENT = "sent"
     CONFIRMED = "confirmed"
     FAILED = "failed"
+    WAITING = "waiting_for_customer"
+    """Its Stripe customer is not known yet: the ledger holds the revision until it is (or until
+    its horizon, `customer_wait_until`), so its offset may be committed meanwhile."""
 
     @property
-    def terminal(self) -> bool:
-        """Whether the sink is done with it (its offset may be committed)."""
-        return self is not Status.PENDING
+    def done(self) -> bool:
+        """Whether the sink is done with it: never reported again."""
+        return self not in (Status.PENDING, Status.WAITING)
 
 
 class Reason(StrEnum):
@@ -101,6 +107,21 @@ class Outcome:
     error_code: str = ""
     last_error: str = ""
     request_id: str = ""
+
+
+def customer_wait_until(window_start_ms: int, window_end_ms: int, stripe: StripeConfig) -> int:
+    """Epoch ms until which a window waits for its Stripe customer to be known. With
+    `customer_wait_hours`, that long after the window's end; with 0, until its invoice can no longer
+    take it: the invoice of a period is finalized `invoice_grace_hours` after the period ends, and
+    usage reported later is not on it
+    (https://docs.stripe.com/billing/subscriptions/usage-based/configure-grace-period). A customer
+    Stripe has not named has no billing period meterline could know: the UTC calendar month the
+    window starts in stands for it."""
+    if stripe.customer_wait_hours:
+        return window_end_ms + stripe.customer_wait_hours * HOUR_MS
+    start = datetime.fromtimestamp(window_start_ms / 1000, UTC)
+    month_end = datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=UTC)
+    return int(month_end.timestamp()) * 1000 + stripe.invoice_grace_hours * HOUR_MS
 
 
 def too_old(aggregate: WindowAggregate, now_s: float | None = None) -> bool:

@@ -3,9 +3,12 @@
 Per batch of consumed aggregates, in this order:
 1. Decode each and resolve who it bills (Stripe customer, meter event name, the subscription
    item for legacy usage records). Refuse before any call what Stripe would refuse for good: an
-   unknown customer or meter, a window older than Stripe's 35 days, a legacy correction that
-   lowers usage where `set` would not be exact (a window other partitions reported too; where it
-   is exact, the correction sets the window's total instead of incrementing by a negative delta).
+   unknown meter, a window older than Stripe's 35 days, a legacy correction that lowers usage
+   where `set` would not be exact (a window other partitions reported too; where it is exact, the
+   correction sets the window's total instead of incrementing by a negative delta). A revision
+   whose Stripe customer is not known yet waits (`waiting_for_customer`, held in the ledger);
+   the batch also takes up the held revisions of customers known since, before its own, and
+   refuses as `unknown_customer` those whose horizon passed (`customer_wait_until`).
 2. Read the ledger: a revision already sent, confirmed or failed (before a crash or a rebalance)
    is not reported again. One still `pending` from before (its answer lost) whose revision closed
    more than `stripe.resend_check_after_hours` ago may be one Stripe has forgotten the
@@ -15,12 +18,14 @@ Per batch of consumed aggregates, in this order:
 4. Report: per (customer, meter) one call at a time in offset order, groups concurrently, under
    the client-side rate limit; each call retried until it settles (sinks.stripe.calls), with the
    identifier and Idempotency-Key of its aggregate identity.
-5. Write the outcomes to the ledger; send every refused revision to usage.stripe.dlq with its
-   reason, and wait until the DLQ has them.
-6. Commit the batch's offsets: only now is every revision in a terminal state.
+5. Write the outcomes to the ledger (a waiting revision with its record); send every refused
+   revision to usage.stripe.dlq with its reason, and wait until the DLQ has them.
+6. Commit the batch's offsets: only now is every revision settled or held.
 A crash anywhere re-reads the batch: step 2 skips what settled, and what was in flight is sent
 again with the same identifier and key, which Stripe answers with the first result (or
-`duplicate_meter_event`): no identifier is billed twice.
+`duplicate_meter_event`): no identifier is billed twice. Between batches the sink takes up held
+revisions every few seconds. Two sinks may take up the same one after a rebalance: its identifier
+makes the second report a duplicate Stripe does not count.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from core import metrics
 from core.config import Config
@@ -44,15 +49,27 @@ from schemas.records import AggregateIdentity, WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.stripe.calls import caller_for
+from sinks.stripe.customers import KnownCustomers
 from sinks.stripe.directory import Directory, item_at
 from sinks.stripe.landed import LostReports
-from sinks.stripe.ledger import Ledger
-from sinks.stripe.report import STREAM_BATCH, Outcome, Reason, Report, Status, identifier, too_old
+from sinks.stripe.ledger import Consumed, Ledger, Waiting
+from sinks.stripe.report import (
+    STREAM_BATCH,
+    Outcome,
+    Reason,
+    Report,
+    Status,
+    customer_wait_until,
+    identifier,
+    too_old,
+)
 
 log = logging.getLogger("meterline.sink.stripe")
 
 BATCH = 500
 SUBSCRIPTION_LOOK_S = 5.0  # how often the sink looks for subscription events (legacy usage records)
+WAITING_LOOK_S = 5.0  # how often, between batches, the sink looks whether waiting customers are known
+WAITING_RELOAD_S = 60.0  # how often it rereads which customers wait (another sink may hold some)
 
 
 @dataclass
@@ -62,15 +79,17 @@ class StripeSinkStats:
     sent: int = 0
     confirmed: int = 0
     failed: int = 0
+    waiting: int = 0
+    released: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class _Item:
-    message: Message
+    record: Consumed
     aggregate: WindowAggregate
-    report: Report | None  # None: refused in step 1
-    refusal: Outcome | None
+    report: Report | None  # None: decided in step 1
+    decided: Outcome | None  # refused (failed) or waiting for its customer
 
 
 class StripeSink:
@@ -85,12 +104,14 @@ class StripeSink:
         self.mode = config.stripe.mode
         self.group_id = group_id
         self.caller = caller_for(config)
-        self.directory = Directory(config.stripe, self.caller)
         self.event_names = {name: meter.stripe_event_name for name, meter in config.meters.items()}
         self.serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
         self.stats = StripeSinkStats()
         self._client = connect(config, dsn)
+        self.directory = Directory(config.stripe, self.caller, KnownCustomers(self._client).find)
         self.ledger = Ledger(self._client, self.mode)
+        self._waiting: dict[str, Waiting] = {}
+        self._waiting_looked_at = self._waiting_read_at = float("-inf")
         self._lost = LostReports(config, self.caller, self.ledger)
         self._subscriptions_seen = 0  # epoch s of the newest subscription event looked at
         self._subscriptions_looked_at = float("-inf")
@@ -107,9 +128,14 @@ class StripeSink:
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         assignment = Assignment("stripe")
+
+        def assigned(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            assignment.assigned(consumer, partitions)
+            self._waiting_read_at = float("-inf")  # the partitions' waiting customers, from the ledger
+
         self._consumer.subscribe(
             [self.config.topics.aggregates],
-            on_assign=assignment.assigned,
+            on_assign=assigned,
             on_revoke=assignment.revoked,
             on_lost=assignment.revoked,
         )
@@ -117,14 +143,16 @@ class StripeSink:
         try:
             while not should_stop():
                 messages = [m for m in self._consumer.consume(BATCH, timeout=0.5) if self._usable(m)]
+                if self.mode == "usage_records" and messages:
+                    self._forget_changed_subscriptions()
                 if messages:
-                    if self.mode == "usage_records":
-                        self._forget_changed_subscriptions()
                     self._batch_since = time.monotonic()
                     metrics.SINK_RECORDS.labels("stripe").inc(len(messages))
                     self._process(messages)
                     metrics.SINK_FLUSH_SECONDS.labels("stripe").observe(time.monotonic() - self._batch_since)
                     self._batch_since = None
+                elif time.monotonic() - self._waiting_looked_at >= WAITING_LOOK_S:
+                    self._process([])  # only the waiting revisions
                 if time.monotonic() - last_log >= 10:
                     last_log = time.monotonic()
                     log.info(
@@ -156,15 +184,24 @@ class StripeSink:
             self._subscriptions_seen = max(int(at) for _, at in rows)
 
     def _process(self, messages: list[Message]) -> None:
-        # 1. Decode, resolve, refuse early.
-        items = self._shared_windows([self._resolve(m) for m in messages])
-        self.stats.aggregates += len(items)
+        # 1. Decode, resolve, refuse early; the waiting revisions of customers known since first.
+        consumed = [Consumed(m.value() or b"", m.partition() or 0, m.offset() or 0) for m in messages]
+        aggregates = [self.serde.decode_aggregate(c.value) for c in consumed]
+        now_ms = int(time.time() * 1000)
+        customers = self.directory.customers({a.customer_id for a in aggregates} | set(self._waiting_now()))
+        released = self._released(customers, now_ms)
+        aggregates = [self.serde.decode_aggregate(c.value) for c in released] + aggregates
+        items = self._shared_windows(
+            [
+                self._resolve(record, aggregate, customers, now_ms)
+                for record, aggregate in zip(released + consumed, aggregates, strict=True)
+            ]
+        )
+        self.stats.aggregates += len(messages)
         # 2. What settled before is not reported again.
         settled = self.ledger.statuses(i.aggregate.identity for i in items)
         todo = [
-            i
-            for i in items
-            if not (i.aggregate.identity in settled and settled[i.aggregate.identity].terminal)
+            i for i in items if not (i.aggregate.identity in settled and settled[i.aggregate.identity].done)
         ]
         self.stats.already_settled += len(items) - len(todo)
         decided = self._decide_lost(todo, settled)
@@ -174,12 +211,19 @@ class StripeSink:
         # 4. Report.
         outcomes = self._report([i.report for i in to_call if i.report is not None])
         results = [(i, outcomes[i.report.identifier]) for i in to_call if i.report is not None]
-        results += [(i, i.refusal) for i in todo if i.refusal is not None]
+        results += [
+            (i, i.decided)
+            for i in todo
+            if i.decided is not None  # and not held already: a revision waits in one row
+            and not (i.decided.status is Status.WAITING and i.aggregate.identity in settled)
+        ]
         results += [
             (i, decided[i.report.identifier]) for i in todo if i.report and i.report.identifier in decided
         ]
         # 5. Outcomes to the ledger, refusals to the DLQ.
-        self.ledger.record([self._entry(i, outcome) for i, outcome in results])
+        held = [(i, o) for i, o in results if o.status is Status.WAITING]
+        self.ledger.record([self._entry(i, o) for i, o in results if o.status is not Status.WAITING])
+        self.ledger.hold([(i.aggregate, i.record, o) for i, o in held])
         answered_at = time.time() * 1000
         for item, outcome in results:
             self._count(outcome)
@@ -191,17 +235,48 @@ class StripeSink:
             raise KafkaException(
                 KafkaError(KafkaError._MSG_TIMED_OUT, "usage.stripe.dlq did not take the refusals")
             )
+        if released or held:
+            self._waiting_read_at = float("-inf")  # read again at the next look
         # 6. Commit.
         ends: dict[tuple[str, int], int] = {}
         for message in messages:
             key = (message.topic() or "", message.partition() or 0)
             ends[key] = max(ends.get(key, 0), (message.offset() or 0) + 1)
+        if not ends:
+            return
         try:
             self._consumer.commit(
                 offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False
             )
         except KafkaException as exc:  # revoked meanwhile: the new owner finds them settled (step 2)
             log.warning("commit failed (%s); the batch will be read again and found settled", exc)
+
+    def _waiting_now(self) -> dict[str, Waiting]:
+        """The customers whose revisions the ledger holds, reread every minute (and after this sink
+        held or released some, or was assigned partitions)."""
+        if time.monotonic() - self._waiting_read_at >= WAITING_RELOAD_S:
+            self._waiting = self.ledger.waiting()
+            self._waiting_read_at = time.monotonic()
+            metrics.STRIPE_WAITING.set(sum(w.revisions for w in self._waiting.values()))
+        self._waiting_looked_at = time.monotonic()
+        return self._waiting
+
+    def _released(self, customers: dict[str, str | None], now_ms: int) -> list[Consumed]:
+        """The held records to take up: every waiting revision of a customer now known, and of one
+        still unknown whose earliest waiting window passed its horizon (refused in `_resolve`)."""
+        size_ms = self.config.windows.size_ms
+        due = [
+            customer
+            for customer, waiting in self._waiting.items()
+            if customers.get(customer) is not None
+            or customer_wait_until(
+                waiting.earliest_window_start, waiting.earliest_window_start + size_ms, self.config.stripe
+            )
+            <= now_ms
+        ]
+        released = self.ledger.held(due)
+        self.stats.released += len(released)
+        return released
 
     def _decide_lost(self, todo: list[_Item], settled: dict[AggregateIdentity, Status]) -> dict[str, Outcome]:
         """Step 2's second half: the pending reports Stripe may have forgotten the identifiers of,
@@ -218,36 +293,31 @@ class StripeSink:
         ]
         return self._lost.decide(lost) if lost else {}
 
-    def _resolve(self, message: Message) -> _Item:
-        aggregate = self.serde.decode_aggregate(message.value() or b"")
+    def _resolve(
+        self, record: Consumed, aggregate: WindowAggregate, customers: dict[str, str | None], now_ms: int
+    ) -> _Item:
         event_name = self.event_names.get(aggregate.meter)
         if event_name is None:
             return self._refused(
-                message, aggregate, Reason.UNKNOWN_METER, f"meter {aggregate.meter!r} is not configured"
+                record, aggregate, Reason.UNKNOWN_METER, f"meter {aggregate.meter!r} is not configured"
             )
         if too_old(aggregate):
             return self._refused(
-                message,
+                record,
                 aggregate,
                 Reason.TIMESTAMP_TOO_OLD,
                 "the window is older than Stripe's 35 days (less an hour)",
             )
-        stripe_customer = self.directory.customer(aggregate.customer_id)
+        stripe_customer = customers.get(aggregate.customer_id)
         if stripe_customer is None:
-            return self._refused(
-                message,
-                aggregate,
-                Reason.UNKNOWN_CUSTOMER,
-                f"no Stripe customer for {aggregate.customer_id!r} (stripe.customers, or metadata "
-                f"{self.config.stripe.customer_metadata_key})",
-            )
+            return self._unknown_customer(record, aggregate, now_ms)
         item = None
         sets_total = False
         if self.mode == "usage_records":
             items = self.directory.subscription_items(stripe_customer, aggregate.meter)
             if not items:
                 return self._refused(
-                    message,
+                    record,
                     aggregate,
                     Reason.NO_SUBSCRIPTION_ITEM,
                     f"{stripe_customer} has no active subscription item priced for {aggregate.meter}",
@@ -256,7 +326,7 @@ class StripeSink:
             if billing is None:
                 at = datetime.fromtimestamp(aggregate.window_start / 1000, UTC)
                 return self._refused(
-                    message,
+                    record,
                     aggregate,
                     Reason.NO_ITEM_AT_WINDOW_TIME,
                     f"no subscription item of {stripe_customer} billed {aggregate.meter} at the window's "
@@ -270,14 +340,34 @@ class StripeSink:
                 # exact when this partition alone reported the window (see also _shared_windows).
                 others = self.ledger.other_partitions_reported(aggregate)
                 if others:
-                    return self._cannot_lower(message, aggregate, others)
+                    return self._cannot_lower(record, aggregate, others)
                 sets_total = True
         report = Report(aggregate, stripe_customer, event_name, item, sets_total)
-        return _Item(message, aggregate, report, None)
+        return _Item(record, aggregate, report, None)
 
-    def _cannot_lower(self, message: Message, aggregate: WindowAggregate, others: Sequence[int]) -> _Item:
+    def _unknown_customer(self, record: Consumed, aggregate: WindowAggregate, now_ms: int) -> _Item:
+        """Stripe does not know the customer yet (search lags a new one by up to an hour): the
+        revision waits, until its horizon; then it is refused."""
+        until = customer_wait_until(aggregate.window_start, aggregate.window_end, self.config.stripe)
+        at = f"{datetime.fromtimestamp(until / 1000, UTC):%Y-%m-%d %H:%M} UTC"
+        where = (
+            f"stripe.customers, a customer.created webhook, `meterline stripe customers --import`, or "
+            f"metadata {self.config.stripe.customer_metadata_key}"
+        )
+        if now_ms >= until:
+            return self._refused(
+                record,
+                aggregate,
+                Reason.UNKNOWN_CUSTOMER,
+                f"no Stripe customer for {aggregate.customer_id!r} by {at}, when its invoice could no longer "
+                f"take the window ({where})",
+            )
+        detail = f"no Stripe customer for {aggregate.customer_id!r} yet ({where}); waits until {at}"
+        return _Item(record, aggregate, None, Outcome(Status.WAITING, 0, str(Status.WAITING), detail))
+
+    def _cannot_lower(self, record: Consumed, aggregate: WindowAggregate, others: Sequence[int]) -> _Item:
         return self._refused(
-            message,
+            record,
             aggregate,
             Reason.CANNOT_LOWER_USAGE,
             f"a correction of {aggregate.delta} for a window partitions {list(others)} also report: Stripe's "
@@ -298,12 +388,12 @@ class StripeSink:
             window = (i.aggregate.customer_id, i.aggregate.meter, i.aggregate.window_start)
             others = sorted(partitions[window] - {i.aggregate.source_partition})
             shared = i.report is not None and i.report.sets_total and others
-            checked.append(self._cannot_lower(i.message, i.aggregate, others) if shared else i)
+            checked.append(self._cannot_lower(i.record, i.aggregate, others) if shared else i)
         return checked
 
     @staticmethod
-    def _refused(message: Message, aggregate: WindowAggregate, reason: Reason, detail: str) -> _Item:
-        return _Item(message, aggregate, None, Outcome(Status.FAILED, 0, str(reason), detail))
+    def _refused(record: Consumed, aggregate: WindowAggregate, reason: Reason, detail: str) -> _Item:
+        return _Item(record, aggregate, None, Outcome(Status.FAILED, 0, str(reason), detail))
 
     def _report(self, reports: Sequence[Report]) -> dict[str, Outcome]:
         if self.mode == "meter_event_stream":
@@ -338,12 +428,14 @@ class StripeSink:
             self.stats.sent += 1
         elif outcome.status is Status.CONFIRMED:
             self.stats.confirmed += 1
+        elif outcome.status is Status.WAITING:
+            self.stats.waiting += 1
         elif outcome.status is Status.FAILED:
             self.stats.failed += 1
             self.stats.by_reason[outcome.error_code] = self.stats.by_reason.get(outcome.error_code, 0) + 1
 
     def _dead_letter(self, item: _Item, outcome: Outcome) -> None:
-        message = item.message
+        record = item.record
         aggregate = item.aggregate
         log.warning(
             "not billed: %s (%s); sent to %s",
@@ -360,14 +452,14 @@ class StripeSink:
         letter = DeadLetter(
             outcome.error_code or str(Reason.REFUSED),
             outcome.last_error,
-            message.topic() or "",
-            message.partition() or 0,
-            message.offset() or 0,
+            self.config.topics.aggregates,
+            record.partition,
+            record.offset,
             identifier=identifier(item.aggregate.identity),
         )
         self._dlq.produce(
             self.config.topics.stripe_dlq,
-            message.value(),
+            record.value,
             item.aggregate.customer_id.encode(),
             headers=letter.headers(),
         )

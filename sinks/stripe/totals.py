@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from core.config import Config
 from sinks.stripe.calls import Caller
-from sinks.stripe.directory import Directory
+from sinks.stripe.directory import Directory, Known
 
 
 def meter_ids(caller: Caller, config: Config) -> dict[str, str]:
@@ -28,10 +28,11 @@ def meter_ids(caller: Caller, config: Config) -> dict[str, str]:
 class StripeTotals:
     """Stripe's aggregated values for meterline customers and meters (meter event summaries)."""
 
-    def __init__(self, caller: Caller, config: Config) -> None:
+    def __init__(self, caller: Caller, config: Config, known: Known | None = None) -> None:
+        """`known`: the customers known without searching (KnownCustomers.find)."""
         self.caller = caller
         self.meters = meter_ids(caller, config)
-        self.directory = Directory(config.stripe, caller)
+        self.directory = Directory(config.stripe, caller, known)
 
     def total(self, customer: str, meter: str, start_ms: int, end_ms: int) -> int:
         return sum(self.by_hour(customer, meter, start_ms, end_ms, grouping=None).values())

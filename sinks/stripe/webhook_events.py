@@ -10,6 +10,8 @@ from typing import Any
 
 import stripe
 
+from sinks.stripe.customers import KnownCustomer
+
 
 class Malformed(ValueError):
     """An event whose content meterline cannot read: logged and recorded, not retried."""
@@ -85,6 +87,24 @@ SUBSCRIPTION_ITEM_COLUMNS = (
     "event_created",
     "billing_mode",
 )
+
+
+CUSTOMER_EVENTS = ("customer.created", "customer.updated", "customer.deleted")
+
+
+def known_customer(event: dict[str, Any], metadata_key: str) -> KnownCustomer:
+    """customer.created/updated/deleted -> the meterline customer its Stripe customer bills: the
+    metadata key's value, none once deleted (https://docs.stripe.com/api/events/types)."""
+    customer = object_of(object_of(event, "data"), "object")
+    ours = text_of(object_of(customer, "metadata"), metadata_key)
+    if event.get("type") == "customer.deleted" or customer.get("deleted") is True:
+        ours = ""
+    return KnownCustomer(
+        text_of(customer, "id", required=True),
+        ours,
+        "webhook",
+        epoch_of(event.get("created", 0), "created") * 1000,
+    )
 
 
 def invoice_row(event: dict[str, Any]) -> list[Any]:

@@ -20,6 +20,9 @@ A failure to reach Stripe or ClickHouse stops the role instead, so that the even
   the sinks then report;
 - `invoice.finalized`: record the invoice's period and usage lines (`stripe_invoices`), for
   reconciliation of usage that arrives after it;
+- `customer.created`, `customer.updated`, `customer.deleted`: which meterline customer the Stripe
+  customer is (its metadata key; none once deleted), in `stripe_customers`, so that the sink finds a
+  new customer at once: Stripe's search lags a write by up to an hour (sinks.stripe.customers);
 - `customer.subscription.*`: the customer's subscription (`stripe_subscriptions`; the state of the
   latest event wins whatever order they arrive in) and its items with their billing periods
   (`stripe_subscription_items`, kept per event). Since API 2025-03-31.basil the period is on the
@@ -49,9 +52,11 @@ from core.kafka import Kafka, group_consumer, idempotent_producer, partition_cou
 from core.logs import context
 from schemas.serde import AvroSerde
 from sinks.stripe.calls import Caller
+from sinks.stripe.customers import KnownCustomers
 from sinks.stripe.directory import metadata
 from sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
 from sinks.stripe.webhook_events import (
+    CUSTOMER_EVENTS,
     INVOICE_COLUMNS,
     PAYMENT_COLUMNS,
     PAYMENT_OUTCOMES,
@@ -61,6 +66,7 @@ from sinks.stripe.webhook_events import (
     created_of,
     envelope,
     invoice_row,
+    known_customer,
     meter_errors,
     object_of,
     payment_row,
@@ -135,6 +141,7 @@ class WebhookConsumer:
             "invoice.created": self._invoice_created,
             "invoice.finalized": self._invoice_finalized,
             **{kind: self._invoice_payment for kind in PAYMENT_OUTCOMES},
+            **{kind: self._customer for kind in CUSTOMER_EVENTS},
         }
 
     def run(self, should_stop: Callable[[], bool]) -> None:
@@ -258,6 +265,11 @@ class WebhookConsumer:
         self.client.insert(
             "stripe_invoice_payments", [payment_row(event)], column_names=list(PAYMENT_COLUMNS)
         )
+
+    def _customer(self, event: dict[str, Any]) -> None:
+        known = known_customer(event, self.config.stripe.customer_metadata_key)
+        KnownCustomers(self.client).record([known])
+        self._customers[known.stripe_customer] = known.customer_id
 
     def _subscription(self, event: dict[str, Any]) -> None:
         customer = text_of(object_of(object_of(event, "data"), "object"), "customer")
