@@ -212,6 +212,11 @@ class FakeStripe:
         s = self.state
         return [
             (r"/v1/customers", "POST", lambda m, p, q, h: s.create_customer(p)),
+            (  # newest first, and without search's lag (https://docs.stripe.com/api/customers/list)
+                r"/v1/customers",
+                "GET",
+                lambda m, p, q, h: page(list(reversed(s.customers.values())), q, "/v1/customers"),
+            ),
             (
                 r"/v1/customers/search",
                 "GET",

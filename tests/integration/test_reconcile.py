@@ -34,7 +34,14 @@ from sinks.stripe.sink import StripeSink
 from sinks.stripe.webhook_events import INVOICE_COLUMNS
 from tests.support.clickhouse_sink import fresh
 from tests.support.sinks import run_sink
-from tests.support.stripe import KEY, record_subscription_item, set_up_stripe, stripe_api, subscribe
+from tests.support.stripe import (
+    KEY,
+    know_customers,
+    record_subscription_item,
+    set_up_stripe,
+    stripe_api,
+    subscribe,
+)
 
 MINUTE = 60_000
 CUSTOMERS = ["cust-0000", "cust-0001", "cust-0002"]
@@ -209,6 +216,7 @@ def test_legacy_usage_records_are_reconciled_over_each_item_s_own_billing_period
     client = connect(config, f"chdb://{tmp_path / 'clickhouse'}")
     try:
         migrate(client, 400)
+        know_customers(client, base)  # the fake's clock stands still: its search never catches up
 
         def window(at_s: int, value: int) -> list[object]:
             return ["cust-legacy", "api_calls", at_s * 1000, at_s * 1000 + MINUTE, 0, 0, value, value, 1, 0]

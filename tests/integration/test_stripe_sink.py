@@ -41,6 +41,7 @@ from tests.support.stripe import (
 from tests.support.stripe_sink import (
     HOUR_MS,
     assert_reported_exactly,
+    know_customers_at,
     ledger,
     legacy_config,
     produce_aggregates,
@@ -99,7 +100,11 @@ def test_each_refusal_lands_in_the_dlq_and_the_ledger_with_its_reason(
         return WindowAggregate(customer, meter, start, start + 60_000, 0, 7, 7, 1, revision, start + 70_000)
 
     cases = {
-        "unknown_customer": aggregate("nobody", "api_calls", now - HOUR_MS),
+        # Stripe never knew the customer while the window's invoice could take it (its month ended
+        # more than the grace period ago); a newcomer's window waits instead (tested with its release
+        # in test_waiting_for_customer).
+        "unknown_customer": aggregate("nobody", "api_calls", now - 34 * day),
+        "waiting_for_customer": aggregate("newcomer", "api_calls", now - HOUR_MS),
         "unknown_meter": aggregate("known", "not_a_meter", now - HOUR_MS),
         "timestamp_too_old": aggregate("known", "api_calls", now - 40 * day),
         # Passes the sink's own check, but this Stripe's clock runs ahead: Stripe refuses it.
@@ -129,7 +134,11 @@ def test_each_refusal_lands_in_the_dlq_and_the_ledger_with_its_reason(
     statuses = {(r[0], r[1], r[2]): (r[5], r[6]) for r in ledger(config, ledger_dsn)}
     for reason, a in cases.items():
         assert statuses[(a.customer_id, a.meter, a.window_start)] == (
-            ("sent", "") if reason == "ok" else ("failed", reason)
+            ("sent", "")
+            if reason == "ok"
+            else (reason, reason)
+            if reason.startswith("waiting")
+            else ("failed", reason)
         )
     assert [e.identifier for e in fake.state.meter_events] == [identifier(cases["ok"].identity)]
 
@@ -220,7 +229,7 @@ def test_a_subscription_event_makes_the_legacy_sink_look_its_customer_s_item_up_
     customer.subscription.* event, and the sink forgets what it cached for those customers."""
     from meterline.config import load_config
     from sinks.stripe import sink as stripe_sink
-    from tests.support.stripe import record_subscription_item
+    from tests.support.stripe import know_customers, record_subscription_item
 
     _, base = stripe_fake
     monkeypatch.setattr(stripe_sink, "SUBSCRIPTION_LOOK_S", 0.0)
@@ -229,6 +238,7 @@ def test_a_subscription_event_makes_the_legacy_sink_look_its_customer_s_item_up_
     dsn = f"chdb://{tmp_path / 'clickhouse'}"
     sink = StripeSink(config, "127.0.0.1:1", dsn=dsn, group_id="unused")  # never consumes here
     migrate(sink._client, 400)
+    know_customers(sink._client, base)
     stripe_customer = sink.directory.customer("late-subscriber")
     assert stripe_customer is not None
     assert sink.directory.subscription_items(stripe_customer, "api_calls") == ()  # cached for 60 s
@@ -319,6 +329,7 @@ def test_after_a_plan_change_a_legacy_window_goes_to_the_item_of_its_time_or_is_
         )
 
     before, after = window(changed_s - 1800, 7), window(changed_s + 1800, 11)
+    know_customers_at(config, ledger_dsn, base)
     produce_aggregates(config, [before, after])
     ends = read_ends(config.kafka.bootstrap, [config.topics.aggregates])
     run_sink(
@@ -475,6 +486,7 @@ def test_a_report_pending_past_stripe_s_identifier_window_is_sent_again_only_if_
             report.timestamp,
         )
     fake.state.clock = lambda: now_s  # a day on: Stripe forgot the identifiers
+    know_customers_at(config, ledger_dsn, base)
     produce_aggregates(config, list(aggregates.values()))
     on_fake = dataclasses.replace(config, stripe=dataclasses.replace(config.stripe, api_base=base))
     run_sink(

@@ -14,6 +14,8 @@ import stripe
 from core.config import Config
 from meterline.workload import Expected
 from sinks.stripe.calls import Caller, RateLimiter
+from sinks.stripe.customers import KnownCustomer, KnownCustomers
+from sinks.stripe.directory import metadata
 from sinks.stripe.fake import FakeStripe, make_server
 from sinks.stripe.sync import sync
 from sinks.stripe.webhook_events import SUBSCRIPTION_ITEM_COLUMNS
@@ -27,10 +29,16 @@ LEGACY_VERSION = "2024-06-20"
 (metered, no meter) and usage records exist only there."""
 
 
+SEARCH_LAG_SECONDS = 2.0
+"""Tests' fake finds a new customer by search this long after it was made, as Stripe lags ("Under
+normal operating conditions, data is searchable in less than a minute":
+https://docs.stripe.com/api/customers/search): nothing may rely on finding one at once."""
+
+
 def serve_fake(seed: int) -> tuple[FakeStripe, ThreadingHTTPServer, str]:
     """The Stripe fake on a free loopback port, in this process (its state is inspected directly):
     the fake, its server (shut it down after) and its base address."""
-    fake = FakeStripe(seed=seed)
+    fake = FakeStripe(seed=seed, search_lag_seconds=SEARCH_LAG_SECONDS)
     server = make_server(fake)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return fake, server, f"http://127.0.0.1:{server.server_address[1]}"
@@ -55,6 +63,23 @@ def set_up_stripe(config: Config, base: str, customers: list[str]) -> dict[str, 
     return meters
 
 
+def stripe_customers(base: str) -> dict[str, str]:
+    """meterline id -> Stripe customer id, from the list of customers, which has no lag: "For
+    read-after-write flows that require immediate data availability, use the various list APIs"
+    (https://docs.stripe.com/search#data-freshness)."""
+    listed = stripe_api(base).v1.customers.list({"limit": 100})
+    named = {c.id: metadata(c).get("meterline_customer_id") for c in listed.auto_paging_iter()}
+    return {ours: theirs for theirs, ours in named.items() if ours}
+
+
+def know_customers(client: Client, base: str) -> None:
+    """Every customer of the fake into the map of customers known without search, as the
+    customer.created webhooks put them (sinks.stripe.customers)."""
+    KnownCustomers(client).record(
+        [KnownCustomer(theirs, ours, "webhook", 0) for ours, theirs in stripe_customers(base).items()]
+    )
+
+
 def stripe_totals(
     base: str, meters: dict[str, str], customers: list[str], span: tuple[int, int]
 ) -> dict[tuple[str, str], int]:
@@ -62,11 +87,11 @@ def stripe_totals(
     api = stripe_api(base)
     start, end = span[0] // 60_000 * 60, (span[1] // 60_000 + 1) * 60
     totals = {}
+    stripe_ids = stripe_customers(base)
     for customer in customers:
-        [found] = api.v1.customers.search({"query": f"metadata['meterline_customer_id']:'{customer}'"}).data
         for meter, meter_id in meters.items():
             summaries = api.v1.billing.meters.event_summaries.list(
-                meter_id, {"customer": found.id, "start_time": start, "end_time": end}
+                meter_id, {"customer": stripe_ids[customer], "start_time": start, "end_time": end}
             )
             value = sum(s.aggregated_value for s in summaries.auto_paging_iter())
             if value:
@@ -135,13 +160,13 @@ def subscribe(
         for name in config.meters
     }
     items = {}
+    stripe_ids = stripe_customers(base)
     for customer in customers:
-        [found] = api.v1.customers.search({"query": f"metadata['meterline_customer_id']:'{customer}'"}).data
         # A week ago by default: a usage record's timestamp must lie in the item's current period
         # (https://stripe.com/docs/api/usage_records/create), and the workloads' windows do.
         subscription = api.v1.subscriptions.create(
             {
-                "customer": found.id,
+                "customer": stripe_ids[customer],
                 "items": [{"price": price} for price in prices.values()],
                 "backdate_start_date": int(time.time()) - 7 * 86_400 if started is None else started,
             }

@@ -23,6 +23,7 @@ from sinks.stripe.fake import FakeStripe
 from tests.support.pipeline import SinkProcess, Workers, wait_until_exact
 from tests.support.stripe import (
     expected_by_customer_meter,
+    know_customers,
     stripe_totals,
 )
 
@@ -56,6 +57,16 @@ def stripe_sink(
     yield process
     if process.process is not None and process.process.poll() is None:
         process.process.kill()
+
+
+def know_customers_at(config: Config, dsn: str, base: str) -> None:
+    """The fake's customers known to the sink at `dsn` without search: for tests that pin the fake's
+    clock before the customers' creation, where its search would never catch up."""
+    client = connect(config, dsn)
+    try:
+        know_customers(client, base)
+    finally:
+        client.close()
 
 
 def ledger(config: Config, dsn: str) -> list[tuple[Any, ...]]:
