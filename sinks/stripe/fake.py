@@ -18,6 +18,8 @@ rate limiting and injectable faults.
   send a duplicate, an old event, a stale signature or a wrong one. The meter error report is a
   thin event, as Stripe sends it, whose event is served at GET /v2/core/events/<id> (`errors`
   [{code, identifier, message}] may be given; `fetchable: false` sends one Stripe will not serve).
+- Parameters are checked as Stripe checks them (sinks.stripe.fake_params): an unknown one, an
+  integer or boolean that is not one, a string over its length are refused with Stripe's error.
 - Search lags writes by `search_lag_seconds` (`--search-lag-seconds`), as Stripe's does.
 - Inspection for tests and benchmarks: GET /_fake/meter_events, /_fake/error_reports,
   /_fake/usage_records, /_fake/stats.
@@ -46,6 +48,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import stripe
 
+from sinks.stripe.fake_params import check_params
 from sinks.stripe.fake_state import (
     DAY_S,
     FakeStripeState,
@@ -205,6 +208,7 @@ class FakeStripe:
         for pattern, verb, action in self._routes():
             match = re.fullmatch(pattern, path)
             if match and verb == method:
+                check_params(verb, pattern, params if verb == "POST" else {**query, **params})
                 return action(match, params, query, headers)
         raise StripeError(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path}).")
 
@@ -346,8 +350,8 @@ class FakeStripe:
         events = params.get("events")
         if not isinstance(events, list) or not events:
             raise invalid("Missing required param: events.", "parameter_missing", "events")
-        if len(events) > STREAM_MAX_EVENTS:
-            raise invalid(f"At most {STREAM_MAX_EVENTS} events per request.", param="events")
+        if len(events) > STREAM_MAX_EVENTS:  # "Supports up to 100 events per request"; no code documented
+            raise invalid(f"At most {STREAM_MAX_EVENTS} events per request.", "parameter_invalid", "events")
         for event in events:
             # The stream is asynchronous at Stripe: an event it refuses becomes an error report.
             try:

@@ -46,9 +46,12 @@ class StripeError(Exception):
         self.status, self.type, self.code, self.param = status, type_, code, param
 
     def body(self) -> dict[str, Any]:
+        """Stripe's error object (https://docs.stripe.com/api/errors): `doc_url`, "a URL to more
+        information about the error code reported", wherever a code is; v1 and v2 alike."""
         error: dict[str, Any] = {"type": self.type, "message": str(self)}
         if self.code:
             error["code"] = self.code
+            error["doc_url"] = f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
         if self.param:
             error["param"] = self.param
         return {"error": error}

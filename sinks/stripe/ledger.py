@@ -38,6 +38,9 @@ COLUMNS = (
 
 
 HELD_COLUMNS = ("held_record", "held_partition", "held_offset")
+WAITING_SPAN = "window_start >= now64(3) - INTERVAL 40 DAY"
+"""Where waiting revisions can be: none waits past 35 days (Stripe's limit), so a look at them reads
+the last two months' partitions only."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ class Ledger:
         """The customers whose revisions wait for Stripe to know them."""
         rows = self.client.query(
             "SELECT customer_id, count(), toUnixTimestamp64Milli(min(window_start)) FROM stripe_reports "
-            "FINAL WHERE status = 'waiting_for_customer' GROUP BY customer_id"
+            f"FINAL WHERE status = 'waiting_for_customer' AND {WAITING_SPAN} GROUP BY customer_id"
         ).result_rows
         return {str(c): Waiting(int(n), int(earliest)) for c, n, earliest in rows}
 
@@ -117,7 +120,7 @@ class Ledger:
             return []
         rows = self.client.query(
             "SELECT held_record, held_partition, held_offset FROM stripe_reports FINAL "
-            "WHERE status = 'waiting_for_customer' AND customer_id IN %(wanted)s "
+            f"WHERE status = 'waiting_for_customer' AND {WAITING_SPAN} AND customer_id IN %(wanted)s "
             "ORDER BY held_partition, held_offset",
             parameters={"wanted": wanted},
         ).result_rows

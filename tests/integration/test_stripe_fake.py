@@ -270,6 +270,14 @@ def test_the_v2_stream_takes_up_to_100_events_with_a_15_minute_session(
     with pytest.raises(stripe.TemporarySessionExpiredError) as expired:
         stream.v2.billing.meter_event_stream.create({"events": events(1, "u")})  # type: ignore[typeddict-item]
     assert expired.value.http_status == 401
+    # v2's documented error for it (https://docs.stripe.com/api/v2/billing/meter-event-stream/create:
+    # "401 billing_meter_event_session_expired"), with the error object's doc_url
+    # (https://docs.stripe.com/api/errors).
+    assert expired.value.code == "billing_meter_event_session_expired"
+    assert expired.value.json_body is not None
+    assert expired.value.json_body["error"]["doc_url"] == (
+        "https://stripe.com/docs/error-codes/billing-meter-event-session-expired"
+    )
 
 
 def legacy_price(api: stripe.StripeClient, **extra: str) -> str:
@@ -408,6 +416,46 @@ def test_a_duplicate_identifier_is_known_by_its_code_or_its_message(
 
     exc = stripe.InvalidRequestError(message, "identifier", code=code)
     assert is_duplicate_identifier(exc) is duplicate
+
+
+def test_the_fake_refuses_what_stripe_s_specification_refuses(api: stripe.StripeClient) -> None:
+    """Issue 35, item 7. The specification (2025-09-30.clover, tests/integration/test_stripe_mock.py
+    holds the fake's table to it) bounds a meter event's `identifier` and a meter's `event_name` at
+    100 characters and a price's `lookup_key` at 200; an unknown parameter is `parameter_unknown`
+    and an integer that is not one `parameter_invalid_integer` (https://docs.stripe.com/error-codes).
+    The page of codes names none for a string too long: the fake answers 400 naming the parameter,
+    which is what the sink needs to refuse the report for good."""
+    meter, customer = setup_meter(api)
+    refused: list[tuple[str | None, str | None]] = []
+    attempts: list[Any] = [
+        lambda: report(api, customer, 1, NOW, "i" * 101),
+        lambda: api.v1.billing.meters.create(
+            {"display_name": "Long", "event_name": "e" * 101, "default_aggregation": {"formula": "sum"}}
+        ),
+        lambda: api.v1.prices.create(
+            {"currency": "usd", "product_data": {"name": "p"}, "unit_amount": 1, "lookup_key": "k" * 201}
+        ),
+        lambda: api.v1.customers.create({"metadata": {"a": "b"}, "colour": "blue"}),  # type: ignore[typeddict-unknown-key]
+        lambda: api.raw_request(
+            "get",
+            f"/v1/billing/meters/{meter}/event_summaries",
+            customer=customer,
+            start_time="soon",
+            end_time=NOW,
+        ),
+    ]
+    for attempt in attempts:
+        with pytest.raises(stripe.InvalidRequestError) as error:
+            attempt()
+        refused.append((error.value.code, error.value.param))
+    assert refused == [
+        (None, "identifier"),
+        (None, "event_name"),
+        (None, "lookup_key"),
+        ("parameter_unknown", "colour"),
+        ("parameter_invalid_integer", "start_time"),
+    ]
+    assert len(report(api, customer, 1, NOW, "i" * 100).identifier) == 100  # the limit itself is taken
 
 
 def test_a_meter_error_report_is_a_thin_event_stripe_python_parses_and_fetches(

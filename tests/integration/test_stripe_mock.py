@@ -7,6 +7,7 @@ legacy usage records endpoint is not in the current specification (issue 35, ite
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from decimal import Decimal
 
@@ -23,7 +24,7 @@ from sinks.stripe.report import Report
 from sinks.stripe.sync import sync
 from sinks.stripe.totals import StripeTotals
 from tests.support.stripe import KEY
-from tests.support.stripe_mock import Recorder, replay, requires_stripe_mock, stripe_mock
+from tests.support.stripe_mock import Recorder, replay, requires_stripe_mock, stripe_mock, stripe_mock_spec
 
 pytestmark = requires_stripe_mock
 __all__ = ["stripe_mock"]  # the module's fixture
@@ -50,6 +51,7 @@ def test_every_v1_request_meterline_makes_is_one_stripe_s_validator_accepts(
 ) -> None:
     fake, base = stripe_fake
     fake.state.clock = lambda: 1_796_000_000
+    fake.state.search_lag_seconds = 0  # the request shapes are checked here, not search's lag
     recorder = Recorder(base)
     try:
         at_recorder = dataclasses.replace(
@@ -108,3 +110,29 @@ def test_every_v1_request_meterline_makes_is_one_stripe_s_validator_accepts(
     event = next(sent for sent in recorder.sent if sent.path == "/v1/billing/meter_events")
     status, body = replay(stripe_mock, dataclasses.replace(event, body=event.body + b"&value_in_cents=7"))
     assert status == 400 and "additional properties are not allowed" in body, (status, body)
+
+
+def test_the_fake_takes_exactly_the_parameters_stripe_s_specification_lists() -> None:
+    """Issue 35, item 7: the fake refuses a parameter Stripe does not know, an integer or boolean
+    that is not one and a string over its length (sinks.stripe.fake_params); its table of what each
+    endpoint takes is the specification's, read here from the one stripe-mock bundles."""
+    from sinks.stripe.fake_params import ACCEPTED, SPEC_VERSION
+
+    spec = json.loads(stripe_mock_spec().read_text())
+    assert spec["info"]["version"] == SPEC_VERSION
+    templates = {re.sub(r"\{[^}]+\}", "([^/]+)", path): path for path in spec["paths"]}
+    for (verb, route), accepted in ACCEPTED.items():
+        operation = spec["paths"][templates[route]][verb.lower()]
+        if verb == "GET":
+            listed = {
+                p["name"]: (p["schema"].get("type") or "", p["schema"].get("maxLength"))
+                for p in operation.get("parameters", [])
+                if p["in"] == "query"
+            }
+        else:
+            form = operation["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]
+            listed = {
+                name: (schema.get("type") or "", schema.get("maxLength"))
+                for name, schema in form.get("properties", {}).items()
+            }
+        assert accepted == listed, (verb, route)

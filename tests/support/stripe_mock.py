@@ -36,6 +36,14 @@ def stripe_mock_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("stripe-mock")
 
 
+def stripe_mock_spec() -> Path:
+    """The OpenAPI specification stripe-mock bundles, in Go's module cache (`go install` put it
+    there)."""
+    cache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True)
+    module = Path(cache.stdout.strip()) / f"github.com/stripe/stripe-mock@{STRIPE_MOCK_VERSION}"
+    return module / "embedded" / "openapi" / "spec3.json"
+
+
 requires_stripe_mock = pytest.mark.skipif(
     stripe_mock_binary() is None and not os.environ.get("METERLINE_REQUIRE_STRIPE_MOCK"),
     reason=f"no stripe-mock: `./run.sh test` installs it where Go is (go install "
