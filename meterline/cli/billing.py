@@ -173,13 +173,14 @@ def _stripe_customers(args: argparse.Namespace) -> int:
     rows = [
         {
             "customer": customer,
-            "waiting revisions": w.revisions,
+            "waiting revisions": w.waiting,
             "earliest window": utc_minute(w.earliest_window_start),
             "unbilled after": utc_minute(
                 customer_wait_until(w.earliest_window_start, w.earliest_window_start + size_ms, config.stripe)
             ),
         }
         for customer, w in sorted(waiting.items())
+        if w.waiting
     ]
     if args.json:
         print(json.dumps({"imported": len(imported), "known": known, "waiting": rows}))

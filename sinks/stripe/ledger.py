@@ -38,9 +38,13 @@ COLUMNS = (
 
 
 HELD_COLUMNS = ("held_record", "held_partition", "held_offset")
-WAITING_SPAN = "window_start >= now64(3) - INTERVAL 40 DAY"
-"""Where waiting revisions can be: none waits past 35 days (Stripe's limit), so a look at them reads
-the last two months' partitions only."""
+HELD = (
+    "(status = 'waiting_for_customer' OR (status = 'pending' AND held_record != '')) "
+    "AND window_start >= now64(3) - INTERVAL 40 DAY"
+)
+"""The revisions the ledger holds the record of: those waiting, and those taken up since whose report
+is in flight (a crash then leaves them pending, and they are taken up again). None waits past 35
+days (Stripe's limit), so a look reads the last two months' partitions only."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,10 @@ class Consumed:
 
 @dataclass(frozen=True)
 class Waiting:
-    revisions: int
+    waiting: int
+    """Revisions waiting for Stripe to know the customer."""
+    held: int
+    """Those and the ones taken up whose reports are in flight."""
     earliest_window_start: int
     """Epoch ms: its horizon comes first (sinks.stripe.report.customer_wait_until)."""
 
@@ -106,37 +113,34 @@ class Ledger:
         return [(Status(status), int(value)) for status, value in rows]
 
     def waiting(self) -> dict[str, Waiting]:
-        """The customers whose revisions wait for Stripe to know them."""
+        """The customers whose revisions the ledger holds (`HELD`)."""
         rows = self.client.query(
-            "SELECT customer_id, count(), toUnixTimestamp64Milli(min(window_start)) FROM stripe_reports "
-            f"FINAL WHERE status = 'waiting_for_customer' AND {WAITING_SPAN} GROUP BY customer_id"
+            "SELECT customer_id, countIf(status = 'waiting_for_customer'), count(), "
+            f"toUnixTimestamp64Milli(min(window_start)) FROM stripe_reports FINAL WHERE {HELD} "
+            "GROUP BY customer_id"
         ).result_rows
-        return {str(c): Waiting(int(n), int(earliest)) for c, n, earliest in rows}
+        return {str(c): Waiting(int(w), int(n), int(earliest)) for c, w, n, earliest in rows}
 
     def held(self, customers: Iterable[str]) -> list[Consumed]:
-        """The records the waiting revisions of these customers came as, in offset order."""
+        """The records the held revisions of these customers came as, in offset order."""
         wanted = sorted(set(customers))
         if not wanted:
             return []
         rows = self.client.query(
             "SELECT held_record, held_partition, held_offset FROM stripe_reports FINAL "
-            f"WHERE status = 'waiting_for_customer' AND {WAITING_SPAN} AND customer_id IN %(wanted)s "
+            f"WHERE {HELD} AND customer_id IN %(wanted)s "
             "ORDER BY held_partition, held_offset",
             parameters={"wanted": wanted},
         ).result_rows
         return [Consumed(base64.b64decode(record), int(p), int(o)) for record, p, o in rows]
 
-    def hold(self, entries: Sequence[tuple[WindowAggregate, Consumed, Outcome]]) -> None:
-        """Append `waiting_for_customer` rows, each with the record its revision came as."""
-        self.record([(a, "", "", outcome) for a, _, outcome in entries], [h for _, h, _ in entries])
-
     def record(
         self,
         entries: Sequence[tuple[WindowAggregate, str, str, Outcome]],
-        held: Sequence[Consumed] | None = None,
+        held: Sequence[Consumed | None] | None = None,
     ) -> None:
-        """Append (aggregate, Stripe customer, Stripe event name, outcome) rows (`held`: the
-        records of waiting ones, row by row)."""
+        """Append (aggregate, Stripe customer, Stripe event name, outcome) rows; `held`, row by row,
+        the record a row keeps (waiting ones, and pending ones taken up from the ledger)."""
         if not entries:
             return
         # A later write must win even within the same millisecond: versions only grow.
@@ -165,7 +169,7 @@ class Ledger:
         columns = list(COLUMNS)
         if held is not None:
             rows = [
-                [*row, base64.b64encode(h.value).decode(), h.partition, h.offset]
+                [*row, base64.b64encode(h.value).decode(), h.partition, h.offset] if h else [*row, "", -1, -1]
                 for row, h in zip(rows, held, strict=True)
             ]
             columns += HELD_COLUMNS

@@ -35,7 +35,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -90,6 +90,7 @@ class _Item:
     aggregate: WindowAggregate
     report: Report | None  # None: decided in step 1
     decided: Outcome | None  # refused (failed) or waiting for its customer
+    from_ledger: bool = False  # taken up from the ledger: its pending row keeps the record
 
 
 class StripeSink:
@@ -190,11 +191,17 @@ class StripeSink:
         now_ms = int(time.time() * 1000)
         customers = self.directory.customers({a.customer_id for a in aggregates} | set(self._waiting_now()))
         released = self._released(customers, now_ms)
-        aggregates = [self.serde.decode_aggregate(c.value) for c in released] + aggregates
         items = self._shared_windows(
             [
+                replace(
+                    self._resolve(record, self.serde.decode_aggregate(record.value), customers, now_ms),
+                    from_ledger=True,
+                )
+                for record in released
+            ]
+            + [
                 self._resolve(record, aggregate, customers, now_ms)
-                for record, aggregate in zip(released + consumed, aggregates, strict=True)
+                for record, aggregate in zip(consumed, aggregates, strict=True)
             ]
         )
         self.stats.aggregates += len(messages)
@@ -207,7 +214,10 @@ class StripeSink:
         decided = self._decide_lost(todo, settled)
         # 3. Pending, before any call.
         to_call = [i for i in todo if i.report is not None and i.report.identifier not in decided]
-        self.ledger.record([self._entry(i, Outcome(Status.PENDING)) for i in to_call])
+        self.ledger.record(
+            [self._entry(i, Outcome(Status.PENDING)) for i in to_call],
+            [i.record if i.from_ledger else None for i in to_call],
+        )
         # 4. Report.
         outcomes = self._report([i.report for i in to_call if i.report is not None])
         results = [(i, outcomes[i.report.identifier]) for i in to_call if i.report is not None]
@@ -223,7 +233,7 @@ class StripeSink:
         # 5. Outcomes to the ledger, refusals to the DLQ.
         held = [(i, o) for i, o in results if o.status is Status.WAITING]
         self.ledger.record([self._entry(i, o) for i, o in results if o.status is not Status.WAITING])
-        self.ledger.hold([(i.aggregate, i.record, o) for i, o in held])
+        self.ledger.record([self._entry(i, o) for i, o in held], [i.record for i, _ in held])
         answered_at = time.time() * 1000
         for item, outcome in results:
             self._count(outcome)
@@ -257,7 +267,7 @@ class StripeSink:
         if time.monotonic() - self._waiting_read_at >= WAITING_RELOAD_S:
             self._waiting = self.ledger.waiting()
             self._waiting_read_at = time.monotonic()
-            metrics.STRIPE_WAITING.set(sum(w.revisions for w in self._waiting.values()))
+            metrics.STRIPE_WAITING.set(sum(w.waiting for w in self._waiting.values()))
         self._waiting_looked_at = time.monotonic()
         return self._waiting
 

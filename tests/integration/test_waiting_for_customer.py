@@ -163,3 +163,31 @@ def test_a_customer_named_by_a_webhook_or_an_import_is_billed_without_search_and
     assert {e.customer for e in fake.state.meter_events} == set(stripe_id.values())
     assert {(r[0], r[5]) for r in ledger(config, ledger_dsn)} == {("hooked", "sent"), ("imported", "sent")}
     assert read_messages(config.kafka.bootstrap, config.topics.stripe_dlq, 0, timeout=1) == []
+
+
+def test_a_revision_taken_up_whose_report_a_crash_cut_short_is_taken_up_again(
+    config: Config, stripe_fake: tuple[FakeStripe, str], ledger_dsn: str
+) -> None:
+    """A held revision's offset was committed long ago: once taken up, its `pending` row keeps the
+    record, so that a crash between that row and Stripe's answer does not lose it. Here the sink
+    died there (the row is written as it left it), and the next run reports it once."""
+    from schemas.serde import AvroSerde
+    from sinks.stripe.ledger import Consumed, Ledger
+    from sinks.stripe.report import Outcome, Status
+    from tests.support.stripe import know_customers
+
+    fake, base = stripe_fake
+    set_up_stripe(config, base, ["cut-short"])
+    [window, _] = usage("cut-short")
+    client = connect(config, ledger_dsn)
+    try:
+        know_customers(client, base)
+        record = Consumed(AvroSerde().encode_aggregate(window), 0, 41)
+        Ledger(client, "meter_events").record([(window, "", "", Outcome(Status.PENDING))], [record])
+    finally:
+        client.close()
+
+    sink = run_sink_until(on_fake(config, base), ledger_dsn, lambda sink: bool(fake.state.meter_events))
+    assert (sink.stats.released, sink.stats.sent) == (1, 1)
+    assert billed(fake) == [(identifier(window.identity), 5)]
+    assert [(r[0], r[5]) for r in ledger(config, ledger_dsn)] == [("cut-short", "sent")]
