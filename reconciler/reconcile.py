@@ -16,8 +16,6 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import re
 import time
@@ -35,8 +33,7 @@ from reconciler.usage import PeriodError, period_bounds
 from sinks.clickhouse.queries import in_span
 from sinks.stripe.calls import Caller
 from sinks.stripe.customers import KnownCustomers
-from sinks.stripe.directory import Directory
-from sinks.stripe.totals import StripeTotals
+from sinks.stripe.totals import totals_for
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -117,16 +114,12 @@ def reconcile(
     meters = [meter] if meter else list(config.meters)
     # 2. Stripe's.
     theirs: dict[Pair, int] = {}
-    stripe = StripeTotals(caller, config, KnownCustomers(client).find)
-    items = stripe.directory  # one directory: each customer and item is looked up once per run
+    stripe = totals_for(config, caller, KnownCustomers(client).find)  # each customer looked up once
     for n, who in enumerate(customers, 1):
         for what in meters:
-            if config.stripe.mode != "usage_records":
-                theirs[(who, what)] = stripe.total(who, what, start, end)
-                continue
-            summaries = _usage_record_summaries(caller, items, who, what, start, end)
+            summaries = stripe.periods(who, what, start, end)
             theirs[(who, what)] = sum(summaries.values())
-            if summaries:  # Stripe's totals are per billing period: ours over the same periods
+            if summaries and not stripe.per_window:  # totals per billing period: ours over the same
                 ours[(who, what)] = sum(
                     _our_totals(client, low, high, who, what).get((who, what), 0) for low, high in summaries
                 )
@@ -134,7 +127,7 @@ def reconcile(
             progress(n, len(customers))
     result.pairs = compare(ours, {k: v for k, v in theirs.items() if v})
     # 3. The hours of what drifts.
-    if config.stripe.mode != "usage_records":
+    if stripe.per_window:
         for pair in result.drifting:
             who, what = pair.key
             our_hours = _our_hours(client, who, what, start, end)
@@ -148,7 +141,7 @@ def reconcile(
     # 4. Not billed on purpose.
     result.unbilled, result.dead_letters = not_billed(client, start, end, customer, meter)
     # 5. Kept.
-    _store(client, result, start, config.stripe.mode)
+    _store(client, result, start, stripe.source)
     metrics.RECONCILE_RUNS.labels("ok" if result.ok else "drift").inc()
     metrics.RECONCILE_DRIFT_UNITS.set(sum(abs(d.drift) for d in result.pairs))
     metrics.RECONCILE_DRIFTING_PAIRS.set(len(result.drifting))
@@ -189,29 +182,6 @@ def _our_hours(client: Client, customer: str, meter: str, start: int, end: int) 
         parameters={"start": start, "end": end, "customer": customer, "meter": meter},
     ).result_rows
     return {int(h): int(v) for h, v in rows if v}
-
-
-def _usage_record_summaries(
-    caller: Caller, directory: Directory, customer: str, meter: str, start: int, end: int
-) -> dict[tuple[int, int], int]:
-    """Total usage per billing period (start, end in epoch ms) that begins inside [start, end), over
-    every item pricing the meter (after a plan change, the one added and any still billing). One
-    summary per billing period, newest first (https://stripe.com/docs/api/usage_records): never
-    every period the item ever had, and each compared over its own bounds, which are a calendar
-    month only for an item started on the 1st."""
-    stripe_customer = directory.customer(customer)
-    items = () if stripe_customer is None else directory.subscription_items(stripe_customer, meter)
-    totals: dict[tuple[int, int], int] = {}
-    for item in items:
-        path = f"/v1/subscription_items/{item.id}/usage_record_summaries"
-        response, _ = caller.retrying(
-            functools.partial(caller.client.raw_request, "get", path, stripe_version=caller.legacy_version)
-        )
-        for summary in json.loads(response.body)["data"]:
-            period = (int(summary["period"]["start"]) * 1000, int(summary["period"]["end"]) * 1000)
-            if start <= period[0] < end:
-                totals[period] = totals.get(period, 0) + int(summary["total_usage"])
-    return totals
 
 
 def not_billed(
@@ -266,9 +236,8 @@ def _dead_letters(client: Client, start: int, end: int) -> dict[str, int]:
     return {str(code): int(n) for code, n in rows}
 
 
-def _store(client: Client, result: Reconciliation, start: int, mode: str) -> None:
+def _store(client: Client, result: Reconciliation, start: int, source: str) -> None:
     now = int(time.time() * 1000)
-    source = "usage_records" if mode == "usage_records" else "meter_event_summaries"
     rows = [
         [
             result.run_id,

@@ -24,7 +24,7 @@ from reconciler.rederive import PartitionWindow, Rederived, ReplayError, WindowI
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.queries import in_span
-from sinks.stripe.totals import StripeTotals
+from sinks.stripe.totals import TotalsReader
 from streams.windows import window_end
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def reported_windows(
 
 
 def stripe_windows(
-    totals: StripeTotals,
+    totals: TotalsReader,
     reported: dict[PartitionWindow, tuple[int, int, int]],
     rederived: Rederived,
     window_ms: int,
@@ -155,7 +155,7 @@ def repairs(
 
 
 def stripe_differences(
-    rederived: Rederived, totals: StripeTotals, start_ms: int, end_ms: int
+    rederived: Rederived, totals: TotalsReader, start_ms: int, end_ms: int
 ) -> list[Difference[tuple[str, str]]]:
     """Per customer and meter of the range, Stripe's own total against the re-derived one: the
     pairs that differ."""
@@ -168,7 +168,7 @@ def stripe_differences(
 
 def plan_repairs(
     config: Config,
-    totals: StripeTotals,
+    totals: TotalsReader,
     rederived: Rederived,
     stored: dict[PartitionWindow, tuple[int, int]],
     reported: dict[PartitionWindow, tuple[int, int, int]],
@@ -184,7 +184,7 @@ def plan_repairs(
             config.windows.size_ms,
             now_ms - config.stripe.summaries_settle_seconds * 1000,
         )
-        if config.stripe.mode != "usage_records"
+        if totals.per_window
         else {}
     )
     return repairs(rederived, stored, reported, config.windows.size_ms, known)

@@ -55,7 +55,7 @@ def _replay(args: argparse.Namespace) -> int:
     from sinks.clickhouse.client import connect
     from sinks.stripe.calls import caller_for
     from sinks.stripe.customers import KnownCustomers
-    from sinks.stripe.totals import StripeTotals
+    from sinks.stripe.totals import totals_for
 
     config = load(args)
     bootstrap = devstack.kafka_brokers(config)
@@ -66,7 +66,7 @@ def _replay(args: argparse.Namespace) -> int:
         stored = stored_windows(client, args.start, args.end, args.customer)
         reported = reported_windows(client, args.start, args.end, args.customer)
         in_clickhouse = clickhouse_differences(rederived, stored)
-        stripe = StripeTotals(caller_for(config), config, KnownCustomers(client).find)
+        stripe = totals_for(config, caller_for(config), KnownCustomers(client).find)
         in_stripe = stripe_differences(rederived, stripe, args.start, args.end)
         fixes = []
         if args.repair:

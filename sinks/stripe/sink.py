@@ -1,21 +1,21 @@
 """`meterline sink stripe`: every window revision on usage.aggregates reported to Stripe once.
 
 Per batch of consumed aggregates, in this order:
-1. Decode each and resolve who it bills (Stripe customer, meter event name, the subscription
-   item for legacy usage records). Refuse before any call what Stripe would refuse for good: an
-   unknown meter, a window older than Stripe's 35 days, a legacy correction that lowers usage
-   where `set` would not be exact (a window other partitions reported too; where it is exact, the
-   correction sets the window's total instead of incrementing by a negative delta). A revision
-   whose Stripe customer is not known yet waits (`waiting_for_customer`, held in the ledger);
-   the batch also takes up the held revisions of customers known since, before its own, and
-   refuses as `unknown_customer` those whose horizon passed (`customer_wait_until`).
+1. Decode each and resolve who it bills (Stripe customer, meter event name) and what is sent, as
+   the reporting mode says (sinks.stripe.modes: legacy usage records need the subscription item
+   of the window's time, and lower usage only by an exact `set`). Refuse before any call what
+   Stripe would refuse for good: an unknown meter, a window older than Stripe's 35 days, what the
+   mode cannot send. A revision whose Stripe customer is not known yet waits
+   (`waiting_for_customer`, held in the ledger); the batch also takes up the held revisions of
+   customers known since, before its own, and refuses as `unknown_customer` those whose horizon
+   passed (`customer_wait_until`).
 2. Read the ledger: a revision already sent, confirmed or failed (before a crash or a rebalance)
    is not reported again. One still `pending` from before (its answer lost) whose revision closed
    more than `stripe.resend_check_after_hours` ago may be one Stripe has forgotten the
    identifier of: Stripe's totals decide whether it landed (sinks.stripe.landed); only what did
    not is sent again.
 3. Write `pending` rows for the rest: the ledger shows a batch that was interrupted.
-4. Report: per (customer, meter) one call at a time in offset order, groups concurrently, under
+4. Report, as the mode sends (one call in flight per customer and meter, in offset order), under
    the client-side rate limit; each call retried until it settles (sinks.stripe.calls), with the
    identifier and Idempotency-Key of its aggregate identity.
 5. Write the outcomes to the ledger (a waiting revision with its record); send every refused
@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -50,11 +49,11 @@ from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.stripe.calls import caller_for
 from sinks.stripe.customers import KnownCustomers
-from sinks.stripe.directory import Directory, item_at
+from sinks.stripe.directory import Directory
 from sinks.stripe.landed import LostReports
 from sinks.stripe.ledger import Consumed, Ledger, Waiting
+from sinks.stripe.modes import Refusal, reporting_mode
 from sinks.stripe.report import (
-    STREAM_BATCH,
     Outcome,
     Reason,
     Report,
@@ -67,7 +66,6 @@ from sinks.stripe.report import (
 log = logging.getLogger("meterline.sink.stripe")
 
 BATCH = 500
-SUBSCRIPTION_LOOK_S = 5.0  # how often the sink looks for subscription events (legacy usage records)
 WAITING_LOOK_S = 5.0  # how often, between batches, the sink looks whether waiting customers are known
 WAITING_RELOAD_S = 60.0  # how often it rereads which customers wait (another sink may hold some)
 
@@ -102,7 +100,6 @@ class StripeSink:
         group_id: str = "meterline-sink-stripe",
     ) -> None:
         self.config = config
-        self.mode = config.stripe.mode
         self.group_id = group_id
         self.caller = caller_for(config)
         self.event_names = {name: meter.stripe_event_name for name, meter in config.meters.items()}
@@ -110,13 +107,14 @@ class StripeSink:
         self.stats = StripeSinkStats()
         self._client = connect(config, dsn)
         self.directory = Directory(config.stripe, self.caller, KnownCustomers(self._client).find)
-        self.ledger = Ledger(self._client, self.mode)
+        self.ledger = Ledger(self._client, config.stripe.mode)
         self._waiting: dict[str, Waiting] = {}
         self._waiting_looked_at = self._waiting_read_at = float("-inf")
         self._lost = LostReports(config, self.caller, self.ledger)
-        self._subscriptions_seen = 0  # epoch s of the newest subscription event looked at
-        self._subscriptions_looked_at = float("-inf")
         self._pool = ThreadPoolExecutor(config.stripe.concurrency, thread_name_prefix="stripe")
+        self.reporting = reporting_mode(
+            config.stripe.mode, self.caller, self._pool, self.directory, self.ledger, self._client
+        )
         self._consumer = group_consumer(bootstrap, group_id)
         self._dlq = idempotent_producer(bootstrap, {"linger.ms": 5})
         self._batch_since: float | None = None
@@ -144,9 +142,8 @@ class StripeSink:
         try:
             while not should_stop():
                 messages = [m for m in self._consumer.consume(BATCH, timeout=0.5) if self._usable(m)]
-                if self.mode == "usage_records" and messages:
-                    self._forget_changed_subscriptions()
                 if messages:
+                    self.reporting.prepare()
                     self._batch_since = time.monotonic()
                     metrics.SINK_RECORDS.labels("stripe").inc(len(messages))
                     self._process(messages)
@@ -168,22 +165,6 @@ class StripeSink:
             self._client.close()
         log.info("stopped %s calls=%d retries=%d", vars(self.stats), self.caller.calls, self.caller.retries)
 
-    def _forget_changed_subscriptions(self) -> None:
-        """The subscription events the webhook consumer stored since the last look (at most every
-        few seconds): the items cached for those customers may be gone (a plan change replaces
-        them), so the directory looks them up again."""
-        if time.monotonic() - self._subscriptions_looked_at < SUBSCRIPTION_LOOK_S:
-            return
-        self._subscriptions_looked_at = time.monotonic()
-        rows = self._client.query(
-            "SELECT stripe_customer, toUnixTimestamp(max(event_created)) FROM stripe_subscription_items "
-            "WHERE event_created >= fromUnixTimestamp(%(since)s) GROUP BY stripe_customer",
-            parameters={"since": self._subscriptions_seen},
-        ).result_rows
-        if rows:
-            self.directory.forget_items(customer for customer, _ in rows)
-            self._subscriptions_seen = max(int(at) for _, at in rows)
-
     def _process(self, messages: list[Message]) -> None:
         # 1. Decode, resolve, refuse early; the waiting revisions of customers known since first.
         consumed = [Consumed(m.value() or b"", m.partition() or 0, m.offset() or 0) for m in messages]
@@ -191,7 +172,7 @@ class StripeSink:
         now_ms = int(time.time() * 1000)
         customers = self.directory.customers({a.customer_id for a in aggregates} | set(self._waiting_now()))
         released = self._released(customers, now_ms)
-        items = self._shared_windows(
+        items = self._refuse_in_batch(
             [
                 replace(
                     self._resolve(record, self.serde.decode_aggregate(record.value), customers, now_ms),
@@ -219,7 +200,7 @@ class StripeSink:
             [i.record if i.from_ledger else None for i in to_call],
         )
         # 4. Report.
-        outcomes = self._report([i.report for i in to_call if i.report is not None])
+        outcomes = self.reporting.send([i.report for i in to_call if i.report is not None])
         results = [(i, outcomes[i.report.identifier]) for i in to_call if i.report is not None]
         results += [
             (i, i.decided)
@@ -291,7 +272,7 @@ class StripeSink:
     def _decide_lost(self, todo: list[_Item], settled: dict[AggregateIdentity, Status]) -> dict[str, Outcome]:
         """Step 2's second half: the pending reports Stripe may have forgotten the identifiers of,
         decided from its totals (identifier -> outcome); legacy usage records carry no identifier."""
-        if self.mode == "usage_records":
+        if not self.reporting.checks_lost_answers:
             return {}
         now_ms = int(time.time() * 1000)
         lost = [
@@ -312,48 +293,15 @@ class StripeSink:
                 record, aggregate, Reason.UNKNOWN_METER, f"meter {aggregate.meter!r} is not configured"
             )
         if too_old(aggregate):
-            return self._refused(
-                record,
-                aggregate,
-                Reason.TIMESTAMP_TOO_OLD,
-                "the window is older than Stripe's 35 days (less an hour)",
-            )
+            detail = "the window is older than Stripe's 35 days (less an hour)"
+            return self._refused(record, aggregate, Reason.TIMESTAMP_TOO_OLD, detail)
         stripe_customer = customers.get(aggregate.customer_id)
         if stripe_customer is None:
             return self._unknown_customer(record, aggregate, now_ms)
-        item = None
-        sets_total = False
-        if self.mode == "usage_records":
-            items = self.directory.subscription_items(stripe_customer, aggregate.meter)
-            if not items:
-                return self._refused(
-                    record,
-                    aggregate,
-                    Reason.NO_SUBSCRIPTION_ITEM,
-                    f"{stripe_customer} has no active subscription item priced for {aggregate.meter}",
-                )
-            billing = item_at(items, aggregate.window_start // 1000)
-            if billing is None:
-                at = datetime.fromtimestamp(aggregate.window_start / 1000, UTC)
-                return self._refused(
-                    record,
-                    aggregate,
-                    Reason.NO_ITEM_AT_WINDOW_TIME,
-                    f"no subscription item of {stripe_customer} billed {aggregate.meter} at the window's "
-                    f"time ({at:%Y-%m-%d %H:%M} UTC): the item of that time was removed (a plan change), "
-                    f"and {', '.join(i.id for i in items)} would bill it at another price",
-                )
-            item = billing.id
-            if aggregate.delta < 0:
-                # Stripe takes no negative increment; `set` overwrites the quantity at a timestamp
-                # (https://stripe.com/docs/api/usage_records/create), which is the window's own:
-                # exact when this partition alone reported the window (see also _shared_windows).
-                others = self.ledger.other_partitions_reported(aggregate)
-                if others:
-                    return self._cannot_lower(record, aggregate, others)
-                sets_total = True
-        report = Report(aggregate, stripe_customer, event_name, item, sets_total)
-        return _Item(record, aggregate, report, None)
+        made = self.reporting.report(aggregate, stripe_customer, event_name)
+        if isinstance(made, Refusal):
+            return self._refused(record, aggregate, made.reason, made.detail)
+        return _Item(record, aggregate, made, None)
 
     def _unknown_customer(self, record: Consumed, aggregate: WindowAggregate, now_ms: int) -> _Item:
         """Stripe does not know the customer yet (search lags a new one by up to an hour): the
@@ -375,53 +323,18 @@ class StripeSink:
         detail = f"no Stripe customer for {aggregate.customer_id!r} yet ({where}); waits until {at}"
         return _Item(record, aggregate, None, Outcome(Status.WAITING, 0, str(Status.WAITING), detail))
 
-    def _cannot_lower(self, record: Consumed, aggregate: WindowAggregate, others: Sequence[int]) -> _Item:
-        return self._refused(
-            record,
-            aggregate,
-            Reason.CANNOT_LOWER_USAGE,
-            f"a correction of {aggregate.delta} for a window partitions {list(others)} also report: Stripe's "
-            "usage records lower usage only by `set`, which would overwrite theirs. Over-billed by "
-            f"{-aggregate.delta} until corrected by hand",
-        )
-
-    def _shared_windows(self, items: list[_Item]) -> list[_Item]:
-        """A `set` is refused too where another partition's revision of its window is in the same
-        batch: the ledger does not have it yet, and the set would overwrite it."""
-        partitions: dict[tuple[str, str, int], set[int]] = defaultdict(set)
-        for i in items:
-            partitions[(i.aggregate.customer_id, i.aggregate.meter, i.aggregate.window_start)].add(
-                i.aggregate.source_partition
-            )
-        checked = []
-        for i in items:
-            window = (i.aggregate.customer_id, i.aggregate.meter, i.aggregate.window_start)
-            others = sorted(partitions[window] - {i.aggregate.source_partition})
-            shared = i.report is not None and i.report.sets_total and others
-            checked.append(self._cannot_lower(i.record, i.aggregate, others) if shared else i)
-        return checked
+    def _refuse_in_batch(self, items: list[_Item]) -> list[_Item]:
+        refusals = self.reporting.refuse_in_batch([i.report for i in items if i.report is not None])
+        return [
+            self._refused(i.record, i.aggregate, *refusals[i.report.identifier])
+            if i.report is not None and i.report.identifier in refusals
+            else i
+            for i in items
+        ]
 
     @staticmethod
     def _refused(record: Consumed, aggregate: WindowAggregate, reason: Reason, detail: str) -> _Item:
         return _Item(record, aggregate, None, Outcome(Status.FAILED, 0, str(reason), detail))
-
-    def _report(self, reports: Sequence[Report]) -> dict[str, Outcome]:
-        if self.mode == "meter_event_stream":
-            outcomes: dict[str, Outcome] = {}
-            for first in range(0, len(reports), STREAM_BATCH):
-                chunk = reports[first : first + STREAM_BATCH]
-                outcome = self.caller.stream(chunk)
-                outcomes.update({r.identifier: outcome for r in chunk})
-            return outcomes
-        call = self.caller.usage_record if self.mode == "usage_records" else self.caller.meter_event
-        groups: dict[tuple[str, str], list[Report]] = defaultdict(list)
-        for report in reports:  # offset order within a group: one call in flight per customer and meter
-            groups[(report.aggregate.customer_id, report.aggregate.meter)].append(report)
-
-        def run(group: list[Report]) -> list[tuple[str, Outcome]]:
-            return [(r.identifier, call(r)) for r in group]
-
-        return {key: outcome for done in self._pool.map(run, groups.values()) for key, outcome in done}
 
     def _entry(self, item: _Item, outcome: Outcome) -> tuple[WindowAggregate, str, str, Outcome]:
         report = item.report

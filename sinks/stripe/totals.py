@@ -1,11 +1,16 @@
-"""What Stripe holds for our customers: meter event summaries per (customer, meter), read the way
-Stripe bills them. The reconciler compares these with ClickHouse, the demo prints them, and the
-sink asks them whether a report whose answer was lost landed (sinks.stripe.landed).
+"""What Stripe holds for our customers, per (customer, meter), read the way Stripe bills them: meter
+event summaries (`StripeTotals`), or on legacy accounts usage record summaries per billing period
+(`UsageRecordTotals`); `totals_for` picks the reader of `stripe.mode` once. The reconciler and
+replay compare these with ClickHouse, the demo prints them, and the sink asks them whether a report
+whose answer was lost landed (sinks.stripe.landed).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Iterable
+from typing import Protocol
 
 from core.config import Config
 from sinks.stripe.calls import Caller
@@ -25,14 +30,42 @@ def meter_ids(caller: Caller, config: Config) -> dict[str, str]:
     }
 
 
+Period = tuple[int, int]
+"""[start, end) in epoch ms."""
+
+
+class TotalsReader(Protocol):
+    per_window: bool
+    """Whether Stripe's totals can be read over any minute-aligned span (meter events); else only
+    per billing period, as Stripe summarizes them."""
+    source: str
+    """What the totals are, as reconcile records it."""
+
+    def periods(self, customer: str, meter: str, start_ms: int, end_ms: int) -> dict[Period, int]:
+        """Stripe's totals over the periods it sums, of those that begin in [start, end)."""
+
+    def total(self, customer: str, meter: str, start_ms: int, end_ms: int) -> int: ...
+
+    def by_hour(
+        self, customer: str, meter: str, start_ms: int, end_ms: int, grouping: str | None = "hour"
+    ) -> dict[int, int]: ...
+
+
 class StripeTotals:
     """Stripe's aggregated values for meterline customers and meters (meter event summaries)."""
+
+    per_window = True
+    source = "meter_event_summaries"
 
     def __init__(self, caller: Caller, config: Config, known: Known | None = None) -> None:
         """`known`: the customers known without searching (KnownCustomers.find)."""
         self.caller = caller
         self.meters = meter_ids(caller, config)
         self.directory = Directory(config.stripe, caller, known)
+
+    def periods(self, customer: str, meter: str, start_ms: int, end_ms: int) -> dict[Period, int]:
+        total = self.total(customer, meter, start_ms, end_ms)
+        return {(start_ms, end_ms): total} if total else {}
 
     def total(self, customer: str, meter: str, start_ms: int, end_ms: int) -> int:
         return sum(self.by_hour(customer, meter, start_ms, end_ms, grouping=None).values())
@@ -76,3 +109,50 @@ def meter_totals(
     stripe = StripeTotals(caller, config)
     totals = {(c, m): stripe.total(c, m, start_ms, end_ms) for c in customers for m in stripe.meters}
     return {k: v for k, v in totals.items() if v}
+
+
+class UsageRecordTotals:
+    """Legacy accounts: the usage record summaries of the subscription items pricing a meter (after a
+    plan change, the one added and any still billing). One summary per billing period of the item,
+    newest first (https://stripe.com/docs/api/usage_records): never every period the item ever had,
+    and each is its own bounds, which are a calendar month only for an item started on the 1st."""
+
+    per_window = False
+    source = "usage_records"
+
+    def __init__(self, caller: Caller, config: Config, known: Known | None = None) -> None:
+        self.caller = caller
+        self.directory = Directory(config.stripe, caller, known)
+
+    def periods(self, customer: str, meter: str, start_ms: int, end_ms: int) -> dict[Period, int]:
+        stripe_customer = self.directory.customer(customer)
+        items = () if stripe_customer is None else self.directory.subscription_items(stripe_customer, meter)
+        totals: dict[Period, int] = {}
+        for item in items:
+            path = f"/v1/subscription_items/{item.id}/usage_record_summaries"
+            response, _ = self.caller.retrying(
+                functools.partial(
+                    self.caller.client.raw_request, "get", path, stripe_version=self.caller.legacy_version
+                )
+            )
+            for summary in json.loads(response.body)["data"]:
+                period = (int(summary["period"]["start"]) * 1000, int(summary["period"]["end"]) * 1000)
+                if start_ms <= period[0] < end_ms:
+                    totals[period] = totals.get(period, 0) + int(summary["total_usage"])
+        return totals
+
+    def total(self, customer: str, meter: str, start_ms: int, end_ms: int) -> int:
+        return sum(self.periods(customer, meter, start_ms, end_ms).values())
+
+    def by_hour(
+        self, customer: str, meter: str, start_ms: int, end_ms: int, grouping: str | None = "hour"
+    ) -> dict[int, int]:
+        """Usage records have no hours: nothing to drill into."""
+        return {}
+
+
+def totals_for(config: Config, caller: Caller, known: Known | None = None) -> TotalsReader:
+    """The reader of `stripe.mode`'s totals."""
+    if config.stripe.mode == "usage_records":
+        return UsageRecordTotals(caller, config, known)
+    return StripeTotals(caller, config, known)

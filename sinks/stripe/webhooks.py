@@ -114,6 +114,17 @@ def receiver_routes(config: Config, bootstrap: Kafka, secret: str) -> dict[str, 
     return {f"POST {PATH}": receive, "GET /healthz": lambda _: Response.json({"ok": True})}
 
 
+def subscriptions_changed_since(client: Client, since_s: int) -> dict[str, int]:
+    """Stripe customer -> epoch s of its newest subscription event stored at or after `since_s`
+    (`stripe_subscription_items`, which the consumer below writes)."""
+    rows = client.query(
+        "SELECT stripe_customer, toUnixTimestamp(max(event_created)) FROM stripe_subscription_items "
+        "WHERE event_created >= fromUnixTimestamp(%(since)s) GROUP BY stripe_customer",
+        parameters={"since": since_s},
+    ).result_rows
+    return {str(customer): int(at) for customer, at in rows}
+
+
 class WebhookConsumer:
     def __init__(
         self,

@@ -228,11 +228,11 @@ def test_a_subscription_event_makes_the_legacy_sink_look_its_customer_s_item_up_
     five: a plan change would be missed that long. The webhook consumer stores every
     customer.subscription.* event, and the sink forgets what it cached for those customers."""
     from meterline.config import load_config
-    from sinks.stripe import sink as stripe_sink
+    from sinks.stripe import modes
     from tests.support.stripe import know_customers, record_subscription_item
 
     _, base = stripe_fake
-    monkeypatch.setattr(stripe_sink, "SUBSCRIPTION_LOOK_S", 0.0)
+    monkeypatch.setattr(modes, "SUBSCRIPTION_LOOK_S", 0.0)
     config = legacy_config(load_config(None, {}), base)
     set_up_stripe(config, base, ["late-subscriber"])
     dsn = f"chdb://{tmp_path / 'clickhouse'}"
@@ -248,7 +248,7 @@ def test_a_subscription_event_makes_the_legacy_sink_look_its_customer_s_item_up_
     record_subscription_item(
         sink._client, "late-subscriber", (now_s, now_s + 86_400), now_s, stripe_customer=stripe_customer
     )
-    sink._forget_changed_subscriptions()
+    sink.reporting.prepare()
     assert [i.id for i in sink.directory.subscription_items(stripe_customer, "api_calls")] == [item]
     sink._client.close()
 

@@ -111,3 +111,36 @@ def test_the_checks_catch_a_planted_back_import_and_circle() -> None:
     assert any("sinks.stripe.sink -> meterline.devstack" in v for v in layer_violations(edges))
     assert any("core.errors -> schemas.errors" in v for v in layer_violations(edges))
     assert ["core.errors", "schemas.errors"] in cycles(edges)
+
+
+MODE_CHOSEN_IN = {"sinks.stripe.modes", "sinks.stripe.totals", "sinks.stripe.sync"}
+"""Where `stripe.mode` is read: the sink's reporting mode, the reader of Stripe's totals, and the
+catalog sync (a legacy account's prices carry no meter). Everything else asks the object chosen."""
+
+
+STRIPE_MODES = {"meter_events", "meter_event_stream", "usage_records"}
+
+
+def mode_tests(source: str) -> list[int]:
+    """Lines that compare something to a Stripe reporting mode's name."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Compare)
+        and any(
+            isinstance(side, ast.Constant) and side.value in STRIPE_MODES
+            for side in [node.left, *node.comparators]
+        )
+    ]
+
+
+def test_the_stripe_mode_is_chosen_in_one_place() -> None:
+    """Issue 36, item 1: one object per reporting mode, picked once (sinks.stripe.modes,
+    sinks.stripe.totals), instead of `stripe.mode` tested wherever a mode differs."""
+    assert mode_tests('if config.stripe.mode != "usage_records":\n    pass\n') == [1]  # the rule bites
+    tested = {
+        name: lines
+        for name, path in project_modules().items()
+        if name not in MODE_CHOSEN_IN and (lines := mode_tests(path.read_text()))
+    }
+    assert tested == {}
