@@ -35,9 +35,9 @@ from meterline.workload import Expected, WorkloadSpec, generate
 from schemas.records import UsageEvent
 from schemas.serde import AvroSerde
 from streams.judge import Judge
-from streams.output import RocksStore
 from streams.processor import PartitionProcessor, rules_from
 from streams.state import PartitionStore, store_key_parts
+from streams.stores import RocksStore
 from streams.windows import DAY_MS
 
 from harness import report

@@ -42,9 +42,10 @@ from schemas.records import WindowAggregate
 from schemas.serde import READERS, AvroSerde
 from streams.batches import BatchMessage, BatchTransport
 from streams.judge import Judge, Rejection, Verdict
-from streams.output import LocalState, Output, open_local_store, recover
+from streams.output import Output
 from streams.processor import PartitionProcessor, ProcessorStats, rules_from
 from streams.state import PartitionStore
+from streams.stores import LocalState, open_local_store, recover
 
 log = logging.getLogger("meterline.stream")
 
@@ -248,7 +249,7 @@ def build_app(config: Config, bootstrap: Kafka, data_dir: Path) -> tuple[faust.A
         config.stream.app_id,
         broker=f"kafka://{brokers(bootstrap).bootstrap}",
         broker_credentials=faust_credentials(config.kafka),
-        store="memory://",  # Faust holds no state here: streams.output keeps it
+        store="memory://",  # Faust holds no state here: streams.stores keeps it
         processing_guarantee=config.stream.processing_guarantee,
         broker_commit_interval=config.stream.commit_interval_seconds,
         datadir=str(data_dir),

@@ -115,7 +115,9 @@ class PartitionProcessor:
     # The closed windows to forget, by window start: every window of one start has the same
     # deadline (streams.windows.forget_window_at), so the index costs a closed window one list slot
     # holding its series, a tuple shared through `_series` (issue 18 item 5: an entry of its own,
-    # with its own strings, was ~300 bytes, 65 MB a day on sparse usage).
+    # with its own strings, was ~300 bytes, 65 MB a day on sparse usage). Not a Buckets keyed by
+    # deadline: that needs a (start, series) tuple per window; keyed by start, the start names the
+    # deadline and each window adds only its shared series.
     _forgetting: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
     _forget_at: list[tuple[int, int]] = field(default_factory=list)  # heap of (deadline, start)
     _series: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # one tuple each

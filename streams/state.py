@@ -170,7 +170,7 @@ def ids_bucket_expired(bucket: int, watermark: int) -> bool:
 
 
 class Entries(Protocol):
-    """Stored entries by key: streams.output's local stores, and LocalState around them."""
+    """Stored entries by key: streams.stores' local stores, and LocalState around them."""
 
     def get(self, key: bytes) -> bytes | None: ...
 
@@ -218,7 +218,7 @@ class PartitionStore:
     """One partition's state entries, written behind: saves stay in memory until `write_behind()`,
     which the app calls before every commit (streams.app), so a window touched by many records in a
     commit interval is encoded and sent to the changelog once. The entries are
-    streams.output.LocalState (a local store written through to the changelog topic).
+    streams.stores.LocalState (a local store written through to the changelog topic).
 
     Exactness holds as with writes in record order: `write_behind()` writes the new ids chunks,
     then every changed window (each stamped with the last offset folded into it, a closed one

@@ -26,7 +26,7 @@ Log = list[tuple[bytes, bytes | None]]
 
 class ChangelogEntries:
     """A partition's state entries whose every write is also appended to a log, like the changelog
-    topic behind streams.output.LocalState."""
+    topic behind streams.stores.LocalState."""
 
     def __init__(self, data: dict[bytes, bytes], log: Log) -> None:
         self.data, self.log = data, log
