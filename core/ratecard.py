@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
+from core.currencies import Currency
+
 Rounding = Literal["up", "down", "half_up"]
 
 
@@ -40,6 +42,6 @@ class MeterPrice:
 @dataclass(frozen=True)
 class Plan:
     name: str
-    currency: str
+    currency: Currency
     base_fee: Decimal
     prices: Mapping[str, MeterPrice]

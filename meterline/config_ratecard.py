@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any, Literal, cast
 
 from core.config import ConfigProblem, MeterConfig
+from core.currencies import Currency, currency
 from core.ratecard import MeterPrice, Plan, Rounding, Tier
 from meterline.config_checks import (
     Section,
@@ -73,7 +74,7 @@ def build_plans(
     for name, table in raw.items():
         s = Section({name: table}, name, problems)
         s.name = f"plans.{name}"
-        currency = s.get("currency", str, "usd", currency_check)
+        code = s.get("currency", str, "usd", currency_check)
         base_fee = money(s, "base_fee", "0")
         prices_raw = s.get("prices", dict, {})
         s.finish()
@@ -114,7 +115,8 @@ def build_plans(
                 billed_by_stripe=p.get("billed_by_stripe", bool, True),
             )
             p.finish()
-        plan = Plan(name, currency, base_fee, prices)
+        valid = currency_check(code) is None  # else the load fails: the plan is only checked further
+        plan = Plan(name, currency(code) if valid else Currency(code, 2), base_fee, prices)
         for key in [base_fee_lookup_key(name), *(lookup_key(name, meter) for meter in prices)]:
             if len(key) > STRIPE_LOOKUP_KEY_MAX:
                 problems.append(
@@ -125,7 +127,7 @@ def build_plans(
                         f"{STRIPE_LOOKUP_KEY_MAX} (a shorter plan or meter name)",
                     )
                 )
-        if currency_check(currency) is None:
+        if valid:
             _check_billable(plan, problems)
         plans[name] = plan
     return plans

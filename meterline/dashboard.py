@@ -21,7 +21,7 @@ from core.config import Config
 from core.http import Response
 from core.ratecard import MeterPrice
 from reconciler.alerting import customer_alerts
-from reconciler.invoice_text import money, quantity_text, rows
+from reconciler.invoice_text import quantity_text, rows
 from reconciler.periods import resolve
 from reconciler.plan_history import invoice_over, period_invoice
 from reconciler.pricing import Invoice, billed_quantity
@@ -100,7 +100,7 @@ def document(
         "period_label": chosen.label,
         "grain": grain,
         "plan": plan.name,
-        "currency": plan.currency,
+        "currency": plan.currency.code,
         "as_of": as_of_ms,
         "period_start": start,
         "period_end": end,
@@ -117,7 +117,7 @@ def document(
 
 def _invoice_json(bill: Invoice) -> dict[str, Any]:
     """The rows as the page draws them (each Stripe line, its breakdown, the total), as text."""
-    return {"rows": rows(bill), "total": money(bill.total, bill.currency), "notes": list(bill.notes)}
+    return {"rows": rows(bill), "total": bill.currency.format(bill.total), "notes": list(bill.notes)}
 
 
 def page(customer: str) -> str:

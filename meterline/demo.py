@@ -392,7 +392,6 @@ def _stripe_would_bill(config: Config, address: forward.RunningRun, customer: st
     import json
     from decimal import Decimal
 
-    from core.currencies import currency
     from reconciler.usage import period_bounds
     from sinks.stripe.calls import caller_for
     from sinks.stripe.invoice_rules import line_amount, line_quantity
@@ -406,7 +405,7 @@ def _stripe_would_bill(config: Config, address: forward.RunningRun, customer: st
         return False
     preview = json.loads(output)
     plan = config.plan_for(customer)
-    unit = currency(plan.currency)
+    unit = plan.currency
     caller = caller_for(config)
     totals = StripeTotals(caller, config)
     start, end = period_bounds(month)

@@ -18,7 +18,7 @@ from decimal import Decimal
 
 from core.config import AlertRule
 from core.ratecard import Plan
-from reconciler.invoice_text import money, quantity_text
+from reconciler.invoice_text import quantity_text
 from reconciler.pricing import billed_quantity, meter_line
 from reconciler.usage import projected_usage
 
@@ -81,7 +81,7 @@ def crossed(
             )
     if rule.spend:
         spent = meter_line(price, used, plan.currency).amount
-        found += [(f"spend {money(a, plan.currency)}", a, spent) for a in rule.spend if spent >= a]
+        found += [(f"spend {plan.currency.format(a)}", a, spent) for a in rule.spend if spent >= a]
     elapsed = Decimal(now_ms - start) / (end - start) if end > start else Decimal(0)
     if rule.projected_overage and PROJECTION_FROM <= elapsed < 1:
         projected = billed_quantity(

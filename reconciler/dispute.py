@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from core.config import Config
+from core.currencies import Currency
 from core.ratecard import MeterPrice
 from reconciler import invoice_text
 from reconciler.html_tables import section_tables
@@ -66,7 +67,7 @@ class DisputeReport:
     customer: str
     period: str
     plan: str
-    currency: str
+    currency: Currency
     hours: list[HourUsage]
     days: list[DayShare]
     bill: Invoice
@@ -212,7 +213,10 @@ def render_json(report: DisputeReport) -> str:
     def default(value: object) -> object:
         return str(value) if isinstance(value, Decimal) else repr(value)
 
-    return json.dumps({**asdict(report), "bill": invoice_text.to_json(report.bill)}, default=default)
+    return json.dumps(
+        {**asdict(report), "currency": report.currency.code, "bill": invoice_text.to_json(report.bill)},
+        default=default,
+    )
 
 
 def render_csv(report: DisputeReport) -> str:

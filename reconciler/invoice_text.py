@@ -6,15 +6,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from core.currencies import currency
+from core.currencies import Currency
 from reconciler.pricing import Invoice, Line
 
 NOT_BILLED_BY_STRIPE = "not billed through Stripe"
-
-
-def money(amount: Decimal, currency_code: str) -> str:
-    """$200.00, ¥1,200; sub-cent unit prices keep their digits ($0.001)."""
-    return currency(currency_code).format(amount)
 
 
 def quantity_text(quantity: Decimal) -> str:
@@ -27,14 +22,14 @@ def describe(invoice: Invoice) -> str:
     parts = []
     for line in invoice.lines:
         if line.meter is None:  # the base fee
-            parts.append(f"{line.description} {money(line.amount, invoice.currency)}")
+            parts.append(f"{line.description} {invoice.currency.format(line.amount)}")
             continue
         for part in line.parts:
             text = f"{part.description} {quantity_text(part.quantity)}"
             if part.unit_price:
-                text += f" at {money(part.unit_price, invoice.currency)}"
+                text += f" at {invoice.currency.format(part.unit_price)}"
             parts.append(text)
-    parts.append(f"Total {money(invoice.total, invoice.currency)}")
+    parts.append(f"Total {invoice.currency.format(invoice.total)}")
     return " / ".join(parts)
 
 
@@ -48,8 +43,8 @@ def rows(invoice: Invoice) -> list[dict[str, str]]:
             {
                 "line": line.description + ("" if line.billed_by_stripe else f" ({NOT_BILLED_BY_STRIPE})"),
                 "quantity": quantity_text(line.quantity),
-                "unit price": "" if unit_price is None else money(unit_price, invoice.currency),
-                "amount": money(line.amount, invoice.currency),
+                "unit price": "" if unit_price is None else invoice.currency.format(unit_price),
+                "amount": invoice.currency.format(line.amount),
             }
         )
         if len(line.parts) > 1 or line.exact_amount != line.amount:
@@ -57,8 +52,8 @@ def rows(invoice: Invoice) -> list[dict[str, str]]:
                 {
                     "line": f"  {part.description}",
                     "quantity": quantity_text(part.quantity),
-                    "unit price": money(part.unit_price, invoice.currency),
-                    "amount": money(part.amount, invoice.currency),
+                    "unit price": invoice.currency.format(part.unit_price),
+                    "amount": invoice.currency.format(part.amount),
                 }
                 for part in line.parts
             )
@@ -70,10 +65,10 @@ def rows(invoice: Invoice) -> list[dict[str, str]]:
 
 def to_json(invoice: Invoice) -> dict[str, Any]:
     """Exact decimal strings, minor units and every part, for machines."""
-    unit = currency(invoice.currency)
+    unit = invoice.currency
     return {
         "plan": invoice.plan,
-        "currency": invoice.currency,
+        "currency": invoice.currency.code,
         "lines": [_line_json(line, unit.to_minor(line.amount)) for line in invoice.lines],
         "total": str(invoice.total),
         "total_minor_units": int(unit.to_minor(invoice.total)),
@@ -104,5 +99,5 @@ def _line_json(line: Line, minor: Decimal) -> dict[str, Any]:
     }
 
 
-def _total_row(label: str, amount: Decimal, currency_code: str) -> dict[str, str]:
-    return {"line": label, "quantity": "", "unit price": "", "amount": money(amount, currency_code)}
+def _total_row(label: str, amount: Decimal, unit: Currency) -> dict[str, str]:
+    return {"line": label, "quantity": "", "unit price": "", "amount": unit.format(amount)}

@@ -14,8 +14,7 @@ from email.message import EmailMessage
 from typing import Any
 from urllib.parse import quote
 
-from core.currencies import currency
-from reconciler.invoice_text import money, rows
+from reconciler.invoice_text import rows
 from reconciler.pricing import Invoice
 
 
@@ -51,8 +50,8 @@ def compose(invoice: dict[str, Any], customer: str, bill: Invoice, dashboard_url
         )
     total_minor = invoice.get("total")
     if isinstance(total_minor, int) and not isinstance(total_minor, bool):
-        charged = money(currency(bill.currency).from_minor(total_minor), bill.currency)
-        if charged != money(bill.total, bill.currency):
+        charged = bill.currency.format(bill.currency.from_minor(total_minor))
+        if charged != bill.currency.format(bill.total):
             lines.append(f"The invoice's total is {charged}: it is what is charged.")
     lines.append("")
     if dashboard_url:
@@ -64,7 +63,7 @@ def compose(invoice: dict[str, Any], customer: str, bill: Invoice, dashboard_url
         invoice_id=str(invoice["id"]),
         customer_id=customer,
         email=str(invoice.get("customer_email") or ""),
-        subject=f"Your invoice for {period}: {money(bill.total, bill.currency)}",
+        subject=f"Your invoice for {period}: {bill.currency.format(bill.total)}",
         body="\n".join(lines).rstrip() + "\n",
     )
 

@@ -33,7 +33,6 @@ from decimal import Decimal
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
-from core.currencies import currency
 from core.ratecard import Plan
 from reconciler.pricing import Invoice, Line, currency_notes, invoice
 from reconciler.pricing import Part as LinePart
@@ -164,7 +163,7 @@ def prorations(split: Sequence[Part]) -> list[Line]:
         ):
             if not fee:
                 continue
-            unit = currency(new.plan.currency)
+            unit = new.plan.currency
             exact = fee * share
             basis = LinePart(
                 f"{left_s:,} of {end_s - start_s:,} seconds of the period at {unit.format(abs(fee))}",

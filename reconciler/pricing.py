@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
-from core.currencies import currency
+from core.currencies import Currency
 from core.ratecard import MeterPrice, Plan, Tier
 
 _ROUNDING = {"up": ROUND_CEILING, "down": ROUND_FLOOR, "half_up": ROUND_HALF_UP}
@@ -64,7 +64,7 @@ class Line:
 @dataclass(frozen=True)
 class Invoice:
     plan: str
-    currency: str
+    currency: Currency
     lines: tuple[Line, ...]
     notes: tuple[str, ...] = ()
     """What the reader must know beside the lines (a part of the period Stripe does not bill)."""
@@ -72,13 +72,13 @@ class Invoice:
     @property
     def total(self) -> Decimal:
         """The sum of the rounded lines (exact: each is a whole number of minor units)."""
-        return currency(self.currency).round(sum((line.amount for line in self.lines), Decimal(0)))
+        return self.currency.round(sum((line.amount for line in self.lines), Decimal(0)))
 
     @property
     def stripe_total(self) -> Decimal:
         """What Stripe's invoice totals: the lines of prices billed through Stripe."""
         stripe_lines = (line.amount for line in self.lines if line.billed_by_stripe)
-        return currency(self.currency).round(sum(stripe_lines, Decimal(0)))
+        return self.currency.round(sum(stripe_lines, Decimal(0)))
 
 
 def billed_quantity(price: MeterPrice, base_units: int) -> Decimal:
@@ -97,7 +97,7 @@ def meter_parts(price: MeterPrice, quantity: Decimal) -> list[Part]:
     return [_volume(price, quantity)]
 
 
-def meter_line(price: MeterPrice, base_units: int, currency_code: str) -> Line:
+def meter_line(price: MeterPrice, base_units: int, unit: Currency) -> Line:
     quantity = billed_quantity(price, base_units)
     parts = tuple(meter_parts(price, quantity))
     exact = sum((p.amount for p in parts), Decimal(0))
@@ -107,7 +107,7 @@ def meter_line(price: MeterPrice, base_units: int, currency_code: str) -> Line:
         quantity,
         parts,
         exact,
-        currency(currency_code).round(exact),
+        unit.round(exact),
         price.billed_by_stripe,
     )
 
@@ -124,7 +124,7 @@ def invoice(plan: Plan, usage: Mapping[str, int]) -> Invoice:
                 Decimal(1),
                 (fee,),
                 plan.base_fee,
-                currency(plan.currency).round(plan.base_fee),
+                plan.currency.round(plan.base_fee),
             )
         )
     for meter, price in plan.prices.items():
@@ -132,14 +132,13 @@ def invoice(plan: Plan, usage: Mapping[str, int]) -> Invoice:
     return Invoice(plan.name, plan.currency, tuple(lines), currency_notes(plan.currency))
 
 
-def currency_notes(currency_code: str) -> tuple[str, ...]:
+def currency_notes(unit: Currency) -> tuple[str, ...]:
     """What the lines cannot promise in this currency. Stripe charges some currencies only in
     coarser steps than their minor unit (core.currencies.Currency.charge_step): a three-decimal
     currency's payments must end in 0 ("Your integration must round amounts to the nearest ten",
     https://docs.stripe.com/currencies), an ISK charge must be whole krónur. Stripe does not say
     how it rounds an invoice to that: the lines are rounded to the minor unit, and the charge may
     differ from their sum by up to half a step."""
-    unit = currency(currency_code)
     if unit.charge_step == 1:
         return ()
     step = unit.from_minor(unit.charge_step)
@@ -150,7 +149,7 @@ def currency_notes(currency_code: str) -> tuple[str, ...]:
         "(https://support.stripe.com/questions/deprecation-of-fractional-isk-charges-and-refunds)"
     )
     return (
-        f"{currency_code.upper()} is {rule} and Stripe does not document how it rounds an invoice to "
+        f"{unit.code.upper()} is {rule} and Stripe does not document how it rounds an invoice to "
         f"that; the charge may differ from this total by up to {unit.round(step / 2)}",
     )
 

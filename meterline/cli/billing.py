@@ -237,9 +237,9 @@ def _invoice_quote(args: argparse.Namespace) -> int:
         raise MeterlineError(
             f"--plan {args.plan!r}: no such plan; configured: {', '.join(sorted(config.plans))}"
         )
-    if args.currency and args.currency.lower() != plan.currency:
+    if args.currency and args.currency.lower() != plan.currency.code:
         raise MeterlineError(
-            f"--currency {args.currency!r}: plan {plan.name!r} is priced in {plan.currency}, "
+            f"--currency {args.currency!r}: plan {plan.name!r} is priced in {plan.currency.code}, "
             "and meterline does not convert currencies"
         )
     usage: dict[str, int] = {}

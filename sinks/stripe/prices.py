@@ -30,7 +30,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from core.currencies import Currency, currency
+from core.currencies import Currency
 from core.ratecard import MeterPrice, Plan
 
 MAX_UNIT_AMOUNT_DECIMALS = 12
@@ -47,7 +47,7 @@ def base_fee_lookup_key(plan: str) -> str:
 def stripe_terms(plan: Plan, price: MeterPrice) -> dict[str, Any] | str:
     """How Stripe prices `price` (billing scheme, amounts in minor units, quantity transform), or
     why it cannot bill it exactly."""
-    unit = currency(plan.currency)
+    unit = plan.currency
     scale = Decimal(10) ** price.decimals
     divide_by = price.per / scale
     if divide_by >= 1 and divide_by == divide_by.to_integral_value():
@@ -122,7 +122,7 @@ def metered_price(
     )
     params: dict[str, Any] = {
         "product": product,
-        "currency": plan.currency,
+        "currency": plan.currency.code,
         "lookup_key": lookup_key(plan.name, price.meter),
         "recurring": recurring,
         "metadata": {"meterline_meter": price.meter, "meterline_plan": plan.name},
@@ -134,7 +134,7 @@ def metered_price(
 
 def base_fee_terms(plan: Plan) -> dict[str, Any] | str:
     try:
-        return {"unit_amount_decimal": _unit_amount(currency(plan.currency), plan.base_fee, Decimal(1))}
+        return {"unit_amount_decimal": _unit_amount(plan.currency, plan.base_fee, Decimal(1))}
     except _Unrepresentable as exc:
         return f"base fee: {exc}"
 
@@ -145,7 +145,7 @@ def base_fee_price(plan: Plan, product: str) -> dict[str, Any] | str:
         return terms
     params: dict[str, Any] = {
         "product": product,
-        "currency": plan.currency,
+        "currency": plan.currency.code,
         "lookup_key": base_fee_lookup_key(plan.name),
         "recurring": {"interval": "month", "usage_type": "licensed"},
         "metadata": {"meterline_plan": plan.name},

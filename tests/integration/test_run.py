@@ -21,7 +21,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from core.config import Config
 from meterline.produce import produce_workload
 from meterline.workload import Expected, WorkloadSpec, customer_ids
-from reconciler.invoice_text import money
 from reconciler.pricing import invoice
 from tests.conftest import TEST_PARTITIONS, isolated_config
 from tests.support.browser import launch, needs_chromium
@@ -313,7 +312,7 @@ def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> 
     projected_bill = invoice(plan, projected_usage(usage, start, end, as_of))
     assert (document["as_of"], document["projected"]["total"]) == (
         as_of,
-        money(projected_bill.total, projected_bill.currency),
+        projected_bill.currency.format(projected_bill.total),
     )
     projected_total = document["projected"]["total"]
     problems: list[str] = []
@@ -353,7 +352,7 @@ def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> 
             invoice_total = page.eval_on_selector(
                 "#invoice tr:last-child td:last-child", "c => c.textContent"
             )
-            assert invoice_total == money(bill.total, bill.currency)
+            assert invoice_total == bill.currency.format(bill.total)
             projected = page.eval_on_selector("#projected tr:last-child td:last-child", "c => c.textContent")
             assert projected == projected_total
         finally:

@@ -40,8 +40,11 @@ EGRESS = MeterPrice(
 )
 
 
+USD = currency("usd")
+
+
 def plan(*prices: MeterPrice, base_fee: str = "0", currency_code: str = "usd") -> Plan:
-    return Plan("test", currency_code, D(base_fee), {p.meter: p for p in prices})
+    return Plan("test", currency(currency_code), D(base_fee), {p.meter: p for p in prices})
 
 
 def test_the_seed_example_bills_exactly_200_dollars_of_overage() -> None:
@@ -113,7 +116,7 @@ def test_the_seed_s_tiers_100_at_10_dollars_then_900_at_8() -> None:
     ],
 )
 def test_graduated_tiers_price_each_tier_s_units(units: int, amount: D) -> None:
-    line = meter_line(GRADUATED, units, "usd")
+    line = meter_line(GRADUATED, units, USD)
     assert line.amount == amount and sum(p.amount for p in line.parts) == amount
     assert sum(p.quantity for p in line.parts) == units
 
@@ -129,7 +132,7 @@ def test_graduated_tiers_price_each_tier_s_units(units: int, amount: D) -> None:
     ],
 )
 def test_volume_tiers_price_every_unit_at_one_tier(units: int, unit_price: D, amount: D) -> None:
-    line = meter_line(VOLUME, units, "usd")
+    line = meter_line(VOLUME, units, USD)
     assert (line.unit_price, line.amount, line.quantity) == (unit_price, amount, units)
 
 
@@ -154,7 +157,7 @@ def test_fractional_units_round_by_the_declared_rule(rounding: str, bytes_: int,
 
 def test_stripe_s_own_example_0_05_cents_times_30_bills_2_cents() -> None:
     price = MeterPrice("storage_mb", "storage", "MB", overage_price=D("0.0005"))  # 0.05 cents a MB
-    assert meter_line(price, 30, "usd").amount == D("0.02")
+    assert meter_line(price, 30, USD).amount == D("0.02")
 
 
 def test_three_meters_at_half_a_cent_each_bill_three_cents_not_two() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal as D
 
+from core.currencies import currency
 from core.ratecard import MeterPrice, Plan
 from reconciler.plan_history import Part, invoice_over
 
@@ -18,7 +19,7 @@ CALLS = MeterPrice("api_calls", "API calls", "call", overage_price=D("0.001"))
 
 
 def plan(name: str, fee: str) -> Plan:
-    return Plan(name, "usd", D(fee), {"api_calls": CALLS})
+    return Plan(name, currency("usd"), D(fee), {"api_calls": CALLS})
 
 
 def test_stripe_s_example_an_upgrade_from_10_to_20_dollars_halfway_bills_5_more() -> None:
