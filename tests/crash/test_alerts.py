@@ -27,6 +27,7 @@ from sinks.clickhouse.sink import ClickHouseSink
 from tests.support.clickhouse_sink import fresh
 from tests.support.kafka import read_messages
 from tests.support.pipeline import start_meterline
+from tests.support.records import window_aggregate
 from tests.support.sinks import run_sink
 from tests.support.stripe_sink import produce_aggregates
 
@@ -98,9 +99,7 @@ class Product:
 
 def _aggregates(start: int) -> list[WindowAggregate]:
     return [
-        WindowAggregate(
-            f"cust-{n:02d}", "api_calls", start, start + 60_000, 0, calls, calls, 1, 0, start + 90_000
-        )
+        window_aggregate(f"cust-{n:02d}", "api_calls", start, value=calls, closed_at=start + 90_000)
         for n, calls in enumerate(CALLS)
     ]
 

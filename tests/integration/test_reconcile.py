@@ -21,7 +21,6 @@ from meterline.config import load_config
 from reconciler.compare import Difference, compare
 from reconciler.reconcile import reconcile
 from reconciler.usage import PeriodError
-from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
@@ -33,6 +32,7 @@ from sinks.stripe.fake_state import MeterEvent
 from sinks.stripe.sink import StripeSink
 from sinks.stripe.webhook_events import INVOICE_COLUMNS
 from tests.support.clickhouse_sink import fresh
+from tests.support.records import window_aggregate
 from tests.support.sinks import run_sink
 from tests.support.stripe import (
     KEY,
@@ -65,9 +65,7 @@ def _both_sinks_filled(config: Config, base: str, dsn: str, start: int, now: int
             for meter in config.meters:
                 window = start + n * MINUTE
                 value = 1 + (n * 31 + len(customer) + len(meter)) % 500
-                a = WindowAggregate(
-                    customer, meter, window, window + MINUTE, 0, value, value, 1, 0, window + MINUTE
-                )
+                a = window_aggregate(customer, meter, window, value=value, closed_at=window + MINUTE)
                 producer.produce(config.topics.aggregates, serde.encode_aggregate(a), customer.encode())
     producer.flush()
     ends = read_ends(config.kafka.bootstrap, [config.topics.aggregates])
@@ -261,8 +259,10 @@ def test_a_correction_stored_after_its_invoice_was_finalized_is_listed_as_unbill
     try:
         migrate(client, 400)
         start = 1_793_491_200_000  # 2026-11-01
-        base = WindowAggregate("cust-0000", "api_calls", start, start + MINUTE, 0, 10, 10, 1, 0, start)
-        late = WindowAggregate("cust-0000", "api_calls", start, start + MINUTE, 0, 14, 4, 2, 1, start)
+        base = window_aggregate("cust-0000", "api_calls", start, value=10, closed_at=start)
+        late = window_aggregate(
+            "cust-0000", "api_calls", start, value=14, delta=4, events=2, revision=1, closed_at=start
+        )
         for a in (base, late):
             row = [getattr(a, c) for c in REVISION_COLUMNS]
             client.insert("usage_window_revisions", [row], column_names=list(REVISION_COLUMNS))

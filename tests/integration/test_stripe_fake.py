@@ -15,6 +15,7 @@ import pytest
 import stripe
 
 from sinks.stripe.fake import FakeStripe, Faults
+from tests.support.records import window_aggregate
 from tests.support.stripe import LEGACY_VERSION
 
 KEY = "sk_test_meterline_fake"
@@ -194,14 +195,13 @@ def test_a_500_after_execution_began_is_saved_and_replayed_under_its_key(
 def test_the_sink_s_call_settles_a_saved_500_under_a_new_key_for_meter_events_only(
     fake: tuple[FakeStripe, str], api: stripe.StripeClient
 ) -> None:
-    from schemas.records import WindowAggregate
     from sinks.stripe.calls import Caller, RateLimiter
     from sinks.stripe.report import Report, Status
 
     _, customer = setup_meter(api)
     caller = Caller(fake[1], KEY, 5, RateLimiter(1000), "2024-06-20")
     window = (NOW - 3600) * 1000
-    aggregate = WindowAggregate("cust-1", "api_calls", window, window + 60_000, 0, 9, 9, 1, 0, window)
+    aggregate = window_aggregate("cust-1", "api_calls", window, value=9, closed_at=window)
     product = api.v1.products.create({"name": "API calls"})
     price = api.v1.prices.create(
         {

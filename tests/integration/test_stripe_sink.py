@@ -31,6 +31,7 @@ from sinks.stripe.sink import StripeSink
 from sinks.stripe.sync import refused, sync
 from tests.support.kafka import read_messages
 from tests.support.pipeline import SinkProcess, Workers, small_workload
+from tests.support.records import window_aggregate
 from tests.support.stripe import (
     KEY,
     LEGACY_VERSION,
@@ -79,7 +80,7 @@ def test_a_workload_reaches_stripe_exactly_in_every_mode(
     }
     assert totals == expected_by_customer_meter(expected)
     rows = ledger(config, ledger_dsn)
-    assert {r[5] for r in rows} == {"confirmed"} and len(rows) == sum(
+    assert {r.status for r in rows} == {"confirmed"} and len(rows) == sum(
         len(v) for v in fake.state.usage_records.values()
     )
 
@@ -97,7 +98,7 @@ def test_each_refusal_lands_in_the_dlq_and_the_ledger_with_its_reason(
     day = 86_400_000
 
     def aggregate(customer: str, meter: str, start: int, revision: int = 0) -> WindowAggregate:
-        return WindowAggregate(customer, meter, start, start + 60_000, 0, 7, 7, 1, revision, start + 70_000)
+        return window_aggregate(customer, meter, start, value=7, revision=revision)
 
     cases = {
         # Stripe never knew the customer while the window's invoice could take it (its month ended
@@ -131,7 +132,9 @@ def test_each_refusal_lands_in_the_dlq_and_the_ledger_with_its_reason(
     for reason, message in by_reason.items():
         assert serde.decode_aggregate(message.value() or b"") == cases[reason]
         assert dict(message.headers() or [])["identifier"].decode() == identifier(cases[reason].identity)
-    statuses = {(r[0], r[1], r[2]): (r[5], r[6]) for r in ledger(config, ledger_dsn)}
+    statuses = {
+        (r.customer_id, r.meter, r.window_start): (r.status, r.error_code) for r in ledger(config, ledger_dsn)
+    }
     for reason, a in cases.items():
         assert statuses[(a.customer_id, a.meter, a.window_start)] == (
             ("sent", "")
@@ -154,7 +157,7 @@ def test_stripe_test_mode_takes_a_meter_event_from_the_same_code(config: Config)
     customer = caller.client.v1.customers.create({"metadata": {"meterline_customer_id": "meterline-test"}})
     start = int(time.time() * 1000) // 60_000 * 60_000 - HOUR_MS
     report = Report(
-        WindowAggregate("meterline-test", "api_calls", start, start + 60_000, 0, 1, 1, 1, 0, start + 70_000),
+        window_aggregate("meterline-test", "api_calls", start),
         customer.id,
         config.meters["api_calls"].stripe_event_name,
     )
@@ -263,9 +266,7 @@ def test_a_legacy_customer_without_a_subscription_item_is_refused_before_the_cal
     subscribe(config, base, ["subscribed"])
     now = int(time.time() * 1000) // 60_000 * 60_000
     cases = {
-        customer: WindowAggregate(
-            customer, "api_calls", now - HOUR_MS, now - HOUR_MS + 60_000, 0, 9, 9, 1, 0, now
-        )
+        customer: window_aggregate(customer, "api_calls", now - HOUR_MS, value=9, closed_at=now)
         for customer in ("subscribed", "unsubscribed")
     }
     serde = AvroSerde()
@@ -281,7 +282,7 @@ def test_a_legacy_customer_without_a_subscription_item_is_refused_before_the_cal
     [refused] = read_messages(config.kafka.bootstrap, config.topics.stripe_dlq, 1)
     assert dict(refused.headers() or [])["error.code"] == b"no_subscription_item"
     assert serde.decode_aggregate(refused.value() or b"") == cases["unsubscribed"]
-    statuses = {r[0]: (r[5], r[6]) for r in ledger(config, ledger_dsn)}
+    statuses = {r.customer_id: (r.status, r.error_code) for r in ledger(config, ledger_dsn)}
     assert statuses == {"subscribed": ("confirmed", ""), "unsubscribed": ("failed", "no_subscription_item")}
     assert [r["quantity"] for records in fake.state.usage_records.values() for r in records] == [9]
 
@@ -324,9 +325,7 @@ def test_after_a_plan_change_a_legacy_window_goes_to_the_item_of_its_time_or_is_
 
     def window(start_s: int, value: int) -> WindowAggregate:
         start = start_s * 1000
-        return WindowAggregate(
-            "changer", "api_calls", start, start + 60_000, 0, value, value, 1, 0, now_s * 1000
-        )
+        return window_aggregate("changer", "api_calls", start, value=value, closed_at=now_s * 1000)
 
     before, after = window(changed_s - 1800, 7), window(changed_s + 1800, 11)
     know_customers_at(config, ledger_dsn, base)
@@ -345,7 +344,7 @@ def test_after_a_plan_change_a_legacy_window_goes_to_the_item_of_its_time_or_is_
     assert headers["error.code"] == b"no_item_at_window_time"
     assert new_item.encode() in headers["error.detail"]
     assert AvroSerde().decode_aggregate(refused.value() or b"") == before
-    statuses = {r[2]: (r[5], r[6]) for r in ledger(config, ledger_dsn)}
+    statuses = {r.window_start: (r.status, r.error_code) for r in ledger(config, ledger_dsn)}
     assert statuses == {
         before.window_start: ("failed", "no_item_at_window_time"),
         after.window_start: ("confirmed", ""),
@@ -372,8 +371,15 @@ def test_a_legacy_correction_lowers_usage_by_set_where_exact_and_is_refused_wher
     alone, shared = now - HOUR_MS, now - HOUR_MS + 60_000
 
     def aggregate(start: int, partition: int, value: int, delta: int, revision: int) -> WindowAggregate:
-        return WindowAggregate(
-            "legacy", "api_calls", start, start + 60_000, partition, value, delta, 1, revision, now
+        return window_aggregate(
+            "legacy",
+            "api_calls",
+            start,
+            value=value,
+            delta=delta,
+            partition=partition,
+            revision=revision,
+            closed_at=now,
         )
 
     revisions = [
@@ -403,8 +409,8 @@ def test_a_legacy_correction_lowers_usage_by_set_where_exact_and_is_refused_wher
     [refused] = read_messages(config.kafka.bootstrap, config.topics.stripe_dlq, 1)
     headers = dict(refused.headers() or [])
     assert headers["error.code"] == b"cannot_lower_usage" and b"Over-billed by 3" in headers["error.detail"]
-    failed = [r for r in ledger(config, ledger_dsn) if r[5] == "failed"]
-    assert [(r[4], r[6]) for r in failed] == [(1, "cannot_lower_usage")]
+    failed = [r for r in ledger(config, ledger_dsn) if r.status == "failed"]
+    assert [(r.revision, r.error_code) for r in failed] == [(1, "cannot_lower_usage")]
 
 
 def test_stripe_sync_refuses_a_meter_of_the_same_event_name_that_bills_otherwise(
@@ -463,10 +469,7 @@ def test_a_report_pending_past_stripe_s_identifier_window_is_sent_again_only_if_
     stripe_customer = {c["metadata"]["meterline_customer_id"]: c["id"] for c in fake.state.customers.values()}
     now_s = int(time.time())
     window = (now_s - 30 * 3600) // 60 * 60 * 1000
-    aggregates = {
-        c: WindowAggregate(c, "api_calls", window, window + 60_000, 0, 7, 7, 1, 0, window + 70_000)
-        for c in customers
-    }
+    aggregates = {c: window_aggregate(c, "api_calls", window, value=7) for c in customers}
     client = connect(config, ledger_dsn)
     try:
         Ledger(client, "meter_events").record(
@@ -497,7 +500,7 @@ def test_a_report_pending_past_stripe_s_identifier_window_is_sent_again_only_if_
 
     events = Counter(e.customer for e in fake.state.meter_events)
     assert {c: events[stripe_customer[c]] for c in customers} == {"landed": 1, "lost": 1, "other": 1}
-    statuses = {r[0]: (r[5], r[6]) for r in ledger(config, ledger_dsn)}
+    statuses = {r.customer_id: (r.status, r.error_code) for r in ledger(config, ledger_dsn)}
     assert statuses == {
         "landed": ("sent", "decided_by_totals"),
         "lost": ("sent", ""),

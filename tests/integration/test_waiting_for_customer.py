@@ -29,6 +29,7 @@ from sinks.stripe.report import identifier
 from sinks.stripe.sink import StripeSink
 from tests.support.cli import meterline
 from tests.support.kafka import read_messages
+from tests.support.records import window_aggregate
 from tests.support.stripe import set_up_stripe
 from tests.support.stripe_sink import HOUR_MS, ledger, produce_aggregates
 from tests.support.webhooks import post, start_webhooks
@@ -39,7 +40,7 @@ NOW = int(time.time() * 1000) // 60_000 * 60_000
 def usage(customer: str) -> list[WindowAggregate]:
     """Two windows of the past two hours: 5 and 7 calls."""
     return [
-        WindowAggregate(customer, "api_calls", start, start + 60_000, 0, value, value, 1, 0, start + 70_000)
+        window_aggregate(customer, "api_calls", start, value=value)
         for start, value in ((NOW - 2 * HOUR_MS, 5), (NOW - HOUR_MS, 7))
     ]
 
@@ -95,7 +96,7 @@ def test_a_customer_created_a_moment_before_its_usage_is_billed_once_search_find
 
     assert (sink.stats.waiting, sink.stats.released, sink.stats.failed) == (2, 2, 0)
     assert billed(fake) == sorted((identifier(w.identity), w.value) for w in windows)
-    assert {(r[0], r[5]) for r in ledger(config, ledger_dsn)} == {("fresh", "sent")}
+    assert {(r.customer_id, r.status) for r in ledger(config, ledger_dsn)} == {("fresh", "sent")}
 
 
 def test_a_customer_named_by_a_webhook_or_an_import_is_billed_without_search_and_across_restarts(
@@ -116,7 +117,7 @@ def test_a_customer_named_by_a_webhook_or_an_import_is_billed_without_search_and
 
     first = run_sink_until(stripe_config, ledger_dsn, committed(config))
     assert (first.stats.waiting, first.stats.sent, len(fake.state.meter_events)) == (4, 0, 0)
-    assert {(r[0], r[5], r[6]) for r in ledger(config, ledger_dsn)} == {
+    assert {(r.customer_id, r.status, r.error_code) for r in ledger(config, ledger_dsn)} == {
         ("hooked", "waiting_for_customer", "waiting_for_customer"),
         ("imported", "waiting_for_customer", "waiting_for_customer"),
     }
@@ -161,7 +162,10 @@ def test_a_customer_named_by_a_webhook_or_an_import_is_billed_without_search_and
     assert (second.stats.released, second.stats.sent, second.stats.failed) == (4, 4, 0)
     assert billed(fake) == sorted((identifier(w.identity), w.value) for w in windows)
     assert {e.customer for e in fake.state.meter_events} == set(stripe_id.values())
-    assert {(r[0], r[5]) for r in ledger(config, ledger_dsn)} == {("hooked", "sent"), ("imported", "sent")}
+    assert {(r.customer_id, r.status) for r in ledger(config, ledger_dsn)} == {
+        ("hooked", "sent"),
+        ("imported", "sent"),
+    }
     assert read_messages(config.kafka.bootstrap, config.topics.stripe_dlq, 0, timeout=1) == []
 
 
@@ -190,4 +194,4 @@ def test_a_revision_taken_up_whose_report_a_crash_cut_short_is_taken_up_again(
     sink = run_sink_until(on_fake(config, base), ledger_dsn, lambda sink: bool(fake.state.meter_events))
     assert (sink.stats.released, sink.stats.sent) == (1, 1)
     assert billed(fake) == [(identifier(window.identity), 5)]
-    assert [(r[0], r[5]) for r in ledger(config, ledger_dsn)] == [("cut-short", "sent")]
+    assert [(r.customer_id, r.status) for r in ledger(config, ledger_dsn)] == [("cut-short", "sent")]

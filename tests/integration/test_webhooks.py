@@ -25,6 +25,7 @@ from sinks.stripe.fake import FakeStripe
 from sinks.stripe.ledger import Ledger
 from sinks.stripe.report import Outcome, Status, identifier
 from tests.support.kafka import read_messages
+from tests.support.records import window_aggregate
 from tests.support.webhooks import post, start_webhooks
 
 NOW = int(time.time())
@@ -178,9 +179,7 @@ def test_webhooks_are_verified_kept_and_processed_once_in_any_order(
 ) -> None:
     fake, base = stripe_fake
     dsn = f"chdb://{tmp_path / 'clickhouse'}"
-    aggregate = WindowAggregate(
-        "cust-1", "api_calls", (NOW - 3600) * 1000, (NOW - 3540) * 1000, 0, 5, 5, 1, 0, NOW * 1000
-    )
+    aggregate = window_aggregate("cust-1", "api_calls", (NOW - 3600) * 1000, value=5, closed_at=NOW * 1000)
     _ledger_with(config, dsn, aggregate)
     process, log_path = start_webhooks(config, base, dsn, tmp_path)
     try:

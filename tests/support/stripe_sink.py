@@ -7,7 +7,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import pytest
 from confluent_kafka import Producer
@@ -69,18 +69,30 @@ def know_customers_at(config: Config, dsn: str, base: str) -> None:
         client.close()
 
 
-def ledger(config: Config, dsn: str) -> list[tuple[Any, ...]]:
+class LedgerRow(NamedTuple):
+    """A row of the Stripe sink's ledger (stripe_reports), as the tests read it."""
+
+    customer_id: str
+    meter: str
+    window_start: int
+    source_partition: int
+    revision: int
+    status: str
+    error_code: str
+    identifier: str
+    attempts: int
+
+
+def ledger(config: Config, dsn: str) -> list[LedgerRow]:
     client = connect(config, dsn)
     try:
-        return list(
-            client.query(
-                "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, "
-                "revision, "
-                "toString(status), error_code, identifier, attempts FROM stripe_reports FINAL"
-            ).result_rows
-        )
+        rows = client.query(
+            "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, revision, "
+            "toString(status), error_code, identifier, attempts FROM stripe_reports FINAL"
+        ).result_rows
     finally:
         client.close()
+    return [LedgerRow(*row) for row in rows]
 
 
 def stream_aggregates(config: Config, workers: Workers, spec: WorkloadSpec) -> Expected:
@@ -107,8 +119,10 @@ def assert_reported_exactly(
     accepted = [e.identifier for e in fake.state.meter_events]
     assert len(accepted) == len(set(accepted))  # no identifier reported twice
     rows = ledger(config, dsn)
-    assert {r[5] for r in rows} == {"sent"}, Counter(r[5] for r in rows)
-    assert sorted(r[7] for r in rows) == sorted(accepted)  # every revision once, each with its identifier
+    assert {r.status for r in rows} == {"sent"}, Counter(r.status for r in rows)
+    assert sorted(r.identifier for r in rows) == sorted(
+        accepted
+    )  # every revision once, each with its identifier
 
 
 def produce_aggregates(config: Config, aggregates: list[WindowAggregate]) -> None:

@@ -14,9 +14,9 @@ from confluent_kafka import TopicPartition
 
 from core.config import Config
 from meterline.config import load_config
-from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.sink import ClickHouseSink
+from tests.support.records import window_aggregate
 
 
 class FakeMessage:
@@ -109,9 +109,7 @@ def records(config: Config, partition: int, offsets: range) -> list[Any]:
             partition,
             offset,
             serde.encode_aggregate(
-                WindowAggregate(
-                    "c", "api_calls", offset * 60_000, (offset + 1) * 60_000, partition, 1, 1, 1, 0, 0
-                )
+                window_aggregate("c", "api_calls", offset * 60_000, partition=partition, closed_at=0)
             ),
         )
         for offset in offsets
