@@ -14,7 +14,7 @@ import hashlib
 import html
 import time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from core.config import Config
@@ -26,12 +26,10 @@ from reconciler.periods import resolve
 from reconciler.plan_history import invoice_over, period_invoice
 from reconciler.pricing import Invoice, billed_quantity
 from reconciler.usage import projected_usage
-from sinks.clickhouse.queries import in_span
+from sinks.clickhouse.usage_windows import Grain, by_bucket, customers_since
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
-
-Grain = Literal["hour", "day"]
 
 
 def allowance(price: MeterPrice, base_units: int) -> tuple[Decimal, Decimal, Decimal]:
@@ -45,17 +43,10 @@ def series(
     client: Client, customer: str, start_ms: int, end_ms: int, grain: Grain
 ) -> dict[str, list[tuple[int, int]]]:
     """meter -> [(bucket start ms, total)], buckets with usage only, in time order."""
-    bucket = {"hour": "toStartOfHour", "day": "toStartOfDay"}[grain]
-    rows = client.query(
-        f"SELECT meter, toUnixTimestamp({bucket}(window_start)) * 1000 AS t, sum(value) "
-        f"FROM usage_windows FINAL WHERE customer_id = %(customer)s AND {in_span()} "
-        "GROUP BY meter, t ORDER BY meter, t",
-        parameters={"customer": customer, "start": start_ms, "end": end_ms},
-    ).result_rows
-    out: dict[str, list[tuple[int, int]]] = {}
-    for meter, t, value in rows:
-        out.setdefault(str(meter), []).append((int(t), int(value)))
-    return out
+    return {
+        meter: [(t, value) for t, value, _ in buckets]
+        for meter, buckets in by_bucket(client, customer, start_ms, end_ms, grain).items()
+    }
 
 
 def document(
@@ -156,10 +147,7 @@ def respond(text: str) -> Response:
 
 
 def customers(client: Client) -> list[str]:
-    return [
-        str(c)
-        for (c,) in client.query("SELECT DISTINCT customer_id FROM usage_windows ORDER BY 1").result_rows
-    ]
+    return customers_since(client)
 
 
 _PAGE = """<!doctype html>

@@ -32,8 +32,8 @@ from core.kafka import Kafka, KafkaUnavailableError, at_end, consumer_from_begin
 from core.logs import context
 from reconciler.alerts import SIGNATURE_HEADER, Alert, crossed, signature
 from reconciler.periods import resolve
-from reconciler.usage import customer_usage
 from sinks.clickhouse.queries import in_span
+from sinks.clickhouse.usage_windows import customer_usage, customers_since
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -89,13 +89,8 @@ class Alerter:
 
     def _crossings(self, now_ms: int) -> list[Alert]:
         rules = {(r.plan, r.meter): r for r in self.config.alerts.rules}
-        customers = self.client.query(
-            "SELECT DISTINCT customer_id FROM usage_windows FINAL "
-            "WHERE window_start >= fromUnixTimestamp64Milli(%(since)s, 'UTC') ORDER BY customer_id",
-            parameters={"since": now_ms - LOOKBACK_MS},
-        ).result_rows
         found: list[Alert] = []
-        for (customer,) in customers:
+        for customer in customers_since(self.client, now_ms - LOOKBACK_MS):
             try:
                 plan = self.config.plan_for(customer)
             except ConfigError:  # on no plan: nothing to cross (the preview says the same)

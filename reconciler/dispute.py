@@ -25,6 +25,7 @@ from reconciler.periods import Period
 from reconciler.plan_history import period_invoice
 from reconciler.pricing import Invoice, invoice
 from sinks.clickhouse.queries import in_span
+from sinks.clickhouse.usage_windows import by_bucket
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -140,12 +141,9 @@ def query(config: Config, client: Client, customer: str, period: Period) -> Disp
     params = {"customer": customer, "start": start, "end": end}
     in_period = f"customer_id = %(customer)s AND {in_span()}"
     hours = [
-        HourUsage(str(m), int(h), int(q), int(c))
-        for m, h, q, c in client.query(
-            "SELECT meter, toUnixTimestamp(toStartOfHour(window_start)) * 1000, sum(value), "
-            f"countIf(revision > 0) FROM usage_windows FINAL WHERE {in_period} GROUP BY 1, 2 ORDER BY 1, 2",
-            parameters=params,
-        ).result_rows
+        HourUsage(meter, hour, quantity, corrected)
+        for meter, buckets in sorted(by_bucket(client, customer, start, end, "hour").items())
+        for hour, quantity, corrected in buckets
     ]
     carriers = [
         Carrier(str(m), int(w), int(r), int(v), str(i), str(s), str(q))

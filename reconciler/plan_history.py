@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 from core.ratecard import Plan
 from reconciler.pricing import Invoice, Line, currency_notes, invoice
 from reconciler.pricing import Part as LinePart
-from reconciler.usage import PeriodError, customer_usage
+from reconciler.usage import PeriodError
+from sinks.clickhouse.usage_windows import customer_usage
 from sinks.stripe.prices import lookup_key
 
 if TYPE_CHECKING:

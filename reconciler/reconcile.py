@@ -30,6 +30,7 @@ from core.logs import context
 from reconciler.compare import Difference, compare, differing
 from reconciler.periods import resolve
 from reconciler.usage import PeriodError, period_bounds
+from sinks.clickhouse import usage_windows
 from sinks.clickhouse.queries import in_span
 from sinks.stripe.calls import Caller
 from sinks.stripe.customers import KnownCustomers
@@ -109,7 +110,7 @@ def reconcile(
         start, end, period = chosen.start_ms, chosen.end_ms, chosen.label
     result = Reconciliation(uuid.uuid4().hex[:12], period, threshold)
     # 1. Ours.
-    ours = _our_totals(client, start, end, customer, meter)
+    ours = usage_windows.totals(client, start, end, customer, meter)
     customers = sorted({c for c, _ in ours} | ({customer} if customer else set()))
     meters = [meter] if meter else list(config.meters)
     # 2. Stripe's.
@@ -121,7 +122,8 @@ def reconcile(
             theirs[(who, what)] = sum(summaries.values())
             if summaries and not stripe.per_window:  # totals per billing period: ours over the same
                 ours[(who, what)] = sum(
-                    _our_totals(client, low, high, who, what).get((who, what), 0) for low, high in summaries
+                    usage_windows.totals(client, low, high, who, what).get((who, what), 0)
+                    for low, high in summaries
                 )
         if progress:
             progress(n, len(customers))
@@ -130,7 +132,11 @@ def reconcile(
     if stripe.per_window:
         for pair in result.drifting:
             who, what = pair.key
-            our_hours = _our_hours(client, who, what, start, end)
+            our_hours = {
+                t: v
+                for t, v, _ in usage_windows.by_bucket(client, who, start, end, "hour", what).get(what, [])
+                if v
+            }
             their_hours = stripe.by_hour(who, what, start, end)
             result.hours += differing(
                 compare(
@@ -162,26 +168,6 @@ def _where(customer: str | None, meter: str | None, table: str = "") -> str:
     return (f" AND {prefix}customer_id = %(customer)s" if customer else "") + (
         f" AND {prefix}meter = %(meter)s" if meter else ""
     )
-
-
-def _our_totals(
-    client: Client, start: int, end: int, customer: str | None, meter: str | None
-) -> dict[Pair, int]:
-    rows = client.query(
-        f"SELECT customer_id, meter, sum(value) FROM usage_windows FINAL WHERE {in_span()}"
-        f"{_where(customer, meter)} GROUP BY customer_id, meter",
-        parameters={"start": start, "end": end, "customer": customer, "meter": meter},
-    ).result_rows
-    return {(c, m): int(v) for c, m, v in rows if v}
-
-
-def _our_hours(client: Client, customer: str, meter: str, start: int, end: int) -> dict[int, int]:
-    rows = client.query(
-        "SELECT toUnixTimestamp(toStartOfHour(window_start)) * 1000, sum(value) FROM usage_windows FINAL "
-        f"WHERE {in_span()}{_where(customer, meter)} GROUP BY 1",
-        parameters={"start": start, "end": end, "customer": customer, "meter": meter},
-    ).result_rows
-    return {int(h): int(v) for h, v in rows if v}
 
 
 def not_billed(

@@ -36,19 +36,6 @@ HOUR_MS = 3_600_000
 # -- comparing and repairing -----------------------------------------------------------------------
 
 
-def stored_windows(
-    client: Client, start_ms: int, end_ms: int, customer: str | None
-) -> dict[PartitionWindow, tuple[int, int]]:
-    """ClickHouse's latest (value, revision) per window and source partition."""
-    rows = client.query(
-        "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, value, revision "
-        f"FROM usage_windows FINAL WHERE {in_span()}"
-        + (" AND customer_id = %(customer)s" if customer else ""),
-        parameters={"start": start_ms, "end": end_ms, "customer": customer},
-    ).result_rows
-    return {(c, m, int(w), int(p)): (int(v), int(r)) for c, m, w, p, v, r in rows}
-
-
 def reported_windows(
     client: Client, start_ms: int, end_ms: int, customer: str | None
 ) -> dict[PartitionWindow, tuple[int, int, int]]:

@@ -5,7 +5,6 @@ reconcile lists as not billed."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from core.config import Config
@@ -23,6 +22,7 @@ from reconciler.review import (
 )
 from reconciler.usage import period_bounds
 from sinks.clickhouse.queries import in_span
+from sinks.clickhouse.usage_windows import by_day_of_month
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -39,7 +39,7 @@ def month_review(config: Config, client: Client, month: str) -> MonthReview:
     start, end = period_bounds(month)
     span = {"start": start, "end": end}
     unbilled, dead_letters = not_billed(client, start, end)
-    daily = _daily_usage(client, span)
+    daily = by_day_of_month(client, start, end)
     plans = {customer: config.plan_for(customer) for customer, _ in daily}
     return MonthReview(
         period=month,
@@ -117,15 +117,3 @@ def _drift(client: Client, month: str) -> Drift | None:
     )
     total = Difference(month, sum(o for o, _ in pairs), sum(s for _, s in pairs))
     return Drift(str(run_id), int(run_at), total, hours)
-
-
-def _daily_usage(client: Client, span: dict[str, int]) -> dict[tuple[str, str], list[tuple[int, int]]]:
-    rows = client.query(
-        "SELECT customer_id, meter, toDayOfMonth(window_start) AS day, sum(value) FROM usage_windows FINAL "
-        f"WHERE {in_span()} GROUP BY customer_id, meter, day ORDER BY customer_id, meter, day",
-        parameters=span,
-    ).result_rows
-    daily: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
-    for customer, meter, day, quantity in rows:
-        daily[(str(customer), str(meter))].append((int(day), int(quantity)))
-    return dict(daily)

@@ -1,18 +1,13 @@
-"""Our totals, from ClickHouse's final window rows: what the invoice preview, the reconciler and
-the dispute report start from."""
+"""Usage over a period: a UTC month's bounds (`period_bounds`) and usage projected to a period's
+end. The totals themselves are read by sinks.clickhouse.usage_windows."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
-from typing import TYPE_CHECKING
 
 from core.errors import MeterlineError
-from sinks.clickhouse.queries import in_span
-
-if TYPE_CHECKING:
-    from clickhouse_connect.driver.client import Client
 
 
 class PeriodError(MeterlineError):
@@ -31,16 +26,6 @@ def period_bounds(period: str) -> tuple[int, int]:
         else start.replace(month=start.month + 1)
     )
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-
-
-def customer_usage(client: Client, customer_id: str, start_ms: int, end_ms: int) -> dict[str, int]:
-    """meter -> total in its base unit, over the windows that start in [start, end)."""
-    rows = client.query(
-        "SELECT meter, sum(value) FROM usage_windows FINAL WHERE customer_id = %(customer)s "
-        f"AND {in_span()} GROUP BY meter",
-        parameters={"customer": customer_id, "start": start_ms, "end": end_ms},
-    ).result_rows
-    return {meter: int(total) for meter, total in rows}
 
 
 def projected_usage(usage: Mapping[str, int], start_ms: int, end_ms: int, now_ms: int) -> dict[str, int]:

@@ -49,10 +49,10 @@ def _replay(args: argparse.Namespace) -> int:
         emit_repairs,
         plan_repairs,
         reported_windows,
-        stored_windows,
         stripe_differences,
     )
     from sinks.clickhouse.client import connect
+    from sinks.clickhouse.usage_windows import latest_revisions
     from sinks.stripe.calls import caller_for
     from sinks.stripe.customers import KnownCustomers
     from sinks.stripe.totals import totals_for
@@ -63,7 +63,7 @@ def _replay(args: argparse.Namespace) -> int:
     rederived = rederive(config, bootstrap, args.start, args.end, args.customer, progress_of)
     client = connect(config)
     try:
-        stored = stored_windows(client, args.start, args.end, args.customer)
+        stored = latest_revisions(client, args.start, args.end, args.customer)
         reported = reported_windows(client, args.start, args.end, args.customer)
         in_clickhouse = clickhouse_differences(rederived, stored)
         stripe = totals_for(config, caller_for(config), KnownCustomers(client).find)
