@@ -37,8 +37,8 @@ from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 from sinks.stripe.calls import caller_for
+from sinks.stripe.catalog.sync import sync
 from sinks.stripe.sink import StripeSink
-from sinks.stripe.sync import sync
 from streams.windows import DAY_MS
 
 from harness import local_stack, machine

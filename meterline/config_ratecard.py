@@ -21,7 +21,7 @@ from meterline.config_checks import (
     money,
     unit_check,
 )
-from sinks.stripe.prices import base_fee_lookup_key, base_fee_terms, lookup_key, stripe_terms
+from sinks.stripe.catalog.prices import base_fee_lookup_key, base_fee_terms, lookup_key, stripe_terms
 
 
 def plan_history(

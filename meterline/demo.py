@@ -192,8 +192,8 @@ def _clear_the_stack(config: Config) -> None:
 
 def _onboard(config: Config, spec: WorkloadSpec) -> None:
     from sinks.stripe.calls import caller_for
+    from sinks.stripe.catalog.sync import sync
     from sinks.stripe.directory import Directory
-    from sinks.stripe.sync import sync
 
     caller = caller_for(config)
     synced = sync(config, caller)
@@ -394,8 +394,8 @@ def _stripe_would_bill(config: Config, address: forward.RunningRun, customer: st
 
     from reconciler.usage import period_bounds
     from sinks.stripe.calls import caller_for
+    from sinks.stripe.catalog.prices import base_fee_lookup_key, lookup_key
     from sinks.stripe.invoice_rules import line_amount, line_quantity
-    from sinks.stripe.prices import base_fee_lookup_key, lookup_key
     from sinks.stripe.totals import StripeTotals
 
     code, output = _inside(

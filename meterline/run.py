@@ -164,7 +164,7 @@ def run(
     from schemas.ingest import Ingest
     from sinks.clickhouse.client import connect
     from sinks.clickhouse.migrate import migrate
-    from sinks.stripe.webhooks import PATH
+    from sinks.stripe.webhooks.role import PATH
 
     logs.setup(log_level, log_format)
     if not config.run.loopback and not config.run.dashboard_protected:
@@ -260,7 +260,7 @@ def _start_roles(config: Config, bootstrap: Kafka, client: Client, health: Healt
     from sinks.clickhouse.sink import ClickHouseSink
     from sinks.stripe.calls import caller_for
     from sinks.stripe.sink import StripeSink
-    from sinks.stripe.webhooks import WebhookConsumer
+    from sinks.stripe.webhooks.role import WebhookConsumer
 
     for role in ("sink-clickhouse", "sink-stripe", "webhooks", "alerts"):
         topics.require_for_role(bootstrap, config, role)

@@ -70,7 +70,7 @@ def serve(
 def serve_webhooks(config: Config, bootstrap: Kafka, port: int | None = None) -> Server:
     """Stripe's webhook endpoint on [run] host at [stripe] webhook_port (or `port`): the receiver's
     two routes only, since this port faces the internet."""
-    from sinks.stripe.webhooks import receiver_routes
+    from sinks.stripe.webhooks.role import receiver_routes
 
     routes = receiver_routes(config, bootstrap, devstack.webhook_secret(config))
     port = config.stripe.webhook_port if port is None else port

@@ -38,7 +38,7 @@ from reconciler.pricing import Invoice, Line, currency_notes, invoice
 from reconciler.pricing import Part as LinePart
 from reconciler.usage import PeriodError
 from sinks.clickhouse.usage_windows import customer_usage
-from sinks.stripe.prices import lookup_key
+from sinks.stripe.catalog.prices import lookup_key
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

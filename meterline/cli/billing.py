@@ -139,7 +139,7 @@ def _stripe_sync(args: argparse.Namespace) -> int:
     import dataclasses
 
     from sinks.stripe.calls import caller_for
-    from sinks.stripe.sync import refused, sync
+    from sinks.stripe.catalog.sync import refused, sync
 
     config = load(args)
     made = sync(config, caller_for(config), dry_run=args.dry_run)

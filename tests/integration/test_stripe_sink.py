@@ -25,10 +25,10 @@ from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 from sinks.stripe.calls import Caller, RateLimiter
+from sinks.stripe.catalog.sync import refused, sync
 from sinks.stripe.fake import FakeStripe
 from sinks.stripe.report import identifier
 from sinks.stripe.sink import StripeSink
-from sinks.stripe.sync import refused, sync
 from tests.support.kafka import read_messages
 from tests.support.pipeline import SinkProcess, Workers, small_workload
 from tests.support.records import window_aggregate

@@ -14,11 +14,11 @@ import stripe
 from core.config import Config
 from meterline.workload import Expected
 from sinks.stripe.calls import Caller, RateLimiter
+from sinks.stripe.catalog.sync import sync
 from sinks.stripe.customers import KnownCustomer, KnownCustomers
 from sinks.stripe.directory import metadata
 from sinks.stripe.fake import FakeStripe, make_server
-from sinks.stripe.sync import sync
-from sinks.stripe.webhook_events import SUBSCRIPTION_ITEM_COLUMNS
+from sinks.stripe.webhooks.events import SUBSCRIPTION_ITEM_COLUMNS
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

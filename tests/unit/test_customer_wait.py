@@ -12,7 +12,7 @@ from core.config import ConfigError
 from meterline.config import load_config
 from sinks.stripe.customers import CustomersFileError, KnownCustomer, parse_import
 from sinks.stripe.report import Status, customer_wait_until
-from sinks.stripe.webhook_events import Malformed, known_customer
+from sinks.stripe.webhooks.events import Malformed, known_customer
 
 HOUR_MS = 3_600_000
 

@@ -20,7 +20,7 @@ from schemas.codecs import encode_long
 from schemas.errors import SchemaError
 from schemas.records import UsageEvent, WindowAggregate
 from schemas.serde import AvroSerde
-from sinks.stripe.webhook_events import (
+from sinks.stripe.webhooks.events import (
     Malformed,
     created_of,
     envelope,

@@ -113,7 +113,7 @@ def test_the_checks_catch_a_planted_back_import_and_circle() -> None:
     assert ["core.errors", "schemas.errors"] in cycles(edges)
 
 
-MODE_CHOSEN_IN = {"sinks.stripe.modes", "sinks.stripe.totals", "sinks.stripe.sync"}
+MODE_CHOSEN_IN = {"sinks.stripe.modes", "sinks.stripe.totals", "sinks.stripe.catalog.sync"}
 """Where `stripe.mode` is read: the sink's reporting mode, the reader of Stripe's totals, and the
 catalog sync (a legacy account's prices carry no meter). Everything else asks the object chosen."""
 

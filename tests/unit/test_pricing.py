@@ -17,8 +17,8 @@ from core.ratecard import MeterPrice, Plan, Tier
 from meterline.config import load_config
 from reconciler.invoice_text import describe, rows
 from reconciler.pricing import billed_quantity, invoice, meter_line
+from sinks.stripe.catalog.prices import base_fee_terms, stripe_terms
 from sinks.stripe.invoice_rules import line_amount, line_quantity
-from sinks.stripe.prices import base_fee_terms, stripe_terms
 
 API = MeterPrice("api_calls", "API calls", "call", included=D(1_000_000), overage_price=D("0.001"))
 GRADUATED = MeterPrice(
@@ -232,7 +232,7 @@ def test_a_currency_stripe_does_not_list_is_refused() -> None:
         currency("xyz")
 
 
-# -- what Stripe can bill: sinks/stripe/prices.py ----------------------------------------------------------
+# -- what Stripe can bill: sinks/stripe/catalog/prices.py ------------------------------------------
 
 
 def test_billed_units_with_decimals_become_a_quantity_transform_and_a_per_hundredth_amount() -> None:

@@ -55,7 +55,7 @@ from sinks.stripe.calls import Caller
 from sinks.stripe.customers import KnownCustomers
 from sinks.stripe.directory import metadata
 from sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
-from sinks.stripe.webhook_events import (
+from sinks.stripe.webhooks.events import (
     CUSTOMER_EVENTS,
     INVOICE_COLUMNS,
     PAYMENT_COLUMNS,

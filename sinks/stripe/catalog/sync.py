@@ -4,7 +4,7 @@ Per meter: a billing meter for its `stripe_event_name` (sum of the reported delt
 with the deterministic id `meterline_<meter>`. Per plan and meter: a metered price with the lookup
 key `meterline_<plan>_<meter>` on the meter; in `usage_records` mode a legacy one without a meter,
 which is all usage records can bill, its calls pinned to `stripe.legacy_api_version`
-(sinks.stripe.prices; one Stripe cannot bill exactly is reported,
+(sinks.stripe.catalog.prices; one Stripe cannot bill exactly is reported,
 not created; one marked `billed_by_stripe = false` is skipped); per plan with a base fee, a
 licensed price `meterline_<plan>_base` on the product `meterline_plan_<plan>`. Idempotent: what
 exists is found (meters by event name, products by id, prices by lookup key) and left alone; a
@@ -28,8 +28,8 @@ import stripe
 
 from core.config import Config
 from sinks.stripe.calls import CUSTOMER_PAYLOAD_KEY, VALUE_PAYLOAD_KEY, Caller
+from sinks.stripe.catalog.prices import base_fee_lookup_key, base_fee_price, lookup_key, metered_price
 from sinks.stripe.directory import metadata
-from sinks.stripe.prices import base_fee_lookup_key, base_fee_price, lookup_key, metered_price
 
 
 @dataclass(frozen=True)

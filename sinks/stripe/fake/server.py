@@ -1,5 +1,6 @@
 """The Stripe fake of the local stack: a loopback HTTP server that answers every call meterline
-makes the way Stripe does (rules in sinks.stripe.fake_state), with Stripe's idempotency,
+makes the way Stripe does (the rules of each resource in its module of this package: customers, catalog,
+meters, subscriptions), with Stripe's idempotency,
 rate limiting and injectable faults.
 
 - Idempotency-Key (POST), as https://docs.stripe.com/api/idempotent_requests states: the first
@@ -18,7 +19,7 @@ rate limiting and injectable faults.
   send a duplicate, an old event, a stale signature or a wrong one. The meter error report is a
   thin event, as Stripe sends it, whose event is served at GET /v2/core/events/<id> (`errors`
   [{code, identifier, message}] may be given; `fetchable: false` sends one Stripe will not serve).
-- Parameters are checked as Stripe checks them (sinks.stripe.fake_params): an unknown one, an
+- Parameters are checked as Stripe checks them (sinks.stripe.fake.params): an unknown one, an
   integer or boolean that is not one, a string over its length are refused with Stripe's error.
 - Search lags writes by `search_lag_seconds` (`--search-lag-seconds`), as Stripe's does.
 - Inspection for tests and benchmarks: GET /_fake/meter_events, /_fake/error_reports,
@@ -48,16 +49,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 import stripe
 
-from sinks.stripe.fake_params import check_params
-from sinks.stripe.fake_state import (
-    DAY_S,
-    FakeStripeState,
-    StripeError,
-    invalid,
-    new_id,
-    price_view,
-    subscription_shape,
-)
+from sinks.stripe.fake.catalog import price_view
+from sinks.stripe.fake.errors import StripeError, invalid, new_id
+from sinks.stripe.fake.objects import DAY_S
+from sinks.stripe.fake.params import check_params
+from sinks.stripe.fake.state import FakeStripeState
+from sinks.stripe.fake.subscriptions import subscription_shape
 
 SESSION_SECONDS = 15 * 60
 API_VERSION = "2026-10-28.endive"

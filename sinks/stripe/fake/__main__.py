@@ -1,0 +1,3 @@
+from sinks.stripe.fake.server import main
+
+main()
