@@ -1,4 +1,4 @@
-"""Replay throughput: events/s re-derived by `reconciler.rederive.rederive` (the stream app's judge and
+"""Replay throughput: events/s re-derived by `reconciler.checks.rederive.rederive` (the stream app's judge and
 processor, one process per core taking partitions in turn, nothing committed), on the stream
 benchmark's workloads.
 
@@ -18,7 +18,7 @@ import time
 from core.kafka import isolated_topics
 from meterline.produce import produce_workload
 from meterline.workload import WorkloadSpec
-from reconciler.rederive import rederive
+from reconciler.checks.rederive import rederive
 from streams.windows import DAY_MS
 
 from harness import local_stack, report

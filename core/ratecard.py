@@ -1,5 +1,5 @@
 """The rate card's types: plans, their metered prices and tiers, as the configuration declares
-them. Their arithmetic (billed quantities, lines, invoices) is reconciler.pricing's."""
+them. Their arithmetic (billed quantities, lines, invoices) is reconciler.billing.pricing's."""
 
 from __future__ import annotations
 

@@ -169,7 +169,8 @@ def _tiers(p: Section, raw: list[Any], wanted: bool) -> tuple[Tier, ...]:
             p.problem(f"tiers[{n}]", entry, "unit_price and flat_fee are amounts written as strings")
             continue
         if up_to is not None and Decimal(up_to) <= 0:
-            # No usage already falls in the first tier (its flat fee billed at none: reconciler.pricing)
+            # No usage already falls in the first tier (its flat fee billed at none:
+            # reconciler.billing.pricing)
             p.problem(
                 f"tiers[{n}].up_to",
                 up_to,

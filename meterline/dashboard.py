@@ -20,12 +20,11 @@ from urllib.parse import quote
 from core.config import Config
 from core.http import Response
 from core.ratecard import MeterPrice
-from reconciler.alerting import customer_alerts
-from reconciler.invoice_text import quantity_text, rows
-from reconciler.periods import resolve
-from reconciler.plan_history import invoice_over, period_invoice
-from reconciler.pricing import Invoice, billed_quantity
-from reconciler.usage import projected_usage
+from reconciler.alerts.role import customer_alerts
+from reconciler.billing.invoice_text import quantity_text, rows
+from reconciler.billing.periods import projected_usage, resolve
+from reconciler.billing.plan_history import invoice_over, period_invoice
+from reconciler.billing.pricing import Invoice, billed_quantity
 from sinks.clickhouse.usage_windows import Grain, by_bucket, customers_since
 
 if TYPE_CHECKING:

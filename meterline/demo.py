@@ -392,7 +392,7 @@ def _stripe_would_bill(config: Config, address: forward.RunningRun, customer: st
     import json
     from decimal import Decimal
 
-    from reconciler.usage import period_bounds
+    from reconciler.billing.periods import period_bounds
     from sinks.stripe.calls import caller_for
     from sinks.stripe.catalog.prices import base_fee_lookup_key, lookup_key
     from sinks.stripe.invoice_rules import line_amount, line_quantity

@@ -95,7 +95,7 @@ def reconcile_periodically(
     next one tries again."""
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
-    from reconciler.reconcile import reconcile
+    from reconciler.checks.reconcile import reconcile
     from sinks.stripe.calls import caller_for
 
     next_at = time.monotonic() + first_after_s
@@ -255,8 +255,8 @@ def _cannot_listen(config: Config, exc: OSError) -> MeterlineError:
 
 def _start_roles(config: Config, bootstrap: Kafka, client: Client, health: Health) -> Roles:
     """Every role but the stream app, each on its thread, once their topics are there."""
-    from reconciler.alerting import Alerter, alert_periodically
-    from reconciler.notifying import Notifier
+    from reconciler.alerts.role import Alerter, alert_periodically
+    from reconciler.notices.role import Notifier
     from sinks.clickhouse.sink import ClickHouseSink
     from sinks.stripe.calls import caller_for
     from sinks.stripe.sink import StripeSink

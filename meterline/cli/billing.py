@@ -24,8 +24,8 @@ from meterline.cli.common import (
 from meterline.table import render, utc_minute
 
 if TYPE_CHECKING:
-    from reconciler.pricing import Invoice
-    from reconciler.reconcile import Reconciliation
+    from reconciler.billing.pricing import Invoice
+    from reconciler.checks.reconcile import Reconciliation
 
 
 def register(commands: Any) -> None:
@@ -196,8 +196,8 @@ def _stripe_customers(args: argparse.Namespace) -> int:
 
 
 def _invoice_preview(args: argparse.Namespace) -> int:
-    from reconciler.periods import resolve
-    from reconciler.plan_history import period_invoice
+    from reconciler.billing.periods import resolve
+    from reconciler.billing.plan_history import period_invoice
     from sinks.clickhouse.client import connect
 
     config = load(args)
@@ -229,7 +229,7 @@ def _invoice_preview(args: argparse.Namespace) -> int:
 
 
 def _invoice_quote(args: argparse.Namespace) -> int:
-    from reconciler.pricing import invoice
+    from reconciler.billing.pricing import invoice
 
     config = load(args)
     plan = config.plans.get(args.plan)
@@ -265,7 +265,7 @@ def _invoice_quote(args: argparse.Namespace) -> int:
 
 
 def _print_invoice(bill: Invoice, heading: str, extra: dict[str, Any], as_json: bool) -> None:
-    from reconciler.invoice_text import describe, rows, to_json
+    from reconciler.billing.invoice_text import describe, rows, to_json
 
     if as_json:
         print(json.dumps({**extra, **to_json(bill)}))
@@ -280,7 +280,7 @@ def _print_invoice(bill: Invoice, heading: str, extra: dict[str, Any], as_json: 
 def _reconcile(args: argparse.Namespace) -> int:
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
-    from reconciler.reconcile import reconcile
+    from reconciler.checks.reconcile import reconcile
     from sinks.clickhouse.client import connect
     from sinks.stripe.calls import caller_for
 
@@ -392,8 +392,8 @@ def _reconcile_role(args: argparse.Namespace) -> int:
 
 
 def _dispute(args: argparse.Namespace) -> int:
-    from reconciler import dispute
-    from reconciler.periods import resolve
+    from reconciler.billing.periods import resolve
+    from reconciler.checks import dispute
     from sinks.clickhouse.client import connect
 
     config = load(args)
@@ -418,9 +418,9 @@ def _dispute(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace) -> int:
-    from reconciler import review_page
-    from reconciler.review import months_ending
-    from reconciler.review_queries import review
+    from reconciler.review import page as review_page
+    from reconciler.review.figures import months_ending
+    from reconciler.review.queries import review
     from sinks.clickhouse.client import connect
 
     if args.periods < 1:

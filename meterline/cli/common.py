@@ -31,8 +31,7 @@ PERIOD_HELP = (
 
 
 def period(text: str) -> str:
-    from reconciler.periods import check_spec
-    from reconciler.usage import PeriodError
+    from reconciler.billing.periods import PeriodError, check_spec
 
     try:
         return check_spec(text)
@@ -42,7 +41,7 @@ def period(text: str) -> str:
 
 def month(text: str) -> str:
     """A UTC month, YYYY-MM, checked before anything connects."""
-    from reconciler.usage import PeriodError, period_bounds
+    from reconciler.billing.periods import PeriodError, period_bounds
 
     try:
         period_bounds(text)

@@ -43,8 +43,8 @@ def register(commands: Any) -> None:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from reconciler.rederive import rederive
-    from reconciler.replay import (
+    from reconciler.checks.rederive import rederive
+    from reconciler.checks.replay import (
         clickhouse_differences,
         emit_repairs,
         plan_repairs,

@@ -166,7 +166,7 @@ def _sink_stripe(args: argparse.Namespace) -> int:
 
 def _webhooks(args: argparse.Namespace) -> int:
     from meterline.server import serve_webhooks
-    from reconciler.notifying import Notifier
+    from reconciler.notices.role import Notifier
     from sinks.clickhouse.client import connect
     from sinks.stripe.calls import caller_for
     from sinks.stripe.webhooks.role import PATH, WebhookConsumer
@@ -196,7 +196,7 @@ def _alerts(args: argparse.Namespace) -> int:
     import time
 
     from meterline.table import render
-    from reconciler.alerting import Alerter, alert_periodically
+    from reconciler.alerts.role import Alerter, alert_periodically
     from sinks.clickhouse.client import connect
 
     config = load(args)

@@ -1,4 +1,4 @@
-"""How Stripe prices an invoice line, from its documented rules: the reference `reconciler/pricing.py`
+"""How Stripe prices an invoice line, from its documented rules: the reference `reconciler/billing/pricing.py`
 is tested against, and the demo's check of what Stripe would bill on Stripe's own prices and
 totals. Written from Stripe's price object (minor units, `transform_quantity`, `tiers`), not from
 meterline's rate card, so the two are independent.

@@ -19,8 +19,8 @@ from typing import Any
 from core.config import Config
 from core.kafka import read_ends
 from meterline import dashboard
-from reconciler.alerts import SIGNATURE_HEADER, alert_id, signature
-from reconciler.usage import period_bounds
+from reconciler.alerts.rules import SIGNATURE_HEADER, alert_id, signature
+from reconciler.billing.periods import period_bounds
 from schemas.records import WindowAggregate
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.sink import ClickHouseSink

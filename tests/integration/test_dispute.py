@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from meterline.config import load_config
-from reconciler.dispute import Carrier, HourUsage, build, render_html
+from reconciler.checks.dispute import Carrier, HourUsage, build, render_html
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 from sinks.clickhouse.rows import REVISION_COLUMNS

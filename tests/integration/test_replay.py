@@ -20,7 +20,7 @@ from core.config import Config
 from core.kafka import read_ends, settings
 from meterline.produce import produce_workload
 from meterline.workload import customer_ids
-from reconciler.rederive import rederive
+from reconciler.checks.rederive import rederive
 from schemas.records import UsageEvent
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
@@ -220,8 +220,8 @@ def test_a_repair_from_stripe_s_totals_is_stable_once_applied() -> None:
     """Pure: a window two partitions reported (10 and 5), of which Stripe holds only 5 (it refused
     partition 0's event after accepting it). The repair sends Stripe the 10 it lacks, on the lowest
     partition; once the sinks applied it, the same comparison repairs nothing."""
-    from reconciler.rederive import Rederived
-    from reconciler.replay import repairs
+    from reconciler.checks.rederive import Rederived
+    from reconciler.checks.replay import repairs
 
     window = ("cust-1", "api_calls", 1_793_491_200_000)
     rederived = Rederived(by_partition={(*window, 0): (10, 3), (*window, 1): (5, 2)})

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from meterline.config import load_config
-from reconciler.reconcile import RUN_COLUMNS
-from reconciler.usage import period_bounds
+from reconciler.billing.periods import period_bounds
+from reconciler.checks.reconcile import RUN_COLUMNS
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 from sinks.clickhouse.rows import REVISION_COLUMNS
@@ -263,8 +263,8 @@ def test_the_review_page_draws_the_numbers_it_computes_in_chromium(
 ) -> None:
     from playwright.sync_api import sync_playwright
 
-    from reconciler.review_page import charts
-    from reconciler.review_queries import review as computed
+    from reconciler.review.page import charts
+    from reconciler.review.queries import review as computed
 
     _, env, tmp = reviewed
     page_file = tmp / "review.html"

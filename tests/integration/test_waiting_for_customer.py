@@ -105,7 +105,8 @@ def test_a_customer_named_by_a_webhook_or_an_import_is_billed_without_search_and
     """Search stays an hour behind here (an outage): the customer.created webhook names one customer,
     `meterline stripe customers --import` the other. Their usage waits in the ledger meanwhile, through
     a restart of the sink, is listed by reconcile as not billed yet, and is then billed exactly once."""
-    from reconciler.reconcile import Unbilled, not_billed
+    from reconciler.checks.compare import Unbilled
+    from reconciler.checks.reconcile import not_billed
 
     fake, base = stripe_fake
     fake.state.search_lag_seconds = 3600

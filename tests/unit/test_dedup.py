@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterline.config import load_config
-from reconciler.rederive import event_times, set_aside
+from reconciler.checks.rederive import event_times, set_aside
 from schemas.records import UsageEvent, WindowAggregate
 from schemas.serde import AvroSerde
 from streams.judge import Judge
@@ -228,7 +228,7 @@ def test_every_total_is_the_sum_of_its_distinct_events_through_retries_reopening
 def test_replay_setting_aside_other_windows_derives_the_range_s_totals_as_the_stream_did(
     seed: int, hours: int, customer: str | None
 ) -> None:
-    """reconciler.rederive folds only the windows of the range asked (and of its customer): the
+    """reconciler.checks.rederive folds only the windows of the range asked (and of its customer): the
     others' events move event time only. Every window of the range ends where the whole fold
     ends it, ids included, however the range cuts through retries, reopenings and jumps."""
     records, sent = arrivals(seed, 20)

@@ -144,3 +144,50 @@ def test_the_stripe_mode_is_chosen_in_one_place() -> None:
         if name not in MODE_CHOSEN_IN and (lines := mode_tests(path.read_text()))
     }
     assert tested == {}
+
+
+PURE = (
+    "streams.windows",
+    "sinks.stripe.report",
+    "sinks.stripe.catalog.prices",
+    "reconciler.billing.pricing",
+    "reconciler.alerts.rules",
+    "reconciler.notices.compose",
+    "reconciler.review.figures",
+)
+"""Modules of math and rules, tested without I/O: each beside its I/O twin in its package."""
+IO_CLIENTS = {"clickhouse_connect", "chdb", "confluent_kafka", "faust", "rocksdict", "stripe"}
+
+
+def third_party(path: Path) -> set[str]:
+    """The top-level names of what `path` imports from outside the project (inside functions too;
+    not for type checking alone)."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):  # `if TYPE_CHECKING:` blocks hold names for the type checker only
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            node.body = []
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found - set(PACKAGES)
+
+
+def io_reached(module: str, edges: dict[str, set[str]], modules: dict[str, Path]) -> set[str]:
+    """The I/O clients `module` imports, itself or through the project modules it imports."""
+    seen, todo = set(), [module]
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            todo += edges.get(current, set())
+    return {client for name in seen for client in third_party(modules[name]) & IO_CLIENTS}
+
+
+def test_the_pure_modules_reach_no_io_client() -> None:
+    """Issue 36: the pure module and its I/O twin named apart, and the pure one kept pure."""
+    modules, edges = project_modules(), graph()
+    assert io_reached("sinks.stripe.directory", edges, modules) >= {"stripe"}  # the rule bites
+    assert {m: io_reached(m, edges, modules) for m in PURE} == {m: set() for m in PURE}

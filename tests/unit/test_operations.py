@@ -16,7 +16,7 @@ from core.ratecard import MeterPrice
 from meterline.dashboard import allowance
 from meterline.forward import absolute_paths
 from meterline.server import Health, serve
-from reconciler.usage import projected_usage
+from reconciler.billing.periods import projected_usage
 from tests.support.pipeline import http_get
 
 DAY = 86_400_000

@@ -15,8 +15,8 @@ from core.config import ConfigError
 from core.currencies import UnknownCurrency, currency
 from core.ratecard import MeterPrice, Plan, Tier
 from meterline.config import load_config
-from reconciler.invoice_text import describe, rows
-from reconciler.pricing import billed_quantity, invoice, meter_line
+from reconciler.billing.invoice_text import describe, rows
+from reconciler.billing.pricing import billed_quantity, invoice, meter_line
 from sinks.stripe.catalog.prices import base_fee_terms, stripe_terms
 from sinks.stripe.invoice_rules import line_amount, line_quantity
 

@@ -1,11 +1,11 @@
-"""The billing review's arithmetic (reconciler/review.py), without I/O."""
+"""The billing review's arithmetic (reconciler/review/figures.py), without I/O."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
 from meterline.config import load_config
-from reconciler.review import (
+from reconciler.review.figures import (
     Fit,
     Latency,
     MonthReview,

@@ -136,7 +136,7 @@ class WebhookConsumer:
         on_finalized: Callable[[dict[str, Any], str], None] | None = None,
     ) -> None:
         """`on_finalized(invoice, our customer id)` after each finalized invoice is stored: the
-        invoice-ready notice (reconciler.notifying), passed in by the composition root."""
+        invoice-ready notice (reconciler.notices.role), passed in by the composition root."""
         self.config = config
         self.bootstrap = bootstrap
         self.client = client

@@ -1,6 +1,6 @@
 """Invoice-ready notices: when Stripe finalizes an invoice, a message to its customer explaining it
 in the rate card's terms (each line with what was included, the overage and its rate, the total)
-and where to see the usage behind it. Pure: reconciler.notifying sends it once.
+and where to see the usage behind it. Pure: reconciler.notices.role sends it once.
 
 "People don't mind paying when they understand why" (the guide's Step 7).
 """
@@ -14,8 +14,8 @@ from email.message import EmailMessage
 from typing import Any
 from urllib.parse import quote
 
-from reconciler.invoice_text import rows
-from reconciler.pricing import Invoice
+from reconciler.billing.invoice_text import rows
+from reconciler.billing.pricing import Invoice
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,9 @@ from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from core.ratecard import Plan
-from reconciler.pricing import Invoice, Line, currency_notes, invoice
-from reconciler.pricing import Part as LinePart
-from reconciler.usage import PeriodError
+from reconciler.billing.periods import PeriodError
+from reconciler.billing.pricing import Invoice, Line, currency_notes, invoice
+from reconciler.billing.pricing import Part as LinePart
 from sinks.clickhouse.usage_windows import customer_usage
 from sinks.stripe.catalog.prices import lookup_key
 

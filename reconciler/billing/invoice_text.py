@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from core.currencies import Currency
-from reconciler.pricing import Invoice, Line
+from reconciler.billing.pricing import Invoice, Line
 
 NOT_BILLED_BY_STRIPE = "not billed through Stripe"
 

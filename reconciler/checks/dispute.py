@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from core.config import Config
 from core.currencies import Currency
 from core.ratecard import MeterPrice
-from reconciler import invoice_text
+from reconciler.billing import invoice_text
+from reconciler.billing.periods import Period
+from reconciler.billing.plan_history import period_invoice
+from reconciler.billing.pricing import Invoice, invoice
 from reconciler.html_tables import section_tables
-from reconciler.periods import Period
-from reconciler.plan_history import period_invoice
-from reconciler.pricing import Invoice, invoice
 from sinks.clickhouse.queries import in_span
 from sinks.clickhouse.usage_windows import by_bucket
 
@@ -95,7 +95,7 @@ def build(
     bill: Invoice | None = None,
 ) -> DisputeReport:
     """The report; `bill` is the period's invoice when it is not the current plan's over the whole
-    period (a plan change: reconciler.plan_history)."""
+    period (a plan change: reconciler.billing.plan_history)."""
     plan = config.plan_for(customer)
     usage: dict[str, int] = {}
     for h in hours:
@@ -136,7 +136,8 @@ def build(
 
 
 def query(config: Config, client: Client, customer: str, period: Period) -> DisputeReport:
-    """The report for `customer` over `period` (reconciler.periods: a UTC month or a billing period)."""
+    """The report for `customer` over `period` (reconciler.billing.periods: a UTC month or a billing
+    period)."""
     start, end = period.start_ms, period.end_ms
     params = {"customer": customer, "start": start, "end": end}
     in_period = f"customer_id = %(customer)s AND {in_span()}"

@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from core.config import Config
-from reconciler.compare import Difference
-from reconciler.reconcile import not_billed
-from reconciler.review import (
+from reconciler.billing.periods import period_bounds
+from reconciler.checks.compare import Difference
+from reconciler.checks.reconcile import not_billed
+from reconciler.review.figures import (
     PERCENTILES,
     Drift,
     Latency,
@@ -20,7 +21,6 @@ from reconciler.review import (
     fits,
     payments,
 )
-from reconciler.usage import period_bounds
 from sinks.clickhouse.queries import in_span
 from sinks.clickhouse.usage_windows import by_day_of_month
 

@@ -1,4 +1,4 @@
-"""`meterline alerts`: raise each usage alert once (reconciler.alerts decides which).
+"""`meterline alerts`: raise each usage alert once (reconciler.alerts.rules decides which).
 
 Each pass, for every customer with usage in the last month, its current billing period's exact
 totals (`usage_windows FINAL`, which replays and duplicate aggregates do not change) are held
@@ -30,8 +30,8 @@ from core import metrics
 from core.config import Config, ConfigError
 from core.kafka import Kafka, KafkaUnavailableError, at_end, consumer_from_beginning, idempotent_producer
 from core.logs import context
-from reconciler.alerts import SIGNATURE_HEADER, Alert, crossed, signature
-from reconciler.periods import resolve
+from reconciler.alerts.rules import SIGNATURE_HEADER, Alert, crossed, signature
+from reconciler.billing.periods import resolve
 from sinks.clickhouse.queries import in_span
 from sinks.clickhouse.usage_windows import customer_usage, customers_since
 

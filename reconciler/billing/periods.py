@@ -7,21 +7,57 @@ prices `stripe sync` creates recur monthly.
 `--period` takes `YYYY-MM` (the UTC calendar month, as before, and the only choice for a customer
 whose subscription meterline has not heard of), `current`, `previous`, or `YYYY-MM-DD` (the
 billing period that day falls in). No period at all means the current billing period where one
-is known, else the UTC month of now (the dashboard's default).
+is known, else the UTC month of now (the dashboard's default). Usage over a period so far is
+projected to its end here too (`projected_usage`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING
 
+from core.errors import MeterlineError
 from core.months import anchor_of, monthly_period
-from reconciler.usage import PeriodError, period_bounds
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
+
+
+class PeriodError(MeterlineError):
+    pass
+
+
+def period_bounds(period: str) -> tuple[int, int]:
+    """[start, end) in epoch ms of a billing period written YYYY-MM (a UTC calendar month)."""
+    try:
+        start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError:
+        raise PeriodError(f"period {period!r}: expected YYYY-MM, e.g. 2026-11") from None
+    end = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+def projected_usage(usage: Mapping[str, int], start_ms: int, end_ms: int, now_ms: int) -> dict[str, int]:
+    """Usage at the end of the period if it goes on at the rate so far (whole base units, down).
+
+    A period that is over is what it was; one not begun projects nothing."""
+    if now_ms >= end_ms:
+        return dict(usage)
+    elapsed = now_ms - start_ms
+    if elapsed <= 0:
+        return {meter: 0 for meter in usage}
+    scale = Decimal(end_ms - start_ms) / Decimal(elapsed)
+    return {
+        meter: int((Decimal(units) * scale).to_integral_value(ROUND_FLOOR)) for meter, units in usage.items()
+    }
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Re-deriving the window totals of a time range from usage.events with the stream app's own code
 (streams.judge, streams.processor), one process per core: what `meterline replay` compares with
-ClickHouse and Stripe (reconciler.replay).
+ClickHouse and Stripe (reconciler.checks.replay).
 
 Which records: an event is accepted only when its record's timestamp lies within the maximum
 lateness after it and the clock skew before it (DESIGN §4), so every event of a window in [from,
@@ -17,7 +17,7 @@ holds the ids of the range's windows alone. The partitions are re-derived in par
 processes: there is no state to commit, so nothing but decoding and folding is paid per event.
 
 Its own module, importing only what a re-deriving process needs: each process starts by importing
-the module of the function it runs, and reconciler.replay's (Stripe's client, ClickHouse's queries)
+the module of the function it runs, and reconciler.checks.replay's (Stripe's client, ClickHouse's queries)
 took a second of a 4.8 s replay of 20 minutes of live traffic (bench/replay.py, issue 18).
 """
 

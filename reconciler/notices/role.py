@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from core.config import Config, ConfigError
 from core.kafka import Kafka, KafkaUnavailableError, idempotent_producer
 from core.logs import context
-from reconciler.notices import compose, message
-from reconciler.plan_history import period_invoice
+from reconciler.billing.plan_history import period_invoice
+from reconciler.notices.compose import compose, message
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

@@ -1,6 +1,6 @@
 """The billing review of the guide's Step 7, per UTC month: did customers pay, how long usage took
 to reach Stripe, did Stripe's totals drift from ours, did the plans fit the usage, and what was not
-billed. The figures come from what the pipeline already keeps (reconciler.review_queries reads
+billed. The figures come from what the pipeline already keeps (reconciler.review.queries reads
 them); this module holds the records and the arithmetic, pure, so that a test checks them by hand.
 """
 
@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from core.ratecard import MeterPrice, Plan
-from reconciler.compare import Difference
-from reconciler.pricing import billed_quantity
-from reconciler.reconcile import Unbilled
+from reconciler.billing.pricing import billed_quantity
+from reconciler.checks.compare import Difference, Unbilled
 
 EARLY_DAY = 10
 """Crossing the included quantity on or before this day of the month is crossing it early."""

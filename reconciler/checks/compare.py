@@ -1,6 +1,6 @@
 """Where two sets of totals disagree: pure, so that the reconciler and replay share one notion of
 drift. Drift is Stripe's (or the re-derived) total minus ours: positive means billed more than
-we counted."""
+we counted. Beside it, usage not billed on purpose (`Unbilled`), as reconcile lists it."""
 
 from __future__ import annotations
 
@@ -39,3 +39,15 @@ def compare(ours: Mapping[K, int], theirs: Mapping[K, int]) -> list[Difference[K
 
 def differing(differences: list[Difference[K]], threshold: int = 0) -> list[Difference[K]]:
     return [d for d in differences if abs(d.drift) > threshold]
+
+
+@dataclass(frozen=True)
+class Unbilled:
+    """Usage of a (customer, meter) not billed, and why: refused, waiting for its customer, or
+    arriving after its invoice was finalized."""
+
+    customer_id: str
+    meter: str
+    reason: str
+    value: int
+    revisions: int

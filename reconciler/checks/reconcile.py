@@ -27,9 +27,8 @@ from typing import TYPE_CHECKING
 from core import metrics
 from core.config import Config
 from core.logs import context
-from reconciler.compare import Difference, compare, differing
-from reconciler.periods import resolve
-from reconciler.usage import PeriodError, period_bounds
+from reconciler.billing.periods import PeriodError, period_bounds, resolve
+from reconciler.checks.compare import Difference, Unbilled, compare, differing
 from sinks.clickhouse import usage_windows
 from sinks.clickhouse.queries import in_span
 from sinks.stripe.calls import Caller
@@ -58,15 +57,6 @@ RUN_COLUMNS = (
 
 Pair = tuple[str, str]  # customer, meter
 Hour = tuple[str, str, int]  # customer, meter, hour start (epoch ms)
-
-
-@dataclass(frozen=True)
-class Unbilled:
-    customer_id: str
-    meter: str
-    reason: str
-    value: int
-    revisions: int
 
 
 @dataclass
@@ -105,7 +95,7 @@ def reconcile(
             f"period {period!r}: a billing period is a customer's own; give --customer, or YYYY-MM "
             "to reconcile every customer over the UTC month"
         )
-    else:  # the customer's Stripe billing period (reconciler.periods)
+    else:  # the customer's Stripe billing period (reconciler.billing.periods)
         chosen = resolve(client, customer, period, int(time.time() * 1000))
         start, end, period = chosen.start_ms, chosen.end_ms, chosen.label
     result = Reconciliation(uuid.uuid4().hex[:12], period, threshold)

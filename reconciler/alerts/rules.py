@@ -1,5 +1,5 @@
 """Usage alerts: which thresholds a customer's usage of a meter has crossed in a billing period, and
-each crossing's identity. Pure: `meterline alerts` (reconciler.alerting) feeds it the periods'
+each crossing's identity. Pure: `meterline alerts` (reconciler.alerts.role) feeds it the periods'
 exact totals and raises what it returns once.
 
 An alert's id is derived from (customer, meter, period start, threshold) only, so however often the
@@ -18,9 +18,9 @@ from decimal import Decimal
 
 from core.config import AlertRule
 from core.ratecard import Plan
-from reconciler.invoice_text import quantity_text
-from reconciler.pricing import billed_quantity, meter_line
-from reconciler.usage import projected_usage
+from reconciler.billing.invoice_text import quantity_text
+from reconciler.billing.periods import projected_usage
+from reconciler.billing.pricing import billed_quantity, meter_line
 
 PROJECTION_FROM = Decimal("0.1")
 """The projection is judged only once this share of the period has passed: a first day's burst

@@ -1,5 +1,5 @@
 """`meterline replay`: re-derive the window totals of a time range from usage.events with the stream
-app's own code (reconciler.rederive: which records, and how), compare them with ClickHouse and
+app's own code (reconciler.checks.rederive: which records, and how), compare them with ClickHouse and
 Stripe, and with `repair` emit correcting revisions so that both sinks converge.
 
 The repair of a window (per source partition, as its identity is) is its next revision:
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 from core.config import Config
 from core.kafka import Kafka, idempotent_producer
-from reconciler.compare import Difference, compare
-from reconciler.rederive import PartitionWindow, Rederived, ReplayError, WindowId
+from reconciler.checks.compare import Difference, compare
+from reconciler.checks.rederive import PartitionWindow, Rederived, ReplayError, WindowId
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.queries import in_span
