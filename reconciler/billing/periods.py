@@ -70,6 +70,11 @@ class Period:
     """The Stripe subscription whose period it is; empty for a UTC month."""
 
 
+def is_month(spec: str) -> bool:
+    """Whether `spec` is written YYYY-MM: a UTC calendar month, the same for every customer."""
+    return re.fullmatch(r"\d{4}-\d{2}", spec) is not None
+
+
 def month_period(month: str) -> Period:
     start, end = period_bounds(month)
     return Period(start, end, f"{month} (UTC month)")
@@ -90,7 +95,7 @@ def check_spec(spec: str) -> str:
 
 def resolve(client: Client, customer: str, spec: str, now_ms: int) -> Period:
     """The period `spec` names for `customer` (see the module's docstring)."""
-    if re.fullmatch(r"\d{4}-\d{2}", spec):
+    if is_month(spec):
         return month_period(spec)
     if spec:
         check_spec(spec)

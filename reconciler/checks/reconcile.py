@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING
 from core import metrics
 from core.config import Config
 from core.logs import context
-from reconciler.billing.periods import PeriodError, period_bounds, resolve
+from reconciler.billing.periods import PeriodError, is_month, period_bounds, resolve
 from reconciler.checks.compare import Difference, Unbilled, compare, differing
 from sinks.clickhouse import usage_windows
 from sinks.clickhouse.queries import in_span
@@ -88,7 +87,7 @@ def reconcile(
     threshold: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Reconciliation:
-    if re.fullmatch(r"\d{4}-\d{2}", period):
+    if is_month(period):
         start, end = period_bounds(period)
     elif customer is None:
         raise PeriodError(
