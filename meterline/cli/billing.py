@@ -159,8 +159,15 @@ def _stripe_customers(args: argparse.Namespace) -> int:
     if args.import_file is not None:
         try:
             imported = parse_import(args.import_file.read_text())
-        except (OSError, CustomersFileError) as exc:
+        except OSError as exc:
             return cannot_run(f"stripe customers --import {args.import_file}", exc, args.json)
+        except CustomersFileError as exc:  # every problem, by line: nothing was taken
+            problems = str(exc).splitlines()
+            if args.json:
+                print(json.dumps({"ok": False, "problems": problems}))
+            else:
+                print(f"error: {args.import_file}: nothing imported", *problems, sep="\n  ", file=sys.stderr)
+            return 2
     client = connect(config)
     try:
         known_customers = KnownCustomers(client)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -88,4 +89,19 @@ def test_an_import_takes_a_csv_of_our_ids_and_stripe_s_and_reports_every_problem
         "line 2: customer_id 'acme' is already on line 1",
         "line 3: stripe_customer 'acct_1' is not a Stripe customer id (cus_…)",
         "line 4: expected customer_id,stripe_customer, got ['just-one']",
+    ]
+
+
+def test_an_import_with_problems_takes_nothing_and_names_each_line(tmp_path: Path) -> None:
+    """`meterline stripe customers --import`: every problem at once, before anything connects."""
+    from tests.support.cli import meterline
+
+    mapping = tmp_path / "customers.csv"
+    mapping.write_text("customer_id,stripe_customer\nacme,cus_A\nacme,cus_B\ninitech,acct_1\n")
+    answer = meterline("stripe", "customers", "--import", str(mapping))
+    assert answer.returncode == 2
+    assert answer.stderr.splitlines() == [
+        f"error: {mapping}: nothing imported",
+        "  line 3: customer_id 'acme' is already on line 2",
+        "  line 4: stripe_customer 'acct_1' is not a Stripe customer id (cus_…)",
     ]
