@@ -48,13 +48,13 @@ def _replay(args: argparse.Namespace) -> int:
         clickhouse_differences,
         emit_repairs,
         plan_repairs,
-        reported_windows,
         stripe_differences,
     )
     from sinks.clickhouse.client import connect
     from sinks.clickhouse.usage_windows import latest_revisions
     from sinks.stripe.calls import caller_for
     from sinks.stripe.customers import KnownCustomers
+    from sinks.stripe.ledger import reported_windows
     from sinks.stripe.totals import totals_for
 
     config = load(args)

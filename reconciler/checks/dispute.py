@@ -24,8 +24,8 @@ from reconciler.billing.periods import Period
 from reconciler.billing.plan_history import period_invoice
 from reconciler.billing.pricing import Invoice, invoice
 from reconciler.html_tables import section_tables
-from sinks.clickhouse.queries import in_span
 from sinks.clickhouse.usage_windows import by_bucket
+from sinks.stripe.ledger import reports_of
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -139,22 +139,12 @@ def query(config: Config, client: Client, customer: str, period: Period) -> Disp
     """The report for `customer` over `period` (reconciler.billing.periods: a UTC month or a billing
     period)."""
     start, end = period.start_ms, period.end_ms
-    params = {"customer": customer, "start": start, "end": end}
-    in_period = f"customer_id = %(customer)s AND {in_span()}"
     hours = [
         HourUsage(meter, hour, quantity, corrected)
         for meter, buckets in sorted(by_bucket(client, customer, start, end, "hour").items())
         for hour, quantity, corrected in buckets
     ]
-    carriers = [
-        Carrier(str(m), int(w), int(r), int(v), str(i), str(s), str(q))
-        for m, w, r, v, i, s, q in client.query(
-            "SELECT meter, toUnixTimestamp64Milli(window_start), revision, value, identifier, "
-            f"toString(status), stripe_request_id FROM stripe_reports FINAL WHERE {in_period} "
-            "ORDER BY meter, window_start, revision",
-            parameters=params,
-        ).result_rows
-    ]
+    carriers = [Carrier(*report) for report in reports_of(client, customer, start, end)]
     _, _, bill = period_invoice(config, client, customer, start, end)
     return build(config, customer, period.label, hours, carriers, bill)
 

@@ -32,6 +32,7 @@ from sinks.clickhouse import usage_windows
 from sinks.clickhouse.queries import in_span
 from sinks.stripe.calls import Caller
 from sinks.stripe.customers import KnownCustomers
+from sinks.stripe.ledger import not_reported
 from sinks.stripe.totals import totals_for
 
 if TYPE_CHECKING:
@@ -171,13 +172,7 @@ def not_billed(
 def _unbilled(
     client: Client, start: int, end: int, customer: str | None, meter: str | None
 ) -> list[Unbilled]:
-    rows = client.query(
-        "SELECT customer_id, meter, error_code, sum(value), count() FROM stripe_reports FINAL "
-        f"WHERE status IN ('failed', 'waiting_for_customer') AND {in_span()}{_where(customer, meter)} "
-        "GROUP BY customer_id, meter, error_code ORDER BY customer_id, meter, error_code",
-        parameters={"start": start, "end": end, "customer": customer, "meter": meter},
-    ).result_rows
-    return [Unbilled(c, m, r, int(v), int(n)) for c, m, r, v, n in rows]
+    return [Unbilled(*row) for row in not_reported(client, start, end, customer, meter)]
 
 
 def late_corrections(

@@ -23,33 +23,16 @@ from reconciler.checks.compare import Difference, compare
 from reconciler.checks.rederive import PartitionWindow, Rederived, ReplayError, WindowId
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
-from sinks.clickhouse.queries import in_span
 from sinks.stripe.totals import TotalsReader
 from streams.windows import window_end
 
 if TYPE_CHECKING:
-    from clickhouse_connect.driver.client import Client
+    pass
 
 HOUR_MS = 3_600_000
 
 
 # -- comparing and repairing -----------------------------------------------------------------------
-
-
-def reported_windows(
-    client: Client, start_ms: int, end_ms: int, customer: str | None
-) -> dict[PartitionWindow, tuple[int, int, int]]:
-    """What the Stripe sink reported per window and source partition: (deltas sent, highest
-    revision, when the last report settled in epoch ms)."""
-    rows = client.query(
-        "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, "
-        "sum(value), max(revision), max(toUnixTimestamp64Milli(updated_at)) "
-        f"FROM stripe_reports FINAL WHERE status IN ('sent', 'confirmed') AND {in_span()}"
-        + (" AND customer_id = %(customer)s" if customer else "")
-        + " GROUP BY customer_id, meter, window_start, source_partition",
-        parameters={"start": start_ms, "end": end_ms, "customer": customer},
-    ).result_rows
-    return {(c, m, int(w), int(p)): (int(v), int(r), int(u)) for c, m, w, p, v, r, u in rows}
 
 
 def stripe_windows(

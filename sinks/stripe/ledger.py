@@ -1,17 +1,20 @@
 """The Stripe sink's ledger, `stripe_reports` in ClickHouse: what was reported, how it ended,
 with attempts, the last error and Stripe's request id. Rows are appended; the latest per identity
-wins (ReplacingMergeTree on updated_at), so reads use FINAL.
+wins (ReplacingMergeTree on updated_at), so reads use FINAL. Every read and write of the table is
+here: the sink's (`Ledger`), and what replay, reconcile, the dispute report and the webhook role
+read of it or mark in it (the functions below).
 """
 
 from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from schemas.records import AggregateIdentity, WindowAggregate
+from sinks.clickhouse.queries import in_span
 from sinks.stripe.report import Outcome, Status, identifier
 
 if TYPE_CHECKING:
@@ -174,3 +177,74 @@ class Ledger:
             ]
             columns += HELD_COLUMNS
         self.client.insert("stripe_reports", rows, column_names=columns)
+
+
+def reported_windows(
+    client: Client, start_ms: int, end_ms: int, customer: str | None
+) -> dict[tuple[str, str, int, int], tuple[int, int, int]]:
+    """What was reported per window and source partition: (deltas sent, highest revision, when the
+    last report settled in epoch ms)."""
+    rows = client.query(
+        "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, "
+        "sum(value), max(revision), max(toUnixTimestamp64Milli(updated_at)) "
+        f"FROM stripe_reports FINAL WHERE status IN ('sent', 'confirmed') AND {in_span()}"
+        + (" AND customer_id = %(customer)s" if customer else "")
+        + " GROUP BY customer_id, meter, window_start, source_partition",
+        parameters={"start": start_ms, "end": end_ms, "customer": customer},
+    ).result_rows
+    return {(str(c), str(m), int(w), int(p)): (int(v), int(r), int(u)) for c, m, w, p, v, r, u in rows}
+
+
+def not_reported(
+    client: Client, start_ms: int, end_ms: int, customer: str | None = None, meter: str | None = None
+) -> list[tuple[str, str, str, int, int]]:
+    """(customer, meter, reason, value, revisions) of what was refused (`failed`, by its code) or
+    still waits for its customer, over windows in [start, end)."""
+    narrowed = (" AND customer_id = %(customer)s" if customer else "") + (
+        " AND meter = %(meter)s" if meter else ""
+    )
+    rows = client.query(
+        "SELECT customer_id, meter, error_code, sum(value), count() FROM stripe_reports FINAL "
+        f"WHERE status IN ('failed', 'waiting_for_customer') AND {in_span()}{narrowed} "
+        "GROUP BY customer_id, meter, error_code ORDER BY customer_id, meter, error_code",
+        parameters={"start": start_ms, "end": end_ms, "customer": customer, "meter": meter},
+    ).result_rows
+    return [(str(c), str(m), str(r), int(v), int(n)) for c, m, r, v, n in rows]
+
+
+def reports_of(
+    client: Client, customer: str, start_ms: int, end_ms: int
+) -> list[tuple[str, int, int, int, str, str, str]]:
+    """Every report of the customer's windows in [start, end), in window and revision order:
+    (meter, window start, revision, value, identifier, status, Stripe request id)."""
+    rows = client.query(
+        "SELECT meter, toUnixTimestamp64Milli(window_start), revision, value, identifier, "
+        f"toString(status), stripe_request_id FROM stripe_reports FINAL WHERE customer_id = %(customer)s "
+        f"AND {in_span()} ORDER BY meter, window_start, revision",
+        parameters={"customer": customer, "start": start_ms, "end": end_ms},
+    ).result_rows
+    return [(str(m), int(w), int(r), int(v), str(i), str(s), str(q)) for m, w, r, v, i, s, q in rows]
+
+
+def mark_refused(client: Client, refused: Mapping[str, tuple[str, str]]) -> list[dict[str, Any]]:
+    """identifier -> (Stripe's code, message) of reports Stripe refused after accepting them: their
+    rows become `failed` with it. Returns the rows as now written (identifiers the ledger lacks are
+    left out)."""
+    if not refused:
+        return []
+    rows = client.query(
+        f"SELECT {', '.join(COLUMNS)} FROM stripe_reports FINAL WHERE identifier IN %(ids)s",
+        parameters={"ids": tuple(refused)},
+    ).result_rows
+    now = int(time.time() * 1000)
+    updated = []
+    for row in rows:
+        record = dict(zip(COLUMNS, row, strict=True))
+        code, message = refused[record["identifier"]]
+        record.update(status="failed", error_code=code, last_error=message[:1000], updated_at=now)
+        updated.append(record)
+    if updated:
+        client.insert(
+            "stripe_reports", [[r[c] for c in COLUMNS] for r in updated], column_names=list(COLUMNS)
+        )
+    return updated

@@ -38,7 +38,6 @@ A failure to reach Stripe or ClickHouse stops the role instead, so that the even
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +53,7 @@ from schemas.serde import AvroSerde
 from sinks.stripe.calls import Caller
 from sinks.stripe.customers import KnownCustomers
 from sinks.stripe.directory import metadata
-from sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
+from sinks.stripe.ledger import mark_refused
 from sinks.stripe.webhooks.events import (
     CUSTOMER_EVENTS,
     INVOICE_COLUMNS,
@@ -315,23 +314,11 @@ class WebhookConsumer:
             ", ".join(codes),
             len(samples),
         )
-        if not samples:
-            return
-        rows = self.client.query(
-            f"SELECT {', '.join(LEDGER_COLUMNS)} FROM stripe_reports FINAL WHERE identifier IN %(ids)s",
-            parameters={"ids": tuple(samples)},
-        ).result_rows
-        now = int(time.time() * 1000)
-        updated = []
-        for row in rows:
-            record = dict(zip(LEDGER_COLUMNS, row, strict=True))
-            code, message = samples[record["identifier"]]
-            record.update(status="failed", error_code=code, last_error=message[:1000], updated_at=now)
-            updated.append([record[c] for c in LEDGER_COLUMNS])
+        for record in mark_refused(self.client, samples):
             log.error(
                 "ALERT: Stripe refused meter event %s after accepting it: %s",
                 record["identifier"],
-                code,
+                record["error_code"],
                 extra=context(
                     customer=record["customer_id"],
                     meter=record["meter"],
@@ -339,5 +326,3 @@ class WebhookConsumer:
                     identifier=record["identifier"],
                 ),
             )
-        if updated:
-            self.client.insert("stripe_reports", updated, column_names=list(LEDGER_COLUMNS))
