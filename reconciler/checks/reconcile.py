@@ -29,7 +29,7 @@ from core.logs import context
 from reconciler.billing.periods import PeriodError, is_month, period_bounds, resolve
 from reconciler.checks.compare import Difference, Unbilled, compare, differing
 from sinks.clickhouse import usage_windows
-from sinks.clickhouse.queries import in_span
+from sinks.clickhouse.queries import in_span, narrowed
 from sinks.stripe.calls import Caller
 from sinks.stripe.customers import KnownCustomers
 from sinks.stripe.ledger import not_reported
@@ -153,13 +153,6 @@ def reconcile(
     return result
 
 
-def _where(customer: str | None, meter: str | None, table: str = "") -> str:
-    prefix = f"{table}." if table else ""
-    return (f" AND {prefix}customer_id = %(customer)s" if customer else "") + (
-        f" AND {prefix}meter = %(meter)s" if meter else ""
-    )
-
-
 def not_billed(
     client: Client, start: int, end: int, customer: str | None = None, meter: str | None = None
 ) -> tuple[list[Unbilled], dict[str, int]]:
@@ -179,7 +172,7 @@ def late_corrections(
     client: Client, start: int, end: int, customer: str | None, meter: str | None
 ) -> list[Unbilled]:
     """Corrections (revision > 0) stored after the invoice covering their window was finalized."""
-    where = _where(customer, meter, "r")
+    where = narrowed(customer, meter, "r")
     rows = client.query(
         "SELECT r.customer_id, r.meter, i.invoice_id, sum(r.delta), count() "
         "FROM usage_window_revisions AS r FINAL "

@@ -1,6 +1,7 @@
 """The analysts' everyday questions, as the README shows them (a test keeps the two the same and
 runs them). Periods are relative to today, so they answer on any recent data. And what meterline's
-own queries share: one spelling of "in this span of time" (`in_span`)."""
+own queries share: one spelling of "in this span of time" (`in_span`) and of "this customer and
+meter" (`narrowed`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ def in_span(column: str = "window_start") -> str:
     return (
         f"{column} >= fromUnixTimestamp64Milli(%(start)s, 'UTC') "
         f"AND {column} < fromUnixTimestamp64Milli(%(end)s, 'UTC')"
+    )
+
+
+def narrowed(customer: str | None, meter: str | None, table: str = "") -> str:
+    """SQL: ` AND` the customer and the meter, where given, as the query's parameters `customer` and
+    `meter` (columns of `table` where a join names it)."""
+    prefix = f"{table}." if table else ""
+    return (f" AND {prefix}customer_id = %(customer)s" if customer else "") + (
+        f" AND {prefix}meter = %(meter)s" if meter else ""
     )
 
 

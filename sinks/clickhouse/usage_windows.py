@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from sinks.clickhouse.queries import in_span
+from sinks.clickhouse.queries import in_span, narrowed
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -19,19 +19,13 @@ Grain = Literal["hour", "day"]
 _BUCKET = {"hour": "toStartOfHour", "day": "toStartOfDay"}
 
 
-def _narrowed(customer: str | None, meter: str | None) -> str:
-    return (" AND customer_id = %(customer)s" if customer else "") + (
-        " AND meter = %(meter)s" if meter else ""
-    )
-
-
 def totals(
     client: Client, start_ms: int, end_ms: int, customer: str | None = None, meter: str | None = None
 ) -> dict[tuple[str, str], int]:
     """(customer, meter) -> total in the meter's base unit; pairs without usage left out."""
     rows = client.query(
         f"SELECT customer_id, meter, sum(value) FROM usage_windows FINAL WHERE {in_span()}"
-        f"{_narrowed(customer, meter)} GROUP BY customer_id, meter",
+        f"{narrowed(customer, meter)} GROUP BY customer_id, meter",
         parameters={"start": start_ms, "end": end_ms, "customer": customer, "meter": meter},
     ).result_rows
     return {(str(c), str(m)): int(v) for c, m, v in rows if v}
@@ -54,7 +48,7 @@ def by_bucket(
     order."""
     rows = client.query(
         f"SELECT meter, toUnixTimestamp({_BUCKET[grain]}(window_start)) * 1000 AS t, sum(value), "
-        f"countIf(revision > 0) FROM usage_windows FINAL WHERE {in_span()}{_narrowed(customer, meter)} "
+        f"countIf(revision > 0) FROM usage_windows FINAL WHERE {in_span()}{narrowed(customer, meter)} "
         "GROUP BY meter, t ORDER BY meter, t",
         parameters={"customer": customer, "start": start_ms, "end": end_ms, "meter": meter},
     ).result_rows
@@ -86,7 +80,7 @@ def latest_revisions(
     each window, per source partition as its identity is."""
     rows = client.query(
         "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, value, revision "
-        f"FROM usage_windows FINAL WHERE {in_span()}{_narrowed(customer, None)}",
+        f"FROM usage_windows FINAL WHERE {in_span()}{narrowed(customer, None)}",
         parameters={"start": start_ms, "end": end_ms, "customer": customer},
     ).result_rows
     return {(str(c), str(m), int(w), int(p)): (int(v), int(r)) for c, m, w, p, v, r in rows}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from schemas.records import AggregateIdentity, WindowAggregate
-from sinks.clickhouse.queries import in_span
+from sinks.clickhouse.queries import in_span, narrowed
 from sinks.stripe.report import Outcome, Status, identifier
 
 if TYPE_CHECKING:
@@ -188,8 +188,7 @@ def reported_windows(
         "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, "
         "sum(value), max(revision), max(toUnixTimestamp64Milli(updated_at)) "
         f"FROM stripe_reports FINAL WHERE status IN ('sent', 'confirmed') AND {in_span()}"
-        + (" AND customer_id = %(customer)s" if customer else "")
-        + " GROUP BY customer_id, meter, window_start, source_partition",
+        f"{narrowed(customer, None)} GROUP BY customer_id, meter, window_start, source_partition",
         parameters={"start": start_ms, "end": end_ms, "customer": customer},
     ).result_rows
     return {(str(c), str(m), int(w), int(p)): (int(v), int(r), int(u)) for c, m, w, p, v, r, u in rows}
@@ -200,12 +199,9 @@ def not_reported(
 ) -> list[tuple[str, str, str, int, int]]:
     """(customer, meter, reason, value, revisions) of what was refused (`failed`, by its code) or
     still waits for its customer, over windows in [start, end)."""
-    narrowed = (" AND customer_id = %(customer)s" if customer else "") + (
-        " AND meter = %(meter)s" if meter else ""
-    )
     rows = client.query(
         "SELECT customer_id, meter, error_code, sum(value), count() FROM stripe_reports FINAL "
-        f"WHERE status IN ('failed', 'waiting_for_customer') AND {in_span()}{narrowed} "
+        f"WHERE status IN ('failed', 'waiting_for_customer') AND {in_span()}{narrowed(customer, meter)} "
         "GROUP BY customer_id, meter, error_code ORDER BY customer_id, meter, error_code",
         parameters={"start": start_ms, "end": end_ms, "customer": customer, "meter": meter},
     ).result_rows
