@@ -12,6 +12,7 @@ from core.errors import MeterlineError
 from core.http import Request, Response, Route
 from meterline import dashboard, forward
 from meterline.guard import Guard
+from sinks.clickhouse.usage_windows import customers_since
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -21,7 +22,7 @@ def routes(
     config: Config, client: Client, execute: Callable[[list[str]], int], secret: str
 ) -> dict[str, Route]:
     def index(_: Request) -> Response:
-        return dashboard.respond(dashboard.index(dashboard.customers(client)))
+        return dashboard.respond(dashboard.index(customers_since(client)))
 
     def customer_page(request: Request) -> Response:
         customer = unquote(request.path.removeprefix("/customers/").strip("/"))

@@ -25,7 +25,7 @@ from reconciler.billing.invoice_text import quantity_text, rows
 from reconciler.billing.periods import projected_usage, resolve
 from reconciler.billing.plan_history import invoice_over, period_invoice
 from reconciler.billing.pricing import Invoice, billed_quantity
-from sinks.clickhouse.usage_windows import Grain, by_bucket, customers_since
+from sinks.clickhouse.usage_windows import Grain, by_bucket
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -143,10 +143,6 @@ def respond(text: str) -> Response:
             ("X-Frame-Options", "DENY"),
         ),
     )
-
-
-def customers(client: Client) -> list[str]:
-    return customers_since(client)
 
 
 _PAGE = """<!doctype html>
