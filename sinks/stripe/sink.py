@@ -170,8 +170,13 @@ class StripeSink:
         consumed = [Consumed(m.value() or b"", m.partition() or 0, m.offset() or 0) for m in messages]
         aggregates = [self.serde.decode_aggregate(c.value) for c in consumed]
         now_ms = int(time.time() * 1000)
-        customers = self.directory.customers({a.customer_id for a in aggregates} | set(self._waiting_now()))
-        released = self._released(customers, now_ms)
+        looking = time.monotonic() - self._waiting_looked_at >= WAITING_LOOK_S
+        if looking:  # every waiting customer, every few seconds; in between, those of the batch
+            self._waiting_looked_at = time.monotonic()
+        waiting = self._waiting_now()
+        asked = {a.customer_id for a in aggregates} | (set(waiting) if looking else set())
+        customers = self.directory.customers(asked)
+        released = self._released(customers, now_ms, looking)
         items = self._refuse_in_batch(
             [
                 replace(
@@ -249,21 +254,23 @@ class StripeSink:
             self._waiting = self.ledger.waiting()
             self._waiting_read_at = time.monotonic()
             metrics.STRIPE_WAITING.set(sum(w.waiting for w in self._waiting.values()))
-        self._waiting_looked_at = time.monotonic()
         return self._waiting
 
-    def _released(self, customers: dict[str, str | None], now_ms: int) -> list[Consumed]:
-        """The held records to take up: every waiting revision of a customer now known, and of one
-        still unknown whose earliest waiting window passed its horizon (refused in `_resolve`)."""
+    def _released(self, customers: dict[str, str | None], now_ms: int, looking: bool) -> list[Consumed]:
+        """The held records to take up: of each customer just found known (a customer of the batch
+        always: its held revisions go before its new ones), and, when looking, of each whose
+        earliest waiting window passed its horizon (refused in `_resolve`)."""
         size_ms = self.config.windows.size_ms
+        stripe = self.config.stripe
         due = [
             customer
-            for customer, waiting in self._waiting.items()
+            for customer, w in self._waiting.items()
             if customers.get(customer) is not None
-            or customer_wait_until(
-                waiting.earliest_window_start, waiting.earliest_window_start + size_ms, self.config.stripe
+            or (
+                looking
+                and customer_wait_until(w.earliest_window_start, w.earliest_window_start + size_ms, stripe)
+                <= now_ms
             )
-            <= now_ms
         ]
         released = self.ledger.held(due)
         self.stats.released += len(released)
@@ -313,13 +320,9 @@ class StripeSink:
             f"metadata {self.config.stripe.customer_metadata_key}"
         )
         if now_ms >= until:
-            return self._refused(
-                record,
-                aggregate,
-                Reason.UNKNOWN_CUSTOMER,
-                f"no Stripe customer for {aggregate.customer_id!r} by {at}, when its invoice could no longer "
-                f"take the window ({where})",
-            )
+            detail = f"no Stripe customer for {aggregate.customer_id!r} by {at}, when its invoice could no "
+            detail += f"longer take the window ({where})"
+            return self._refused(record, aggregate, Reason.UNKNOWN_CUSTOMER, detail)
         detail = f"no Stripe customer for {aggregate.customer_id!r} yet ({where}); waits until {at}"
         return _Item(record, aggregate, None, Outcome(Status.WAITING, 0, str(Status.WAITING), detail))
 
