@@ -32,12 +32,13 @@ from confluent_kafka import Producer
 
 from core.config import Config
 from core.kafka import committed_reaches, group_consumer, isolated_topics, read_ends
+from meterline.compose import clickhouse_sink
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 from sinks.clickhouse.rows import AGGREGATE_COLUMNS, REVISION_COLUMNS
-from sinks.clickhouse.sink import CONSUMER_SETTINGS, ClickHouseSink, Flushed
+from sinks.clickhouse.sink import CONSUMER_SETTINGS, Flushed
 
 from harness import local_stack, report
 
@@ -186,7 +187,7 @@ class SinkThread(threading.Thread):
         self.bootstrap = bootstrap
         self.flushed: list[Flushed] = []
         self.stopping = threading.Event()
-        self.sink = ClickHouseSink(
+        self.sink = clickhouse_sink(
             config,
             bootstrap,
             dsn=dsn,

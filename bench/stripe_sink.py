@@ -30,6 +30,7 @@ from confluent_kafka import Producer
 
 from core.config import Config
 from core.kafka import committed_reaches, isolated_topics, read_ends
+from meterline.compose import stripe_sink
 from meterline.table import render
 from meterline.workload import Expected, WorkloadSpec, generate
 from schemas.records import WindowAggregate
@@ -38,7 +39,6 @@ from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 from sinks.stripe.calls import caller_for
 from sinks.stripe.catalog.sync import sync
-from sinks.stripe.sink import StripeSink
 from streams.windows import DAY_MS
 
 from harness import local_stack, machine
@@ -118,12 +118,13 @@ def _run(config: Config, bootstrap: str, fake: str, dsn: str, count: int) -> dic
     client.close()
     ends = read_ends(bootstrap, [config.topics.aggregates])
     stopping = threading.Event()
-    sink = StripeSink(config, bootstrap, dsn=dsn, group_id=f"bench-stripe-{uuid.uuid4().hex[:6]}")
+    group_id = f"bench-stripe-{uuid.uuid4().hex[:6]}"
+    sink = stripe_sink(config, bootstrap, dsn=dsn, group_id=group_id)
     before = _stats(fake)
     thread = threading.Thread(target=sink.run, args=(stopping.is_set,), daemon=True)
     started = time.monotonic()
     thread.start()
-    while not committed_reaches(bootstrap, sink.group_id, ends):
+    while not committed_reaches(bootstrap, group_id, ends):
         time.sleep(0.5)
     seconds = time.monotonic() - started
     stopping.set()

@@ -255,18 +255,17 @@ def _cannot_listen(config: Config, exc: OSError) -> MeterlineError:
 
 def _start_roles(config: Config, bootstrap: Kafka, client: Client, health: Health) -> Roles:
     """Every role but the stream app, each on its thread, once their topics are there."""
+    from meterline.compose import clickhouse_sink, stripe_sink
     from reconciler.alerts.role import Alerter, alert_periodically
     from reconciler.notices.role import Notifier
-    from sinks.clickhouse.sink import ClickHouseSink
     from sinks.stripe.calls import caller_for
-    from sinks.stripe.sink import StripeSink
     from sinks.stripe.webhooks.role import WebhookConsumer
 
     for role in ("sink-clickhouse", "sink-stripe", "webhooks", "alerts"):
         topics.require_for_role(bootstrap, config, role)
     roles = Roles(health)
-    roles.start("sink-clickhouse", lambda stop: ClickHouseSink(config, bootstrap).run(stop))
-    roles.start("sink-stripe", lambda stop: StripeSink(config, bootstrap).run(stop))
+    roles.start("sink-clickhouse", lambda stop: clickhouse_sink(config, bootstrap).run(stop))
+    roles.start("sink-stripe", lambda stop: stripe_sink(config, bootstrap).run(stop))
     roles.start(
         "webhooks",
         lambda stop: WebhookConsumer(

@@ -139,27 +139,27 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _sink_clickhouse(args: argparse.Namespace) -> int:
-    from sinks.clickhouse.sink import ClickHouseSink
+    from meterline.compose import clickhouse_sink
 
     config = load(args)
     run_until_signalled(
         args,
         config,
         "sink-clickhouse",
-        lambda stop: ClickHouseSink(config, devstack.kafka_brokers(config), group_id=args.group).run(stop),
+        lambda stop: clickhouse_sink(config, devstack.kafka_brokers(config), group_id=args.group).run(stop),
     )
     return 0
 
 
 def _sink_stripe(args: argparse.Namespace) -> int:
-    from sinks.stripe.sink import StripeSink
+    from meterline.compose import stripe_sink
 
     config = load(args)
     run_until_signalled(
         args,
         config,
         "sink-stripe",
-        lambda stop: StripeSink(config, devstack.kafka_brokers(config), group_id=args.group).run(stop),
+        lambda stop: stripe_sink(config, devstack.kafka_brokers(config), group_id=args.group).run(stop),
     )
     return 0
 

@@ -34,13 +34,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from core import metrics
 from core.config import Config
-from core.kafka import Assignment, Kafka, group_consumer
+from core.kafka import Assignment
 from schemas.serde import AvroSerde
-from sinks.clickhouse.client import ClickHouseError, ClickHouseUnavailableError, connect, unavailable
+from sinks import consume
+from sinks.clickhouse.client import ClickHouseError, ClickHouseUnavailableError, unavailable
 from sinks.clickhouse.rows import Route, Row, routes
 
 if TYPE_CHECKING:
@@ -110,28 +111,39 @@ class Flushed:
 
 
 class ClickHouseSink:
+    """Run by sinks.consume; the composition root (meterline.compose) builds its parts."""
+
+    name = "clickhouse"
+    most, wait_s = 1000, 0.2
+
     def __init__(
         self,
         config: Config,
-        bootstrap: Kafka,
-        dsn: str | None = None,
-        group_id: str = "meterline-sink-clickhouse",
+        *,
+        consumer: Consumer,
+        connect: Callable[[], Client],
+        dsn: str,
+        serde: AvroSerde,
+        group_id: str,
         on_flushed: Callable[[Flushed], None] | None = None,
     ) -> None:
+        """`connect` makes a client, again after ClickHouse was unavailable; `dsn` names it in
+        errors; `group_id` is the consumer's group, part of every insert's token."""
         self.config = config
-        self.dsn = dsn or config.clickhouse.dsn
+        self.dsn = dsn
         self.group_id = group_id
-        self.routes = routes(config, AvroSerde.from_registry_url(config.kafka.schema_registry_url))
+        self.routes = routes(config, serde)
+        self.topics = list(self.routes)
         self.on_flushed = on_flushed
         self.stats = SinkStats()
+        self._connect = connect
         self._buffers: dict[tuple[str, int], Buffer] = {}
         self._record_times: dict[tuple[str, int], list[int]] = {}
         self._client: Client | None = None
         self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-insert")
         self._in_flight: InFlight | None = None
-        self._consumer = group_consumer(bootstrap, group_id, CONSUMER_SETTINGS)
-        self._assignment = Assignment("clickhouse")
-        metrics.SINK_LAG_SECONDS.labels("clickhouse").set_function(self.oldest_pending_seconds)
+        self._consumer = consumer
+        self._assignment = Assignment(self.name)
 
     def oldest_pending_seconds(self) -> float:
         """How long the oldest buffered record has waited for its insert and commit."""
@@ -141,31 +153,27 @@ class ClickHouseSink:
         return 0.0 if since is None else time.monotonic() - since
 
     def run(self, should_stop: Callable[[], bool]) -> None:
-        self._consumer.subscribe(
-            list(self.routes),
-            on_assign=self._assignment.assigned,
-            on_revoke=self._revoked,
-            on_lost=self._revoked,
-        )
-        last_log = time.monotonic()
-        try:
-            while not should_stop():
-                messages = self._consumer.consume(1000, timeout=0.2)
-                self._take(messages)
-                metrics.SINK_RECORDS.labels("clickhouse").inc(len(messages))
-                self._finish_inserted()
-                self._flush_due()
-                if time.monotonic() - last_log >= 10:
-                    last_log = time.monotonic()
-                    log.info("progress %s", vars(self.stats))
-            self._flush_all()
-            self._finish_in_flight()
-        finally:
-            self._inserter.shutdown(wait=True)  # the client is not closed under an insert
-            self._consumer.close()
-            if self._client is not None:
-                self._client.close()
-        log.info("stopped %s", vars(self.stats))
+        consume.run(self._consumer, self, should_stop)
+
+    def take(self, messages: list[Message]) -> None:
+        self._take(messages)
+        self._finish_inserted()
+        self._flush_due()
+
+    def finish(self) -> None:
+        self._flush_all()
+        self._finish_in_flight()
+
+    def close(self) -> None:
+        self._inserter.shutdown(wait=True)  # the client is not closed under an insert
+        if self._client is not None:
+            self._client.close()
+
+    def progress(self) -> str:
+        return str(vars(self.stats))
+
+    def assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assignment.assigned(consumer, partitions)
 
     # -- consuming -------------------------------------------------------------------------------
 
@@ -176,11 +184,6 @@ class ClickHouseSink:
         run: list[Message] = []
         run_of: tuple[str | None, int | None] = ("", -1)
         for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise KafkaException(error)
             of = (message.topic(), message.partition())
             if of != run_of:
                 self._take_run(run)
@@ -292,7 +295,7 @@ class ClickHouseSink:
                 deadline = time.monotonic() + wait
                 while time.monotonic() < deadline:
                     # Paused: returns nothing, but keeps this member in the group.
-                    self._take(self._consumer.consume(100, timeout=0.1))
+                    self._take(consume.usable(self._consumer.consume(100, timeout=0.1)))
                 if flight.key not in self._assignment.held:
                     return False
                 delay = min(delay * 2, _BACKOFF_MAX)
@@ -307,7 +310,7 @@ class ClickHouseSink:
 
     def _insert_once(self, buffer: Buffer, token: str) -> None:
         if self._client is None:
-            self._client = connect(self.config, self.dsn)
+            self._client = self._connect()
         route, settings = buffer.route, {"insert_deduplication_token": token}
         try:
             if route.row_format is None:
@@ -330,11 +333,11 @@ class ClickHouseSink:
         self.stats.rows[buffer.route.table] = self.stats.rows.get(buffer.route.table, 0) + len(buffer.rows)
         metrics.CLICKHOUSE_ROWS.labels(buffer.route.table).inc(len(buffer.rows))
 
-    def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         if self._in_flight is not None and self._in_flight.key in revoked:
             self._finish_in_flight(retry=False)  # commit what is done before the partition goes
-        self._assignment.revoked(_consumer, partitions)
+        self._assignment.revoked(consumer, partitions)
         for tp in partitions:
             if self._buffers.pop((tp.topic, tp.partition), None) is not None:
                 log.info(

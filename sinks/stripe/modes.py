@@ -57,6 +57,9 @@ class ReportingMode(Protocol):
     def send(self, reports: Sequence[Report]) -> dict[str, Outcome]:
         """identifier -> how each ended."""
 
+    def close(self) -> None:
+        """The threads it sends on, once the sink stops."""
+
 
 def _in_order_per_pair(
     pool: ThreadPoolExecutor, reports: Sequence[Report], call: Callable[[Report], Outcome]
@@ -91,6 +94,9 @@ class MeterEvents:
 
     def send(self, reports: Sequence[Report]) -> dict[str, Outcome]:
         return _in_order_per_pair(self.pool, reports, self.caller.meter_event)
+
+    def close(self) -> None:
+        self.pool.shutdown()
 
 
 class MeterEventStream(MeterEvents):
@@ -177,6 +183,9 @@ class UsageRecords:
     def send(self, reports: Sequence[Report]) -> dict[str, Outcome]:
         return _in_order_per_pair(self.pool, reports, self.caller.usage_record)
 
+    def close(self) -> None:
+        self.pool.shutdown()
+
 
 def _window(aggregate: WindowAggregate) -> tuple[str, str, int]:
     return aggregate.customer_id, aggregate.meter, aggregate.window_start
@@ -192,8 +201,10 @@ def cannot_lower(aggregate: WindowAggregate, others: Sequence[int]) -> Refusal:
 
 
 def reporting_mode(
-    mode: str, caller: Caller, pool: ThreadPoolExecutor, directory: Directory, ledger: Ledger, client: Client
+    mode: str, caller: Caller, concurrency: int, directory: Directory, ledger: Ledger, client: Client
 ) -> ReportingMode:
+    """The mode `stripe.mode` names, sending on `concurrency` threads."""
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="stripe")
     if mode == "usage_records":
         return UsageRecords(caller, pool, directory, ledger, client)
     return MeterEventStream(caller, pool) if mode == "meter_event_stream" else MeterEvents(caller, pool)

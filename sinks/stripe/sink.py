@@ -33,26 +33,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from core import metrics
 from core.config import Config
-from core.kafka import Assignment, Kafka, group_consumer, idempotent_producer
+from core.kafka import Assignment
 from core.logs import context
 from schemas.dead_letters import DeadLetter
 from schemas.records import AggregateIdentity, WindowAggregate
 from schemas.serde import AvroSerde
-from sinks.clickhouse.client import connect
-from sinks.stripe.calls import caller_for
-from sinks.stripe.customers import KnownCustomers
+from sinks import consume
+from sinks.stripe.calls import Caller
 from sinks.stripe.directory import Directory
 from sinks.stripe.landed import LostReports
 from sinks.stripe.ledger import Consumed, Ledger, Waiting
-from sinks.stripe.modes import Refusal, reporting_mode
+from sinks.stripe.modes import Refusal, ReportingMode
 from sinks.stripe.report import (
     Outcome,
     Reason,
@@ -62,6 +61,9 @@ from sinks.stripe.report import (
     identifier,
     too_old,
 )
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 log = logging.getLogger("meterline.sink.stripe")
 
@@ -92,33 +94,46 @@ class _Item:
 
 
 class StripeSink:
+    """Run by sinks.consume; the composition root (meterline.compose) builds its parts, the
+    reporting mode among them."""
+
+    name = "stripe"
+    most, wait_s = BATCH, 0.5
+
     def __init__(
         self,
         config: Config,
-        bootstrap: Kafka,
-        dsn: str | None = None,
-        group_id: str = "meterline-sink-stripe",
+        *,
+        consumer: Consumer,
+        dead_letters: Producer,
+        client: Client,
+        caller: Caller,
+        directory: Directory,
+        ledger: Ledger,
+        reporting: ReportingMode,
+        serde: AvroSerde,
+        group_id: str,
     ) -> None:
+        """`client` holds the ledger; `dead_letters` produces to usage.stripe.dlq; `group_id` is the
+        consumer's group, which commits each batch."""
         self.config = config
         self.group_id = group_id
-        self.caller = caller_for(config)
+        self.topics = [config.topics.aggregates]
+        self.caller = caller
         self.event_names = {name: meter.stripe_event_name for name, meter in config.meters.items()}
-        self.serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
+        self.serde = serde
         self.stats = StripeSinkStats()
-        self._client = connect(config, dsn)
-        self.directory = Directory(config.stripe, self.caller, KnownCustomers(self._client).find)
-        self.ledger = Ledger(self._client, config.stripe.mode)
+        self.directory = directory
+        self.ledger = ledger
+        self.reporting = reporting
+        self._client = client
         self._waiting: dict[str, Waiting] = {}
         self._waiting_looked_at = self._waiting_read_at = float("-inf")
-        self._lost = LostReports(config, self.caller, self.ledger)
-        self._pool = ThreadPoolExecutor(config.stripe.concurrency, thread_name_prefix="stripe")
-        self.reporting = reporting_mode(
-            config.stripe.mode, self.caller, self._pool, self.directory, self.ledger, self._client
-        )
-        self._consumer = group_consumer(bootstrap, group_id)
-        self._dlq = idempotent_producer(bootstrap, {"linger.ms": 5})
+        self._lost = LostReports(config, caller, ledger)
+        self._consumer = consumer
+        self._dlq = dead_letters
+        self._assignment = Assignment(self.name)
         self._batch_since: float | None = None
-        metrics.SINK_LAG_SECONDS.labels("stripe").set_function(self.oldest_pending_seconds)
 
     def oldest_pending_seconds(self) -> float:
         """How long the batch being reported has waited since it was consumed (0 between batches)."""
@@ -126,44 +141,34 @@ class StripeSink:
         return 0.0 if since is None else time.monotonic() - since
 
     def run(self, should_stop: Callable[[], bool]) -> None:
-        assignment = Assignment("stripe")
+        consume.run(self._consumer, self, should_stop)
 
-        def assigned(consumer: Consumer, partitions: list[TopicPartition]) -> None:
-            assignment.assigned(consumer, partitions)
-            self._waiting_read_at = float("-inf")  # the partitions' waiting customers, from the ledger
+    def assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assignment.assigned(consumer, partitions)
+        self._waiting_read_at = float("-inf")  # the partitions' waiting customers, from the ledger
 
-        self._consumer.subscribe(
-            [self.config.topics.aggregates],
-            on_assign=assigned,
-            on_revoke=assignment.revoked,
-            on_lost=assignment.revoked,
-        )
-        last_log = time.monotonic()
-        try:
-            while not should_stop():
-                messages = [m for m in self._consumer.consume(BATCH, timeout=0.5) if self._usable(m)]
-                if messages:
-                    self.reporting.prepare()
-                    self._batch_since = time.monotonic()
-                    metrics.SINK_RECORDS.labels("stripe").inc(len(messages))
-                    self._process(messages)
-                    metrics.SINK_FLUSH_SECONDS.labels("stripe").observe(time.monotonic() - self._batch_since)
-                    self._batch_since = None
-                elif time.monotonic() - self._waiting_looked_at >= WAITING_LOOK_S:
-                    self._process([])  # only the waiting revisions
-                if time.monotonic() - last_log >= 10:
-                    last_log = time.monotonic()
-                    log.info(
-                        "progress %s calls=%d retries=%d",
-                        vars(self.stats),
-                        self.caller.calls,
-                        self.caller.retries,
-                    )
-        finally:
-            self._consumer.close()
-            self._pool.shutdown()
-            self._client.close()
-        log.info("stopped %s calls=%d retries=%d", vars(self.stats), self.caller.calls, self.caller.retries)
+    def revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assignment.revoked(consumer, partitions)
+
+    def take(self, messages: list[Message]) -> None:
+        if messages:
+            self.reporting.prepare()
+            self._batch_since = time.monotonic()
+            self._process(messages)
+            metrics.SINK_FLUSH_SECONDS.labels(self.name).observe(time.monotonic() - self._batch_since)
+            self._batch_since = None
+        elif time.monotonic() - self._waiting_looked_at >= WAITING_LOOK_S:
+            self._process([])  # only the waiting revisions
+
+    def finish(self) -> None:
+        """Nothing is held between batches: each is committed once reported."""
+
+    def close(self) -> None:
+        self.reporting.close()
+        self._client.close()
+
+    def progress(self) -> str:
+        return f"{vars(self.stats)} calls={self.caller.calls} retries={self.caller.retries}"
 
     def _process(self, messages: list[Message]) -> None:
         # 1. Decode, resolve, refuse early; the waiting revisions of customers known since first.
@@ -389,12 +394,3 @@ class StripeSink:
             item.aggregate.customer_id.encode(),
             headers=letter.headers(),
         )
-
-    @staticmethod
-    def _usable(message: Message) -> bool:
-        error = message.error()
-        if error is None:
-            return True
-        if error.code() == KafkaError._PARTITION_EOF:
-            return False
-        raise KafkaException(error)

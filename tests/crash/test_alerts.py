@@ -19,11 +19,11 @@ from typing import Any
 from core.config import Config
 from core.kafka import read_ends
 from meterline import dashboard
+from meterline.compose import clickhouse_sink
 from reconciler.alerts.rules import SIGNATURE_HEADER, alert_id, signature
 from reconciler.billing.periods import period_bounds
 from schemas.records import WindowAggregate
 from sinks.clickhouse.client import connect
-from sinks.clickhouse.sink import ClickHouseSink
 from tests.support.clickhouse_sink import fresh
 from tests.support.kafka import read_messages
 from tests.support.pipeline import start_meterline
@@ -107,7 +107,7 @@ def _aggregates(start: int) -> list[WindowAggregate]:
 def _sink(config: Config, dsn: str) -> None:
     ends = read_ends(config.kafka.bootstrap, [config.topics.aggregates])
     run_sink(
-        ClickHouseSink(config, config.kafka.bootstrap, dsn=dsn, group_id="test-alerts-ch"),
+        clickhouse_sink(config, config.kafka.bootstrap, dsn=dsn, group_id="test-alerts-ch"),
         config.kafka.bootstrap,
         ends,
     )

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from core.config import Config
 from core.kafka import read_ends
+from meterline.compose import clickhouse_sink
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
-from sinks.clickhouse.sink import ClickHouseSink
 from streams.windows import window_start
 from tests.support.cli import meterline
 from tests.support.clickhouse_sink import fresh
@@ -77,7 +77,7 @@ def test_a_retry_into_a_reopened_window_is_billed_once_through_the_roles(
     fresh(config, dsn)
     ends = read_ends(config.kafka.bootstrap, [config.topics.aggregates])
     run_sink(
-        ClickHouseSink(config, config.kafka.bootstrap, dsn=dsn, group_id="test-dedup-ch"),
+        clickhouse_sink(config, config.kafka.bootstrap, dsn=dsn, group_id="test-dedup-ch"),
         config.kafka.bootstrap,
         ends,
     )

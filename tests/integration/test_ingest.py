@@ -13,13 +13,12 @@ from hypothesis import HealthCheck, given, settings
 
 from core.config import Config
 from core.kafka import read_ends
+from meterline.compose import clickhouse_sink, stripe_sink
 from meterline.workload import Expected, customer_ids, generate
 from schemas.cloudevents import STRUCTURED, from_usage_event
 from schemas.records import UsageEvent
 from schemas.serde import AvroSerde
-from sinks.clickhouse.sink import ClickHouseSink
 from sinks.stripe.fake import FakeStripe
-from sinks.stripe.sink import StripeSink
 from tests.conftest import local_broker
 from tests.support.clickhouse_sink import assert_exact, run_pipeline
 from tests.support.ingest import KEY, cloud_event, post, start_ingest, stop
@@ -140,7 +139,7 @@ def test_events_posted_over_http_reach_clickhouse_and_stripe_exactly(
     dead = run_pipeline(config, workers, expected.to_json(spec))
     ends = read_ends(config.kafka.bootstrap, [config.topics.aggregates, config.topics.events_dlq])
     run_sink(
-        ClickHouseSink(config, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-ingest-ch"),
+        clickhouse_sink(config, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-ingest-ch"),
         config.kafka.bootstrap,
         ends,
     )
@@ -149,7 +148,7 @@ def test_events_posted_over_http_reach_clickhouse_and_stripe_exactly(
         config, stripe=dataclasses.replace(config.stripe, api_base=base, requests_per_second=1000)
     )
     run_sink(
-        StripeSink(stripe_config, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-ingest-stripe"),
+        stripe_sink(stripe_config, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-ingest-stripe"),
         config.kafka.bootstrap,
         ends,
     )

@@ -17,6 +17,7 @@ from confluent_kafka import Producer
 
 from core.config import Config
 from core.kafka import read_ends
+from meterline.compose import clickhouse_sink, stripe_sink
 from meterline.config import load_config
 from reconciler.billing.periods import PeriodError
 from reconciler.checks.compare import Difference, compare
@@ -25,11 +26,9 @@ from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 from sinks.clickhouse.rows import REVISION_COLUMNS
-from sinks.clickhouse.sink import ClickHouseSink
 from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.fake import FakeStripe
 from sinks.stripe.fake.objects import MeterEvent
-from sinks.stripe.sink import StripeSink
 from sinks.stripe.webhooks.events import INVOICE_COLUMNS
 from tests.support.clickhouse_sink import fresh
 from tests.support.records import window_aggregate
@@ -70,13 +69,13 @@ def _both_sinks_filled(config: Config, base: str, dsn: str, start: int, now: int
     producer.flush()
     ends = read_ends(config.kafka.bootstrap, [config.topics.aggregates])
     run_sink(
-        ClickHouseSink(config, config.kafka.bootstrap, dsn=dsn, group_id="test-reconcile-ch"),
+        clickhouse_sink(config, config.kafka.bootstrap, dsn=dsn, group_id="test-reconcile-ch"),
         config.kafka.bootstrap,
         ends,
     )
     stripe_config = _with_fake(config, base)
     run_sink(
-        StripeSink(stripe_config, config.kafka.bootstrap, dsn=dsn, group_id="test-reconcile-stripe"),
+        stripe_sink(stripe_config, config.kafka.bootstrap, dsn=dsn, group_id="test-reconcile-stripe"),
         config.kafka.bootstrap,
         ends,
     )

@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 
 from core.config import Config
 from core.kafka import read_ends, settings
+from meterline.compose import clickhouse_sink, stripe_sink
 from meterline.produce import produce_workload
 from meterline.workload import customer_ids
 from reconciler.checks.rederive import rederive
@@ -25,9 +26,7 @@ from schemas.records import UsageEvent
 from schemas.serde import AvroSerde
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.rows import REVISION_COLUMNS
-from sinks.clickhouse.sink import ClickHouseSink
 from sinks.stripe.fake import FakeStripe
-from sinks.stripe.sink import StripeSink
 from streams.windows import DAY_MS
 from tests.support.clickhouse_sink import fresh
 from tests.support.pipeline import Workers, small_workload, wait_until_exact
@@ -48,12 +47,14 @@ class Replays:
     def sinks_catch_up(self) -> None:
         ends = read_ends(self.config.kafka.bootstrap, [self.config.topics.aggregates])
         run_sink(
-            ClickHouseSink(self.config, self.config.kafka.bootstrap, dsn=self.dsn, group_id="test-replay-ch"),
+            clickhouse_sink(
+                self.config, self.config.kafka.bootstrap, dsn=self.dsn, group_id="test-replay-ch"
+            ),
             self.config.kafka.bootstrap,
             ends,
         )
         run_sink(
-            StripeSink(
+            stripe_sink(
                 self.stripe_config, self.config.kafka.bootstrap, dsn=self.dsn, group_id="test-replay-stripe"
             ),
             self.config.kafka.bootstrap,

@@ -19,6 +19,7 @@ import stripe
 
 from core.config import Config
 from core.kafka import read_ends
+from meterline.compose import stripe_sink
 from meterline.workload import customer_ids
 from schemas.records import WindowAggregate
 from schemas.serde import AvroSerde
@@ -28,7 +29,6 @@ from sinks.stripe.calls import Caller, RateLimiter
 from sinks.stripe.catalog.sync import refused, sync
 from sinks.stripe.fake import FakeStripe
 from sinks.stripe.report import identifier
-from sinks.stripe.sink import StripeSink
 from tests.support.kafka import read_messages
 from tests.support.pipeline import SinkProcess, Workers, small_workload
 from tests.support.records import window_aggregate
@@ -232,28 +232,37 @@ def test_a_subscription_event_makes_the_legacy_sink_look_its_customer_s_item_up_
     customer.subscription.* event, and the sink forgets what it cached for those customers."""
     from meterline.config import load_config
     from sinks.stripe import modes
+    from sinks.stripe.calls import caller_for
+    from sinks.stripe.customers import KnownCustomers
+    from sinks.stripe.directory import Directory
+    from sinks.stripe.ledger import Ledger
     from tests.support.stripe import know_customers, record_subscription_item
 
     _, base = stripe_fake
     monkeypatch.setattr(modes, "SUBSCRIPTION_LOOK_S", 0.0)
     config = legacy_config(load_config(None, {}), base)
     set_up_stripe(config, base, ["late-subscriber"])
-    dsn = f"chdb://{tmp_path / 'clickhouse'}"
-    sink = StripeSink(config, "127.0.0.1:1", dsn=dsn, group_id="unused")  # never consumes here
-    migrate(sink._client, 400)
-    know_customers(sink._client, base)
-    stripe_customer = sink.directory.customer("late-subscriber")
+    client = connect(config, f"chdb://{tmp_path / 'clickhouse'}")
+    migrate(client, 400)
+    know_customers(client, base)
+    caller = caller_for(config)
+    directory = Directory(config.stripe, caller, KnownCustomers(client).find)
+    reporting = modes.reporting_mode(
+        config.stripe.mode, caller, 1, directory, Ledger(client, config.stripe.mode), client
+    )
+    stripe_customer = directory.customer("late-subscriber")
     assert stripe_customer is not None
-    assert sink.directory.subscription_items(stripe_customer, "api_calls") == ()  # cached for 60 s
+    assert directory.subscription_items(stripe_customer, "api_calls") == ()  # cached for 60 s
     item = subscribe(config, base, ["late-subscriber"])[("late-subscriber", "api_calls")]
-    assert sink.directory.subscription_items(stripe_customer, "api_calls") == ()  # still cached
+    assert directory.subscription_items(stripe_customer, "api_calls") == ()  # still cached
     now_s = int(time.time())
     record_subscription_item(
-        sink._client, "late-subscriber", (now_s, now_s + 86_400), now_s, stripe_customer=stripe_customer
+        client, "late-subscriber", (now_s, now_s + 86_400), now_s, stripe_customer=stripe_customer
     )
-    sink.reporting.prepare()
-    assert [i.id for i in sink.directory.subscription_items(stripe_customer, "api_calls")] == [item]
-    sink._client.close()
+    reporting.prepare()
+    assert [i.id for i in directory.subscription_items(stripe_customer, "api_calls")] == [item]
+    reporting.close()
+    client.close()
 
 
 def test_a_legacy_customer_without_a_subscription_item_is_refused_before_the_call(
@@ -274,7 +283,7 @@ def test_a_legacy_customer_without_a_subscription_item_is_refused_before_the_cal
     legacy = legacy_config(config, base)
     ends = read_ends(config.kafka.bootstrap, [config.topics.aggregates])
     run_sink(
-        StripeSink(legacy, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-legacy"),
+        stripe_sink(legacy, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-legacy"),
         config.kafka.bootstrap,
         ends,
     )
@@ -332,7 +341,7 @@ def test_after_a_plan_change_a_legacy_window_goes_to_the_item_of_its_time_or_is_
     produce_aggregates(config, [before, after])
     ends = read_ends(config.kafka.bootstrap, [config.topics.aggregates])
     run_sink(
-        StripeSink(
+        stripe_sink(
             legacy_config(config, base), config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-change"
         ),
         config.kafka.bootstrap,
@@ -393,7 +402,7 @@ def test_a_legacy_correction_lowers_usage_by_set_where_exact_and_is_refused_wher
     produce_aggregates(config, revisions)
     legacy = legacy_config(config, base)
     run_sink(
-        StripeSink(legacy, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-lowering"),
+        stripe_sink(legacy, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-lowering"),
         config.kafka.bootstrap,
         read_ends(config.kafka.bootstrap, [config.topics.aggregates]),
     )
@@ -493,7 +502,7 @@ def test_a_report_pending_past_stripe_s_identifier_window_is_sent_again_only_if_
     produce_aggregates(config, list(aggregates.values()))
     on_fake = dataclasses.replace(config, stripe=dataclasses.replace(config.stripe, api_base=base))
     run_sink(
-        StripeSink(on_fake, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-lost-answers"),
+        stripe_sink(on_fake, config.kafka.bootstrap, dsn=ledger_dsn, group_id="test-lost-answers"),
         config.kafka.bootstrap,
         read_ends(config.kafka.bootstrap, [config.topics.aggregates]),
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from core.config import Config
 from core.kafka import committed_reaches, read_ends
+from meterline.compose import stripe_sink
 from schemas.records import WindowAggregate
 from sinks.clickhouse.client import connect
 from sinks.stripe.fake import FakeStripe
@@ -48,7 +49,7 @@ def usage(customer: str) -> list[WindowAggregate]:
 def run_sink_until(config: Config, dsn: str, done: Callable[[StripeSink], bool]) -> StripeSink:
     """A Stripe sink in a thread of this process until `done(sink)`, then stopped (its ClickHouse
     client closed with it)."""
-    sink = StripeSink(config, config.kafka.bootstrap, dsn=dsn, group_id="test-waiting")
+    sink = stripe_sink(config, config.kafka.bootstrap, dsn=dsn, group_id="test-waiting")
     stopping = threading.Event()
     thread = threading.Thread(target=sink.run, args=(stopping.is_set,), daemon=True)
     thread.start()

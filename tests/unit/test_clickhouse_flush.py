@@ -69,11 +69,11 @@ class FakeConsumer:
 class HeldClient:
     """A client whose inserts wait for `release` and then fail with each of `failures` in turn."""
 
-    def __init__(self, failures: list[Exception] | None = None) -> None:
+    def __init__(self) -> None:
         self.release = threading.Event()
         self.attempts: list[str] = []
         self.inserted: list[str] = []
-        self.failures = list(failures or [])
+        self.failures: list[Exception] = []
 
     def raw_insert(
         self, table: str, columns: list[str], data: bytes, settings: dict[str, str], fmt: str
@@ -90,13 +90,36 @@ def config() -> Config:
     return load_config(None, {})
 
 
+class Parts:
+    """The fake consumer and client a sink is built with; `connects` counts the clients made."""
+
+    def __init__(self, config: Config) -> None:
+        self.partitions = [TopicPartition(config.topics.aggregates, p) for p in (0, 1)]
+        self.consumer = FakeConsumer(self.partitions)
+        self.client = HeldClient()
+        self.connects = 0
+
+    def connect(self) -> HeldClient:
+        self.connects += 1  # the same fake again after a failure: its remaining failures carry over
+        return self.client
+
+
 @pytest.fixture
-def sink(config: Config) -> Iterator[ClickHouseSink]:
-    # The consumer librdkafka makes is never used: it connects to nothing until it consumes.
-    sink = ClickHouseSink(config, "127.0.0.1:1", dsn="chdb:///nowhere", group_id="g")
-    partitions = [TopicPartition(config.topics.aggregates, p) for p in (0, 1)]
-    sink._consumer = FakeConsumer(partitions)  # type: ignore[assignment]
-    sink._assignment.assigned(sink._consumer, partitions)  # type: ignore[arg-type]
+def parts(config: Config) -> Parts:
+    return Parts(config)
+
+
+@pytest.fixture
+def sink(config: Config, parts: Parts) -> Iterator[ClickHouseSink]:
+    sink = ClickHouseSink(
+        config,
+        consumer=parts.consumer,  # type: ignore[arg-type]
+        connect=parts.connect,  # type: ignore[arg-type]
+        dsn="chdb:///nowhere",
+        serde=AvroSerde(),
+        group_id="g",
+    )
+    sink.assigned(parts.consumer, parts.partitions)  # type: ignore[arg-type]
     yield sink
     sink._inserter.shutdown(wait=False, cancel_futures=True)
 
@@ -116,12 +139,10 @@ def records(config: Config, partition: int, offsets: range) -> list[Any]:
     ]
 
 
-def held(sink: ClickHouseSink, failures: list[Exception] | None = None) -> tuple[HeldClient, FakeConsumer]:
-    """The sink's client replaced by a HeldClient; the client and the sink's fake consumer."""
-    client = HeldClient(failures)
-    sink._client = client  # type: ignore[assignment]
-    consumer: FakeConsumer = sink._consumer  # type: ignore[assignment]
-    return client, consumer
+def held(parts: Parts, failures: list[Exception] | None = None) -> tuple[HeldClient, FakeConsumer]:
+    """The sink's client, failing with each of `failures` in turn, and its consumer."""
+    parts.client.failures = list(failures or [])
+    return parts.client, parts.consumer
 
 
 def finish(sink: ClickHouseSink) -> None:
@@ -132,9 +153,9 @@ def finish(sink: ClickHouseSink) -> None:
 
 
 def test_a_range_is_committed_only_after_its_insert_and_in_the_order_flushed(
-    config: Config, sink: ClickHouseSink
+    config: Config, sink: ClickHouseSink, parts: Parts
 ) -> None:
-    client, consumer = held(sink)
+    client, consumer = held(parts)
     topic = config.topics.aggregates
     sink._take(records(config, 0, range(0, 3)))
     sink._flush((topic, 0))
@@ -149,8 +170,10 @@ def test_a_range_is_committed_only_after_its_insert_and_in_the_order_flushed(
     assert consumer.commits == [(topic, 0, 3), (topic, 0, 5)]
 
 
-def test_a_flush_waits_for_the_one_in_flight_before_it_starts(config: Config, sink: ClickHouseSink) -> None:
-    client, consumer = held(sink)
+def test_a_flush_waits_for_the_one_in_flight_before_it_starts(
+    config: Config, sink: ClickHouseSink, parts: Parts
+) -> None:
+    client, consumer = held(parts)
     topic = config.topics.aggregates
     sink._take(records(config, 0, range(0, 2)) + records(config, 1, range(0, 4)))
     sink._flush((topic, 0))
@@ -163,49 +186,42 @@ def test_a_flush_waits_for_the_one_in_flight_before_it_starts(config: Config, si
 
 
 def test_an_unavailable_target_is_retried_with_the_same_token_before_the_commit(
-    config: Config, sink: ClickHouseSink, monkeypatch: pytest.MonkeyPatch
+    config: Config, sink: ClickHouseSink, parts: Parts
 ) -> None:
-    client, consumer = held(sink, [ConnectionRefusedError("refused"), ConnectionRefusedError("refused")])
+    client, consumer = held(parts, [ConnectionRefusedError("refused"), ConnectionRefusedError("refused")])
     client.release.set()
     topic = config.topics.aggregates
-    reconnected: list[HeldClient] = []
-
-    def connect_again(*_: Any) -> HeldClient:
-        reconnected.append(client)  # the same fake again: its remaining failures carry over
-        return client
-
-    monkeypatch.setattr("sinks.clickhouse.sink.connect", connect_again)
     sink._take(records(config, 0, range(0, 3)))
     sink._flush((topic, 0))
     finish(sink)
-    assert sink.stats.retries == 2 and len(reconnected) == 2
+    assert sink.stats.retries == 2 and parts.connects == 3  # the first client, then one per retry
     assert client.attempts == [f"g/{topic}/0/0-2"] * 3
     assert client.inserted == [f"g/{topic}/0/0-2"] and consumer.commits == [(topic, 0, 3)]
 
 
 def test_a_revoke_commits_the_flush_in_flight_of_its_partition_and_drops_its_buffer(
-    config: Config, sink: ClickHouseSink
+    config: Config, sink: ClickHouseSink, parts: Parts
 ) -> None:
-    client, consumer = held(sink)
+    client, consumer = held(parts)
     topic = config.topics.aggregates
     sink._take(records(config, 0, range(0, 3)))
     sink._flush((topic, 0))
     sink._take(records(config, 0, range(3, 6)))
     threading.Timer(0.2, client.release.set).start()
-    sink._revoked(consumer, [TopicPartition(topic, 0)])  # type: ignore[arg-type]
+    sink.revoked(consumer, [TopicPartition(topic, 0)])  # type: ignore[arg-type]
     assert consumer.commits == [(topic, 0, 3)] and sink._in_flight is None
     assert (topic, 0) not in sink._buffers  # offsets 3-5: left to the partition's next owner
 
 
 def test_a_revoke_leaves_an_insert_the_target_refused_uncommitted(
-    config: Config, sink: ClickHouseSink
+    config: Config, sink: ClickHouseSink, parts: Parts
 ) -> None:
-    client, consumer = held(sink, [ConnectionRefusedError("refused")])
+    client, consumer = held(parts, [ConnectionRefusedError("refused")])
     client.release.set()
     topic = config.topics.aggregates
     sink._take(records(config, 1, range(0, 3)))
     sink._flush((topic, 1))
-    sink._revoked(consumer, [TopicPartition(topic, 1)])  # type: ignore[arg-type]
+    sink.revoked(consumer, [TopicPartition(topic, 1)])  # type: ignore[arg-type]
     assert consumer.commits == [] and client.inserted == [] and sink._in_flight is None
 
 
