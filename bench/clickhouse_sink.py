@@ -30,15 +30,15 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import Producer
 
-from core.config import Config
-from core.kafka import committed_reaches, group_consumer, isolated_topics, read_ends
 from meterline.compose import clickhouse_sink
-from schemas.records import WindowAggregate
-from schemas.serde import AvroSerde
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.migrate import migrate
-from sinks.clickhouse.rows import AGGREGATE_COLUMNS, REVISION_COLUMNS
-from sinks.clickhouse.sink import CONSUMER_SETTINGS, Flushed
+from meterline.core.config import Config
+from meterline.core.kafka import committed_reaches, group_consumer, isolated_topics, read_ends
+from meterline.schemas.records import WindowAggregate
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.migrate import migrate
+from meterline.sinks.clickhouse.rows import AGGREGATE_COLUMNS, REVISION_COLUMNS
+from meterline.sinks.clickhouse.sink import CONSUMER_SETTINGS, Flushed
 
 from harness import local_stack, report
 

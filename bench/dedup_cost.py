@@ -31,14 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from meterline.config import load_config
+from meterline.schemas.records import UsageEvent
+from meterline.schemas.serde import AvroSerde
+from meterline.streams.judge import Judge
+from meterline.streams.processor import PartitionProcessor, rules_from
+from meterline.streams.state import PartitionStore, store_key_parts
+from meterline.streams.stores import RocksStore
+from meterline.streams.windows import DAY_MS
 from meterline.workload import Expected, WorkloadSpec, generate
-from schemas.records import UsageEvent
-from schemas.serde import AvroSerde
-from streams.judge import Judge
-from streams.processor import PartitionProcessor, rules_from
-from streams.state import PartitionStore, store_key_parts
-from streams.stores import RocksStore
-from streams.windows import DAY_MS
 
 from harness import report
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import faust
 
-from schemas.serde import AvroSerde
+from meterline.schemas.serde import AvroSerde
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from core.config import Config
 from meterline import devstack
 from meterline.config import load_config
+from meterline.core.config import Config
 from meterline.table import render
 
 

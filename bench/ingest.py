@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.config import Config
-from core.kafka import ensure_topics
+from meterline.core.config import Config
+from meterline.core.kafka import ensure_topics
 from meterline.produce import make_producer
+from meterline.schemas.cloudevents import BATCH, from_usage_event
+from meterline.schemas.ingest import key_digest
+from meterline.schemas.records import UsageEvent
+from meterline.streams.windows import DAY_MS
 from meterline.workload import Expected, WorkloadSpec, generate
-from schemas.cloudevents import BATCH, from_usage_event
-from schemas.ingest import key_digest
-from schemas.records import UsageEvent
-from streams.windows import DAY_MS
 
 from harness import local_stack, report
 

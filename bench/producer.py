@@ -12,11 +12,11 @@ import time
 
 from confluent_kafka import Producer
 
-from core.config import Config
-from core.kafka import ensure_topics
+from meterline.core.config import Config
+from meterline.core.kafka import ensure_topics
 from meterline.produce import make_producer, produce_workload
+from meterline.streams.windows import DAY_MS
 from meterline.workload import Expected, WorkloadSpec, generate
-from streams.windows import DAY_MS
 
 from harness import local_stack, report
 

@@ -17,7 +17,7 @@ from quixstreams.models.serializers import (  # type: ignore[import-not-found]
     IgnoreMessage,
 )
 
-from schemas.serde import AvroSerde
+from meterline.schemas.serde import AvroSerde
 
 
 class UsageDeserializer(Deserializer):  # type: ignore[misc]

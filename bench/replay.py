@@ -15,11 +15,11 @@ import os
 import resource
 import time
 
-from core.kafka import isolated_topics
+from meterline.core.kafka import isolated_topics
 from meterline.produce import produce_workload
+from meterline.reconciler.checks.rederive import rederive
+from meterline.streams.windows import DAY_MS
 from meterline.workload import WorkloadSpec
-from reconciler.checks.rederive import rederive
-from streams.windows import DAY_MS
 
 from harness import local_stack, report
 

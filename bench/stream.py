@@ -36,12 +36,12 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from core.config import Config
-from core.kafka import isolated_topics
+from meterline.core.config import Config
+from meterline.core.kafka import isolated_topics
 from meterline.produce import produce_workload
+from meterline.schemas.serde import AvroSerde
+from meterline.streams.windows import DAY_MS
 from meterline.workload import WorkloadSpec
-from schemas.serde import AvroSerde
-from streams.windows import DAY_MS
 
 from harness import local_stack, report
 

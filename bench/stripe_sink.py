@@ -28,18 +28,18 @@ from typing import Literal
 
 from confluent_kafka import Producer
 
-from core.config import Config
-from core.kafka import committed_reaches, isolated_topics, read_ends
 from meterline.compose import stripe_sink
+from meterline.core.config import Config
+from meterline.core.kafka import committed_reaches, isolated_topics, read_ends
+from meterline.schemas.records import WindowAggregate
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.migrate import migrate
+from meterline.sinks.stripe.calls import caller_for
+from meterline.sinks.stripe.catalog.sync import sync
+from meterline.streams.windows import DAY_MS
 from meterline.table import render
 from meterline.workload import Expected, WorkloadSpec, generate
-from schemas.records import WindowAggregate
-from schemas.serde import AvroSerde
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.migrate import migrate
-from sinks.stripe.calls import caller_for
-from sinks.stripe.catalog.sync import sync
-from streams.windows import DAY_MS
 
 from harness import local_stack, machine
 

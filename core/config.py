@@ -10,9 +10,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from core.errors import MeterlineError
-from core.http import Limits, is_loopback
-from core.ratecard import Plan
+from meterline.core.errors import MeterlineError
+from meterline.core.http import Limits, is_loopback
+from meterline.core.ratecard import Plan
 
 
 class Secret:

@@ -20,9 +20,9 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from core import metrics
-from core.config import Config, KafkaConfig, Secret, TopicsConfig
-from core.errors import MeterlineError
+from meterline.core import metrics
+from meterline.core.config import Config, KafkaConfig, Secret, TopicsConfig
+from meterline.core.errors import MeterlineError
 
 log = logging.getLogger("meterline.kafka")
 _LIBRDKAFKA = logging.getLogger("meterline.librdkafka")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from core.currencies import Currency
+from meterline.core.currencies import Currency
 
 Rounding = Literal["up", "down", "half_up"]
 

@@ -15,8 +15,8 @@ import os
 import sys
 import time
 
-from schemas.producer import UsageProducer
-from schemas.records import UsageEvent
+from meterline.schemas.producer import UsageProducer
+from meterline.schemas.records import UsageEvent
 
 METER_UNITS = {"api_calls": "call"}  # the meters this service emits, as in the pipeline's config
 

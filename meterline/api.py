@@ -7,12 +7,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from core.config import Config
-from core.errors import MeterlineError
-from core.http import Request, Response, Route
 from meterline import dashboard, forward
+from meterline.core.config import Config
+from meterline.core.errors import MeterlineError
+from meterline.core.http import Request, Response, Route
 from meterline.guard import Guard
-from sinks.clickhouse.usage_windows import customers_since
+from meterline.sinks.clickhouse.usage_windows import customers_since
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

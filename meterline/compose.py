@@ -6,17 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from core.config import Config
-from core.kafka import Kafka, group_consumer, idempotent_producer
-from schemas.serde import AvroSerde
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.sink import CONSUMER_SETTINGS, ClickHouseSink, Flushed
-from sinks.stripe.calls import caller_for
-from sinks.stripe.customers import KnownCustomers
-from sinks.stripe.directory import Directory
-from sinks.stripe.ledger import Ledger
-from sinks.stripe.modes import reporting_mode
-from sinks.stripe.sink import StripeSink
+from meterline.core.config import Config
+from meterline.core.kafka import Kafka, group_consumer, idempotent_producer
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.sink import CONSUMER_SETTINGS, ClickHouseSink, Flushed
+from meterline.sinks.stripe.calls import caller_for
+from meterline.sinks.stripe.customers import KnownCustomers
+from meterline.sinks.stripe.directory import Directory
+from meterline.sinks.stripe.ledger import Ledger
+from meterline.sinks.stripe.modes import reporting_mode
+from meterline.sinks.stripe.sink import StripeSink
 
 
 def clickhouse_sink(

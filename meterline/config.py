@@ -15,7 +15,21 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from core.config import (
+from meterline.config_alerts import build_alerts
+from meterline.config_checks import (
+    Section,
+    at_least,
+    between,
+    dsn_check,
+    file_check,
+    long_enough,
+    one_of,
+    pattern_check,
+    stripe_key_check,
+    url_check,
+)
+from meterline.config_ratecard import build_meters, build_plans, plan_history
+from meterline.core.config import (
     BillingConfig,
     ClickHouseConfig,
     Config,
@@ -33,21 +47,7 @@ from core.config import (
     TopicsConfig,
     WindowsConfig,
 )
-from core.http import Limits
-from meterline.config_alerts import build_alerts
-from meterline.config_checks import (
-    Section,
-    at_least,
-    between,
-    dsn_check,
-    file_check,
-    long_enough,
-    one_of,
-    pattern_check,
-    stripe_key_check,
-    url_check,
-)
-from meterline.config_ratecard import build_meters, build_plans, plan_history
+from meterline.core.http import Limits
 
 DEFAULT_FILE = Path(__file__).with_name("default.toml")
 SYSTEM_FILE = Path("/etc/meterline/meterline.toml")

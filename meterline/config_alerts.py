@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from core.config import AlertRule, AlertsConfig, ConfigProblem, Secret
-from core.ratecard import Plan
 from meterline.config_checks import Section, at_least, decimal, url_check
+from meterline.core.config import AlertRule, AlertsConfig, ConfigProblem, Secret
+from meterline.core.ratecard import Plan
 
 _SHARE = re.compile(r"(\d+(?:\.\d+)?)%")
 RULE_KEYS = ("included", "spend", "projected_overage")

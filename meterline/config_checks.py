@@ -9,8 +9,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from core.config import ConfigProblem, Secret
-from core.currencies import UnknownCurrency, currency
+from meterline.core.config import ConfigProblem, Secret
+from meterline.core.currencies import UnknownCurrency, currency
 
 
 class Section:

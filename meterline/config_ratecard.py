@@ -9,9 +9,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, cast
 
-from core.config import ConfigProblem, MeterConfig
-from core.currencies import Currency, currency
-from core.ratecard import MeterPrice, Plan, Rounding, Tier
 from meterline.config_checks import (
     Section,
     at_least,
@@ -21,7 +18,15 @@ from meterline.config_checks import (
     money,
     unit_check,
 )
-from sinks.stripe.catalog.prices import base_fee_lookup_key, base_fee_terms, lookup_key, stripe_terms
+from meterline.core.config import ConfigProblem, MeterConfig
+from meterline.core.currencies import Currency, currency
+from meterline.core.ratecard import MeterPrice, Plan, Rounding, Tier
+from meterline.sinks.stripe.catalog.prices import (
+    base_fee_lookup_key,
+    base_fee_terms,
+    lookup_key,
+    stripe_terms,
+)
 
 
 def plan_history(

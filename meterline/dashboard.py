@@ -17,15 +17,15 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from core.config import Config
-from core.http import Response
-from core.ratecard import MeterPrice
-from reconciler.alerts.role import customer_alerts
-from reconciler.billing.invoice_text import quantity_text, rows
-from reconciler.billing.periods import projected_usage, resolve
-from reconciler.billing.plan_history import invoice_over, period_invoice
-from reconciler.billing.pricing import Invoice, billed_quantity
-from sinks.clickhouse.usage_windows import Grain, by_bucket
+from meterline.core.config import Config
+from meterline.core.http import Response
+from meterline.core.ratecard import MeterPrice
+from meterline.reconciler.alerts.role import customer_alerts
+from meterline.reconciler.billing.invoice_text import quantity_text, rows
+from meterline.reconciler.billing.periods import projected_usage, resolve
+from meterline.reconciler.billing.plan_history import invoice_over, period_invoice
+from meterline.reconciler.billing.pricing import Invoice, billed_quantity
+from meterline.sinks.clickhouse.usage_windows import Grain, by_bucket
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

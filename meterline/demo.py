@@ -24,10 +24,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from core.config import Config
-from core.errors import MeterlineError
-from core.kafka import committed_reaches, read_ends
 from meterline import demo_usage, devstack, forward, inspect, progress
+from meterline.core.config import Config
+from meterline.core.errors import MeterlineError
+from meterline.core.kafka import committed_reaches, read_ends
 from meterline.table import render, utc_minute
 from meterline.topics import role_topics
 from meterline.workload import Expected, WorkloadSpec, customer_ids
@@ -191,9 +191,9 @@ def _clear_the_stack(config: Config) -> None:
 
 
 def _onboard(config: Config, spec: WorkloadSpec) -> None:
-    from sinks.stripe.calls import caller_for
-    from sinks.stripe.catalog.sync import sync
-    from sinks.stripe.directory import Directory
+    from meterline.sinks.stripe.calls import caller_for
+    from meterline.sinks.stripe.catalog.sync import sync
+    from meterline.sinks.stripe.directory import Directory
 
     caller = caller_for(config)
     synced = sync(config, caller)
@@ -247,8 +247,8 @@ def _start_run(
 
 def _wait_streamed(config: Config, wanted: dict[str, object], run: subprocess.Popen[bytes]) -> bool:
     """Until usage.aggregates and usage.events.dlq match the expectation exactly."""
+    from meterline.schemas.serde import AvroSerde
     from meterline.verify import read_emitted, verify
-    from schemas.serde import AvroSerde
 
     print(
         f"  the last windows close by wall clock after {config.windows.idle_timeout_seconds} s of quiet "
@@ -359,8 +359,8 @@ def _dead_letters(address: forward.RunningRun, expected: Expected) -> bool:
 
 
 def _stripe(config: Config, spec: WorkloadSpec, expected: Expected) -> bool:
-    from sinks.stripe.calls import caller_for
-    from sinks.stripe.totals import meter_totals
+    from meterline.sinks.stripe.calls import caller_for
+    from meterline.sinks.stripe.totals import meter_totals
 
     ours: Counter[tuple[str, str]] = Counter()
     for (customer, meter, _), (value, _) in expected.totals.items():
@@ -392,11 +392,11 @@ def _stripe_would_bill(config: Config, address: forward.RunningRun, customer: st
     import json
     from decimal import Decimal
 
-    from reconciler.billing.periods import period_bounds
-    from sinks.stripe.calls import caller_for
-    from sinks.stripe.catalog.prices import base_fee_lookup_key, lookup_key
-    from sinks.stripe.invoice_rules import line_amount, line_quantity
-    from sinks.stripe.totals import StripeTotals
+    from meterline.reconciler.billing.periods import period_bounds
+    from meterline.sinks.stripe.calls import caller_for
+    from meterline.sinks.stripe.catalog.prices import base_fee_lookup_key, lookup_key
+    from meterline.sinks.stripe.invoice_rules import line_amount, line_quantity
+    from meterline.sinks.stripe.totals import StripeTotals
 
     code, output = _inside(
         address, "invoice", "preview", "--customer", customer, "--period", month, "--json", show=False

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import Config
 from meterline import devstack
+from meterline.core.config import Config
 from meterline.produce import make_producer, send
+from meterline.schemas.cloudevents import BATCH, from_usage_event
+from meterline.schemas.ingest import key_digest
+from meterline.schemas.records import UsageEvent
 from meterline.workload import Expected, WorkloadSpec, customer_ids, generate
-from schemas.cloudevents import BATCH, from_usage_event
-from schemas.ingest import key_digest
-from schemas.records import UsageEvent
 
 HTTP_SHARE = 0.2
 HTTP_BATCH = 100

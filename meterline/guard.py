@@ -25,8 +25,8 @@ import hmac
 import ipaddress
 from urllib.parse import urlsplit
 
-from core.config import RunConfig
-from core.http import Request, Response, Route, is_loopback
+from meterline.core.config import RunConfig
+from meterline.core.http import Request, Response, Route, is_loopback
 
 SECRET_HEADER = "x-meterline-secret"
 

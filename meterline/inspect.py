@@ -18,13 +18,13 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from core.config import Config
-from core.kafka import Kafka, at_end, consumer_from_beginning
 from meterline import devstack
+from meterline.core.config import Config
+from meterline.core.kafka import Kafka, at_end, consumer_from_beginning
+from meterline.schemas.serde import AvroSerde
+from meterline.streams.judge import Judge
+from meterline.streams.windows import event_value
 from meterline.table import render
-from schemas.serde import AvroSerde
-from streams.judge import Judge
-from streams.windows import event_value
 
 _QUIET_S = 2.0
 

@@ -10,11 +10,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 
-from core.config import Config
-from core.kafka import Kafka, brokers, client_properties, partition_count
+from meterline.core.config import Config
+from meterline.core.kafka import Kafka, brokers, client_properties, partition_count
+from meterline.schemas.partitioner import partition_for
+from meterline.schemas.producer import PackingPolicy, UsageProducer
 from meterline.workload import Emission, Expected, WorkloadSpec, customer_ids, generate
-from schemas.partitioner import partition_for
-from schemas.producer import PackingPolicy, UsageProducer
 
 
 def make_producer(

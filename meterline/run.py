@@ -28,12 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core import allocator, collector, logs, metrics
-from core.config import Config
-from core.errors import MeterlineError
-from core.http import Route, Server
-from core.kafka import Kafka
 from meterline import api, devstack, forward, topics
+from meterline.core import allocator, collector, logs, metrics
+from meterline.core.config import Config
+from meterline.core.errors import MeterlineError
+from meterline.core.http import Route, Server
+from meterline.core.kafka import Kafka
 from meterline.server import Health, serve, serve_webhooks
 
 if TYPE_CHECKING:
@@ -95,8 +95,8 @@ def reconcile_periodically(
     next one tries again."""
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
-    from reconciler.checks.reconcile import reconcile
-    from sinks.stripe.calls import caller_for
+    from meterline.reconciler.checks.reconcile import reconcile
+    from meterline.sinks.stripe.calls import caller_for
 
     next_at = time.monotonic() + first_after_s
     while not should_stop():
@@ -123,7 +123,7 @@ def reconcile_periodically(
 def stream_app(config: Config, bootstrap: Kafka, data_dir: Path | None, health: Health) -> faust.App:
     """The stream app, its state store in `data_dir` (default: <state_dir>/stream/<app_id>), its
     counters on /metrics, and `ready` on /readyz once Faust has started it."""
-    from streams.app import build_app
+    from meterline.streams.app import build_app
 
     allocator.limit_arenas()  # before the clients' threads start (core.allocator)
     topics.require_for_role(bootstrap, config, "stream")
@@ -160,11 +160,11 @@ def run(
 ) -> int:
     import faust
 
-    from schemas.ingest import PATH as INGEST_PATH
-    from schemas.ingest import Ingest
-    from sinks.clickhouse.client import connect
-    from sinks.clickhouse.migrate import migrate
-    from sinks.stripe.webhooks.role import PATH
+    from meterline.schemas.ingest import PATH as INGEST_PATH
+    from meterline.schemas.ingest import Ingest
+    from meterline.sinks.clickhouse.client import connect
+    from meterline.sinks.clickhouse.migrate import migrate
+    from meterline.sinks.stripe.webhooks.role import PATH
 
     logs.setup(log_level, log_format)
     if not config.run.loopback and not config.run.dashboard_protected:
@@ -256,10 +256,10 @@ def _cannot_listen(config: Config, exc: OSError) -> MeterlineError:
 def _start_roles(config: Config, bootstrap: Kafka, client: Client, health: Health) -> Roles:
     """Every role but the stream app, each on its thread, once their topics are there."""
     from meterline.compose import clickhouse_sink, stripe_sink
-    from reconciler.alerts.role import Alerter, alert_periodically
-    from reconciler.notices.role import Notifier
-    from sinks.stripe.calls import caller_for
-    from sinks.stripe.webhooks.role import WebhookConsumer
+    from meterline.reconciler.alerts.role import Alerter, alert_periodically
+    from meterline.reconciler.notices.role import Notifier
+    from meterline.sinks.stripe.calls import caller_for
+    from meterline.sinks.stripe.webhooks.role import WebhookConsumer
 
     for role in ("sink-clickhouse", "sink-stripe", "webhooks", "alerts"):
         topics.require_for_role(bootstrap, config, role)

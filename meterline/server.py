@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from core.config import Config
-from core.http import Limits, Request, Response, Route, Server, dispatch
-from core.kafka import Kafka
 from meterline import devstack
+from meterline.core.config import Config
+from meterline.core.http import Limits, Request, Response, Route, Server, dispatch
+from meterline.core.kafka import Kafka
 
 
 @dataclass
@@ -70,7 +70,7 @@ def serve(
 def serve_webhooks(config: Config, bootstrap: Kafka, port: int | None = None) -> Server:
     """Stripe's webhook endpoint on [run] host at [stripe] webhook_port (or `port`): the receiver's
     two routes only, since this port faces the internet."""
-    from sinks.stripe.webhooks.role import receiver_routes
+    from meterline.sinks.stripe.webhooks.role import receiver_routes
 
     routes = receiver_routes(config, bootstrap, devstack.webhook_secret(config))
     port = config.stripe.webhook_port if port is None else port

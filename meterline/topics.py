@@ -25,10 +25,10 @@ from typing import Literal
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType  # type: ignore[attr-defined]
 
-from core.config import Config
-from core.errors import MeterlineError
-from core.kafka import Kafka, KafkaUnavailableError, admin, wait_for_partitions
-from streams.windows import DAY_MS
+from meterline.core.config import Config
+from meterline.core.errors import MeterlineError
+from meterline.core.kafka import Kafka, KafkaUnavailableError, admin, wait_for_partitions
+from meterline.streams.windows import DAY_MS
 
 log = logging.getLogger("meterline.topics")
 

@@ -16,11 +16,11 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from core.config import Config
-from core.kafka import Kafka, at_end, consumer_from_beginning
-from schemas import dead_letters
-from schemas.records import AggregateIdentity, WindowAggregate
-from schemas.serde import AvroSerde
+from meterline.core.config import Config
+from meterline.core.kafka import Kafka, at_end, consumer_from_beginning
+from meterline.schemas import dead_letters
+from meterline.schemas.records import AggregateIdentity, WindowAggregate
+from meterline.schemas.serde import AvroSerde
 
 WindowId = tuple[str, str, int]
 

@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
-from core.config import MeterConfig
-from schemas.errors import RejectReason
-from schemas.records import UsageEvent
-from streams.billable import BillableFilter
-from streams.windows import DAY_MS, event_value, window_start
+from meterline.core.config import MeterConfig
+from meterline.schemas.errors import RejectReason
+from meterline.schemas.records import UsageEvent
+from meterline.streams.billable import BillableFilter
+from meterline.streams.windows import DAY_MS, event_value, window_start
 
 _DUPLICATE_HORIZON_MS = 5 * 60_000  # a retry arrives soon after its original, well inside dedup retention
 _OUT_OF_ORDER_MS = 5_000  # displacement inside the grace period

@@ -1,5 +1,5 @@
-from schemas.records import UsageEvent, WindowAggregate
-from schemas.validation import BillableRule
+from meterline.schemas.records import UsageEvent, WindowAggregate
+from meterline.schemas.validation import BillableRule
 
 def read_events(data: bytes, pos: int, batch: bool) -> list[UsageEvent]: ...
 def read_aggregate(data: bytes, pos: int) -> tuple[str, str, int, int, int, int, int, int, int, int]: ...

@@ -24,7 +24,7 @@ from libc.string cimport memcmp, memcpy
 from dataclasses import fields
 from types import MemberDescriptorType
 
-from schemas.records import UsageEvent, WindowAggregate
+from meterline.schemas.records import UsageEvent, WindowAggregate
 
 # The records are built without their __init__ (a frozen dataclass's __init__ sets each field
 # through object.__setattr__, a third of the cost of reading an event, and ~3.4 µs of an

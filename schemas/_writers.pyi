@@ -1,3 +1,3 @@
-from schemas.records import WindowAggregate
+from meterline.schemas.records import WindowAggregate
 
 def write_aggregate(aggregate: WindowAggregate) -> bytes: ...

@@ -17,7 +17,7 @@ from typing import Any, cast
 from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from schemas.errors import UnknownSchemaError
+from meterline.schemas.errors import UnknownSchemaError
 
 BUILTIN_DIR = Path(__file__).parent / "avro"
 _FILE_NAME = re.compile(r"^(?P<stem>[a-z0-9_]+)\.v(?P<version>\d+)\.avsc$")

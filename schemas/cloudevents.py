@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from core.errors import MeterlineError
-from schemas.records import UsageEvent
+from meterline.core.errors import MeterlineError
+from meterline.schemas.records import UsageEvent
 
 SPEC_VERSION = "1.0"
 QUANTITY_MAX = 2**63 - 1

@@ -21,7 +21,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from schemas.records import UsageEvent, WindowAggregate
+from meterline.schemas.records import UsageEvent, WindowAggregate
 
 LAYOUT = (
     ("event_id", "string"),

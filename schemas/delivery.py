@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError
 
-from core.errors import MeterlineError
-from schemas.records import UsageEvent
+from meterline.core.errors import MeterlineError
+from meterline.schemas.records import UsageEvent
 
 
 @dataclass(frozen=True)

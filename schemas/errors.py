@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from core.errors import MeterlineError
+from meterline.core.errors import MeterlineError
 
 
 class RejectReason(StrEnum):

@@ -25,16 +25,16 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message
 
-from core import metrics
-from core.config import Config
-from core.http import Request, Response, Route
-from core.kafka import Kafka, idempotent_producer, partition_count
-from schemas.cloudevents import BATCH, STRUCTURED, CloudEventError, to_usage_event
-from schemas.ingest_openapi import openapi
-from schemas.partitioner import partition_for
-from schemas.records import UsageEvent
-from schemas.serde import AvroSerde
-from schemas.validation import check_event
+from meterline.core import metrics
+from meterline.core.config import Config
+from meterline.core.http import Request, Response, Route
+from meterline.core.kafka import Kafka, idempotent_producer, partition_count
+from meterline.schemas.cloudevents import BATCH, STRUCTURED, CloudEventError, to_usage_event
+from meterline.schemas.ingest_openapi import openapi
+from meterline.schemas.partitioner import partition_for
+from meterline.schemas.records import UsageEvent
+from meterline.schemas.serde import AvroSerde
+from meterline.schemas.validation import check_event
 
 PATH = "/v1/events"
 DELIVERY_TIMEOUT_S = 10.0

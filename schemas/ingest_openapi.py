@@ -7,8 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from core.config import Config
-from schemas.cloudevents import BATCH, QUANTITY_MAX, STRUCTURED
+from meterline.core.config import Config
+from meterline.schemas.cloudevents import BATCH, QUANTITY_MAX, STRUCTURED
 
 
 def _meter(meter: str, unit: str) -> list[dict[str, Any]]:

@@ -20,12 +20,12 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from schemas.delivery import DeliveryFailedError, DeliveryReport
-from schemas.errors import TopicNotFoundError
-from schemas.partitioner import partition_for
-from schemas.records import UsageEvent
-from schemas.serde import AvroSerde
-from schemas.validation import require_valid
+from meterline.schemas.delivery import DeliveryFailedError, DeliveryReport
+from meterline.schemas.errors import TopicNotFoundError
+from meterline.schemas.partitioner import partition_for
+from meterline.schemas.records import UsageEvent
+from meterline.schemas.serde import AvroSerde
+from meterline.schemas.validation import require_valid
 
 # The header (at most 10 bytes), the array's block count (a varint, at most 10) and its end marker.
 _BATCH_OVERHEAD = 21

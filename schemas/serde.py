@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from schemas.catalog import (
+from meterline.schemas.catalog import (
     USAGE_EVENT,
     USAGE_EVENT_BATCH,
     WINDOW_AGGREGATE,
@@ -30,7 +30,7 @@ from schemas.catalog import (
     fingerprint_of,
     parse_for_ints,
 )
-from schemas.codecs import (
+from meterline.schemas.codecs import (
     AGGREGATE_LAYOUT,
     LAYOUT,
     AggregateEncoder,
@@ -39,22 +39,22 @@ from schemas.codecs import (
     layout_of,
     row_binary_aggregate,
 )
-from schemas.errors import MalformedRecordError, UnknownSchemaError
-from schemas.records import UsageEvent, WindowAggregate
+from meterline.schemas.errors import MalformedRecordError, UnknownSchemaError
+from meterline.schemas.records import UsageEvent, WindowAggregate
 
 try:
-    from schemas._readers import new_aggregate as new_aggregate  # the stream app's too
-    from schemas._readers import read_aggregate, read_aggregate_row_binary, read_events
+    from meterline.schemas._readers import new_aggregate as new_aggregate  # the stream app's too
+    from meterline.schemas._readers import read_aggregate, read_aggregate_row_binary, read_events
 
     READERS = "compiled"
 except ImportError:  # installed without a C compiler (the lean SDK): the same readers in Python
-    from schemas.codecs import read_aggregate, read_aggregate_row_binary, read_events
+    from meterline.schemas.codecs import read_aggregate, read_aggregate_row_binary, read_events
 
     new_aggregate = WindowAggregate
     READERS = "python"
 
 try:
-    from schemas._writers import write_aggregate as compiled_write_aggregate
+    from meterline.schemas._writers import write_aggregate as compiled_write_aggregate
 
     WRITERS = "compiled"
 except ImportError:  # as above: AggregateEncoder writes the same bytes in Python

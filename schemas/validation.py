@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from schemas.errors import InvalidEventError, RejectReason
-from schemas.records import UsageEvent
+from meterline.schemas.errors import InvalidEventError, RejectReason
+from meterline.schemas.records import UsageEvent
 
 _REQUIRED_TEXT = ("event_id", "customer_id", "meter", "unit", "source")
 

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from core import metrics
+from meterline.core import metrics
 
 log = logging.getLogger("meterline.sink")
 

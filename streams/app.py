@@ -35,17 +35,17 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
-from core.config import Config, KafkaConfig
-from core.kafka import Kafka, brokers
-from schemas.dead_letters import DeadLetter
-from schemas.records import WindowAggregate
-from schemas.serde import READERS, AvroSerde
-from streams.batches import BatchMessage, BatchTransport
-from streams.judge import Judge, Rejection, Verdict
-from streams.output import Output
-from streams.processor import PartitionProcessor, ProcessorStats, rules_from
-from streams.state import PartitionStore
-from streams.stores import LocalState, open_local_store, recover
+from meterline.core.config import Config, KafkaConfig
+from meterline.core.kafka import Kafka, brokers
+from meterline.schemas.dead_letters import DeadLetter
+from meterline.schemas.records import WindowAggregate
+from meterline.schemas.serde import READERS, AvroSerde
+from meterline.streams.batches import BatchMessage, BatchTransport
+from meterline.streams.judge import Judge, Rejection, Verdict
+from meterline.streams.output import Output
+from meterline.streams.processor import PartitionProcessor, ProcessorStats, rules_from
+from meterline.streams.state import PartitionStore
+from meterline.streams.stores import LocalState, open_local_store, recover
 
 log = logging.getLogger("meterline.stream")
 

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.config import Config
-from schemas.errors import InvalidEventError, RejectReason, SchemaError
-from schemas.records import UsageEvent
-from schemas.serde import AvroSerde
-from schemas.validation import BillableRule, check_event, check_timing, timing_bounds
-from streams.billable import BillableFilter
+from meterline.core.config import Config
+from meterline.schemas.errors import InvalidEventError, RejectReason, SchemaError
+from meterline.schemas.records import UsageEvent
+from meterline.schemas.serde import AvroSerde
+from meterline.schemas.validation import BillableRule, check_event, check_timing, timing_bounds
+from meterline.streams.billable import BillableFilter
 
 try:
-    from schemas._readers import triage
+    from meterline.schemas._readers import triage
 except ImportError:  # installed without a C compiler: the same in Python
-    from schemas.validation import triage
+    from meterline.schemas.validation import triage
 
 
 @dataclass(frozen=True)

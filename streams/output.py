@@ -17,7 +17,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message
 
-from core.kafka import Kafka, idempotent_producer
+from meterline.core.kafka import Kafka, idempotent_producer
 
 log = logging.getLogger("meterline.stream")
 

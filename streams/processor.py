@@ -36,13 +36,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from core.config import Config
-from schemas.records import WindowAggregate
-from schemas.serde import new_aggregate
-from streams.buckets import Buckets
-from streams.judge import Verdict
-from streams.state import PartitionClock, Revision, WindowKey, WindowState, new_revision, new_window_key
-from streams.windows import (
+from meterline.core.config import Config
+from meterline.schemas.records import WindowAggregate
+from meterline.schemas.serde import new_aggregate
+from meterline.streams.buckets import Buckets
+from meterline.streams.judge import Verdict
+from meterline.streams.state import (
+    PartitionClock,
+    Revision,
+    WindowKey,
+    WindowState,
+    new_revision,
+    new_window_key,
+)
+from meterline.streams.windows import (
     DAY_MS,
     closing_limit,
     earliest_held,

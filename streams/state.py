@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple, Protocol, cast
 
-from streams.buckets import Buckets
+from meterline.streams.buckets import Buckets
 
 _WINDOW_FORMAT = 2
 """2: a closed window's ids in a chunk. Format 1 entries (ids always inline) still decode."""

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from core.errors import MeterlineError
-from core.kafka import settings, take
-from streams.output import Output
-from streams.state import Entries
+from meterline.core.errors import MeterlineError
+from meterline.core.kafka import settings, take
+from meterline.streams.output import Output
+from meterline.streams.state import Entries
 
 if TYPE_CHECKING:
     from rocksdict import Cache, WriteBufferManager

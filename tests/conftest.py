@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from core.config import Config
-from core.kafka import isolated_topics
 from meterline import devstack
 from meterline.config import load_config
-from sinks.stripe.fake import FakeStripe
+from meterline.core.config import Config
+from meterline.core.kafka import isolated_topics
+from meterline.sinks.stripe.fake import FakeStripe
 from tests.support.pipeline import Workers
 from tests.support.stripe import serve_fake
 

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from core.config import ConfigError
-from core.errors import MeterlineError
 from meterline import __version__, forward
 from meterline.cli import billing, data, dev, roles, usage
 from meterline.cli.common import CONFIG_HELP, load
+from meterline.core.config import ConfigError
+from meterline.core.errors import MeterlineError
 
 
 class UsageError(Exception):

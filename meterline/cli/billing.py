@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.errors import MeterlineError
 from meterline import progress
 from meterline.cli.common import (
     PERIOD_HELP,
@@ -21,11 +20,12 @@ from meterline.cli.common import (
     role_arguments,
     run_until_signalled,
 )
+from meterline.core.errors import MeterlineError
 from meterline.table import render, utc_minute
 
 if TYPE_CHECKING:
-    from reconciler.billing.pricing import Invoice
-    from reconciler.checks.reconcile import Reconciliation
+    from meterline.reconciler.billing.pricing import Invoice
+    from meterline.reconciler.checks.reconcile import Reconciliation
 
 
 def register(commands: Any) -> None:
@@ -138,8 +138,8 @@ def _register_review(commands: Any) -> None:
 def _stripe_sync(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from sinks.stripe.calls import caller_for
-    from sinks.stripe.catalog.sync import refused, sync
+    from meterline.sinks.stripe.calls import caller_for
+    from meterline.sinks.stripe.catalog.sync import refused, sync
 
     config = load(args)
     made = sync(config, caller_for(config), dry_run=args.dry_run)
@@ -149,10 +149,10 @@ def _stripe_sync(args: argparse.Namespace) -> int:
 
 
 def _stripe_customers(args: argparse.Namespace) -> int:
-    from sinks.clickhouse.client import connect
-    from sinks.stripe.customers import CustomersFileError, KnownCustomers, parse_import
-    from sinks.stripe.ledger import Ledger
-    from sinks.stripe.report import customer_wait_until
+    from meterline.sinks.clickhouse.client import connect
+    from meterline.sinks.stripe.customers import CustomersFileError, KnownCustomers, parse_import
+    from meterline.sinks.stripe.ledger import Ledger
+    from meterline.sinks.stripe.report import customer_wait_until
 
     config = load(args)
     imported = []
@@ -203,9 +203,9 @@ def _stripe_customers(args: argparse.Namespace) -> int:
 
 
 def _invoice_preview(args: argparse.Namespace) -> int:
-    from reconciler.billing.periods import resolve
-    from reconciler.billing.plan_history import period_invoice
-    from sinks.clickhouse.client import connect
+    from meterline.reconciler.billing.periods import resolve
+    from meterline.reconciler.billing.plan_history import period_invoice
+    from meterline.sinks.clickhouse.client import connect
 
     config = load(args)
     client = connect(config)
@@ -236,7 +236,7 @@ def _invoice_preview(args: argparse.Namespace) -> int:
 
 
 def _invoice_quote(args: argparse.Namespace) -> int:
-    from reconciler.billing.pricing import invoice
+    from meterline.reconciler.billing.pricing import invoice
 
     config = load(args)
     plan = config.plans.get(args.plan)
@@ -272,7 +272,7 @@ def _invoice_quote(args: argparse.Namespace) -> int:
 
 
 def _print_invoice(bill: Invoice, heading: str, extra: dict[str, Any], as_json: bool) -> None:
-    from reconciler.billing.invoice_text import describe, rows, to_json
+    from meterline.reconciler.billing.invoice_text import describe, rows, to_json
 
     if as_json:
         print(json.dumps({**extra, **to_json(bill)}))
@@ -287,9 +287,9 @@ def _print_invoice(bill: Invoice, heading: str, extra: dict[str, Any], as_json: 
 def _reconcile(args: argparse.Namespace) -> int:
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
-    from reconciler.checks.reconcile import reconcile
-    from sinks.clickhouse.client import connect
-    from sinks.stripe.calls import caller_for
+    from meterline.reconciler.checks.reconcile import reconcile
+    from meterline.sinks.clickhouse.client import connect
+    from meterline.sinks.stripe.calls import caller_for
 
     if args.every:
         return _reconcile_role(args)
@@ -381,9 +381,9 @@ def _print_reconciliation(result: Reconciliation, as_json: bool) -> None:
 
 
 def _reconcile_role(args: argparse.Namespace) -> int:
-    from core import metrics
+    from meterline.core import metrics
     from meterline.run import reconcile_periodically
-    from sinks.clickhouse.client import connect
+    from meterline.sinks.clickhouse.client import connect
 
     config = load(args)
     metrics.register_reconcile()
@@ -399,9 +399,9 @@ def _reconcile_role(args: argparse.Namespace) -> int:
 
 
 def _dispute(args: argparse.Namespace) -> int:
-    from reconciler.billing.periods import resolve
-    from reconciler.checks import dispute
-    from sinks.clickhouse.client import connect
+    from meterline.reconciler.billing.periods import resolve
+    from meterline.reconciler.checks import dispute
+    from meterline.sinks.clickhouse.client import connect
 
     config = load(args)
     client = connect(config)
@@ -425,10 +425,10 @@ def _dispute(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace) -> int:
-    from reconciler.review import page as review_page
-    from reconciler.review.figures import months_ending
-    from reconciler.review.queries import review
-    from sinks.clickhouse.client import connect
+    from meterline.reconciler.review import page as review_page
+    from meterline.reconciler.review.figures import months_ending
+    from meterline.reconciler.review.queries import review
+    from meterline.sinks.clickhouse.client import connect
 
     if args.periods < 1:
         raise MeterlineError(f"--periods {args.periods}: at least 1")

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from core import logs
-from core.config import Config, ConfigError
 from meterline import devstack
 from meterline.config import load_config
-from streams.windows import DAY_MS
+from meterline.core import logs
+from meterline.core.config import Config, ConfigError
+from meterline.streams.windows import DAY_MS
 
 if TYPE_CHECKING:
     pass
@@ -31,7 +31,7 @@ PERIOD_HELP = (
 
 
 def period(text: str) -> str:
-    from reconciler.billing.periods import PeriodError, check_spec
+    from meterline.reconciler.billing.periods import PeriodError, check_spec
 
     try:
         return check_spec(text)
@@ -41,7 +41,7 @@ def period(text: str) -> str:
 
 def month(text: str) -> str:
     """A UTC month, YYYY-MM, checked before anything connects."""
-    from reconciler.billing.periods import PeriodError, period_bounds
+    from meterline.reconciler.billing.periods import PeriodError, period_bounds
 
     try:
         period_bounds(text)

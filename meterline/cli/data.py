@@ -43,19 +43,19 @@ def register(commands: Any) -> None:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from reconciler.checks.rederive import rederive
-    from reconciler.checks.replay import (
+    from meterline.reconciler.checks.rederive import rederive
+    from meterline.reconciler.checks.replay import (
         clickhouse_differences,
         emit_repairs,
         plan_repairs,
         stripe_differences,
     )
-    from sinks.clickhouse.client import connect
-    from sinks.clickhouse.usage_windows import latest_revisions
-    from sinks.stripe.calls import caller_for
-    from sinks.stripe.customers import KnownCustomers
-    from sinks.stripe.ledger import reported_windows
-    from sinks.stripe.totals import totals_for
+    from meterline.sinks.clickhouse.client import connect
+    from meterline.sinks.clickhouse.usage_windows import latest_revisions
+    from meterline.sinks.stripe.calls import caller_for
+    from meterline.sinks.stripe.customers import KnownCustomers
+    from meterline.sinks.stripe.ledger import reported_windows
+    from meterline.sinks.stripe.totals import totals_for
 
     config = load(args)
     bootstrap = devstack.kafka_brokers(config)
@@ -123,7 +123,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _sql(args: argparse.Namespace) -> int:
-    from sinks.clickhouse.client import ClickHouseError, connect
+    from meterline.sinks.clickhouse.client import ClickHouseError, connect
 
     config = load(args)
     client = connect(config)

@@ -7,14 +7,14 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from core.config import ConfigError
-from core.kafka import Brokers, security_properties
 from meterline import devstack
 from meterline.cli.common import (
     load,
     quiet_if,
 )
 from meterline.config import dedup_promise
+from meterline.core.config import ConfigError
+from meterline.core.kafka import Brokers, security_properties
 from meterline.table import render
 
 if TYPE_CHECKING:

@@ -11,13 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core import logs
 from meterline import devstack
 from meterline.cli.common import (
     load,
     role_arguments,
     run_until_signalled,
 )
+from meterline.core import logs
 
 if TYPE_CHECKING:
     pass
@@ -121,8 +121,8 @@ def _run(args: argparse.Namespace, main: Callable[[list[str]], int]) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from sinks.clickhouse.client import connect
-    from sinks.clickhouse.migrate import migrate
+    from meterline.sinks.clickhouse.client import connect
+    from meterline.sinks.clickhouse.migrate import migrate
 
     config = load(args)
     client = connect(config)
@@ -165,11 +165,11 @@ def _sink_stripe(args: argparse.Namespace) -> int:
 
 
 def _webhooks(args: argparse.Namespace) -> int:
+    from meterline.reconciler.notices.role import Notifier
     from meterline.server import serve_webhooks
-    from reconciler.notices.role import Notifier
-    from sinks.clickhouse.client import connect
-    from sinks.stripe.calls import caller_for
-    from sinks.stripe.webhooks.role import PATH, WebhookConsumer
+    from meterline.sinks.clickhouse.client import connect
+    from meterline.sinks.stripe.calls import caller_for
+    from meterline.sinks.stripe.webhooks.role import PATH, WebhookConsumer
 
     config = load(args)
     bootstrap = devstack.kafka_brokers(config)
@@ -195,9 +195,9 @@ def _webhooks(args: argparse.Namespace) -> int:
 def _alerts(args: argparse.Namespace) -> int:
     import time
 
+    from meterline.reconciler.alerts.role import Alerter, alert_periodically
+    from meterline.sinks.clickhouse.client import connect
     from meterline.table import render
-    from reconciler.alerts.role import Alerter, alert_periodically
-    from sinks.clickhouse.client import connect
 
     config = load(args)
     client = connect(config)
@@ -227,8 +227,8 @@ def _alerts(args: argparse.Namespace) -> int:
 def _ingest(args: argparse.Namespace) -> int:
     import time
 
-    from core.http import Response, Server, dispatch
-    from schemas.ingest import PATH, Ingest
+    from meterline.core.http import Response, Server, dispatch
+    from meterline.schemas.ingest import PATH, Ingest
 
     config = load(args)
     bootstrap = devstack.kafka_brokers(config)

@@ -11,8 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.config import Config
-from core.errors import MeterlineError
 from meterline import devstack, inspect, progress
 from meterline.cli.common import (
     attribute,
@@ -21,10 +19,12 @@ from meterline.cli.common import (
     timestamp,
     workload_arguments,
 )
+from meterline.core.config import Config
+from meterline.core.errors import MeterlineError
+from meterline.schemas.records import UsageEvent
+from meterline.streams.windows import DAY_MS
 from meterline.table import render
 from meterline.workload import Expected, WorkloadSpec
-from schemas.records import UsageEvent
-from streams.windows import DAY_MS
 
 if TYPE_CHECKING:
     pass
@@ -80,7 +80,7 @@ def register(commands: Any) -> None:
 
 def _emit(args: argparse.Namespace) -> int:
     from meterline.produce import make_producer
-    from schemas.delivery import DeliveryReport
+    from meterline.schemas.delivery import DeliveryReport
 
     config = load(args)
     meter = config.meters.get(args.meter)
@@ -195,8 +195,8 @@ def _write_expected(path: Path, document: dict[str, Any]) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from meterline.schemas.serde import AvroSerde
     from meterline.verify import read_emitted, verify
-    from schemas.serde import AvroSerde
 
     config = load(args)
     expected = json.loads(args.expected.read_text())

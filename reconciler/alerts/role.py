@@ -26,14 +26,20 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from core import metrics
-from core.config import Config, ConfigError
-from core.kafka import Kafka, KafkaUnavailableError, at_end, consumer_from_beginning, idempotent_producer
-from core.logs import context
-from reconciler.alerts.rules import SIGNATURE_HEADER, Alert, crossed, signature
-from reconciler.billing.periods import resolve
-from sinks.clickhouse.queries import in_span
-from sinks.clickhouse.usage_windows import customer_usage, customers_since
+from meterline.core import metrics
+from meterline.core.config import Config, ConfigError
+from meterline.core.kafka import (
+    Kafka,
+    KafkaUnavailableError,
+    at_end,
+    consumer_from_beginning,
+    idempotent_producer,
+)
+from meterline.core.logs import context
+from meterline.reconciler.alerts.rules import SIGNATURE_HEADER, Alert, crossed, signature
+from meterline.reconciler.billing.periods import resolve
+from meterline.sinks.clickhouse.queries import in_span
+from meterline.sinks.clickhouse.usage_windows import customer_usage, customers_since
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -227,7 +233,7 @@ def alert_periodically(alerter: Alerter, should_stop: Callable[[], bool], every_
     from clickhouse_connect.driver.exceptions import ClickHouseError
     from confluent_kafka import KafkaException
 
-    from core.errors import MeterlineError
+    from meterline.core.errors import MeterlineError
 
     next_at = time.monotonic()
     while not should_stop():

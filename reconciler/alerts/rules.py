@@ -16,11 +16,11 @@ import json
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 
-from core.config import AlertRule
-from core.ratecard import Plan
-from reconciler.billing.invoice_text import quantity_text
-from reconciler.billing.periods import projected_usage
-from reconciler.billing.pricing import billed_quantity, meter_line
+from meterline.core.config import AlertRule
+from meterline.core.ratecard import Plan
+from meterline.reconciler.billing.invoice_text import quantity_text
+from meterline.reconciler.billing.periods import projected_usage
+from meterline.reconciler.billing.pricing import billed_quantity, meter_line
 
 PROJECTION_FROM = Decimal("0.1")
 """The projection is judged only once this share of the period has passed: a first day's burst

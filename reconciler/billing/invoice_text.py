@@ -6,8 +6,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from core.currencies import Currency
-from reconciler.billing.pricing import Invoice, Line
+from meterline.core.currencies import Currency
+from meterline.reconciler.billing.pricing import Invoice, Line
 
 NOT_BILLED_BY_STRIPE = "not billed through Stripe"
 

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING
 
-from core.errors import MeterlineError
-from core.months import anchor_of, monthly_period
+from meterline.core.errors import MeterlineError
+from meterline.core.months import anchor_of, monthly_period
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

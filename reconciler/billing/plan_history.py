@@ -33,17 +33,17 @@ from decimal import Decimal
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
-from core.ratecard import Plan
-from reconciler.billing.periods import PeriodError
-from reconciler.billing.pricing import Invoice, Line, currency_notes, invoice
-from reconciler.billing.pricing import Part as LinePart
-from sinks.clickhouse.usage_windows import customer_usage
-from sinks.stripe.catalog.prices import lookup_key
+from meterline.core.ratecard import Plan
+from meterline.reconciler.billing.periods import PeriodError
+from meterline.reconciler.billing.pricing import Invoice, Line, currency_notes, invoice
+from meterline.reconciler.billing.pricing import Part as LinePart
+from meterline.sinks.clickhouse.usage_windows import customer_usage
+from meterline.sinks.stripe.catalog.prices import lookup_key
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
-    from core.config import Config
+    from meterline.core.config import Config
 
 CHANGES_PAGE = "https://docs.stripe.com/billing/subscriptions/usage-based/manage-billing-setup"
 PRORATIONS_PAGE = "https://docs.stripe.com/billing/subscriptions/prorations"

@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
-from core.currencies import Currency
-from core.ratecard import MeterPrice, Plan, Tier
+from meterline.core.currencies import Currency
+from meterline.core.ratecard import MeterPrice, Plan, Tier
 
 _ROUNDING = {"up": ROUND_CEILING, "down": ROUND_FLOOR, "half_up": ROUND_HALF_UP}
 

@@ -16,16 +16,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from core.config import Config
-from core.currencies import Currency
-from core.ratecard import MeterPrice
-from reconciler.billing import invoice_text
-from reconciler.billing.periods import Period
-from reconciler.billing.plan_history import period_invoice
-from reconciler.billing.pricing import Invoice, invoice
-from reconciler.html_tables import section_tables
-from sinks.clickhouse.usage_windows import by_bucket
-from sinks.stripe.ledger import reports_of
+from meterline.core.config import Config
+from meterline.core.currencies import Currency
+from meterline.core.ratecard import MeterPrice
+from meterline.reconciler.billing import invoice_text
+from meterline.reconciler.billing.periods import Period
+from meterline.reconciler.billing.plan_history import period_invoice
+from meterline.reconciler.billing.pricing import Invoice, invoice
+from meterline.reconciler.html_tables import section_tables
+from meterline.sinks.clickhouse.usage_windows import by_bucket
+from meterline.sinks.stripe.ledger import reports_of
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

@@ -23,17 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from core import metrics
-from core.config import Config
-from core.logs import context
-from reconciler.billing.periods import PeriodError, is_month, period_bounds, resolve
-from reconciler.checks.compare import Difference, Unbilled, compare, differing
-from sinks.clickhouse import usage_windows
-from sinks.clickhouse.queries import in_span, narrowed
-from sinks.stripe.calls import Caller
-from sinks.stripe.customers import KnownCustomers
-from sinks.stripe.ledger import not_reported
-from sinks.stripe.totals import totals_for
+from meterline.core import metrics
+from meterline.core.config import Config
+from meterline.core.logs import context
+from meterline.reconciler.billing.periods import PeriodError, is_month, period_bounds, resolve
+from meterline.reconciler.checks.compare import Difference, Unbilled, compare, differing
+from meterline.sinks.clickhouse import usage_windows
+from meterline.sinks.clickhouse.queries import in_span, narrowed
+from meterline.sinks.stripe.calls import Caller
+from meterline.sinks.stripe.customers import KnownCustomers
+from meterline.sinks.stripe.ledger import not_reported
+from meterline.sinks.stripe.totals import totals_for
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

@@ -31,15 +31,15 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, TopicPartition
 
-from core import collector
-from core.config import Config
-from core.errors import MeterlineError
-from core.kafka import Kafka, idempotent_producer, partition_count, settings, take
-from schemas.records import UsageEvent, WindowAggregate
-from schemas.serde import AvroSerde
-from streams.judge import Judge, Verdict
-from streams.processor import PartitionProcessor, rules_from
-from streams.state import UnsavedStore
+from meterline.core import collector
+from meterline.core.config import Config
+from meterline.core.errors import MeterlineError
+from meterline.core.kafka import Kafka, idempotent_producer, partition_count, settings, take
+from meterline.schemas.records import UsageEvent, WindowAggregate
+from meterline.schemas.serde import AvroSerde
+from meterline.streams.judge import Judge, Verdict
+from meterline.streams.processor import PartitionProcessor, rules_from
+from meterline.streams.state import UnsavedStore
 
 WindowId = tuple[str, str, int]  # customer, meter, window_start
 PartitionWindow = tuple[str, str, int, int]  # + source partition

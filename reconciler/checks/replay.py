@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from core.config import Config
-from core.kafka import Kafka, idempotent_producer
-from reconciler.checks.compare import Difference, compare
-from reconciler.checks.rederive import PartitionWindow, Rederived, ReplayError, WindowId
-from schemas.records import WindowAggregate
-from schemas.serde import AvroSerde
-from sinks.stripe.totals import TotalsReader
-from streams.windows import window_end
+from meterline.core.config import Config
+from meterline.core.kafka import Kafka, idempotent_producer
+from meterline.reconciler.checks.compare import Difference, compare
+from meterline.reconciler.checks.rederive import PartitionWindow, Rederived, ReplayError, WindowId
+from meterline.schemas.records import WindowAggregate
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks.stripe.totals import TotalsReader
+from meterline.streams.windows import window_end
 
 if TYPE_CHECKING:
     pass

@@ -14,8 +14,8 @@ from email.message import EmailMessage
 from typing import Any
 from urllib.parse import quote
 
-from reconciler.billing.invoice_text import rows
-from reconciler.billing.pricing import Invoice
+from meterline.reconciler.billing.invoice_text import rows
+from meterline.reconciler.billing.pricing import Invoice
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ import smtplib
 import time
 from typing import TYPE_CHECKING, Any
 
-from core.config import Config, ConfigError
-from core.kafka import Kafka, KafkaUnavailableError, idempotent_producer
-from core.logs import context
-from reconciler.billing.plan_history import period_invoice
-from reconciler.notices.compose import compose, message
+from meterline.core.config import Config, ConfigError
+from meterline.core.kafka import Kafka, KafkaUnavailableError, idempotent_producer
+from meterline.core.logs import context
+from meterline.reconciler.billing.plan_history import period_invoice
+from meterline.reconciler.notices.compose import compose, message
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

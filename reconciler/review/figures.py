@@ -10,9 +10,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from core.ratecard import MeterPrice, Plan
-from reconciler.billing.pricing import billed_quantity
-from reconciler.checks.compare import Difference, Unbilled
+from meterline.core.ratecard import MeterPrice, Plan
+from meterline.reconciler.billing.pricing import billed_quantity
+from meterline.reconciler.checks.compare import Difference, Unbilled
 
 EARLY_DAY = 10
 """Crossing the included quantity on or before this day of the month is crossing it early."""

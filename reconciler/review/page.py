@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from reconciler.billing.invoice_text import quantity_text
-from reconciler.html_tables import section_tables
-from reconciler.review.figures import EARLY_DAY, PERCENTILES, MonthReview, Review
+from meterline.reconciler.billing.invoice_text import quantity_text
+from meterline.reconciler.html_tables import section_tables
+from meterline.reconciler.review.figures import EARLY_DAY, PERCENTILES, MonthReview, Review
 
 Rows = list[dict[str, Any]]
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from core.config import Config
-from reconciler.billing.periods import period_bounds
-from reconciler.checks.compare import Difference
-from reconciler.checks.reconcile import not_billed
-from reconciler.review.figures import (
+from meterline.core.config import Config
+from meterline.reconciler.billing.periods import period_bounds
+from meterline.reconciler.checks.compare import Difference
+from meterline.reconciler.checks.reconcile import not_billed
+from meterline.reconciler.review.figures import (
     PERCENTILES,
     Drift,
     Latency,
@@ -21,8 +21,8 @@ from reconciler.review.figures import (
     fits,
     payments,
 )
-from sinks.clickhouse.queries import in_span
-from sinks.clickhouse.usage_windows import by_day_of_month
+from meterline.sinks.clickhouse.queries import in_span
+from meterline.sinks.clickhouse.usage_windows import by_day_of_month
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

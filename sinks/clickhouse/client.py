@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.config import Config
-from core.errors import MeterlineError
+from meterline.core.config import Config
+from meterline.core.errors import MeterlineError
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

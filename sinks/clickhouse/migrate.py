@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sinks.clickhouse.client import ClickHouseError
+from meterline.sinks.clickhouse.client import ClickHouseError
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

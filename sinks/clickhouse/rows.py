@@ -14,12 +14,12 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from core.config import Config
-from schemas import dead_letters
-from schemas.codecs import AGGREGATE_ROW_BINARY
-from schemas.errors import SchemaError
-from schemas.serde import AvroSerde
-from streams.judge import Judge
+from meterline.core.config import Config
+from meterline.schemas import dead_letters
+from meterline.schemas.codecs import AGGREGATE_ROW_BINARY
+from meterline.schemas.errors import SchemaError
+from meterline.schemas.serde import AvroSerde
+from meterline.streams.judge import Judge
 
 Row = Sequence[Any]
 

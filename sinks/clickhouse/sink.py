@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from core import metrics
-from core.config import Config
-from core.kafka import Assignment
-from schemas.serde import AvroSerde
-from sinks import consume
-from sinks.clickhouse.client import ClickHouseError, ClickHouseUnavailableError, unavailable
-from sinks.clickhouse.rows import Route, Row, routes
+from meterline.core import metrics
+from meterline.core.config import Config
+from meterline.core.kafka import Assignment
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks import consume
+from meterline.sinks.clickhouse.client import ClickHouseError, ClickHouseUnavailableError, unavailable
+from meterline.sinks.clickhouse.rows import Route, Row, routes
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

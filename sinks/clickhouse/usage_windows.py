@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from sinks.clickhouse.queries import in_span, narrowed
+from meterline.sinks.clickhouse.queries import in_span, narrowed
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

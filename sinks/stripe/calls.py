@@ -23,10 +23,10 @@ from typing import Any
 
 import stripe
 
-from core import metrics
-from core.config import Config
-from core.errors import MeterlineError
-from sinks.stripe.report import Outcome, Report, Status, idempotency_key, stream_batch_key
+from meterline.core import metrics
+from meterline.core.config import Config
+from meterline.core.errors import MeterlineError
+from meterline.sinks.stripe.report import Outcome, Report, Status, idempotency_key, stream_batch_key
 
 log = logging.getLogger("meterline.sink.stripe")
 

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from core.config import StripeConfig
-from sinks.stripe.calls import Caller
+from meterline.core.config import StripeConfig
+from meterline.sinks.stripe.calls import Caller
 
 ITEM_TTL_S = 300.0  # a subscription item found is looked up again after this long (plans change)
 Found = TypeVar("Found")

@@ -23,12 +23,12 @@ from collections.abc import Sequence
 from enum import Enum
 from functools import cached_property
 
-from core.config import Config
-from sinks.stripe.calls import Caller
-from sinks.stripe.customers import KnownCustomers
-from sinks.stripe.ledger import Ledger
-from sinks.stripe.report import Outcome, Report, Status
-from sinks.stripe.totals import StripeTotals
+from meterline.core.config import Config
+from meterline.sinks.stripe.calls import Caller
+from meterline.sinks.stripe.customers import KnownCustomers
+from meterline.sinks.stripe.ledger import Ledger
+from meterline.sinks.stripe.report import Outcome, Report, Status
+from meterline.sinks.stripe.totals import StripeTotals
 
 UNDECIDED = "undecided_after_identifier_window"
 """usage.stripe.dlq's error.code for a window whose lost reports Stripe's totals cannot place."""

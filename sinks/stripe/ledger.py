@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from schemas.records import AggregateIdentity, WindowAggregate
-from sinks.clickhouse.queries import in_span, narrowed
-from sinks.stripe.report import Outcome, Status, identifier
+from meterline.schemas.records import AggregateIdentity, WindowAggregate
+from meterline.sinks.clickhouse.queries import in_span, narrowed
+from meterline.sinks.stripe.report import Outcome, Status, identifier
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

@@ -19,12 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from schemas.records import WindowAggregate
-from sinks.stripe.calls import Caller
-from sinks.stripe.directory import Directory, item_at
-from sinks.stripe.ledger import Ledger
-from sinks.stripe.report import STREAM_BATCH, Outcome, Reason, Report
-from sinks.stripe.webhooks.role import subscriptions_changed_since
+from meterline.schemas.records import WindowAggregate
+from meterline.sinks.stripe.calls import Caller
+from meterline.sinks.stripe.directory import Directory, item_at
+from meterline.sinks.stripe.ledger import Ledger
+from meterline.sinks.stripe.report import STREAM_BATCH, Outcome, Reason, Report
+from meterline.sinks.stripe.webhooks.role import subscriptions_changed_since
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from core.config import StripeConfig
-from schemas.records import AggregateIdentity, WindowAggregate
+from meterline.core.config import StripeConfig
+from meterline.schemas.records import AggregateIdentity, WindowAggregate
 
 MAX_PAST_S = 35 * 86_400  # Stripe refuses meter events older than 35 days
 PAST_MARGIN_S = 3_600  # refuse an hour early: the call may be retried for a while

@@ -39,20 +39,20 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from core import metrics
-from core.config import Config
-from core.kafka import Assignment
-from core.logs import context
-from schemas.dead_letters import DeadLetter
-from schemas.records import AggregateIdentity, WindowAggregate
-from schemas.serde import AvroSerde
-from sinks import consume
-from sinks.stripe.calls import Caller
-from sinks.stripe.directory import Directory
-from sinks.stripe.landed import LostReports
-from sinks.stripe.ledger import Consumed, Ledger, Waiting
-from sinks.stripe.modes import Refusal, ReportingMode
-from sinks.stripe.report import (
+from meterline.core import metrics
+from meterline.core.config import Config
+from meterline.core.kafka import Assignment
+from meterline.core.logs import context
+from meterline.schemas.dead_letters import DeadLetter
+from meterline.schemas.records import AggregateIdentity, WindowAggregate
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks import consume
+from meterline.sinks.stripe.calls import Caller
+from meterline.sinks.stripe.directory import Directory
+from meterline.sinks.stripe.landed import LostReports
+from meterline.sinks.stripe.ledger import Consumed, Ledger, Waiting
+from meterline.sinks.stripe.modes import Refusal, ReportingMode
+from meterline.sinks.stripe.report import (
     Outcome,
     Reason,
     Report,

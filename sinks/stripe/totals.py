@@ -12,9 +12,9 @@ import json
 from collections.abc import Iterable
 from typing import Protocol
 
-from core.config import Config
-from sinks.stripe.calls import Caller
-from sinks.stripe.directory import Directory, Known
+from meterline.core.config import Config
+from meterline.sinks.stripe.calls import Caller
+from meterline.sinks.stripe.directory import Directory, Known
 
 
 def meter_ids(caller: Caller, config: Config) -> dict[str, str]:

@@ -16,14 +16,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from core.config import Config
-from core.kafka import read_ends
 from meterline import dashboard
 from meterline.compose import clickhouse_sink
-from reconciler.alerts.rules import SIGNATURE_HEADER, alert_id, signature
-from reconciler.billing.periods import period_bounds
-from schemas.records import WindowAggregate
-from sinks.clickhouse.client import connect
+from meterline.core.config import Config
+from meterline.core.kafka import read_ends
+from meterline.reconciler.alerts.rules import SIGNATURE_HEADER, alert_id, signature
+from meterline.reconciler.billing.periods import period_bounds
+from meterline.schemas.records import WindowAggregate
+from meterline.sinks.clickhouse.client import connect
 from tests.support.clickhouse_sink import fresh
 from tests.support.kafka import read_messages
 from tests.support.pipeline import start_meterline

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Config
-from core.kafka import read_ends
+from meterline.core.config import Config
+from meterline.core.kafka import read_ends
 from meterline.produce import produce_workload
 from tests.support.clickhouse_sink import assert_exact, run_pipeline
 from tests.support.pipeline import PacedProducer, SinkProcess, Workers, wait_until_exact, workload

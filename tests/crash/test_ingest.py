@@ -9,8 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-from core.config import Config
-from schemas.serde import AvroSerde
+from meterline.core.config import Config
+from meterline.schemas.serde import AvroSerde
 from tests.support.ingest import cloud_event, post, start_ingest, stop
 from tests.support.kafka import read_messages
 from tests.support.pipeline import free_port

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Config
+from meterline.core.config import Config
+from meterline.sinks.stripe.fake import FakeStripe
 from meterline.workload import customer_ids
-from sinks.stripe.fake import FakeStripe
 from tests.support.pipeline import (
     PacedProducer,
     RunProcess,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 import time
 
-from core.config import Config
+from meterline.core.config import Config
 from meterline.produce import produce_workload
-from schemas.serde import AvroSerde
+from meterline.schemas.serde import AvroSerde
 from tests.support.kafka import committed_behind, read_messages
 from tests.support.pipeline import PacedProducer, Workers, wait_until_exact, workload
 

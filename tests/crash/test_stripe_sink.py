@@ -6,10 +6,10 @@ from __future__ import annotations
 import random
 import time
 
-from core.config import Config
-from core.kafka import read_ends
+from meterline.core.config import Config
+from meterline.core.kafka import read_ends
+from meterline.sinks.stripe.fake import FakeStripe, Faults
 from meterline.workload import customer_ids
-from sinks.stripe.fake import FakeStripe, Faults
 from tests.support.pipeline import SinkProcess, Workers, small_workload
 from tests.support.stripe import (
     set_up_stripe,

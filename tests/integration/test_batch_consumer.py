@@ -6,7 +6,7 @@ import asyncio
 
 import faust
 
-from streams.batches import FETCH_MAX_WAIT_MS, BatchTransport
+from meterline.streams.batches import FETCH_MAX_WAIT_MS, BatchTransport
 
 
 def test_the_broker_holds_a_fetch_with_nothing_new_only_briefly(kafka_bootstrap: str) -> None:

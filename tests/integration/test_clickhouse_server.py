@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from meterline.config import load_config
-from sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.client import connect
 
 DSN = os.environ.get("CLICKHOUSE_DSN", "")
 

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Config
-from core.kafka import read_ends
+from meterline.core.config import Config
+from meterline.core.kafka import read_ends
 from meterline.produce import produce_workload
-from schemas.codecs import AGGREGATE_ROW_BINARY
-from schemas.records import WindowAggregate
-from schemas.serde import AvroSerde
-from sinks.clickhouse import queries
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.migrate import DowngradeError, available, migrate
-from sinks.clickhouse.rows import AGGREGATE_COLUMNS
+from meterline.schemas.codecs import AGGREGATE_ROW_BINARY
+from meterline.schemas.records import WindowAggregate
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks.clickhouse import queries
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.migrate import DowngradeError, available, migrate
+from meterline.sinks.clickhouse.rows import AGGREGATE_COLUMNS
 from tests.support.clickhouse_sink import assert_exact, fresh, query, run_pipeline
 from tests.support.pipeline import SinkProcess, Workers, workload
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from core.config import Config
-from core.kafka import read_ends
 from meterline.compose import clickhouse_sink
-from schemas.serde import AvroSerde
-from sinks.clickhouse.client import connect
-from streams.windows import window_start
+from meterline.core.config import Config
+from meterline.core.kafka import read_ends
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks.clickhouse.client import connect
+from meterline.streams.windows import window_start
 from tests.support.cli import meterline
 from tests.support.clickhouse_sink import fresh
 from tests.support.kafka import read_messages

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.config import TopicsConfig
+from meterline.core.config import TopicsConfig
 from tests.conftest import local_broker
 from tests.support.deploy import DEPLOY, compose, containers, manifests
 from tests.support.pipeline import free_port

@@ -6,7 +6,7 @@ import json
 import socket
 from pathlib import Path
 
-from core.kafka import broker_answers
+from meterline.core.kafka import broker_answers
 from tests.support.cli import meterline
 
 

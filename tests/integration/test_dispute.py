@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 from meterline.config import load_config
-from reconciler.checks.dispute import Carrier, HourUsage, build, render_html
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.migrate import migrate
-from sinks.clickhouse.rows import REVISION_COLUMNS
-from sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
+from meterline.reconciler.checks.dispute import Carrier, HourUsage, build, render_html
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.migrate import migrate
+from meterline.sinks.clickhouse.rows import REVISION_COLUMNS
+from meterline.sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
 
 NOV_1 = 1_793_491_200_000  # 2026-11-01T00:00:00Z
 HOUR = 3_600_000

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from meterline import __version__
 from meterline.config import load_config
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.migrate import migrate
-from sinks.clickhouse.rows import REVISION_COLUMNS
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.migrate import migrate
+from meterline.sinks.clickhouse.rows import REVISION_COLUMNS
 from tests.support.pipeline import free_port  # bound, then released: nothing listens there
 
 NOV_1 = 1_793_491_200_000  # 2026-11-01T00:00:00Z

@@ -11,14 +11,14 @@ from typing import Any
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from core.config import Config
-from core.kafka import read_ends
 from meterline.compose import clickhouse_sink, stripe_sink
+from meterline.core.config import Config
+from meterline.core.kafka import read_ends
+from meterline.schemas.cloudevents import STRUCTURED, from_usage_event
+from meterline.schemas.records import UsageEvent
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks.stripe.fake import FakeStripe
 from meterline.workload import Expected, customer_ids, generate
-from schemas.cloudevents import STRUCTURED, from_usage_event
-from schemas.records import UsageEvent
-from schemas.serde import AvroSerde
-from sinks.stripe.fake import FakeStripe
 from tests.conftest import local_broker
 from tests.support.clickhouse_sink import assert_exact, run_pipeline
 from tests.support.ingest import KEY, cloud_event, post, start_ingest, stop

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from meterline.config import load_config
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.migrate import migrate
-from sinks.clickhouse.rows import REVISION_COLUMNS
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.migrate import migrate
+from meterline.sinks.clickhouse.rows import REVISION_COLUMNS
 from tests.support.stripe import record_subscription_item
 
 NOV_1 = 1_793_491_200_000  # 2026-11-01T00:00:00Z
@@ -137,7 +137,7 @@ def test_the_preview_of_a_billing_period_counts_the_period_s_usage_against_its_i
     since API 2025-03-31.basil, https://docs.stripe.com/changelog/basil/2025-03-31/deprecate-subscription-current-period-start-and-end):
     a subscription started on the 15th is billed 15th to 15th, and its 1,000,000 included calls
     apply to that period, not to the calendar month."""
-    from reconciler.billing.periods import PeriodError, resolve
+    from meterline.reconciler.billing.periods import PeriodError, resolve
 
     nov_15, dec_15 = NOV_1 + 14 * 86_400_000, NOV_1 + 44 * 86_400_000
     dsn = f"chdb://{tmp_path / 'clickhouse'}"

@@ -19,11 +19,11 @@ from pathlib import Path
 import faust
 import pytest
 
-from core.config import ConfigError
-from core.kafka import Brokers, admin, security_properties, settings
 from meterline.config import load_config
+from meterline.core.config import ConfigError
+from meterline.core.kafka import Brokers, admin, security_properties, settings
 from meterline.devstack import kafka_brokers
-from streams.app import faust_credentials
+from meterline.streams.app import faust_credentials
 
 
 def _pem_pair(tmp_path: Path) -> tuple[Path, Path]:

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from meterline.config import load_config
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.migrate import available, for_cluster, migrate
-from sinks.clickhouse.rows import REVISION_COLUMNS
-from sinks.stripe.ledger import COLUMNS
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.migrate import available, for_cluster, migrate
+from meterline.sinks.clickhouse.rows import REVISION_COLUMNS
+from meterline.sinks.stripe.ledger import COLUMNS
 
 OCT_20 = 1_792_454_400_000  # 2026-10-20T00:00:00Z
 NOV_1 = 1_793_491_200_000  # 2026-11-01T00:00:00Z

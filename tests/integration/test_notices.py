@@ -14,14 +14,14 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from core.config import Config
-from core.kafka import committed_reaches, read_ends
-from reconciler.billing.periods import period_bounds
-from reconciler.billing.pricing import invoice
-from reconciler.notices.compose import compose
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.rows import REVISION_COLUMNS
-from sinks.stripe.fake import FakeStripe
+from meterline.core.config import Config
+from meterline.core.kafka import committed_reaches, read_ends
+from meterline.reconciler.billing.periods import period_bounds
+from meterline.reconciler.billing.pricing import invoice
+from meterline.reconciler.notices.compose import compose
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.rows import REVISION_COLUMNS
+from meterline.sinks.stripe.fake import FakeStripe
 from tests.support.clickhouse_sink import fresh
 from tests.support.kafka import read_messages
 from tests.support.pipeline import free_port

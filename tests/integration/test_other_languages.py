@@ -23,12 +23,12 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext, StringSerializer
 from fastavro import schemaless_writer
 
-from core.config import Config
+from meterline.core.config import Config
+from meterline.schemas.catalog import USAGE_EVENT, SchemaCatalog
+from meterline.schemas.partitioner import partition_for
+from meterline.schemas.records import UsageEvent
+from meterline.schemas.serde import event_to_avro
 from meterline.workload import Emission, Expected, generate
-from schemas.catalog import USAGE_EVENT, SchemaCatalog
-from schemas.partitioner import partition_for
-from schemas.records import UsageEvent
-from schemas.serde import event_to_avro
 from tests.support.pipeline import Workers, small_workload, wait_until_exact
 from tests.support.schema_registry import Registry, serve_registry
 

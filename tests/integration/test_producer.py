@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Config
-from core.kafka import ensure_topics
 from meterline import devstack
-from schemas.delivery import DeliveryFailedError, DeliveryReport
-from schemas.errors import InvalidEventError, RejectReason
-from schemas.partitioner import murmur2, partition_for
-from schemas.producer import PackingPolicy, UsageProducer
-from schemas.records import UsageEvent
-from schemas.serde import AvroSerde
+from meterline.core.config import Config
+from meterline.core.kafka import ensure_topics
+from meterline.schemas.delivery import DeliveryFailedError, DeliveryReport
+from meterline.schemas.errors import InvalidEventError, RejectReason
+from meterline.schemas.partitioner import murmur2, partition_for
+from meterline.schemas.producer import PackingPolicy, UsageProducer
+from meterline.schemas.records import UsageEvent
+from meterline.schemas.serde import AvroSerde
 from tests.conftest import broker_config
 from tests.support.kafka import read_messages
 

@@ -15,21 +15,21 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from core.config import Config
-from core.kafka import read_ends
 from meterline.compose import clickhouse_sink, stripe_sink
 from meterline.config import load_config
-from reconciler.billing.periods import PeriodError
-from reconciler.checks.compare import Difference, compare
-from reconciler.checks.reconcile import reconcile
-from schemas.serde import AvroSerde
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.migrate import migrate
-from sinks.clickhouse.rows import REVISION_COLUMNS
-from sinks.stripe.calls import Caller, RateLimiter
-from sinks.stripe.fake import FakeStripe
-from sinks.stripe.fake.objects import MeterEvent
-from sinks.stripe.webhooks.events import INVOICE_COLUMNS
+from meterline.core.config import Config
+from meterline.core.kafka import read_ends
+from meterline.reconciler.billing.periods import PeriodError
+from meterline.reconciler.checks.compare import Difference, compare
+from meterline.reconciler.checks.reconcile import reconcile
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.migrate import migrate
+from meterline.sinks.clickhouse.rows import REVISION_COLUMNS
+from meterline.sinks.stripe.calls import Caller, RateLimiter
+from meterline.sinks.stripe.fake import FakeStripe
+from meterline.sinks.stripe.fake.objects import MeterEvent
+from meterline.sinks.stripe.webhooks.events import INVOICE_COLUMNS
 from tests.support.clickhouse_sink import fresh
 from tests.support.records import window_aggregate
 from tests.support.sinks import run_sink
@@ -248,10 +248,10 @@ def _with_fake(config: Config, base: str) -> Config:
 def test_a_correction_stored_after_its_invoice_was_finalized_is_listed_as_unbilled(
     config: Config, tmp_path: Path
 ) -> None:
-    from reconciler.checks.reconcile import late_corrections
-    from sinks.clickhouse.rows import REVISION_COLUMNS
-    from sinks.stripe.ledger import Ledger
-    from sinks.stripe.report import Outcome, Status
+    from meterline.reconciler.checks.reconcile import late_corrections
+    from meterline.sinks.clickhouse.rows import REVISION_COLUMNS
+    from meterline.sinks.stripe.ledger import Ledger
+    from meterline.sinks.stripe.report import Outcome, Status
 
     dsn = f"chdb://{tmp_path / 'clickhouse'}"
     client = connect(config, dsn)

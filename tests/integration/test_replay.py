@@ -16,18 +16,18 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from core.config import Config
-from core.kafka import read_ends, settings
 from meterline.compose import clickhouse_sink, stripe_sink
+from meterline.core.config import Config
+from meterline.core.kafka import read_ends, settings
 from meterline.produce import produce_workload
+from meterline.reconciler.checks.rederive import rederive
+from meterline.schemas.records import UsageEvent
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.rows import REVISION_COLUMNS
+from meterline.sinks.stripe.fake import FakeStripe
+from meterline.streams.windows import DAY_MS
 from meterline.workload import customer_ids
-from reconciler.checks.rederive import rederive
-from schemas.records import UsageEvent
-from schemas.serde import AvroSerde
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.rows import REVISION_COLUMNS
-from sinks.stripe.fake import FakeStripe
-from streams.windows import DAY_MS
 from tests.support.clickhouse_sink import fresh
 from tests.support.pipeline import Workers, small_workload, wait_until_exact
 from tests.support.sinks import run_sink
@@ -221,8 +221,8 @@ def test_a_repair_from_stripe_s_totals_is_stable_once_applied() -> None:
     """Pure: a window two partitions reported (10 and 5), of which Stripe holds only 5 (it refused
     partition 0's event after accepting it). The repair sends Stripe the 10 it lacks, on the lowest
     partition; once the sinks applied it, the same comparison repairs nothing."""
-    from reconciler.checks.rederive import Rederived
-    from reconciler.checks.replay import repairs
+    from meterline.reconciler.checks.rederive import Rederived
+    from meterline.reconciler.checks.replay import repairs
 
     window = ("cust-1", "api_calls", 1_793_491_200_000)
     rederived = Rederived(by_partition={(*window, 0): (10, 3), (*window, 1): (5, 2)})

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 
 from meterline.config import load_config
-from reconciler.billing.periods import period_bounds
-from reconciler.checks.reconcile import RUN_COLUMNS
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.migrate import migrate
-from sinks.clickhouse.rows import REVISION_COLUMNS
-from sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
-from sinks.stripe.webhooks.events import INVOICE_COLUMNS, PAYMENT_COLUMNS
+from meterline.reconciler.billing.periods import period_bounds
+from meterline.reconciler.checks.reconcile import RUN_COLUMNS
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.migrate import migrate
+from meterline.sinks.clickhouse.rows import REVISION_COLUMNS
+from meterline.sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
+from meterline.sinks.stripe.webhooks.events import INVOICE_COLUMNS, PAYMENT_COLUMNS
 from tests.support.browser import launch, needs_chromium
 
 DAY, HOUR = 86_400_000, 3_600_000
@@ -263,8 +263,8 @@ def test_the_review_page_draws_the_numbers_it_computes_in_chromium(
 ) -> None:
     from playwright.sync_api import sync_playwright
 
-    from reconciler.review.page import charts
-    from reconciler.review.queries import review as computed
+    from meterline.reconciler.review.page import charts
+    from meterline.reconciler.review.queries import review as computed
 
     _, env, tmp = reviewed
     page_file = tmp / "review.html"

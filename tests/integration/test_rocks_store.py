@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from streams.stores import ROCKSDB_MEMTABLES_BYTES, RocksStore
+from meterline.streams.stores import ROCKSDB_MEMTABLES_BYTES, RocksStore
 
 
 def test_entries_are_written_deleted_and_read_back(tmp_path: Path) -> None:

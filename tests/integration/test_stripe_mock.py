@@ -11,18 +11,18 @@ import json
 import re
 from decimal import Decimal
 
-from core.config import Config
-from core.ratecard import Tier
+from meterline.core.config import Config
+from meterline.core.ratecard import Tier
 from meterline.demo import _onboard
+from meterline.schemas.serde import new_aggregate
+from meterline.sinks.stripe.calls import Caller, RateLimiter
+from meterline.sinks.stripe.catalog.prices import lookup_key
+from meterline.sinks.stripe.catalog.sync import sync
+from meterline.sinks.stripe.directory import Directory
+from meterline.sinks.stripe.fake import FakeStripe
+from meterline.sinks.stripe.report import Report
+from meterline.sinks.stripe.totals import StripeTotals
 from meterline.workload import WorkloadSpec
-from schemas.serde import new_aggregate
-from sinks.stripe.calls import Caller, RateLimiter
-from sinks.stripe.catalog.prices import lookup_key
-from sinks.stripe.catalog.sync import sync
-from sinks.stripe.directory import Directory
-from sinks.stripe.fake import FakeStripe
-from sinks.stripe.report import Report
-from sinks.stripe.totals import StripeTotals
 from tests.support.stripe import KEY
 from tests.support.stripe_mock import Recorder, replay, requires_stripe_mock, stripe_mock, stripe_mock_spec
 
@@ -116,7 +116,7 @@ def test_the_fake_takes_exactly_the_parameters_stripe_s_specification_lists() ->
     """Issue 35, item 7: the fake refuses a parameter Stripe does not know, an integer or boolean
     that is not one and a string over its length (sinks.stripe.fake.params); its table of what each
     endpoint takes is the specification's, read here from the one stripe-mock bundles."""
-    from sinks.stripe.fake.params import ACCEPTED, SPEC_VERSION
+    from meterline.sinks.stripe.fake.params import ACCEPTED, SPEC_VERSION
 
     spec = json.loads(stripe_mock_spec().read_text())
     assert spec["info"]["version"] == SPEC_VERSION

@@ -17,18 +17,18 @@ from pathlib import Path
 import pytest
 import stripe
 
-from core.config import Config
-from core.kafka import read_ends
 from meterline.compose import stripe_sink
+from meterline.core.config import Config
+from meterline.core.kafka import read_ends
+from meterline.schemas.records import WindowAggregate
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.migrate import migrate
+from meterline.sinks.stripe.calls import Caller, RateLimiter
+from meterline.sinks.stripe.catalog.sync import refused, sync
+from meterline.sinks.stripe.fake import FakeStripe
+from meterline.sinks.stripe.report import identifier
 from meterline.workload import customer_ids
-from schemas.records import WindowAggregate
-from schemas.serde import AvroSerde
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.migrate import migrate
-from sinks.stripe.calls import Caller, RateLimiter
-from sinks.stripe.catalog.sync import refused, sync
-from sinks.stripe.fake import FakeStripe
-from sinks.stripe.report import identifier
 from tests.support.kafka import read_messages
 from tests.support.pipeline import SinkProcess, Workers, small_workload
 from tests.support.records import window_aggregate
@@ -150,8 +150,8 @@ def test_each_refusal_lands_in_the_dlq_and_the_ledger_with_its_reason(
     not os.environ.get("STRIPE_API_KEY"), reason="no STRIPE_API_KEY: Stripe test mode not reachable"
 )
 def test_stripe_test_mode_takes_a_meter_event_from_the_same_code(config: Config) -> None:
-    from sinks.stripe.calls import Caller, RateLimiter
-    from sinks.stripe.report import Report, Status
+    from meterline.sinks.stripe.calls import Caller, RateLimiter
+    from meterline.sinks.stripe.report import Report, Status
 
     caller = Caller("https://api.stripe.com", os.environ["STRIPE_API_KEY"], 20, RateLimiter(5), "2024-06-20")
     customer = caller.client.v1.customers.create({"metadata": {"meterline_customer_id": "meterline-test"}})
@@ -231,11 +231,11 @@ def test_a_subscription_event_makes_the_legacy_sink_look_its_customer_s_item_up_
     five: a plan change would be missed that long. The webhook consumer stores every
     customer.subscription.* event, and the sink forgets what it cached for those customers."""
     from meterline.config import load_config
-    from sinks.stripe import modes
-    from sinks.stripe.calls import caller_for
-    from sinks.stripe.customers import KnownCustomers
-    from sinks.stripe.directory import Directory
-    from sinks.stripe.ledger import Ledger
+    from meterline.sinks.stripe import modes
+    from meterline.sinks.stripe.calls import caller_for
+    from meterline.sinks.stripe.customers import KnownCustomers
+    from meterline.sinks.stripe.directory import Directory
+    from meterline.sinks.stripe.ledger import Ledger
     from tests.support.stripe import know_customers, record_subscription_item
 
     _, base = stripe_fake
@@ -466,10 +466,10 @@ def test_a_report_pending_past_stripe_s_identifier_window_is_sent_again_only_if_
     identifiers. One landed: Stripe's totals say so, and it is not sent again (a blind resend
     billed it twice). One did not: it is sent once. Of one, Stripe holds a different amount: it is
     not sent, but failed and dead-lettered with the figures."""
-    from sinks.stripe.calls import meter_payload
-    from sinks.stripe.landed import UNDECIDED
-    from sinks.stripe.ledger import Ledger
-    from sinks.stripe.report import Outcome, Report, Status
+    from meterline.sinks.stripe.calls import meter_payload
+    from meterline.sinks.stripe.landed import UNDECIDED
+    from meterline.sinks.stripe.ledger import Ledger
+    from meterline.sinks.stripe.report import Outcome, Report, Status
     from tests.support.sinks import run_sink
 
     fake, base = stripe_fake

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-from core.config import TopicsConfig
-from core.kafka import admin, ensure_topics, wait_for_partitions
 from meterline.config import load_config
+from meterline.core.config import TopicsConfig
+from meterline.core.kafka import admin, ensure_topics, wait_for_partitions
 from meterline.topics import Observed, check, retained_ms, topic_specs
 
 DAY_MS = 86_400_000

@@ -20,14 +20,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from core.config import Config
-from core.kafka import committed_reaches, read_ends
 from meterline.compose import stripe_sink
-from schemas.records import WindowAggregate
-from sinks.clickhouse.client import connect
-from sinks.stripe.fake import FakeStripe
-from sinks.stripe.report import identifier
-from sinks.stripe.sink import StripeSink
+from meterline.core.config import Config
+from meterline.core.kafka import committed_reaches, read_ends
+from meterline.schemas.records import WindowAggregate
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.stripe.fake import FakeStripe
+from meterline.sinks.stripe.report import identifier
+from meterline.sinks.stripe.sink import StripeSink
 from tests.support.cli import meterline
 from tests.support.kafka import read_messages
 from tests.support.records import window_aggregate
@@ -110,8 +110,8 @@ def test_a_customer_named_by_a_webhook_or_an_import_is_billed_without_search_and
     """Search stays an hour behind here (an outage): the customer.created webhook names one customer,
     `meterline stripe customers --import` the other. Their usage waits in the ledger meanwhile, through
     a restart of the sink, is listed by reconcile as not billed yet, and is then billed exactly once."""
-    from reconciler.checks.compare import Unbilled
-    from reconciler.checks.reconcile import not_billed
+    from meterline.reconciler.checks.compare import Unbilled
+    from meterline.reconciler.checks.reconcile import not_billed
 
     fake, base = stripe_fake
     fake.state.search_lag_seconds = 3600
@@ -181,9 +181,9 @@ def test_a_revision_taken_up_whose_report_a_crash_cut_short_is_taken_up_again(
     """A held revision's offset was committed long ago: once taken up, its `pending` row keeps the
     record, so that a crash between that row and Stripe's answer does not lose it. Here the sink
     died there (the row is written as it left it), and the next run reports it once."""
-    from schemas.serde import AvroSerde
-    from sinks.stripe.ledger import Consumed, Ledger
-    from sinks.stripe.report import Outcome, Status
+    from meterline.schemas.serde import AvroSerde
+    from meterline.sinks.stripe.ledger import Consumed, Ledger
+    from meterline.sinks.stripe.report import Outcome, Status
     from tests.support.stripe import know_customers
 
     fake, base = stripe_fake

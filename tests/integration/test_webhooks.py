@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 import stripe
 
-from core.config import Config
-from core.kafka import committed_reaches, read_ends
+from meterline.core.config import Config
+from meterline.core.kafka import committed_reaches, read_ends
 from meterline.devstack import FAKE_WEBHOOK_SECRET
-from schemas.records import WindowAggregate
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.migrate import migrate
-from sinks.stripe.fake import FakeStripe
-from sinks.stripe.ledger import Ledger
-from sinks.stripe.report import Outcome, Status, identifier
+from meterline.schemas.records import WindowAggregate
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.migrate import migrate
+from meterline.sinks.stripe.fake import FakeStripe
+from meterline.sinks.stripe.ledger import Ledger
+from meterline.sinks.stripe.report import Outcome, Status, identifier
 from tests.support.kafka import read_messages
 from tests.support.records import window_aggregate
 from tests.support.webhooks import post, start_webhooks
@@ -221,7 +221,7 @@ def test_the_receiver_keeps_answering_valid_events_while_abused(config: Config) 
     import dataclasses
     import socket
 
-    from core.http import Limits
+    from meterline.core.http import Limits
     from meterline.server import serve_webhooks
 
     # The slow ones are held for 10 s; the valid event may take up to 5 (a loaded CI machine), and the

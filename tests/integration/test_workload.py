@@ -7,15 +7,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from core.config import Config
 from meterline.config import load_config
+from meterline.core.config import Config
 from meterline.inspect import summarize_events_topic
 from meterline.produce import produce_workload
+from meterline.schemas.partitioner import partition_for
+from meterline.schemas.serde import AvroSerde
+from meterline.schemas.validation import check_event
+from meterline.streams.windows import DAY_MS
 from meterline.workload import Emission, Expected, WorkloadSpec, generate
-from schemas.partitioner import partition_for
-from schemas.serde import AvroSerde
-from schemas.validation import check_event
-from streams.windows import DAY_MS
 from tests.support.cli import meterline
 from tests.support.kafka import read_messages
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from core.config import Config
+from meterline.core.config import Config
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.migrate import migrate
 from meterline.workload import Expected
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.migrate import migrate
 from tests.conftest import _docker_answers
 from tests.support.pipeline import SinkProcess, Workers, wait_until_exact
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from core import metrics
+from meterline.core import metrics
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 

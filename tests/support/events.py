@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from schemas.records import UsageEvent
+from meterline.schemas.records import UsageEvent
 
 texts = st.text(min_size=1, max_size=40)
 EVENT = UsageEvent("e-1", "cust-1", "api_calls", 12_345, "call", 1_775_000_000_000, "api", {"status": "200"})

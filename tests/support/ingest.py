@@ -11,8 +11,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from schemas.cloudevents import BATCH
-from schemas.ingest import key_digest
+from meterline.schemas.cloudevents import BATCH
+from meterline.schemas.ingest import key_digest
 from tests.support.pipeline import free_port, start_meterline
 
 KEY = "ml_test_key_7c2f90"

@@ -6,7 +6,7 @@ import time
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from core.kafka import consumer_from_beginning, settings
+from meterline.core.kafka import consumer_from_beginning, settings
 
 
 def read_messages(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[Message]:

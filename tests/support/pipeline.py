@@ -14,12 +14,12 @@ import time
 import uuid
 from pathlib import Path
 
-from core.config import Config
-from core.kafka import committed_reaches
+from meterline.core.config import Config
+from meterline.core.kafka import committed_reaches
 from meterline.produce import make_producer, send
+from meterline.schemas.serde import AvroSerde
 from meterline.verify import Verification, read_emitted, verify
 from meterline.workload import Expected, WorkloadSpec, generate
-from schemas.serde import AvroSerde
 
 HOUR_MS = 3_600_000
 

@@ -16,10 +16,10 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from schemas.records import AggregateIdentity, WindowAggregate
-from streams.judge import Judge
-from streams.processor import PartitionProcessor, WindowRules
-from streams.state import PartitionStore
+from meterline.schemas.records import AggregateIdentity, WindowAggregate
+from meterline.streams.judge import Judge
+from meterline.streams.processor import PartitionProcessor, WindowRules
+from meterline.streams.state import PartitionStore
 
 Log = list[tuple[bytes, bytes | None]]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schemas.records import WindowAggregate
+from meterline.schemas.records import WindowAggregate
 
 MINUTE_MS = 60_000
 GRACE_MS = 10_000  # the default windows.grace_seconds: when a window closes after its end

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
-from core.kafka import committed_reaches
-from sinks.clickhouse.sink import ClickHouseSink
-from sinks.stripe.sink import StripeSink
+from meterline.core.kafka import committed_reaches
+from meterline.sinks.clickhouse.sink import ClickHouseSink
+from meterline.sinks.stripe.sink import StripeSink
 
 
 def run_sink(sink: ClickHouseSink | StripeSink, bootstrap: str, ends: dict[tuple[str, int], int]) -> None:

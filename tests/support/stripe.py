@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 
 import stripe
 
-from core.config import Config
+from meterline.core.config import Config
+from meterline.sinks.stripe.calls import Caller, RateLimiter
+from meterline.sinks.stripe.catalog.sync import sync
+from meterline.sinks.stripe.customers import KnownCustomer, KnownCustomers
+from meterline.sinks.stripe.directory import metadata
+from meterline.sinks.stripe.fake import FakeStripe, make_server
+from meterline.sinks.stripe.webhooks.events import SUBSCRIPTION_ITEM_COLUMNS
 from meterline.workload import Expected
-from sinks.stripe.calls import Caller, RateLimiter
-from sinks.stripe.catalog.sync import sync
-from sinks.stripe.customers import KnownCustomer, KnownCustomers
-from sinks.stripe.directory import metadata
-from sinks.stripe.fake import FakeStripe, make_server
-from sinks.stripe.webhooks.events import SUBSCRIPTION_ITEM_COLUMNS
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

@@ -12,14 +12,14 @@ from typing import NamedTuple
 import pytest
 from confluent_kafka import Producer
 
-from core.config import Config
+from meterline.core.config import Config
 from meterline.produce import produce_workload
+from meterline.schemas.records import WindowAggregate
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.migrate import migrate
+from meterline.sinks.stripe.fake import FakeStripe
 from meterline.workload import Expected, WorkloadSpec, customer_ids
-from schemas.records import WindowAggregate
-from schemas.serde import AvroSerde
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.migrate import migrate
-from sinks.stripe.fake import FakeStripe
 from tests.support.pipeline import SinkProcess, Workers, wait_until_exact
 from tests.support.stripe import (
     expected_by_customer_meter,

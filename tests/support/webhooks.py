@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from core.config import Config
+from meterline.core.config import Config
 from meterline.devstack import FAKE_WEBHOOK_SECRET
 from tests.support.pipeline import free_port, start_meterline
 

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 import stripe
 
-from core.config import AlertRule, ConfigError
 from meterline.config import load_config
-from reconciler.alerts.rules import PROJECTION_FROM, alert_id, crossed, signature
+from meterline.core.config import AlertRule, ConfigError
+from meterline.reconciler.alerts.rules import PROJECTION_FROM, alert_id, crossed, signature
 
 STANDARD = load_config(None, {}).plans["standard"]  # 1,000,000 API calls included, then $0.001
 DAY = 86_400_000

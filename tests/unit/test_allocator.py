@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 _ARENAS_AFTER_SIX_THREADS = textwrap.dedent(
     """
     import ctypes, sys, threading
-    from core.allocator import limit_arenas
+    from meterline.core.allocator import limit_arenas
 
     if sys.argv[1] == "limit":
         assert limit_arenas(2)

@@ -8,7 +8,7 @@ import asyncio
 import faust
 from faust.types import TP
 
-from streams.batches import BatchTransport
+from meterline.streams.batches import BatchTransport
 
 
 def test_one_commit_covers_every_batch_processed_before_it() -> None:

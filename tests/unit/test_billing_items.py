@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sinks.stripe.directory import BillingItem, billing_from, item_at
+from meterline.sinks.stripe.directory import BillingItem, billing_from, item_at
 
 START, CREATED, CHANGED = 1_000, 5_000, 9_000
 

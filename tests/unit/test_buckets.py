@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.buckets import Buckets
+from meterline.streams.buckets import Buckets
 
 
 def test_items_come_out_by_time_then_in_the_order_added_and_only_once_due() -> None:

@@ -8,7 +8,7 @@ import clickhouse_connect
 import pytest
 
 from meterline.config import load_config
-from sinks.clickhouse.client import connect
+from meterline.sinks.clickhouse.client import connect
 
 
 def test_a_server_client_has_no_session_so_that_the_threads_of_run_can_share_it(

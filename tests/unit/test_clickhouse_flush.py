@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from confluent_kafka import TopicPartition
 
-from core.config import Config
 from meterline.config import load_config
-from schemas.serde import AvroSerde
-from sinks.clickhouse.sink import ClickHouseSink
+from meterline.core.config import Config
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks.clickhouse.sink import ClickHouseSink
 from tests.support.records import window_aggregate
 
 

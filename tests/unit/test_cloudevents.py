@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.cloudevents import CloudEventError, from_usage_event, to_usage_event
-from schemas.ingest import RateLimiter
-from schemas.records import UsageEvent
+from meterline.schemas.cloudevents import CloudEventError, from_usage_event, to_usage_event
+from meterline.schemas.ingest import RateLimiter
+from meterline.schemas.records import UsageEvent
 
 UNITS = {"api_calls": "call", "egress_bytes": "byte"}
 

@@ -16,11 +16,11 @@ from fastavro import schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import codecs
-from schemas._readers import new_aggregate, read_aggregate, read_aggregate_row_binary, read_events
-from schemas._writers import write_aggregate
-from schemas.catalog import USAGE_EVENT, USAGE_EVENT_BATCH, WINDOW_AGGREGATE, SchemaCatalog
-from schemas.codecs import (
+from meterline.schemas import codecs
+from meterline.schemas._readers import new_aggregate, read_aggregate, read_aggregate_row_binary, read_events
+from meterline.schemas._writers import write_aggregate
+from meterline.schemas.catalog import USAGE_EVENT, USAGE_EVENT_BATCH, WINDOW_AGGREGATE, SchemaCatalog
+from meterline.schemas.codecs import (
     AGGREGATE_LAYOUT,
     LAYOUT,
     AggregateEncoder,
@@ -28,10 +28,10 @@ from schemas.codecs import (
     encode_long,
     layout_of,
 )
-from schemas.errors import MalformedRecordError
-from schemas.records import UsageEvent, WindowAggregate
-from schemas.serde import AvroSerde, DecodedUsage, aggregate_to_avro, event_to_avro
-from sinks.clickhouse.rows import AGGREGATE_COLUMNS, REVISION_COLUMNS
+from meterline.schemas.errors import MalformedRecordError
+from meterline.schemas.records import UsageEvent, WindowAggregate
+from meterline.schemas.serde import AvroSerde, DecodedUsage, aggregate_to_avro, event_to_avro
+from meterline.sinks.clickhouse.rows import AGGREGATE_COLUMNS, REVISION_COLUMNS
 from tests.support.events import EVENT, events
 
 CATALOG = SchemaCatalog()
@@ -314,7 +314,7 @@ def test_blocks_with_a_byte_size_are_read_as_fastavro_reads_them() -> None:
 
 def test_the_compiled_codecs_are_what_the_serde_uses_here() -> None:
     """./run.sh builds them; an install without a C compiler falls back to schemas.codecs."""
-    from schemas import serde
+    from meterline.schemas import serde
 
     assert serde.READERS == "compiled" and serde.read_events is read_events
     assert serde.read_aggregate is read_aggregate

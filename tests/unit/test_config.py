@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, Secret
 from meterline.config import load_config
+from meterline.core.config import ConfigError, Secret
 from tests.support.cli import meterline
 
 
@@ -132,8 +132,8 @@ def test_prices_stripe_cannot_bill_and_currencies_it_does_not_list_are_reported_
 
 
 def test_a_price_not_billed_through_stripe_is_priced_and_labelled_so(tmp_path: Path) -> None:
-    from reconciler.billing.invoice_text import rows
-    from reconciler.billing.pricing import invoice
+    from meterline.reconciler.billing.invoice_text import rows
+    from meterline.reconciler.billing.pricing import invoice
 
     path = tmp_path / "meterline.toml"
     path.write_text(

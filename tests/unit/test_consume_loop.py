@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from sinks import consume
+from meterline.sinks import consume
 
 
 class Polled:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError
 from meterline.config import load_config
-from sinks.stripe.customers import CustomersFileError, KnownCustomer, parse_import
-from sinks.stripe.report import Status, customer_wait_until
-from sinks.stripe.webhooks.events import Malformed, known_customer
+from meterline.core.config import ConfigError
+from meterline.sinks.stripe.customers import CustomersFileError, KnownCustomer, parse_import
+from meterline.sinks.stripe.report import Status, customer_wait_until
+from meterline.sinks.stripe.webhooks.events import Malformed, known_customer
 
 HOUR_MS = 3_600_000
 

@@ -11,13 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterline.config import load_config
-from reconciler.checks.rederive import event_times, set_aside
-from schemas.records import UsageEvent, WindowAggregate
-from schemas.serde import AvroSerde
-from streams.judge import Judge
-from streams.processor import PartitionProcessor, rules_from
-from streams.state import UnsavedStore
-from streams.windows import DAY_MS, window_start
+from meterline.reconciler.checks.rederive import event_times, set_aside
+from meterline.schemas.records import UsageEvent, WindowAggregate
+from meterline.schemas.serde import AvroSerde
+from meterline.streams.judge import Judge
+from meterline.streams.processor import PartitionProcessor, rules_from
+from meterline.streams.state import UnsavedStore
+from meterline.streams.windows import DAY_MS, window_start
 from tests.support.processor import run_with_crashes, sums_by_window
 
 CONFIG = load_config(None, {})

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas._readers import read_events
-from schemas.codecs import encode_long
-from schemas.errors import SchemaError
-from schemas.records import UsageEvent, WindowAggregate
-from schemas.serde import AvroSerde
-from sinks.stripe.webhooks.events import (
+from meterline.schemas._readers import read_events
+from meterline.schemas.codecs import encode_long
+from meterline.schemas.errors import SchemaError
+from meterline.schemas.records import UsageEvent, WindowAggregate
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks.stripe.webhooks.events import (
     Malformed,
     created_of,
     envelope,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, RunConfig
-from core.http import Request, Response
 from meterline.config import load_config
+from meterline.core.config import ConfigError, RunConfig
+from meterline.core.http import Request, Response
 from meterline.guard import Guard
 
 SECRET = "s3cret-of-this-run"

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.http import Limits, Request, Response, Server, dispatch, is_loopback
+from meterline.core.http import Limits, Request, Response, Server, dispatch, is_loopback
 
 SMALL = Limits(max_body_bytes=1024, max_head_bytes=2048, read_timeout_s=0.5, max_connections=8)
 

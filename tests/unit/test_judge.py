@@ -10,14 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meterline.config import load_config
-from schemas import _readers, validation
-from schemas.errors import RejectReason
-from schemas.records import UsageEvent
-from schemas.serde import AvroSerde
-from schemas.validation import check_event, check_timing
-from streams import judge
-from streams.billable import BillableFilter
-from streams.judge import Judge
+from meterline.schemas import _readers, validation
+from meterline.schemas.errors import RejectReason
+from meterline.schemas.records import UsageEvent
+from meterline.schemas.serde import AvroSerde
+from meterline.schemas.validation import check_event, check_timing
+from meterline.streams import judge
+from meterline.streams.billable import BillableFilter
+from meterline.streams.judge import Judge
 
 CONFIG = load_config(None, {})
 SERDE = AvroSerde()

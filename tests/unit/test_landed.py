@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sinks.stripe.landed import Landing, landing
+from meterline.sinks.stripe.landed import Landing, landing
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,10 @@
 """The layers, read from the imports (by ast, every import, inside functions too): `core` imports
 nothing else of meterline; the components (`schemas`, `streams`, `sinks`, `reconciler`) never
-import the composition root (`meterline`); and no module imports itself through others."""
+import the composition root (`meterline`); and no module imports itself through others.
+
+Everything is imported under the one installed name: `core/x.py` is `meterline.core.x` (the
+symbolic links in meterline/, the README's "One import name"). Here a module is named by its
+folder, `core.x`, so that the layers read as the folders do."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("core", "schemas", "streams", "sinks", "reconciler", "meterline")
 COMPONENTS = ("schemas", "streams", "sinks", "reconciler")
+LINKED = ("core", *COMPONENTS)
+"""The folders installed inside `meterline` (meterline/core -> ../core, ...)."""
 
 
 def module_name(path: Path) -> str:
@@ -27,14 +33,21 @@ def project_modules() -> dict[str, Path]:
     }
 
 
+def by_folder(name: str) -> str:
+    """`meterline.core.x` as the module of core/x.py is named here: `core.x`."""
+    inside = name.removeprefix("meterline.")
+    return inside if inside.split(".")[0] in LINKED else name
+
+
 def imports(path: Path, known: set[str]) -> Iterator[str]:
     """The project modules `path` imports (`from a import b` counts as a.b when a.b is a module)."""
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
+            names = [by_folder(alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known]
-            names = names or [node.module]
+            module = by_folder(node.module)
+            names = [f"{module}.{a.name}" for a in node.names if f"{module}.{a.name}" in known]
+            names = names or [module]
         else:
             continue
         for name in names:
@@ -93,6 +106,38 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
         if node not in index:
             visit(node)
     return groups
+
+
+def bare_imports(source: str) -> list[str]:
+    """What `source` imports by a folder's own name (`core.x`) rather than the installed one
+    (`meterline.core.x`): under both, a module would be loaded twice, its classes and metrics two."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+    return [name for name in found if name.split(".")[0] in LINKED]
+
+
+def test_everything_is_imported_under_the_one_installed_name() -> None:
+    """Issue 36, item 9: a product service that installs meterline gets one top-level name."""
+    assert bare_imports("from core.config import Config\nimport meterline.core.kafka\n") == ["core.config"]
+    sources = [
+        path
+        for folder in (*PACKAGES, "tests", "bench", "examples")
+        for path in (ROOT / folder).rglob("*.py")  # not through the links: each file once
+    ]
+    found = {
+        str(path.relative_to(ROOT)): names for path in sources if (names := bare_imports(path.read_text()))
+    }
+    assert found == {}
+
+
+def test_the_installed_name_reaches_each_folder() -> None:
+    for folder in LINKED:
+        link = ROOT / "meterline" / folder
+        assert link.is_symlink() and link.resolve() == ROOT / folder
 
 
 def test_core_stands_alone_and_components_never_import_the_composition_root() -> None:

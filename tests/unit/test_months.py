@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from core.months import add_months, anchor_of, monthly_period
+from meterline.core.months import add_months, anchor_of, monthly_period
 
 
 def at(text: str) -> int:

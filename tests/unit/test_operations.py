@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from core.http import Limits, Response
-from core.logs import JsonFormatter, TextFormatter, context
-from core.ratecard import MeterPrice
+from meterline.core.http import Limits, Response
+from meterline.core.logs import JsonFormatter, TextFormatter, context
+from meterline.core.ratecard import MeterPrice
 from meterline.dashboard import allowance
 from meterline.forward import absolute_paths
+from meterline.reconciler.billing.periods import projected_usage
 from meterline.server import Health, serve
-from reconciler.billing.periods import projected_usage
 from tests.support.pipeline import http_get
 
 DAY = 86_400_000

@@ -15,8 +15,8 @@ def test_an_undelivered_write_stops_the_worker_at_the_next_flush() -> None:
     script = textwrap.dedent(
         """
         import logging
-        from core.kafka import Brokers
-        from streams.output import Output
+        from meterline.core.kafka import Brokers
+        from meterline.streams.output import Output
 
         logging.basicConfig(level=logging.CRITICAL)
         output = Output(Brokers("127.0.0.1:1", {"message.timeout.ms": "300"}))

@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.config import ConfigError
-from core.currencies import UnknownCurrency, currency
-from core.ratecard import MeterPrice, Plan, Tier
 from meterline.config import load_config
-from reconciler.billing.invoice_text import describe, rows
-from reconciler.billing.pricing import billed_quantity, invoice, meter_line
-from sinks.stripe.catalog.prices import base_fee_terms, stripe_terms
-from sinks.stripe.invoice_rules import line_amount, line_quantity
+from meterline.core.config import ConfigError
+from meterline.core.currencies import UnknownCurrency, currency
+from meterline.core.ratecard import MeterPrice, Plan, Tier
+from meterline.reconciler.billing.invoice_text import describe, rows
+from meterline.reconciler.billing.pricing import billed_quantity, invoice, meter_line
+from meterline.sinks.stripe.catalog.prices import base_fee_terms, stripe_terms
+from meterline.sinks.stripe.invoice_rules import line_amount, line_quantity
 
 API = MeterPrice("api_calls", "API calls", "call", included=D(1_000_000), overage_price=D("0.001"))
 GRADUATED = MeterPrice(

@@ -14,12 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterline.config import load_config
-from meterline.workload import Expected, WorkloadSpec, generate
-from schemas.records import UsageEvent, WindowAggregate
-from schemas.serde import AvroSerde
-from streams.judge import Judge
-from streams.processor import PartitionProcessor, rules_from
-from streams.state import (
+from meterline.schemas.records import UsageEvent, WindowAggregate
+from meterline.schemas.serde import AvroSerde
+from meterline.streams.judge import Judge
+from meterline.streams.processor import PartitionProcessor, rules_from
+from meterline.streams.state import (
     IDS_BUCKET_MS,
     Entries,
     PartitionClock,
@@ -29,7 +28,8 @@ from streams.state import (
     WindowState,
     store_key_parts,
 )
-from streams.windows import DAY_MS
+from meterline.streams.windows import DAY_MS
+from meterline.workload import Expected, WorkloadSpec, generate
 from tests.support.processor import (
     ChangelogEntries,
     recovered,
@@ -430,7 +430,7 @@ def test_a_bucket_s_chunks_cost_the_store_no_memory_each_and_go_whole_whoever_wr
     restart, and one named as before issue 34."""
     import tracemalloc
 
-    import streams.state as state_module
+    import meterline.streams.state as state_module
 
     class Forgetful:  # entries that keep nothing: the store's own memory alone is traced
         def get(self, key: bytes) -> bytes | None:

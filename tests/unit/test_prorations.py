@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from decimal import Decimal as D
 
-from core.currencies import currency
-from core.ratecard import MeterPrice, Plan
-from reconciler.billing.plan_history import Part, invoice_over
+from meterline.core.currencies import currency
+from meterline.core.ratecard import MeterPrice, Plan
+from meterline.reconciler.billing.plan_history import Part, invoice_over
 
 NOV_1 = 1_793_491_200_000  # 2026-11-01T00:00:00Z
 DAY = 86_400_000

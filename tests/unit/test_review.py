@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from meterline.config import load_config
-from reconciler.review.figures import (
+from meterline.reconciler.review.figures import (
     Fit,
     Latency,
     MonthReview,

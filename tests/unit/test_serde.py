@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.catalog import USAGE_EVENT, SchemaCatalog
-from schemas.errors import MalformedRecordError, RejectReason, UnknownSchemaError
-from schemas.records import UsageEvent, WindowAggregate
-from schemas.serde import AvroSerde, event_to_avro
+from meterline.schemas.catalog import USAGE_EVENT, SchemaCatalog
+from meterline.schemas.errors import MalformedRecordError, RejectReason, UnknownSchemaError
+from meterline.schemas.records import UsageEvent, WindowAggregate
+from meterline.schemas.serde import AvroSerde, event_to_avro
 from tests.support.events import EVENT, events
 
 DATA = Path(__file__).parent / "data"
@@ -41,7 +41,7 @@ def test_single_object_header_is_magic_plus_little_endian_crc64_fingerprint() ->
     assert data[:2] == b"\xc3\x01"
     assert data[2:10] == serde.catalog.latest(USAGE_EVENT).fingerprint
     # The Avro specification's own vector: the canonical form "int" has fingerprint 0x7275d51a3f395c8f.
-    from schemas.catalog import fingerprint_of
+    from meterline.schemas.catalog import fingerprint_of
 
     assert fingerprint_of({"type": "int"}) == bytes.fromhex("8f5c393f1ad57572")
 

@@ -7,7 +7,7 @@ answering as consume does: what is queued, up to n, once n are there or the time
 
 from __future__ import annotations
 
-from core.kafka import take
+from meterline.core.kafka import take
 
 
 class QueuedConsumer:

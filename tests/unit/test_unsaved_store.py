@@ -5,7 +5,7 @@ itself, tests/unit/test_processor.py); what is held does."""
 
 from __future__ import annotations
 
-from streams.state import PartitionClock, UnsavedStore, WindowKey, WindowState
+from meterline.streams.state import PartitionClock, UnsavedStore, WindowKey, WindowState
 
 
 def closed(customer: str, ids: set[str]) -> WindowState:

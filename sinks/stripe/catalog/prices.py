@@ -30,8 +30,8 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from core.currencies import Currency
-from core.ratecard import MeterPrice, Plan
+from meterline.core.currencies import Currency
+from meterline.core.ratecard import MeterPrice, Plan
 
 MAX_UNIT_AMOUNT_DECIMALS = 12
 

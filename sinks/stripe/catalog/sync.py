@@ -26,10 +26,15 @@ from typing import Any
 
 import stripe
 
-from core.config import Config
-from sinks.stripe.calls import CUSTOMER_PAYLOAD_KEY, VALUE_PAYLOAD_KEY, Caller
-from sinks.stripe.catalog.prices import base_fee_lookup_key, base_fee_price, lookup_key, metered_price
-from sinks.stripe.directory import metadata
+from meterline.core.config import Config
+from meterline.sinks.stripe.calls import CUSTOMER_PAYLOAD_KEY, VALUE_PAYLOAD_KEY, Caller
+from meterline.sinks.stripe.catalog.prices import (
+    base_fee_lookup_key,
+    base_fee_price,
+    lookup_key,
+    metered_price,
+)
+from meterline.sinks.stripe.directory import metadata
 
 
 @dataclass(frozen=True)

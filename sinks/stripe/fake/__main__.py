@@ -1,3 +1,3 @@
-from sinks.stripe.fake.server import main
+from meterline.sinks.stripe.fake.server import main
 
 main()

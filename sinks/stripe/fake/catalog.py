@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from sinks.stripe.fake.errors import invalid, missing, new_id
-from sinks.stripe.fake.objects import USAGE_RECORDS_REMOVED_IN, Objects
+from meterline.sinks.stripe.fake.errors import invalid, missing, new_id
+from meterline.sinks.stripe.fake.objects import USAGE_RECORDS_REMOVED_IN, Objects
 
 
 def _check_price_terms(params: Mapping[str, Any]) -> None:

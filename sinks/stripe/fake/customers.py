@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sinks.stripe.fake.errors import invalid, missing, new_id
-from sinks.stripe.fake.objects import Objects
+from meterline.sinks.stripe.fake.errors import invalid, missing, new_id
+from meterline.sinks.stripe.fake.objects import Objects
 
 
 class Customers(Objects):

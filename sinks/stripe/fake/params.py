@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from sinks.stripe.fake.errors import invalid
+from meterline.sinks.stripe.fake.errors import invalid
 
 SPEC_VERSION = "2025-09-30.clover"
 Param = tuple[str, int | None]

@@ -49,12 +49,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 import stripe
 
-from sinks.stripe.fake.catalog import price_view
-from sinks.stripe.fake.errors import StripeError, invalid, new_id
-from sinks.stripe.fake.objects import DAY_S
-from sinks.stripe.fake.params import check_params
-from sinks.stripe.fake.state import FakeStripeState
-from sinks.stripe.fake.subscriptions import subscription_shape
+from meterline.sinks.stripe.fake.catalog import price_view
+from meterline.sinks.stripe.fake.errors import StripeError, invalid, new_id
+from meterline.sinks.stripe.fake.objects import DAY_S
+from meterline.sinks.stripe.fake.params import check_params
+from meterline.sinks.stripe.fake.state import FakeStripeState
+from meterline.sinks.stripe.fake.subscriptions import subscription_shape
 
 SESSION_SECONDS = 15 * 60
 API_VERSION = "2026-10-28.endive"

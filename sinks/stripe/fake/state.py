@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sinks.stripe.fake.catalog import Catalog
-from sinks.stripe.fake.customers import Customers
-from sinks.stripe.fake.meters import Meters
-from sinks.stripe.fake.subscriptions import Subscriptions
+from meterline.sinks.stripe.fake.catalog import Catalog
+from meterline.sinks.stripe.fake.customers import Customers
+from meterline.sinks.stripe.fake.meters import Meters
+from meterline.sinks.stripe.fake.subscriptions import Subscriptions
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from core.months import add_months, monthly_period
-from sinks.stripe.fake.errors import invalid, missing, new_id
-from sinks.stripe.fake.objects import USAGE_RECORDS_REMOVED_IN, Objects
+from meterline.core.months import add_months, monthly_period
+from meterline.sinks.stripe.fake.errors import invalid, missing, new_id
+from meterline.sinks.stripe.fake.objects import USAGE_RECORDS_REMOVED_IN, Objects
 
 
 def subscription_shape(subscription: dict[str, Any], api_version: str | None) -> dict[str, Any]:

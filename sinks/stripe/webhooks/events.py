@@ -10,7 +10,7 @@ from typing import Any
 
 import stripe
 
-from sinks.stripe.customers import KnownCustomer
+from meterline.sinks.stripe.customers import KnownCustomer
 
 
 class Malformed(ValueError):

@@ -44,17 +44,17 @@ from typing import TYPE_CHECKING, Any
 import stripe
 from confluent_kafka import KafkaException, Message
 
-from core import metrics
-from core.config import Config
-from core.http import Request, Response, Route
-from core.kafka import Kafka, group_consumer, idempotent_producer, partition_count
-from core.logs import context
-from schemas.serde import AvroSerde
-from sinks.stripe.calls import Caller
-from sinks.stripe.customers import KnownCustomers
-from sinks.stripe.directory import metadata
-from sinks.stripe.ledger import mark_refused
-from sinks.stripe.webhooks.events import (
+from meterline.core import metrics
+from meterline.core.config import Config
+from meterline.core.http import Request, Response, Route
+from meterline.core.kafka import Kafka, group_consumer, idempotent_producer, partition_count
+from meterline.core.logs import context
+from meterline.schemas.serde import AvroSerde
+from meterline.sinks.stripe.calls import Caller
+from meterline.sinks.stripe.customers import KnownCustomers
+from meterline.sinks.stripe.directory import metadata
+from meterline.sinks.stripe.ledger import mark_refused
+from meterline.sinks.stripe.webhooks.events import (
     CUSTOMER_EVENTS,
     INVOICE_COLUMNS,
     PAYMENT_COLUMNS,
