@@ -17,8 +17,6 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from meterline.core import metrics
 
-log = logging.getLogger("meterline.sink")
-
 PROGRESS_EVERY_S = 10.0
 
 
@@ -65,6 +63,7 @@ def usable(messages: list[Message]) -> list[Message]:
 
 
 def run(consumer: Consumer, sink: Batches, should_stop: Callable[[], bool]) -> None:
+    log = logging.getLogger(f"meterline.sink.{sink.name}")  # the sink's own logger
     metrics.SINK_LAG_SECONDS.labels(sink.name).set_function(sink.oldest_pending_seconds)
     consumer.subscribe(sink.topics, on_assign=sink.assigned, on_revoke=sink.revoked, on_lost=sink.revoked)
     last_log = time.monotonic()
@@ -75,9 +74,9 @@ def run(consumer: Consumer, sink: Batches, should_stop: Callable[[], bool]) -> N
             sink.take(messages)
             if time.monotonic() - last_log >= PROGRESS_EVERY_S:
                 last_log = time.monotonic()
-                log.info("sink %s: progress %s", sink.name, sink.progress())
+                log.info("progress %s", sink.progress())
         sink.finish()
     finally:
         consumer.close()
         sink.close()
-    log.info("sink %s: stopped %s", sink.name, sink.progress())
+    log.info("stopped %s", sink.progress())

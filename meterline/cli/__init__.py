@@ -1,5 +1,5 @@
 """The `meterline` command: one entry point per role and tool. Thin: parse, call, print. Each
-command group registers its own subcommands (dev, usage, roles, billing, data)."""
+command group registers its own subcommands (dev, usage, roles, billing, checks, data)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from meterline import __version__, forward
-from meterline.cli import billing, data, dev, roles, usage
+from meterline.cli import billing, checks, data, dev, roles, usage
 from meterline.cli.common import CONFIG_HELP, load
 from meterline.core.config import ConfigError
 from meterline.core.errors import MeterlineError
@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"meterline {__version__}")
     parser.add_argument("--config", type=Path, help=CONFIG_HELP)
     commands = parser.add_subparsers(title="commands", dest="command")
-    for group in (dev, usage, billing, data):
+    for group in (dev, usage, billing, checks, data):
         group.register(commands)
     roles.register(commands, main)
     _config_after_any_command(parser)

@@ -12,7 +12,7 @@ from meterline.cli.common import (
     load,
     quiet_if,
 )
-from meterline.config import dedup_promise
+from meterline.config_sections import dedup_promise
 from meterline.core.config import ConfigError
 from meterline.core.kafka import Brokers, security_properties
 from meterline.table import render

@@ -25,9 +25,9 @@ from fastavro import schemaless_writer
 
 from meterline.core.config import Config
 from meterline.schemas.catalog import USAGE_EVENT, SchemaCatalog
+from meterline.schemas.datums import event_to_avro
 from meterline.schemas.partitioner import partition_for
 from meterline.schemas.records import UsageEvent
-from meterline.schemas.serde import event_to_avro
 from meterline.workload import Emission, Expected, generate
 from tests.support.pipeline import Workers, small_workload, wait_until_exact
 from tests.support.schema_registry import Registry, serve_registry

@@ -28,9 +28,10 @@ from meterline.schemas.codecs import (
     encode_long,
     layout_of,
 )
+from meterline.schemas.datums import aggregate_to_avro, event_to_avro
 from meterline.schemas.errors import MalformedRecordError
 from meterline.schemas.records import UsageEvent, WindowAggregate
-from meterline.schemas.serde import AvroSerde, DecodedUsage, aggregate_to_avro, event_to_avro
+from meterline.schemas.serde import AvroSerde, DecodedUsage
 from meterline.sinks.clickhouse.rows import AGGREGATE_COLUMNS, REVISION_COLUMNS
 from tests.support.events import EVENT, events
 

@@ -3,6 +3,7 @@ is handed, when it finishes, and that the consumer and the sink are closed howev
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -77,13 +78,17 @@ class RecordingSink:
 END_OF_PARTITION = KafkaError(KafkaError._PARTITION_EOF)
 
 
-def test_the_sink_is_handed_the_records_of_each_poll_quiet_polls_too_then_finishes() -> None:
+def test_the_sink_is_handed_the_records_of_each_poll_quiet_polls_too_then_finishes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     consumer = ScriptedConsumer([[Polled(0), Polled(-1, END_OF_PARTITION), Polled(1)], [], [Polled(2)]])
     sink = RecordingSink(polls_until_stop=3)
-    consume.run(consumer, sink, sink.should_stop)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO):
+        consume.run(consumer, sink, sink.should_stop)  # type: ignore[arg-type]
     assert consumer.subscribed == ["usage.aggregates"]
     assert sink.taken == [[0, 1], [], [2]]
     assert sink.finished and sink.closed and consumer.closed
+    assert ("meterline.sink.test", "stopped -") in [(r.name, r.getMessage()) for r in caplog.records]
 
 
 def test_a_consumer_error_stops_the_run_unfinished_with_both_closed() -> None:
