@@ -235,14 +235,30 @@ class RunConfig:
         return bool(self.dashboard_token or self.dashboard_password)
 
 
+Aggregation = Literal["sum", "count", "max"]
+AGGREGATIONS: tuple[Aggregation, ...] = ("sum", "count", "max")
+"""How a meter's events make its period's answer (streams.windows.fold and combine): `sum` of the
+quantities, `count` of the events, `max`: the highest quantity reported (peak seats)."""
+
+Reset = Literal["calendar_month"]
+RESETS: tuple[Reset, ...] = ("calendar_month",)
+"""Where a meter's period starts afresh: the UTC calendar month."""
+
+
 @dataclass(frozen=True)
 class MeterConfig:
     name: str
     unit: str
-    aggregation: Literal["sum", "count"]
+    aggregation: Aggregation
     stripe_event_name: str
     billable: Mapping[str, tuple[str, ...]]
     """attribute -> glob patterns; an event is billable when every attribute matches one pattern."""
+    reset: Reset = "calendar_month"
+
+    @property
+    def additive(self) -> bool:
+        """Whether the period's answer is the sum of its windows' values (sum, count)."""
+        return self.aggregation in ("sum", "count")
 
 
 @dataclass(frozen=True)
@@ -339,3 +355,9 @@ class Config:
     @property
     def meter_units(self) -> dict[str, str]:
         return {name: meter.unit for name, meter in self.meters.items()}
+
+    @property
+    def peak_meters(self) -> tuple[str, ...]:
+        """The meters whose period answer is their highest window value (`max`), not the sum of
+        their windows: what every query of usage_windows is told."""
+        return tuple(name for name, meter in self.meters.items() if meter.aggregation == "max")

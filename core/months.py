@@ -29,6 +29,12 @@ def monthly_period(anchor: int, target: int) -> tuple[int, int]:
     return add_months(anchor, k), add_months(anchor, k + 1)
 
 
+def calendar_month(epoch_ms: int) -> tuple[int, int]:
+    """The UTC calendar month [start, end) holding `epoch_ms`, in epoch ms."""
+    start, end = monthly_period(0, epoch_ms // 1000)  # the epoch falls on the 1st at midnight
+    return start * 1000, end * 1000
+
+
 def anchor_of(start: int, end: int) -> int:
     """An anchor of the monthly period [start, end): the boundary whose day was not clamped (a
     period Feb 28 to Mar 31 is anchored on the 31st; one Nov 15 to Dec 15 on the 15th)."""

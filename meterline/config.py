@@ -168,5 +168,6 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
         history=plan_history(s, s.get("history", dict, {}), plans),
     )
     s.finish()
-    alerts = build_alerts(raw, plans, problems)
+    peaks = [name for name, meter in meters.items() if meter.aggregation == "max"]
+    alerts = build_alerts(raw, plans, peaks, problems)
     return Config(**built, meters=meters, plans=plans, billing=billing, alerts=alerts, source=source)

@@ -4,7 +4,7 @@ the rate card (a share of the included quantity needs a price that includes some
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -17,8 +17,12 @@ RULE_KEYS = ("included", "spend", "projected_overage")
 
 
 def build_alerts(
-    raw: Mapping[str, Any], plans: Mapping[str, Plan], problems: list[ConfigProblem]
+    raw: Mapping[str, Any],
+    plans: Mapping[str, Plan],
+    peaks: Sequence[str],
+    problems: list[ConfigProblem],
 ) -> AlertsConfig:
+    """`peaks`: the `max` meters, whose answer does not grow with time (nothing to project)."""
     s = Section(raw, "alerts", problems)
     alerts = AlertsConfig(
         every_seconds=s.get("every_seconds", int, 60, at_least(1)),
@@ -41,14 +45,14 @@ def build_alerts(
             )
             continue
         for meter, rule in sorted(meters.items()):
-            found = _rule(s, f"rules.{plan_name}.{meter}", plan, meter, rule)
+            found = _rule(s, f"rules.{plan_name}.{meter}", plan, meter, rule, meter in peaks)
             if found is not None:
                 rules.append(found)
     s.finish()
     return AlertsConfig(alerts.every_seconds, alerts.endpoint, alerts.signing_secret, tuple(rules))
 
 
-def _rule(s: Section, where: str, plan: Plan, meter: str, rule: Any) -> AlertRule | None:
+def _rule(s: Section, where: str, plan: Plan, meter: str, rule: Any, peak: bool) -> AlertRule | None:
     price = plan.prices.get(meter)
     if price is None or not isinstance(rule, dict):
         s.problem(
@@ -65,6 +69,13 @@ def _rule(s: Section, where: str, plan: Plan, meter: str, rule: Any) -> AlertRul
     projected = rule.get("projected_overage", False)
     if not isinstance(projected, bool):
         s.problem(f"{where}.projected_overage", projected, "must be true or false")
+        projected = False
+    if projected and peak:
+        s.problem(
+            f"{where}.projected_overage",
+            projected,
+            f"{meter} bills its peak, which the rate so far does not project: alert on included shares",
+        )
         projected = False
     if (shares or projected) and not price.included:
         s.problem(where, rule, f"{meter} on plan {plan.name!r} includes nothing: no share of it to cross")

@@ -18,7 +18,7 @@ from meterline.config_checks import (
     money,
     unit_check,
 )
-from meterline.core.config import ConfigProblem, MeterConfig
+from meterline.core.config import AGGREGATIONS, RESETS, Aggregation, ConfigProblem, MeterConfig, Reset
 from meterline.core.currencies import Currency, currency
 from meterline.core.ratecard import MeterPrice, Plan, Rounding, Tier
 from meterline.sinks.stripe.catalog.prices import (
@@ -217,16 +217,67 @@ def build_meters(raw: Any, problems: list[ConfigProblem]) -> dict[str, MeterConf
         s = Section({name: table}, name, problems)
         s.name = f"meters.{name}"
         unit = s.get("unit", str, "", lambda v: None if v else "every meter needs a unit (call, byte, ...)")
-        aggregation = s.get(
-            "aggregation", str, "sum", lambda v: None if v in ("sum", "count") else "must be sum or count"
-        )
+        aggregation = s.get("aggregation", str, "sum", _aggregation_check)
         event_name = s.get("stripe_event_name", str, name, _event_name_check)
         billable = _billable(s.get("billable", dict, {}), s)
+        reset = s.get("reset", str, "calendar_month", _reset_check)
         s.finish()
         meters[name] = MeterConfig(
-            name, unit, cast(Literal["sum", "count"], aggregation), event_name, billable
+            name,
+            unit,
+            cast(Aggregation, aggregation),
+            event_name,
+            billable,
+            cast(Reset, reset),
         )
+    _one_stripe_meter_each(meters, problems)
     return meters
+
+
+def _aggregation_check(value: str) -> str | None:
+    if value in AGGREGATIONS:
+        return None
+    if value in NOT_YET_METERED:
+        return f"is not metered yet ({NOT_YET_METERED[value]}); meterline meters {', '.join(AGGREGATIONS)}"
+    return f"must be one of {', '.join(AGGREGATIONS)}"
+
+
+NOT_YET_METERED = {
+    "last": "the level at the period's end",
+    "unique_count": "distinct values of an attribute",
+    "time_weighted": "a level integrated over time",
+}
+"""Aggregations rate cards use that meterline does not meter yet: named, so that a rate card asking
+for one is told so rather than that the word is unknown."""
+
+
+def _reset_check(value: str) -> str | None:
+    if value in RESETS:
+        return None
+    if value == "billing_period":
+        return (
+            'is not metered yet: periods are UTC calendar months (reset = "calendar_month"), which '
+            "Stripe bills exactly when subscriptions renew on the 1st (billing_cycle_anchor)"
+        )
+    return f"must be one of {', '.join(RESETS)}"
+
+
+def _one_stripe_meter_each(meters: Mapping[str, MeterConfig], problems: list[ConfigProblem]) -> None:
+    """Two meters reporting under one Stripe event name would bill into one Stripe meter: the
+    customer would pay for each meter's usage at the other's price too."""
+    by_event: dict[str, list[str]] = {}
+    for meter in meters.values():
+        by_event.setdefault(meter.stripe_event_name, []).append(meter.name)
+    for event_name, names in by_event.items():
+        if len(names) > 1:
+            problems.append(
+                ConfigProblem(
+                    f"meters.{names[1]}.stripe_event_name",
+                    event_name,
+                    f"meters {' and '.join(names)} would report into one Stripe meter: each meter needs "
+                    "its own stripe_event_name",
+                )
+            )
 
 
 def _billable(table: dict[str, Any], s: Section) -> dict[str, tuple[str, ...]]:

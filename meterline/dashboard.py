@@ -13,6 +13,7 @@ import base64
 import hashlib
 import html
 import time
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -26,6 +27,7 @@ from meterline.reconciler.billing.periods import projected_usage, resolve
 from meterline.reconciler.billing.plan_history import invoice_over, period_invoice
 from meterline.reconciler.billing.pricing import Invoice, billed_quantity
 from meterline.sinks.clickhouse.usage_windows import Grain, by_bucket
+from meterline.streams.windows import combine
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -39,12 +41,12 @@ def allowance(price: MeterPrice, base_units: int) -> tuple[Decimal, Decimal, Dec
 
 
 def series(
-    client: Client, customer: str, start_ms: int, end_ms: int, grain: Grain
+    client: Client, customer: str, start_ms: int, end_ms: int, grain: Grain, peaks: Sequence[str]
 ) -> dict[str, list[tuple[int, int]]]:
-    """meter -> [(bucket start ms, total)], buckets with usage only, in time order."""
+    """meter -> [(bucket start ms, the bucket's answer)], buckets with usage only, in time order."""
     return {
         meter: [(t, value) for t, value, _ in buckets]
-        for meter, buckets in by_bucket(client, customer, start_ms, end_ms, grain).items()
+        for meter, buckets in by_bucket(client, customer, start_ms, end_ms, grain, peaks=peaks).items()
     }
 
 
@@ -65,10 +67,15 @@ def document(
     # part's included units are the ones left to use, and the rate so far projects that part only.
     split, usages, so_far = period_invoice(config, client, customer, start, end)
     current, current_usage = split[-1], usages[-1]
-    projected_usages = [*usages[:-1], projected_usage(current_usage, current.start_ms, end, as_of_ms)]
+    peaks = config.peak_meters
+    projected = projected_usage(current_usage, current.start_ms, end, as_of_ms, peaks)
+    projected_usages = [*usages[:-1], projected]
     plan = current.plan
-    by_meter = series(client, customer, start, end, grain)
-    usage = {meter: sum(v for _, v in points) for meter, points in by_meter.items()}
+    by_meter = series(client, customer, start, end, grain, peaks)
+    usage = {
+        meter: combine("max" if meter in peaks else "sum", (v for _, v in points))
+        for meter, points in by_meter.items()
+    }
     meters = []
     for name, meter in config.meters.items():
         price = plan.prices.get(name)

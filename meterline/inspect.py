@@ -23,7 +23,7 @@ from meterline.core.config import Config
 from meterline.core.kafka import Kafka, at_end, consumer_from_beginning
 from meterline.schemas.serde import AvroSerde
 from meterline.streams.judge import Judge
-from meterline.streams.windows import event_value
+from meterline.streams.windows import fold
 from meterline.table import render
 
 _QUIET_S = 2.0
@@ -161,8 +161,11 @@ def _consume(
                         continue
                     seen.add((partition, event.event_id))
                     if billable:
-                        value = event_value(config.meters[event.meter].aggregation, event.quantity)
-                        summary.billable_totals[(event.customer_id, event.meter)] += value
+                        pair = (event.customer_id, event.meter)
+                        aggregation = config.meters[event.meter].aggregation
+                        summary.billable_totals[pair] = fold(
+                            aggregation, summary.billable_totals[pair], event.quantity
+                        )
                     else:
                         summary.non_billable += 1
         if progress is not None and time.monotonic() - last_progress > 1:

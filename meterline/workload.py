@@ -20,7 +20,7 @@ from meterline.core.config import MeterConfig
 from meterline.schemas.errors import RejectReason
 from meterline.schemas.records import UsageEvent
 from meterline.streams.billable import BillableFilter
-from meterline.streams.windows import DAY_MS, event_value, window_start
+from meterline.streams.windows import DAY_MS, fold, window_start
 
 _DUPLICATE_HORIZON_MS = 5 * 60_000  # a retry arrives soon after its original, well inside dedup retention
 _OUT_OF_ORDER_MS = 5_000  # displacement inside the grace period
@@ -216,7 +216,7 @@ def generate(
         if verdict:
             key = (event.customer_id, event.meter, window_start(timestamp, window_ms))
             total = totals.setdefault(key, [0, 0])
-            total[0] += event_value(meters[event.meter].aggregation, event.quantity)
+            total[0] = fold(meters[event.meter].aggregation, total[0], event.quantity)
             total[1] += 1
         else:
             expected.non_billable += 1

@@ -53,7 +53,7 @@ from meterline.streams.windows import (
     DAY_MS,
     closing_limit,
     earliest_held,
-    event_value,
+    fold,
     forget_dedup_at,
     forget_window_at,
     window_end,
@@ -87,7 +87,7 @@ class WindowRules:
     """How long past its end a closed window is kept for corrections: the maximum lateness plus the
     clock skew and a day of margin, after which no event can be accepted for it."""
     aggregations: Mapping[str, str]
-    """meter -> its aggregation, `sum` or `count` (see streams.windows.event_value)."""
+    """meter -> its aggregation, `sum`, `count` or `max` (see streams.windows.fold)."""
 
 
 @dataclass
@@ -205,7 +205,7 @@ class PartitionProcessor:
                 self.stats.duplicates += 1
                 continue
             ids.add(event.event_id)
-            state.value += event_value(aggregations[event.meter], event.quantity)
+            state.value = fold(aggregations[event.meter], state.value, event.quantity)
             state.event_count += 1
             counted += 1
             if first_touch:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 DAY_MS = 86_400_000
 
 
@@ -49,6 +51,21 @@ def earliest_held(watermark_ms: int, forget_after_ms: int, size_ms: int) -> int:
     return window_start(watermark_ms - forget_after_ms, size_ms)
 
 
-def event_value(aggregation: str, quantity: int) -> int:
-    """What one event adds to its window: its quantity for a `sum` meter, 1 for a `count` meter."""
-    return quantity if aggregation == "sum" else 1
+ADDITIVE = ("sum", "count")
+"""Aggregations whose period answer is the sum of its windows' values (and of partitions' partials)."""
+
+
+def fold(aggregation: str, value: int, quantity: int) -> int:
+    """A window's value with one more event counted: the quantity added for a `sum` meter, one for
+    a `count` meter, the higher of the two for a `max` meter (its peak)."""
+    if aggregation == "sum":
+        return value + quantity
+    if aggregation == "count":
+        return value + 1
+    return value if value >= quantity else quantity
+
+
+def combine(aggregation: str, values: Iterable[int]) -> int:
+    """A period's answer from its windows' values (of every source partition): their sum for the
+    additive meters, their highest for `max`; 0 for a period without windows."""
+    return sum(values) if aggregation in ADDITIVE else max(values, default=0)

@@ -105,7 +105,9 @@ class Alerter:
             if not wanted:
                 continue
             period = resolve(self.client, customer, "", now_ms)
-            usage = customer_usage(self.client, customer, period.start_ms, period.end_ms)
+            usage = customer_usage(
+                self.client, customer, period.start_ms, period.end_ms, peaks=self.config.peak_meters
+            )
             for rule in wanted:
                 found += crossed(
                     rule, plan, customer, (period.start_ms, period.end_ms), usage.get(rule.meter, 0), now_ms

@@ -14,7 +14,7 @@ projected to its end here too (`projected_usage`).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
@@ -45,10 +45,13 @@ def period_bounds(period: str) -> tuple[int, int]:
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
 
 
-def projected_usage(usage: Mapping[str, int], start_ms: int, end_ms: int, now_ms: int) -> dict[str, int]:
+def projected_usage(
+    usage: Mapping[str, int], start_ms: int, end_ms: int, now_ms: int, peaks: Collection[str] = ()
+) -> dict[str, int]:
     """Usage at the end of the period if it goes on at the rate so far (whole base units, down).
 
-    A period that is over is what it was; one not begun projects nothing."""
+    A period that is over is what it was; one not begun projects nothing. A peak (`peaks`) does not
+    grow with time: it is projected as it stands."""
     if now_ms >= end_ms:
         return dict(usage)
     elapsed = now_ms - start_ms
@@ -56,7 +59,8 @@ def projected_usage(usage: Mapping[str, int], start_ms: int, end_ms: int, now_ms
         return {meter: 0 for meter in usage}
     scale = Decimal(end_ms - start_ms) / Decimal(elapsed)
     return {
-        meter: int((Decimal(units) * scale).to_integral_value(ROUND_FLOOR)) for meter, units in usage.items()
+        meter: units if meter in peaks else int((Decimal(units) * scale).to_integral_value(ROUND_FLOOR))
+        for meter, units in usage.items()
     }
 
 

@@ -183,7 +183,10 @@ def period_invoice(
     events, else the configuration), each part's usage from ClickHouse, and the invoice over them."""
     changes = changes_from_stripe(config, client, customer) or changes_from_config(config, customer)
     split = parts(config, changes, start_ms, end_ms)
-    usages = [customer_usage(client, customer, part.start_ms, part.end_ms) for part in split]
+    usages = [
+        customer_usage(client, customer, part.start_ms, part.end_ms, peaks=config.peak_meters)
+        for part in split
+    ]
     return split, usages, invoice_over(split, usages)
 
 

@@ -141,7 +141,9 @@ def query(config: Config, client: Client, customer: str, period: Period) -> Disp
     start, end = period.start_ms, period.end_ms
     hours = [
         HourUsage(meter, hour, quantity, corrected)
-        for meter, buckets in sorted(by_bucket(client, customer, start, end, "hour").items())
+        for meter, buckets in sorted(
+            by_bucket(client, customer, start, end, "hour", peaks=config.peak_meters).items()
+        )
         for hour, quantity, corrected in buckets
     ]
     carriers = [Carrier(*report) for report in reports_of(client, customer, start, end)]

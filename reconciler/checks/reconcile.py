@@ -100,7 +100,8 @@ def reconcile(
         start, end, period = chosen.start_ms, chosen.end_ms, chosen.label
     result = Reconciliation(uuid.uuid4().hex[:12], period, threshold)
     # 1. Ours.
-    ours = usage_windows.totals(client, start, end, customer, meter)
+    peaks = config.peak_meters
+    ours = usage_windows.totals(client, start, end, customer, meter, peaks=peaks)
     customers = sorted({c for c, _ in ours} | ({customer} if customer else set()))
     meters = [meter] if meter else list(config.meters)
     # 2. Stripe's.
@@ -112,21 +113,18 @@ def reconcile(
             theirs[(who, what)] = sum(summaries.values())
             if summaries and not stripe.per_window:  # totals per billing period: ours over the same
                 ours[(who, what)] = sum(
-                    usage_windows.totals(client, low, high, who, what).get((who, what), 0)
+                    usage_windows.totals(client, low, high, who, what, peaks=peaks).get((who, what), 0)
                     for low, high in summaries
                 )
         if progress:
             progress(n, len(customers))
     result.pairs = compare(ours, {k: v for k, v in theirs.items() if v})
     # 3. The hours of what drifts.
-    if stripe.per_window:
-        for pair in result.drifting:
+    if stripe.per_window:  # a peak has no hours that add up to it: its period answer was compared
+        for pair in (p for p in result.drifting if p.key[1] not in peaks):
             who, what = pair.key
-            our_hours = {
-                t: v
-                for t, v, _ in usage_windows.by_bucket(client, who, start, end, "hour", what).get(what, [])
-                if v
-            }
+            hours = usage_windows.by_bucket(client, who, start, end, "hour", what, peaks=peaks)
+            our_hours = {t: v for t, v, _ in hours.get(what, []) if v}
             their_hours = stripe.by_hour(who, what, start, end)
             result.hours += differing(
                 compare(

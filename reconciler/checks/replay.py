@@ -73,7 +73,9 @@ def clickhouse_differences(
 ) -> list[Difference[WindowId]]:
     ours: dict[WindowId, int] = {}
     for (c, m, w, _), (value, _) in stored.items():
-        ours[(c, m, w)] = ours.get((c, m, w), 0) + value
+        ours[(c, m, w)] = (
+            max(ours.get((c, m, w), 0), value) if m in rederived.peaks else ours.get((c, m, w), 0) + value
+        )
     return [d for d in compare({k: v for k, v in ours.items() if v}, rederived.windows()) if d.drift]
 
 
@@ -104,9 +106,14 @@ def repairs(
         value, count = rederived.by_partition.get(key, (0, 0))
         stored_value, stored_revision = stored.get(key, (0, -1))
         sent, reported_revision, _ = reported.get(key, (0, -1, 0))
-        delta = value - sent + missing.pop((customer, meter, window_start), 0)  # once, on the first
-        if stored_value == value and delta == 0:
-            continue
+        if meter in rederived.peaks:  # Stripe has the month's peak, not the window's (sinks.stripe.peaks)
+            delta = value - stored_value
+            if delta == 0:
+                continue
+        else:
+            delta = value - sent + missing.pop((customer, meter, window_start), 0)  # once, on the first
+            if stored_value == value and delta == 0:
+                continue
         fixes.append(
             WindowAggregate(
                 customer_id=customer,
@@ -128,10 +135,12 @@ def stripe_differences(
     rederived: Rederived, totals: TotalsReader, start_ms: int, end_ms: int
 ) -> list[Difference[tuple[str, str]]]:
     """Per customer and meter of the range, Stripe's own total against the re-derived one: the
-    pairs that differ."""
+    pairs that differ. Not the `max` meters: a range's peak is not what Stripe sums over it
+    (contributions to a month's peak); reconcile compares their months."""
     pairs: dict[tuple[str, str], int] = {}
     for (customer, meter, _), value in rederived.windows().items():
-        pairs[(customer, meter)] = pairs.get((customer, meter), 0) + value
+        if meter not in rederived.peaks:
+            pairs[(customer, meter)] = pairs.get((customer, meter), 0) + value
     theirs = {pair: totals.total(*pair, start_ms, end_ms) for pair in pairs}
     return [d for d in compare({k: v for k, v in theirs.items() if v}, pairs) if d.drift]
 

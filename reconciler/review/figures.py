@@ -6,7 +6,7 @@ them); this module holds the records and the arithmetic, pure, so that a test ch
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -103,22 +103,26 @@ class Fit:
     far_below: tuple[str, ...]
 
 
-def crossing_day(daily: Sequence[tuple[int, int]], price: MeterPrice) -> int | None:
+def crossing_day(daily: Sequence[tuple[int, int]], price: MeterPrice, peak: bool = False) -> int | None:
     """The first day (of the month, from 1) on which the month's usage so far, in billed units,
-    exceeds the included quantity: the day overage began. `daily` is (day, base units)."""
+    exceeds the included quantity: the day overage began. `daily` is (day, base units): each day's
+    sum, or with `peak` each day's peak (the month's so far is then the highest of them)."""
     used = 0
     for day, quantity in sorted(daily):
-        used += quantity
+        used = max(used, quantity) if peak else used + quantity
         if billed_quantity(price, used) > price.included:
             return day
     return None
 
 
 def fits(
-    plans: Mapping[str, Plan], daily: Mapping[tuple[str, str], Sequence[tuple[int, int]]]
+    plans: Mapping[str, Plan],
+    daily: Mapping[tuple[str, str], Sequence[tuple[int, int]]],
+    peaks: Collection[str] = (),
 ) -> tuple[Fit, ...]:
     """Per plan and meter with an included quantity: who crossed it and when, who stayed far below.
-    `plans` is each customer's plan; `daily` each (customer, meter)'s usage per day of the month."""
+    `plans` is each customer's plan; `daily` each (customer, meter)'s usage per day of the month;
+    `peaks` the meters billed by their peak."""
     found: dict[tuple[str, str], tuple[MeterPrice, list[tuple[str, int]], list[str], set[str]]] = {}
     for (customer, meter), days in sorted(daily.items()):
         plan = plans[customer]
@@ -127,10 +131,13 @@ def fits(
             continue
         _, crossed, far_below, customers = found.setdefault((plan.name, meter), (price, [], [], set()))
         customers.add(customer)
-        day = crossing_day(days, price)
+        peak = meter in peaks
+        day = crossing_day(days, price, peak)
         if day is not None:
             crossed.append((customer, day))
-        elif billed_quantity(price, sum(q for _, q in days)) < price.included * FAR_BELOW:
+        elif billed_quantity(price, max(q for _, q in days) if peak else sum(q for _, q in days)) < (
+            price.included * FAR_BELOW
+        ):
             far_below.append(customer)
     return tuple(
         Fit(plan, meter, price.included, len(customers), tuple(crossed), tuple(far_below))

@@ -3,11 +3,14 @@
 review, the usage alerts and the dashboard start from them. One home for the table's SQL; its
 writer is sinks.clickhouse.sink.
 
-Every span is [start, end) in epoch ms of `window_start`; `customer` and `meter` narrow it.
+Every span is [start, end) in epoch ms of `window_start`; `customer` and `meter` narrow it. Windows
+make a span's answer as their meter's aggregation says (streams.windows.combine): summed, or for
+the `peaks` (`max` meters, Config.peak_meters) their highest value, partitions' partials alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 from meterline.sinks.clickhouse.queries import in_span, narrowed
@@ -17,40 +20,69 @@ if TYPE_CHECKING:
 
 Grain = Literal["hour", "day"]
 _BUCKET = {"hour": "toStartOfHour", "day": "toStartOfDay"}
+ANSWER = "if(has(%(peaks)s, meter), max(value), sum(value))"
+"""A group of window rows of one meter as its answer: the peak of a `max` meter, else the sum."""
 
 
 def totals(
-    client: Client, start_ms: int, end_ms: int, customer: str | None = None, meter: str | None = None
+    client: Client,
+    start_ms: int,
+    end_ms: int,
+    customer: str | None = None,
+    meter: str | None = None,
+    *,
+    peaks: Sequence[str],
 ) -> dict[tuple[str, str], int]:
-    """(customer, meter) -> total in the meter's base unit; pairs without usage left out."""
+    """(customer, meter) -> the span's answer in the meter's base unit; pairs without usage left out."""
     rows = client.query(
-        f"SELECT customer_id, meter, sum(value) FROM usage_windows FINAL WHERE {in_span()}"
+        f"SELECT customer_id, meter, {ANSWER} FROM usage_windows FINAL WHERE {in_span()}"
         f"{narrowed(customer, meter)} GROUP BY customer_id, meter",
-        parameters={"start": start_ms, "end": end_ms, "customer": customer, "meter": meter},
+        parameters={
+            "start": start_ms,
+            "end": end_ms,
+            "customer": customer,
+            "meter": meter,
+            "peaks": list(peaks),
+        },
     ).result_rows
     return {(str(c), str(m)): int(v) for c, m, v in rows if v}
 
 
-def customer_usage(client: Client, customer: str, start_ms: int, end_ms: int) -> dict[str, int]:
-    """meter -> the customer's total in its base unit (every meter with windows in the span)."""
+def customer_usage(
+    client: Client, customer: str, start_ms: int, end_ms: int, *, peaks: Sequence[str]
+) -> dict[str, int]:
+    """meter -> the customer's answer in its base unit (every meter with windows in the span)."""
     rows = client.query(
-        "SELECT meter, sum(value) FROM usage_windows FINAL WHERE customer_id = %(customer)s "
+        f"SELECT meter, {ANSWER} FROM usage_windows FINAL WHERE customer_id = %(customer)s "
         f"AND {in_span()} GROUP BY meter",
-        parameters={"customer": customer, "start": start_ms, "end": end_ms},
+        parameters={"customer": customer, "start": start_ms, "end": end_ms, "peaks": list(peaks)},
     ).result_rows
     return {str(meter): int(total) for meter, total in rows}
 
 
 def by_bucket(
-    client: Client, customer: str, start_ms: int, end_ms: int, grain: Grain, meter: str | None = None
+    client: Client,
+    customer: str,
+    start_ms: int,
+    end_ms: int,
+    grain: Grain,
+    meter: str | None = None,
+    *,
+    peaks: Sequence[str],
 ) -> dict[str, list[tuple[int, int, int]]]:
-    """meter -> [(bucket start ms, total, corrected windows)], buckets with windows only, in time
-    order."""
+    """meter -> [(bucket start ms, the bucket's answer, corrected windows)], buckets with windows
+    only, in time order."""
     rows = client.query(
-        f"SELECT meter, toUnixTimestamp({_BUCKET[grain]}(window_start)) * 1000 AS t, sum(value), "
+        f"SELECT meter, toUnixTimestamp({_BUCKET[grain]}(window_start)) * 1000 AS t, {ANSWER}, "
         f"countIf(revision > 0) FROM usage_windows FINAL WHERE {in_span()}{narrowed(customer, meter)} "
         "GROUP BY meter, t ORDER BY meter, t",
-        parameters={"customer": customer, "start": start_ms, "end": end_ms, "meter": meter},
+        parameters={
+            "customer": customer,
+            "start": start_ms,
+            "end": end_ms,
+            "meter": meter,
+            "peaks": list(peaks),
+        },
     ).result_rows
     found: dict[str, list[tuple[int, int, int]]] = {}
     for m, t, value, corrected in rows:
@@ -59,13 +91,13 @@ def by_bucket(
 
 
 def by_day_of_month(
-    client: Client, start_ms: int, end_ms: int
+    client: Client, start_ms: int, end_ms: int, *, peaks: Sequence[str]
 ) -> dict[tuple[str, str], list[tuple[int, int]]]:
-    """(customer, meter) -> [(day of the month, total)], in day order."""
+    """(customer, meter) -> [(day of the month, the day's answer)], in day order."""
     rows = client.query(
-        "SELECT customer_id, meter, toDayOfMonth(window_start) AS day, sum(value) FROM usage_windows FINAL "
+        f"SELECT customer_id, meter, toDayOfMonth(window_start) AS day, {ANSWER} FROM usage_windows FINAL "
         f"WHERE {in_span()} GROUP BY customer_id, meter, day ORDER BY customer_id, meter, day",
-        parameters={"start": start_ms, "end": end_ms},
+        parameters={"start": start_ms, "end": end_ms, "peaks": list(peaks)},
     ).result_rows
     daily: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for customer, meter, day, quantity in rows:

@@ -11,7 +11,7 @@ import base64
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from meterline.schemas.records import AggregateIdentity, WindowAggregate
 from meterline.sinks.clickhouse.queries import in_span, narrowed
@@ -48,6 +48,17 @@ HELD = (
 """The revisions the ledger holds the record of: those waiting, and those taken up since whose report
 is in flight (a crash then leaves them pending, and they are taken up again). None waits past 35
 days (Stripe's limit), so a look reads the last two months' partitions only."""
+
+
+class Entry(NamedTuple):
+    """A ledger row to append."""
+
+    aggregate: WindowAggregate
+    stripe_customer: str
+    stripe_event_name: str
+    outcome: Outcome
+    value: int | None = None
+    """What Stripe was sent for the revision (a peak's contribution); None: its delta."""
 
 
 @dataclass(frozen=True)
@@ -137,13 +148,37 @@ class Ledger:
         ).result_rows
         return [Consumed(base64.b64decode(record), int(p), int(o)) for record, p, o in rows]
 
+    def values(self, identities: Iterable[AggregateIdentity]) -> dict[AggregateIdentity, int]:
+        """What the ledger says each of these revisions sends (or sent) to Stripe."""
+        wanted = [tuple(i) for i in identities]
+        if not wanted:
+            return {}
+        rows = self.client.query(
+            "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, revision, "
+            "value FROM stripe_reports FINAL WHERE "
+            "(customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, revision) "
+            "IN %(wanted)s",
+            parameters={"wanted": wanted},
+        ).result_rows
+        return {AggregateIdentity(c, m, int(w), int(p), int(r)): int(v) for c, m, w, p, r, v in rows}
+
+    def reported_in(self, customer: str, meter: str, start_ms: int, end_ms: int) -> int:
+        """The sum of what was sent, or is being sent, for a customer's meter over windows starting
+        in [start, end): every partition, every revision not refused or waiting."""
+        rows = self.client.query(
+            "SELECT sum(value) FROM stripe_reports FINAL WHERE status IN ('pending', 'sent', 'confirmed') "
+            f"AND {in_span()}{narrowed(customer, meter)}",
+            parameters={"customer": customer, "meter": meter, "start": start_ms, "end": end_ms},
+        ).result_rows
+        return int(rows[0][0] or 0) if rows else 0
+
     def record(
         self,
-        entries: Sequence[tuple[WindowAggregate, str, str, Outcome]],
+        entries: Sequence[Entry | tuple[WindowAggregate, str, str, Outcome]],
         held: Sequence[Consumed | None] | None = None,
     ) -> None:
-        """Append (aggregate, Stripe customer, Stripe event name, outcome) rows; `held`, row by row,
-        the record a row keeps (waiting ones, and pending ones taken up from the ledger)."""
+        """Append rows, one per entry; `held`, row by row, the record a row keeps (waiting ones, and
+        pending ones taken up from the ledger)."""
         if not entries:
             return
         # A later write must win even within the same millisecond: versions only grow.
@@ -159,7 +194,7 @@ class Ledger:
                 self.mode,
                 stripe_customer,
                 event_name,
-                a.delta,
+                a.delta if value is None else value,
                 str(outcome.status),
                 outcome.attempts,
                 outcome.error_code,
@@ -167,7 +202,7 @@ class Ledger:
                 outcome.request_id,
                 now,
             ]
-            for a, stripe_customer, event_name, outcome in entries
+            for a, stripe_customer, event_name, outcome, value in map(lambda e: Entry(*e), entries)
         ]
         columns = list(COLUMNS)
         if held is not None:

@@ -83,6 +83,8 @@ class Report:
     sets_total: bool = False
     """usage_records mode: `action=set` to the window's total at its timestamp instead of an
     increment by the delta (how a negative correction lowers usage)."""
+    contribution: int | None = None
+    """A `max` meter's revision: what it adds to its period's peak as reported (sinks.stripe.peaks)."""
 
     @property
     def identifier(self) -> str:
@@ -90,8 +92,11 @@ class Report:
 
     @property
     def value(self) -> int:
-        """What Stripe adds: the revision's delta (revision 0's delta is its whole value); with
-        `sets_total`, what Stripe sets the window's timestamp to: its total."""
+        """What Stripe adds: the revision's delta (revision 0's delta is its whole value), or a
+        peak's contribution; with `sets_total`, what Stripe sets the window's timestamp to: its
+        total."""
+        if self.contribution is not None:
+            return self.contribution
         return self.aggregate.value if self.sets_total else self.aggregate.delta
 
     @property
@@ -122,6 +127,23 @@ def customer_wait_until(window_start_ms: int, window_end_ms: int, stripe: Stripe
     start = datetime.fromtimestamp(window_start_ms / 1000, UTC)
     month_end = datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=UTC)
     return int(month_end.timestamp()) * 1000 + stripe.invoice_grace_hours * HOUR_MS
+
+
+def customer_unknown(aggregate: WindowAggregate, stripe: StripeConfig, now_ms: int) -> Outcome:
+    """What becomes of a revision whose customer Stripe does not know yet (search lags a new one
+    by up to an hour): it waits until its horizon (`customer_wait_until`), then it is refused."""
+    until = customer_wait_until(aggregate.window_start, aggregate.window_end, stripe)
+    at = f"{datetime.fromtimestamp(until / 1000, UTC):%Y-%m-%d %H:%M} UTC"
+    where = (
+        "stripe.customers, a customer.created webhook, `meterline stripe customers --import`, or "
+        f"metadata {stripe.customer_metadata_key}"
+    )
+    if now_ms >= until:
+        detail = f"no Stripe customer for {aggregate.customer_id!r} by {at}, when its invoice could no "
+        detail += f"longer take the window ({where})"
+        return Outcome(Status.FAILED, 0, str(Reason.UNKNOWN_CUSTOMER), detail)
+    detail = f"no Stripe customer for {aggregate.customer_id!r} yet ({where}); waits until {at}"
+    return Outcome(Status.WAITING, 0, str(Status.WAITING), detail)
 
 
 def too_old(aggregate: WindowAggregate, now_s: float | None = None) -> bool:

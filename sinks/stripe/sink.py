@@ -10,7 +10,8 @@ Per batch of consumed aggregates, in this order:
    customers known since, before its own, and refuses as `unknown_customer` those whose horizon
    passed (`customer_wait_until`).
 2. Read the ledger: a revision already sent, confirmed or failed (before a crash or a rebalance)
-   is not reported again. One still `pending` from before (its answer lost) whose revision closed
+   is not reported again. A `max` meter's revision is given what it adds to its period's peak
+   (sinks.stripe.peaks). One still `pending` from before (its answer lost) whose revision closed
    more than `stripe.resend_check_after_hours` ago may be one Stripe has forgotten the
    identifier of: Stripe's totals decide whether it landed (sinks.stripe.landed); only what did
    not is sent again.
@@ -34,7 +35,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -50,13 +50,15 @@ from meterline.sinks import consume
 from meterline.sinks.stripe.calls import Caller
 from meterline.sinks.stripe.directory import Directory
 from meterline.sinks.stripe.landed import LostReports
-from meterline.sinks.stripe.ledger import Consumed, Ledger, Waiting
+from meterline.sinks.stripe.ledger import Consumed, Entry, Ledger, Waiting
 from meterline.sinks.stripe.modes import Refusal, ReportingMode
+from meterline.sinks.stripe.peaks import Peaks
 from meterline.sinks.stripe.report import (
     Outcome,
     Reason,
     Report,
     Status,
+    customer_unknown,
     customer_wait_until,
     identifier,
     too_old,
@@ -130,6 +132,7 @@ class StripeSink:
         self._waiting: dict[str, Waiting] = {}
         self._waiting_looked_at = self._waiting_read_at = float("-inf")
         self._lost = LostReports(config, caller, ledger)
+        self._peaks = Peaks(ledger, config.peak_meters)
         self._consumer = consumer
         self._dlq = dead_letters
         self._assignment = Assignment(self.name)
@@ -202,6 +205,7 @@ class StripeSink:
             i for i in items if not (i.aggregate.identity in settled and settled[i.aggregate.identity].done)
         ]
         self.stats.already_settled += len(items) - len(todo)
+        todo = self._with_contributions(todo, settled)
         decided = self._decide_lost(todo, settled)
         # 3. Pending, before any call.
         to_call = [i for i in todo if i.report is not None and i.report.identifier not in decided]
@@ -281,6 +285,16 @@ class StripeSink:
         self.stats.released += len(released)
         return released
 
+    def _with_contributions(self, todo: list[_Item], settled: dict[AggregateIdentity, Status]) -> list[_Item]:
+        """Step 2, for the `max` meters: each revision sends what it adds to its period's peak."""
+        decided = self._peaks.contributions([i.report for i in todo if i.report is not None], settled)
+        return [
+            replace(i, report=decided[i.report.identifier])
+            if i.report is not None and i.report.identifier in decided
+            else i
+            for i in todo
+        ]
+
     def _decide_lost(self, todo: list[_Item], settled: dict[AggregateIdentity, Status]) -> dict[str, Outcome]:
         """Step 2's second half: the pending reports Stripe may have forgotten the identifiers of,
         decided from its totals (identifier -> outcome); legacy usage records carry no identifier."""
@@ -309,27 +323,11 @@ class StripeSink:
             return self._refused(record, aggregate, Reason.TIMESTAMP_TOO_OLD, detail)
         stripe_customer = customers.get(aggregate.customer_id)
         if stripe_customer is None:
-            return self._unknown_customer(record, aggregate, now_ms)
+            return _Item(record, aggregate, None, customer_unknown(aggregate, self.config.stripe, now_ms))
         made = self.reporting.report(aggregate, stripe_customer, event_name)
         if isinstance(made, Refusal):
             return self._refused(record, aggregate, made.reason, made.detail)
         return _Item(record, aggregate, made, None)
-
-    def _unknown_customer(self, record: Consumed, aggregate: WindowAggregate, now_ms: int) -> _Item:
-        """Stripe does not know the customer yet (search lags a new one by up to an hour): the
-        revision waits, until its horizon; then it is refused."""
-        until = customer_wait_until(aggregate.window_start, aggregate.window_end, self.config.stripe)
-        at = f"{datetime.fromtimestamp(until / 1000, UTC):%Y-%m-%d %H:%M} UTC"
-        where = (
-            f"stripe.customers, a customer.created webhook, `meterline stripe customers --import`, or "
-            f"metadata {self.config.stripe.customer_metadata_key}"
-        )
-        if now_ms >= until:
-            detail = f"no Stripe customer for {aggregate.customer_id!r} by {at}, when its invoice could no "
-            detail += f"longer take the window ({where})"
-            return self._refused(record, aggregate, Reason.UNKNOWN_CUSTOMER, detail)
-        detail = f"no Stripe customer for {aggregate.customer_id!r} yet ({where}); waits until {at}"
-        return _Item(record, aggregate, None, Outcome(Status.WAITING, 0, str(Status.WAITING), detail))
 
     def _refuse_in_batch(self, items: list[_Item]) -> list[_Item]:
         refusals = self.reporting.refuse_in_batch([i.report for i in items if i.report is not None])
@@ -344,14 +342,11 @@ class StripeSink:
     def _refused(record: Consumed, aggregate: WindowAggregate, reason: Reason, detail: str) -> _Item:
         return _Item(record, aggregate, None, Outcome(Status.FAILED, 0, str(reason), detail))
 
-    def _entry(self, item: _Item, outcome: Outcome) -> tuple[WindowAggregate, str, str, Outcome]:
+    def _entry(self, item: _Item, outcome: Outcome) -> Entry:
         report = item.report
-        return (
-            item.aggregate,
-            report.stripe_customer if report else "",
-            report.stripe_event_name if report else "",
-            outcome,
-        )
+        if report is None:
+            return Entry(item.aggregate, "", "", outcome)
+        return Entry(item.aggregate, report.stripe_customer, report.stripe_event_name, outcome, report.value)
 
     def _count(self, outcome: Outcome) -> None:
         metrics.STRIPE_REPORTS.labels(str(outcome.status)).inc()
@@ -366,8 +361,8 @@ class StripeSink:
             self.stats.by_reason[outcome.error_code] = self.stats.by_reason.get(outcome.error_code, 0) + 1
 
     def _dead_letter(self, item: _Item, outcome: Outcome) -> None:
-        record = item.record
-        aggregate = item.aggregate
+        record, aggregate = item.record, item.aggregate
+        names = identifier(aggregate.identity)
         log.warning(
             "not billed: %s (%s); sent to %s",
             outcome.error_code,
@@ -377,20 +372,15 @@ class StripeSink:
                 customer=aggregate.customer_id,
                 meter=aggregate.meter,
                 window=aggregate.window_start,
-                identifier=identifier(aggregate.identity),
+                identifier=names,
             ),
         )
-        letter = DeadLetter(
-            outcome.error_code or str(Reason.REFUSED),
-            outcome.last_error,
-            self.config.topics.aggregates,
-            record.partition,
-            record.offset,
-            identifier=identifier(item.aggregate.identity),
-        )
+        code = outcome.error_code or str(Reason.REFUSED)
+        where = (self.config.topics.aggregates, record.partition, record.offset)
+        letter = DeadLetter(code, outcome.last_error, *where, identifier=names)
         self._dlq.produce(
             self.config.topics.stripe_dlq,
             record.value,
-            item.aggregate.customer_id.encode(),
+            aggregate.customer_id.encode(),
             headers=letter.headers(),
         )

@@ -233,3 +233,23 @@ def test_a_repair_from_stripe_s_totals_is_stable_once_applied() -> None:
     applied = {**reported, (*window, 0): (10 + fix.delta, 1, 0)}
     assert repairs(rederived, {**stored, (*window, 0): (10, 1)}, applied, 60_000, {window: 15}) == []
     assert repairs(rederived, stored, reported, 60_000) == []  # the ledger alone sees nothing wrong
+
+
+def test_a_peak_window_is_repaired_by_its_value_alone() -> None:
+    """Pure: a `max` meter's ledger holds contributions to the month's peak (sinks.stripe.peaks), not
+    window values: a window stored right is not repaired whatever was sent for it, one stored wrong
+    gets the revision that sets its value, and its partials make a window by their highest."""
+    from meterline.reconciler.checks.rederive import Rederived
+    from meterline.reconciler.checks.replay import clickhouse_differences, repairs
+
+    window = ("cust-1", "seats", 1_793_491_200_000)
+    rederived = Rederived(
+        by_partition={(*window, 0): (12, 3), (*window, 1): (9, 1)}, peaks=frozenset({"seats"})
+    )
+    assert rederived.windows() == {window: 12}
+    stored = {(*window, 0): (12, 0), (*window, 1): (9, 0)}
+    contributed = {(*window, 0): (0, 0, 0), (*window, 1): (0, 0, 0)}  # an earlier window set the peak
+    assert repairs(rederived, stored, contributed, 60_000) == []
+    assert clickhouse_differences(rederived, stored) == []
+    [fix] = repairs(rederived, {**stored, (*window, 0): (10, 0)}, contributed, 60_000)
+    assert (fix.source_partition, fix.value, fix.delta, fix.revision) == (0, 12, 2, 1)

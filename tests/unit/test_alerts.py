@@ -77,3 +77,16 @@ def test_the_alert_rules_mistakes_are_reported_together(tmp_path: Path) -> None:
         "alerts.rules.standard.egress_bytes",
         "alerts.signing_secret",
     ]
+
+
+def test_a_peak_has_no_rate_to_project(tmp_path: Path) -> None:
+    """A `max` meter's answer does not grow with time: projected_overage is refused for it, shares of
+    what it includes are not."""
+    path = tmp_path / "meterline.toml"
+    path.write_text('[alerts.rules.standard.api_calls]\nincluded = ["80%"]\nprojected_overage = true\n')
+    assert load_config(path, {}).alerts.rules[0].projected_overage
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, {"METERLINE__METERS__API_CALLS__AGGREGATION": "max"})
+    [problem] = raised.value.problems
+    assert problem.field == "alerts.rules.standard.api_calls.projected_overage"
+    assert problem.why.startswith("api_calls bills its peak")

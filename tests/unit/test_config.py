@@ -30,7 +30,7 @@ def test_three_mistakes_are_all_reported_by_config_check(tmp_path: Path) -> None
     assert "3 problem(s)" in result.stderr
     assert "kafka.partitions = 0: must be at least 1" in result.stderr
     assert "windows.size_minutes = 3: must be 1 or 5" in result.stderr
-    assert "meters.api_calls.aggregation = 'average': must be sum or count" in result.stderr
+    assert "meters.api_calls.aggregation = 'average': must be one of sum, count, max" in result.stderr
     as_json = json.loads(meterline("--config", str(path), "config", "check", "--json").stdout)
     assert [p["field"] for p in as_json["problems"]] == [
         "kafka.partitions",
@@ -216,3 +216,42 @@ def test_config_check_bounds_what_stripe_bounds() -> None:
         f"the price lookup key 'meterline_{long_plan}_api_calls' is 210"
     )
     assert load_config(None, {"METERLINE__METERS__API_CALLS__STRIPE_EVENT_NAME": "e" * 100})
+
+
+def problems_of(tmp_path: Path, toml: str) -> dict[str, str]:
+    """field -> why, for every problem `config check` would report in `toml` over the defaults."""
+    path = tmp_path / "meterline.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {})
+    return {p.field: p.why for p in caught.value.problems}
+
+
+def test_a_max_meter_is_declared_with_its_reset(tmp_path: Path) -> None:
+    path = tmp_path / "meterline.toml"
+    path.write_text('[meters.seats]\nunit = "seat"\naggregation = "max"\nreset = "calendar_month"\n')
+    seats = load_config(path, {}).meters["seats"]
+    assert (seats.aggregation, seats.reset, seats.additive) == ("max", "calendar_month", False)
+    assert load_config(None, {}).meters["api_calls"].additive
+
+
+def test_aggregations_and_resets_not_metered_yet_are_refused_by_name(tmp_path: Path) -> None:
+    found = problems_of(
+        tmp_path,
+        '[meters.storage]\nunit = "byte"\naggregation = "time_weighted"\n'
+        '[meters.seats]\nunit = "seat"\naggregation = "max"\nreset = "billing_period"\n',
+    )
+    assert found["meters.storage.aggregation"].startswith("is not metered yet (a level integrated over time)")
+    assert found["meters.seats.reset"].startswith("is not metered yet: periods are UTC calendar months")
+
+
+def test_two_meters_reporting_into_one_stripe_meter_are_refused(tmp_path: Path) -> None:
+    """One Stripe meter per event name (https://docs.stripe.com/billing/subscriptions/usage-based/
+    recording-usage: "You can only use an event name with a single meter"): two meters sharing one
+    would bill each other's usage at their prices."""
+    found = problems_of(
+        tmp_path,
+        '[meters.calls]\nunit = "call"\n[meters.calls_v2]\nunit = "call"\nstripe_event_name = "calls"\n',
+    )
+    why = found["meters.calls_v2.stripe_event_name"]
+    assert why.startswith("meters calls and calls_v2 would report into one Stripe meter")
