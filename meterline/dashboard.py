@@ -79,7 +79,12 @@ def document(
     meters = []
     for name, meter in config.meters.items():
         price = plan.prices.get(name)
-        row: dict[str, Any] = {"meter": name, "unit": meter.unit, "used_base_units": usage.get(name, 0)}
+        row: dict[str, Any] = {
+            "meter": name,
+            "unit": meter.unit,
+            "aggregation": meter.aggregation,
+            "used_base_units": usage.get(name, 0),
+        }
         if price is not None:
             used, included, overage = allowance(price, current_usage.get(name, 0))
             row.update(
@@ -165,6 +170,7 @@ _PAGE = """<!doctype html>
   table { border-collapse: collapse; } td, th { padding: 4px 10px; border-bottom: 1px solid #e4e7ec; }
   th { text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
   .chart { margin: 8px 0 16px; } .chart rect { fill: #3e63dd; } .chart rect:hover { fill: #1f3fb8; }
+  .chart line { stroke: #3e63dd; stroke-width: 3; }
   .chart text { font-size: 11px; fill: #667085; }
   nav a { margin-right: 12px; }
 </style>
@@ -223,7 +229,7 @@ function when(ms, grain) {
   return grain === "day" ? iso.slice(0, 10) : iso.slice(0, 13).replace("T", " ") + ":00";
 }
 
-function chart(meter, label, points, grain) {
+function chart(meter, label, points, grain, peak) {
   const width = 900, height = 160, pad = 28;
   const max = Math.max(1, ...points.map(p => p[1]));
   const svg = el("svg", {class: "chart", width, height: height + pad, "data-meter": meter,
@@ -236,10 +242,14 @@ function chart(meter, label, points, grain) {
   points.forEach(([t, value]) => {
     const h = Math.max(1, (value / max) * height);
     const x = pad + ((t - first) / bucket) * step;
-    const bar = el("rect", {x, y: height - h, width: Math.max(1, step - 1), height: h,
-                            "data-t": t, "data-value": value});
-    bar.appendChild(el("title", {}, when(t, grain) + ": " + value.toLocaleString("en-US")));
-    svg.appendChild(bar);
+    // A peak is a level, drawn as a line at its height: bars would read as amounts that add up.
+    const mark = peak
+      ? el("line", {x1: x, x2: x + Math.max(1, step - 1), y1: height - h, y2: height - h,
+                    "data-t": t, "data-value": value})
+      : el("rect", {x, y: height - h, width: Math.max(1, step - 1), height: h, "data-t": t,
+                    "data-value": value});
+    mark.appendChild(el("title", {}, when(t, grain) + ": " + value.toLocaleString("en-US")));
+    svg.appendChild(mark);
   });
   svg.appendChild(el("text", {x: pad, y: 12}, "max " + max.toLocaleString("en-US")));
   if (points.length) {
@@ -276,9 +286,11 @@ async function load() {
   charts.replaceChildren();
   for (const m of doc.meters) {
     const points = doc.series[m.meter] || [];
-    charts.appendChild(el("div", {}, `${m.label || m.meter} (${m.unit}), by ${doc.grain}: ` +
-                          `${m.used_base_units.toLocaleString("en-US")} in the period`));
-    charts.appendChild(chart(m.meter, m.label || m.meter, points, doc.grain));
+    const peak = m.aggregation === "max";
+    charts.appendChild(el("div", {}, `${m.label || m.meter} (${m.unit}), ${peak ? "peak " : ""}by ` +
+                          `${doc.grain}: ${m.used_base_units.toLocaleString("en-US")} ` +
+                          `${peak ? "at the period's peak" : "in the period"}`));
+    charts.appendChild(chart(m.meter, m.label || m.meter, points, doc.grain, peak));
   }
   fill(document.getElementById("invoice"), ["line", "quantity", "unit price", "amount"],
        invoiceRows(doc.invoice), [1, 2, 3]);

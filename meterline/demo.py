@@ -10,6 +10,7 @@ if any differs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -40,6 +41,7 @@ def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, keep: boo
     _clear_the_stack(config)
     devstack.up(config, log=print)
     config = devstack.resolve(config)
+    config, on_team = _on_team(config, spec)
     run: subprocess.Popen[bytes] | None = None
     try:
         month = datetime.fromtimestamp(spec.start_ms / 1000, UTC).strftime("%Y-%m")
@@ -49,7 +51,7 @@ def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, keep: boo
         _onboard(config, spec)
 
         print("\n== 5. `meterline run`: the stream app, both sinks, webhooks and reconcile in one process")
-        run, address = _start_run(config, config_path)
+        run, address = _start_run(config, config_path, on_team)
         streamed = _wait_streamed(config, wanted, run)
         caught_up = streamed and _wait_sinks(config, run)
 
@@ -64,9 +66,12 @@ def demo(config: Config, config_path: Path | None, spec: WorkloadSpec, keep: boo
         )
         dead_letters_right = dead_letters_exact(address, expected)
         customer = customer_ids(spec)[0]
-        print(f"\n== 10. `meterline invoice preview --customer {customer} --period {month}`")
-        previewed = inside(address, "invoice", "preview", "--customer", customer, "--period", month)[0] == 0
-        previewed = previewed and stripe_would_bill_the_preview(config, address, customer, month)
+        previewed = True
+        for who in [customer, *([on_team] if on_team else [])]:
+            plan = config.plan_for(who).name
+            print(f"\n== 10. `meterline invoice preview --customer {who} --period {month}` (plan {plan})")
+            shown = inside(address, "invoice", "preview", "--customer", who, "--period", month)[0] == 0
+            previewed = shown and stripe_would_bill_the_preview(config, address, who, month) and previewed
         print(f"\n== 11. `meterline review --period {month} --periods 1`: the guide's Step 7")
         reviewed = inside(address, "review", "--period", month, "--periods", "1")[0] == 0
         print("\n== 12. the usage alerts `run` raised, each once (usage_alerts; also on usage.alerts)")
@@ -200,10 +205,22 @@ def _onboard(config: Config, spec: WorkloadSpec) -> None:
 DEMO_ALERT_RULES = '{ standard = { api_calls = { included = ["1%", "80%"], projected_overage = true } } }'
 
 
+def _on_team(config: Config, spec: WorkloadSpec) -> tuple[Config, str | None]:
+    """The second demo customer on the seat-based `team` plan, where the rate card has one and
+    assigns no customer itself: the invoice of a plan billed by its peak seats is shown too."""
+    if "team" not in config.plans or config.billing.customers or spec.customers < 2:
+        return config, None
+    customer = customer_ids(spec)[1]
+    billing = dataclasses.replace(config.billing, customers={customer: "team"})
+    return dataclasses.replace(config, billing=billing), customer
+
+
 def _start_run(
-    config: Config, config_path: Path | None
+    config: Config, config_path: Path | None, on_team: str | None
 ) -> tuple[subprocess.Popen[bytes], forward.RunningRun]:
     env = dict(os.environ)
+    if on_team:
+        env["METERLINE__BILLING__CUSTOMERS"] = f'{{ "{on_team}" = "team" }}'  # as `_on_team` assigned
     if not config.stripe.api_key:
         # The fake has no rate limit of its own: lift the sink's (20/s, Stripe test mode's), and
         # backfill a month through meter event streams, Stripe's high-throughput API.

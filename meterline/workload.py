@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
 from meterline.core.config import MeterConfig
+from meterline.core.months import calendar_month
 from meterline.schemas.errors import RejectReason
 from meterline.schemas.records import UsageEvent
 from meterline.streams.billable import BillableFilter
@@ -98,6 +99,8 @@ class Expected:
     out_of_order: int = 0
     late: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    peaks: frozenset[str] = frozenset()
+    """The `max` meters (set by `generate`): a customer's answer over the span is its highest window."""
 
     @property
     def accepted(self) -> int:
@@ -109,6 +112,7 @@ class Expected:
         if overlap:
             raise ValueError(f"shares overlap in {len(overlap)} windows, e.g. {min(overlap)}")
         self.totals.update(share.totals)
+        self.peaks |= share.peaks
         self.produced += share.produced
         self.duplicates += share.duplicates
         self.non_billable += share.non_billable
@@ -116,10 +120,31 @@ class Expected:
         self.late += share.late
         self.rejected.update(share.rejected)
 
+    def at_stripe(self) -> dict[tuple[str, str], int]:
+        """What Stripe's meters hold per customer and meter over the span: the windows' sum, or for a
+        peak each UTC month's peak, summed over the months the span touches (the contributions of a
+        month add up to its peak: sinks.stripe.peaks). Pairs of nothing left out."""
+        totals: Counter[tuple[str, str]] = Counter()
+        monthly: dict[tuple[str, str, int], int] = {}
+        for (customer, meter, start), (value, _) in self.totals.items():
+            if meter in self.peaks:
+                month = (customer, meter, calendar_month(start)[0])
+                monthly[month] = max(monthly.get(month, 0), value)
+            else:
+                totals[(customer, meter)] += value
+        for (customer, meter, _), peak in monthly.items():
+            totals[(customer, meter)] += peak
+        return {pair: total for pair, total in totals.items() if total}
+
     def to_json(self, spec: WorkloadSpec) -> dict[str, Any]:
         per_customer_meter: Counter[tuple[str, str]] = Counter()
         for (customer, meter, _), (value, _) in self.totals.items():
-            per_customer_meter[(customer, meter)] += value
+            pair = (customer, meter)
+            per_customer_meter[pair] = (
+                fold("max", per_customer_meter[pair], value)
+                if meter in self.peaks
+                else (per_customer_meter[pair] + value)
+            )
         return {
             "spec": asdict(spec),
             "window_ms": self.window_ms,
@@ -159,6 +184,7 @@ def generate(
     customers = customer_ids(spec)
     owned = [owns is None or owns(c) for c in customers]
     meter_list = sorted(meters.values(), key=lambda m: m.name)
+    expected.peaks |= {m.name for m in meter_list if m.aggregation == "max"}
     filters = {m.name: BillableFilter(m.billable) for m in meter_list}
     is_billable: dict[tuple[str, str], bool] = {}  # (meter, status) -> the filter's verdict, memoised
     recent: deque[tuple[int, int, int]] = deque(maxlen=64)  # (index, timestamp, bits) of recent events
@@ -228,18 +254,23 @@ def _event_builder(
 ) -> Callable[[int, int, int], UsageEvent]:
     """The event of index i at `timestamp` from its 64 random `bits`."""
     non_billable_below = int(spec.non_billable_rate * 0x10000)
+    # A peak meter's events report a level (a seat count): small, and larger for later customers so
+    # that their peaks differ; other meters' are amounts (calls, bytes, ms) of up to a thousand.
+    peak = [meter.aggregation == "max" for meter in meter_list]
 
     def build(i: int, timestamp: int, bits: int) -> UsageEvent:
         # Everything about an event follows from its index, time and one draw of 64 random bits,
         # sliced: several times cheaper than a draw per choice, and a duplicate can be rebuilt.
-        meter = meter_list[bits % len(meter_list)]
+        choice = bits % len(meter_list)
+        meter = meter_list[choice]
+        customer = (bits >> 8) % len(customers)
         billable = (bits >> 40) & 0xFFFF >= non_billable_below
         statuses = _STATUSES_BILLABLE if billable else _STATUSES_NOT_BILLABLE
         return UsageEvent(
             f"ev-{spec.seed}-{i}",
-            customers[(bits >> 8) % len(customers)],
+            customers[customer],
             meter.name,
-            1 + (bits >> 28) % 999,
+            1 + (bits >> 28) % (6 + 5 * customer if peak[choice] else 999),
             meter.unit,
             timestamp,
             "generator",

@@ -20,6 +20,9 @@ SECTIONS = (
     "every rejected record is there with its reason: yes",
     "Invoice preview for cust-0000",
     "Stripe's line rules on Stripe's own totals bill what the preview shows: yes",
+    # The seat-based plan (issue 37): a customer on `team`, its seats billed at the month's peak.
+    "Invoice preview for cust-0001, ",
+    "Base fee $29.00 / seats ",
     "== the usage dashboard: http://127.0.0.1:",
     "every number matches the generator",
 )
@@ -63,4 +66,5 @@ def test_the_demo_tells_the_whole_story_and_every_number_matches(tmp_path: Path)
     positions = [done.stdout.find(section) for section in SECTIONS]
     assert -1 not in positions, [s for s, p in zip(SECTIONS, positions, strict=True) if p < 0]
     assert positions == sorted(positions)  # in the README's order
+    assert done.stdout.count("bill what the preview shows: yes") == 2  # both plans' invoices
     assert not (tmp_path / ".meterline" / "stack.json").exists()  # it stopped what it started

@@ -286,8 +286,9 @@ def expected_buckets(settled: Settled, customer: str, bucket_ms: int) -> dict[st
     out: dict[str, dict[int, int]] = {}
     for (c, meter, window), (value, _) in settled.expected.totals.items():
         if c == customer and start <= window < end and value:
-            bucket = out.setdefault(meter, {})
-            bucket[window // bucket_ms * bucket_ms] = bucket.get(window // bucket_ms * bucket_ms, 0) + value
+            bucket, t = out.setdefault(meter, {}), window // bucket_ms * bucket_ms
+            peak = meter in settled.config.peak_meters  # a bucket's highest window, else their sum
+            bucket[t] = max(bucket.get(t, 0), value) if peak else bucket.get(t, 0) + value
     return out
 
 
@@ -330,12 +331,15 @@ def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> 
                     page.wait_for_url("**grain=day**")
                     page.wait_for_selector(READY, state="attached", timeout=20_000)
                 for meter, wanted in expected_buckets(settled, customer, bucket_ms).items():
+                    # A peak (seats) is a level, drawn as lines at its heights; the others as bars.
+                    mark = "line" if meter in settled.config.peak_meters else "rect"
                     bars = page.eval_on_selector_all(
-                        f"svg[data-meter='{meter}'] rect",
-                        "rs => rs.map(r => [+r.dataset.t, +r.dataset.value, r.getBBox().height])",
+                        f"svg[data-meter='{meter}'] {mark}",
+                        "rs => rs.map(r => [+r.dataset.t, +r.dataset.value, r.getBBox().height "
+                        "+ r.getBBox().width])",
                     )
                     assert {t: v for t, v, _ in bars} == wanted, (grain, meter)
-                    assert all(height >= 1 for _, _, height in bars)  # drawn, not just in the DOM
+                    assert all(size >= 1 for _, _, size in bars)  # drawn, not just in the DOM
                     assert page.locator(f"svg[data-meter='{meter}']").is_visible()
             allowance_rows = page.eval_on_selector_all(
                 "#allowance tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"

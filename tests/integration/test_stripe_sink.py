@@ -35,7 +35,6 @@ from tests.support.records import window_aggregate
 from tests.support.stripe import (
     KEY,
     LEGACY_VERSION,
-    expected_by_customer_meter,
     set_up_stripe,
     subscribe,
 )
@@ -78,7 +77,7 @@ def test_a_workload_reaches_stripe_exactly_in_every_mode(
         for key, item in items.items()
         if (total := fake.state.usage_record_summaries(item)[0]["total_usage"])
     }
-    assert totals == expected_by_customer_meter(expected)
+    assert totals == expected.at_stripe()
     rows = ledger(config, ledger_dsn)
     assert {r.status for r in rows} == {"confirmed"} and len(rows) == sum(
         len(v) for v in fake.state.usage_records.values()

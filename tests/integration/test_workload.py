@@ -65,7 +65,11 @@ def test_expected_totals_recount_from_the_records() -> None:
         counted.add(event.event_id)
         # The default config's only billable rule: api_calls count 2xx responses only.
         if event.meter != "api_calls" or event.attributes["status"].startswith("2"):
-            totals[(event.customer_id, event.meter, event.timestamp // 60_000 * 60_000)] += event.quantity
+            window = (event.customer_id, event.meter, event.timestamp // 60_000 * 60_000)
+            if event.meter == "seats":  # the default config's peak meter: a window's highest seat count
+                totals[window] = max(totals[window], event.quantity)
+            else:
+                totals[window] += event.quantity
     assert totals == Counter({k: v[0] for k, v in expected.totals.items()})
     assert rejected == sum(expected.rejected.values())
     assert abs(rejected - 0.02 * 20_000) < 80  # the malformed rate, give or take chance
@@ -157,9 +161,13 @@ def test_generate_and_emit_commands(config: Config, tmp_path: Path) -> None:
     assert report["result"]["records"] == 5000 and report["result"]["messages"] == 5000
     document = json.loads(out.read_text())
     assert document["records"]["produced"] == 5000
-    assert sum(t["value"] for t in document["totals"]) == sum(
-        t["value"] for t in document["totals_by_customer_meter"]
-    )
+    windows: dict[tuple[str, str], list[int]] = {}
+    for t in document["totals"]:
+        windows.setdefault((t["customer_id"], t["meter"]), []).append(t["value"])
+    # Over the span: a peak meter's highest window (seats), every other meter's windows summed.
+    assert {(t["customer_id"], t["meter"]): t["value"] for t in document["totals_by_customer_meter"]} == {
+        pair: max(values) if pair[1] == "seats" else sum(values) for pair, values in windows.items()
+    }
 
     emitted = meterline(
         "emit",

@@ -12,7 +12,7 @@ from tests.support.pipeline import (
     RunProcess,
     Workers,
 )
-from tests.support.stripe import expected_by_customer_meter, stripe_totals
+from tests.support.stripe import stripe_totals
 
 WINDOWS = (
     "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start) AS w, sum(value) AS v, "
@@ -62,11 +62,17 @@ def clickhouse_windows(run: RunProcess) -> dict[tuple[str, str, int], tuple[int,
 
 
 def wait_until_settled(
-    run: RunProcess, base: str, meters: dict[str, str], spec: WorkloadSpec, expected: Expected, timeout: float
+    run: RunProcess,
+    base: str,
+    meters: dict[str, str],
+    spec: WorkloadSpec,
+    expected: Expected,
+    timeout: float,
 ) -> None:
-    """Until ClickHouse holds exactly the expected windows and Stripe exactly the expected totals."""
+    """Until ClickHouse holds exactly the expected windows and Stripe exactly the expected totals
+    (Expected.at_stripe: a peak meter's are its months' peaks)."""
     wanted_windows = {k: (v, n) for k, (v, n) in expected.totals.items()}
-    wanted_stripe = expected_by_customer_meter(expected)
+    wanted_stripe = expected.at_stripe()
     starts = [start for _, _, start in expected.totals]  # late events reach before the span's start
     span = (min(starts), max(starts) + 60_000)
     deadline = time.monotonic() + timeout

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,6 @@ from meterline.sinks.stripe.customers import KnownCustomer, KnownCustomers
 from meterline.sinks.stripe.directory import metadata
 from meterline.sinks.stripe.fake import FakeStripe, make_server
 from meterline.sinks.stripe.webhooks.events import SUBSCRIPTION_ITEM_COLUMNS
-from meterline.workload import Expected
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -97,13 +95,6 @@ def stripe_totals(
             if value:
                 totals[(customer, meter)] = int(value)
     return totals
-
-
-def expected_by_customer_meter(expected: Expected) -> dict[tuple[str, str], int]:
-    totals: Counter[tuple[str, str]] = Counter()
-    for (customer, meter, _), (value, _) in expected.totals.items():
-        totals[(customer, meter)] += value
-    return {k: v for k, v in totals.items() if v}
 
 
 def record_subscription_item(

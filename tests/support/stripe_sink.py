@@ -22,7 +22,6 @@ from meterline.sinks.stripe.fake import FakeStripe
 from meterline.workload import Expected, WorkloadSpec, customer_ids
 from tests.support.pipeline import SinkProcess, Workers, wait_until_exact
 from tests.support.stripe import (
-    expected_by_customer_meter,
     know_customers,
     stripe_totals,
 )
@@ -115,7 +114,7 @@ def assert_reported_exactly(
 ) -> None:
     starts = [start for _, _, start in expected.totals]  # late events reach before the span's start
     span = (min(starts), max(starts) + 60_000)
-    assert stripe_totals(base, meters, customer_ids(spec), span) == expected_by_customer_meter(expected)
+    assert stripe_totals(base, meters, customer_ids(spec), span) == expected.at_stripe()
     accepted = [e.identifier for e in fake.state.meter_events]
     assert len(accepted) == len(set(accepted))  # no identifier reported twice
     rows = ledger(config, dsn)

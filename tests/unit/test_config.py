@@ -16,7 +16,13 @@ def test_the_defaults_are_valid() -> None:
     config = load_config(None, {})
     assert config.windows.size_ms == 60_000
     assert config.meters["api_calls"].billable == {"status": ("2??",)}
-    assert config.meter_units == {"api_calls": "call", "egress_bytes": "byte", "compute_ms": "millisecond"}
+    assert config.meter_units == {
+        "api_calls": "call",
+        "egress_bytes": "byte",
+        "compute_ms": "millisecond",
+        "seats": "seat",
+    }
+    assert config.peak_meters == ("seats",) and config.plans["team"].prices["seats"].overage_price == 10
 
 
 def test_three_mistakes_are_all_reported_by_config_check(tmp_path: Path) -> None:
