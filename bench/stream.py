@@ -5,7 +5,8 @@ packed batch messages and on single-event messages; the raw floor (aiokafka getm
 into UsageEvents, no Faust: with fastavro, and with meterline's compiled reader); a bare Faust
 agent (Faust's per-message ceiling); Faust's own tumbling Table doing the same sum. Then the
 worker's memory on 1M and 5M packed events over the same span (same windows): state grows with
-open windows and dedup retention, not with the number of events.
+open windows and dedup retention, not with the number of events. The packed row runs twice: with
+the default rate card (seats, a quarter of the events, a `max` meter) and with seats summed.
 
 A worker's rate is read from its committed offsets (committed every 0.5 s here), from its first
 commit to the one that covers the topic, so the group join and startup are not counted. Over the
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import os
 import signal
 import subprocess
@@ -44,6 +44,7 @@ from meterline.streams.windows import DAY_MS
 from meterline.workload import WorkloadSpec
 
 from harness import local_stack, report
+from processes import cpu_between, cpu_seconds, process_tree, rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 LIVE_SPAN_MS = 21 * 60_000
@@ -111,7 +112,13 @@ def main() -> None:
             print("no --quix-python: the Quix Streams row is left out", file=sys.stderr)
         sources = [args.before.resolve(), ROOT] if args.before else [ROOT]
 
-        def meterline(config: Config, events: int, messages: int, suffix: str = "") -> None:
+        def meterline(
+            config: Config,
+            events: int,
+            messages: int,
+            suffix: str = "",
+            overrides: dict[str, str] | None = None,
+        ) -> None:
             for source in sources:
                 row = _worker(
                     state,
@@ -123,11 +130,21 @@ def main() -> None:
                     "meterline",
                     profile=args.profile,
                     source=source,
+                    overrides=overrides,
                 )
                 row["what"] = f"{row['what']}{suffix}{' [before]' if source != ROOT else ''}"
                 rows.append(row)
 
         meterline(packed, args.events, packed_messages, ", one day")
+        # The same events with the default rate card's peak meter (seats, a quarter of them) folded
+        # as a sum: what a `max` meter costs beside the adding ones (issue 37).
+        meterline(
+            packed,
+            args.events,
+            packed_messages,
+            ", one day, seats summed (every meter adding)",
+            {"METERLINE__METERS__SEATS__AGGREGATION": "sum"},
+        )
         meterline(single, args.single_events, single_messages)
         # Live traffic: the same 1M events over 20 minutes of event time (3,000 windows, ~330
         # events each), as a worker keeping up with the present sees them.
@@ -270,9 +287,11 @@ def _worker(
     python: str = sys.executable,
     profile: Path | None = None,
     source: Path = ROOT,
+    overrides: dict[str, str] | None = None,
 ) -> dict[str, object]:
     """One worker's row; a meterline worker runs the code of `source` (this checkout or --before).
-    `broker`: the broker's process id, whose CPU is reported beside the worker's (None: not ours)."""
+    `broker`: the broker's process id, whose CPU is reported beside the worker's (None: not ours).
+    `overrides`: configuration the worker gets from its environment."""
     app_id = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
     data_dir = state / app_id
     env = {
@@ -286,6 +305,7 @@ def _worker(
             f"METERLINE__TOPICS__{name.upper()}": getattr(config.topics, name)
             for name in ("events", "aggregates", "events_dlq")
         },
+        **(overrides or {}),
     }
     command, label = _command(
         kind, bootstrap, config, data_dir, app_id, events, messages, python, profile, env
@@ -308,14 +328,14 @@ def _worker(
         # adds to quiet partitions only come after.
         while time.monotonic() < deadline and last[1] < messages and process.poll() is None:
             time.sleep(0.1)
-            worker = _process_tree(process.pid)
-            peak_rss = max(peak_rss, sum(_rss_kib(pid) for pid in worker))
+            worker = process_tree(process.pid)
+            peak_rss = max(peak_rss, sum(rss_kib(pid) for pid in worker))
             usage.append(
                 (
                     time.monotonic(),
                     time.time(),
-                    sum(_cpu_seconds(pid) for pid in worker),
-                    _cpu_seconds(broker) if broker else 0.0,
+                    sum(cpu_seconds(pid) for pid in worker),
+                    cpu_seconds(broker) if broker else 0.0,
                 )
             )
             done = _committed(commits, config.topics.events, partitions)
@@ -338,10 +358,10 @@ def _worker(
     covered: float
     if started is not None:  # from the first record processed, to the commit covering the last
         seconds, covered = last[2] - started, events
-        worker_cpu, broker_cpu = _cpu_between(usage, 1, started, last[2])
+        worker_cpu, broker_cpu = cpu_between(usage, 1, started, last[2])
     else:  # from the first commit to the last: startup excluded, the first commit's work too
         seconds, covered = last[0] - first[0], (last[1] - first[1]) / messages * events
-        worker_cpu, broker_cpu = _cpu_between(usage, 0, first[0], last[0])
+        worker_cpu, broker_cpu = cpu_between(usage, 0, first[0], last[0])
     return {
         "what": label,
         "events": events,
@@ -367,50 +387,6 @@ def _first_record_at(log: Path) -> float | None:
             stamp = line[1 : line.index("]")]
             return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
     return None
-
-
-def _process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants: the worker under py-spy (--profile) is py-spy's child."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except FileNotFoundError:
-        return []
-    return [pid] + [descendant for child in children for descendant in _process_tree(int(child))]
-
-
-def _cpu_seconds(pid: int) -> float:
-    """The user and system CPU time a process has used so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except (FileNotFoundError, ProcessLookupError):  # gone, before the open or during the read
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-
-
-def _cpu_between(
-    usage: list[tuple[float, float, float, float]], clock: int, start: float, end: float
-) -> tuple[float, float]:
-    """The worker's and the broker's CPU seconds from `start` to `end` on `clock` (0 monotonic, 1
-    wall), interpolated between the samples taken every ~0.1 s."""
-
-    times = [sample[clock] for sample in usage]
-
-    def at(moment: float, column: int) -> float:
-        i = min(max(bisect.bisect_left(times, moment), 1), len(usage) - 1)
-        (t0, c0), (t1, c1) = (times[i - 1], usage[i - 1][column]), (times[i], usage[i][column])
-        return c0 + (c1 - c0) * (moment - t0) / (t1 - t0) if t1 > t0 else c1
-
-    return at(end, 2) - at(start, 2), at(end, 3) - at(start, 3)
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):  # gone, before the open or during the read
-        pass
-    return 0
 
 
 if __name__ == "__main__":

@@ -159,6 +159,7 @@ def _print_reconciliation(result: Reconciliation, as_json: bool) -> None:
                     "hours": hours,
                     "unbilled": unbilled,
                     "dead_letters": result.dead_letters,
+                    "not_compared": result.not_compared,
                 }
             )
         )
@@ -176,6 +177,8 @@ def _print_reconciliation(result: Reconciliation, as_json: bool) -> None:
                 "negative units: billed in excess):"
             )
             print(render(unbilled))
+        for meter, why in result.not_compared.items():
+            print(f"\n{meter} not compared: {why}")
         if result.dead_letters:
             print(
                 "\nDead letters in the period (never counted): "

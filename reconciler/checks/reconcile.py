@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from meterline.core import metrics
 from meterline.core.config import Config
 from meterline.core.logs import context
+from meterline.core.months import calendar_month
 from meterline.reconciler.billing.periods import PeriodError, is_month, period_bounds, resolve
 from meterline.reconciler.checks.compare import Difference, Unbilled, compare, differing
 from meterline.sinks.clickhouse import usage_windows
@@ -68,6 +69,8 @@ class Reconciliation:
     hours: list[Difference[Hour]] = field(default_factory=list)
     unbilled: list[Unbilled] = field(default_factory=list)
     dead_letters: dict[str, int] = field(default_factory=dict)
+    not_compared: dict[str, str] = field(default_factory=dict)
+    """meter -> why it was left out of this run."""
 
     @property
     def drifting(self) -> list[Difference[Pair]]:
@@ -104,6 +107,14 @@ def reconcile(
     ours = usage_windows.totals(client, start, end, customer, meter, peaks=peaks)
     customers = sorted({c for c, _ in ours} | ({customer} if customer else set()))
     meters = [meter] if meter else list(config.meters)
+    if calendar_month(start) != (start, end):  # a peak's contributions add up per UTC month
+        result.not_compared = {
+            m: "its peak resets each UTC month (sinks.stripe.peaks), and this period is not one"
+            for m in meters
+            if m in peaks
+        }
+        meters = [m for m in meters if m not in peaks]
+        ours = {pair: total for pair, total in ours.items() if pair[1] in meters}
     # 2. Stripe's.
     theirs: dict[Pair, int] = {}
     stripe = totals_for(config, caller, KnownCustomers(client).find)  # each customer looked up once

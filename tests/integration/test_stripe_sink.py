@@ -203,8 +203,9 @@ def test_stripe_sync_creates_what_is_missing_once_and_dry_run_changes_nothing(
     )
     again = sync(config, caller)
     assert {c.action for c in again} == {"exists"}
-    assert len(fake.state.meters) == len(config.meters) == len(fake.state.products)
-    assert len(fake.state.prices) == 3  # the default rate card is billable through Stripe, every price
+    # A product per meter, and one for the team plan's base fee.
+    assert len(fake.state.meters) == len(config.meters) == len(fake.state.products) - 1
+    assert len(fake.state.prices) == 6  # the default rate card is billable through Stripe, every price
     # A changed rate card replaces the price under the same lookup key.
     cheaper = dataclasses.replace(
         config.plans["standard"],
@@ -220,7 +221,7 @@ def test_stripe_sync_creates_what_is_missing_once_and_dry_run_changes_nothing(
         (c.kind, c.name, c.action) for c in sync(changed, caller)
     }
     [current] = fake.state.list_prices(["meterline_standard_api_calls"])
-    assert current["tiers"][1]["unit_amount_decimal"] == "0.05" and len(fake.state.prices) == 4
+    assert current["tiers"][1]["unit_amount_decimal"] == "0.05" and len(fake.state.prices) == 7  # one more
 
 
 def test_a_subscription_event_makes_the_legacy_sink_look_its_customer_s_item_up_again(
@@ -451,7 +452,11 @@ def test_stripe_sync_refuses_a_meter_of_the_same_event_name_that_bills_otherwise
     assert actions[("meter", "compute_ms")] == "created"
     assert actions[("price", "meterline_standard_api_calls")] == "refused: its meter is refused (above)"
     assert actions[("price", "meterline_standard_compute_ms")] == "created"
-    assert [p["lookup_key"] for p in fake.state.prices.values()] == ["meterline_standard_compute_ms"]
+    assert sorted(p["lookup_key"] for p in fake.state.prices.values()) == [
+        "meterline_standard_compute_ms",
+        "meterline_team_base",
+        "meterline_team_seats",
+    ]
     assert refused(made) and not refused([c for c in made if c.kind == "product"])
 
 
