@@ -1,6 +1,8 @@
 """`meterline dispute`: everything support needs to answer "why is my bill higher?" for one
 customer and period: usage by day and hour, how each day's usage falls into the included quantity,
-overage or tiers, the invoice lines, and the Stripe identifiers that carried the usage.
+overage or tiers, the invoice lines, the Stripe identifiers that carried the usage, and for a meter
+billed by its peak (seats) the events that reported it. A peak's day is its highest hour, and what
+falls into the bands is how far the day raised the period's peak.
 Assembling it is pure (`build`); the queries and the renderers are around it.
 """
 
@@ -11,7 +13,7 @@ import html
 import io
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,7 @@ from meterline.reconciler.billing.periods import Period
 from meterline.reconciler.billing.plan_history import period_invoice
 from meterline.reconciler.billing.pricing import Invoice, invoice
 from meterline.reconciler.html_tables import section_tables
+from meterline.sinks.clickhouse.usage_events import peak_events
 from meterline.sinks.clickhouse.usage_windows import by_bucket
 from meterline.sinks.stripe.ledger import reports_of
 
@@ -64,6 +67,17 @@ class Carrier:
 
 
 @dataclass(frozen=True)
+class PeakEvent:
+    """An event that reported a peak meter's highest quantity in the period."""
+
+    meter: str
+    event_id: str
+    timestamp: int  # epoch ms
+    quantity: int
+    source: str
+
+
+@dataclass(frozen=True)
 class DisputeReport:
     customer: str
     period: str
@@ -73,6 +87,7 @@ class DisputeReport:
     days: list[DayShare]
     bill: Invoice
     carriers: list[Carrier]
+    peak_events: list[PeakEvent] = field(default_factory=list)
 
 
 def bands(price: MeterPrice) -> list[tuple[str, int | None]]:
@@ -93,35 +108,41 @@ def build(
     hours: Sequence[HourUsage],
     carriers: Sequence[Carrier],
     bill: Invoice | None = None,
+    made_peaks: Sequence[PeakEvent] = (),
 ) -> DisputeReport:
     """The report; `bill` is the period's invoice when it is not the current plan's over the whole
-    period (a plan change: reconciler.billing.plan_history)."""
+    period (a plan change: reconciler.billing.plan_history). `hours` hold a peak meter's highest
+    window of each hour (Config.peak_meters): its day is its highest hour, its `cumulative` the
+    period's peak so far."""
     plan = config.plan_for(customer)
+    peaks = config.peak_meters
+
+    def add(meter: str, so_far: int, quantity: int) -> int:
+        return max(so_far, quantity) if meter in peaks else so_far + quantity
+
     usage: dict[str, int] = {}
     for h in hours:
-        usage[h.meter] = usage.get(h.meter, 0) + h.quantity
+        usage[h.meter] = add(h.meter, usage.get(h.meter, 0), h.quantity)
     days: list[DayShare] = []
     for meter, price in plan.prices.items():
         by_day: dict[str, int] = {}
         for h in hours:
             if h.meter == meter:
                 day = datetime.fromtimestamp(h.hour / 1000, UTC).date().isoformat()
-                by_day[day] = by_day.get(day, 0) + h.quantity
+                by_day[day] = add(meter, by_day.get(day, 0), h.quantity)
         cumulative = 0
         for day in sorted(by_day):
             quantity = by_day[day]
+            reached = add(meter, cumulative, quantity)
             shares: dict[str, int] = {}
             floor = 0
             for name, top in bands(price):
-                low, high = (
-                    max(cumulative, floor),
-                    cumulative + quantity if top is None else min(cumulative + quantity, top),
-                )
+                low, high = max(cumulative, floor), reached if top is None else min(reached, top)
                 if high > low:
                     shares[name] = high - low
                 if top is not None:
                     floor = top
-            cumulative += quantity
+            cumulative = reached
             days.append(DayShare(meter, day, quantity, cumulative, shares))
     return DisputeReport(
         customer,
@@ -132,6 +153,7 @@ def build(
         days,
         bill or invoice(plan, usage),
         list(carriers),
+        list(made_peaks),
     )
 
 
@@ -148,7 +170,12 @@ def query(config: Config, client: Client, customer: str, period: Period) -> Disp
     ]
     carriers = [Carrier(*report) for report in reports_of(client, customer, start, end)]
     _, _, bill = period_invoice(config, client, customer, start, end)
-    return build(config, customer, period.label, hours, carriers, bill)
+    made_peaks = [
+        PeakEvent(meter, *event)
+        for meter in config.peak_meters
+        for event in peak_events(client, customer, meter, start, end)
+    ]
+    return build(config, customer, period.label, hours, carriers, bill, made_peaks)
 
 
 # -- renderers ---------------------------------------------------------------------------------------
@@ -180,6 +207,19 @@ def _sections(report: DisputeReport) -> list[tuple[str, list[dict[str, Any]]]]:
                     "corrected windows": h.corrected_windows,
                 }
                 for h in report.hours
+            ],
+        ),
+        (
+            "What made each peak (the events that reported it; clickhouse.raw_events)",
+            [
+                {
+                    "meter": p.meter,
+                    "event": p.event_id,
+                    "at (UTC)": datetime.fromtimestamp(p.timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                    "quantity": p.quantity,
+                    "source": p.source,
+                }
+                for p in report.peak_events
             ],
         ),
         (

@@ -44,6 +44,28 @@ def test_the_day_that_crossed_the_included_quantity_is_shown() -> None:
     assert "ml:cust-seed:api_calls:1:0:0" in page and "$200.00" in page and "<script" not in page
 
 
+def test_a_peak_day_shows_how_far_it_raised_the_period_s_peak() -> None:
+    """Seats (a `max` meter) on the team plan: a day is its highest hour, and what falls into the
+    price's bands is the rise of the period's peak, so that the days' shares add up to the peak
+    billed (11 seats at $10), not to the sum of the hours."""
+    config = load_config(None, {"METERLINE__BILLING__CUSTOMERS": '{ "cust-team" = "team" }'})
+    hours = [
+        HourUsage("seats", NOV_1 + 9 * HOUR, 5, 0),
+        HourUsage("seats", NOV_1 + 10 * HOUR, 8, 0),
+        HourUsage("seats", NOV_1 + DAY + 9 * HOUR, 6, 0),
+        HourUsage("seats", NOV_1 + DAY + 10 * HOUR, 11, 0),
+        HourUsage("seats", NOV_1 + 2 * DAY + 9 * HOUR, 4, 0),
+    ]
+    report = build(config, "cust-team", "2026-11", hours, [])
+    days = [(d.day, d.quantity, d.cumulative, dict(d.bands)) for d in report.days if d.meter == "seats"]
+    assert days == [
+        ("2026-11-01", 8, 8, {"billed": 8}),
+        ("2026-11-02", 11, 11, {"billed": 3}),
+        ("2026-11-03", 4, 11, {}),
+    ]
+    assert str(report.bill.total) == "139.00"  # $29 base fee, 11 seats at $10, no calls
+
+
 def test_the_command_writes_csv_json_and_html_from_clickhouse(tmp_path: Path) -> None:
     dsn = f"chdb://{tmp_path / 'clickhouse'}"
     client = connect(load_config(None, {}), dsn)
@@ -87,6 +109,46 @@ def test_the_command_writes_csv_json_and_html_from_clickhouse(tmp_path: Path) ->
             for n, w in enumerate(windows)
         ]
         client.insert("stripe_reports", ledger, column_names=list(LEDGER_COLUMNS))
+        # Seats reported by the product: the peak is 12, reported by two events (one retried).
+        seats = [
+            ("e1", 7, 1, True),
+            ("e2", 12, 2, True),
+            ("e2", 12, 2, True),  # a retry: once under FINAL
+            ("e3", 12, 3, True),
+            ("e4", 15, 4, False),  # not billable: not a peak
+        ]
+        client.insert(
+            "usage_events",
+            [
+                [
+                    event,
+                    "cust-<b>",
+                    "seats",
+                    quantity,
+                    "seat",
+                    NOV_1 + hour * HOUR,
+                    "hr-sync",
+                    {},
+                    billable,
+                    0,
+                    n,
+                ]
+                for n, (event, quantity, hour, billable) in enumerate(seats)
+            ],
+            column_names=[
+                "event_id",
+                "customer_id",
+                "meter",
+                "quantity",
+                "unit",
+                "timestamp",
+                "source",
+                "attributes",
+                "billable",
+                "source_partition",
+                "source_offset",
+            ],
+        )
     finally:
         client.close()
     env = {**os.environ, "CLICKHOUSE_DSN": dsn, "METERLINE__DEV__STATE_DIR": str(tmp_path)}
@@ -117,6 +179,7 @@ def test_the_command_writes_csv_json_and_html_from_clickhouse(tmp_path: Path) ->
         "ml:id-0",
         "ml:id-1",
     ]
+    assert [(p["event_id"], p["quantity"]) for p in as_json["peak_events"]] == [("e2", 12), ("e3", 12)]
     rows = list(csv.reader(io.StringIO(dispute("csv"))))
     assert ["Total", "", "", "$200.00"] in rows and any("req_1" in row for row in rows)
     page = dispute("html")

@@ -1,0 +1,37 @@
+"""Reads of `usage_events`, the accepted raw events the ClickHouse sink keeps for audit and
+disputes (`clickhouse.raw_events`, for `clickhouse.raw_events_ttl_days`). One home for the table's
+SQL; its writer is sinks.clickhouse.sink.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+from meterline.sinks.clickhouse.queries import in_span
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+
+class RawEvent(NamedTuple):
+    event_id: str
+    timestamp: int  # epoch ms
+    quantity: int
+    source: str
+
+
+def peak_events(
+    client: Client, customer: str, meter: str, start_ms: int, end_ms: int, most: int = 10
+) -> list[RawEvent]:
+    """The billable events of [start, end) that reported the highest quantity of a customer's meter:
+    what made its peak, earliest first (a retried event once)."""
+    rows = client.query(
+        "SELECT event_id, toUnixTimestamp64Milli(timestamp), quantity, source FROM usage_events FINAL "
+        "WHERE customer_id = %(customer)s AND meter = %(meter)s AND billable "
+        f"AND {in_span('timestamp')} AND quantity = ("
+        "  SELECT max(quantity) FROM usage_events FINAL WHERE customer_id = %(customer)s "
+        f"  AND meter = %(meter)s AND billable AND {in_span('timestamp')}"
+        ") ORDER BY timestamp, event_id LIMIT 1 BY event_id LIMIT %(most)s",
+        parameters={"customer": customer, "meter": meter, "start": start_ms, "end": end_ms, "most": most},
+    ).result_rows
+    return [RawEvent(str(e), int(t), int(q), str(s)) for e, t, q, s in rows]
