@@ -15,7 +15,7 @@ from meterline.config import load_config
 from meterline.reconciler.checks.dispute import Carrier, HourUsage, build, render_html
 from meterline.sinks.clickhouse.client import connect
 from meterline.sinks.clickhouse.migrate import migrate
-from meterline.sinks.clickhouse.rows import REVISION_COLUMNS
+from meterline.sinks.clickhouse.rows import EVENT_COLUMNS, REVISION_COLUMNS
 from meterline.sinks.stripe.ledger import COLUMNS as LEDGER_COLUMNS
 
 NOV_1 = 1_793_491_200_000  # 2026-11-01T00:00:00Z
@@ -135,19 +135,7 @@ def test_the_command_writes_csv_json_and_html_from_clickhouse(tmp_path: Path) ->
                 ]
                 for n, (event, quantity, hour, billable) in enumerate(seats)
             ],
-            column_names=[
-                "event_id",
-                "customer_id",
-                "meter",
-                "quantity",
-                "unit",
-                "timestamp",
-                "source",
-                "attributes",
-                "billable",
-                "source_partition",
-                "source_offset",
-            ],
+            column_names=list(EVENT_COLUMNS),
         )
     finally:
         client.close()
