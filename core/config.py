@@ -260,6 +260,11 @@ class MeterConfig:
         """Whether the period's answer is the sum of its windows' values (sum, count)."""
         return self.aggregation in ("sum", "count")
 
+    @property
+    def peak(self) -> bool:
+        """Whether the period's answer is its highest window (`max`)."""
+        return self.aggregation == "max"
+
 
 @dataclass(frozen=True)
 class BillingConfig:
@@ -360,4 +365,4 @@ class Config:
     def peak_meters(self) -> tuple[str, ...]:
         """The meters whose period answer is their highest window value (`max`), not the sum of
         their windows: what every query of usage_windows is told."""
-        return tuple(name for name, meter in self.meters.items() if meter.aggregation == "max")
+        return tuple(name for name, meter in self.meters.items() if meter.peak)

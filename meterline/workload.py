@@ -184,7 +184,7 @@ def generate(
     customers = customer_ids(spec)
     owned = [owns is None or owns(c) for c in customers]
     meter_list = sorted(meters.values(), key=lambda m: m.name)
-    expected.peaks |= {m.name for m in meter_list if m.aggregation == "max"}
+    expected.peaks |= {m.name for m in meter_list if m.peak}
     filters = {m.name: BillableFilter(m.billable) for m in meter_list}
     is_billable: dict[tuple[str, str], bool] = {}  # (meter, status) -> the filter's verdict, memoised
     recent: deque[tuple[int, int, int]] = deque(maxlen=64)  # (index, timestamp, bits) of recent events
@@ -256,7 +256,7 @@ def _event_builder(
     non_billable_below = int(spec.non_billable_rate * 0x10000)
     # A peak meter's events report a level (a seat count): small, and larger for later customers so
     # that their peaks differ; other meters' are amounts (calls, bytes, ms) of up to a thousand.
-    peak = [meter.aggregation == "max" for meter in meter_list]
+    peak = [meter.peak for meter in meter_list]
 
     def build(i: int, timestamp: int, bits: int) -> UsageEvent:
         # Everything about an event follows from its index, time and one draw of 64 random bits,

@@ -26,8 +26,9 @@ from __future__ import annotations
 import multiprocessing
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -40,6 +41,7 @@ from meterline.schemas.serde import AvroSerde
 from meterline.streams.judge import Judge, Verdict
 from meterline.streams.processor import PartitionProcessor, rules_from
 from meterline.streams.state import UnsavedStore
+from meterline.streams.windows import combine
 
 WindowId = tuple[str, str, int]  # customer, meter, window_start
 PartitionWindow = tuple[str, str, int, int]  # + source partition
@@ -69,13 +71,19 @@ class Rederived:
     """The `max` meters: a window's partials make its value by their highest, not their sum."""
 
     def windows(self) -> dict[WindowId, int]:
-        totals: dict[WindowId, int] = {}
-        for (customer, meter, start, _), (value, _) in self.by_partition.items():
-            key = (customer, meter, start)
-            totals[key] = (
-                max(totals.get(key, 0), value) if meter in self.peaks else totals.get(key, 0) + value
-            )
-        return {k: v for k, v in totals.items() if v}
+        return by_window(self.by_partition, self.peaks)
+
+
+def by_window(
+    partials: Mapping[PartitionWindow, tuple[int, Any]], peaks: Collection[str]
+) -> dict[WindowId, int]:
+    """Each window's value from its source partitions' partials (value, anything): their highest
+    for a `peaks` meter, else their sum; windows of nothing left out."""
+    values: dict[WindowId, list[int]] = {}
+    for (customer, meter, start, _), (value, _) in partials.items():
+        values.setdefault((customer, meter, start), []).append(value)
+    windows = {key: combine("max" if key[1] in peaks else "sum", v) for key, v in values.items()}
+    return {key: value for key, value in windows.items() if value}
 
 
 def rederive(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from meterline.core.config import Config
 from meterline.core.kafka import Kafka, idempotent_producer
 from meterline.reconciler.checks.compare import Difference, compare
-from meterline.reconciler.checks.rederive import PartitionWindow, Rederived, ReplayError, WindowId
+from meterline.reconciler.checks.rederive import PartitionWindow, Rederived, ReplayError, WindowId, by_window
 from meterline.schemas.records import WindowAggregate
 from meterline.schemas.serde import AvroSerde
 from meterline.sinks.stripe.totals import TotalsReader
@@ -71,12 +71,8 @@ def stripe_windows(
 def clickhouse_differences(
     rederived: Rederived, stored: dict[PartitionWindow, tuple[int, int]]
 ) -> list[Difference[WindowId]]:
-    ours: dict[WindowId, int] = {}
-    for (c, m, w, _), (value, _) in stored.items():
-        ours[(c, m, w)] = (
-            max(ours.get((c, m, w), 0), value) if m in rederived.peaks else ours.get((c, m, w), 0) + value
-        )
-    return [d for d in compare({k: v for k, v in ours.items() if v}, rederived.windows()) if d.drift]
+    ours = by_window(stored, rederived.peaks)
+    return [d for d in compare(ours, rederived.windows()) if d.drift]
 
 
 def repairs(
