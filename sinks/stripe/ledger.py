@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from meterline.core.months import calendar_month
 from meterline.schemas.records import AggregateIdentity, WindowAggregate
 from meterline.sinks.clickhouse.queries import in_span, narrowed
 from meterline.sinks.stripe.report import Outcome, Status, identifier
@@ -89,17 +91,25 @@ class Ledger:
 
     def statuses(self, identities: Iterable[AggregateIdentity]) -> dict[AggregateIdentity, Status]:
         """The current status of each identity the ledger knows."""
-        wanted = list(identities)
+        return {i: Status(s) for i, s in self._of_each(identities, "toString(status)").items()}
+
+    def values(self, identities: Iterable[AggregateIdentity]) -> dict[AggregateIdentity, int]:
+        """What the ledger says each of these revisions sends (or sent) to Stripe."""
+        return {i: int(v) for i, v in self._of_each(identities, "value").items()}
+
+    def _of_each(self, identities: Iterable[AggregateIdentity], column: str) -> dict[AggregateIdentity, Any]:
+        """`column` of the current row of each identity the ledger knows."""
+        wanted = [tuple(i) for i in identities]
         if not wanted:
             return {}
         rows = self.client.query(
-            "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, revision, "
-            "toString(status) FROM stripe_reports FINAL WHERE "
+            f"SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, revision, "
+            f"{column} FROM stripe_reports FINAL WHERE "
             "(customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, revision) "
             "IN %(wanted)s",
-            parameters={"wanted": [tuple(i) for i in wanted]},
+            parameters={"wanted": wanted},
         ).result_rows
-        return {AggregateIdentity(c, m, int(w), int(p), int(r)): Status(s) for c, m, w, p, r, s in rows}
+        return {AggregateIdentity(c, m, int(w), int(p), int(r)): v for c, m, w, p, r, v in rows}
 
     def other_partitions_reported(self, aggregate: WindowAggregate) -> list[int]:
         """The source partitions other than the aggregate's whose revisions of the same window
@@ -148,29 +158,26 @@ class Ledger:
         ).result_rows
         return [Consumed(base64.b64decode(record), int(p), int(o)) for record, p, o in rows]
 
-    def values(self, identities: Iterable[AggregateIdentity]) -> dict[AggregateIdentity, int]:
-        """What the ledger says each of these revisions sends (or sent) to Stripe."""
-        wanted = [tuple(i) for i in identities]
-        if not wanted:
+    def reported_by_month(self, months: Collection[tuple[str, str, int]]) -> dict[tuple[str, str, int], int]:
+        """(customer, meter, UTC month start in epoch ms) -> the sum of what was sent, or is being
+        sent, over windows starting in that month: every partition, every revision not refused or
+        waiting. One query for all of them."""
+        if not months:
             return {}
+        yyyymm = {(c, m, _yyyymm(start)): (c, m, start) for c, m, start in months}
+        starts = [start for _, _, start in months]
         rows = self.client.query(
-            "SELECT customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, revision, "
-            "value FROM stripe_reports FINAL WHERE "
-            "(customer_id, meter, toUnixTimestamp64Milli(window_start), source_partition, revision) "
-            "IN %(wanted)s",
-            parameters={"wanted": wanted},
+            "SELECT customer_id, meter, toYYYYMM(window_start) AS month, sum(value) "
+            "FROM stripe_reports FINAL WHERE status IN ('pending', 'sent', 'confirmed') "
+            f"AND (customer_id, meter) IN %(pairs)s AND {in_span()} GROUP BY customer_id, meter, month",
+            parameters={
+                "pairs": sorted({(c, m) for c, m, _ in months}),
+                "start": min(starts),
+                "end": calendar_month(max(starts))[1],
+            },
         ).result_rows
-        return {AggregateIdentity(c, m, int(w), int(p), int(r)): int(v) for c, m, w, p, r, v in rows}
-
-    def reported_in(self, customer: str, meter: str, start_ms: int, end_ms: int) -> int:
-        """The sum of what was sent, or is being sent, for a customer's meter over windows starting
-        in [start, end): every partition, every revision not refused or waiting."""
-        rows = self.client.query(
-            "SELECT sum(value) FROM stripe_reports FINAL WHERE status IN ('pending', 'sent', 'confirmed') "
-            f"AND {in_span()}{narrowed(customer, meter)}",
-            parameters={"customer": customer, "meter": meter, "start": start_ms, "end": end_ms},
-        ).result_rows
-        return int(rows[0][0] or 0) if rows else 0
+        found = {(str(c), str(m), int(month)): int(total) for c, m, month, total in rows}
+        return {wanted: found.get(key, 0) for key, wanted in yyyymm.items()}
 
     def record(
         self,
@@ -212,6 +219,12 @@ class Ledger:
             ]
             columns += HELD_COLUMNS
         self.client.insert("stripe_reports", rows, column_names=columns)
+
+
+def _yyyymm(epoch_ms: int) -> int:
+    """The UTC month of `epoch_ms` as ClickHouse's toYYYYMM names it."""
+    when = datetime.fromtimestamp(epoch_ms / 1000, UTC)
+    return when.year * 100 + when.month
 
 
 def reported_windows(

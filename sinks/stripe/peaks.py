@@ -54,18 +54,23 @@ class Peaks:
             return {}
         resent = [r.aggregate.identity for r in peaks if settled.get(r.aggregate.identity) is Status.PENDING]
         stored = self.ledger.values(resent)
-        so_far: dict[tuple[str, str, int], int] = {}
+        so_far = self.ledger.reported_by_month(
+            {_month_of(r) for r in peaks if r.aggregate.identity not in stored}
+        )
         decided = {}
         for report in peaks:
             identity = report.aggregate.identity
             if identity in stored:
                 decided[report.identifier] = replace(report, contribution=stored[identity])
                 continue
-            start, end = calendar_month(report.aggregate.window_start)
-            period = (identity.customer_id, identity.meter, start)
-            if period not in so_far:
-                so_far[period] = self.ledger.reported_in(identity.customer_id, identity.meter, start, end)
+            period = _month_of(report)
             added = contribution(so_far[period], report.aggregate.value)
             so_far[period] += added
             decided[report.identifier] = replace(report, contribution=added)
         return decided
+
+
+def _month_of(report: Report) -> tuple[str, str, int]:
+    """(customer, meter, the UTC month start of its window) of a report."""
+    aggregate = report.aggregate
+    return aggregate.customer_id, aggregate.meter, calendar_month(aggregate.window_start)[0]

@@ -29,12 +29,16 @@ class MemoryLedger:
     def values(self, identities: Iterable[AggregateIdentity]) -> dict[AggregateIdentity, int]:
         return {i: self.rows[i] for i in identities if i in self.rows}
 
-    def reported_in(self, customer: str, meter: str, start_ms: int, end_ms: int) -> int:
-        return sum(
-            v
-            for i, v in self.rows.items()
-            if (i.customer_id, i.meter) == (customer, meter) and start_ms <= i.window_start < end_ms
-        )
+    def reported_by_month(self, months: Iterable[tuple[str, str, int]]) -> dict[tuple[str, str, int], int]:
+        return {
+            (customer, meter, start): sum(
+                v
+                for i, v in self.rows.items()
+                if (i.customer_id, i.meter) == (customer, meter)
+                and calendar_month(i.window_start)[0] == start
+            )
+            for customer, meter, start in months
+        }
 
 
 def report(start: int, value: int, revision: int = 0, meter: str = "seats") -> Report:
