@@ -1,6 +1,8 @@
 """A `max` meter from the aggregates to Stripe and ClickHouse (issue 37): Stripe's `sum` meter gets
 each revision's contribution to its period's peak (sinks.stripe.peaks), so that the period's sum is
-the peak; ClickHouse answers the peak. The sinks run in this process on the broker, the fake and
+the peak, as Stripe's sum formula bills "the sum of all usage values for the billing period"
+(https://docs.stripe.com/billing/subscriptions/usage-based/recording-usage); ClickHouse answers
+the peak. The sinks run in this process on the broker, the fake and
 the embedded ClickHouse."""
 
 from __future__ import annotations
