@@ -235,10 +235,12 @@ class RunConfig:
         return bool(self.dashboard_token or self.dashboard_password)
 
 
-Aggregation = Literal["sum", "count", "max"]
-AGGREGATIONS: tuple[Aggregation, ...] = ("sum", "count", "max")
+Aggregation = Literal["sum", "count", "max", "unique_count"]
+AGGREGATIONS: tuple[Aggregation, ...] = ("sum", "count", "max", "unique_count")
 """How a meter's events make its period's answer (streams.windows.fold and combine): `sum` of the
-quantities, `count` of the events, `max`: the highest quantity reported (peak seats)."""
+quantities, `count` of the events, `max`: the highest quantity reported (peak seats),
+`unique_count`: the distinct values of the attribute `unique_by` (monthly active users). A
+unique_count window holds the values first seen in its period within it, so its windows add up."""
 
 Reset = Literal["calendar_month"]
 RESETS: tuple[Reset, ...] = ("calendar_month",)
@@ -254,11 +256,14 @@ class MeterConfig:
     billable: Mapping[str, tuple[str, ...]]
     """attribute -> glob patterns; an event is billable when every attribute matches one pattern."""
     reset: Reset = "calendar_month"
+    unique_by: str = ""
+    """For `unique_count`: the attribute whose distinct values are counted; required on its events."""
 
     @property
     def additive(self) -> bool:
-        """Whether the period's answer is the sum of its windows' values (sum, count)."""
-        return self.aggregation in ("sum", "count")
+        """Whether the period's answer is the sum of its windows' values (sum, count, and
+        unique_count, whose windows hold first sightings)."""
+        return self.aggregation != "max"
 
     @property
     def peak(self) -> bool:
@@ -360,6 +365,11 @@ class Config:
     @property
     def meter_units(self) -> dict[str, str]:
         return {name: meter.unit for name, meter in self.meters.items()}
+
+    @property
+    def unique_attributes(self) -> dict[str, str]:
+        """meter -> the attribute its events must carry: the `unique_count` meters' `unique_by`."""
+        return {name: meter.unique_by for name, meter in self.meters.items() if meter.unique_by}
 
     @property
     def peak_meters(self) -> tuple[str, ...]:

@@ -221,6 +221,24 @@ def build_meters(raw: Any, problems: list[ConfigProblem]) -> dict[str, MeterConf
         event_name = s.get("stripe_event_name", str, name, _event_name_check)
         billable = _billable(s.get("billable", dict, {}), s)
         reset = s.get("reset", str, "calendar_month", _reset_check)
+        unique_by = s.get("unique_by", str, "")
+        if aggregation == "unique_count" and not unique_by:
+            problems.append(
+                ConfigProblem(
+                    f"meters.{name}.unique_by",
+                    "",
+                    "a unique_count meter names the attribute whose distinct values it counts "
+                    '(unique_by = "user")',
+                )
+            )
+        elif unique_by and aggregation != "unique_count":
+            problems.append(
+                ConfigProblem(
+                    f"meters.{name}.unique_by",
+                    unique_by,
+                    f'only a unique_count meter counts distinct values; this one is "{aggregation}"',
+                )
+            )
         s.finish()
         meters[name] = MeterConfig(
             name,
@@ -229,6 +247,7 @@ def build_meters(raw: Any, problems: list[ConfigProblem]) -> dict[str, MeterConf
             event_name,
             billable,
             cast(Reset, reset),
+            unique_by,
         )
     _one_stripe_meter_each(meters, problems)
     return meters
@@ -244,7 +263,6 @@ def _aggregation_check(value: str) -> str | None:
 
 NOT_YET_METERED = {
     "last": "the level at the period's end",
-    "unique_count": "distinct values of an attribute",
     "time_weighted": "a level integrated over time",
 }
 """Aggregations rate cards use that meterline does not meter yet: named, so that a rate card asking

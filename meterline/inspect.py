@@ -40,6 +40,8 @@ class TopicSummary:
     rejected: Counter[str] = field(default_factory=Counter)
     per_partition: Counter[int] = field(default_factory=Counter)
     billable_totals: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(customer, meter) -> the answer over everything read, by the meter's aggregation (a
+    unique_count meter's: the distinct values read, whatever their months)."""
 
     @property
     def records(self) -> int:
@@ -130,6 +132,7 @@ def _consume(
     summary = TopicSummary()
     judge = Judge(config, serde)
     seen: set[tuple[int, str]] = set()
+    distinct: dict[tuple[str, str], set[str]] = {}
     deadline = time.monotonic() + timeout
     last_message = time.monotonic()
     last_progress = 0.0
@@ -162,10 +165,15 @@ def _consume(
                     seen.add((partition, event.event_id))
                     if billable:
                         pair = (event.customer_id, event.meter)
-                        aggregation = config.meters[event.meter].aggregation
-                        summary.billable_totals[pair] = fold(
-                            aggregation, summary.billable_totals[pair], event.quantity
-                        )
+                        meter = config.meters[event.meter]
+                        if meter.unique_by:  # the distinct values of what was read
+                            values = distinct.setdefault(pair, set())
+                            values.add(event.attributes[meter.unique_by])
+                            summary.billable_totals[pair] = len(values)
+                        else:
+                            summary.billable_totals[pair] = fold(
+                                meter.aggregation, summary.billable_totals[pair], event.quantity
+                            )
                     else:
                         summary.non_billable += 1
         if progress is not None and time.monotonic() - last_progress > 1:

@@ -33,6 +33,7 @@ def make_producer(
         registry_url=config.kafka.schema_registry_url,
         packing=policy,
         kafka_config=client_properties(bootstrap),
+        unique_attributes=config.unique_attributes,
         **kwargs,  # type: ignore[arg-type]
     )
 

@@ -62,9 +62,29 @@ def _why_invalid(event: UsageEvent, meter_units: Mapping[str, str]) -> InvalidEv
     return None
 
 
-def require_valid(event: UsageEvent, meter_units: Mapping[str, str]) -> None:
+def check_unique_attribute(
+    event: UsageEvent, unique_attributes: Mapping[str, str]
+) -> InvalidEventError | None:
+    """Why an event of a `unique_count` meter cannot be counted: it lacks the attribute whose
+    distinct values its meter counts (`unique_attributes`: meter -> that attribute). None otherwise."""
+    name = unique_attributes.get(event.meter)
+    if name is None or event.attributes.get(name):
+        return None
+    return InvalidEventError(
+        RejectReason.MISSING_FIELD,
+        f"attributes.{name}",
+        event.attributes.get(name, ""),
+        f"meter {event.meter!r} counts the distinct values of this attribute: each of its events carries one",
+    )
+
+
+def require_valid(
+    event: UsageEvent, meter_units: Mapping[str, str], unique_attributes: Mapping[str, str] | None = None
+) -> None:
     """Raise InvalidEventError naming the field and value if `event` cannot be counted."""
-    error = check_event(event, meter_units)
+    error = check_event(event, meter_units) or (
+        check_unique_attribute(event, unique_attributes) if unique_attributes else None
+    )
     if error is not None:
         raise error
 

@@ -14,7 +14,13 @@ from meterline.core.config import Config
 from meterline.schemas.errors import InvalidEventError, RejectReason, SchemaError
 from meterline.schemas.records import UsageEvent
 from meterline.schemas.serde import AvroSerde
-from meterline.schemas.validation import BillableRule, check_event, check_timing, timing_bounds
+from meterline.schemas.validation import (
+    BillableRule,
+    check_event,
+    check_timing,
+    check_unique_attribute,
+    timing_bounds,
+)
 from meterline.streams.billable import BillableFilter
 
 try:
@@ -58,6 +64,7 @@ class Judge:
     def __init__(self, config: Config, serde: AvroSerde) -> None:
         self._serde = serde
         self._units = dict(config.meter_units)
+        self._unique_attributes = config.unique_attributes
         rules = {name: BillableFilter(meter.billable) for name, meter in config.meters.items()}
         # None for a meter whose every event is billable: no call per event (most meters have no rules)
         self._filters: dict[str, BillableRule | None] = {
@@ -94,7 +101,29 @@ class Judge:
             verdict.rejections.append(
                 Rejection(error.reason, str(error), index if decoded.is_batch else None, event)
             )
+        if self._unique_attributes and verdict.billable:
+            self._reject_without_unique_attribute(verdict, events, decoded.is_batch)
         return verdict
+
+    def _reject_without_unique_attribute(
+        self, verdict: Verdict, events: list[UsageEvent], is_batch: bool
+    ) -> None:
+        """A billable event of a `unique_count` meter without the attribute it counts is a dead
+        letter: there is no value to count it as."""
+        missing = {
+            id(event): error
+            for event in verdict.billable
+            if (error := check_unique_attribute(event, self._unique_attributes)) is not None
+        }
+        if not missing:
+            return
+        verdict.billable = [event for event in verdict.billable if id(event) not in missing]
+        for index, event in enumerate(events):
+            error = missing.get(id(event))
+            if error is not None:
+                verdict.rejections.append(
+                    Rejection(error.reason, str(error), index if is_batch else None, event)
+                )
 
 
 def _window_gone(event_time: int, held_from: int | None) -> InvalidEventError | None:

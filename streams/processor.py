@@ -15,6 +15,11 @@ How a record at offset `o` is processed:
    went starts a new set: what it counted before is forgotten, what it counts from then on is not.
    An event older than what the partition holds (`held_from`) never gets here: the judge
    dead-letters it as too late, as its window is gone.
+   A `unique_count` event counts one into its window when its value is new to its period (the UTC
+   calendar month): the first sighting is stored with the event and its window (streams.state),
+   and a later event of that value counts nothing. Sightings are stored before the windows that
+   counted them, so after a crash a stored sighting whose event is the one processed again was
+   made by it, its window lost: it counts again there, once.
 3. The partition's watermark becomes the highest event time seen.
 4. Open windows close when `window_end + grace <= watermark`; on an empty batch (a tick, sent
    by the app into a quiet partition) also when `window_end + grace <= the tick's timestamp`.
@@ -37,13 +42,16 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from meterline.core.config import Config
-from meterline.schemas.records import WindowAggregate
+from meterline.core.months import calendar_month
+from meterline.schemas.records import UsageEvent, WindowAggregate
 from meterline.schemas.serde import new_aggregate
 from meterline.streams.buckets import Buckets
 from meterline.streams.judge import Verdict
 from meterline.streams.state import (
     PartitionClock,
     Revision,
+    Sighting,
+    SightingKey,
     WindowKey,
     WindowState,
     new_revision,
@@ -75,6 +83,17 @@ class Store(Protocol):
 
     def save_clock(self, clock: PartitionClock) -> None: ...
 
+    def first_sighting(self, key: SightingKey) -> Sighting | None:
+        """The event that first brought a `unique_count` value into its period, and its window."""
+
+    def save_sighting(self, key: SightingKey, sighting: Sighting) -> None: ...
+
+    def forget_sightings(self, period_start: int) -> None:
+        """Let the period's sightings go: no event can be accepted for it any more."""
+
+    def sighting_periods(self) -> set[int]:
+        """The periods with sightings stored, on recovery."""
+
 
 @dataclass(frozen=True)
 class WindowRules:
@@ -87,7 +106,9 @@ class WindowRules:
     """How long past its end a closed window is kept for corrections: the maximum lateness plus the
     clock skew and a day of margin, after which no event can be accepted for it."""
     aggregations: Mapping[str, str]
-    """meter -> its aggregation, `sum`, `count` or `max` (see streams.windows.fold)."""
+    """meter -> its aggregation, `sum`, `count`, `max` (see streams.windows.fold) or `unique_count`."""
+    unique_by: Mapping[str, str] = field(default_factory=dict)
+    """meter -> the attribute a `unique_count` meter counts distinct values of."""
 
 
 @dataclass
@@ -131,6 +152,10 @@ class PartitionProcessor:
     # (customer, meter) -> the latest window_start of any window saved for it: a window after it is
     # new, known without asking the store (on sparse usage most windows are)
     _newest: dict[tuple[str, str], int] = field(default_factory=dict)
+    # The periods with first sightings, by when they may go: heap of (deadline, period start)
+    _sighting_deadlines: list[tuple[int, int]] = field(default_factory=list)
+    _sighting_periods: set[int] = field(default_factory=set)
+    _month: tuple[int, int] = (0, 0)  # the calendar month of the last unique_count event
 
     def recover(
         self, windows: Iterable[WindowState], clock: PartitionClock | None, first_offset: int
@@ -140,6 +165,8 @@ class PartitionProcessor:
         in flight, so they are sent again, identical to the first time. A closed window stored
         with its ids inline (format 1) is saved again, its ids moved to a chunk or let go."""
         self.clock = clock or PartitionClock()
+        for period in self.store.sighting_periods():
+            self._note_sighting_period(period)
         again: list[WindowAggregate] = []
         for state in windows:
             if state.open:
@@ -205,7 +232,11 @@ class PartitionProcessor:
                 self.stats.duplicates += 1
                 continue
             ids.add(event.event_id)
-            state.value = fold(aggregations[event.meter], state.value, event.quantity)
+            aggregation = aggregations[event.meter]
+            if aggregation == "unique_count":
+                state.value += self._first_sighting(event, slot[2])
+            else:
+                state.value = fold(aggregation, state.value, event.quantity)
             state.event_count += 1
             counted += 1
             if first_touch:
@@ -234,6 +265,10 @@ class PartitionProcessor:
                 self._save_closed(state)
         if self._forget_at and self._forget_at[0][0] <= self.clock.watermark:
             self._forget(touched, offset)
+        while self._sighting_deadlines and self._sighting_deadlines[0][0] <= self.clock.watermark:
+            period = heapq.heappop(self._sighting_deadlines)[1]
+            self._sighting_periods.discard(period)
+            self.store.forget_sightings(period)
         self.clock.last_offset = offset
         self.store.save_clock(self.clock)
         return [aggregate for _, aggregate in closed] if closed else []
@@ -266,6 +301,28 @@ class PartitionProcessor:
         self._open[state.key] = state
         self._note_stored(state.key)
         self._closing.add(window_end(state.key.window_start, self.rules.size_ms), state.key)
+
+    def _first_sighting(self, event: UsageEvent, window: int) -> bool:
+        """Whether the event's `unique_by` value is new to its period (step 2)."""
+        start, end = self._month
+        if not start <= event.timestamp < end:
+            start, end = self._month = calendar_month(event.timestamp)
+        key = (event.customer_id, event.meter, start, event.attributes[self.rules.unique_by[event.meter]])
+        first = self.store.first_sighting(key)
+        if first is None:
+            self.store.save_sighting(key, (event.event_id, window))
+            self._note_sighting_period(start)
+            return True
+        return first == (event.event_id, window)
+
+    def _note_sighting_period(self, start: int) -> None:
+        """Let the period's sightings go when its last window goes (streams.windows.forget_window_at)."""
+        if start not in self._sighting_periods:
+            self._sighting_periods.add(start)
+            _, end = calendar_month(start)
+            heapq.heappush(
+                self._sighting_deadlines, (forget_window_at(end, self.rules.forget_after_ms), start)
+            )
 
     def _dedup_deadline(self, state: WindowState) -> int:
         return forget_dedup_at(
@@ -379,4 +436,5 @@ def rules_from(config: Config) -> WindowRules:
         keep_ids_ms=w.dedup_horizon_ms + margin,
         forget_after_ms=w.max_lateness_ms + margin,
         aggregations={name: meter.aggregation for name, meter in config.meters.items()},
+        unique_by=config.unique_attributes,
     )

@@ -15,6 +15,12 @@ writer made there, not every key (ids live the whole lateness horizon: issue 34)
 the processor's decision (streams.processor): the store deletes a chunk only once its clock is
 past every id in it, so a chunk is there for as long as the processor may ask for it.
 
+A `unique_count` meter's windows count the values first seen in their period (streams.processor):
+each first sighting is an entry of its own, (customer, meter, period start, value) -> the event
+that made it and its window, read from the local store when a value comes again (RocksDB: on disk,
+not in memory, however many distinct values a month holds). A period's sightings are deleted once
+no event can be accepted for it any more.
+
 Entries are stored as pickled tuples of builtins: fast, and stable across Python versions.
 """
 
@@ -59,6 +65,12 @@ class Revision(NamedTuple):
     """That record's timestamp (ms): the same when the close is replayed."""
     watermark: int
     """The partition's watermark then: the dedup horizon runs from it (or from the window's end)."""
+
+
+SightingKey = tuple[str, str, int, str]
+"""customer, meter, the period's start (epoch ms), the value of the meter's `unique_by` attribute."""
+Sighting = tuple[str, int]
+"""The event that first brought a value into its period, and that event's window start."""
 
 
 # A NamedTuple from a tuple of its fields without the Python `__new__` namedtuple gives it (a
@@ -140,6 +152,10 @@ def window_store_key(partition: int, key: WindowKey) -> bytes:
     return pickle.dumps((partition, "w", *key), protocol=5)
 
 
+def sighting_store_key(partition: int, key: SightingKey) -> bytes:
+    return pickle.dumps((partition, "u", *key), protocol=5)
+
+
 def clock_store_key(partition: int) -> bytes:
     return pickle.dumps((partition, "clock"), protocol=5)
 
@@ -155,8 +171,8 @@ def ids_chunk_key(partition: int, bucket: int, writer: str, number: int) -> byte
 
 def store_key_parts(data: bytes) -> tuple[Any, ...]:
     """The tuple a store key was made of: (partition, "w", customer, meter, window_start),
-    (partition, "i", bucket, writer, number), (partition, "i", bucket, name) before issue 34, or
-    (partition, "clock")."""
+    (partition, "i", bucket, writer, number), (partition, "i", bucket, name) before issue 34,
+    (partition, "u", customer, meter, period_start, value), or (partition, "clock")."""
     return tuple(pickle.loads(data))
 
 
@@ -189,6 +205,7 @@ class UnsavedStore:
         self._windows: dict[WindowKey, WindowState] = {}
         self._ids_until: dict[WindowKey, int] = {}
         self._expiring: Buckets[WindowKey] = Buckets()  # the closed windows by when their ids expire
+        self._sightings: dict[int, dict[tuple[str, str, str], Sighting]] = {}  # by period start
 
     def load_window(self, key: WindowKey) -> WindowState | None:
         return self._windows.get(key)
@@ -201,6 +218,18 @@ class UnsavedStore:
 
     def drop_window(self, key: WindowKey) -> None:
         self._windows.pop(key, None)
+
+    def first_sighting(self, key: SightingKey) -> Sighting | None:
+        return self._sightings.get(key[2], {}).get((key[0], key[1], key[3]))
+
+    def save_sighting(self, key: SightingKey, sighting: Sighting) -> None:
+        self._sightings.setdefault(key[2], {})[(key[0], key[1], key[3])] = sighting
+
+    def forget_sightings(self, period_start: int) -> None:
+        self._sightings.pop(period_start, None)
+
+    def sighting_periods(self) -> set[int]:
+        return set(self._sightings)
 
     def save_clock(self, clock: PartitionClock) -> None:
         # The processor holds its clock; nothing reads it back. Its watermark lets ids go.
@@ -240,6 +269,10 @@ class PartitionStore:
         self._named_chunks: dict[int, list[bytes]] = {}  # bucket -> keys written before issue 34
         self._name = uuid.uuid4().hex  # this store as a writer of chunks
         self._last_chunk: tuple[bytes, dict[tuple[str, str, int], set[str]]] | None = None  # the last read
+        self._sightings: dict[SightingKey, Sighting] = {}  # made since the last write
+        self._stored_periods: set[int] = set()  # the periods with sightings in the entries, on recovery
+        self._forget_requested: list[int] = []  # periods let go since the last write
+        self._forget_next: list[int] = []  # periods let go before it: deleted by the next write
 
     def load_window(self, key: WindowKey) -> WindowState | None:
         if key in self._changed:
@@ -264,6 +297,23 @@ class PartitionStore:
         self._changed[key] = None
         self._closed_ids.pop(key, None)
 
+    def first_sighting(self, key: SightingKey) -> Sighting | None:
+        made = self._sightings.get(key)
+        if made is not None:
+            return made
+        raw = self._entries.get(sighting_store_key(self._partition, key))
+        return None if raw is None else cast(Sighting, tuple(pickle.loads(raw)))
+
+    def save_sighting(self, key: SightingKey, sighting: Sighting) -> None:
+        self._sightings[key] = sighting
+
+    def forget_sightings(self, period_start: int) -> None:
+        self._forget_requested.append(period_start)
+
+    def sighting_periods(self) -> set[int]:
+        """The periods whose sightings the entries held on recovery (saved_state)."""
+        return set(self._stored_periods)
+
     def save_clock(self, clock: PartitionClock) -> None:
         self._clock = clock
 
@@ -274,6 +324,8 @@ class PartitionStore:
         # it, and the changes are a mapping, where its deletion would take the place of its writing.
         deleted = [] if self._clock is None else self._expired_chunks(self._clock.watermark)
         changes, chunk_of = self._new_chunks()
+        for sighting_key, sighting in self._sightings.items():
+            changes[sighting_store_key(partition, sighting_key)] = pickle.dumps(sighting, protocol=5)
         for key, state in self._changed.items():
             changes[window_store_key(partition, key)] = (
                 None if state is None else state.encode(chunk_of.get(key))
@@ -283,7 +335,11 @@ class PartitionStore:
         if deleted:
             changes.update(dict.fromkeys(deleted))
             self._last_chunk = None
+        if self._forget_next:
+            changes.update(dict.fromkeys(self._stored_sightings(self._forget_next)))
+        self._forget_next, self._forget_requested = self._forget_requested, []
         self._entries.write(changes)
+        self._sightings.clear()
         self._changed.clear()
         self._closed_ids.clear()
         self._clock = None
@@ -303,9 +359,22 @@ class PartitionStore:
                 written[writer] = max(written.get(writer, 0), number + 1)
             elif kind == "i":
                 self._named_chunks.setdefault(rest[0], []).append(key)
+            elif kind == "u":
+                self._stored_periods.add(rest[2])
             else:
                 windows.append(WindowState.decode(value)[0])
         return windows, clock
+
+    def _stored_sightings(self, periods: list[int]) -> list[bytes]:
+        """The keys of the stored sightings of `periods`: a scan of every entry, made once a
+        period per partition, where an index of them would hold a key per distinct value."""
+        wanted = set(periods)
+        keys = []
+        for key, _ in self._entries.items():
+            _, kind, *rest = store_key_parts(key)
+            if kind == "u" and rest[2] in wanted:
+                keys.append(key)
+        return keys
 
     def _new_chunks(self) -> tuple[dict[bytes, bytes | None], dict[tuple[str, str, int], bytes]]:
         """The chunks holding the ids of the windows closed since the last write, and each window's chunk."""

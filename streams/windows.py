@@ -51,18 +51,22 @@ def earliest_held(watermark_ms: int, forget_after_ms: int, size_ms: int) -> int:
     return window_start(watermark_ms - forget_after_ms, size_ms)
 
 
-ADDITIVE = ("sum", "count")
-"""Aggregations whose period answer is the sum of its windows' values (and of partitions' partials)."""
+ADDITIVE = ("sum", "count", "unique_count")
+"""Aggregations whose period answer is the sum of its windows' values (and of partitions' partials):
+a `unique_count` window holds the values first seen in its period (streams.processor)."""
 
 
 def fold(aggregation: str, value: int, quantity: int) -> int:
     """A window's value with one more event counted: the quantity added for a `sum` meter, one for
-    a `count` meter, the higher of the two for a `max` meter (its peak)."""
+    a `count` meter, the higher of the two for a `max` meter (its peak). A `unique_count` window
+    counts an event by whether its value is new to the period, which the processor knows."""
     if aggregation == "sum":
         return value + quantity
     if aggregation == "count":
         return value + 1
-    return value if value >= quantity else quantity
+    if aggregation == "max":
+        return value if value >= quantity else quantity
+    raise ValueError(f"a {aggregation!r} window is not folded from quantities")
 
 
 def combine(aggregation: str, values: Iterable[int]) -> int:

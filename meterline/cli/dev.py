@@ -66,7 +66,7 @@ def _config_check(args: argparse.Namespace) -> int:
         {
             "meter": m.name,
             "unit": m.unit,
-            "aggregation": m.aggregation,
+            "aggregation": f"{m.aggregation} of {m.unique_by}" if m.unique_by else m.aggregation,
             "reset": m.reset,
             "stripe_event_name": m.stripe_event_name,
             "billable": " and ".join(f"{a} in {list(p)}" for a, p in m.billable.items()) or "everything",

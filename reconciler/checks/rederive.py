@@ -13,7 +13,10 @@ batches, not records) nor offsets_for_times for a stop (tansu answers 0 for a ti
 record) is trusted. Records stamped after `to + lateness` cannot count into the range (their events
 for it are too late), so reading them costs time only; the events of other windows are set aside
 (they move the partition's event time, as in the stream app, but fold into nothing), so a replay
-holds the ids of the range's windows alone. The partitions are re-derived in parallel
+holds the ids of the range's windows alone. A `unique_count` window counts the values first seen
+in its month, which events of the month outside the range may have been first to bring: for
+those meters replay reads from the first month's start and keeps the events of every month the
+range touches, reporting the range's windows alone. The partitions are re-derived in parallel
 processes: there is no state to commit, so nothing but decoding and folding is paid per event.
 
 Its own module, importing only what a re-deriving process needs: each process starts by importing
@@ -36,6 +39,7 @@ from meterline.core import collector
 from meterline.core.config import Config
 from meterline.core.errors import MeterlineError
 from meterline.core.kafka import Kafka, idempotent_producer, partition_count, settings, take
+from meterline.core.months import calendar_month
 from meterline.schemas.records import UsageEvent, WindowAggregate
 from meterline.schemas.serde import AvroSerde
 from meterline.streams.judge import Judge, Verdict
@@ -150,15 +154,18 @@ def _rederive_partition(job: tuple[Config, Kafka, int, int, int, str | None, byt
     # the watermark left more than the maximum lateness behind (a range long past, read to now).
     totals: dict[WindowId, tuple[int, int]] = {}
 
-    def fold(aggregates: list[WindowAggregate]) -> None:
-        for a in aggregates:  # only the range's windows: the rest were set aside
-            totals[(a.customer_id, a.meter, a.window_start)] = (a.value, a.event_count)
-
     in_range = event_times(start_ms, end_ms, config.windows.size_ms)
+    sighted = sighting_times(start_ms, end_ms) if config.unique_attributes else range(0)
+
+    def fold(aggregates: list[WindowAggregate]) -> None:
+        for a in aggregates:  # the range's windows: the rest were set aside or only sight values
+            if a.window_start in in_range:
+                totals[(a.customer_id, a.meter, a.window_start)] = (a.value, a.event_count)
+
     records = events = 0
     deadline = time.monotonic() + MARKER_TIMEOUT_S
     try:
-        first = _first_offset(consumer, config, partition, start_ms)
+        first = _first_offset(consumer, config, partition, sighted.start if sighted else start_ms)
         consumer.assign([TopicPartition(config.topics.events, partition, first)])
         last_offset, last_time = first - 1, 0
         reading = True
@@ -178,7 +185,7 @@ def _rederive_partition(job: tuple[Config, Kafka, int, int, int, str | None, byt
                 record_time = message.timestamp()[1]
                 verdict = judge(value, record_time, processor.held_from(offset))
                 if verdict.billable:
-                    set_aside(verdict, in_range, customer)
+                    set_aside(verdict, in_range, customer, config.unique_attributes, sighted)
                 fold(processor.process(offset, record_time, verdict))
                 records += 1
                 events += verdict.events
@@ -196,15 +203,30 @@ def event_times(start_ms: int, end_ms: int, size_ms: int) -> range:
     return range(-(-start_ms // size_ms) * size_ms, -(-end_ms // size_ms) * size_ms)
 
 
-def set_aside(verdict: Verdict, in_range: range, customer: str | None) -> None:
+def sighting_times(start_ms: int, end_ms: int) -> range:
+    """The event times of the calendar months that [start, end) touches: the events a
+    `unique_count` meter's windows in the range may owe their first sightings to."""
+    return range(calendar_month(start_ms)[0], calendar_month(max(start_ms, end_ms - 1))[1])
+
+
+def set_aside(
+    verdict: Verdict,
+    in_range: range,
+    customer: str | None,
+    unique_meters: Collection[str] = (),
+    sighted: range = range(0),
+) -> None:
     """Move the billable events of windows outside the range (or of other customers) to the
     non-billable: they still move the partition's event time, as the stream app's do, but fold into
     no window, and no window holds their ids, which dedup keeps for the whole lateness horizon
-    (replay reads from the range to the end of the topic)."""
+    (replay reads from the range to the end of the topic). Events of `unique_meters` in `sighted`
+    (sighting_times) stay: they decide which values are first seen in the range's windows."""
     kept: list[UsageEvent] = []
     aside: list[UsageEvent] = []
     for event in verdict.billable:
-        wanted = event.timestamp in in_range and customer in (None, event.customer_id)
+        wanted = customer in (None, event.customer_id) and (
+            event.timestamp in in_range or (event.meter in unique_meters and event.timestamp in sighted)
+        )
         (kept if wanted else aside).append(event)
     if aside:
         verdict.billable = kept

@@ -241,6 +241,28 @@ def test_a_max_meter_is_declared_with_its_reset(tmp_path: Path) -> None:
     assert load_config(None, {}).meters["api_calls"].additive
 
 
+def test_a_unique_count_meter_names_its_attribute_and_only_it_does(tmp_path: Path) -> None:
+    path = tmp_path / "meterline.toml"
+    path.write_text(
+        '[meters.active_users]\nunit = "user"\naggregation = "unique_count"\nunique_by = "user"\n'
+    )
+    config = load_config(path, {})
+    assert (config.meters["active_users"].additive, config.unique_attributes) == (
+        True,
+        {"active_users": "user"},
+    )
+    found = problems_of(
+        tmp_path,
+        '[meters.active_users]\nunit = "user"\naggregation = "unique_count"\n'
+        '[meters.calls]\nunit = "call"\nunique_by = "user"\n',
+    )
+    assert found["meters.active_users.unique_by"].startswith("a unique_count meter names the attribute")
+    assert (
+        found["meters.calls.unique_by"]
+        == 'only a unique_count meter counts distinct values; this one is "sum"'
+    )
+
+
 def test_aggregations_and_resets_not_metered_yet_are_refused_by_name(tmp_path: Path) -> None:
     found = problems_of(
         tmp_path,
