@@ -101,6 +101,10 @@ class Expected:
     rejected: Counter[str] = field(default_factory=Counter)
     peaks: frozenset[str] = frozenset()
     """The `max` meters (set by `generate`): a customer's answer over the span is its highest window."""
+    sighted: set[tuple[str, str, int, str]] = field(default_factory=set)
+    """(customer, meter, month start, value): the values of `unique_count` meters seen so far. A
+    unique_count window's expected value is the values first seen in its month within it, in the
+    order the events are produced: the order the stream meets a customer's events in."""
 
     @property
     def accepted(self) -> int:
@@ -113,6 +117,7 @@ class Expected:
             raise ValueError(f"shares overlap in {len(overlap)} windows, e.g. {min(overlap)}")
         self.totals.update(share.totals)
         self.peaks |= share.peaks
+        self.sighted |= share.sighted
         self.produced += share.produced
         self.duplicates += share.duplicates
         self.non_billable += share.non_billable
@@ -242,7 +247,19 @@ def generate(
         if verdict:
             key = (event.customer_id, event.meter, window_start(timestamp, window_ms))
             total = totals.setdefault(key, [0, 0])
-            total[0] = fold(meters[event.meter].aggregation, total[0], event.quantity)
+            meter = meters[event.meter]
+            if meter.unique_by:
+                sighting = (
+                    event.customer_id,
+                    event.meter,
+                    calendar_month(timestamp)[0],
+                    event.attributes[meter.unique_by],
+                )
+                if sighting not in expected.sighted:
+                    expected.sighted.add(sighting)
+                    total[0] += 1
+            else:
+                total[0] = fold(meter.aggregation, total[0], event.quantity)
             total[1] += 1
         else:
             expected.non_billable += 1
@@ -255,8 +272,10 @@ def _event_builder(
     """The event of index i at `timestamp` from its 64 random `bits`."""
     non_billable_below = int(spec.non_billable_rate * 0x10000)
     # A peak meter's events report a level (a seat count): small, and larger for later customers so
-    # that their peaks differ; other meters' are amounts (calls, bytes, ms) of up to a thousand.
+    # that their peaks differ; other meters' are amounts (calls, bytes, ms) of up to a thousand. A
+    # unique_count meter's carry one of a few users, more for later customers, so most come again.
     peak = [meter.peak for meter in meter_list]
+    unique_by = [meter.unique_by for meter in meter_list]
 
     def build(i: int, timestamp: int, bits: int) -> UsageEvent:
         # Everything about an event follows from its index, time and one draw of 64 random bits,
@@ -266,6 +285,9 @@ def _event_builder(
         customer = (bits >> 8) % len(customers)
         billable = (bits >> 40) & 0xFFFF >= non_billable_below
         statuses = _STATUSES_BILLABLE if billable else _STATUSES_NOT_BILLABLE
+        attributes = {"status": statuses[(bits >> 56) % len(statuses)]}
+        if unique_by[choice]:
+            attributes[unique_by[choice]] = f"user-{(bits >> 16) % (4 + 3 * customer)}"
         return UsageEvent(
             f"ev-{spec.seed}-{i}",
             customers[customer],
@@ -274,7 +296,7 @@ def _event_builder(
             meter.unit,
             timestamp,
             "generator",
-            {"status": statuses[(bits >> 56) % len(statuses)]},
+            attributes,
         )
 
     return build

@@ -124,6 +124,7 @@ class Judge:
                 verdict.rejections.append(
                     Rejection(error.reason, str(error), index if is_batch else None, event)
                 )
+        verdict.rejections.sort(key=lambda rejection: rejection.index or 0)  # in the batch's order
 
 
 def _window_gone(event_time: int, held_from: int | None) -> InvalidEventError | None:

@@ -16,6 +16,7 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
+from meterline.core.months import calendar_month
 from meterline.schemas.records import AggregateIdentity, WindowAggregate
 from meterline.streams.judge import Judge
 from meterline.streams.processor import PartitionProcessor, WindowRules
@@ -141,3 +142,20 @@ def sums_by_window(aggregates: Iterable[WindowAggregate]) -> dict[tuple[str, str
             range(count)
         )
     return totals
+
+
+def months_of(
+    totals: Mapping[tuple[str, str, int], list[int]], unique_meters: Iterable[str]
+) -> dict[tuple[str, str, int], list[int]]:
+    """`totals` (window -> [value, event count]) with the windows of `unique_meters` summed per
+    month (keyed by the month's start): which window first sees a value depends on the order events
+    arrive in, the month's distinct values do not. For comparing with a generator's expectation
+    when the events were shuffled."""
+    unique = set(unique_meters)
+    folded: dict[tuple[str, str, int], list[int]] = {}
+    for (customer, meter, start), (value, count) in totals.items():
+        key = (customer, meter, calendar_month(start)[0] if meter in unique else start)
+        total = folded.setdefault(key, [0, 0])
+        total[0] += value
+        total[1] += count
+    return folded

@@ -21,7 +21,9 @@ def test_the_defaults_are_valid() -> None:
         "egress_bytes": "byte",
         "compute_ms": "millisecond",
         "seats": "seat",
+        "active_users": "user",
     }
+    assert config.unique_attributes == {"active_users": "user"}
     assert config.peak_meters == ("seats",) and config.plans["team"].prices["seats"].overage_price == 10
 
 

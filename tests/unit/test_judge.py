@@ -5,6 +5,8 @@ the fields from the events' slots and skips the filter call for meters without r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,7 +16,7 @@ from meterline.schemas import _readers, validation
 from meterline.schemas.errors import RejectReason
 from meterline.schemas.records import UsageEvent
 from meterline.schemas.serde import AvroSerde
-from meterline.schemas.validation import check_event, check_timing
+from meterline.schemas.validation import check_event, check_timing, check_unique_attribute
 from meterline.streams import judge
 from meterline.streams.billable import BillableFilter
 from meterline.streams.judge import Judge
@@ -57,18 +59,23 @@ def judged(events: list[UsageEvent]) -> Sorted:
     return verdict.billable, verdict.non_billable, [(r.reason.value, r.index) for r in verdict.rejections]
 
 
-def by_the_rules(events: list[UsageEvent]) -> Sorted:
-    """The same, each event put through check_event, check_timing and its meter's filter in turn."""
+def by_the_rules(
+    events: list[UsageEvent], unique_attributes: Mapping[str, str] = CONFIG.unique_attributes
+) -> Sorted:
+    """The same, each event put through check_event, check_timing, its meter's filter and, billable,
+    its unique_count meter's attribute in turn."""
     rules = {name: BillableFilter(meter.billable) for name, meter in CONFIG.meters.items()}
     billable, non_billable, rejected = [], [], []
     for index, e in enumerate(events):
         error = check_event(e, CONFIG.meter_units) or check_timing(e.timestamp, RECORD_TIME, LATENESS, SKEW)
         if error is not None:
             rejected.append((error.reason.value, index))
-        elif rules[e.meter](e.attributes):
-            billable.append(e)
-        else:
+        elif not rules[e.meter](e.attributes):
             non_billable.append(e)
+        elif (missing := check_unique_attribute(e, unique_attributes)) is not None:
+            rejected.append((missing.reason.value, index))
+        else:
+            billable.append(e)
     return billable, non_billable, rejected
 
 
@@ -137,7 +144,7 @@ def test_the_verdict_is_the_rules_applied_one_by_one(events: list[UsageEvent]) -
 
 @given(st.lists(EVENTS, max_size=20))
 def test_both_triages_sort_events_as_the_rules_do(events: list[UsageEvent]) -> None:
-    billable, non_billable, rejected = by_the_rules(events)
+    billable, non_billable, rejected = by_the_rules(events, {})  # the judge checks unique_by after triage
     filters = JUDGE._filters
     for triage in (_readers.triage, validation.triage):
         sorted_billable: list[UsageEvent] = []
