@@ -11,18 +11,31 @@ from meterline.core.config import Config
 from meterline.schemas.cloudevents import BATCH, QUANTITY_MAX, STRUCTURED
 
 
-def _meter(meter: str, unit: str) -> list[dict[str, Any]]:
+def _meter(meter: str, unit: str, unique_by: str) -> list[dict[str, Any]]:
     """The two ways an event names `meter` (its data.meter; or its type's last part, without a
-    data.meter), each in the meter's unit: the catalog's rules, said in JSON Schema."""
-    in_unit = {"unit": {"const": unit}}
+    data.meter), each in the meter's unit and, for a `unique_count` meter, with the attribute it
+    counts: the catalog's rules, said in JSON Schema."""
+    in_unit: dict[str, Any] = {"unit": {"const": unit}}
+    carried: dict[str, Any] = {}  # what the data must hold besides
+    if unique_by:
+        in_unit["attributes"] = {"required": [unique_by], "properties": {unique_by: {"minLength": 1}}}
+        carried["required"] = ["attributes"]
     by_type = {"pattern": f"(^|\\.){re.escape(meter)}$"}
     return [
         {
             "properties": {
-                "data": {"required": ["meter"], "properties": {"meter": {"const": meter}, **in_unit}}
+                "data": {
+                    "required": ["meter", *carried.get("required", [])],
+                    "properties": {"meter": {"const": meter}, **in_unit},
+                }
             }
         },
-        {"properties": {"type": by_type, "data": {"not": {"required": ["meter"]}, "properties": in_unit}}},
+        {
+            "properties": {
+                "type": by_type,
+                "data": {"not": {"required": ["meter"]}, **carried, "properties": in_unit},
+            }
+        },
     ]
 
 
@@ -61,8 +74,8 @@ def event_schema(config: Config) -> dict[str, Any]:
         },
         "anyOf": [
             alternative
-            for name, unit in sorted(config.meter_units.items())
-            for alternative in _meter(name, unit)
+            for name, meter in sorted(config.meters.items())
+            for alternative in _meter(name, meter.unit, meter.unique_by)
         ],
     }
 

@@ -101,23 +101,24 @@ class Judge:
             verdict.rejections.append(
                 Rejection(error.reason, str(error), index if decoded.is_batch else None, event)
             )
-        if self._unique_attributes and verdict.billable:
+        if self._unique_attributes and (verdict.billable or verdict.non_billable):
             self._reject_without_unique_attribute(verdict, events, decoded.is_batch)
         return verdict
 
     def _reject_without_unique_attribute(
         self, verdict: Verdict, events: list[UsageEvent], is_batch: bool
     ) -> None:
-        """A billable event of a `unique_count` meter without the attribute it counts is a dead
-        letter: there is no value to count it as."""
+        """An event of a `unique_count` meter without the attribute it counts is a dead letter, as
+        one in another unit is: there is no value to count it as, billable or not."""
         missing = {
             id(event): error
-            for event in verdict.billable
+            for event in (*verdict.billable, *verdict.non_billable)
             if (error := check_unique_attribute(event, self._unique_attributes)) is not None
         }
         if not missing:
             return
         verdict.billable = [event for event in verdict.billable if id(event) not in missing]
+        verdict.non_billable = [event for event in verdict.non_billable if id(event) not in missing]
         for index, event in enumerate(events):
             error = missing.get(id(event))
             if error is not None:

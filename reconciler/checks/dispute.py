@@ -1,7 +1,8 @@
 """`meterline dispute`: everything support needs to answer "why is my bill higher?" for one
 customer and period: usage by day and hour, how each day's usage falls into the included quantity,
 overage or tiers, the invoice lines, the Stripe identifiers that carried the usage, and for a meter
-billed by its peak (seats) the events that reported it. A peak's day is its highest hour, and what
+billed by its peak (seats) the events that reported it, for a distinct count (active users) each
+value it counted with the event that first carried it. A peak's day is its highest hour, and what
 falls into the bands is how far the day raised the period's peak.
 Assembling it is pure (`build`); the queries and the renderers are around it.
 """
@@ -26,7 +27,7 @@ from meterline.reconciler.billing.periods import Period
 from meterline.reconciler.billing.plan_history import period_invoice
 from meterline.reconciler.billing.pricing import Invoice, invoice
 from meterline.reconciler.html_tables import section_tables
-from meterline.sinks.clickhouse.usage_events import peak_events
+from meterline.sinks.clickhouse.usage_events import first_sightings, peak_events
 from meterline.sinks.clickhouse.usage_windows import by_bucket
 from meterline.sinks.stripe.ledger import reports_of
 
@@ -78,6 +79,18 @@ class PeakEvent:
 
 
 @dataclass(frozen=True)
+class CountedValue:
+    """A value a `unique_count` meter counted in the period, with the event that first carried it
+    in its month."""
+
+    meter: str
+    value: str
+    event_id: str
+    timestamp: int  # epoch ms
+    source: str
+
+
+@dataclass(frozen=True)
 class DisputeReport:
     customer: str
     period: str
@@ -88,6 +101,7 @@ class DisputeReport:
     bill: Invoice
     carriers: list[Carrier]
     peak_events: list[PeakEvent] = field(default_factory=list)
+    counted_values: list[CountedValue] = field(default_factory=list)
 
 
 def bands(price: MeterPrice) -> list[tuple[str, int | None]]:
@@ -109,6 +123,7 @@ def build(
     carriers: Sequence[Carrier],
     bill: Invoice | None = None,
     made_peaks: Sequence[PeakEvent] = (),
+    counted_values: Sequence[CountedValue] = (),
 ) -> DisputeReport:
     """The report; `bill` is the period's invoice when it is not the current plan's over the whole
     period (a plan change: reconciler.billing.plan_history). `hours` hold a peak meter's highest
@@ -154,6 +169,7 @@ def build(
         bill or invoice(plan, usage),
         list(carriers),
         list(made_peaks),
+        list(counted_values),
     )
 
 
@@ -175,7 +191,12 @@ def query(config: Config, client: Client, customer: str, period: Period) -> Disp
         for meter in config.peak_meters
         for event in peak_events(client, customer, meter, start, end)
     ]
-    return build(config, customer, period.label, hours, carriers, bill, made_peaks)
+    counted_values = [
+        CountedValue(meter, *sighting)
+        for meter, attribute in config.unique_attributes.items()
+        for sighting in first_sightings(client, customer, meter, attribute, start, end)
+    ]
+    return build(config, customer, period.label, hours, carriers, bill, made_peaks, counted_values)
 
 
 # -- renderers ---------------------------------------------------------------------------------------
@@ -220,6 +241,19 @@ def _sections(report: DisputeReport) -> list[tuple[str, list[dict[str, Any]]]]:
                     "source": p.source,
                 }
                 for p in report.peak_events
+            ],
+        ),
+        (
+            "The values each distinct count counted, first seen (clickhouse.raw_events)",
+            [
+                {
+                    "meter": v.meter,
+                    "value": v.value,
+                    "first event": v.event_id,
+                    "at (UTC)": datetime.fromtimestamp(v.timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                    "source": v.source,
+                }
+                for v in report.counted_values
             ],
         ),
         (

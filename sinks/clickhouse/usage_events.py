@@ -35,3 +35,33 @@ def peak_events(
         parameters={"customer": customer, "meter": meter, "start": start_ms, "end": end_ms, "most": most},
     ).result_rows
     return [RawEvent(str(e), int(t), int(q), str(s)) for e, t, q, s in rows]
+
+
+class FirstSighting(NamedTuple):
+    value: str
+    event_id: str
+    timestamp: int  # epoch ms
+    source: str
+
+
+def first_sightings(
+    client: Client, customer: str, meter: str, attribute: str, start_ms: int, end_ms: int
+) -> list[FirstSighting]:
+    """Each distinct value of `attribute` among a `unique_count` meter's billable events of [start,
+    end), with the earliest event that carried it in each UTC month (the meter's reset): what its
+    windows count, in time order. The stream counts a value in the window of the first event it
+    met, which is the earliest unless that one came late."""
+    rows = client.query(
+        "SELECT attributes[%(attribute)s] AS value, event_id, toUnixTimestamp64Milli(timestamp), source "
+        "FROM usage_events FINAL WHERE customer_id = %(customer)s AND meter = %(meter)s AND billable "
+        f"AND {in_span('timestamp')} ORDER BY timestamp, event_id "
+        "LIMIT 1 BY toStartOfMonth(timestamp), value",
+        parameters={
+            "customer": customer,
+            "meter": meter,
+            "attribute": attribute,
+            "start": start_ms,
+            "end": end_ms,
+        },
+    ).result_rows
+    return [FirstSighting(str(v), str(e), int(t), str(s)) for v, e, t, s in rows]

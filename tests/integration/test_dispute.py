@@ -117,6 +117,13 @@ def test_the_command_writes_csv_json_and_html_from_clickhouse(tmp_path: Path) ->
             ("e3", 12, 3, True),
             ("e4", 15, 4, False),  # not billable: not a peak
         ]
+        # Active users: ann first at hour 2 (her event at hour 1 came late, earlier in time), bob once.
+        users = [
+            ("u1", "ann", 2, True),
+            ("u2", "ann", 1, True),
+            ("u3", "bob", 3, True),
+            ("u4", "cy", 4, False),
+        ]
         client.insert(
             "usage_events",
             [
@@ -134,6 +141,22 @@ def test_the_command_writes_csv_json_and_html_from_clickhouse(tmp_path: Path) ->
                     n,
                 ]
                 for n, (event, quantity, hour, billable) in enumerate(seats)
+            ]
+            + [
+                [
+                    event,
+                    "cust-<b>",
+                    "active_users",
+                    1,
+                    "user",
+                    NOV_1 + hour * HOUR,
+                    "app",
+                    {"user": user},
+                    ok,
+                    0,
+                    n,
+                ]
+                for n, (event, user, hour, ok) in enumerate(users, len(seats))
             ],
             column_names=list(EVENT_COLUMNS),
         )
@@ -168,6 +191,8 @@ def test_the_command_writes_csv_json_and_html_from_clickhouse(tmp_path: Path) ->
         "ml:id-1",
     ]
     assert [(p["event_id"], p["quantity"]) for p in as_json["peak_events"]] == [("e2", 12), ("e3", 12)]
+    counted = [(v["meter"], v["value"], v["event_id"]) for v in as_json["counted_values"]]
+    assert counted == [("active_users", "ann", "u2"), ("active_users", "bob", "u3")]
     rows = list(csv.reader(io.StringIO(dispute("csv"))))
     assert ["Total", "", "", "$200.00"] in rows and any("req_1" in row for row in rows)
     page = dispute("html")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 from meterline.config import load_config
@@ -53,6 +54,7 @@ def test_expected_totals_recount_from_the_records() -> None:
     config = load_config(None, {})
     emissions, expected = run(SPEC, config)
     counted: set[str] = set()
+    seen_users: set[tuple[str, int, str]] = set()
     totals: Counter[tuple[str, str, int]] = Counter()
     rejected = 0
     for emission in emissions:
@@ -68,9 +70,21 @@ def test_expected_totals_recount_from_the_records() -> None:
             window = (event.customer_id, event.meter, event.timestamp // 60_000 * 60_000)
             if event.meter == "seats":  # the default config's peak meter: a window's highest seat count
                 totals[window] = max(totals[window], event.quantity)
+            elif event.meter == "active_users":  # a user counts in the window it is first seen in its month
+                month = datetime.fromtimestamp(event.timestamp / 1000, UTC).replace(
+                    day=1, hour=0, minute=0, second=0, microsecond=0
+                )
+                sighting = (event.customer_id, int(month.timestamp() * 1000), event.attributes["user"])
+                totals[window] += sighting not in seen_users
+                seen_users.add(sighting)
             else:
                 totals[window] += event.quantity
     assert totals == Counter({k: v[0] for k, v in expected.totals.items()})
+    assert (
+        0
+        < sum(v for (_, m, _), v in totals.items() if m == "active_users")
+        < len([k for k in totals if k[1] == "active_users"])
+    )  # users come again: fewer first sightings than windows
     assert rejected == sum(expected.rejected.values())
     assert abs(rejected - 0.02 * 20_000) < 80  # the malformed rate, give or take chance
     assert set(expected.rejected) == {

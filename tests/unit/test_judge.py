@@ -62,20 +62,19 @@ def judged(events: list[UsageEvent]) -> Sorted:
 def by_the_rules(
     events: list[UsageEvent], unique_attributes: Mapping[str, str] = CONFIG.unique_attributes
 ) -> Sorted:
-    """The same, each event put through check_event, check_timing, its meter's filter and, billable,
-    its unique_count meter's attribute in turn."""
+    """The same, each event put through check_event, check_timing, its unique_count meter's
+    attribute and its meter's filter in turn."""
     rules = {name: BillableFilter(meter.billable) for name, meter in CONFIG.meters.items()}
     billable, non_billable, rejected = [], [], []
     for index, e in enumerate(events):
         error = check_event(e, CONFIG.meter_units) or check_timing(e.timestamp, RECORD_TIME, LATENESS, SKEW)
+        error = error or check_unique_attribute(e, unique_attributes)
         if error is not None:
             rejected.append((error.reason.value, index))
-        elif not rules[e.meter](e.attributes):
-            non_billable.append(e)
-        elif (missing := check_unique_attribute(e, unique_attributes)) is not None:
-            rejected.append((missing.reason.value, index))
-        else:
+        elif rules[e.meter](e.attributes):
             billable.append(e)
+        else:
+            non_billable.append(e)
     return billable, non_billable, rejected
 
 
