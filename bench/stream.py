@@ -6,7 +6,8 @@ into UsageEvents, no Faust: with fastavro, and with meterline's compiled reader)
 agent (Faust's per-message ceiling); Faust's own tumbling Table doing the same sum. Then the
 worker's memory on 1M and 5M packed events over the same span (same windows): state grows with
 open windows and dedup retention, not with the number of events. The packed row runs twice: with
-the default rate card (seats, a quarter of the events, a `max` meter) and with seats summed.
+the default rate card (seats, a `max` meter, and active_users, a `unique_count` meter, each a
+fifth of the events) and with both summed.
 
 A worker's rate is read from its committed offsets (committed every 0.5 s here), from its first
 commit to the one that covers the topic, so the group join and startup are not counted. Over the
@@ -136,14 +137,19 @@ def main() -> None:
                 rows.append(row)
 
         meterline(packed, args.events, packed_messages, ", one day")
-        # The same events with the default rate card's peak meter (seats, a quarter of them) folded
-        # as a sum: what a `max` meter costs beside the adding ones (issue 37).
+        # The same events with the default rate card's peak meter (seats) and distinct count
+        # (active_users, a first-sighting lookup per event) folded as sums: what the kinds that do
+        # not add cost beside the adding ones (issue 37).
         meterline(
             packed,
             args.events,
             packed_messages,
-            ", one day, seats summed (every meter adding)",
-            {"METERLINE__METERS__SEATS__AGGREGATION": "sum"},
+            ", one day, seats and active users summed (every meter adding)",
+            {
+                "METERLINE__METERS__SEATS__AGGREGATION": "sum",
+                "METERLINE__METERS__ACTIVE_USERS__AGGREGATION": "sum",
+                "METERLINE__METERS__ACTIVE_USERS__UNIQUE_BY": '""',
+            },
         )
         meterline(single, args.single_events, single_messages)
         # Live traffic: the same 1M events over 20 minutes of event time (3,000 windows, ~330

@@ -126,8 +126,9 @@ class Expected:
         self.rejected.update(share.rejected)
 
     def at_stripe(self) -> dict[tuple[str, str], int]:
-        """What Stripe's meters hold per customer and meter over the span: the windows' sum, or for a
-        peak each UTC month's peak, summed over the months the span touches (the contributions of a
+        """What Stripe's meters hold per customer and meter over the span: the windows' sum (for a
+        unique_count meter, its first sightings: each month's distinct values), or for a peak each
+        UTC month's peak, summed over the months the span touches (the contributions of a
         month add up to its peak: sinks.stripe.peaks). Pairs of nothing left out."""
         totals: Counter[tuple[str, str]] = Counter()
         monthly: dict[tuple[str, str, int], int] = {}

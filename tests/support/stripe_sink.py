@@ -112,6 +112,11 @@ def assert_reported_exactly(
     expected: Expected,
     dsn: str,
 ) -> None:
+    """Stripe's meters hold what the workload expects of them. Each is a `sum` meter, whose value
+    is "the sum of all usage values for the billing period"
+    (https://docs.stripe.com/billing/subscriptions/usage-based/recording-usage): an adding meter is
+    fed its windows, a `unique_count` meter its first sightings (the month's distinct values, added
+    up), a `max` meter the contributions to its month's peak (Expected.at_stripe)."""
     starts = [start for _, _, start in expected.totals]  # late events reach before the span's start
     span = (min(starts), max(starts) + 60_000)
     assert stripe_totals(base, meters, customer_ids(spec), span) == expected.at_stripe()
