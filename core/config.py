@@ -235,12 +235,17 @@ class RunConfig:
         return bool(self.dashboard_token or self.dashboard_password)
 
 
-Aggregation = Literal["sum", "count", "max", "unique_count"]
-AGGREGATIONS: tuple[Aggregation, ...] = ("sum", "count", "max", "unique_count")
-"""How a meter's events make its period's answer (streams.windows.fold and combine): `sum` of the
-quantities, `count` of the events, `max`: the highest quantity reported (peak seats),
-`unique_count`: the distinct values of the attribute `unique_by` (monthly active users). A
-unique_count window holds the values first seen in its period within it, so its windows add up."""
+Aggregation = Literal["sum", "count", "max", "last", "unique_count"]
+AGGREGATIONS: tuple[Aggregation, ...] = ("sum", "count", "max", "last", "unique_count")
+"""How a meter's events make its period's answer (streams.windows.fold and period_answer): `sum`
+of the quantities, `count` of the events, `max`: the highest quantity reported (peak seats),
+`last`: the quantity of the period's latest event (seats at the period's end), `unique_count`: the
+distinct values of the attribute `unique_by` (monthly active users). A unique_count window holds
+the values first seen in its period within it, so its windows add up."""
+
+LEVELS = ("max", "last")
+"""The aggregations of a level (seats, storage held): the period's answer is one window's value,
+its highest or its latest, not the sum of its windows."""
 
 Reset = Literal["calendar_month"]
 RESETS: tuple[Reset, ...] = ("calendar_month",)
@@ -260,15 +265,10 @@ class MeterConfig:
     """For `unique_count`: the attribute whose distinct values are counted; required on its events."""
 
     @property
-    def additive(self) -> bool:
-        """Whether the period's answer is the sum of its windows' values (sum, count, and
-        unique_count, whose windows hold first sightings)."""
-        return self.aggregation != "max"
-
-    @property
-    def peak(self) -> bool:
-        """Whether the period's answer is its highest window (`max`)."""
-        return self.aggregation == "max"
+    def level(self) -> bool:
+        """Whether the period's answer is one window's value (LEVELS), not the sum of its windows'
+        values (sum, count, and unique_count, whose windows hold first sightings)."""
+        return self.aggregation in LEVELS
 
 
 @dataclass(frozen=True)
@@ -372,7 +372,7 @@ class Config:
         return {name: meter.unique_by for name, meter in self.meters.items() if meter.unique_by}
 
     @property
-    def peak_meters(self) -> tuple[str, ...]:
-        """The meters whose period answer is their highest window value (`max`), not the sum of
-        their windows: what every query of usage_windows is told."""
-        return tuple(name for name, meter in self.meters.items() if meter.peak)
+    def levels(self) -> dict[str, str]:
+        """meter -> `max` or `last`, for the meters whose period answer is one window's value, not
+        the sum of their windows: what every query of usage_windows is told."""
+        return {name: meter.aggregation for name, meter in self.meters.items() if meter.level}

@@ -168,6 +168,6 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
         history=plan_history(s, s.get("history", dict, {}), plans),
     )
     s.finish()
-    peaks = [name for name, meter in meters.items() if meter.peak]
-    alerts = build_alerts(raw, plans, peaks, problems)
+    levels = {name: meter.aggregation for name, meter in meters.items() if meter.level}
+    alerts = build_alerts(raw, plans, levels, problems)
     return Config(**built, meters=meters, plans=plans, billing=billing, alerts=alerts, source=source)

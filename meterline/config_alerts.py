@@ -4,7 +4,7 @@ the rate card (a share of the included quantity needs a price that includes some
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -19,10 +19,11 @@ RULE_KEYS = ("included", "spend", "projected_overage")
 def build_alerts(
     raw: Mapping[str, Any],
     plans: Mapping[str, Plan],
-    peaks: Sequence[str],
+    levels: Mapping[str, str],
     problems: list[ConfigProblem],
 ) -> AlertsConfig:
-    """`peaks`: the `max` meters, whose answer does not grow with time (nothing to project)."""
+    """`levels`: the `max` and `last` meters, whose answer does not grow with time (nothing to
+    project)."""
     s = Section(raw, "alerts", problems)
     alerts = AlertsConfig(
         every_seconds=s.get("every_seconds", int, 60, at_least(1)),
@@ -45,14 +46,14 @@ def build_alerts(
             )
             continue
         for meter, rule in sorted(meters.items()):
-            found = _rule(s, f"rules.{plan_name}.{meter}", plan, meter, rule, meter in peaks)
+            found = _rule(s, f"rules.{plan_name}.{meter}", plan, meter, rule, levels.get(meter))
             if found is not None:
                 rules.append(found)
     s.finish()
     return AlertsConfig(alerts.every_seconds, alerts.endpoint, alerts.signing_secret, tuple(rules))
 
 
-def _rule(s: Section, where: str, plan: Plan, meter: str, rule: Any, peak: bool) -> AlertRule | None:
+def _rule(s: Section, where: str, plan: Plan, meter: str, rule: Any, level: str | None) -> AlertRule | None:
     price = plan.prices.get(meter)
     if price is None or not isinstance(rule, dict):
         s.problem(
@@ -70,11 +71,12 @@ def _rule(s: Section, where: str, plan: Plan, meter: str, rule: Any, peak: bool)
     if not isinstance(projected, bool):
         s.problem(f"{where}.projected_overage", projected, "must be true or false")
         projected = False
-    if projected and peak:
+    if projected and level:
+        what = "peak" if level == "max" else "latest level"
         s.problem(
             f"{where}.projected_overage",
             projected,
-            f"{meter} bills its peak, which the rate so far does not project: alert on included shares",
+            f"{meter} bills its {what}, which the rate so far does not project: alert on included shares",
         )
         projected = False
     if (shares or projected) and not price.included:

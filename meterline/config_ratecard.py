@@ -262,7 +262,6 @@ def _aggregation_check(value: str) -> str | None:
 
 
 NOT_YET_METERED = {
-    "last": "the level at the period's end",
     "time_weighted": "a level integrated over time",
 }
 """Aggregations rate cards use that meterline does not meter yet: named, so that a rate card asking

@@ -13,7 +13,7 @@ import base64
 import hashlib
 import html
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -27,7 +27,7 @@ from meterline.reconciler.billing.periods import projected_usage, resolve
 from meterline.reconciler.billing.plan_history import invoice_over, period_invoice
 from meterline.reconciler.billing.pricing import Invoice, billed_quantity
 from meterline.sinks.clickhouse.usage_windows import Grain, by_bucket
-from meterline.streams.windows import combine
+from meterline.streams.windows import period_answer
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -41,12 +41,12 @@ def allowance(price: MeterPrice, base_units: int) -> tuple[Decimal, Decimal, Dec
 
 
 def series(
-    client: Client, customer: str, start_ms: int, end_ms: int, grain: Grain, peaks: Sequence[str]
+    client: Client, customer: str, start_ms: int, end_ms: int, grain: Grain, levels: Mapping[str, str]
 ) -> dict[str, list[tuple[int, int]]]:
     """meter -> [(bucket start ms, the bucket's answer)], buckets with usage only, in time order."""
     return {
         meter: [(t, value) for t, value, _ in buckets]
-        for meter, buckets in by_bucket(client, customer, start_ms, end_ms, grain, peaks=peaks).items()
+        for meter, buckets in by_bucket(client, customer, start_ms, end_ms, grain, levels=levels).items()
     }
 
 
@@ -67,15 +67,12 @@ def document(
     # part's included units are the ones left to use, and the rate so far projects that part only.
     split, usages, so_far = period_invoice(config, client, customer, start, end)
     current, current_usage = split[-1], usages[-1]
-    peaks = config.peak_meters
-    projected = projected_usage(current_usage, current.start_ms, end, as_of_ms, peaks)
+    levels = config.levels
+    projected = projected_usage(current_usage, current.start_ms, end, as_of_ms, levels)
     projected_usages = [*usages[:-1], projected]
     plan = current.plan
-    by_meter = series(client, customer, start, end, grain, peaks)
-    usage = {
-        meter: combine("max" if meter in peaks else "sum", (v for _, v in points))
-        for meter, points in by_meter.items()
-    }
+    by_meter = series(client, customer, start, end, grain, levels)
+    usage = {m: period_answer(config.meters[m].aggregation, dict(points)) for m, points in by_meter.items()}
     meters = []
     for name, meter in config.meters.items():
         price = plan.prices.get(name)
@@ -286,11 +283,12 @@ async function load() {
   charts.replaceChildren();
   for (const m of doc.meters) {
     const points = doc.series[m.meter] || [];
-    const peak = m.aggregation === "max";
-    charts.appendChild(el("div", {}, `${m.label || m.meter} (${m.unit}), ${peak ? "peak " : ""}by ` +
-                          `${doc.grain}: ${m.used_base_units.toLocaleString("en-US")} ` +
-                          `${peak ? "at the period's peak" : "in the period"}`));
-    charts.appendChild(chart(m.meter, m.label || m.meter, points, doc.grain, peak));
+    const level = m.aggregation === "max" || m.aggregation === "last";  // a level: drawn as a line
+    const kind = {max: ["peak ", "at the period's peak"], last: ["level ", "at the period's latest"]};
+    const [before, after] = kind[m.aggregation] || ["", "in the period"];
+    charts.appendChild(el("div", {}, `${m.label || m.meter} (${m.unit}), ${before}by ` +
+                          `${doc.grain}: ${m.used_base_units.toLocaleString("en-US")} ${after}`));
+    charts.appendChild(chart(m.meter, m.label || m.meter, points, doc.grain, level));
   }
   fill(document.getElementById("invoice"), ["line", "quantity", "unit price", "amount"],
        invoiceRows(doc.invoice), [1, 2, 3]);

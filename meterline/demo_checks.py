@@ -8,11 +8,12 @@ import contextlib
 import io
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from functools import partial
 
 from meterline import forward
 from meterline.core.config import Config
+from meterline.sinks.clickhouse.usage_windows import ANSWER, kinds
 from meterline.table import render
 from meterline.workload import Expected, WorkloadSpec, customer_ids
 
@@ -22,11 +23,15 @@ WINDOWS = (
 )
 
 
-def totals_sql(peaks: Sequence[str]) -> str:
-    """Each customer's answer per meter as `meterline sql` shows it: a peak meter's highest window
-    (`peaks`), every other meter's sum."""
-    listed = ", ".join(f"'{meter}'" for meter in peaks)  # meter names: [a-z0-9_], checked at load
-    answer = f"if(has([{listed}], meter), max(value), sum(value))"
+def totals_sql(levels: Mapping[str, str]) -> str:
+    """Each customer's answer per meter as `meterline sql` shows it (usage_windows.ANSWER, its
+    lists written out): a level's highest or latest window (`levels`), every other meter's sum."""
+    # meter names: [a-z0-9_], checked at load
+    listed = {
+        kind: "[" + ", ".join(f"'{meter}'" for meter in meters) + "]"
+        for kind, meters in kinds(levels).items()
+    }
+    answer = ANSWER % listed
     return (
         f"SELECT customer_id AS customer, meter, {answer} AS total, count() AS windows, "
         "countIf(revision > 0) AS corrected FROM usage_windows FINAL "
@@ -62,7 +67,7 @@ def inside(address: forward.RunningRun, *argv: str, show: bool = True) -> tuple[
 
 
 def clickhouse_exact(address: forward.RunningRun, expected: Expected) -> bool:
-    inside(address, "sql", totals_sql(sorted(expected.peaks)))
+    inside(address, "sql", totals_sql(expected.levels))
     code, output = inside(address, "sql", "--format", "json", WINDOWS, show=False)
     stored = {
         (r["customer_id"], r["meter"], int(r["w"])): (int(r["v"]), int(r["n"])) for r in json.loads(output)
@@ -114,9 +119,9 @@ def stripe_exact(config: Config, spec: WorkloadSpec, expected: Expected) -> bool
     print(render(rows))
     exact = all(row["drift"] == 0 for row in rows)
     print(f"  Stripe {'equals' if exact else 'DIFFERS FROM'} the generator for all {len(rows)} pairs")
-    if expected.peaks:
+    if expected.levels:
         print(
-            f"  ({', '.join(sorted(expected.peaks))}: each month's peak, summed over the months the usage "
+            f"  ({', '.join(sorted(expected.levels))}: each month's answer, summed over the months the usage "
             "touches, late events reaching back into the previous one)"
         )
     return exact

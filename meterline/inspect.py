@@ -23,7 +23,7 @@ from meterline.core.config import Config
 from meterline.core.kafka import Kafka, at_end, consumer_from_beginning
 from meterline.schemas.serde import AvroSerde
 from meterline.streams.judge import Judge
-from meterline.streams.windows import fold
+from meterline.streams.windows import fold, later
 from meterline.table import render
 
 _QUIET_S = 2.0
@@ -41,7 +41,8 @@ class TopicSummary:
     per_partition: Counter[int] = field(default_factory=Counter)
     billable_totals: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(customer, meter) -> the answer over everything read, by the meter's aggregation (a
-    unique_count meter's: the distinct values read, whatever their months)."""
+    unique_count meter's: the distinct values read, whatever their months; a last meter's: the
+    quantity of the latest event read)."""
 
     @property
     def records(self) -> int:
@@ -133,6 +134,7 @@ def _consume(
     judge = Judge(config, serde)
     seen: set[tuple[int, str]] = set()
     distinct: dict[tuple[str, str], set[str]] = {}
+    latest: dict[tuple[str, str], tuple[int, str]] = {}
     deadline = time.monotonic() + timeout
     last_message = time.monotonic()
     last_progress = 0.0
@@ -170,6 +172,10 @@ def _consume(
                             values = distinct.setdefault(pair, set())
                             values.add(event.attributes[meter.unique_by])
                             summary.billable_totals[pair] = len(values)
+                        elif meter.aggregation == "last":  # the latest event read
+                            if later(at := (event.timestamp, event.event_id), latest.get(pair)):
+                                latest[pair] = at
+                                summary.billable_totals[pair] = event.quantity
                         else:
                             summary.billable_totals[pair] = fold(
                                 meter.aggregation, summary.billable_totals[pair], event.quantity

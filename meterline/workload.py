@@ -21,7 +21,7 @@ from meterline.core.months import calendar_month
 from meterline.schemas.errors import RejectReason
 from meterline.schemas.records import UsageEvent
 from meterline.streams.billable import BillableFilter
-from meterline.streams.windows import DAY_MS, fold, window_start
+from meterline.streams.windows import DAY_MS, fold, later, period_answer, window_start
 
 _DUPLICATE_HORIZON_MS = 5 * 60_000  # a retry arrives soon after its original, well inside dedup retention
 _OUT_OF_ORDER_MS = 5_000  # displacement inside the grace period
@@ -99,8 +99,11 @@ class Expected:
     out_of_order: int = 0
     late: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
-    peaks: frozenset[str] = frozenset()
-    """The `max` meters (set by `generate`): a customer's answer over the span is its highest window."""
+    levels: dict[str, str] = field(default_factory=dict)
+    """The `max` and `last` meters (set by `generate`): a customer's answer over a month is its
+    highest window, or its latest window's value."""
+    latest: dict[tuple[str, str, int], tuple[int, str]] = field(default_factory=dict)
+    """A `last` meter's windows: the latest event so far (time, id), whose quantity it holds."""
     sighted: set[tuple[str, str, int, str]] = field(default_factory=set)
     """(customer, meter, month start, value): the values of `unique_count` meters seen so far. A
     unique_count window's expected value is the values first seen in its month within it, in the
@@ -116,7 +119,8 @@ class Expected:
         if overlap:
             raise ValueError(f"shares overlap in {len(overlap)} windows, e.g. {min(overlap)}")
         self.totals.update(share.totals)
-        self.peaks |= share.peaks
+        self.levels |= share.levels
+        self.latest |= share.latest
         self.sighted |= share.sighted
         self.produced += share.produced
         self.duplicates += share.duplicates
@@ -127,30 +131,28 @@ class Expected:
 
     def at_stripe(self) -> dict[tuple[str, str], int]:
         """What Stripe's meters hold per customer and meter over the span: the windows' sum (for a
-        unique_count meter, its first sightings: each month's distinct values), or for a peak each
-        UTC month's peak, summed over the months the span touches (the contributions of a
-        month add up to its peak: sinks.stripe.peaks). Pairs of nothing left out."""
+        unique_count meter, its first sightings: each month's distinct values), or for a level
+        each UTC month's answer (its peak, its latest window's value), summed over the months the
+        span touches (the contributions of a month add up to its answer: sinks.stripe.levels).
+        Pairs of nothing left out."""
         totals: Counter[tuple[str, str]] = Counter()
-        monthly: dict[tuple[str, str, int], int] = {}
+        monthly: dict[tuple[str, str, int], dict[int, int]] = {}
         for (customer, meter, start), (value, _) in self.totals.items():
-            if meter in self.peaks:
-                month = (customer, meter, calendar_month(start)[0])
-                monthly[month] = max(monthly.get(month, 0), value)
+            if meter in self.levels:
+                monthly.setdefault((customer, meter, calendar_month(start)[0]), {})[start] = value
             else:
                 totals[(customer, meter)] += value
-        for (customer, meter, _), peak in monthly.items():
-            totals[(customer, meter)] += peak
+        for (customer, meter, _), windows in monthly.items():
+            totals[(customer, meter)] += period_answer(self.levels[meter], windows)
         return {pair: total for pair, total in totals.items() if total}
 
     def to_json(self, spec: WorkloadSpec) -> dict[str, Any]:
-        per_customer_meter: Counter[tuple[str, str]] = Counter()
-        for (customer, meter, _), (value, _) in self.totals.items():
-            pair = (customer, meter)
-            per_customer_meter[pair] = (
-                fold("max", per_customer_meter[pair], value)
-                if meter in self.peaks
-                else (per_customer_meter[pair] + value)
-            )
+        windows: dict[tuple[str, str], dict[int, int]] = {}
+        for (customer, meter, start), (value, _) in self.totals.items():
+            windows.setdefault((customer, meter), {})[start] = value
+        per_customer_meter = {
+            pair: period_answer(self.levels.get(pair[1], "sum"), values) for pair, values in windows.items()
+        }
         return {
             "spec": asdict(spec),
             "window_ms": self.window_ms,
@@ -190,7 +192,7 @@ def generate(
     customers = customer_ids(spec)
     owned = [owns is None or owns(c) for c in customers]
     meter_list = sorted(meters.values(), key=lambda m: m.name)
-    expected.peaks |= {m.name for m in meter_list if m.peak}
+    expected.levels |= {m.name: m.aggregation for m in meter_list if m.level}
     filters = {m.name: BillableFilter(m.billable) for m in meter_list}
     is_billable: dict[tuple[str, str], bool] = {}  # (meter, status) -> the filter's verdict, memoised
     recent: deque[tuple[int, int, int]] = deque(maxlen=64)  # (index, timestamp, bits) of recent events
@@ -259,6 +261,10 @@ def generate(
                 if sighting not in expected.sighted:
                     expected.sighted.add(sighting)
                     total[0] += 1
+            elif meter.aggregation == "last":
+                if later(at := (timestamp, event.event_id), expected.latest.get(key)):
+                    expected.latest[key] = at
+                    total[0] = event.quantity
             else:
                 total[0] = fold(meter.aggregation, total[0], event.quantity)
             total[1] += 1
@@ -272,10 +278,10 @@ def _event_builder(
 ) -> Callable[[int, int, int], UsageEvent]:
     """The event of index i at `timestamp` from its 64 random `bits`."""
     non_billable_below = int(spec.non_billable_rate * 0x10000)
-    # A peak meter's events report a level (a seat count): small, and larger for later customers so
+    # A level's events (max, last) report a level (a seat count): small, larger for later customers so
     # that their peaks differ; other meters' are amounts (calls, bytes, ms) of up to a thousand. A
     # unique_count meter's carry one of a few users, more for later customers, so most come again.
-    peak = [meter.peak for meter in meter_list]
+    level = [meter.level for meter in meter_list]
     unique_by = [meter.unique_by for meter in meter_list]
 
     def build(i: int, timestamp: int, bits: int) -> UsageEvent:
@@ -293,7 +299,7 @@ def _event_builder(
             f"ev-{spec.seed}-{i}",
             customers[customer],
             meter.name,
-            1 + (bits >> 28) % (6 + 5 * customer if peak[choice] else 999),
+            1 + (bits >> 28) % (6 + 5 * customer if level[choice] else 999),
             meter.unit,
             timestamp,
             "generator",

@@ -19,7 +19,8 @@ How a record at offset `o` is processed:
    calendar month): the first sighting is stored with the event and its window (streams.state),
    and a later event of that value counts nothing. Sightings are stored before the windows that
    counted them, so after a crash a stored sighting whose event is the one processed again was
-   made by it, its window lost: it counts again there, once.
+   made by it, its window lost: it counts again there, once. A `last` window holds the quantity of
+   its latest event by time (the event id deciding a tie), whatever order they arrive in.
 3. The partition's watermark becomes the highest event time seen.
 4. Open windows close when `window_end + grace <= watermark`; on an empty batch (a tick, sent
    by the app into a quiet partition) also when `window_end + grace <= the tick's timestamp`.
@@ -64,6 +65,7 @@ from meterline.streams.windows import (
     fold,
     forget_dedup_at,
     forget_window_at,
+    later,
     window_end,
     window_start,
 )
@@ -106,7 +108,7 @@ class WindowRules:
     """How long past its end a closed window is kept for corrections: the maximum lateness plus the
     clock skew and a day of margin, after which no event can be accepted for it."""
     aggregations: Mapping[str, str]
-    """meter -> its aggregation, `sum`, `count`, `max` (see streams.windows.fold) or `unique_count`."""
+    """meter -> its aggregation: `sum`, `count`, `max` (streams.windows.fold), `last`, `unique_count`."""
     unique_by: Mapping[str, str] = field(default_factory=dict)
     """meter -> the attribute a `unique_count` meter counts distinct values of."""
 
@@ -235,6 +237,9 @@ class PartitionProcessor:
             aggregation = aggregations[event.meter]
             if aggregation == "unique_count":
                 state.value += self._first_sighting(event, slot[2])
+            elif aggregation == "last":
+                if later(at := (timestamp, event.event_id), state.latest):
+                    state.latest, state.value = at, event.quantity
             else:
                 state.value = fold(aggregation, state.value, event.quantity)
             state.event_count += 1

@@ -35,8 +35,9 @@ from typing import Any, NamedTuple, Protocol, cast
 
 from meterline.streams.buckets import Buckets
 
-_WINDOW_FORMAT = 2
-"""2: a closed window's ids in a chunk. Format 1 entries (ids always inline) still decode."""
+_WINDOW_FORMAT = 3
+"""3: a `last` window's latest event. 2: a closed window's ids in a chunk. Format 1 entries (ids
+always inline) and 2 still decode."""
 _CLOCK_FORMAT = 1
 _CHUNK_FORMAT = 1
 
@@ -91,6 +92,8 @@ class WindowState:
     """None for a closed window whose ids are in a chunk not read yet, or went with its horizon."""
     revisions: list[Revision] = field(default_factory=list)
     open: bool = True
+    latest: tuple[int, str] | None = None
+    """A `last` window's latest event so far (its time, its id): the one whose quantity it holds."""
 
     def encode(self, ids_at: bytes | None = None) -> bytes:
         """The entry; `ids_at`, the key of the chunk holding the ids of a closed window, in their place."""
@@ -107,6 +110,7 @@ class WindowState:
             ids,
             revisions,
             self.open,
+            self.latest,
         )
         return pickle.dumps(row, protocol=5)
 
@@ -115,16 +119,23 @@ class WindowState:
         """The window, and the key of the chunk holding its ids (None where the entry holds them:
         an open window, format 1, or a window without ids). Format 1 entries may hold the ids as a
         sorted list."""
-        fmt, key, value, count, last_offset, ids, revisions, is_open = pickle.loads(data)
-        if fmt not in (1, _WINDOW_FORMAT):
-            raise ValueError(f"window state format {fmt} is not 1 or {_WINDOW_FORMAT}")
+        fmt, key, value, count, last_offset, ids, revisions, is_open, *latest = pickle.loads(data)
+        if fmt not in (1, 2, _WINDOW_FORMAT):
+            raise ValueError(f"window state format {fmt} is not 1, 2 or {_WINDOW_FORMAT}")
         ids_at = ids if type(ids) is bytes else None
         if ids_at is not None or ids is None:
             ids = None
         elif type(ids) is not set:
             ids = set(ids)
         state = cls(
-            WindowKey(*key), value, count, last_offset, ids, [Revision(*r) for r in revisions], is_open
+            WindowKey(*key),
+            value,
+            count,
+            last_offset,
+            ids,
+            [Revision(*r) for r in revisions],
+            is_open,
+            (latest[0][0], latest[0][1]) if latest and latest[0] is not None else None,
         )
         return state, ids_at
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 DAY_MS = 86_400_000
 
@@ -59,7 +59,8 @@ a `unique_count` window holds the values first seen in its period (streams.proce
 def fold(aggregation: str, value: int, quantity: int) -> int:
     """A window's value with one more event counted: the quantity added for a `sum` meter, one for
     a `count` meter, the higher of the two for a `max` meter (its peak). A `unique_count` window
-    counts an event by whether its value is new to the period, which the processor knows."""
+    counts an event by whether its value is new to the period, a `last` window takes the quantity
+    of its latest event (streams.processor knows both)."""
     if aggregation == "sum":
         return value + quantity
     if aggregation == "count":
@@ -70,6 +71,32 @@ def fold(aggregation: str, value: int, quantity: int) -> int:
 
 
 def combine(aggregation: str, values: Iterable[int]) -> int:
-    """A period's answer from its windows' values (of every source partition): their sum for the
-    additive meters, their highest for `max`; 0 for a period without windows."""
+    """A window's value from its source partitions' partials: their sum for the additive meters,
+    their highest for a level (`max`, `last`: a window split over two partitions, which happens only
+    when the events topic's partition count changed within it, answers its highest partial); 0 for
+    none."""
     return sum(values) if aggregation in ADDITIVE else max(values, default=0)
+
+
+def period_answer(aggregation: str, windows: Mapping[int, int]) -> int:
+    """A period's answer from its windows' values by window start: their sum for the additive
+    meters, their highest for `max`, the latest window's for `last`; 0 for a period without any."""
+    if aggregation in ADDITIVE:
+        return sum(windows.values())
+    if aggregation == "max":
+        return max(windows.values(), default=0)
+    return windows[max(windows)] if windows else 0
+
+
+def running(aggregation: str, so_far: int, then: int) -> int:
+    """A period's answer so far, given the answer `then` of its next span of time (a day, an hour)
+    after those that made `so_far`: added, the higher of the two (`max`), or `then` (`last`)."""
+    if aggregation in ADDITIVE:
+        return so_far + then
+    return max(so_far, then) if aggregation == "max" else then
+
+
+def later(event: tuple[int, str], than: tuple[int, str] | None) -> bool:
+    """Whether an event (its time, its id) is a `last` window's latest so far: later in time, the
+    id deciding a tie, so that the answer does not depend on the order events arrive in."""
+    return than is None or event > than

@@ -106,7 +106,7 @@ class Alerter:
                 continue
             period = resolve(self.client, customer, "", now_ms)
             usage = customer_usage(
-                self.client, customer, period.start_ms, period.end_ms, peaks=self.config.peak_meters
+                self.client, customer, period.start_ms, period.end_ms, levels=self.config.levels
             )
             for rule in wanted:
                 found += crossed(

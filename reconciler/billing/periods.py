@@ -46,12 +46,12 @@ def period_bounds(period: str) -> tuple[int, int]:
 
 
 def projected_usage(
-    usage: Mapping[str, int], start_ms: int, end_ms: int, now_ms: int, peaks: Collection[str] = ()
+    usage: Mapping[str, int], start_ms: int, end_ms: int, now_ms: int, levels: Collection[str] = ()
 ) -> dict[str, int]:
     """Usage at the end of the period if it goes on at the rate so far (whole base units, down).
 
-    A period that is over is what it was; one not begun projects nothing. A peak (`peaks`) does not
-    grow with time: it is projected as it stands."""
+    A period that is over is what it was; one not begun projects nothing. A level (`levels`: a
+    peak, a latest level) does not grow with time: it is projected as it stands."""
     if now_ms >= end_ms:
         return dict(usage)
     elapsed = now_ms - start_ms
@@ -59,7 +59,7 @@ def projected_usage(
         return {meter: 0 for meter in usage}
     scale = Decimal(end_ms - start_ms) / Decimal(elapsed)
     return {
-        meter: units if meter in peaks else int((Decimal(units) * scale).to_integral_value(ROUND_FLOOR))
+        meter: units if meter in levels else int((Decimal(units) * scale).to_integral_value(ROUND_FLOOR))
         for meter, units in usage.items()
     }
 

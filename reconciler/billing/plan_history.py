@@ -184,8 +184,7 @@ def period_invoice(
     changes = changes_from_stripe(config, client, customer) or changes_from_config(config, customer)
     split = parts(config, changes, start_ms, end_ms)
     usages = [
-        customer_usage(client, customer, part.start_ms, part.end_ms, peaks=config.peak_meters)
-        for part in split
+        customer_usage(client, customer, part.start_ms, part.end_ms, levels=config.levels) for part in split
     ]
     return split, usages, invoice_over(split, usages)
 

@@ -30,6 +30,7 @@ from meterline.reconciler.html_tables import section_tables
 from meterline.sinks.clickhouse.usage_events import first_sightings, peak_events
 from meterline.sinks.clickhouse.usage_windows import by_bucket
 from meterline.sinks.stripe.ledger import reports_of
+from meterline.streams.windows import running
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -126,14 +127,13 @@ def build(
     counted_values: Sequence[CountedValue] = (),
 ) -> DisputeReport:
     """The report; `bill` is the period's invoice when it is not the current plan's over the whole
-    period (a plan change: reconciler.billing.plan_history). `hours` hold a peak meter's highest
-    window of each hour (Config.peak_meters): its day is its highest hour, its `cumulative` the
-    period's peak so far."""
+    period (a plan change: reconciler.billing.plan_history). `hours` hold a level's answer of each
+    hour (Config.levels): a peak meter's day is its highest hour and its `cumulative` the period's
+    peak so far; a `last` meter's day is its latest hour, its `cumulative` the level then."""
     plan = config.plan_for(customer)
-    peaks = config.peak_meters
 
     def add(meter: str, so_far: int, quantity: int) -> int:
-        return max(so_far, quantity) if meter in peaks else so_far + quantity
+        return running(config.meters[meter].aggregation, so_far, quantity)
 
     usage: dict[str, int] = {}
     for h in hours:
@@ -146,13 +146,17 @@ def build(
                 day = datetime.fromtimestamp(h.hour / 1000, UTC).date().isoformat()
                 by_day[day] = add(meter, by_day.get(day, 0), h.quantity)
         cumulative = 0
+        is_last, last_day = config.meters[meter].aggregation == "last", max(by_day, default="")
         for day in sorted(by_day):
             quantity = by_day[day]
             reached = add(meter, cumulative, quantity)
+            # What falls into the bands: the day's rise of the answer; a latest level is billed as it
+            # stands on its last day, which alone falls into them, whole.
+            bottom, top_reached = (0, reached if day == last_day else 0) if is_last else (cumulative, reached)
             shares: dict[str, int] = {}
             floor = 0
             for name, top in bands(price):
-                low, high = max(cumulative, floor), reached if top is None else min(reached, top)
+                low, high = max(bottom, floor), top_reached if top is None else min(top_reached, top)
                 if high > low:
                     shares[name] = high - low
                 if top is not None:
@@ -180,7 +184,7 @@ def query(config: Config, client: Client, customer: str, period: Period) -> Disp
     hours = [
         HourUsage(meter, hour, quantity, corrected)
         for meter, buckets in sorted(
-            by_bucket(client, customer, start, end, "hour", peaks=config.peak_meters).items()
+            by_bucket(client, customer, start, end, "hour", levels=config.levels).items()
         )
         for hour, quantity, corrected in buckets
     ]
@@ -188,7 +192,8 @@ def query(config: Config, client: Client, customer: str, period: Period) -> Disp
     _, _, bill = period_invoice(config, client, customer, start, end)
     made_peaks = [
         PeakEvent(meter, *event)
-        for meter in config.peak_meters
+        for meter, kind in config.levels.items()
+        if kind == "max"
         for event in peak_events(client, customer, meter, start, end)
     ]
     counted_values = [

@@ -103,17 +103,17 @@ def reconcile(
         start, end, period = chosen.start_ms, chosen.end_ms, chosen.label
     result = Reconciliation(uuid.uuid4().hex[:12], period, threshold)
     # 1. Ours.
-    peaks = config.peak_meters
-    ours = usage_windows.totals(client, start, end, customer, meter, peaks=peaks)
+    levels = config.levels
+    ours = usage_windows.totals(client, start, end, customer, meter, levels=levels)
     customers = sorted({c for c, _ in ours} | ({customer} if customer else set()))
     meters = [meter] if meter else list(config.meters)
-    if calendar_month(start) != (start, end):  # a peak's contributions add up per UTC month
+    if calendar_month(start) != (start, end):  # a level's contributions add up per UTC month
         result.not_compared = {
-            m: "its peak resets each UTC month (sinks.stripe.peaks), and this period is not one"
+            m: f"its {levels[m]} resets each UTC month (sinks.stripe.levels), and this period is not one"
             for m in meters
-            if m in peaks
+            if m in levels
         }
-        meters = [m for m in meters if m not in peaks]
+        meters = [m for m in meters if m not in levels]
         ours = {pair: total for pair, total in ours.items() if pair[1] in meters}
     # 2. Stripe's.
     theirs: dict[Pair, int] = {}
@@ -124,17 +124,17 @@ def reconcile(
             theirs[(who, what)] = sum(summaries.values())
             if summaries and not stripe.per_window:  # totals per billing period: ours over the same
                 ours[(who, what)] = sum(
-                    usage_windows.totals(client, low, high, who, what, peaks=peaks).get((who, what), 0)
+                    usage_windows.totals(client, low, high, who, what, levels=levels).get((who, what), 0)
                     for low, high in summaries
                 )
         if progress:
             progress(n, len(customers))
     result.pairs = compare(ours, {k: v for k, v in theirs.items() if v})
     # 3. The hours of what drifts.
-    if stripe.per_window:  # a peak has no hours that add up to it: its period answer was compared
-        for pair in (p for p in result.drifting if p.key[1] not in peaks):
+    if stripe.per_window:  # a level has no hours that add up to it: its period answer was compared
+        for pair in (p for p in result.drifting if p.key[1] not in levels):
             who, what = pair.key
-            hours = usage_windows.by_bucket(client, who, start, end, "hour", what, peaks=peaks)
+            hours = usage_windows.by_bucket(client, who, start, end, "hour", what, levels=levels)
             our_hours = {t: v for t, v, _ in hours.get(what, []) if v}
             their_hours = stripe.by_hour(who, what, start, end)
             result.hours += differing(

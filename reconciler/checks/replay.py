@@ -71,7 +71,7 @@ def stripe_windows(
 def clickhouse_differences(
     rederived: Rederived, stored: dict[PartitionWindow, tuple[int, int]]
 ) -> list[Difference[WindowId]]:
-    ours = by_window(stored, rederived.peaks)
+    ours = by_window(stored, rederived.levels)
     return [d for d in compare(ours, rederived.windows()) if d.drift]
 
 
@@ -102,7 +102,7 @@ def repairs(
         value, count = rederived.by_partition.get(key, (0, 0))
         stored_value, stored_revision = stored.get(key, (0, -1))
         sent, reported_revision, _ = reported.get(key, (0, -1, 0))
-        if meter in rederived.peaks:  # Stripe has the month's peak, not the window's (sinks.stripe.peaks)
+        if meter in rederived.levels:  # Stripe has the month's level, not the window's (sinks.stripe.levels)
             delta = value - stored_value
             if delta == 0:
                 continue
@@ -131,11 +131,11 @@ def stripe_differences(
     rederived: Rederived, totals: TotalsReader, start_ms: int, end_ms: int
 ) -> list[Difference[tuple[str, str]]]:
     """Per customer and meter of the range, Stripe's own total against the re-derived one: the
-    pairs that differ. Not the `max` meters: a range's peak is not what Stripe sums over it
-    (contributions to a month's peak); reconcile compares their months."""
+    pairs that differ. Not the levels (`max`, `last`): what Stripe sums over a range is not the
+    range's level (contributions to a month's answer); reconcile compares their months."""
     pairs: dict[tuple[str, str], int] = {}
     for (customer, meter, _), value in rederived.windows().items():
-        if meter not in rederived.peaks:
+        if meter not in rederived.levels:
             pairs[(customer, meter)] = pairs.get((customer, meter), 0) + value
     theirs = {pair: totals.total(*pair, start_ms, end_ms) for pair in pairs}
     return [d for d in compare({k: v for k, v in theirs.items() if v}, pairs) if d.drift]

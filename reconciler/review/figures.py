@@ -6,13 +6,14 @@ them); this module holds the records and the arithmetic, pure, so that a test ch
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 from meterline.core.ratecard import MeterPrice, Plan
 from meterline.reconciler.billing.pricing import billed_quantity
 from meterline.reconciler.checks.compare import Difference, Unbilled
+from meterline.streams.windows import period_answer, running
 
 EARLY_DAY = 10
 """Crossing the included quantity on or before this day of the month is crossing it early."""
@@ -103,13 +104,13 @@ class Fit:
     far_below: tuple[str, ...]
 
 
-def crossing_day(daily: Sequence[tuple[int, int]], price: MeterPrice, peak: bool = False) -> int | None:
+def crossing_day(daily: Sequence[tuple[int, int]], price: MeterPrice, aggregation: str = "sum") -> int | None:
     """The first day (of the month, from 1) on which the month's usage so far, in billed units,
     exceeds the included quantity: the day overage began. `daily` is (day, base units): each day's
-    sum, or with `peak` each day's peak (the month's so far is then the highest of them)."""
+    answer by the meter's `aggregation` (a sum, a peak, a latest level: streams.windows.running)."""
     used = 0
     for day, quantity in sorted(daily):
-        used = max(used, quantity) if peak else used + quantity
+        used = running(aggregation, used, quantity)
         if billed_quantity(price, used) > price.included:
             return day
     return None
@@ -118,11 +119,11 @@ def crossing_day(daily: Sequence[tuple[int, int]], price: MeterPrice, peak: bool
 def fits(
     plans: Mapping[str, Plan],
     daily: Mapping[tuple[str, str], Sequence[tuple[int, int]]],
-    peaks: Collection[str] = (),
+    levels: Mapping[str, str] | None = None,
 ) -> tuple[Fit, ...]:
     """Per plan and meter with an included quantity: who crossed it and when, who stayed far below.
     `plans` is each customer's plan; `daily` each (customer, meter)'s usage per day of the month;
-    `peaks` the meters billed by their peak."""
+    `levels` the meters billed by one window's value (Config.levels: `max`, `last`)."""
     found: dict[tuple[str, str], tuple[MeterPrice, list[tuple[str, int]], list[str], set[str]]] = {}
     for (customer, meter), days in sorted(daily.items()):
         plan = plans[customer]
@@ -131,13 +132,11 @@ def fits(
             continue
         _, crossed, far_below, customers = found.setdefault((plan.name, meter), (price, [], [], set()))
         customers.add(customer)
-        peak = meter in peaks
-        day = crossing_day(days, price, peak)
+        aggregation = (levels or {}).get(meter, "sum")
+        day = crossing_day(days, price, aggregation)
         if day is not None:
             crossed.append((customer, day))
-        elif billed_quantity(price, max(q for _, q in days) if peak else sum(q for _, q in days)) < (
-            price.included * FAR_BELOW
-        ):
+        elif billed_quantity(price, period_answer(aggregation, dict(days))) < price.included * FAR_BELOW:
             far_below.append(customer)
     return tuple(
         Fit(plan, meter, price.included, len(customers), tuple(crossed), tuple(far_below))

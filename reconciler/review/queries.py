@@ -39,14 +39,14 @@ def month_review(config: Config, client: Client, month: str) -> MonthReview:
     start, end = period_bounds(month)
     span = {"start": start, "end": end}
     unbilled, dead_letters = not_billed(client, start, end)
-    daily = by_day_of_month(client, start, end, peaks=config.peak_meters)
+    daily = by_day_of_month(client, start, end, levels=config.levels)
     plans = {customer: config.plan_for(customer) for customer, _ in daily}
     return MonthReview(
         period=month,
         payments=payments(_payment_outcomes(client, span)),
         latency=_latency(client, span),
         drift=_drift(client, month),
-        fits=fits(plans, daily, config.peak_meters),
+        fits=fits(plans, daily, config.levels),
         unbilled=tuple(unbilled),
         dead_letters=dead_letters,
     )

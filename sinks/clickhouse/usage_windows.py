@@ -4,14 +4,15 @@ review, the usage alerts and the dashboard start from them. One home for the tab
 writer is sinks.clickhouse.sink.
 
 Every span is [start, end) in epoch ms of `window_start`; `customer` and `meter` narrow it. Windows
-make a span's answer as their meter's aggregation says (streams.windows.combine): summed, or for
-the `peaks` (`max` meters, Config.peak_meters) their highest value, partitions' partials alike.
+make a span's answer as their meter's aggregation says (streams.windows.period_answer): summed, or
+for the `levels` (Config.levels) the highest value of a `max` meter and the latest window's of a
+`last` meter (of a window split over partitions, its highest partial: streams.windows.combine).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from meterline.sinks.clickhouse.queries import in_span, narrowed
 
@@ -20,8 +21,20 @@ if TYPE_CHECKING:
 
 Grain = Literal["hour", "day"]
 _BUCKET = {"hour": "toStartOfHour", "day": "toStartOfDay"}
-ANSWER = "if(has(%(peaks)s, meter), max(value), sum(value))"
-"""A group of window rows of one meter as its answer: the peak of a `max` meter, else the sum."""
+ANSWER = (
+    "multiIf(has(%(peaks)s, meter), max(value), "
+    "has(%(lasts)s, meter), argMax(value, (window_start, value)), sum(value))"
+)
+"""A group of window rows of one meter as its answer: the peak of a `max` meter, the latest
+window's value of a `last` meter, else the sum."""
+
+
+def kinds(levels: Mapping[str, str]) -> dict[str, Any]:
+    """The query parameters ANSWER reads: the `max` meters and the `last` meters of `levels`."""
+    return {
+        "peaks": sorted(m for m, kind in levels.items() if kind == "max"),
+        "lasts": sorted(m for m, kind in levels.items() if kind == "last"),
+    }
 
 
 def totals(
@@ -31,7 +44,7 @@ def totals(
     customer: str | None = None,
     meter: str | None = None,
     *,
-    peaks: Sequence[str],
+    levels: Mapping[str, str],
 ) -> dict[tuple[str, str], int]:
     """(customer, meter) -> the span's answer in the meter's base unit; pairs without usage left out."""
     rows = client.query(
@@ -42,20 +55,20 @@ def totals(
             "end": end_ms,
             "customer": customer,
             "meter": meter,
-            "peaks": list(peaks),
+            **kinds(levels),
         },
     ).result_rows
     return {(str(c), str(m)): int(v) for c, m, v in rows if v}
 
 
 def customer_usage(
-    client: Client, customer: str, start_ms: int, end_ms: int, *, peaks: Sequence[str]
+    client: Client, customer: str, start_ms: int, end_ms: int, *, levels: Mapping[str, str]
 ) -> dict[str, int]:
     """meter -> the customer's answer in its base unit (every meter with windows in the span)."""
     rows = client.query(
         f"SELECT meter, {ANSWER} FROM usage_windows FINAL WHERE customer_id = %(customer)s "
         f"AND {in_span()} GROUP BY meter",
-        parameters={"customer": customer, "start": start_ms, "end": end_ms, "peaks": list(peaks)},
+        parameters={"customer": customer, "start": start_ms, "end": end_ms, **kinds(levels)},
     ).result_rows
     return {str(meter): int(total) for meter, total in rows}
 
@@ -68,7 +81,7 @@ def by_bucket(
     grain: Grain,
     meter: str | None = None,
     *,
-    peaks: Sequence[str],
+    levels: Mapping[str, str],
 ) -> dict[str, list[tuple[int, int, int]]]:
     """meter -> [(bucket start ms, the bucket's answer, corrected windows)], buckets with windows
     only, in time order."""
@@ -81,7 +94,7 @@ def by_bucket(
             "start": start_ms,
             "end": end_ms,
             "meter": meter,
-            "peaks": list(peaks),
+            **kinds(levels),
         },
     ).result_rows
     found: dict[str, list[tuple[int, int, int]]] = {}
@@ -91,13 +104,13 @@ def by_bucket(
 
 
 def by_day_of_month(
-    client: Client, start_ms: int, end_ms: int, *, peaks: Sequence[str]
+    client: Client, start_ms: int, end_ms: int, *, levels: Mapping[str, str]
 ) -> dict[tuple[str, str], list[tuple[int, int]]]:
     """(customer, meter) -> [(day of the month, the day's answer)], in day order."""
     rows = client.query(
         f"SELECT customer_id, meter, toDayOfMonth(window_start) AS day, {ANSWER} FROM usage_windows FINAL "
         f"WHERE {in_span()} GROUP BY customer_id, meter, day ORDER BY customer_id, meter, day",
-        parameters={"start": start_ms, "end": end_ms, "peaks": list(peaks)},
+        parameters={"start": start_ms, "end": end_ms, **kinds(levels)},
     ).result_rows
     daily: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for customer, meter, day, quantity in rows:

@@ -60,7 +60,7 @@ class Entry(NamedTuple):
     stripe_event_name: str
     outcome: Outcome
     value: int | None = None
-    """What Stripe was sent for the revision (a peak's contribution); None: its delta."""
+    """What Stripe was sent for the revision (a level's contribution); None: its delta."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,14 @@ class Waiting:
     """Those and the ones taken up whose reports are in flight."""
     earliest_window_start: int
     """Epoch ms: its horizon comes first (sinks.stripe.report.customer_wait_until)."""
+
+
+class Reported(NamedTuple):
+    """What a (customer, meter, month) has reported to Stripe so far."""
+
+    total: int
+    latest_window: int
+    """The start of the latest window reported (epoch ms); -1 for none."""
 
 
 class Ledger:
@@ -158,16 +166,19 @@ class Ledger:
         ).result_rows
         return [Consumed(base64.b64decode(record), int(p), int(o)) for record, p, o in rows]
 
-    def reported_by_month(self, months: Collection[tuple[str, str, int]]) -> dict[tuple[str, str, int], int]:
+    def reported_by_month(
+        self, months: Collection[tuple[str, str, int]]
+    ) -> dict[tuple[str, str, int], Reported]:
         """(customer, meter, UTC month start in epoch ms) -> the sum of what was sent, or is being
-        sent, over windows starting in that month: every partition, every revision not refused or
-        waiting. One query for all of them."""
+        sent, over windows starting in that month, and the latest of those windows: every
+        partition, every revision not refused or waiting. One query for all of them."""
         if not months:
             return {}
         yyyymm = {(c, m, _yyyymm(start)): (c, m, start) for c, m, start in months}
         starts = [start for _, _, start in months]
         rows = self.client.query(
-            "SELECT customer_id, meter, toYYYYMM(window_start) AS month, sum(value) "
+            "SELECT customer_id, meter, toYYYYMM(window_start) AS month, sum(value), "
+            "toUnixTimestamp64Milli(max(window_start)) "
             "FROM stripe_reports FINAL WHERE status IN ('pending', 'sent', 'confirmed') "
             f"AND (customer_id, meter) IN %(pairs)s AND {in_span()} GROUP BY customer_id, meter, month",
             parameters={
@@ -176,8 +187,11 @@ class Ledger:
                 "end": calendar_month(max(starts))[1],
             },
         ).result_rows
-        found = {(str(c), str(m), int(month)): int(total) for c, m, month, total in rows}
-        return {wanted: found.get(key, 0) for key, wanted in yyyymm.items()}
+        found = {
+            (str(c), str(m), int(month)): Reported(int(total), int(latest))
+            for c, m, month, total, latest in rows
+        }
+        return {wanted: found.get(key, Reported(0, -1)) for key, wanted in yyyymm.items()}
 
     def record(
         self,

@@ -84,7 +84,8 @@ class Report:
     """usage_records mode: `action=set` to the window's total at its timestamp instead of an
     increment by the delta (how a negative correction lowers usage)."""
     contribution: int | None = None
-    """A `max` meter's revision: what it adds to its period's peak as reported (sinks.stripe.peaks)."""
+    """A level's revision (`max`, `last`): what it moves its period's answer by as reported
+    (sinks.stripe.levels)."""
 
     @property
     def identifier(self) -> str:
@@ -93,7 +94,7 @@ class Report:
     @property
     def value(self) -> int:
         """What Stripe adds: the revision's delta (revision 0's delta is its whole value), or a
-        peak's contribution; with `sets_total`, what Stripe sets the window's timestamp to: its
+        level's contribution; with `sets_total`, what Stripe sets the window's timestamp to: its
         total."""
         if self.contribution is not None:
             return self.contribution

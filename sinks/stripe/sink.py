@@ -10,8 +10,8 @@ Per batch of consumed aggregates, in this order:
    customers known since, before its own, and refuses as `unknown_customer` those whose horizon
    passed (`customer_wait_until`).
 2. Read the ledger: a revision already sent, confirmed or failed (before a crash or a rebalance)
-   is not reported again. A `max` meter's revision is given what it adds to its period's peak
-   (sinks.stripe.peaks). One still `pending` from before (its answer lost) whose revision closed
+   is not reported again. A level's revision (`max`, `last`) is given what it moves its period's
+   answer by (sinks.stripe.levels). One still `pending` from before (its answer lost) whose revision closed
    more than `stripe.resend_check_after_hours` ago may be one Stripe has forgotten the
    identifier of: Stripe's totals decide whether it landed (sinks.stripe.landed); only what did
    not is sent again.
@@ -51,8 +51,8 @@ from meterline.sinks.stripe.calls import Caller
 from meterline.sinks.stripe.directory import Directory
 from meterline.sinks.stripe.landed import LostReports
 from meterline.sinks.stripe.ledger import Consumed, Entry, Ledger, Waiting
+from meterline.sinks.stripe.levels import Levels
 from meterline.sinks.stripe.modes import Refusal, ReportingMode
-from meterline.sinks.stripe.peaks import Peaks
 from meterline.sinks.stripe.report import (
     Outcome,
     Reason,
@@ -132,7 +132,7 @@ class StripeSink:
         self._waiting: dict[str, Waiting] = {}
         self._waiting_looked_at = self._waiting_read_at = float("-inf")
         self._lost = LostReports(config, caller, ledger)
-        self._peaks = Peaks(ledger, config.peak_meters)
+        self._levels = Levels(ledger, config.levels)
         self._consumer = consumer
         self._dlq = dead_letters
         self._assignment = Assignment(self.name)
@@ -286,8 +286,8 @@ class StripeSink:
         return released
 
     def _with_contributions(self, todo: list[_Item], settled: dict[AggregateIdentity, Status]) -> list[_Item]:
-        """Step 2, for the `max` meters: each revision sends what it adds to its period's peak."""
-        decided = self._peaks.contributions([i.report for i in todo if i.report is not None], settled)
+        """Step 2, for the levels: each revision sends what it moves its period's answer by."""
+        decided = self._levels.contributions([i.report for i in todo if i.report is not None], settled)
         return [
             replace(i, report=decided[i.report.identifier])
             if i.report is not None and i.report.identifier in decided

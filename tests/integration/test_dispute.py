@@ -66,6 +66,33 @@ def test_a_peak_day_shows_how_far_it_raised_the_period_s_peak() -> None:
     assert str(report.bill.total) == "139.00"  # $29 base fee, 11 seats at $10, no calls
 
 
+def test_a_latest_level_falls_into_the_bands_on_its_last_day_alone() -> None:
+    """Seats as a `last` meter: a day is its latest hour, and the level billed is the last day's
+    (4 seats at $10), which alone falls into the price's bands."""
+    config = load_config(
+        None,
+        {
+            "METERLINE__BILLING__CUSTOMERS": '{ "cust-team" = "team" }',
+            "METERLINE__METERS__SEATS__AGGREGATION": "last",
+        },
+    )
+    hours = [
+        HourUsage("seats", NOV_1 + 9 * HOUR, 5, 0),
+        HourUsage("seats", NOV_1 + 10 * HOUR, 8, 0),
+        HourUsage("seats", NOV_1 + DAY + 9 * HOUR, 11, 0),
+        HourUsage("seats", NOV_1 + 2 * DAY + 9 * HOUR, 6, 0),
+        HourUsage("seats", NOV_1 + 2 * DAY + 10 * HOUR, 4, 0),
+    ]
+    report = build(config, "cust-team", "2026-11", hours, [])
+    days = [(d.day, d.quantity, d.cumulative, dict(d.bands)) for d in report.days if d.meter == "seats"]
+    assert days == [
+        ("2026-11-01", 8, 8, {}),
+        ("2026-11-02", 11, 11, {}),
+        ("2026-11-03", 4, 4, {"billed": 4}),
+    ]
+    assert str(report.bill.total) == "69.00"  # $29 base fee, 4 seats at $10
+
+
 def test_the_command_writes_csv_json_and_html_from_clickhouse(tmp_path: Path) -> None:
     dsn = f"chdb://{tmp_path / 'clickhouse'}"
     client = connect(load_config(None, {}), dsn)

@@ -1,8 +1,11 @@
-"""A `max` meter from the aggregates to Stripe and ClickHouse (issue 37): Stripe's `sum` meter gets
-each revision's contribution to its period's peak (sinks.stripe.peaks), so that the period's sum is
-the peak, as Stripe's sum formula bills "the sum of all usage values for the billing period"
-(https://docs.stripe.com/billing/subscriptions/usage-based/recording-usage); ClickHouse answers
-the peak. The sinks run in this process on the broker, the fake and
+"""Levels from the aggregates to Stripe and ClickHouse (issue 37): Stripe's `sum` meter gets each
+revision's contribution to its period's answer (sinks.stripe.levels), so that the period's sum is
+the peak of a `max` meter and the latest level of a `last` meter, as Stripe's sum formula bills
+"the sum of all usage values for the billing period"
+(https://docs.stripe.com/billing/subscriptions/usage-based/recording-usage), a fall sent as a
+negative value ("You can also fix incorrectly recorded usage data by recording negative
+quantities", https://docs.stripe.com/billing/subscriptions/usage-based/meters/configure);
+ClickHouse answers the same. The sinks run in this process on the broker, the fake and
 the embedded ClickHouse."""
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ from tests.support.stripe_sink import know_customers_at, produce_aggregates
 MINUTE = 60_000
 
 
-def with_peak(config: Config, base: str) -> Config:
-    """compute_ms billed by its peak (`aggregation = "max"`), on the fake at `base`."""
+def with_peak(config: Config, base: str, aggregation: str = "max") -> Config:
+    """compute_ms billed by its peak (`aggregation = "max"`), or another level, on the fake at `base`."""
     meters = {
         **config.meters,
-        "compute_ms": dataclasses.replace(config.meters["compute_ms"], aggregation="max"),
+        "compute_ms": dataclasses.replace(config.meters["compute_ms"], aggregation=aggregation),
     }
     return dataclasses.replace(
         config, meters=meters, stripe=dataclasses.replace(config.stripe, api_base=base)
@@ -93,10 +96,46 @@ def test_each_revision_sends_what_it_adds_to_the_peak_and_stripe_sums_to_it(
     client = connect(config, ledger_dsn)
     try:
         month = calendar_month(w1)
-        assert usage_windows.totals(client, *month, peaks=config.peak_meters) == {("team", "compute_ms"): 20}
-        assert usage_windows.totals(client, *month, peaks=()) == {("team", "compute_ms"): 20 + 12 + 15}
+        assert usage_windows.totals(client, *month, levels=config.levels) == {("team", "compute_ms"): 20}
+        assert usage_windows.totals(client, *month, levels={}) == {("team", "compute_ms"): 20 + 12 + 15}
         daily = client.query("SELECT max(peak), sum(quantity) FROM usage_daily WHERE meter = 'compute_ms'")
         assert daily.result_rows == [(20, 47)]  # the analysts' rollup: the peak beside the sum
+    finally:
+        client.close()
+
+
+def test_a_latest_level_rises_and_falls_at_stripe_and_an_earlier_window_moves_nothing(
+    config: Config, stripe_fake: tuple[FakeStripe, str], ledger_dsn: str
+) -> None:
+    fake, base = stripe_fake
+    config = with_peak(config, base, "last")
+    set_up_stripe(config, base, ["team"])
+    know_customers_at(config, ledger_dsn, base)
+    w1, w2, w3 = windows_this_month()
+    first = [peak("team", w1, 10), peak("team", w2, 7)]
+    # A late event lowers w2 (a later event of a lower level), one raises w1, then w3 opens at 4.
+    late = [
+        peak("team", w2, 3, revision=1, delta=-4),
+        peak("team", w1, 20, revision=1, delta=10),
+        peak("team", w3, 4),
+    ]
+    produce_aggregates(config, first + late)
+    run_sink(stripe_sink(config, config.kafka.bootstrap, dsn=ledger_dsn, group_id="lasts"), *ends(config))
+    assert reported(fake, first + late) == [10, -3, -4, 0, 1]
+    assert sum(reported(fake, first + late)) == 4  # what Stripe's sum meter bills: w3's level
+
+    run_sink(
+        clickhouse_sink(config, config.kafka.bootstrap, dsn=ledger_dsn, group_id="lasts-ch"), *ends(config)
+    )
+    client = connect(config, ledger_dsn)
+    try:
+        month = calendar_month(w1)
+        assert usage_windows.totals(client, *month, levels=config.levels) == {("team", "compute_ms"): 4}
+        # The analysts' rollup: the month's level is its latest day's `last` (the windows may span two)
+        daily = client.query(
+            "SELECT argMax(last, day), max(peak) FROM usage_daily WHERE meter = 'compute_ms'"
+        )
+        assert daily.result_rows == [(4, 20)]
     finally:
         client.close()
 

@@ -236,16 +236,14 @@ def test_a_repair_from_stripe_s_totals_is_stable_once_applied() -> None:
 
 
 def test_a_peak_window_is_repaired_by_its_value_alone() -> None:
-    """Pure: a `max` meter's ledger holds contributions to the month's peak (sinks.stripe.peaks), not
+    """Pure: a `max` meter's ledger holds contributions to the month's peak (sinks.stripe.levels), not
     window values: a window stored right is not repaired whatever was sent for it, one stored wrong
     gets the revision that sets its value, and its partials make a window by their highest."""
     from meterline.reconciler.checks.rederive import Rederived
     from meterline.reconciler.checks.replay import clickhouse_differences, repairs
 
     window = ("cust-1", "seats", 1_793_491_200_000)
-    rederived = Rederived(
-        by_partition={(*window, 0): (12, 3), (*window, 1): (9, 1)}, peaks=frozenset({"seats"})
-    )
+    rederived = Rederived(by_partition={(*window, 0): (12, 3), (*window, 1): (9, 1)}, levels={"seats": "max"})
     assert rederived.windows() == {window: 12}
     stored = {(*window, 0): (12, 0), (*window, 1): (9, 0)}
     contributed = {(*window, 0): (0, 0, 0), (*window, 1): (0, 0, 0)}  # an earlier window set the peak

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from meterline.core.config import Config
 from meterline.produce import produce_workload
 from meterline.reconciler.billing.pricing import invoice
+from meterline.streams.windows import period_answer
 from meterline.workload import Expected, WorkloadSpec, customer_ids
 from tests.conftest import TEST_PARTITIONS, isolated_config
 from tests.support.browser import launch, needs_chromium
@@ -137,11 +138,11 @@ def usage_in(settled: Settled, customer: str) -> dict[str, int]:
     from meterline.reconciler.billing.periods import period_bounds
 
     start, end = period_bounds(settled.period)
-    usage: dict[str, int] = {}
+    windows: dict[str, dict[int, int]] = {}
     for (c, meter, window), (value, _) in settled.expected.totals.items():
         if c == customer and start <= window < end:
-            usage[meter] = usage.get(meter, 0) + value
-    return usage
+            windows.setdefault(meter, {})[window] = value
+    return {m: period_answer(settled.config.meters[m].aggregation, w) for m, w in windows.items()}
 
 
 def test_commands_beside_run_execute_inside_it(settled: Settled, tmp_path: Path) -> None:
@@ -284,13 +285,14 @@ def expected_buckets(settled: Settled, customer: str, bucket_ms: int) -> dict[st
     from meterline.reconciler.billing.periods import period_bounds
 
     start, end = period_bounds(settled.period)
-    out: dict[str, dict[int, int]] = {}
+    windows: dict[str, dict[int, dict[int, int]]] = {}  # meter -> bucket -> window -> value
     for (c, meter, window), (value, _) in settled.expected.totals.items():
         if c == customer and start <= window < end:  # a bucket of windows of no value (no user new) too
-            bucket, t = out.setdefault(meter, {}), window // bucket_ms * bucket_ms
-            peak = meter in settled.config.peak_meters  # a bucket's highest window, else their sum
-            bucket[t] = max(bucket.get(t, 0), value) if peak else bucket.get(t, 0) + value
-    return out
+            windows.setdefault(meter, {}).setdefault(window // bucket_ms * bucket_ms, {})[window] = value
+    return {
+        meter: {t: period_answer(settled.config.meters[meter].aggregation, w) for t, w in buckets.items()}
+        for meter, buckets in windows.items()
+    }
 
 
 @needs_chromium
@@ -311,7 +313,7 @@ def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> 
     _, body = settled.get(f"/api/customers/{customer}/usage?period={settled.period}&as_of={as_of}")
     document = json.loads(body)
     start, end = period_bounds(settled.period)
-    projected_bill = invoice(plan, projected_usage(usage, start, end, as_of))
+    projected_bill = invoice(plan, projected_usage(usage, start, end, as_of, settled.config.levels))
     assert (document["as_of"], document["projected"]["total"]) == (
         as_of,
         projected_bill.currency.format(projected_bill.total),
@@ -333,7 +335,7 @@ def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> 
                     page.wait_for_selector(READY, state="attached", timeout=20_000)
                 for meter, wanted in expected_buckets(settled, customer, bucket_ms).items():
                     # A peak (seats) is a level, drawn as lines at its heights; the others as bars.
-                    mark = "line" if meter in settled.config.peak_meters else "rect"
+                    mark = "line" if meter in settled.config.levels else "rect"
                     bars = page.eval_on_selector_all(
                         f"svg[data-meter='{meter}'] {mark}",
                         "rs => rs.map(r => [+r.dataset.t, +r.dataset.value, r.getBBox().height "

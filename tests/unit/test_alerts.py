@@ -79,9 +79,9 @@ def test_the_alert_rules_mistakes_are_reported_together(tmp_path: Path) -> None:
     ]
 
 
-def test_a_peak_has_no_rate_to_project(tmp_path: Path) -> None:
-    """A `max` meter's answer does not grow with time: projected_overage is refused for it, shares of
-    what it includes are not."""
+def test_a_level_has_no_rate_to_project(tmp_path: Path) -> None:
+    """A `max` or `last` meter's answer does not grow with time: projected_overage is refused for
+    it, shares of what it includes are not."""
     path = tmp_path / "meterline.toml"
     path.write_text('[alerts.rules.standard.api_calls]\nincluded = ["80%"]\nprojected_overage = true\n')
     assert load_config(path, {}).alerts.rules[0].projected_overage
@@ -90,3 +90,6 @@ def test_a_peak_has_no_rate_to_project(tmp_path: Path) -> None:
     [problem] = raised.value.problems
     assert problem.field == "alerts.rules.standard.api_calls.projected_overage"
     assert problem.why.startswith("api_calls bills its peak")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, {"METERLINE__METERS__API_CALLS__AGGREGATION": "last"})
+    assert raised.value.problems[0].why.startswith("api_calls bills its latest level")

@@ -24,7 +24,7 @@ def test_the_defaults_are_valid() -> None:
         "active_users": "user",
     }
     assert config.unique_attributes == {"active_users": "user"}
-    assert config.peak_meters == ("seats",) and config.plans["team"].prices["seats"].overage_price == 10
+    assert config.levels == {"seats": "max"} and config.plans["team"].prices["seats"].overage_price == 10
 
 
 def test_three_mistakes_are_all_reported_by_config_check(tmp_path: Path) -> None:
@@ -239,8 +239,8 @@ def test_a_max_meter_is_declared_with_its_reset(tmp_path: Path) -> None:
     path = tmp_path / "meterline.toml"
     path.write_text('[meters.seats]\nunit = "seat"\naggregation = "max"\nreset = "calendar_month"\n')
     seats = load_config(path, {}).meters["seats"]
-    assert (seats.aggregation, seats.reset, seats.additive) == ("max", "calendar_month", False)
-    assert load_config(None, {}).meters["api_calls"].additive
+    assert (seats.aggregation, seats.reset, seats.level) == ("max", "calendar_month", True)
+    assert not load_config(None, {}).meters["api_calls"].level
 
 
 def test_a_unique_count_meter_names_its_attribute_and_only_it_does(tmp_path: Path) -> None:
@@ -249,7 +249,7 @@ def test_a_unique_count_meter_names_its_attribute_and_only_it_does(tmp_path: Pat
         '[meters.active_users]\nunit = "user"\naggregation = "unique_count"\nunique_by = "user"\n'
     )
     config = load_config(path, {})
-    assert (config.meters["active_users"].additive, config.unique_attributes) == (
+    assert (not config.meters["active_users"].level, config.unique_attributes) == (
         True,
         {"active_users": "user"},
     )
@@ -263,6 +263,11 @@ def test_a_unique_count_meter_names_its_attribute_and_only_it_does(tmp_path: Pat
         found["meters.calls.unique_by"]
         == 'only a unique_count meter counts distinct values; this one is "sum"'
     )
+
+
+def test_a_last_meter_is_a_level_beside_the_peak() -> None:
+    config = load_config(None, {"METERLINE__METERS__EGRESS_BYTES__AGGREGATION": "last"})
+    assert config.levels == {"seats": "max", "egress_bytes": "last"} and config.meters["egress_bytes"].level
 
 
 def test_aggregations_and_resets_not_metered_yet_are_refused_by_name(tmp_path: Path) -> None:

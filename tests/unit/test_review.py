@@ -37,6 +37,10 @@ def test_overage_begins_the_day_the_month_s_usage_exceeds_the_included_quantity(
     assert crossing_day([(3, 500_000), (2, 500_000), (9, 1)], CALLS) == 9  # exactly 1,000,000 is included
     assert crossing_day([(2, 600_000), (3, 500_000)], CALLS) == 3
     assert crossing_day([(1, 999_999)], CALLS) is None
+    # A level: a peak crosses on its highest day, a latest level on a day it stands above
+    levels = [(1, 600_000), (2, 1_200_000), (3, 500_000)]
+    assert [crossing_day(levels, CALLS, kind) for kind in ("sum", "max", "last")] == [2, 2, 2]
+    assert crossing_day([(1, 600_000), (2, 700_000)], CALLS, "max") is None  # the sum would cross
 
 
 def test_a_plan_s_fit_lists_who_crossed_when_and_who_stayed_far_below() -> None:
