@@ -7,6 +7,7 @@ compared with the expected totals of the workload, exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 
@@ -97,6 +98,32 @@ def test_single_event_records_stay_exact_when_killed_mid_batch_and_rebalanced(
     counters = [line for line in logs.splitlines() if "counters {" in line]
     batches_of_many = [line for line in counters if _counter(line, "records") > _counter(line, "batches") > 0]
     assert batches_of_many, "every batch held one record: the test did not exercise batches"
+
+
+def test_a_latest_level_and_a_distinct_count_stay_exact_through_sigkills_and_a_rebalance(
+    config: Config, workers: Workers
+) -> None:
+    """egress_bytes metered as a `last` meter here (a window holds its latest event's quantity, kept
+    in the window's state), beside the default rate card's distinct count (active_users: first
+    sightings in the state store) and peak (seats): a worker killed while its partner has its
+    partitions, then the partner killed and restarted alone, and every window is exact."""
+    last = dataclasses.replace(config.meters["egress_bytes"], aggregation="last")
+    config = dataclasses.replace(config, meters={**config.meters, "egress_bytes": last})
+    workers.env["METERLINE__METERS__EGRESS_BYTES__AGGREGATION"] = "last"
+    rng = random.Random()
+    workers.start("w1")
+    workers.start("w2")
+    producing = PacedProducer(config, workload(100_000, seed=15), seconds=25)
+    producing.start()
+    workers.wait_processing("w2")
+    time.sleep(rng.uniform(2, 6))
+    workers.kill("w2")  # w1 takes w2's partitions over, their windows and sightings from the changelog
+    time.sleep(rng.uniform(1, 4))
+    workers.kill("w1")
+    workers.start("w1")
+    document = producing.finish()
+    assert {"active_users", "egress_bytes", "seats"} <= {t["meter"] for t in document["totals"]}
+    wait_until_exact(config, document, workers, timeout=240)
 
 
 def _counter(line: str, name: str) -> int:
