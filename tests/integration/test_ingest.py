@@ -38,14 +38,16 @@ def test_a_batch_is_answered_event_by_event_and_lands_as_the_sdk_sends_it(
         batch.append({**cloud_event(6), "subject": ""})  # no customer
         batch.append(cloud_event(7, unit="byte"))  # the wrong unit for api_calls
         batch.append(cloud_event(8, quantity=-1))
+        batch.append(cloud_event(9, meter="active_users", unit="user"))  # a distinct count, no user
         status, _, answer = post(url, batch)
         assert status == 200, answer
-        assert (answer["accepted"], answer["refused"], answer["retry"]) == (5, 3, 0)
+        assert (answer["accepted"], answer["refused"], answer["retry"]) == (5, 4, 0)
         assert [(r["id"], r["status"], r.get("field"), r.get("reason")) for r in answer["results"]] == [
             *[(f"evt-{n}", "accepted", None, None) for n in range(1, 6)],
             ("evt-6", "refused", "subject", "malformed"),
             ("evt-7", "refused", "unit", "unit_mismatch"),
             ("evt-8", "refused", "quantity", "negative_quantity"),
+            ("evt-9", "refused", "attributes.user", "missing_field"),
         ]
         # A retried batch: the same events again, the same answers (the stream dedups by id).
         assert post(url, batch[:5])[0] == 200
