@@ -14,15 +14,26 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+
+from hypothesis import strategies as st
 
 from meterline.core.months import calendar_month
 from meterline.schemas.records import AggregateIdentity, WindowAggregate
-from meterline.streams.judge import Judge
+from meterline.streams.judge import Judge, Verdict
 from meterline.streams.processor import PartitionProcessor, WindowRules
-from meterline.streams.state import PartitionStore
+from meterline.streams.state import PartitionStore, UnsavedStore
 
 Log = list[tuple[bytes, bytes | None]]
+
+CRASH_PLANS = {
+    "arrival_seed": st.integers(0, 2**32),
+    "batch": st.sampled_from([1, 5, 40]),
+    "crashes": st.integers(0, 3),
+    "commit_rate": st.sampled_from([1.0, 0.3]),
+}
+"""How a property test's events reach the processor (`@given(..., **CRASH_PLANS)`): the seed of
+their order, records of up to `batch` events, the crashes, and how often the store writes behind."""
 
 
 class ChangelogEntries:
@@ -159,3 +170,26 @@ def months_of(
         total[0] += value
         total[1] += count
     return folded
+
+
+def range_totals(
+    records: list[tuple[bytes, int]],
+    judge: Judge,
+    rules: WindowRules,
+    in_range: range,
+    aside: Callable[[Verdict], None] | None = None,
+    customer: str | None = None,
+) -> dict[tuple[str, str, int], tuple[int, int]]:
+    """(customer, meter, window start) -> (value, event count) of the windows starting `in_range`
+    (of `customer`, if given) as the processor emits them, each verdict first passed to `aside`:
+    a replay's fold (reconciler.checks.rederive), and with `aside` None the stream's."""
+    processor = PartitionProcessor(0, rules, UnsavedStore())
+    found = {}
+    for offset, (value, record_time) in enumerate(records):
+        verdict = judge(value, record_time, processor.held_from(offset))
+        if aside is not None:
+            aside(verdict)
+        for a in processor.process(offset, record_time, verdict):
+            if a.window_start in in_range and customer in (None, a.customer_id):
+                found[(a.customer_id, a.meter, a.window_start)] = (a.value, a.event_count)
+    return found

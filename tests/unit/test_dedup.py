@@ -18,7 +18,7 @@ from meterline.streams.judge import Judge
 from meterline.streams.processor import PartitionProcessor, rules_from
 from meterline.streams.state import UnsavedStore
 from meterline.streams.windows import DAY_MS, window_start
-from tests.support.processor import run_with_crashes, sums_by_window
+from tests.support.processor import range_totals, run_with_crashes, sums_by_window
 
 CONFIG = load_config(None, {})
 SERDE = AvroSerde()
@@ -235,16 +235,7 @@ def test_replay_setting_aside_other_windows_derives_the_range_s_totals_as_the_st
     start = random.Random(seed).choice(sent).timestamp
     in_range = event_times(start, start + hours * HOUR_MS, RULES.size_ms)
 
-    def totals(aside: bool) -> dict[tuple[str, str, int], tuple[int, int]]:
-        processor = PartitionProcessor(0, RULES, UnsavedStore())
-        found = {}
-        for offset, (value, record_time) in enumerate(records):
-            verdict = JUDGE(value, record_time, processor.held_from(offset))
-            if aside:
-                set_aside(verdict, in_range, customer)
-            for a in processor.process(offset, record_time, verdict):
-                if a.window_start in in_range and customer in (None, a.customer_id):
-                    found[(a.customer_id, a.meter, a.window_start)] = (a.value, a.event_count)
-        return found
-
-    assert totals(aside=True) == totals(aside=False)
+    replayed = range_totals(
+        records, JUDGE, RULES, in_range, lambda v: set_aside(v, in_range, customer), customer
+    )
+    assert replayed == range_totals(records, JUDGE, RULES, in_range, customer=customer)

@@ -17,7 +17,7 @@ from meterline.schemas.serde import AvroSerde
 from meterline.streams.judge import Judge
 from meterline.streams.processor import rules_from
 from meterline.streams.windows import DAY_MS, combine, fold, later, period_answer, running
-from tests.support.processor import run_with_crashes, sums_by_window
+from tests.support.processor import CRASH_PLANS, run_with_crashes, sums_by_window
 
 LEVELS = {  # in this module, compute_ms is a peak and egress_bytes a level at the period's end
     "METERLINE__METERS__COMPUTE_MS__AGGREGATION": "max",
@@ -56,13 +56,7 @@ events = st.lists(
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    drawn=events,
-    arrival_seed=st.integers(0, 2**32),
-    batch=st.sampled_from([1, 5, 40]),
-    crashes=st.integers(0, 3),
-    commit_rate=st.sampled_from([1.0, 0.3]),
-)
+@given(drawn=events, **CRASH_PLANS)
 def test_a_peak_and_a_latest_level_are_exact_for_any_order_duplication_and_crash(
     drawn: list[tuple[int, str, str, int, int]],
     arrival_seed: int,

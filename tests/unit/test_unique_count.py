@@ -20,11 +20,17 @@ from meterline.schemas.errors import InvalidEventError
 from meterline.schemas.records import UsageEvent
 from meterline.schemas.serde import AvroSerde
 from meterline.schemas.validation import require_valid
-from meterline.streams.judge import Judge
+from meterline.streams.judge import Judge, Verdict
 from meterline.streams.processor import PartitionProcessor, rules_from
 from meterline.streams.state import PartitionStore, UnsavedStore, store_key_parts
 from meterline.streams.windows import DAY_MS
-from tests.support.processor import ChangelogEntries, run_with_crashes, sums_by_window
+from tests.support.processor import (
+    CRASH_PLANS,
+    ChangelogEntries,
+    range_totals,
+    run_with_crashes,
+    sums_by_window,
+)
 
 USERS = {  # compute_ms: monthly active users, in this module
     "METERLINE__METERS__COMPUTE_MS__AGGREGATION": "unique_count",
@@ -72,13 +78,7 @@ events = st.lists(
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    drawn=events,
-    arrival_seed=st.integers(0, 2**32),
-    batch=st.sampled_from([1, 5, 40]),
-    crashes=st.integers(0, 3),
-    commit_rate=st.sampled_from([1.0, 0.3]),
-)
+@given(drawn=events, **CRASH_PLANS)
 def test_distinct_values_are_exact_for_any_order_duplication_reset_and_crash(
     drawn: list[tuple[int, str, str, str | None, int]],
     arrival_seed: int,
@@ -249,16 +249,9 @@ def test_replay_of_a_range_counts_the_first_sightings_the_stream_counted(
     sighted = sighting_times(start, start + minutes * 60_000)
     assert sighted.start <= START if start < RESET else sighted.start == RESET
 
-    def totals(aside: bool) -> dict[tuple[str, str, int], tuple[int, int]]:
-        processor = PartitionProcessor(0, RULES, UnsavedStore())
-        found = {}
-        for offset, (value, record_time) in enumerate(records):
-            verdict = JUDGE(value, record_time, processor.held_from(offset))
-            if aside:
-                set_aside(verdict, in_range, None, CONFIG.unique_attributes, sighted)
-            for a in processor.process(offset, record_time, verdict):
-                if a.window_start in in_range:
-                    found[(a.customer_id, a.meter, a.window_start)] = (a.value, a.event_count)
-        return found
+    def aside(verdict: Verdict) -> None:
+        set_aside(verdict, in_range, None, CONFIG.unique_attributes, sighted)
 
-    assert totals(aside=True) == totals(aside=False)
+    assert range_totals(records, JUDGE, RULES, in_range, aside) == range_totals(
+        records, JUDGE, RULES, in_range
+    )
