@@ -1,9 +1,9 @@
 """`meterline dispute`: everything support needs to answer "why is my bill higher?" for one
 customer and period: usage by day and hour, how each day's usage falls into the included quantity,
-overage or tiers, the invoice lines, the Stripe identifiers that carried the usage, and for a meter
-billed by its peak (seats) the events that reported it, for a distinct count (active users) each
-value it counted with the event that first carried it. A peak's day is its highest hour, and what
-falls into the bands is how far the day raised the period's peak.
+overage or tiers, the invoice lines, the Stripe identifiers that carried the usage; for a level
+the events that made it (those that reported a peak, a `last` meter's latest event), for a
+distinct count (active users) each value it counted with the event that first carried it. A peak's
+day is its highest hour, and what falls into the bands is how far the day raised the period's peak.
 Assembling it is pure (`build`); the queries and the renderers are around it.
 """
 
@@ -27,7 +27,7 @@ from meterline.reconciler.billing.periods import Period
 from meterline.reconciler.billing.plan_history import period_invoice
 from meterline.reconciler.billing.pricing import Invoice, invoice
 from meterline.reconciler.html_tables import section_tables
-from meterline.sinks.clickhouse.usage_events import first_sightings, peak_events
+from meterline.sinks.clickhouse.usage_events import first_sightings, latest_event, peak_events
 from meterline.sinks.clickhouse.usage_windows import by_bucket
 from meterline.sinks.stripe.ledger import reports_of
 from meterline.streams.windows import running
@@ -69,8 +69,9 @@ class Carrier:
 
 
 @dataclass(frozen=True)
-class PeakEvent:
-    """An event that reported a peak meter's highest quantity in the period."""
+class LevelEvent:
+    """An event that made a level's answer: one that reported a `max` meter's highest quantity in
+    the period, or a `last` meter's latest event."""
 
     meter: str
     event_id: str
@@ -101,7 +102,7 @@ class DisputeReport:
     days: list[DayShare]
     bill: Invoice
     carriers: list[Carrier]
-    peak_events: list[PeakEvent] = field(default_factory=list)
+    level_events: list[LevelEvent] = field(default_factory=list)
     counted_values: list[CountedValue] = field(default_factory=list)
 
 
@@ -123,7 +124,7 @@ def build(
     hours: Sequence[HourUsage],
     carriers: Sequence[Carrier],
     bill: Invoice | None = None,
-    made_peaks: Sequence[PeakEvent] = (),
+    made_levels: Sequence[LevelEvent] = (),
     counted_values: Sequence[CountedValue] = (),
 ) -> DisputeReport:
     """The report; `bill` is the period's invoice when it is not the current plan's over the whole
@@ -172,7 +173,7 @@ def build(
         days,
         bill or invoice(plan, usage),
         list(carriers),
-        list(made_peaks),
+        list(made_levels),
         list(counted_values),
     )
 
@@ -190,18 +191,17 @@ def query(config: Config, client: Client, customer: str, period: Period) -> Disp
     ]
     carriers = [Carrier(*report) for report in reports_of(client, customer, start, end)]
     _, _, bill = period_invoice(config, client, customer, start, end)
-    made_peaks = [
-        PeakEvent(meter, *event)
+    made_levels = [
+        LevelEvent(meter, *event)
         for meter, kind in config.levels.items()
-        if kind == "max"
-        for event in peak_events(client, customer, meter, start, end)
+        for event in (peak_events if kind == "max" else latest_event)(client, customer, meter, start, end)
     ]
     counted_values = [
         CountedValue(meter, *sighting)
         for meter, attribute in config.unique_attributes.items()
         for sighting in first_sightings(client, customer, meter, attribute, start, end)
     ]
-    return build(config, customer, period.label, hours, carriers, bill, made_peaks, counted_values)
+    return build(config, customer, period.label, hours, carriers, bill, made_levels, counted_values)
 
 
 # -- renderers ---------------------------------------------------------------------------------------
@@ -236,7 +236,7 @@ def _sections(report: DisputeReport) -> list[tuple[str, list[dict[str, Any]]]]:
             ],
         ),
         (
-            "What made each peak (the events that reported it; clickhouse.raw_events)",
+            "What made each level (the events that reported a peak, a level's latest; clickhouse.raw_events)",
             [
                 {
                     "meter": p.meter,
@@ -245,7 +245,7 @@ def _sections(report: DisputeReport) -> list[tuple[str, list[dict[str, Any]]]]:
                     "quantity": p.quantity,
                     "source": p.source,
                 }
-                for p in report.peak_events
+                for p in report.level_events
             ],
         ),
         (

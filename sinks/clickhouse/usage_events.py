@@ -37,6 +37,18 @@ def peak_events(
     return [RawEvent(str(e), int(t), int(q), str(s)) for e, t, q, s in rows]
 
 
+def latest_event(client: Client, customer: str, meter: str, start_ms: int, end_ms: int) -> list[RawEvent]:
+    """The billable event of [start, end) a `last` meter's answer is the quantity of: the latest by
+    time, the event id deciding a tie, as the stream decides (streams.windows.later); none or one."""
+    rows = client.query(
+        "SELECT event_id, toUnixTimestamp64Milli(timestamp), quantity, source FROM usage_events FINAL "
+        "WHERE customer_id = %(customer)s AND meter = %(meter)s AND billable "
+        f"AND {in_span('timestamp')} ORDER BY timestamp DESC, event_id DESC LIMIT 1",
+        parameters={"customer": customer, "meter": meter, "start": start_ms, "end": end_ms},
+    ).result_rows
+    return [RawEvent(str(e), int(t), int(q), str(s)) for e, t, q, s in rows]
+
+
 class FirstSighting(NamedTuple):
     value: str
     event_id: str

@@ -184,12 +184,37 @@ def test_the_command_writes_csv_json_and_html_from_clickhouse(tmp_path: Path) ->
                     n,
                 ]
                 for n, (event, user, hour, ok) in enumerate(users, len(seats))
+            ]
+            # Storage held, metered here as a `last` meter: its latest event is x3 (x2's time, a
+            # later id), though x2 holds more and x4 came later but is not billable.
+            + [
+                [
+                    event,
+                    "cust-<b>",
+                    "egress_bytes",
+                    quantity,
+                    "byte",
+                    NOV_1 + hour * HOUR,
+                    "store",
+                    {},
+                    ok,
+                    0,
+                    n,
+                ]
+                for n, (event, quantity, hour, ok) in enumerate(
+                    [("x1", 5, 1, True), ("x2", 9, 3, True), ("x3", 7, 3, True), ("x4", 1, 4, False)], 20
+                )
             ],
             column_names=list(EVENT_COLUMNS),
         )
     finally:
         client.close()
-    env = {**os.environ, "CLICKHOUSE_DSN": dsn, "METERLINE__DEV__STATE_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "CLICKHOUSE_DSN": dsn,
+        "METERLINE__DEV__STATE_DIR": str(tmp_path),
+        "METERLINE__METERS__EGRESS_BYTES__AGGREGATION": "last",
+    }
 
     def dispute(fmt: str) -> str:
         done = subprocess.run(
@@ -217,7 +242,8 @@ def test_the_command_writes_csv_json_and_html_from_clickhouse(tmp_path: Path) ->
         "ml:id-0",
         "ml:id-1",
     ]
-    assert [(p["event_id"], p["quantity"]) for p in as_json["peak_events"]] == [("e2", 12), ("e3", 12)]
+    made = [(p["meter"], p["event_id"], p["quantity"]) for p in as_json["level_events"]]
+    assert made == [("egress_bytes", "x3", 7), ("seats", "e2", 12), ("seats", "e3", 12)]  # meters in order
     counted = [(v["meter"], v["value"], v["event_id"]) for v in as_json["counted_values"]]
     assert counted == [("active_users", "ann", "u2"), ("active_users", "bob", "u3")]
     rows = list(csv.reader(io.StringIO(dispute("csv"))))
