@@ -17,7 +17,7 @@ from meterline.config_alerts import build_alerts
 from meterline.config_checks import (
     Section,
 )
-from meterline.config_ratecard import build_meters, build_plans, plan_history
+from meterline.config_ratecard import build_meters, build_plans, legacy_levels, plan_history
 from meterline.config_sections import SECTIONS
 from meterline.core.config import (
     BillingConfig,
@@ -148,6 +148,8 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
         built[name] = builder(section)
         section.finish()
     meters = build_meters(raw.get("meters", {}), problems)
+    if built["stripe"].mode == "usage_records":
+        problems += legacy_levels(meters)
     plans = build_plans(raw.get("plans", {}), meters, problems)
     s = Section(raw, "billing", problems)
     billing = BillingConfig(

@@ -279,6 +279,22 @@ def _reset_check(value: str) -> str | None:
     return f"must be one of {', '.join(RESETS)}"
 
 
+def legacy_levels(meters: Mapping[str, MeterConfig]) -> list[ConfigProblem]:
+    """A `last` meter's level falls as well as rises, and Stripe's legacy usage records take no
+    negative quantity ("quantity: The usage quantity", a non-negative integer;
+    https://stripe.com/docs/api/usage_records/create): its falls could not be billed."""
+    return [
+        ConfigProblem(
+            f"meters.{meter.name}.aggregation",
+            meter.aggregation,
+            'stripe.mode = "usage_records" cannot lower usage by an increment, and a last meter\'s '
+            'level falls: use stripe.mode = "meter_events" or "meter_event_stream"',
+        )
+        for meter in meters.values()
+        if meter.aggregation == "last"
+    ]
+
+
 def _one_stripe_meter_each(meters: Mapping[str, MeterConfig], problems: list[ConfigProblem]) -> None:
     """Two meters reporting under one Stripe event name would bill into one Stripe meter: the
     customer would pay for each meter's usage at the other's price too."""

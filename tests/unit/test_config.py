@@ -270,6 +270,18 @@ def test_a_last_meter_is_a_level_beside_the_peak() -> None:
     assert config.levels == {"seats": "max", "egress_bytes": "last"} and config.meters["egress_bytes"].level
 
 
+def test_a_last_meter_is_refused_with_legacy_usage_records_which_take_no_negative_quantity() -> None:
+    """Usage records add a non-negative quantity (https://stripe.com/docs/api/usage_records/create):
+    a level that falls could not be billed. A peak only rises, and is accepted."""
+    legacy = {"METERLINE__STRIPE__MODE": "usage_records"}
+    assert load_config(None, legacy).levels == {"seats": "max"}
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, {**legacy, "METERLINE__METERS__EGRESS_BYTES__AGGREGATION": "last"})
+    [problem] = raised.value.problems
+    assert problem.field == "meters.egress_bytes.aggregation"
+    assert problem.why.startswith('stripe.mode = "usage_records" cannot lower usage by an increment')
+
+
 def test_aggregations_and_resets_not_metered_yet_are_refused_by_name(tmp_path: Path) -> None:
     found = problems_of(
         tmp_path,
