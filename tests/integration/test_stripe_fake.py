@@ -135,6 +135,17 @@ def test_values_must_be_whole_numbers(api: stripe.StripeClient) -> None:
     assert refused.value.code == "meter_event_invalid_value"
 
 
+def test_a_negative_value_lowers_the_meter_s_sum(api: stripe.StripeClient) -> None:
+    """ "You can also fix incorrectly recorded usage data by recording negative quantities"
+    (https://docs.stripe.com/billing/subscriptions/usage-based/meters/configure): how a `last`
+    meter's level falls (sinks.stripe.levels)."""
+    meter, customer = setup_meter(api)
+    minute = (NOW - 3600) // MINUTE * MINUTE
+    report(api, customer, 10, minute, "level-10")
+    report(api, customer, -6, minute + 60, "level-4")
+    assert [s.aggregated_value for s in summaries(api, meter, customer, minute, minute + 120)] == [4]
+
+
 def test_an_unknown_customer_is_accepted_then_reported_as_an_error(
     fake: tuple[FakeStripe, str], api: stripe.StripeClient
 ) -> None:
