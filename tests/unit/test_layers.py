@@ -158,9 +158,16 @@ def test_the_checks_catch_a_planted_back_import_and_circle() -> None:
     assert ["core.errors", "schemas.errors"] in cycles(edges)
 
 
-MODE_CHOSEN_IN = {"sinks.stripe.modes", "sinks.stripe.totals", "sinks.stripe.catalog.sync"}
-"""Where `stripe.mode` is read: the sink's reporting mode, the reader of Stripe's totals, and the
-catalog sync (a legacy account's prices carry no meter). Everything else asks the object chosen."""
+MODE_CHOSEN_IN = {
+    "sinks.stripe.modes",
+    "sinks.stripe.totals",
+    "sinks.stripe.catalog.sync",
+    "meterline.config",
+}
+"""Where `stripe.mode` is read: the sink's reporting mode, the reader of Stripe's totals, the
+catalog sync (a legacy account's prices carry no meter), and the configuration's check of the rate
+card against the mode (a `last` meter's level falls, which usage records cannot bill). Everything
+else asks the object chosen."""
 
 
 STRIPE_MODES = {"meter_events", "meter_event_stream", "usage_records"}
