@@ -135,6 +135,18 @@ def test_values_must_be_whole_numbers(api: stripe.StripeClient) -> None:
     assert refused.value.code == "meter_event_invalid_value"
 
 
+def test_a_value_of_more_than_15_digits_is_refused(api: stripe.StripeClient) -> None:
+    """ "rejects billing meter event values with more than 15 significant digits"
+    (https://docs.stripe.com/changelog/dahlia/2026-04-22/billing-meter-event-values-validation):
+    the fake counts every digit of an integer, the stricter reading, so that a test never passes on
+    a value Stripe might refuse."""
+    _, customer = setup_meter(api)
+    report(api, customer, 999_999_999_999_999, NOW - 60, "fifteen")
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        report(api, customer, 1_000_000_000_000_000, NOW - 60, "sixteen")
+    assert refused.value.code == "meter_event_value_too_many_digits"
+
+
 def test_a_negative_value_lowers_the_meter_s_sum(api: stripe.StripeClient) -> None:
     """ "You can also fix incorrectly recorded usage data by recording negative quantities"
     (https://docs.stripe.com/billing/subscriptions/usage-based/meters/configure): how a `last`

@@ -11,6 +11,7 @@ from meterline.sinks.stripe.fake.objects import (
     IDENTIFIER_WINDOW_S,
     MAX_FUTURE_S,
     MAX_PAST_S,
+    MAX_VALUE_DIGITS,
     MeterEvent,
     Objects,
 )
@@ -104,6 +105,13 @@ class Meters(Objects):
             raise invalid(
                 f"Invalid value `{raw_value}` for payload[{value_key}]: must be a whole number.",
                 "meter_event_invalid_value",
+                f"payload[{value_key}]",
+            )
+        if value_key in payload and len(raw_value.lstrip("-").lstrip("0")) > MAX_VALUE_DIGITS:
+            raise invalid(
+                f"The value in the event payload can have at most {MAX_VALUE_DIGITS} digits. "
+                f"Received `{raw_value}`.",
+                "meter_event_value_too_many_digits",
                 f"payload[{value_key}]",
             )
         identifier = str(params.get("identifier") or new_id("mev"))

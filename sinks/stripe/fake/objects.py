@@ -13,6 +13,9 @@ DAY_S = 86_400
 IDENTIFIER_WINDOW_S = DAY_S
 MAX_PAST_S = 35 * DAY_S
 MAX_FUTURE_S = 5 * 60
+MAX_VALUE_DIGITS = 15
+"""A meter event's value has at most 15 significant digits from 2026-04-22.dahlia on (meterline's
+API version is later); every digit of an integer counted, the stricter reading."""
 USAGE_RECORDS_REMOVED_IN = "2025-03-31"  # basil: the legacy usage records API is gone from there on
 
 
