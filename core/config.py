@@ -3,7 +3,7 @@ them is the composition root's (meterline.config); components receive these."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from decimal import Decimal
@@ -271,6 +271,12 @@ class MeterConfig:
         return self.aggregation in LEVELS
 
 
+def levels_of(meters: Iterable[MeterConfig]) -> dict[str, str]:
+    """meter -> `max` or `last`, for the meters whose period answer is one window's value, not the
+    sum of their windows."""
+    return {meter.name: meter.aggregation for meter in meters if meter.level}
+
+
 @dataclass(frozen=True)
 class BillingConfig:
     default_plan: str
@@ -373,6 +379,5 @@ class Config:
 
     @property
     def levels(self) -> dict[str, str]:
-        """meter -> `max` or `last`, for the meters whose period answer is one window's value, not
-        the sum of their windows: what every query of usage_windows is told."""
-        return {name: meter.aggregation for name, meter in self.meters.items() if meter.level}
+        """meter -> `max` or `last` (levels_of): what every query of usage_windows is told."""
+        return levels_of(self.meters.values())

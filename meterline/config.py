@@ -24,6 +24,7 @@ from meterline.core.config import (
     Config,
     ConfigError,
     ConfigProblem,
+    levels_of,
 )
 
 DEFAULT_FILE = Path(__file__).with_name("default.toml")
@@ -170,6 +171,5 @@ def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> C
         history=plan_history(s, s.get("history", dict, {}), plans),
     )
     s.finish()
-    levels = {name: meter.aggregation for name, meter in meters.items() if meter.level}
-    alerts = build_alerts(raw, plans, levels, problems)
+    alerts = build_alerts(raw, plans, levels_of(meters.values()), problems)
     return Config(**built, meters=meters, plans=plans, billing=billing, alerts=alerts, source=source)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
-from meterline.core.config import MeterConfig
+from meterline.core.config import MeterConfig, levels_of
 from meterline.core.months import calendar_month
 from meterline.schemas.errors import RejectReason
 from meterline.schemas.records import UsageEvent
@@ -192,7 +192,7 @@ def generate(
     customers = customer_ids(spec)
     owned = [owns is None or owns(c) for c in customers]
     meter_list = sorted(meters.values(), key=lambda m: m.name)
-    expected.levels |= {m.name: m.aggregation for m in meter_list if m.level}
+    expected.levels |= levels_of(meter_list)
     filters = {m.name: BillableFilter(m.billable) for m in meter_list}
     is_billable: dict[tuple[str, str], bool] = {}  # (meter, status) -> the filter's verdict, memoised
     recent: deque[tuple[int, int, int]] = deque(maxlen=64)  # (index, timestamp, bits) of recent events
