@@ -211,6 +211,10 @@ def _hour(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:00")
 
 
+def _instant(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _sections(report: DisputeReport) -> list[tuple[str, list[dict[str, Any]]]]:
     return [
         ("Invoice lines", invoice_text.rows(report.bill)),
@@ -241,7 +245,7 @@ def _sections(report: DisputeReport) -> list[tuple[str, list[dict[str, Any]]]]:
                 {
                     "meter": p.meter,
                     "event": p.event_id,
-                    "at (UTC)": datetime.fromtimestamp(p.timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                    "at (UTC)": _instant(p.timestamp),
                     "quantity": p.quantity,
                     "source": p.source,
                 }
@@ -255,7 +259,7 @@ def _sections(report: DisputeReport) -> list[tuple[str, list[dict[str, Any]]]]:
                     "meter": v.meter,
                     "value": v.value,
                     "first event": v.event_id,
-                    "at (UTC)": datetime.fromtimestamp(v.timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                    "at (UTC)": _instant(v.timestamp),
                     "source": v.source,
                 }
                 for v in report.counted_values

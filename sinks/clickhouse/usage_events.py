@@ -20,31 +20,41 @@ class RawEvent(NamedTuple):
     source: str
 
 
+BILLABLE = (
+    "FROM usage_events FINAL WHERE customer_id = %(customer)s AND meter = %(meter)s AND billable "
+    f"AND {in_span('timestamp')}"
+)
+"""A customer's billable events of one meter in [start, end)."""
+
+
 def peak_events(
     client: Client, customer: str, meter: str, start_ms: int, end_ms: int, most: int = 10
 ) -> list[RawEvent]:
     """The billable events of [start, end) that reported the highest quantity of a customer's meter:
     what made its peak, earliest first (a retried event once)."""
-    rows = client.query(
-        "SELECT event_id, toUnixTimestamp64Milli(timestamp), quantity, source FROM usage_events FINAL "
-        "WHERE customer_id = %(customer)s AND meter = %(meter)s AND billable "
-        f"AND {in_span('timestamp')} AND quantity = ("
-        "  SELECT max(quantity) FROM usage_events FINAL WHERE customer_id = %(customer)s "
-        f"  AND meter = %(meter)s AND billable AND {in_span('timestamp')}"
-        ") ORDER BY timestamp, event_id LIMIT 1 BY event_id LIMIT %(most)s",
-        parameters={"customer": customer, "meter": meter, "start": start_ms, "end": end_ms, "most": most},
-    ).result_rows
-    return [RawEvent(str(e), int(t), int(q), str(s)) for e, t, q, s in rows]
+    return _raw_events(
+        client,
+        f"AND quantity = (SELECT max(quantity) {BILLABLE}) "
+        "ORDER BY timestamp, event_id LIMIT 1 BY event_id LIMIT %(most)s",
+        {"customer": customer, "meter": meter, "start": start_ms, "end": end_ms, "most": most},
+    )
 
 
 def latest_event(client: Client, customer: str, meter: str, start_ms: int, end_ms: int) -> list[RawEvent]:
     """The billable event of [start, end) a `last` meter's answer is the quantity of: the latest by
     time, the event id deciding a tie, as the stream decides (streams.windows.later); none or one."""
+    return _raw_events(
+        client,
+        "ORDER BY timestamp DESC, event_id DESC LIMIT 1",
+        {"customer": customer, "meter": meter, "start": start_ms, "end": end_ms},
+    )
+
+
+def _raw_events(client: Client, narrowing: str, parameters: dict[str, object]) -> list[RawEvent]:
+    """The BILLABLE events `narrowing` (a condition, an order, a limit) picks."""
     rows = client.query(
-        "SELECT event_id, toUnixTimestamp64Milli(timestamp), quantity, source FROM usage_events FINAL "
-        "WHERE customer_id = %(customer)s AND meter = %(meter)s AND billable "
-        f"AND {in_span('timestamp')} ORDER BY timestamp DESC, event_id DESC LIMIT 1",
-        parameters={"customer": customer, "meter": meter, "start": start_ms, "end": end_ms},
+        f"SELECT event_id, toUnixTimestamp64Milli(timestamp), quantity, source {BILLABLE} {narrowing}",
+        parameters=parameters,
     ).result_rows
     return [RawEvent(str(e), int(t), int(q), str(s)) for e, t, q, s in rows]
 
@@ -65,9 +75,7 @@ def first_sightings(
     met, which is the earliest unless that one came late."""
     rows = client.query(
         "SELECT attributes[%(attribute)s] AS value, event_id, toUnixTimestamp64Milli(timestamp), source "
-        "FROM usage_events FINAL WHERE customer_id = %(customer)s AND meter = %(meter)s AND billable "
-        f"AND {in_span('timestamp')} ORDER BY timestamp, event_id "
-        "LIMIT 1 BY toStartOfMonth(timestamp), value",
+        f"{BILLABLE} ORDER BY timestamp, event_id LIMIT 1 BY toStartOfMonth(timestamp), value",
         parameters={
             "customer": customer,
             "meter": meter,
