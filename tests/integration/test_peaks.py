@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
+from typing import TYPE_CHECKING
 
 from meterline.compose import clickhouse_sink, stripe_sink
 from meterline.core.config import Config
@@ -27,6 +29,9 @@ from tests.support.records import window_aggregate
 from tests.support.sinks import run_sink
 from tests.support.stripe import set_up_stripe
 from tests.support.stripe_sink import know_customers_at, produce_aggregates
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 MINUTE = 60_000
 
@@ -90,10 +95,7 @@ def test_each_revision_sends_what_it_adds_to_the_peak_and_stripe_sums_to_it(
     assert reported(fake, first + late) == [10, 0, 5, 5, 0]
     assert sum(reported(fake, first + late)) == 20  # what Stripe's sum meter bills: the peak
 
-    run_sink(
-        clickhouse_sink(config, config.kafka.bootstrap, dsn=ledger_dsn, group_id="peaks-ch"), *ends(config)
-    )
-    client = connect(config, ledger_dsn)
+    client = in_clickhouse(config, ledger_dsn)
     try:
         month = calendar_month(w1)
         assert usage_windows.totals(client, *month, levels=config.levels) == {("team", "compute_ms"): 20}
@@ -124,10 +126,7 @@ def test_a_latest_level_rises_and_falls_at_stripe_and_an_earlier_window_moves_no
     assert reported(fake, first + late) == [10, -3, -4, 0, 1]
     assert sum(reported(fake, first + late)) == 4  # what Stripe's sum meter bills: w3's level
 
-    run_sink(
-        clickhouse_sink(config, config.kafka.bootstrap, dsn=ledger_dsn, group_id="lasts-ch"), *ends(config)
-    )
-    client = connect(config, ledger_dsn)
+    client = in_clickhouse(config, ledger_dsn)
     try:
         month = calendar_month(w1)
         assert usage_windows.totals(client, *month, levels=config.levels) == {("team", "compute_ms"): 4}
@@ -138,6 +137,15 @@ def test_a_latest_level_rises_and_falls_at_stripe_and_an_earlier_window_moves_no
         assert daily.result_rows == [(4, 20)]
     finally:
         client.close()
+
+
+def in_clickhouse(config: Config, dsn: str) -> Client:
+    """A client of ClickHouse once its sink, in a group of its own, has written every aggregate."""
+    run_sink(
+        clickhouse_sink(config, config.kafka.bootstrap, dsn=dsn, group_id=f"ch-{uuid.uuid4().hex[:8]}"),
+        *ends(config),
+    )
+    return connect(config, dsn)
 
 
 def ends(config: Config) -> tuple[str, dict[tuple[str, int], int]]:

@@ -62,6 +62,18 @@ def send(peaks: Levels, ledger: MemoryLedger, reports: list[Report]) -> list[int
     return [decided[r.identifier].value for r in reports if r.identifier in decided]
 
 
+def sent_in_batches(kind: str, revisions: list[Report], rng: random.Random) -> int:
+    """What Stripe's sum meter holds once `revisions` of a `kind` seats meter are sent in batches of
+    random sizes, in their order."""
+    ledger = MemoryLedger()
+    levels = Levels(ledger, {"seats": kind})  # type: ignore[arg-type]
+    while revisions:
+        size = rng.randint(1, len(revisions))
+        send(levels, ledger, revisions[:size])
+        revisions = revisions[size:]
+    return sum(ledger.rows.values())
+
+
 def test_a_revision_adds_only_what_rises_above_the_peak() -> None:
     at = window_aggregate("team", "seats", DECEMBER, value=0)
     sent = [
@@ -112,13 +124,7 @@ def test_the_contributions_of_a_month_add_up_to_its_peak_in_any_order(
         top = max((r.aggregate.value for r in earlier), default=0)
         revisions.append(report(DECEMBER + slot * 60_000, top + value, revision=len(earlier)))
     peak = max(r.aggregate.value for r in revisions)  # the brute force: the highest value reported
-    ledger = MemoryLedger()
-    peaks = Levels(ledger, {"seats": "max"})  # type: ignore[arg-type]
-    while revisions:
-        size = rng.randint(1, len(revisions))
-        send(peaks, ledger, revisions[:size])
-        revisions = revisions[size:]
-    assert sum(ledger.rows.values()) == peak
+    assert sent_in_batches("max", revisions, rng) == peak
 
 
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 100)), min_size=1, max_size=30), st.randoms())
@@ -133,10 +139,4 @@ def test_the_contributions_of_a_month_add_up_to_its_latest_windows_last_revision
         revisions.append(report(DECEMBER + slot * 60_000, value, revision=len(earlier)))
     latest = max(r.aggregate.window_start for r in revisions)  # the brute force: the latest window's
     level = [r.aggregate.value for r in revisions if r.aggregate.window_start == latest][-1]  # last revision
-    ledger = MemoryLedger()
-    levels = Levels(ledger, {"seats": "last"})  # type: ignore[arg-type]
-    while revisions:
-        size = rng.randint(1, len(revisions))
-        send(levels, ledger, revisions[:size])
-        revisions = revisions[size:]
-    assert sum(ledger.rows.values()) == level
+    assert sent_in_batches("last", revisions, rng) == level
