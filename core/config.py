@@ -235,13 +235,15 @@ class RunConfig:
         return bool(self.dashboard_token or self.dashboard_password)
 
 
-Aggregation = Literal["sum", "count", "max", "last", "unique_count"]
-AGGREGATIONS: tuple[Aggregation, ...] = ("sum", "count", "max", "last", "unique_count")
+Aggregation = Literal["sum", "count", "max", "last", "unique_count", "time_weighted"]
+AGGREGATIONS: tuple[Aggregation, ...] = ("sum", "count", "max", "last", "unique_count", "time_weighted")
 """How a meter's events make its period's answer (streams.windows.fold and period_answer): `sum`
 of the quantities, `count` of the events, `max`: the highest quantity reported (peak seats),
 `last`: the quantity of the period's latest event (seats at the period's end), `unique_count`: the
-distinct values of the attribute `unique_by` (monthly active users). A unique_count window holds
-the values first seen in its period within it, so its windows add up."""
+distinct values of the attribute `unique_by` (monthly active users), `time_weighted`: each event
+sets a level (GB stored) that accrues level-seconds until the next (GB-months). A unique_count
+window holds the values first seen in its period within it, a time_weighted window its hour's
+accrual, so their windows add up."""
 
 LEVELS = ("max", "last")
 """The aggregations of a level (seats, storage held): the period's answer is one window's value,
@@ -263,6 +265,12 @@ class MeterConfig:
     reset: Reset = "calendar_month"
     unique_by: str = ""
     """For `unique_count`: the attribute whose distinct values are counted; required on its events."""
+
+    @property
+    def usage_unit(self) -> str:
+        """The unit of the meter's usage, which its prices are written in: its events' unit, or
+        for a time_weighted meter their level accrued by the second ("GB-second")."""
+        return f"{self.unit}-second" if self.aggregation == "time_weighted" else self.unit
 
     @property
     def level(self) -> bool:

@@ -89,7 +89,7 @@ def build_plans(
             p.name = f"plans.{name}.prices.{meter}"
             if meter not in meters:
                 p.problem("", meter, f"no meter {meter!r} in [meters]")
-            expected_unit = meters[meter].unit if meter in meters else ""
+            expected_unit = meters[meter].usage_unit if meter in meters else ""
             p.get("unit", str, expected_unit, unit_check(expected_unit))
             tiers_mode = p.get(
                 "tiers_mode",
@@ -254,18 +254,7 @@ def build_meters(raw: Any, problems: list[ConfigProblem]) -> dict[str, MeterConf
 
 
 def _aggregation_check(value: str) -> str | None:
-    if value in AGGREGATIONS:
-        return None
-    if value in NOT_YET_METERED:
-        return f"is not metered yet ({NOT_YET_METERED[value]}); meterline meters {', '.join(AGGREGATIONS)}"
-    return f"must be one of {', '.join(AGGREGATIONS)}"
-
-
-NOT_YET_METERED = {
-    "time_weighted": "a level integrated over time",
-}
-"""Aggregations rate cards use that meterline does not meter yet: named, so that a rate card asking
-for one is told so rather than that the word is unknown."""
+    return None if value in AGGREGATIONS else f"must be one of {', '.join(AGGREGATIONS)}"
 
 
 def _reset_check(value: str) -> str | None:
@@ -280,18 +269,19 @@ def _reset_check(value: str) -> str | None:
 
 
 def legacy_levels(meters: Mapping[str, MeterConfig]) -> list[ConfigProblem]:
-    """A `last` meter's level falls as well as rises, and Stripe's legacy usage records take no
-    negative quantity ("quantity: The usage quantity", a non-negative integer;
-    https://stripe.com/docs/api/usage_records/create): its falls could not be billed."""
+    """A `last` meter's level falls as well as rises, a `time_weighted` meter's hour accrues less
+    when a late event lowers its level, and Stripe's legacy usage records take no negative quantity
+    ("quantity: The usage quantity", a non-negative integer;
+    https://stripe.com/docs/api/usage_records/create): those falls could not be billed."""
     return [
         ConfigProblem(
             f"meters.{meter.name}.aggregation",
             meter.aggregation,
-            'stripe.mode = "usage_records" cannot lower usage by an increment, and a last meter\'s '
-            'level falls: use stripe.mode = "meter_events" or "meter_event_stream"',
+            f'stripe.mode = "usage_records" cannot lower usage by an increment, and a {meter.aggregation} '
+            'meter\'s usage falls: use stripe.mode = "meter_events" or "meter_event_stream"',
         )
         for meter in meters.values()
-        if meter.aggregation == "last"
+        if meter.aggregation in ("last", "time_weighted")
     ]
 
 

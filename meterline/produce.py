@@ -14,6 +14,7 @@ from meterline.core.config import Config
 from meterline.core.kafka import Kafka, brokers, client_properties, partition_count
 from meterline.schemas.partitioner import partition_for
 from meterline.schemas.producer import PackingPolicy, UsageProducer
+from meterline.schemas.validation import MeterRules
 from meterline.workload import Emission, Expected, WorkloadSpec, customer_ids, generate
 
 
@@ -33,7 +34,7 @@ def make_producer(
         registry_url=config.kafka.schema_registry_url,
         packing=policy,
         kafka_config=client_properties(bootstrap),
-        unique_attributes=config.unique_attributes,
+        meter_rules=MeterRules.of(config.meters.values()),
         **kwargs,  # type: ignore[arg-type]
     )
 

@@ -16,6 +16,7 @@ class RejectReason(StrEnum):
     UNKNOWN_METER = "unknown_meter"
     UNIT_MISMATCH = "unit_mismatch"
     NEGATIVE_QUANTITY = "negative_quantity"
+    LEVEL_TOO_HIGH = "level_too_high"
     MISSING_FIELD = "missing_field"
     TOO_LATE = "too_late"
     TOO_FAR_FUTURE = "too_far_future"

@@ -34,7 +34,7 @@ from meterline.schemas.ingest_openapi import openapi
 from meterline.schemas.partitioner import partition_for
 from meterline.schemas.records import UsageEvent
 from meterline.schemas.serde import AvroSerde
-from meterline.schemas.validation import check_event, check_unique_attribute
+from meterline.schemas.validation import MeterRules, check_event
 
 PATH = "/v1/events"
 DELIVERY_TIMEOUT_S = 10.0
@@ -71,7 +71,7 @@ class Ingest:
         self.config = config
         self.topic = config.topics.events
         self._units = config.meter_units
-        self._unique_attributes = config.unique_attributes
+        self._meter_rules = MeterRules.of(config.meters.values())
         self._serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
         self._partitions = partition_count(bootstrap, self.topic)
         self._producer = idempotent_producer(
@@ -159,9 +159,7 @@ class Ingest:
             except CloudEventError as exc:
                 results[index] = _refused(event_id, exc.field, "malformed", exc.why)
                 continue
-            invalid = check_event(event, self._units) or check_unique_attribute(
-                event, self._unique_attributes
-            )
+            invalid = check_event(event, self._units) or self._meter_rules.check(event)
             if invalid is not None:
                 results[index] = _refused(event_id, invalid.field, str(invalid.reason), invalid.detail)
                 continue

@@ -25,7 +25,7 @@ from meterline.schemas.errors import TopicNotFoundError
 from meterline.schemas.partitioner import partition_for
 from meterline.schemas.records import UsageEvent
 from meterline.schemas.serde import AvroSerde
-from meterline.schemas.validation import require_valid
+from meterline.schemas.validation import MeterRules, require_valid
 
 # The header (at most 10 bytes), the array's block count (a varint, at most 10) and its end marker.
 _BATCH_OVERHEAD = 21
@@ -60,16 +60,16 @@ class UsageProducer:
         packing: PackingPolicy | None = None,
         on_delivery: Callable[[DeliveryReport], None] | None = None,
         kafka_config: Mapping[str, Any] | None = None,
-        unique_attributes: Mapping[str, str] | None = None,
+        meter_rules: MeterRules | None = None,
     ) -> None:
         """What a service needs to emit: the brokers, the topic, its meters' units (what `produce`
         validates against) and the Schema Registry if one is used (empty: Avro single-object
         encoding, DESIGN §3). `on_delivery` runs on the thread that polls: the SDK's linger thread
-        or the caller of flush(). `unique_attributes` (meter -> attribute, Config.unique_attributes):
-        the attribute each `unique_count` meter's events must carry, checked by `produce` too."""
+        or the caller of flush(). `meter_rules` (MeterRules.of(config.meters.values())): what some
+        meters ask of their events beyond a unit, checked by `produce` too."""
         self.topic = topic
         self._meter_units = dict(meter_units)
-        self._unique_attributes = dict(unique_attributes or {})
+        self._meter_rules = meter_rules or MeterRules()
         self._serde = AvroSerde.from_registry_url(registry_url)
         self._packing = packing or PackingPolicy()
         self._on_delivery = on_delivery
@@ -100,7 +100,7 @@ class UsageProducer:
 
     def produce(self, event: UsageEvent) -> None:
         """Validate `event` and queue it; raises InvalidEventError naming the field and value."""
-        require_valid(event, self._meter_units, self._unique_attributes)
+        require_valid(event, self._meter_units, self._meter_rules)
         self._enqueue(event)
 
     def produce_unvalidated(self, event: UsageEvent) -> None:

@@ -3,8 +3,10 @@ refuses the event) and the stream app (which dead-letters it). Pure: no I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
+from meterline.core.config import MeterConfig
 from meterline.schemas.errors import InvalidEventError, RejectReason
 from meterline.schemas.records import UsageEvent
 
@@ -62,29 +64,56 @@ def _why_invalid(event: UsageEvent, meter_units: Mapping[str, str]) -> InvalidEv
     return None
 
 
-def check_unique_attribute(
-    event: UsageEvent, unique_attributes: Mapping[str, str]
-) -> InvalidEventError | None:
-    """Why an event of a `unique_count` meter cannot be counted: it lacks the attribute whose
-    distinct values its meter counts (`unique_attributes`: meter -> that attribute). None otherwise."""
-    name = unique_attributes.get(event.meter)
-    if name is None or event.attributes.get(name):
+MAX_LEVEL = 277_777_777_777
+"""The highest level a `time_weighted` meter takes: an hour of it in level-seconds is a 15-digit
+number, the most a Stripe meter event value holds (streams.accrual)."""
+
+
+@dataclass(frozen=True)
+class MeterRules:
+    """What some meters ask of their events beyond a unit: a `unique_count` meter the attribute it
+    counts distinct values of; a `time_weighted` meter a level it can accrue and report."""
+
+    unique_by: Mapping[str, str] = field(default_factory=dict)
+    """meter -> the attribute whose distinct values it counts."""
+    time_weighted: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, meters: Iterable[MeterConfig]) -> MeterRules:
+        meters = list(meters)
+        return cls(
+            {meter.name: meter.unique_by for meter in meters if meter.unique_by},
+            frozenset(meter.name for meter in meters if meter.aggregation == "time_weighted"),
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.unique_by or self.time_weighted)
+
+    def check(self, event: UsageEvent) -> InvalidEventError | None:
+        """Why the event's meter cannot count it, or None."""
+        name = self.unique_by.get(event.meter)
+        if name is not None and not event.attributes.get(name):
+            return InvalidEventError(
+                RejectReason.MISSING_FIELD,
+                f"attributes.{name}",
+                event.attributes.get(name, ""),
+                f"meter {event.meter!r} counts the distinct values of this attribute: each of its events "
+                "carries one",
+            )
+        if event.meter in self.time_weighted and event.quantity > MAX_LEVEL:
+            return InvalidEventError(
+                RejectReason.LEVEL_TOO_HIGH,
+                "quantity",
+                event.quantity,
+                f"meter {event.meter!r} accrues its level by the second, and an hour of a level above "
+                f"{MAX_LEVEL:,} is more than a Stripe meter value's 15 digits: report it in a larger unit",
+            )
         return None
-    return InvalidEventError(
-        RejectReason.MISSING_FIELD,
-        f"attributes.{name}",
-        event.attributes.get(name, ""),
-        f"meter {event.meter!r} counts the distinct values of this attribute: each of its events carries one",
-    )
 
 
-def require_valid(
-    event: UsageEvent, meter_units: Mapping[str, str], unique_attributes: Mapping[str, str] | None = None
-) -> None:
+def require_valid(event: UsageEvent, meter_units: Mapping[str, str], rules: MeterRules | None = None) -> None:
     """Raise InvalidEventError naming the field and value if `event` cannot be counted."""
-    error = check_event(event, meter_units) or (
-        check_unique_attribute(event, unique_attributes) if unique_attributes else None
-    )
+    error = check_event(event, meter_units) or (rules.check(event) if rules else None)
     if error is not None:
         raise error
 

@@ -16,9 +16,9 @@ from meterline.schemas.records import UsageEvent
 from meterline.schemas.serde import AvroSerde
 from meterline.schemas.validation import (
     BillableRule,
+    MeterRules,
     check_event,
     check_timing,
-    check_unique_attribute,
     timing_bounds,
 )
 from meterline.streams.billable import BillableFilter
@@ -64,7 +64,7 @@ class Judge:
     def __init__(self, config: Config, serde: AvroSerde) -> None:
         self._serde = serde
         self._units = dict(config.meter_units)
-        self._unique_attributes = config.unique_attributes
+        self._meter_rules = MeterRules.of(config.meters.values())
         rules = {name: BillableFilter(meter.billable) for name, meter in config.meters.items()}
         # None for a meter whose every event is billable: no call per event (most meters have no rules)
         self._filters: dict[str, BillableRule | None] = {
@@ -101,19 +101,18 @@ class Judge:
             verdict.rejections.append(
                 Rejection(error.reason, str(error), index if decoded.is_batch else None, event)
             )
-        if self._unique_attributes and (verdict.billable or verdict.non_billable):
-            self._reject_without_unique_attribute(verdict, events, decoded.is_batch)
+        if self._meter_rules and (verdict.billable or verdict.non_billable):
+            self._reject_by_meter_rules(verdict, events, decoded.is_batch)
         return verdict
 
-    def _reject_without_unique_attribute(
-        self, verdict: Verdict, events: list[UsageEvent], is_batch: bool
-    ) -> None:
-        """An event of a `unique_count` meter without the attribute it counts is a dead letter, as
-        one in another unit is: there is no value to count it as, billable or not."""
+    def _reject_by_meter_rules(self, verdict: Verdict, events: list[UsageEvent], is_batch: bool) -> None:
+        """An event of a `unique_count` meter without the attribute it counts, or of a
+        `time_weighted` meter with a level it cannot report, is a dead letter, as one in another
+        unit is, billable or not (schemas.validation.MeterRules)."""
         missing = {
             id(event): error
             for event in (*verdict.billable, *verdict.non_billable)
-            if (error := check_unique_attribute(event, self._unique_attributes)) is not None
+            if (error := self._meter_rules.check(event)) is not None
         }
         if not missing:
             return

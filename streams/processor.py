@@ -20,12 +20,19 @@ How a record at offset `o` is processed:
    and a later event of that value counts nothing. Sightings are stored before the windows that
    counted them, so after a crash a stored sighting whose event is the one processed again was
    made by it, its window lost: it counts again there, once. A `last` window holds the quantity of
-   its latest event by time (the event id deciding a tie), whatever order they arrive in.
+   its latest event by time (the event id deciding a tie), whatever order they arrive in. A
+   `time_weighted` window is a UTC hour (streams.accrual): it keeps its level events and the level
+   carried into it, and holds their accrual.
 3. The partition's watermark becomes the highest event time seen.
 4. Open windows close when `window_end + grace <= watermark`; on an empty batch (a tick, sent
    by the app into a quiet partition) also when `window_end + grace <= the tick's timestamp`.
    Each close emits the next revision: revision 0 first, then one per late correction, with
-   `delta` = value - the previous revision's value.
+   `delta` = value - the previous revision's value. A time_weighted window's close hands its
+   level to the hour after it: that hour is opened when there was none and the level is not 0,
+   and opened again when it was closed with another level carried into it, to close in its turn;
+   so a held level closes a window every hour, and a late event revises each hour after it until
+   the next level event. The later hour is stamped with `o` too: a crash that kept one kept the
+   other (the store writes later hours first, streams.state.PartitionStore).
 5. Every window saved (touched, closed, forgotten) is stamped with `o`, then the partition clock.
    The store writes them behind, the clock last (streams.state.PartitionStore), so that the
    stored clock marks records whose writes are all stored.
@@ -38,14 +45,16 @@ and re-emits identical aggregates. What a crash may have lost in flight is re-em
 from __future__ import annotations
 
 import heapq
+from bisect import insort
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from meterline.core.config import Config
 from meterline.core.months import calendar_month
 from meterline.schemas.records import UsageEvent, WindowAggregate
 from meterline.schemas.serde import new_aggregate
+from meterline.streams.accrual import SLICE_MS, Change, accrued, level_at_end
 from meterline.streams.buckets import Buckets
 from meterline.streams.judge import Verdict
 from meterline.streams.state import (
@@ -66,9 +75,11 @@ from meterline.streams.windows import (
     forget_dedup_at,
     forget_window_at,
     later,
-    window_end,
     window_start,
 )
+
+Touched = dict[tuple[str, str, int], WindowState]
+"""The windows a record changed, by (customer, meter, window_start)."""
 
 
 class Store(Protocol):
@@ -112,6 +123,10 @@ class WindowRules:
     unique_by: Mapping[str, str] = field(default_factory=dict)
     """meter -> the attribute a `unique_count` meter counts distinct values of."""
 
+    def size_of(self, meter: str) -> int:
+        """A meter's window: an hour for a `time_weighted` meter (streams.accrual), else `size_ms`."""
+        return SLICE_MS if self.aggregations[meter] == "time_weighted" else self.size_ms
+
 
 @dataclass
 class ProcessorStats:
@@ -142,14 +157,14 @@ class PartitionProcessor:
     _open: dict[tuple[str, str, int], WindowState] = field(default_factory=dict)
     # The open windows by the end they close at
     _closing: Buckets[WindowKey] = field(default_factory=Buckets)
-    # The closed windows to forget, by window start: every window of one start has the same
-    # deadline (streams.windows.forget_window_at), so the index costs a closed window one list slot
-    # holding its series, a tuple shared through `_series` (issue 18 item 5: an entry of its own,
-    # with its own strings, was ~300 bytes, 65 MB a day on sparse usage). Not a Buckets keyed by
-    # deadline: that needs a (start, series) tuple per window; keyed by start, the start names the
-    # deadline and each window adds only its shared series.
+    # The closed windows to forget, by window end: every window of one end has the same deadline
+    # (streams.windows.forget_window_at), so the index costs a closed window one list slot holding
+    # its series, a tuple shared through `_series` (issue 18 item 5: an entry of its own, with its
+    # own strings, was ~300 bytes, 65 MB a day on sparse usage). Not a Buckets keyed by deadline:
+    # that needs a (start, series) tuple per window; keyed by end, the end and the series' meter
+    # name the window and each window adds only its shared series.
     _forgetting: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
-    _forget_at: list[tuple[int, int]] = field(default_factory=list)  # heap of (deadline, start)
+    _forget_at: list[tuple[int, int]] = field(default_factory=list)  # heap of (deadline, end)
     _series: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # one tuple each
     # (customer, meter) -> the latest window_start of any window saved for it: a window after it is
     # new, known without asking the store (on sparse usage most windows are)
@@ -199,7 +214,7 @@ class PartitionProcessor:
         size = self.rules.size_ms
         aggregations = self.rules.aggregations
         open_windows, newest = self._open, self._newest
-        touched: dict[tuple[str, str, int], WindowState] = {}
+        touched: Touched = {}
         counted = 0
         latest_event_time = (
             max((e.timestamp for e in verdict.non_billable), default=-1) if verdict.non_billable else -1
@@ -208,19 +223,21 @@ class PartitionProcessor:
             timestamp = event.timestamp
             if timestamp > latest_event_time:
                 latest_event_time = timestamp
+            aggregation = aggregations[event.meter]
+            accrues = aggregation == "time_weighted"
             # A plain tuple is cheaper to build than a WindowKey and finds it in the dicts (equal,
             # same hash); the WindowKey is made only for a window not in memory.
-            slot = (event.customer_id, event.meter, window_start(timestamp, size))
+            slot = (event.customer_id, event.meter, window_start(timestamp, SLICE_MS if accrues else size))
             state = touched.get(slot)
             first_touch = state is None
             if state is None:
                 state = open_windows.get(slot)
                 if state is None:
                     key = new_window_key(slot)
-                    if slot[2] > newest.get(slot[:2], -1):
-                        state = WindowState(key)
-                    else:
-                        state = self.store.load_window(key) or WindowState(key)
+                    if slot[2] <= newest.get(slot[:2], -1):
+                        state = self.store.load_window(key)
+                    if state is None:
+                        state = WindowState(key, changes=[] if accrues else None)
             if state.last_offset >= offset:
                 self.stats.replayed_events += 1
                 continue
@@ -234,8 +251,9 @@ class PartitionProcessor:
                 self.stats.duplicates += 1
                 continue
             ids.add(event.event_id)
-            aggregation = aggregations[event.meter]
-            if aggregation == "unique_count":
+            if accrues:
+                self._set_level(state, (timestamp, event.event_id, event.quantity))
+            elif aggregation == "unique_count":
                 state.value += self._first_sighting(event, slot[2])
             elif aggregation == "last":
                 if later(at := (timestamp, event.event_id), state.latest):
@@ -256,7 +274,7 @@ class PartitionProcessor:
         is_tick = verdict.is_tick
         self.stats.ticks += is_tick
         limit = closing_limit(self.clock.watermark, self.rules.grace_ms, record_time if is_tick else None)
-        closed = self._close_due(offset, record_time, limit) if self._closing.due(limit) else []
+        closed = self._close_due(offset, record_time, limit, touched) if self._closing.due(limit) else []
         save = self.store.save_window
         for state in touched.values():
             state.last_offset = offset
@@ -305,7 +323,39 @@ class PartitionProcessor:
     def _track_open(self, state: WindowState) -> None:
         self._open[state.key] = state
         self._note_stored(state.key)
-        self._closing.add(window_end(state.key.window_start, self.rules.size_ms), state.key)
+        self._closing.add(self._end_of(state.key), state.key)
+
+    def _end_of(self, key: WindowKey) -> int:
+        return key.window_start + self.rules.size_of(key.meter)
+
+    def _set_level(self, state: WindowState, change: Change) -> None:
+        """A time_weighted event in its hour (step 2): the hour's accrual with its level."""
+        changes = cast(list[Change], state.changes)
+        insort(changes, change)
+        start = state.key.window_start
+        state.value = accrued(state.carried, changes, start, start + SLICE_MS)
+
+    def _carry(self, state: WindowState, offset: int, touched: Touched) -> None:
+        """Hand a closed time_weighted hour's level to the hour after it (step 4)."""
+        level = level_at_end(state.carried, cast(list[Change], state.changes))
+        slot = (state.key.customer_id, state.key.meter, state.key.window_start + SLICE_MS)
+        following = touched.get(slot) or self._open.get(slot)
+        if following is None and slot[2] <= self._newest.get(slot[:2], -1):
+            following = self.store.load_window(new_window_key(slot))
+        if following is None:
+            if level == 0:
+                return  # nothing held: no hour to accrue
+            following = WindowState(new_window_key(slot), changes=[])
+        if following.carried == level or following.last_offset >= offset:  # step 1
+            return
+        following.carried = level
+        following.value = accrued(level, cast(list[Change], following.changes), slot[2], slot[2] + SLICE_MS)
+        if not following.open or following.key not in self._open:
+            following.open = True
+            if following.event_ids is None:  # its ids went: it counts afresh (step 2)
+                following.event_ids = set()
+            self._track_open(following)
+        touched[following.key] = following
 
     def _first_sighting(self, event: UsageEvent, window: int) -> bool:
         """Whether the event's `unique_by` value is new to its period (step 2)."""
@@ -331,7 +381,7 @@ class PartitionProcessor:
 
     def _dedup_deadline(self, state: WindowState) -> int:
         return forget_dedup_at(
-            window_end(state.key.window_start, self.rules.size_ms),
+            self._end_of(state.key),
             state.revisions[-1].watermark,
             self.rules.keep_ids_ms,
             self.rules.forget_after_ms,
@@ -345,12 +395,11 @@ class PartitionProcessor:
     def _track_closed(self, state: WindowState) -> None:
         series = state.key[:2]
         series = self._series.setdefault(series, series)
-        start = state.key.window_start
-        pending = self._forgetting.get(start)
+        end = self._end_of(state.key)
+        pending = self._forgetting.get(end)
         if pending is None:
-            pending = self._forgetting[start] = []
-            deadline = forget_window_at(window_end(start, self.rules.size_ms), self.rules.forget_after_ms)
-            heapq.heappush(self._forget_at, (deadline, start))
+            pending = self._forgetting[end] = []
+            heapq.heappush(self._forget_at, (forget_window_at(end, self.rules.forget_after_ms), end))
         pending.append(series)
 
     def _save_closed(self, state: WindowState) -> None:
@@ -362,7 +411,7 @@ class PartitionProcessor:
         self.store.save_window(state, ids_until)
 
     def _close_due(
-        self, offset: int, record_time: int, limit: int
+        self, offset: int, record_time: int, limit: int, touched: Touched
     ) -> list[tuple[WindowState, WindowAggregate]]:
         closed = []
         ahead = []
@@ -386,6 +435,8 @@ class PartitionProcessor:
                 self.stats.corrections += revision.revision > 0
                 self._track_closed(state)
                 closed.append((state, self._aggregate(key, revision, state)))
+                if state.accrues:  # the hour after it opens, due in this loop when its end is
+                    self._carry(state, offset, touched)
         for end, key in ahead:
             self._closing.add(end, key)
         return closed
@@ -396,9 +447,9 @@ class PartitionProcessor:
         watermark = self.clock.watermark
         ahead: dict[tuple[int, int], list[tuple[str, str]]] = {}
         while self._forget_at and self._forget_at[0][0] <= watermark:
-            deadline, start = heapq.heappop(self._forget_at)
-            for series in self._forgetting.pop(start):
-                slot = (*series, start)
+            deadline, end = heapq.heappop(self._forget_at)
+            for series in self._forgetting.pop(end):
+                slot = (*series, end - self.rules.size_of(series[1]))
                 if slot in self._open or slot in touched:
                     continue  # reopened by a correction: forgotten when it closes again
                 key = new_window_key(slot)
@@ -406,7 +457,7 @@ class PartitionProcessor:
                 if state is None or state.open:
                     continue  # dropped already (a window closed twice is listed twice)
                 if state.last_offset >= offset:  # step 1: a later record's state, dropped by a later record
-                    ahead.setdefault((deadline, start), []).append(series)
+                    ahead.setdefault((deadline, end), []).append(series)
                     continue
                 self.store.drop_window(key)
         for entry, pending in ahead.items():
@@ -420,7 +471,7 @@ class PartitionProcessor:
             key.customer_id,
             key.meter,
             key.window_start,
-            window_end(key.window_start, self.rules.size_ms),
+            self._end_of(key),
             self.partition,
             revision.value,
             revision.value - previous,

@@ -33,11 +33,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple, Protocol, cast
 
+from meterline.streams.accrual import Change
 from meterline.streams.buckets import Buckets
 
-_WINDOW_FORMAT = 3
-"""3: a `last` window's latest event. 2: a closed window's ids in a chunk. Format 1 entries (ids
-always inline) and 2 still decode."""
+_WINDOW_FORMAT = 4
+"""4: a `time_weighted` window's level changes and carried level. 3: a `last` window's latest
+event. 2: a closed window's ids in a chunk. Format 1 entries (ids always inline), 2 and 3 still
+decode."""
 _CLOCK_FORMAT = 1
 _CHUNK_FORMAT = 1
 
@@ -94,6 +96,15 @@ class WindowState:
     open: bool = True
     latest: tuple[int, str] | None = None
     """A `last` window's latest event so far (its time, its id): the one whose quantity it holds."""
+    changes: list[Change] | None = None
+    """A `time_weighted` window's level events in order of (time, id); None for other windows."""
+    carried: int = 0
+    """A `time_weighted` window's level at its start: the level the hour before handed on."""
+
+    @property
+    def accrues(self) -> bool:
+        """Whether this is a `time_weighted` window (streams.accrual)."""
+        return self.changes is not None
 
     def encode(self, ids_at: bytes | None = None) -> bytes:
         """The entry; `ids_at`, the key of the chunk holding the ids of a closed window, in their place."""
@@ -111,6 +122,8 @@ class WindowState:
             revisions,
             self.open,
             self.latest,
+            self.changes,
+            self.carried,
         )
         return pickle.dumps(row, protocol=5)
 
@@ -119,9 +132,11 @@ class WindowState:
         """The window, and the key of the chunk holding its ids (None where the entry holds them:
         an open window, format 1, or a window without ids). Format 1 entries may hold the ids as a
         sorted list."""
-        fmt, key, value, count, last_offset, ids, revisions, is_open, *latest = pickle.loads(data)
-        if fmt not in (1, 2, _WINDOW_FORMAT):
-            raise ValueError(f"window state format {fmt} is not 1, 2 or {_WINDOW_FORMAT}")
+        fmt, key, value, count, last_offset, ids, revisions, is_open, *later = pickle.loads(data)
+        if fmt not in (1, 2, 3, _WINDOW_FORMAT):
+            raise ValueError(f"window state format {fmt} is not 1, 2, 3 or {_WINDOW_FORMAT}")
+        latest = later[0] if later else None
+        changes, carried = (later[1], later[2]) if fmt == _WINDOW_FORMAT else (None, 0)
         ids_at = ids if type(ids) is bytes else None
         if ids_at is not None or ids is None:
             ids = None
@@ -135,7 +150,9 @@ class WindowState:
             ids,
             [Revision(*r) for r in revisions],
             is_open,
-            (latest[0][0], latest[0][1]) if latest and latest[0] is not None else None,
+            None if latest is None else (latest[0], latest[1]),
+            None if changes is None else [(t, i, q) for t, i, q in changes],
+            carried,
         )
         return state, ids_at
 
@@ -262,7 +279,8 @@ class PartitionStore:
 
     Exactness holds as with writes in record order: `write_behind()` writes the new ids chunks,
     then every changed window (each stamped with the last offset folded into it, a closed one
-    pointing at its chunk), then the clock, then deletes the chunks the clock is past. Faust
+    pointing at its chunk; a time_weighted meter's later hours first), then the clock, then deletes
+    the chunks the clock is past. Faust
     commits only offsets processed before it ran. A crash mid-way leaves windows stamped ahead of
     the clock, which processing skips by their stamps (streams.processor step 1); a window never
     points at a chunk not written; and a chunk is deleted only behind a clock past its ids, so
@@ -337,10 +355,18 @@ class PartitionStore:
         changes, chunk_of = self._new_chunks()
         for sighting_key, sighting in self._sightings.items():
             changes[sighting_store_key(partition, sighting_key)] = pickle.dumps(sighting, protocol=5)
+        accruing = []
         for key, state in self._changed.items():
+            if state is not None and state.accrues:
+                accruing.append(state)
+                continue
             changes[window_store_key(partition, key)] = (
                 None if state is None else state.encode(chunk_of.get(key))
             )
+        # A time_weighted window's close changes the hour after it (streams.processor): the later
+        # hour is written first, so that a crash which kept the close kept its effect too.
+        for state in sorted(accruing, key=lambda s: s.key.window_start, reverse=True):
+            changes[window_store_key(partition, state.key)] = state.encode(chunk_of.get(state.key))
         if self._clock is not None:
             changes[clock_store_key(partition)] = self._clock.encode()
         if deleted:

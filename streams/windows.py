@@ -51,9 +51,10 @@ def earliest_held(watermark_ms: int, forget_after_ms: int, size_ms: int) -> int:
     return window_start(watermark_ms - forget_after_ms, size_ms)
 
 
-ADDITIVE = ("sum", "count", "unique_count")
+ADDITIVE = ("sum", "count", "unique_count", "time_weighted")
 """Aggregations whose period answer is the sum of its windows' values (and of partitions' partials):
-a `unique_count` window holds the values first seen in its period (streams.processor)."""
+a `unique_count` window holds the values first seen in its period, a `time_weighted` window its
+hour's accrual (streams.processor)."""
 
 
 def fold(aggregation: str, value: int, quantity: int) -> int:

@@ -282,14 +282,23 @@ def test_a_last_meter_is_refused_with_legacy_usage_records_which_take_no_negativ
     assert problem.why.startswith('stripe.mode = "usage_records" cannot lower usage by an increment')
 
 
-def test_aggregations_and_resets_not_metered_yet_are_refused_by_name(tmp_path: Path) -> None:
+def test_a_reset_not_metered_yet_is_refused_by_name(tmp_path: Path) -> None:
+    found = problems_of(
+        tmp_path, '[meters.seats]\nunit = "seat"\naggregation = "max"\nreset = "billing_period"\n'
+    )
+    assert found["meters.seats.reset"].startswith("is not metered yet: periods are UTC calendar months")
+
+
+def test_a_time_weighted_meter_is_priced_in_its_level_by_the_second(tmp_path: Path) -> None:
+    """Its usage is the level accrued by the second: a price in the events' unit is refused, naming
+    the unit it must be written in."""
     found = problems_of(
         tmp_path,
-        '[meters.storage]\nunit = "byte"\naggregation = "time_weighted"\n'
-        '[meters.seats]\nunit = "seat"\naggregation = "max"\nreset = "billing_period"\n',
+        '[meters.storage]\nunit = "GB"\naggregation = "time_weighted"\n'
+        '[plans.standard]\ncurrency = "usd"\n'
+        '[plans.standard.prices.storage]\nunit = "GB"\noverage_price = "1"\n',
     )
-    assert found["meters.storage.aggregation"].startswith("is not metered yet (a level integrated over time)")
-    assert found["meters.seats.reset"].startswith("is not metered yet: periods are UTC calendar months")
+    assert "GB-second" in found["plans.standard.prices.storage.unit"]
 
 
 def test_two_meters_reporting_into_one_stripe_meter_are_refused(tmp_path: Path) -> None:

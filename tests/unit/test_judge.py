@@ -5,8 +5,6 @@ the fields from the events' slots and skips the filter call for meters without r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,7 +14,7 @@ from meterline.schemas import _readers, validation
 from meterline.schemas.errors import RejectReason
 from meterline.schemas.records import UsageEvent
 from meterline.schemas.serde import AvroSerde
-from meterline.schemas.validation import check_event, check_timing, check_unique_attribute
+from meterline.schemas.validation import MeterRules, check_event, check_timing
 from meterline.streams import judge
 from meterline.streams.billable import BillableFilter
 from meterline.streams.judge import Judge
@@ -52,6 +50,9 @@ def event(
 Sorted = tuple[list[UsageEvent], list[UsageEvent], list[tuple[str, int | None]]]
 
 
+METER_RULES = MeterRules.of(CONFIG.meters.values())
+
+
 def judged(events: list[UsageEvent]) -> Sorted:
     """The billable events, the non-billable ones, and (reason, index) of each rejected one, as the
     judge sorts one batch record of `events`."""
@@ -59,16 +60,14 @@ def judged(events: list[UsageEvent]) -> Sorted:
     return verdict.billable, verdict.non_billable, [(r.reason.value, r.index) for r in verdict.rejections]
 
 
-def by_the_rules(
-    events: list[UsageEvent], unique_attributes: Mapping[str, str] = CONFIG.unique_attributes
-) -> Sorted:
-    """The same, each event put through check_event, check_timing, its unique_count meter's
-    attribute and its meter's filter in turn."""
+def by_the_rules(events: list[UsageEvent], meter_rules: MeterRules = METER_RULES) -> Sorted:
+    """The same, each event put through check_event, check_timing, its meter's rules (a
+    unique_count meter's attribute) and its meter's filter in turn."""
     rules = {name: BillableFilter(meter.billable) for name, meter in CONFIG.meters.items()}
     billable, non_billable, rejected = [], [], []
     for index, e in enumerate(events):
         error = check_event(e, CONFIG.meter_units) or check_timing(e.timestamp, RECORD_TIME, LATENESS, SKEW)
-        error = error or check_unique_attribute(e, unique_attributes)
+        error = error or meter_rules.check(e)
         if error is not None:
             rejected.append((error.reason.value, index))
         elif rules[e.meter](e.attributes):
@@ -143,7 +142,7 @@ def test_the_verdict_is_the_rules_applied_one_by_one(events: list[UsageEvent]) -
 
 @given(st.lists(EVENTS, max_size=20))
 def test_both_triages_sort_events_as_the_rules_do(events: list[UsageEvent]) -> None:
-    billable, non_billable, rejected = by_the_rules(events, {})  # the judge checks unique_by after triage
+    billable, non_billable, rejected = by_the_rules(events, MeterRules())  # meter rules come after triage
     filters = JUDGE._filters
     for triage in (_readers.triage, validation.triage):
         sorted_billable: list[UsageEvent] = []

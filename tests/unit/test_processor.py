@@ -317,7 +317,7 @@ def test_state_written_in_format_1_recovers_and_is_rewritten_with_its_ids_in_a_c
     assert pickle.loads(data[ids_at])[1][first] == {"a"}
     state, ids_at = WindowState.decode(rewritten[expired])  # reopened by "old", closed again
     assert ids_at is not None and pickle.loads(data[ids_at])[1][expired] == {"old"}
-    assert pickle.loads(rewritten[expired])[0] == 3  # the current format (3: a `last` window's latest)
+    assert pickle.loads(rewritten[expired])[0] == 4  # the current format (4: a time_weighted hour's levels)
 
 
 def test_a_closed_window_is_forgotten_once_no_event_can_reopen_it() -> None:

@@ -19,7 +19,7 @@ from meterline.reconciler.checks.rederive import event_times, set_aside, sightin
 from meterline.schemas.errors import InvalidEventError
 from meterline.schemas.records import UsageEvent
 from meterline.schemas.serde import AvroSerde
-from meterline.schemas.validation import require_valid
+from meterline.schemas.validation import MeterRules, require_valid
 from meterline.streams.judge import Judge, Verdict
 from meterline.streams.processor import PartitionProcessor, rules_from
 from meterline.streams.state import PartitionStore, UnsavedStore, store_key_parts
@@ -45,6 +45,7 @@ RESET = calendar_month(1_780_000_000_000)[1]  # 2026-06-01T00:00Z: a month start
 START = RESET - 90 * 60_000  # the events span 3 hours across it
 NOW = START + DAY_MS // 4  # the records' produce time, after every event
 UNITS = {name: meter.unit for name, meter in CONFIG.meters.items()}
+RULES_OF_METERS = MeterRules.of(CONFIG.meters.values())
 
 
 def usage(n: int, customer: str, meter: str, at: int, user: str | None, quantity: int = 1) -> UsageEvent:
@@ -120,11 +121,11 @@ def test_an_event_without_its_value_is_refused_by_the_sdk_and_the_stream_naming_
     """The SDK refuses (require_valid, which the HTTP ingest judges by too) what the stream dead-letters."""
     event = usage(1, "c", "compute_ms", RESET, None)
     with pytest.raises(InvalidEventError) as refused:
-        require_valid(event, UNITS, CONFIG.unique_attributes)
+        require_valid(event, UNITS, RULES_OF_METERS)
     assert (refused.value.reason, refused.value.field) == ("missing_field", "attributes.user")
     assert "counts the distinct values of this attribute" in str(refused.value)
-    require_valid(usage(2, "c", "compute_ms", RESET, "ann"), UNITS, CONFIG.unique_attributes)
-    require_valid(usage(3, "c", "api_calls", RESET, None), UNITS, CONFIG.unique_attributes)
+    require_valid(usage(2, "c", "compute_ms", RESET, "ann"), UNITS, RULES_OF_METERS)
+    require_valid(usage(3, "c", "api_calls", RESET, None), UNITS, RULES_OF_METERS)
     [rejection] = JUDGE(*record([usage(2, "c", "compute_ms", RESET, "ann"), event])).rejections
     assert (rejection.reason, rejection.index, rejection.event) == ("missing_field", 1, event)
 
