@@ -269,19 +269,20 @@ def _reset_check(value: str) -> str | None:
 
 
 def legacy_levels(meters: Mapping[str, MeterConfig]) -> list[ConfigProblem]:
-    """A `last` meter's level falls as well as rises, a `time_weighted` meter's hour accrues less
-    when a late event lowers its level, and Stripe's legacy usage records take no negative quantity
-    ("quantity: The usage quantity", a non-negative integer;
-    https://stripe.com/docs/api/usage_records/create): those falls could not be billed."""
+    """A `last` meter's level falls as well as rises, and Stripe's legacy usage records take no
+    negative quantity ("quantity: The usage quantity", a non-negative integer;
+    https://stripe.com/docs/api/usage_records/create): its falls could not be billed. (A
+    time_weighted hour that a late event lowers is set to its total at its own timestamp, as a
+    `sum` window is: sinks.stripe.modes.UsageRecords.)"""
     return [
         ConfigProblem(
             f"meters.{meter.name}.aggregation",
             meter.aggregation,
-            f'stripe.mode = "usage_records" cannot lower usage by an increment, and a {meter.aggregation} '
-            'meter\'s usage falls: use stripe.mode = "meter_events" or "meter_event_stream"',
+            'stripe.mode = "usage_records" cannot lower usage by an increment, and a last meter\'s '
+            'level falls: use stripe.mode = "meter_events" or "meter_event_stream"',
         )
         for meter in meters.values()
-        if meter.aggregation in ("last", "time_weighted")
+        if meter.aggregation == "last"
     ]
 
 

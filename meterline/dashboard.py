@@ -78,7 +78,7 @@ def document(
         price = plan.prices.get(name)
         row: dict[str, Any] = {
             "meter": name,
-            "unit": meter.unit,
+            "unit": meter.usage_unit,
             "aggregation": meter.aggregation,
             "used_base_units": usage.get(name, 0),
         }

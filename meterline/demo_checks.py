@@ -14,6 +14,7 @@ from functools import partial
 from meterline import forward
 from meterline.core.config import Config
 from meterline.sinks.clickhouse.usage_windows import ANSWER, kinds
+from meterline.streams.accrual import SLICE_MS
 from meterline.table import render
 from meterline.workload import Expected, WorkloadSpec, customer_ids
 
@@ -103,9 +104,8 @@ def stripe_exact(config: Config, spec: WorkloadSpec, expected: Expected) -> bool
 
     ours = expected.at_stripe()  # a peak meter's: its month's peak
     starts = [start for _, _, start in expected.totals]
-    theirs = meter_totals(
-        caller_for(config), config, customer_ids(spec), min(starts), max(starts) + config.windows.size_ms
-    )
+    # The end of the last window: a time_weighted meter's are hours (streams.accrual).
+    theirs = meter_totals(caller_for(config), config, customer_ids(spec), min(starts), max(starts) + SLICE_MS)
     rows = [
         {
             "customer": c,

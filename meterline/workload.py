@@ -20,6 +20,7 @@ from meterline.core.config import MeterConfig, levels_of
 from meterline.core.months import calendar_month
 from meterline.schemas.errors import RejectReason
 from meterline.schemas.records import UsageEvent
+from meterline.streams.accrual import SLICE_MS, Change, accrued, level_at_end
 from meterline.streams.billable import BillableFilter
 from meterline.streams.windows import DAY_MS, fold, later, period_answer, window_start
 
@@ -184,6 +185,11 @@ def generate(
 ) -> Iterator[Emission]:
     """Yield the workload's records in produce order, filling `expected` as it goes.
 
+    A `time_weighted` meter's events come before the last whole hour of the span ends, and each
+    customer's level goes to 0 in its last second (one more event, after all of theirs): so the
+    hours that accrue end with the span's last whole hour, which closes on its own, and the
+    expected accrual of each is known.
+
     With `owns`, only the records of customers it accepts are built, yielded and counted, while every
     random draw still happens: workers that split the customers between them (by partition) produce
     together exactly the records, in each partition the same order, that one generator would.
@@ -204,6 +210,8 @@ def generate(
     totals = expected.totals
 
     build = _event_builder(spec, customers, meter_list)
+    levels_end = window_start(spec.start_ms + spec.span_ms, SLICE_MS)
+    held: dict[tuple[str, str], list[Change]] = {}  # a time_weighted meter's level events
 
     for i in range(spec.events):
         now = spec.start_ms + int(i * step)
@@ -247,10 +255,14 @@ def generate(
         verdict = is_billable.get(verdict_key)
         if verdict is None:
             verdict = is_billable[verdict_key] = filters[event.meter](event.attributes)
-        if verdict:
+        meter = meters[event.meter]
+        if verdict and meter.aggregation == "time_weighted":
+            held.setdefault((event.customer_id, event.meter), []).append(
+                (event.timestamp, event.event_id, event.quantity)
+            )
+        elif verdict:
             key = (event.customer_id, event.meter, window_start(timestamp, window_ms))
             total = totals.setdefault(key, [0, 0])
-            meter = meters[event.meter]
             if meter.unique_by:
                 sighting = (
                     event.customer_id,
@@ -271,6 +283,38 @@ def generate(
         else:
             expected.non_billable += 1
         yield Emission(event)
+    for (customer, meter_name), changes in sorted(held.items()):
+        emptied = UsageEvent(
+            f"ev-{spec.seed}-{meter_name}-end-{customer}",
+            customer,
+            meter_name,
+            0,
+            meters[meter_name].unit,
+            levels_end - 1000,
+            "generator",
+            {"status": _STATUSES_BILLABLE[0]},
+        )
+        expected.produced += 1
+        changes.append((emptied.timestamp, emptied.event_id, 0))
+        totals.update(_hours_accrued(customer, meter_name, changes))
+        yield Emission(emptied)
+
+
+def _hours_accrued(customer: str, meter: str, changes: list[Change]) -> dict[tuple[str, str, int], list[int]]:
+    """A time_weighted meter's windows from its level events: each hour from the first event's to
+    the last's in which a level is held or set, with its accrual and its events (streams.accrual)."""
+    changes.sort()
+    windows: dict[tuple[str, str, int], list[int]] = {}
+    level, at = 0, 0
+    for hour in range(window_start(changes[0][0], SLICE_MS), changes[-1][0] + 1, SLICE_MS):
+        within = []
+        while at < len(changes) and changes[at][0] < hour + SLICE_MS:
+            within.append(changes[at])
+            at += 1
+        if within or level:
+            windows[(customer, meter, hour)] = [accrued(level, within, hour, hour + SLICE_MS), len(within)]
+        level = level_at_end(level, within)
+    return windows
 
 
 def _event_builder(
@@ -278,11 +322,15 @@ def _event_builder(
 ) -> Callable[[int, int, int], UsageEvent]:
     """The event of index i at `timestamp` from its 64 random `bits`."""
     non_billable_below = int(spec.non_billable_rate * 0x10000)
-    # A level's events (max, last) report a level (a seat count): small, larger for later customers so
-    # that their peaks differ; other meters' are amounts (calls, bytes, ms) of up to a thousand. A
-    # unique_count meter's carry one of a few users, more for later customers, so most come again.
-    level = [meter.level for meter in meter_list]
+    # A level's events (max, last, time_weighted) report a level (seats, GB): small, larger for later
+    # customers so that their levels differ; other meters' are amounts (calls, bytes, ms) of up to a
+    # thousand. A unique_count meter's carry one of a few users, more for later customers, so most
+    # come again.
+    level = [meter.level or meter.aggregation == "time_weighted" for meter in meter_list]
     unique_by = [meter.unique_by for meter in meter_list]
+    # A time_weighted meter's events come before the span's last whole hour ends (`generate`).
+    levels_before = window_start(spec.start_ms + spec.span_ms, SLICE_MS) - 2000
+    accrues = [meter.aggregation == "time_weighted" for meter in meter_list]
 
     def build(i: int, timestamp: int, bits: int) -> UsageEvent:
         # Everything about an event follows from its index, time and one draw of 64 random bits,
@@ -301,7 +349,7 @@ def _event_builder(
             meter.name,
             1 + (bits >> 28) % (6 + 5 * customer if level[choice] else 999),
             meter.unit,
-            timestamp,
+            min(timestamp, levels_before) if accrues[choice] else timestamp,
             "generator",
             attributes,
         )

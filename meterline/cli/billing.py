@@ -203,7 +203,7 @@ def _invoice_quote(args: argparse.Namespace) -> int:
     if problems:
         raise MeterlineError("; ".join(problems))
     heading = f"Quote on plan {plan.name} for " + (
-        ", ".join(f"{m} {q:,} ({config.meters[m].unit})" for m, q in usage.items()) or "no usage"
+        ", ".join(f"{m} {q:,} ({config.meters[m].usage_unit})" for m, q in usage.items()) or "no usage"
     )
     _print_invoice(invoice(plan, usage), heading, {"usage": usage}, args.json)
     return 0

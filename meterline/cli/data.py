@@ -43,7 +43,7 @@ def register(commands: Any) -> None:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from meterline.reconciler.checks.rederive import rederive
+    from meterline.reconciler.checks.rederive import not_rederived, rederive
     from meterline.reconciler.checks.replay import (
         clickhouse_differences,
         emit_repairs,
@@ -63,8 +63,17 @@ def _replay(args: argparse.Namespace) -> int:
     rederived = rederive(config, bootstrap, args.start, args.end, args.customer, progress_of)
     client = connect(config)
     try:
-        stored = latest_revisions(client, args.start, args.end, args.customer)
-        reported = reported_windows(client, args.start, args.end, args.customer)
+        skipped = not_rederived(config)
+        stored = {
+            k: v
+            for k, v in latest_revisions(client, args.start, args.end, args.customer).items()
+            if k[1] not in skipped
+        }
+        reported = {
+            k: v
+            for k, v in reported_windows(client, args.start, args.end, args.customer).items()
+            if k[1] not in skipped
+        }
         in_clickhouse = clickhouse_differences(rederived, stored)
         stripe = totals_for(config, caller_for(config), KnownCustomers(client).find)
         in_stripe = stripe_differences(rederived, stripe, args.start, args.end)
@@ -106,7 +115,11 @@ def _replay(args: argparse.Namespace) -> int:
         for d in in_stripe
     ]
     if args.json:
-        print(json.dumps({**summary, "clickhouse": clickhouse_rows, "stripe": stripe_rows}))
+        print(
+            json.dumps(
+                {**summary, "clickhouse": clickhouse_rows, "stripe": stripe_rows, "not_rederived": skipped}
+            )
+        )
     else:
         print(file=sys.stderr)
         print(render([summary]))
@@ -116,6 +129,8 @@ def _replay(args: argparse.Namespace) -> int:
         if stripe_rows:
             print("\nCustomers and meters where Stripe differs from the events:")
             print(render(stripe_rows))
+        for meter, why in skipped.items():
+            print(f"\n{meter} not re-derived (nor repaired): {why}")
         if fixes:
             print(f"\nEmitted {len(fixes)} correcting revisions to {config.topics.aggregates}:")
             print("the sinks apply them; replay again once they have caught up to see zero differences.")

@@ -65,7 +65,7 @@ def _config_check(args: argparse.Namespace) -> int:
     meters = [
         {
             "meter": m.name,
-            "unit": m.unit,
+            "unit": m.unit if m.usage_unit == m.unit else f"{m.unit}, billed in {m.usage_unit}s",
             "aggregation": f"{m.aggregation} of {m.unique_by}" if m.unique_by else m.aggregation,
             "reset": m.reset,
             "stripe_event_name": m.stripe_event_name,

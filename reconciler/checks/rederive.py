@@ -16,7 +16,9 @@ for it are too late), so reading them costs time only; the events of other windo
 holds the ids of the range's windows alone. A `unique_count` window counts the values first seen
 in its month, which events of the month outside the range may have been first to bring: for
 those meters replay reads from the first month's start and keeps the events of every month the
-range touches, reporting the range's windows alone. The partitions are re-derived in parallel
+range touches, reporting the range's windows alone. A `time_weighted` meter is not re-derived:
+its windows accrue a level that may have been set before the oldest event the topic keeps (replay
+says so, and repairs none of them). The partitions are re-derived in parallel
 processes: there is no state to commit, so nothing but decoding and folding is paid per event.
 
 Its own module, importing only what a re-deriving process needs: each process starts by importing
@@ -157,6 +159,7 @@ def _rederive_partition(job: tuple[Config, Kafka, int, int, int, str | None, byt
 
     in_range = event_times(start_ms, end_ms, config.windows.size_ms)
     sighted = sighting_times(start_ms, end_ms) if config.unique_attributes else range(0)
+    accruing = not_rederived(config)
 
     def fold(aggregates: list[WindowAggregate]) -> None:
         for a in aggregates:  # the range's windows: the rest were set aside or only sight values
@@ -186,7 +189,7 @@ def _rederive_partition(job: tuple[Config, Kafka, int, int, int, str | None, byt
                 record_time = message.timestamp()[1]
                 verdict = judge(value, record_time, processor.held_from(offset))
                 if verdict.billable:
-                    set_aside(verdict, in_range, customer, config.unique_attributes, sighted)
+                    set_aside(verdict, in_range, customer, config.unique_attributes, sighted, accruing)
                 fold(processor.process(offset, record_time, verdict))
                 records += 1
                 events += verdict.events
@@ -197,6 +200,17 @@ def _rederive_partition(job: tuple[Config, Kafka, int, int, int, str | None, byt
     tick = judge(serde.encode_batch([]), last_time + 365 * 86_400_000)
     fold(processor.process(last_offset + 1, last_time + 365 * 86_400_000, tick))
     return PartitionResult(partition, records, events, totals)
+
+
+def not_rederived(config: Config) -> dict[str, str]:
+    """meter -> why replay does not re-derive it: a `time_weighted` meter's hour accrues the level
+    carried into it, which an event older than the topic keeps may have set."""
+    return {
+        name: "time_weighted: its hours accrue a level that may have been set before the oldest event "
+        f"{config.topics.events} keeps"
+        for name, meter in config.meters.items()
+        if meter.aggregation == "time_weighted"
+    }
 
 
 def event_times(start_ms: int, end_ms: int, size_ms: int) -> range:
@@ -216,17 +230,21 @@ def set_aside(
     customer: str | None,
     unique_meters: Collection[str] = (),
     sighted: range = range(0),
+    skipped: Collection[str] = (),
 ) -> None:
     """Move the billable events of windows outside the range (or of other customers) to the
     non-billable: they still move the partition's event time, as the stream app's do, but fold into
     no window, and no window holds their ids, which dedup keeps for the whole lateness horizon
     (replay reads from the range to the end of the topic). Events of `unique_meters` in `sighted`
-    (sighting_times) stay: they decide which values are first seen in the range's windows."""
+    (sighting_times) stay: they decide which values are first seen in the range's windows. Events
+    of `skipped` meters (not_rederived) fold into nothing."""
     kept: list[UsageEvent] = []
     aside: list[UsageEvent] = []
     for event in verdict.billable:
-        wanted = customer in (None, event.customer_id) and (
-            event.timestamp in in_range or (event.meter in unique_meters and event.timestamp in sighted)
+        wanted = (
+            customer in (None, event.customer_id)
+            and event.meter not in skipped
+            and (event.timestamp in in_range or (event.meter in unique_meters and event.timestamp in sighted))
         )
         (kept if wanted else aside).append(event)
     if aside:

@@ -22,6 +22,7 @@ def test_the_defaults_are_valid() -> None:
         "compute_ms": "millisecond",
         "seats": "seat",
         "active_users": "user",
+        "storage": "GB",
     }
     assert config.unique_attributes == {"active_users": "user"}
     assert config.levels == {"seats": "max"} and config.plans["team"].prices["seats"].overage_price == 10

@@ -130,7 +130,10 @@ def test_totals_are_exact_for_any_order_batching_ticks_and_crashes(
     delivered, rejected = run_with_crashes(with_ticks, JUDGE, RULES, plan, crashes, commit_rate)
     # A unique_count meter's months: shuffled, its values may be first seen in other windows.
     unique = CONFIG.unique_attributes
-    assert months_of(sums_by_window(delivered), unique) == months_of(expected.totals, unique)
+    # A time_weighted hour a level was carried into, then taken from by an event that arrived later
+    # with an earlier time, is revised to nothing: no window, as the generator has none.
+    windows = {key: total for key, total in sums_by_window(delivered).items() if total != [0, 0]}
+    assert months_of(windows, unique) == months_of(expected.totals, unique)
     assert rejected == expected.rejected
 
 

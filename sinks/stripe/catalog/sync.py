@@ -82,7 +82,9 @@ def sync(config: Config, caller: Caller, dry_run: bool = False) -> list[Change]:
             meters[event_name] = created.id
             changes.append(Change("meter", event_name, "created", created.id))
         changes.append(
-            _product(caller, product_id(name), f"{name} ({meter.unit})", {"meterline_meter": name}, dry_run)
+            _product(
+                caller, product_id(name), f"{name} ({meter.usage_unit})", {"meterline_meter": name}, dry_run
+            )
         )
     legacy = config.stripe.mode == "usage_records"  # its metered prices carry no meter
     for plan in sorted(config.plans.values(), key=lambda p: p.name):
