@@ -6,8 +6,8 @@ into UsageEvents, no Faust: with fastavro, and with meterline's compiled reader)
 agent (Faust's per-message ceiling); Faust's own tumbling Table doing the same sum. Then the
 worker's memory on 1M and 5M packed events over the same span (same windows): state grows with
 open windows and dedup retention, not with the number of events. The packed row runs twice: with
-the default rate card (seats, a `max` meter, and active_users, a `unique_count` meter, each a
-fifth of the events) and with both summed.
+the default rate card (seats, a `max` meter, active_users, a `unique_count` meter, and storage, a
+`time_weighted` meter, each a sixth of the events) and with the three summed.
 
 A worker's rate is read from its committed offsets (committed every 0.5 s here), from its first
 commit to the one that covers the topic, so the group join and startup are not counted. Over the
@@ -137,18 +137,21 @@ def main() -> None:
                 rows.append(row)
 
         meterline(packed, args.events, packed_messages, ", one day")
-        # The same events with the default rate card's peak meter (seats) and distinct count
-        # (active_users, a first-sighting lookup per event) folded as sums: what the kinds that do
-        # not add cost beside the adding ones (issue 37).
+        # The same events with the default rate card's peak meter (seats), distinct count
+        # (active_users, a first-sighting lookup per event) and level held (storage, hourly windows
+        # accruing level-seconds) folded as sums: what the kinds that do not add cost beside the
+        # adding ones (issue 37).
         meterline(
             packed,
             args.events,
             packed_messages,
-            ", one day, seats and active users summed (every meter adding)",
+            ", one day, seats, active users and storage summed (every meter adding)",
             {
                 "METERLINE__METERS__SEATS__AGGREGATION": "sum",
                 "METERLINE__METERS__ACTIVE_USERS__AGGREGATION": "sum",
                 "METERLINE__METERS__ACTIVE_USERS__UNIQUE_BY": '""',
+                "METERLINE__METERS__STORAGE__AGGREGATION": "sum",
+                "METERLINE__PLANS__TEAM__PRICES__STORAGE__UNIT": '"GB"',  # a sum's price is in its unit
             },
         )
         meterline(single, args.single_events, single_messages)

@@ -22,6 +22,7 @@ from meterline import devstack
 from meterline.core.config import Config
 from meterline.core.kafka import Kafka, at_end, consumer_from_beginning
 from meterline.schemas.serde import AvroSerde
+from meterline.streams.accrual import Change, accrued, takes_effect
 from meterline.streams.judge import Judge
 from meterline.streams.windows import fold, later
 from meterline.table import render
@@ -42,7 +43,8 @@ class TopicSummary:
     billable_totals: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(customer, meter) -> the answer over everything read, by the meter's aggregation (a
     unique_count meter's: the distinct values read, whatever their months; a last meter's: the
-    quantity of the latest event read)."""
+    quantity of the latest event read; a time_weighted meter's: its level by the second from the
+    first event read to the latest, in level-seconds)."""
 
     @property
     def records(self) -> int:
@@ -135,6 +137,7 @@ def _consume(
     seen: set[tuple[int, str]] = set()
     distinct: dict[tuple[str, str], set[str]] = {}
     latest: dict[tuple[str, str], tuple[int, str]] = {}
+    held: dict[tuple[str, str], list[Change]] = {}  # a time_weighted meter's level events
     deadline = time.monotonic() + timeout
     last_message = time.monotonic()
     last_progress = 0.0
@@ -172,6 +175,10 @@ def _consume(
                             values = distinct.setdefault(pair, set())
                             values.add(event.attributes[meter.unique_by])
                             summary.billable_totals[pair] = len(values)
+                        elif meter.aggregation == "time_weighted":
+                            held.setdefault(pair, []).append(
+                                (event.timestamp, event.event_id, event.quantity)
+                            )
                         elif meter.aggregation == "last":  # the latest event read
                             if later(at := (event.timestamp, event.event_id), latest.get(pair)):
                                 latest[pair] = at
@@ -185,4 +192,8 @@ def _consume(
         if progress is not None and time.monotonic() - last_progress > 1:
             last_progress = time.monotonic()
             progress(summary)
+    for pair, changes in held.items():
+        changes.sort()
+        first, last = takes_effect(changes[0][0]), takes_effect(changes[-1][0])
+        summary.billable_totals[pair] = accrued(0, changes, first, last)
     return summary

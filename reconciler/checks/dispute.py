@@ -1,7 +1,8 @@
 """`meterline dispute`: everything support needs to answer "why is my bill higher?" for one
 customer and period: usage by day and hour, how each day's usage falls into the included quantity,
 overage or tiers, the invoice lines, the Stripe identifiers that carried the usage; for a level
-the events that made it (those that reported a peak, a `last` meter's latest event), for a
+the events that made it (those that reported a peak, a `last` meter's latest event, a
+time_weighted meter's level history), for a
 distinct count (active users) each value it counted with the event that first carried it. A peak's
 day is its highest hour, and what falls into the bands is how far the day raised the period's peak.
 Assembling it is pure (`build`); the queries and the renderers are around it.
@@ -27,7 +28,7 @@ from meterline.reconciler.billing.periods import Period
 from meterline.reconciler.billing.plan_history import period_invoice
 from meterline.reconciler.billing.pricing import Invoice, invoice
 from meterline.reconciler.html_tables import section_tables
-from meterline.sinks.clickhouse.usage_events import first_sightings, latest_event, peak_events
+from meterline.sinks.clickhouse.usage_events import first_sightings, latest_event, level_changes, peak_events
 from meterline.sinks.clickhouse.usage_windows import by_bucket
 from meterline.sinks.stripe.ledger import reports_of
 from meterline.streams.windows import running
@@ -71,7 +72,8 @@ class Carrier:
 @dataclass(frozen=True)
 class LevelEvent:
     """An event that made a level's answer: one that reported a `max` meter's highest quantity in
-    the period, or a `last` meter's latest event."""
+    the period, a `last` meter's latest event, or a `time_weighted` meter's level history (the
+    level carried into the period, then each change)."""
 
     meter: str
     event_id: str
@@ -195,6 +197,11 @@ def query(config: Config, client: Client, customer: str, period: Period) -> Disp
         LevelEvent(meter, *event)
         for meter, kind in config.levels.items()
         for event in (peak_events if kind == "max" else latest_event)(client, customer, meter, start, end)
+    ] + [
+        LevelEvent(name, *event)
+        for name, meter in config.meters.items()
+        if meter.aggregation == "time_weighted"
+        for event in level_changes(client, customer, name, start, end)
     ]
     counted_values = [
         CountedValue(meter, *sighting)

@@ -50,6 +50,21 @@ def latest_event(client: Client, customer: str, meter: str, start_ms: int, end_m
     )
 
 
+def level_changes(client: Client, customer: str, meter: str, start_ms: int, end_ms: int) -> list[RawEvent]:
+    """A `time_weighted` meter's level history over [start, end): the latest event before it (the
+    level carried in), then each billable event of it that changed the level, in the order the
+    stream holds them (time, then event id: streams.accrual); a retried event once."""
+    parameters = {"customer": customer, "meter": meter, "start": start_ms, "end": end_ms}
+    carried = latest_event(client, customer, meter, 0, start_ms)
+    history = _raw_events(client, "ORDER BY timestamp, event_id LIMIT 1 BY event_id", parameters)
+    changes, level = carried, carried[0].quantity if carried else 0
+    for event in history:
+        if event.quantity != level:
+            changes.append(event)
+            level = event.quantity
+    return changes
+
+
 def _raw_events(client: Client, narrowing: str, parameters: dict[str, object]) -> list[RawEvent]:
     """The BILLABLE events `narrowing` (a condition, an order, a limit) picks."""
     rows = client.query(

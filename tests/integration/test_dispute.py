@@ -204,6 +204,23 @@ def test_the_command_writes_csv_json_and_html_from_clickhouse(tmp_path: Path) ->
                 for n, (event, quantity, hour, ok) in enumerate(
                     [("x1", 5, 1, True), ("x2", 9, 3, True), ("x3", 7, 3, True), ("x4", 1, 4, False)], 20
                 )
+            ]
+            # GB stored (storage, time_weighted): 4 carried in from October, set again to 4 (no
+            # change), raised to 10 (retried), set to 10 again, emptied by an event not billable, 6.
+            + [
+                [event, "cust-<b>", "storage", quantity, "GB", NOV_1 + hour * HOUR, "store", {}, ok, 0, n]
+                for n, (event, quantity, hour, ok) in enumerate(
+                    [
+                        ("s0", 4, -1, True),
+                        ("s1", 4, 1, True),
+                        ("s2", 10, 2, True),
+                        ("s2", 10, 2, True),
+                        ("s3", 10, 3, True),
+                        ("s4", 0, 5, False),
+                        ("s5", 6, 6, True),
+                    ],
+                    30,
+                )
             ],
             column_names=list(EVENT_COLUMNS),
         )
@@ -243,7 +260,14 @@ def test_the_command_writes_csv_json_and_html_from_clickhouse(tmp_path: Path) ->
         "ml:id-1",
     ]
     made = [(p["meter"], p["event_id"], p["quantity"]) for p in as_json["level_events"]]
-    assert made == [("egress_bytes", "x3", 7), ("seats", "e2", 12), ("seats", "e3", 12)]  # meters in order
+    assert made == [
+        ("egress_bytes", "x3", 7),
+        ("seats", "e2", 12),
+        ("seats", "e3", 12),
+        ("storage", "s0", 4),  # the level carried into November, then each change of it
+        ("storage", "s2", 10),
+        ("storage", "s5", 6),
+    ]
     counted = [(v["meter"], v["value"], v["event_id"]) for v in as_json["counted_values"]]
     assert counted == [("active_users", "ann", "u2"), ("active_users", "bob", "u3")]
     rows = list(csv.reader(io.StringIO(dispute("csv"))))
