@@ -185,10 +185,10 @@ def generate(
 ) -> Iterator[Emission]:
     """Yield the workload's records in produce order, filling `expected` as it goes.
 
-    A `time_weighted` meter's events come before the last whole hour of the span ends, and each
-    customer's level goes to 0 in its last second (one more event, after all of theirs): so the
-    hours that accrue end with the span's last whole hour, which closes on its own, and the
-    expected accrual of each is known.
+    A `time_weighted` meter's events come before the last whole hour of the span ends, and the
+    workload's last records set each customer's level to 0 in its last second, after all of
+    theirs: so the hours that accrue end with the span's last whole hour, which closes on its own,
+    and the expected accrual of each is known.
 
     With `owns`, only the records of customers it accepts are built, yielded and counted, while every
     random draw still happens: workers that split the customers between them (by partition) produce
@@ -213,7 +213,12 @@ def generate(
     levels_end = window_start(spec.start_ms + spec.span_ms, SLICE_MS)
     held: dict[tuple[str, str], list[Change]] = {}  # a time_weighted meter's level events
 
-    for i in range(spec.events):
+    # The last records empty each customer's time_weighted levels (`generate`'s docstring).
+    emptied = [
+        (c, m.name) for m in meter_list if m.aggregation == "time_weighted" for c in range(len(customers))
+    ]
+    emptied = emptied[: spec.events]
+    for i in range(spec.events - len(emptied)):
         now = spec.start_ms + int(i * step)
         roll = rng.random()
         if roll < dup_edge:
@@ -283,8 +288,11 @@ def generate(
         else:
             expected.non_billable += 1
         yield Emission(event)
-    for (customer, meter_name), changes in sorted(held.items()):
-        emptied = UsageEvent(
+    for customer_index, meter_name in emptied:
+        if not owned[customer_index]:
+            continue
+        customer = customers[customer_index]
+        empty = UsageEvent(
             f"ev-{spec.seed}-{meter_name}-end-{customer}",
             customer,
             meter_name,
@@ -295,9 +303,10 @@ def generate(
             {"status": _STATUSES_BILLABLE[0]},
         )
         expected.produced += 1
-        changes.append((emptied.timestamp, emptied.event_id, 0))
+        changes = held.setdefault((customer, meter_name), [])
+        changes.append((empty.timestamp, empty.event_id, 0))
         totals.update(_hours_accrued(customer, meter_name, changes))
-        yield Emission(emptied)
+        yield Emission(empty)
 
 
 def _hours_accrued(customer: str, meter: str, changes: list[Change]) -> dict[tuple[str, str, int], list[int]]:

@@ -7,26 +7,31 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from meterline.core.config import Config
+from meterline.core.config import Config, MeterConfig
 from meterline.schemas.cloudevents import BATCH, QUANTITY_MAX, STRUCTURED
+from meterline.schemas.validation import MAX_LEVEL
 
 
-def _meter(meter: str, unit: str, unique_by: str) -> list[dict[str, Any]]:
+def _meter(meter: MeterConfig) -> list[dict[str, Any]]:
     """The two ways an event names `meter` (its data.meter; or its type's last part, without a
     data.meter), each in the meter's unit and, for a `unique_count` meter, with the attribute it
-    counts: the catalog's rules, said in JSON Schema."""
-    in_unit: dict[str, Any] = {"unit": {"const": unit}}
+    counts, for a `time_weighted` meter with a level it can report (schemas.validation.MeterRules):
+    the catalog's rules, said in JSON Schema."""
+    in_unit: dict[str, Any] = {"unit": {"const": meter.unit}}
+    if meter.aggregation == "time_weighted":
+        in_unit["quantity"] = {"maximum": MAX_LEVEL}
+    unique_by = meter.unique_by
     carried: dict[str, Any] = {}  # what the data must hold besides
     if unique_by:
         in_unit["attributes"] = {"required": [unique_by], "properties": {unique_by: {"minLength": 1}}}
         carried["required"] = ["attributes"]
-    by_type = {"pattern": f"(^|\\.){re.escape(meter)}$"}
+    by_type = {"pattern": f"(^|\\.){re.escape(meter.name)}$"}
     return [
         {
             "properties": {
                 "data": {
                     "required": ["meter", *carried.get("required", [])],
-                    "properties": {"meter": {"const": meter}, **in_unit},
+                    "properties": {"meter": {"const": meter.name}, **in_unit},
                 }
             }
         },
@@ -74,8 +79,8 @@ def event_schema(config: Config) -> dict[str, Any]:
         },
         "anyOf": [
             alternative
-            for name, meter in sorted(config.meters.items())
-            for alternative in _meter(name, meter.unit, meter.unique_by)
+            for _, meter in sorted(config.meters.items())
+            for alternative in _meter(meter)
         ],
     }
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from meterline.core.config import MeterConfig
 from meterline.schemas.errors import InvalidEventError, RejectReason
 from meterline.schemas.records import UsageEvent
+
+if TYPE_CHECKING:  # the SDK imports this module: never the configuration's dependencies
+    from meterline.core.config import MeterConfig
 
 _REQUIRED_TEXT = ("event_id", "customer_id", "meter", "unit", "source")
 

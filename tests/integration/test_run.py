@@ -173,8 +173,12 @@ def test_commands_beside_run_execute_inside_it(settled: Settled, tmp_path: Path)
     replayed = run.command("replay", "--from", str(min(starts)), "--to", str(max(starts) + 60_000), "--json")
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     summary = json.loads(replayed.stdout)
-    # Windows of value, as replay counts them (an active_users window where no user was new has none)
-    assert summary["windows"] == sum(1 for value, _ in settled.expected.totals.values() if value)
+    # Windows of value, as replay counts them (an active_users window where no user was new has
+    # none); storage, a time_weighted meter, is not re-derived (replay says so)
+    assert summary["not_rederived"].keys() == {"storage"}
+    assert summary["windows"] == sum(
+        1 for (_, meter, _), (value, _) in settled.expected.totals.items() if value and meter != "storage"
+    )
     assert (summary["ClickHouse differs"], summary["Stripe differs"]) == (0, 0)
 
     # A relative --output is the caller's directory, not run's.

@@ -201,11 +201,20 @@ def test_stripe_sync_creates_what_is_missing_once_and_dry_run_changes_nothing(
         {"divide_by": 10_000_000, "round": "up"},
         "0.09",
     )
+    # Storage in GB-months of 30 days with 2 decimals, rounded up: Stripe sums the GB-seconds
+    # meterline reports (a time_weighted meter), divides by 25,920 (a hundredth of 2,592,000), rounds
+    # up, and bills 0.1 cents per hundredth (https://docs.stripe.com/billing/subscriptions/usage-based/
+    # transform-quantities: "round: up" after "divide_by").
+    [storage] = fake.state.list_prices(["meterline_team_storage"])
+    assert (storage["transform_quantity"], storage["unit_amount_decimal"]) == (
+        {"divide_by": 25_920, "round": "up"},
+        "0.1",
+    )
     again = sync(config, caller)
     assert {c.action for c in again} == {"exists"}
     # A product per meter, and one for the team plan's base fee.
     assert len(fake.state.meters) == len(config.meters) == len(fake.state.products) - 1
-    assert len(fake.state.prices) == 6  # the default rate card is billable through Stripe, every price
+    assert len(fake.state.prices) == 7  # the default rate card is billable through Stripe, every price
     # A changed rate card replaces the price under the same lookup key.
     cheaper = dataclasses.replace(
         config.plans["standard"],
@@ -456,6 +465,7 @@ def test_stripe_sync_refuses_a_meter_of_the_same_event_name_that_bills_otherwise
         "meterline_standard_compute_ms",
         "meterline_team_base",
         "meterline_team_seats",
+        "meterline_team_storage",
     ]
     assert refused(made) and not refused([c for c in made if c.kind == "product"])
 

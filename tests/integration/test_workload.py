@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from bisect import bisect_right
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +57,7 @@ def test_expected_totals_recount_from_the_records() -> None:
     counted: set[str] = set()
     seen_users: set[tuple[str, int, str]] = set()
     totals: Counter[tuple[str, str, int]] = Counter()
+    levels: dict[str, list[tuple[int, str, int]]] = {}
     rejected = 0
     for emission in emissions:
         event = emission.event
@@ -68,7 +70,11 @@ def test_expected_totals_recount_from_the_records() -> None:
         # The default config's only billable rule: api_calls count 2xx responses only.
         if event.meter != "api_calls" or event.attributes["status"].startswith("2"):
             window = (event.customer_id, event.meter, event.timestamp // 60_000 * 60_000)
-            if event.meter == "seats":  # the default config's peak meter: a window's highest seat count
+            if event.meter == "storage":  # GB held, from each event to the next: accrued below
+                levels.setdefault(event.customer_id, []).append(
+                    (event.timestamp, event.event_id, event.quantity)
+                )
+            elif event.meter == "seats":  # the default config's peak meter: a window's highest seat count
                 totals[window] = max(totals[window], event.quantity)
             elif event.meter == "active_users":  # a user counts in the window it is first seen in its month
                 month = datetime.fromtimestamp(event.timestamp / 1000, UTC).replace(
@@ -79,7 +85,16 @@ def test_expected_totals_recount_from_the_records() -> None:
                 seen_users.add(sighting)
             else:
                 totals[window] += event.quantity
+    # Storage: each second of an hour adds the level of the latest event stamped before it ends.
+    for customer, changes in levels.items():
+        changes.sort()
+        stamps = [t for t, _, _ in changes]
+        first = changes[0][0] // 1000 * 1000
+        for second in range(first, changes[-1][0] + 1, 1000):
+            latest = bisect_right(stamps, second + 999) - 1
+            totals[(customer, "storage", second // 3_600_000 * 3_600_000)] += changes[latest][2]
     assert totals == Counter({k: v[0] for k, v in expected.totals.items()})
+    assert sum(v for (_, m, _), v in totals.items() if m == "storage") > 0
     assert (
         0
         < sum(v for (_, m, _), v in totals.items() if m == "active_users")
