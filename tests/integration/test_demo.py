@@ -20,9 +20,11 @@ SECTIONS = (
     "every rejected record is there with its reason: yes",
     "Invoice preview for cust-0000",
     "Stripe's line rules on Stripe's own totals bill what the preview shows: yes",
-    # The seat-based plan (issue 37): a customer on `team`, its seats billed at the month's peak.
+    # The seat-based plan (issue 37): a customer on `team`, its storage billed in GB-months (GB held
+    # by the second), its seats at the month's peak.
     "Invoice preview for cust-0001, ",
-    "Base fee $29.00 / seats ",
+    "Base fee $29.00 / storage ",
+    " at $0.10 / seats ",
     "== the usage dashboard: http://127.0.0.1:",
     "every number matches the generator",
 )

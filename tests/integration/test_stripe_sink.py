@@ -230,7 +230,7 @@ def test_stripe_sync_creates_what_is_missing_once_and_dry_run_changes_nothing(
         (c.kind, c.name, c.action) for c in sync(changed, caller)
     }
     [current] = fake.state.list_prices(["meterline_standard_api_calls"])
-    assert current["tiers"][1]["unit_amount_decimal"] == "0.05" and len(fake.state.prices) == 7  # one more
+    assert current["tiers"][1]["unit_amount_decimal"] == "0.05" and len(fake.state.prices) == 8  # one more
 
 
 def test_a_subscription_event_makes_the_legacy_sink_look_its_customer_s_item_up_again(
