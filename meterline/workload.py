@@ -337,14 +337,21 @@ def _event_builder(
     # come again.
     level = [meter.level or meter.aggregation == "time_weighted" for meter in meter_list]
     unique_by = [meter.unique_by for meter in meter_list]
-    # A time_weighted meter's events come before the span's last whole hour ends (`generate`).
+    # A time_weighted meter's events come before the span's last whole hour ends (`generate`): a
+    # later one is the next other meter's (or, where every meter is time_weighted, comes then).
     levels_before = window_start(spec.start_ms + spec.span_ms, SLICE_MS) - 2000
     accrues = [meter.aggregation == "time_weighted" for meter in meter_list]
+    adding = [i for i, a in enumerate(accrues) if not a]
+    instead = [
+        min((j for j in adding if j > i), default=adding[0]) if adding else i for i in range(len(accrues))
+    ]
 
     def build(i: int, timestamp: int, bits: int) -> UsageEvent:
         # Everything about an event follows from its index, time and one draw of 64 random bits,
         # sliced: several times cheaper than a draw per choice, and a duplicate can be rebuilt.
         choice = bits % len(meter_list)
+        if accrues[choice] and timestamp > levels_before:
+            choice = instead[choice]
         meter = meter_list[choice]
         customer = (bits >> 8) % len(customers)
         billable = (bits >> 40) & 0xFFFF >= non_billable_below

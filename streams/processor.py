@@ -45,7 +45,6 @@ and re-emits identical aggregates. What a crash may have lost in flight is re-em
 from __future__ import annotations
 
 import heapq
-from bisect import insort
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, cast
@@ -54,7 +53,7 @@ from meterline.core.config import Config
 from meterline.core.months import calendar_month
 from meterline.schemas.records import UsageEvent, WindowAggregate
 from meterline.schemas.serde import new_aggregate
-from meterline.streams.accrual import SLICE_MS, Change, accrued, level_at_end
+from meterline.streams.accrual import SLICE_MS, Change, level_at_end, with_carried, with_change
 from meterline.streams.buckets import Buckets
 from meterline.streams.judge import Verdict
 from meterline.streams.state import (
@@ -330,10 +329,8 @@ class PartitionProcessor:
 
     def _set_level(self, state: WindowState, change: Change) -> None:
         """A time_weighted event in its hour (step 2): the hour's accrual with its level."""
-        changes = cast(list[Change], state.changes)
-        insort(changes, change)
-        start = state.key.window_start
-        state.value = accrued(state.carried, changes, start, start + SLICE_MS)
+        end = state.key.window_start + SLICE_MS
+        state.value = with_change(state.value, state.carried, cast(list[Change], state.changes), change, end)
 
     def _carry(self, state: WindowState, offset: int, touched: Touched) -> None:
         """Hand a closed time_weighted hour's level to the hour after it (step 4)."""
@@ -348,8 +345,11 @@ class PartitionProcessor:
             following = WindowState(new_window_key(slot), changes=[])
         if following.carried == level or following.last_offset >= offset:  # step 1
             return
+        changes = cast(list[Change], following.changes)
+        following.value = with_carried(
+            following.value, following.carried, level, changes, slot[2], slot[2] + SLICE_MS
+        )
         following.carried = level
-        following.value = accrued(level, cast(list[Change], following.changes), slot[2], slot[2] + SLICE_MS)
         if not following.open or following.key not in self._open:
             following.open = True
             if following.event_ids is None:  # its ids went: it counts afresh (step 2)
