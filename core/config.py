@@ -4,7 +4,7 @@ them is the composition root's (meterline.config); components receive these."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -265,6 +265,13 @@ class MeterConfig:
     reset: Reset = "calendar_month"
     unique_by: str = ""
     """For `unique_count`: the attribute whose distinct values are counted; required on its events."""
+    dimensions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """As declared: attribute -> the values it may take, each combination billed as a meter of its
+    own (a series: core.dimensions); required on its events."""
+    declared: str = ""
+    """A series: the meter its events name."""
+    values: tuple[tuple[str, str], ...] = ()
+    """A series: (attribute, value) of each of its declared meter's dimensions."""
 
     @property
     def usage_unit(self) -> str:
@@ -378,7 +385,9 @@ class Config:
 
     @property
     def meter_units(self) -> dict[str, str]:
-        return {name: meter.unit for name, meter in self.meters.items()}
+        """The units of the meters as events name them: a meter with dimensions is in `meters` as a
+        series per value (core.dimensions.declared_of), which its events name by the meter's name."""
+        return {meter.declared or name: meter.unit for name, meter in self.meters.items()}
 
     @property
     def unique_attributes(self) -> dict[str, str]:

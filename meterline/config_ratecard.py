@@ -20,6 +20,7 @@ from meterline.config_checks import (
 )
 from meterline.core.config import AGGREGATIONS, RESETS, Aggregation, ConfigProblem, MeterConfig, Reset
 from meterline.core.currencies import Currency, currency
+from meterline.core.dimensions import MAX_SERIES, VALUE, declared_of, expand, stripe_safe
 from meterline.core.ratecard import MeterPrice, Plan, Rounding, Tier
 from meterline.sinks.stripe.catalog.prices import (
     base_fee_lookup_key,
@@ -84,7 +85,7 @@ def build_plans(
         prices_raw = s.get("prices", dict, {})
         s.finish()
         prices = {}
-        for meter, price_table in prices_raw.items():
+        for meter, price_table in _per_value(prices_raw, meters, f"plans.{name}.prices", problems).items():
             p = Section({meter: price_table}, meter, problems)
             p.name = f"plans.{name}.prices.{meter}"
             if meter not in meters:
@@ -156,6 +157,56 @@ def _check_billable(plan: Plan, problems: list[ConfigProblem]) -> None:
             )
 
 
+def _per_value(
+    prices: Mapping[str, Any], meters: Mapping[str, MeterConfig], where: str, problems: list[ConfigProblem]
+) -> dict[str, Any]:
+    """The price tables by meter billed: a meter with dimensions has a price per series (core
+    .dimensions), its table's with what `values` says for that value (`values = { "gpt-4o" = {
+    overage_price = "0.00003" } }`; several dimensions: "gpt-4o.eu")."""
+    declared = declared_of(meters)
+    tables: dict[str, Any] = {}
+    for meter, table in prices.items():
+        if meter in meters or meter not in declared or not isinstance(table, dict):
+            tables[meter] = table
+            continue
+        series = {".".join(v for _, v in m.values): m.name for m in meters.values() if m.declared == meter}
+        overrides = table.get("values", {})
+        if not isinstance(overrides, dict):
+            problems.append(
+                ConfigProblem(f"{where}.{meter}.values", overrides, 'a table: { "gpt-4o" = { ... } }')
+            )
+            overrides = {}
+        for value in sorted(set(overrides) - set(series)):
+            problems.append(
+                ConfigProblem(
+                    f"{where}.{meter}.values.{value}",
+                    value,
+                    f"not a declared value of {meter} (declared: {', '.join(series)})",
+                )
+            )
+        if "shared" in table:
+            problems.append(
+                ConfigProblem(
+                    f"{where}.{meter}.shared",
+                    table["shared"],
+                    "Stripe bills each value on a meter and a price of its own, so an included quantity "
+                    "or tiers cannot be shared across values: give each value its own",
+                )
+            )
+        base = {k: v for k, v in table.items() if k not in ("values", "shared")}
+        label = base.get("label", meter.replace("_", " "))
+        for suffix, name in series.items():
+            override = overrides.get(suffix, {})
+            tables[name] = {
+                "label": f"{label} {suffix}",
+                **base,
+                **(override if isinstance(override, dict) else {}),
+            }
+            if "label" in base and "label" not in override:
+                tables[name]["label"] = f"{label} {suffix}"
+    return tables
+
+
 def _tiers(p: Section, raw: list[Any], wanted: bool) -> tuple[Tier, ...]:
     if not wanted:
         if raw:
@@ -222,6 +273,7 @@ def build_meters(raw: Any, problems: list[ConfigProblem]) -> dict[str, MeterConf
         billable = _billable(s.get("billable", dict, {}), s)
         reset = s.get("reset", str, "calendar_month", _reset_check)
         unique_by = s.get("unique_by", str, "")
+        dimensions = _dimensions(s, s.get("dimensions", dict, {}))
         if aggregation == "unique_count" and not unique_by:
             problems.append(
                 ConfigProblem(
@@ -248,9 +300,52 @@ def build_meters(raw: Any, problems: list[ConfigProblem]) -> dict[str, MeterConf
             billable,
             cast(Reset, reset),
             unique_by,
+            dimensions,
         )
-    _one_stripe_meter_each(meters, problems)
-    return meters
+    billed = expand(meters)
+    _one_stripe_meter_each(billed, problems)
+    return billed
+
+
+def _dimensions(s: Section, table: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """`dimensions = { model = ["gpt-4o", "gpt-4o-mini"] }`: each attribute with the values it may
+    take (an event with another is a dead letter), at most MAX_SERIES combinations."""
+    dimensions: dict[str, tuple[str, ...]] = {}
+    for attribute, values in table.items():
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+            s.problem(
+                f"dimensions.{attribute}", values, 'the values it may take, e.g. ["gpt-4o", "gpt-4o-mini"]'
+            )
+            continue
+        bad = [v for v in values if not VALUE.match(v)]
+        if bad:
+            s.problem(
+                f"dimensions.{attribute}",
+                bad[0],
+                "a value is 1 to 40 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                "(it names the value's Stripe meter and price)",
+            )
+            continue
+        if len(set(values)) != len(values) or len({stripe_safe(v) for v in values}) != len(values):
+            s.problem(
+                f"dimensions.{attribute}",
+                values,
+                "values must differ (also with '.' read as '_', as Stripe's names have it)",
+            )
+            continue
+        dimensions[attribute] = tuple(values)
+    combinations = 1
+    for values in dimensions.values():
+        combinations *= len(values)
+    if combinations > MAX_SERIES:
+        s.problem(
+            "dimensions",
+            table,
+            f"{combinations} combinations of values: at most {MAX_SERIES}, each a Stripe meter and a "
+            "price per plan",
+        )
+        return {}
+    return dimensions
 
 
 def _aggregation_check(value: str) -> str | None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from meterline import devstack
 from meterline.core.config import Config
+from meterline.core.dimensions import declared_of
 from meterline.produce import make_producer, send
 from meterline.schemas.cloudevents import BATCH, from_usage_event
 from meterline.schemas.ingest import key_digest
@@ -144,7 +145,7 @@ def _post(ingest: Ingest, events: list[UsageEvent]) -> int:
 
 def refusals(config: Config, ingest: Ingest, spec: WorkloadSpec) -> list[dict[str, Any]]:
     """Two events that break the rules, not part of the workload: each answered with its reason."""
-    customer, meter = customer_ids(spec)[0], min(config.meters.values(), key=lambda m: m.name)
+    customer, meter = customer_ids(spec)[0], min(declared_of(config.meters).values(), key=lambda m: m.name)
     broken = [
         UsageEvent(
             "demo-refused-1", customer, meter.name, 1, meter.unit + "s_typo", spec.start_ms, "demo", {}

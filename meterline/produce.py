@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 
 from meterline.core.config import Config
+from meterline.core.dimensions import declared_of
 from meterline.core.kafka import Kafka, brokers, client_properties, partition_count
 from meterline.schemas.partitioner import partition_for
 from meterline.schemas.producer import PackingPolicy, UsageProducer
@@ -34,7 +35,7 @@ def make_producer(
         registry_url=config.kafka.schema_registry_url,
         packing=policy,
         kafka_config=client_properties(bootstrap),
-        meter_rules=MeterRules.of(config.meters.values()),
+        meter_rules=MeterRules.of(declared_of(config.meters).values()),
         **kwargs,  # type: ignore[arg-type]
     )
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
 from meterline.core.config import MeterConfig, levels_of
+from meterline.core.dimensions import declared_of, series_name
 from meterline.core.months import calendar_month
 from meterline.schemas.errors import RejectReason
 from meterline.schemas.records import UsageEvent
@@ -197,8 +198,10 @@ def generate(
     rng = random.Random(spec.seed)
     customers = customer_ids(spec)
     owned = [owns is None or owns(c) for c in customers]
-    meter_list = sorted(meters.values(), key=lambda m: m.name)
-    expected.levels |= levels_of(meter_list)
+    # Events name the meters as declared; a meter with dimensions is counted per series (core.dimensions).
+    meter_list = sorted(declared_of(meters).values(), key=lambda m: m.name)
+    expected.levels |= levels_of(meters.values())
+    dimensioned = {m.name: tuple(m.dimensions) for m in meter_list if m.dimensions}
     filters = {m.name: BillableFilter(m.billable) for m in meter_list}
     is_billable: dict[tuple[str, str], bool] = {}  # (meter, status) -> the filter's verdict, memoised
     recent: deque[tuple[int, int, int]] = deque(maxlen=64)  # (index, timestamp, bits) of recent events
@@ -215,7 +218,7 @@ def generate(
 
     # The last records empty each customer's time_weighted levels (`generate`'s docstring).
     emptied = [
-        (c, m.name) for m in meter_list if m.aggregation == "time_weighted" for c in range(len(customers))
+        (c, m) for m in meters.values() if m.aggregation == "time_weighted" for c in range(len(customers))
     ]
     emptied = emptied[: spec.events]
     for i in range(spec.events - len(emptied)):
@@ -260,18 +263,20 @@ def generate(
         verdict = is_billable.get(verdict_key)
         if verdict is None:
             verdict = is_billable[verdict_key] = filters[event.meter](event.attributes)
-        meter = meters[event.meter]
+        by = dimensioned.get(event.meter)
+        series = event.meter if by is None else series_name(event.meter, [event.attributes[a] for a in by])
+        meter = meters[series]
         if verdict and meter.aggregation == "time_weighted":
-            held.setdefault((event.customer_id, event.meter), []).append(
+            held.setdefault((event.customer_id, series), []).append(
                 (event.timestamp, event.event_id, event.quantity)
             )
         elif verdict:
-            key = (event.customer_id, event.meter, window_start(timestamp, window_ms))
+            key = (event.customer_id, series, window_start(timestamp, window_ms))
             total = totals.setdefault(key, [0, 0])
             if meter.unique_by:
                 sighting = (
                     event.customer_id,
-                    event.meter,
+                    series,
                     calendar_month(timestamp)[0],
                     event.attributes[meter.unique_by],
                 )
@@ -288,24 +293,24 @@ def generate(
         else:
             expected.non_billable += 1
         yield Emission(event)
-    for customer_index, meter_name in emptied:
+    for customer_index, emptying in emptied:
         if not owned[customer_index]:
             continue
         customer = customers[customer_index]
         empty = UsageEvent(
-            f"ev-{spec.seed}-{meter_name}-end-{customer}",
+            f"ev-{spec.seed}-{emptying.name}-end-{customer}",
             customer,
-            meter_name,
+            emptying.declared or emptying.name,
             0,
-            meters[meter_name].unit,
+            emptying.unit,
             levels_end - 1000,
             "generator",
-            {"status": _STATUSES_BILLABLE[0]},
+            {"status": _STATUSES_BILLABLE[0], **dict(emptying.values)},
         )
         expected.produced += 1
-        changes = held.setdefault((customer, meter_name), [])
+        changes = held.setdefault((customer, emptying.name), [])
         changes.append((empty.timestamp, empty.event_id, 0))
-        totals.update(_hours_accrued(customer, meter_name, changes))
+        totals.update(_hours_accrued(customer, emptying.name, changes))
         yield Emission(empty)
 
 
@@ -337,6 +342,7 @@ def _event_builder(
     # come again.
     level = [meter.level or meter.aggregation == "time_weighted" for meter in meter_list]
     unique_by = [meter.unique_by for meter in meter_list]
+    dimensions = [list(meter.dimensions.items()) for meter in meter_list]
     # A time_weighted meter's events come before the span's last whole hour ends (`generate`): a
     # later one is the next other meter's (or, where every meter is time_weighted, comes then).
     levels_before = window_start(spec.start_ms + spec.span_ms, SLICE_MS) - 2000
@@ -359,6 +365,8 @@ def _event_builder(
         attributes = {"status": statuses[(bits >> 56) % len(statuses)]}
         if unique_by[choice]:
             attributes[unique_by[choice]] = f"user-{(bits >> 16) % (4 + 3 * customer)}"
+        for n, (attribute, values) in enumerate(dimensions[choice]):
+            attributes[attribute] = values[(bits >> (20 + 4 * n)) % len(values)]
         return UsageEvent(
             f"ev-{spec.seed}-{i}",
             customers[customer],

@@ -17,6 +17,7 @@ class RejectReason(StrEnum):
     UNIT_MISMATCH = "unit_mismatch"
     NEGATIVE_QUANTITY = "negative_quantity"
     LEVEL_TOO_HIGH = "level_too_high"
+    UNKNOWN_DIMENSION_VALUE = "unknown_dimension_value"
     MISSING_FIELD = "missing_field"
     TOO_LATE = "too_late"
     TOO_FAR_FUTURE = "too_far_future"

@@ -27,6 +27,7 @@ from confluent_kafka import KafkaError, Message
 
 from meterline.core import metrics
 from meterline.core.config import Config
+from meterline.core.dimensions import declared_of
 from meterline.core.http import Request, Response, Route
 from meterline.core.kafka import Kafka, idempotent_producer, partition_count
 from meterline.schemas.cloudevents import BATCH, STRUCTURED, CloudEventError, to_usage_event
@@ -71,7 +72,7 @@ class Ingest:
         self.config = config
         self.topic = config.topics.events
         self._units = config.meter_units
-        self._meter_rules = MeterRules.of(config.meters.values())
+        self._meter_rules = MeterRules.of(declared_of(config.meters).values())
         self._serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
         self._partitions = partition_count(bootstrap, self.topic)
         self._producer = idempotent_producer(

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from meterline.core.config import Config, MeterConfig
+from meterline.core.dimensions import declared_of
 from meterline.schemas.cloudevents import BATCH, QUANTITY_MAX, STRUCTURED
 from meterline.schemas.validation import MAX_LEVEL
 
@@ -16,14 +17,17 @@ def _meter(meter: MeterConfig) -> list[dict[str, Any]]:
     """The two ways an event names `meter` (its data.meter; or its type's last part, without a
     data.meter), each in the meter's unit and, for a `unique_count` meter, with the attribute it
     counts, for a `time_weighted` meter with a level it can report (schemas.validation.MeterRules):
-    the catalog's rules, said in JSON Schema."""
+    the catalog's rules, said in JSON Schema. A meter with dimensions: each attribute with one of its
+    declared values."""
     in_unit: dict[str, Any] = {"unit": {"const": meter.unit}}
     if meter.aggregation == "time_weighted":
         in_unit["quantity"] = {"maximum": MAX_LEVEL}
-    unique_by = meter.unique_by
     carried: dict[str, Any] = {}  # what the data must hold besides
-    if unique_by:
-        in_unit["attributes"] = {"required": [unique_by], "properties": {unique_by: {"minLength": 1}}}
+    required: dict[str, Any] = {name: {"enum": list(values)} for name, values in meter.dimensions.items()}
+    if meter.unique_by:
+        required[meter.unique_by] = {"minLength": 1}
+    if required:
+        in_unit["attributes"] = {"required": list(required), "properties": required}
         carried["required"] = ["attributes"]
     by_type = {"pattern": f"(^|\\.){re.escape(meter.name)}$"}
     return [
@@ -79,7 +83,7 @@ def event_schema(config: Config) -> dict[str, Any]:
         },
         "anyOf": [
             alternative
-            for _, meter in sorted(config.meters.items())
+            for _, meter in sorted(declared_of(config.meters).items())
             for alternative in _meter(meter)
         ],
     }

@@ -65,8 +65,9 @@ class UsageProducer:
         """What a service needs to emit: the brokers, the topic, its meters' units (what `produce`
         validates against) and the Schema Registry if one is used (empty: Avro single-object
         encoding, DESIGN §3). `on_delivery` runs on the thread that polls: the SDK's linger thread
-        or the caller of flush(). `meter_rules` (MeterRules.of(config.meters.values())): what some
-        meters ask of their events beyond a unit, checked by `produce` too."""
+        or the caller of flush(). `meter_rules` (MeterRules.of the meters as declared:
+        core.dimensions): what some meters ask of their events beyond a unit, checked by `produce`
+        too."""
         self.topic = topic
         self._meter_units = dict(meter_units)
         self._meter_rules = meter_rules or MeterRules()

@@ -80,20 +80,41 @@ class MeterRules:
     unique_by: Mapping[str, str] = field(default_factory=dict)
     """meter -> the attribute whose distinct values it counts."""
     time_weighted: frozenset[str] = frozenset()
+    dimensions: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+    """meter -> attribute -> the values it may take (core.dimensions)."""
 
     @classmethod
     def of(cls, meters: Iterable[MeterConfig]) -> MeterRules:
+        """The rules of the meters as declared (Config.declared_meters): what events name."""
         meters = list(meters)
         return cls(
             {meter.name: meter.unique_by for meter in meters if meter.unique_by},
             frozenset(meter.name for meter in meters if meter.aggregation == "time_weighted"),
+            {meter.name: meter.dimensions for meter in meters if meter.dimensions},
         )
 
     def __bool__(self) -> bool:
-        return bool(self.unique_by or self.time_weighted)
+        return bool(self.unique_by or self.time_weighted or self.dimensions)
 
     def check(self, event: UsageEvent) -> InvalidEventError | None:
         """Why the event's meter cannot count it, or None."""
+        for attribute, values in self.dimensions.get(event.meter, {}).items():
+            value = event.attributes.get(attribute)
+            if not value:
+                return InvalidEventError(
+                    RejectReason.MISSING_FIELD,
+                    f"attributes.{attribute}",
+                    "",
+                    f"meter {event.meter!r} is priced per {attribute}: each of its events carries one",
+                )
+            if value not in values:
+                return InvalidEventError(
+                    RejectReason.UNKNOWN_DIMENSION_VALUE,
+                    f"attributes.{attribute}",
+                    value,
+                    f"meter {event.meter!r} prices the {attribute}s {', '.join(values)}: declare another in "
+                    f"meters.{event.meter}.dimensions (and price it) before it is sent",
+                )
         name = self.unique_by.get(event.meter)
         if name is not None and not event.attributes.get(name):
             return InvalidEventError(

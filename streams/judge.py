@@ -8,9 +8,10 @@ wall clock (DESIGN §4).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from meterline.core.config import Config
+from meterline.core.dimensions import declared_of, series_name
 from meterline.schemas.errors import InvalidEventError, RejectReason, SchemaError
 from meterline.schemas.records import UsageEvent
 from meterline.schemas.serde import AvroSerde
@@ -64,8 +65,11 @@ class Judge:
     def __init__(self, config: Config, serde: AvroSerde) -> None:
         self._serde = serde
         self._units = dict(config.meter_units)
-        self._meter_rules = MeterRules.of(config.meters.values())
-        rules = {name: BillableFilter(meter.billable) for name, meter in config.meters.items()}
+        declared = declared_of(config.meters)  # what events name
+        self._meter_rules = MeterRules.of(declared.values())
+        rules = {name: BillableFilter(meter.billable) for name, meter in declared.items()}
+        # meter -> its dimensions' attributes: its events are counted as their series (core.dimensions)
+        self._dimensioned = {name: tuple(m.dimensions) for name, m in declared.items() if m.dimensions}
         # None for a meter whose every event is billable: no call per event (most meters have no rules)
         self._filters: dict[str, BillableRule | None] = {
             name: None if rule.accepts_all else rule for name, rule in rules.items()
@@ -103,7 +107,18 @@ class Judge:
             )
         if self._meter_rules and (verdict.billable or verdict.non_billable):
             self._reject_by_meter_rules(verdict, events, decoded.is_batch)
+            if self._dimensioned:
+                verdict.billable = [self._as_series(e) for e in verdict.billable]
+                verdict.non_billable = [self._as_series(e) for e in verdict.non_billable]
         return verdict
+
+    def _as_series(self, event: UsageEvent) -> UsageEvent:
+        """An event of a meter with dimensions as an event of the series its values name: windows,
+        dedup and every sink key by the series (core.dimensions)."""
+        attributes = self._dimensioned.get(event.meter)
+        if attributes is None:
+            return event
+        return replace(event, meter=series_name(event.meter, [event.attributes[a] for a in attributes]))
 
     def _reject_by_meter_rules(self, verdict: Verdict, events: list[UsageEvent], is_batch: bool) -> None:
         """An event of a `unique_count` meter without the attribute it counts, or of a

@@ -20,6 +20,7 @@ from meterline.cli.common import (
     workload_arguments,
 )
 from meterline.core.config import Config
+from meterline.core.dimensions import declared_of
 from meterline.core.errors import MeterlineError
 from meterline.schemas.records import UsageEvent
 from meterline.streams.windows import DAY_MS
@@ -83,7 +84,7 @@ def _emit(args: argparse.Namespace) -> int:
     from meterline.schemas.delivery import DeliveryReport
 
     config = load(args)
-    meter = config.meters.get(args.meter)
+    meter = declared_of(config.meters).get(args.meter)
     event = UsageEvent(
         event_id=args.event_id or str(uuid.uuid4()),
         customer_id=args.customer,

@@ -214,7 +214,7 @@ def test_stripe_sync_creates_what_is_missing_once_and_dry_run_changes_nothing(
     assert {c.action for c in again} == {"exists"}
     # A product per meter, and one for the team plan's base fee.
     assert len(fake.state.meters) == len(config.meters) == len(fake.state.products) - 1
-    assert len(fake.state.prices) == 7  # the default rate card is billable through Stripe, every price
+    assert len(fake.state.prices) == 10  # the default rate card is billable through Stripe, every price
     # A changed rate card replaces the price under the same lookup key.
     cheaper = dataclasses.replace(
         config.plans["standard"],
@@ -230,7 +230,7 @@ def test_stripe_sync_creates_what_is_missing_once_and_dry_run_changes_nothing(
         (c.kind, c.name, c.action) for c in sync(changed, caller)
     }
     [current] = fake.state.list_prices(["meterline_standard_api_calls"])
-    assert current["tiers"][1]["unit_amount_decimal"] == "0.05" and len(fake.state.prices) == 8  # one more
+    assert current["tiers"][1]["unit_amount_decimal"] == "0.05" and len(fake.state.prices) == 11  # one more
 
 
 def test_a_subscription_event_makes_the_legacy_sink_look_its_customer_s_item_up_again(
@@ -463,6 +463,9 @@ def test_stripe_sync_refuses_a_meter_of_the_same_event_name_that_bills_otherwise
     assert actions[("price", "meterline_standard_compute_ms")] == "created"
     assert sorted(p["lookup_key"] for p in fake.state.prices.values()) == [
         "meterline_standard_compute_ms",
+        "meterline_standard_tokens.large",
+        "meterline_standard_tokens.medium",
+        "meterline_standard_tokens.small",
         "meterline_team_base",
         "meterline_team_seats",
         "meterline_team_storage",

@@ -22,6 +22,7 @@ def test_the_defaults_are_valid() -> None:
         "compute_ms": "millisecond",
         "seats": "seat",
         "active_users": "user",
+        "tokens": "token",
         "storage": "GB",
     }
     assert config.unique_attributes == {"active_users": "user"}

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meterline.config import load_config
+from meterline.core.dimensions import declared_of
 from meterline.schemas import _readers, validation
 from meterline.schemas.errors import RejectReason
 from meterline.schemas.records import UsageEvent
@@ -50,7 +51,7 @@ def event(
 Sorted = tuple[list[UsageEvent], list[UsageEvent], list[tuple[str, int | None]]]
 
 
-METER_RULES = MeterRules.of(CONFIG.meters.values())
+METER_RULES = MeterRules.of(declared_of(CONFIG.meters).values())
 
 
 def judged(events: list[UsageEvent]) -> Sorted:

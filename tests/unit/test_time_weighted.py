@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterline.config import load_config
+from meterline.core.dimensions import declared_of
 from meterline.core.months import calendar_month
 from meterline.schemas.errors import InvalidEventError
 from meterline.schemas.records import UsageEvent, WindowAggregate
@@ -190,7 +191,7 @@ def test_accrual_counts_from_the_second_an_event_is_stamped_in() -> None:
 
 
 def test_a_level_no_meter_value_can_report_is_refused_by_the_sdk_and_dead_lettered_by_the_stream() -> None:
-    rules = MeterRules.of(CONFIG.meters.values())
+    rules = MeterRules.of(declared_of(CONFIG.meters).values())
     too_high = usage(1, "c", "compute_ms", START, MAX_LEVEL + 1)
     with pytest.raises(InvalidEventError) as refused:
         require_valid(too_high, UNITS, rules)

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterline.config import load_config
+from meterline.core.dimensions import declared_of
 from meterline.core.months import calendar_month
 from meterline.reconciler.checks.rederive import event_times, set_aside, sighting_times
 from meterline.schemas.errors import InvalidEventError
@@ -45,7 +46,7 @@ RESET = calendar_month(1_780_000_000_000)[1]  # 2026-06-01T00:00Z: a month start
 START = RESET - 90 * 60_000  # the events span 3 hours across it
 NOW = START + DAY_MS // 4  # the records' produce time, after every event
 UNITS = {name: meter.unit for name, meter in CONFIG.meters.items()}
-RULES_OF_METERS = MeterRules.of(CONFIG.meters.values())
+RULES_OF_METERS = MeterRules.of(declared_of(CONFIG.meters).values())
 
 
 def usage(n: int, customer: str, meter: str, at: int, user: str | None, quantity: int = 1) -> UsageEvent:

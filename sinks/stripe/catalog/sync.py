@@ -27,6 +27,7 @@ from typing import Any
 import stripe
 
 from meterline.core.config import Config
+from meterline.core.dimensions import stripe_safe
 from meterline.sinks.stripe.calls import CUSTOMER_PAYLOAD_KEY, VALUE_PAYLOAD_KEY, Caller
 from meterline.sinks.stripe.catalog.prices import (
     base_fee_lookup_key,
@@ -139,7 +140,8 @@ def refused(changes: list[Change]) -> bool:
 
 
 def product_id(meter: str) -> str:
-    return f"meterline_{meter}"
+    """A meter's product: a series' name holds its values, which may hold '.' (core.dimensions)."""
+    return f"meterline_{stripe_safe(meter)}"
 
 
 def _product(caller: Caller, product: str, name: str, metadata: dict[str, str], dry_run: bool) -> Change:

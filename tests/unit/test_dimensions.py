@@ -1,0 +1,107 @@
+"""A meter priced per attribute value (issue 38): each declared value is a series, metered and
+priced as a meter of its own; an event names the meter and carries the value, and the judge counts
+it in its series. A value not declared is refused at every door, naming the attribute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meterline.config import load_config
+from meterline.core.config import ConfigError
+from meterline.core.dimensions import declared_of
+from meterline.reconciler.billing.pricing import invoice
+from meterline.schemas.errors import InvalidEventError
+from meterline.schemas.records import UsageEvent
+from meterline.schemas.serde import AvroSerde
+from meterline.schemas.validation import MeterRules, require_valid
+from meterline.streams.judge import Judge
+
+CONFIG = load_config(None, {})
+SERDE = AvroSerde()
+AT = 1_780_000_000_000
+
+
+def tokens(n: int, attributes: dict[str, str], quantity: int = 100) -> UsageEvent:
+    return UsageEvent(f"t{n}", "c", "tokens", quantity, "token", AT, "app", {"status": "200", **attributes})
+
+
+def test_each_declared_value_is_a_meter_of_its_own_with_its_own_price() -> None:
+    series = [name for name in CONFIG.meters if name.startswith("tokens")]
+    assert series == ["tokens.small", "tokens.medium", "tokens.large"]
+    assert [CONFIG.meters[s].stripe_event_name for s in series] == [
+        "tokens_small",
+        "tokens_medium",
+        "tokens_large",
+    ]
+    assert declared_of(CONFIG.meters)["tokens"].dimensions == {"model": ("small", "medium", "large")}
+    prices = CONFIG.plans["standard"].prices
+    assert [str(prices[s].overage_price) for s in series] == ["0.0005", "0.003", "0.015"]
+    assert [prices[s].label for s in series] == ["tokens small", "tokens medium", "tokens large"]
+    # Each value's month is rounded up to whole thousands on its own, as each is a Stripe price.
+    bill = invoice(CONFIG.plans["standard"], {"tokens.small": 1_500, "tokens.large": 2_001})
+    lines = {line.meter: line for line in bill.lines}
+    assert (lines["tokens.small"].amount, lines["tokens.large"].amount) == (
+        CONFIG.plans["standard"].currency.round(2 * prices["tokens.small"].overage_price),
+        CONFIG.plans["standard"].currency.round(3 * prices["tokens.large"].overage_price),
+    )
+
+
+def test_the_judge_counts_an_event_in_its_series_and_dead_letters_a_value_not_declared() -> None:
+    judge = Judge(CONFIG, SERDE)
+    events = [
+        tokens(1, {"model": "large"}),
+        tokens(2, {"model": "huge"}),
+        tokens(3, {}),
+        tokens(4, {"model": "small"}),
+    ]
+    verdict = judge(SERDE.encode_batch([SERDE.batch_item(e) for e in events]), AT)
+    assert [(e.event_id, e.meter) for e in verdict.billable] == [
+        ("t1", "tokens.large"),
+        ("t4", "tokens.small"),
+    ]
+    assert [(r.index, r.reason) for r in verdict.rejections] == [
+        (1, "unknown_dimension_value"),
+        (2, "missing_field"),
+    ]
+    rules = MeterRules.of(declared_of(CONFIG.meters).values())
+    with pytest.raises(InvalidEventError) as refused:
+        require_valid(tokens(5, {"model": "huge"}), CONFIG.meter_units, rules)
+    assert (refused.value.reason, refused.value.field, refused.value.value) == (
+        "unknown_dimension_value",
+        "attributes.model",
+        "huge",
+    )
+    assert "prices the models small, medium, large" in str(refused.value)
+
+
+def problems_of(tmp_path: Path, toml: str) -> dict[str, str]:
+    path = tmp_path / "meterline.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {})
+    return {p.field: p.why for p in caught.value.problems}
+
+
+def test_config_check_names_what_stripe_cannot_bill_per_value(tmp_path: Path) -> None:
+    found = problems_of(
+        tmp_path,
+        '[meters.tokens]\nunit = "token"\ndimensions = { model = ["a", "b"], region = ["eu", "us east"] }\n'
+        '[meters.calls]\nunit = "call"\ndimensions = { tier = ["1.0", "1_0"] }\n'
+        '[plans.standard]\ncurrency = "usd"\n'
+        '[plans.standard.prices.tokens]\nunit = "token"\noverage_price = "1"\nshared = true\n'
+        'values = { c = { overage_price = "2" } }\n',
+    )
+    assert "letters, digits" in found["meters.tokens.dimensions.region"]
+    assert "values must differ" in found["meters.calls.dimensions.tier"]
+    assert found["plans.standard.prices.tokens.values.c"].startswith("not a declared value of tokens")
+    assert "cannot be shared across values" in found["plans.standard.prices.tokens.shared"]
+
+
+def test_a_meter_without_dimensions_keeps_its_name_and_event_name() -> None:
+    assert (CONFIG.meters["api_calls"].name, CONFIG.meters["api_calls"].stripe_event_name) == (
+        "api_calls",
+        "api_calls",
+    )
+    assert not CONFIG.meters["api_calls"].declared and CONFIG.meter_units["tokens"] == "token"
