@@ -105,3 +105,10 @@ def test_a_meter_without_dimensions_keeps_its_name_and_event_name() -> None:
         "api_calls",
     )
     assert not CONFIG.meters["api_calls"].declared and CONFIG.meter_units["tokens"] == "token"
+
+
+def test_an_alert_rule_targets_one_value(tmp_path: Path) -> None:
+    path = tmp_path / "meterline.toml"
+    path.write_text('[alerts.rules.standard."tokens.large"]\nspend = ["1.00"]\n')
+    [rule] = load_config(path, {}).alerts.rules
+    assert (rule.plan, rule.meter) == ("standard", "tokens.large")
