@@ -21,9 +21,10 @@ from meterline.core.config import MeterConfig
 VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 """A declared value: what may follow a meter's name in a series, and in Stripe's names for it."""
 
-MAX_SERIES = 100
-"""The most series one meter may declare (its values' combinations): each is a Stripe meter,
-product and price per plan that `stripe sync` keeps."""
+MAX_SERIES = 20
+"""The most series one meter may declare (its values' combinations): each is a price of every plan
+that prices it, and a Stripe subscription holds at most 20 items, one per price (config_ratecard
+checks each plan's count)."""
 
 
 def series_name(meter: str, values: Sequence[str]) -> str:

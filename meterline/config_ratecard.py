@@ -155,6 +155,22 @@ def _check_billable(plan: Plan, problems: list[ConfigProblem]) -> None:
                     "to price it here and invoice it some other way)",
                 )
             )
+    items = bool(plan.base_fee) + sum(price.billed_by_stripe for price in plan.prices.values())
+    if items > STRIPE_SUBSCRIPTION_ITEMS_MAX:
+        problems.append(
+            ConfigProblem(
+                f"plans.{plan.name}.prices",
+                f"{items} prices",
+                f"a subscription holds at most {STRIPE_SUBSCRIPTION_ITEMS_MAX} items, one per price Stripe "
+                "bills (the base fee, each meter, each value of a meter with dimensions): fewer values or "
+                "meters, or billed_by_stripe = false on some",
+            )
+        )
+
+
+STRIPE_SUBSCRIPTION_ITEMS_MAX = 20
+"""Subscriptions take "A list of up to 20 subscription items, each with an attached price"
+(https://docs.stripe.com/api/subscriptions/create)."""
 
 
 def _per_value(

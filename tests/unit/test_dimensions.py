@@ -112,3 +112,17 @@ def test_an_alert_rule_targets_one_value(tmp_path: Path) -> None:
     path.write_text('[alerts.rules.standard."tokens.large"]\nspend = ["1.00"]\n')
     [rule] = load_config(path, {}).alerts.rules
     assert (rule.plan, rule.meter) == ("standard", "tokens.large")
+
+
+def test_a_plan_stripe_could_not_subscribe_a_customer_to_is_refused(tmp_path: Path) -> None:
+    """ "A list of up to 20 subscription items, each with an attached price"
+    (https://docs.stripe.com/api/subscriptions/create): a plan of more prices billed by Stripe could
+    not be one subscription."""
+    values = ", ".join(f'"m{n}"' for n in range(20))
+    found = problems_of(
+        tmp_path,
+        f'[meters.tokens]\nunit = "token"\ndimensions = {{ model = [{values}] }}\n'
+        '[plans.standard]\ncurrency = "usd"\nbase_fee = "5"\n'
+        '[plans.standard.prices.tokens]\nunit = "token"\noverage_price = "1"\n',
+    )
+    assert found["plans.standard.prices"].startswith("a subscription holds at most 20 items")
