@@ -202,6 +202,9 @@ def generate(
     meter_list = sorted(declared_of(meters).values(), key=lambda m: m.name)
     expected.levels |= levels_of(meters.values())
     dimensioned = {m.name: tuple(m.dimensions) for m in meter_list if m.dimensions}
+    # A meter priced per value gets events of a value it does not price too.
+    priced_per_value = next((m for m in meter_list if m.dimensions), meter_list[0])
+    invalid = _INVALID + ((RejectReason.UNKNOWN_DIMENSION_VALUE,) if dimensioned else ())
     filters = {m.name: BillableFilter(m.billable) for m in meter_list}
     is_billable: dict[tuple[str, str], bool] = {}  # (meter, status) -> the filter's verdict, memoised
     recent: deque[tuple[int, int, int]] = deque(maxlen=64)  # (index, timestamp, bits) of recent events
@@ -233,12 +236,13 @@ def generate(
                     yield Emission(build(*original))
                 continue
         if bad_edge > roll >= late_edge:
-            reason = _INVALID[i % len(_INVALID)]
+            reason = invalid[i % len(invalid)]
             customer_index = rng.randrange(len(customers))
             if owned[customer_index]:
                 expected.produced += 1
                 expected.rejected[reason] += 1
-                yield _invalid(reason, i, spec, customers[customer_index], meter_list[0])
+                wrong = priced_per_value if reason is RejectReason.UNKNOWN_DIMENSION_VALUE else meter_list[0]
+                yield _invalid(reason, i, spec, customers[customer_index], wrong)
             continue
         timestamp = now
         if ooo_edge > roll >= dup_edge:
@@ -417,5 +421,8 @@ def _invalid(reason: RejectReason, i: int, spec: WorkloadSpec, customer: str, me
         # Judged against the Kafka record's timestamp (produce time, after start + span).
         RejectReason.TOO_LATE: {"timestamp": spec.start_ms - 40 * DAY_MS},
         RejectReason.TOO_FAR_FUTURE: {"timestamp": spec.start_ms + spec.span_ms + 3650 * DAY_MS},
+        RejectReason.UNKNOWN_DIMENSION_VALUE: {
+            "attributes": {"status": "200", **{a: "undeclared" for a in meter.dimensions}}
+        },
     }
     return Emission(replace(event, **changes[reason]), valid=False)

@@ -69,7 +69,9 @@ def test_expected_totals_recount_from_the_records() -> None:
         counted.add(event.event_id)
         # The default config's only billable rule: api_calls count 2xx responses only.
         if event.meter != "api_calls" or event.attributes["status"].startswith("2"):
-            window = (event.customer_id, event.meter, event.timestamp // 60_000 * 60_000)
+            # The default config's meter priced per model: each model a meter of its own.
+            meter = f"tokens.{event.attributes['model']}" if event.meter == "tokens" else event.meter
+            window = (event.customer_id, meter, event.timestamp // 60_000 * 60_000)
             if event.meter == "storage":  # GB held, from each event to the next: accrued below
                 levels.setdefault(event.customer_id, []).append(
                     (event.timestamp, event.event_id, event.quantity)
@@ -111,6 +113,7 @@ def test_expected_totals_recount_from_the_records() -> None:
         "unit_mismatch",
         "too_late",
         "too_far_future",
+        "unknown_dimension_value",  # a model tokens are not priced by (a meter with dimensions)
     }
     assert expected.produced == 20_000 and expected.duplicates > 0 and expected.late > 0
 
