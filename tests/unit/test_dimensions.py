@@ -9,14 +9,17 @@ from pathlib import Path
 import pytest
 
 from meterline.config import load_config
-from meterline.core.config import ConfigError
+from meterline.core.config import Config, ConfigError
 from meterline.core.dimensions import declared_of
 from meterline.reconciler.billing.pricing import invoice
 from meterline.schemas.errors import InvalidEventError
-from meterline.schemas.records import UsageEvent
+from meterline.schemas.records import UsageEvent, WindowAggregate
 from meterline.schemas.serde import AvroSerde
 from meterline.schemas.validation import MeterRules, require_valid
 from meterline.streams.judge import Judge
+from meterline.streams.processor import PartitionProcessor, rules_from
+from meterline.streams.state import UnsavedStore
+from meterline.streams.windows import DAY_MS
 
 CONFIG = load_config(None, {})
 SERDE = AvroSerde()
@@ -126,3 +129,28 @@ def test_a_plan_stripe_could_not_subscribe_a_customer_to_is_refused(tmp_path: Pa
         '[plans.standard.prices.tokens]\nunit = "token"\noverage_price = "1"\n',
     )
     assert found["plans.standard.prices"].startswith("a subscription holds at most 20 items")
+
+
+def test_a_meter_without_dimensions_folds_as_it_did_before_any_meter_had_them(tmp_path: Path) -> None:
+    """The same api_calls under a rate card with no dimensions and under the default one (tokens per
+    model): the same windows, identities and values, so a history stored before reconciles after."""
+    path = tmp_path / "meterline.toml"
+    path.write_text(
+        '[meters.api_calls]\nunit = "call"\nstripe_event_name = "api_calls"\n'
+        '[plans.standard]\ncurrency = "usd"\n'
+    )
+    before = load_config(path, {})
+    calls = [
+        UsageEvent(f"a{n}", "c", "api_calls", n, "call", AT + n * 7_000, "app", {"status": "200"})
+        for n in range(30)
+    ]
+    record = SERDE.encode_batch([SERDE.batch_item(e) for e in calls])
+    tick = SERDE.encode_batch([])
+
+    def aggregates(config: Config) -> list[WindowAggregate]:
+        judge, processor = Judge(config, SERDE), PartitionProcessor(0, rules_from(config), UnsavedStore())
+        out = processor.process(0, AT, judge(record, AT))
+        return out + processor.process(1, AT + DAY_MS, judge(tick, AT + DAY_MS))
+
+    assert not any(m.dimensions for m in declared_of(before.meters).values())
+    assert aggregates(CONFIG) == aggregates(before) and len(aggregates(before)) == 5
