@@ -20,6 +20,10 @@ NOV_1 = 1_793_491_200_000  # 2026-11-01T00:00:00Z
 MINUTE = 60_000
 
 
+NO_TOKENS = "tokens small 0 at $0.0005 / tokens medium 0 at $0.003 / tokens large 0 at $0.015"
+"""The default rate card's tokens, a line per model (a meter priced per value), none used here."""
+
+
 def test_the_seed_customer_s_november_invoice(tmp_path: Path) -> None:
     dsn = f"chdb://{tmp_path / 'clickhouse'}"
     config = load_config(None, {})
@@ -82,7 +86,7 @@ def test_the_seed_customer_s_november_invoice(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert (
         "Included API calls 1,000,000 / Overage API calls 200,000 at $0.001 / egress 1.24 at $0.09 / "
-        "compute, 1 to 3,600,000 0 / Total $200.11" in shown.stdout
+        f"{NO_TOKENS} / compute, 1 to 3,600,000 0 / Total $200.11" in shown.stdout
     )
     # Each Stripe line with its cents, its breakdown exact beneath it: egress's $0.1116 bills $0.11.
     table = [line.split() for line in shown.stdout.splitlines()]
@@ -98,6 +102,9 @@ def test_the_seed_customer_s_november_invoice(tmp_path: Path) -> None:
     assert [(line["exact_amount"], line["amount"]) for line in as_json["lines"]] == [
         ("200.000", "200.00"),
         ("0.1116", "0.11"),
+        ("0.0000", "0.00"),  # tokens per model (small, medium, large): a line each, as Stripe bills
+        ("0.000", "0.00"),  # a price each
+        ("0.000", "0.00"),
         ("0", "0.00"),
     ]
 
@@ -113,10 +120,10 @@ def test_a_quote_prices_the_usage_stated_with_the_preview_s_lines_and_no_clickho
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines()[-1] == (
         "Included API calls 1,000,000 / Overage API calls 200,000 at $0.001 / egress 1.24 at $0.09 / "
-        "compute, 1 to 3,600,000 0 / Total $200.11"
+        f"{NO_TOKENS} / compute, 1 to 3,600,000 0 / Total $200.11"
     )
     as_json = json.loads(quote("--plan", "standard", "--usage", "compute_ms=3600001", "--json").stdout)
-    assert [line["amount"] for line in as_json["lines"]] == ["0.00", "0.00", "0.00"]  # $0.0000001
+    assert [line["amount"] for line in as_json["lines"]] == ["0.00"] * 6  # $0.0000001
     assert (as_json["usage"], as_json["total"]) == ({"compute_ms": 3_600_001}, "0.00")
 
 

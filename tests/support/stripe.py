@@ -12,7 +12,7 @@ import stripe
 
 from meterline.core.config import Config
 from meterline.sinks.stripe.calls import Caller, RateLimiter
-from meterline.sinks.stripe.catalog.sync import sync
+from meterline.sinks.stripe.catalog.sync import product_id, sync
 from meterline.sinks.stripe.customers import KnownCustomer, KnownCustomers
 from meterline.sinks.stripe.directory import metadata
 from meterline.sinks.stripe.fake import FakeStripe, make_server
@@ -140,7 +140,7 @@ def subscribe(
     prices = {
         name: api.v1.prices.create(
             {
-                "product": f"meterline_{name}",
+                "product": product_id(name),
                 "currency": "usd",
                 "unit_amount_decimal": "0.1",
                 "lookup_key": f"meterline_{name}",
