@@ -80,6 +80,7 @@ def document(
             "meter": name,
             "unit": meter.usage_unit,
             "aggregation": meter.aggregation,
+            "priced_per": meter.declared,  # a value of a meter priced per value: charted with the others
             "used_base_units": usage.get(name, 0),
         }
         if price is not None:
@@ -168,6 +169,9 @@ _PAGE = """<!doctype html>
   th { text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
   .chart { margin: 8px 0 16px; } .chart rect { fill: #3e63dd; } .chart rect:hover { fill: #1f3fb8; }
   .chart line { stroke: #3e63dd; stroke-width: 3; }
+  .chart .part1 rect, .chart text.part1 { fill: #e5484d; }
+  .chart .part2 rect, .chart text.part2 { fill: #30a46c; }
+  .chart .part3 rect, .chart text.part3 { fill: #f76b15; } .chart text.part0 { fill: #3e63dd; }
   .chart text { font-size: 11px; fill: #667085; }
   nav a { margin-right: 12px; }
 </style>
@@ -257,6 +261,46 @@ function chart(meter, label, points, grain, peak) {
   return svg;
 }
 
+function stacked(name, unit, parts, grain) {
+  // A meter priced per value: each value's bars on the ones before it, at their time, so that a
+  // bar's height is the meter's usage and its parts the values'.
+  const width = 900, height = 160, pad = 28;
+  const totals = new Map();
+  for (const part of parts) for (const [t, v] of part.points) totals.set(t, (totals.get(t) || 0) + v);
+  const times = [...totals.keys()].sort((a, b) => a - b);
+  const max = Math.max(1, ...totals.values());
+  const svg = el("svg", {class: "chart", width, height: height + pad, "data-meter": name, role: "img",
+                         "aria-label": `${name} (${unit}) by ${grain}, stacked by value`});
+  const bucket = grain === "day" ? 86400000 : 3600000;
+  const first = times.length ? times[0] : 0;
+  const slots = times.length ? (times[times.length - 1] - first) / bucket + 1 : 1;
+  const step = (width - 2 * pad) / slots;
+  const below = new Map();
+  parts.forEach((part, n) => {
+    const group = el("g", {"data-meter": part.meter, class: "part" + (n % 4)});
+    for (const [t, value] of part.points) {
+      const under = below.get(t) || 0;
+      below.set(t, under + value);
+      const h = Math.max(1, (value / max) * height);
+      const x = pad + ((t - first) / bucket) * step, y = height - ((under + value) / max) * height;
+      const bar = {x, y, width: Math.max(1, step - 1), height: h, "data-t": t, "data-value": value};
+      const rect = el("rect", bar);
+      rect.appendChild(el("title", {}, `${when(t, grain)}, ${part.label}: ${value.toLocaleString("en-US")}`));
+      group.appendChild(rect);
+    }
+    svg.appendChild(group);
+    const legend = {x: width - pad, y: 12 + 12 * n, "text-anchor": "end", class: "part" + (n % 4)};
+    svg.appendChild(el("text", legend, part.label));
+  });
+  svg.appendChild(el("text", {x: pad, y: 12}, "max " + max.toLocaleString("en-US")));
+  if (times.length) {
+    svg.appendChild(el("text", {x: pad, y: height + 16}, when(first, grain)));
+    svg.appendChild(el("text", {x: width - pad, y: height + 16, "text-anchor": "end"},
+                       when(times[times.length - 1], grain)));
+  }
+  return svg;
+}
+
 async function load() {
   const query = new URLSearchParams({grain: params.get("grain") || "hour"});
   for (const key of ["period", "as_of"]) if (params.get(key)) query.set(key, params.get(key));
@@ -281,14 +325,27 @@ async function load() {
        [1, 2, 3]);
   const charts = document.getElementById("charts");
   charts.replaceChildren();
+  const byValue = new Map();  // a meter priced per value (not a level) -> its values, charted stacked
   for (const m of doc.meters) {
-    const points = doc.series[m.meter] || [];
     const level = m.aggregation === "max" || m.aggregation === "last";  // a level: drawn as a line
+    if (m.priced_per && !level) {
+      if (!byValue.has(m.priced_per)) byValue.set(m.priced_per, []);
+      byValue.get(m.priced_per).push(m);
+      continue;
+    }
+    const points = doc.series[m.meter] || [];
     const kind = {max: ["peak ", "at the period's peak"], last: ["level ", "at the period's latest"]};
     const [before, after] = kind[m.aggregation] || ["", "in the period"];
     charts.appendChild(el("div", {}, `${m.label || m.meter} (${m.unit}), ${before}by ` +
                           `${doc.grain}: ${m.used_base_units.toLocaleString("en-US")} ${after}`));
     charts.appendChild(chart(m.meter, m.label || m.meter, points, doc.grain, level));
+  }
+  for (const [name, values] of byValue) {
+    const used = values.reduce((sum, m) => sum + m.used_base_units, 0);
+    charts.appendChild(el("div", {}, `${name} (${values[0].unit}) by value, by ${doc.grain}: ` +
+                          `${used.toLocaleString("en-US")} in the period`));
+    charts.appendChild(stacked(name, values[0].unit, values.map(m => (
+      {meter: m.meter, label: m.label || m.meter, points: doc.series[m.meter] || []})), doc.grain));
   }
   fill(document.getElementById("invoice"), ["line", "quantity", "unit price", "amount"],
        invoiceRows(doc.invoice), [1, 2, 3]);

@@ -340,14 +340,16 @@ def test_the_dashboard_draws_a_customers_usage_in_chromium(settled: Settled) -> 
                 for meter, wanted in expected_buckets(settled, customer, bucket_ms).items():
                     # A peak (seats) is a level, drawn as lines at its heights; the others as bars.
                     mark = "line" if meter in settled.config.levels else "rect"
+                    # A model of tokens (a meter priced per value): its bars stacked with the others'.
+                    chart = "svg[data-meter='tokens'] g" if meter.startswith("tokens.") else "svg"
                     bars = page.eval_on_selector_all(
-                        f"svg[data-meter='{meter}'] {mark}",
+                        f"{chart}[data-meter='{meter}'] {mark}",
                         "rs => rs.map(r => [+r.dataset.t, +r.dataset.value, r.getBBox().height "
                         "+ r.getBBox().width])",
                     )
                     assert {t: v for t, v, _ in bars} == wanted, (grain, meter)
                     assert all(size >= 1 for _, _, size in bars)  # drawn, not just in the DOM
-                    assert page.locator(f"svg[data-meter='{meter}']").is_visible()
+                    assert page.locator(f"{chart}[data-meter='{meter}']").is_visible()
             allowance_rows = page.eval_on_selector_all(
                 "#allowance tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
             )
