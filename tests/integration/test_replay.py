@@ -168,8 +168,9 @@ def test_replay_finds_a_corrupted_window_and_repair_converges_both_sinks(
 
     # Stripe refuses a meter event it had accepted (asynchronously, as it may: the error report
     # names samples only, and this one none), so the ledger still says sent. The repair compares
-    # Stripe's own totals and sends what Stripe lacks, once (of a meter replay re-derives: not storage).
-    [refused] = [e for e in fake.state.meter_events if e.value and e.event_name != "storage"][:1]
+    # Stripe's own totals and sends what Stripe lacks, once (an API calls window: a meter whose range
+    # total replay compares, where a level's is its month's and storage is not re-derived).
+    [refused] = [e for e in fake.state.meter_events if e.value and e.event_name == "api_calls"][:1]
     fake.state.meter_events.remove(refused)
     code, short = run.replay()
     assert code == 1 and short["Stripe differs"] == 1 and short["ClickHouse differs"] == 0
