@@ -204,7 +204,7 @@ const params = new URLSearchParams(location.search);
 const svgNS = "http://www.w3.org/2000/svg";
 
 function el(tag, attrs, text) {
-  const node = tag === "svg" || tag === "rect" || tag === "text" || tag === "title" || tag === "line"
+  const node = ["svg", "g", "rect", "text", "title", "line"].includes(tag)
     ? document.createElementNS(svgNS, tag) : document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
   if (text !== undefined) node.textContent = text;
