@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -130,6 +131,15 @@ def run_with_crashes(
         offset += 1
     delivered += [a for _, a in in_flight]
     return delivered, Counter(letters.values())
+
+
+def first_sendings(drawn: Iterable[tuple[Any, ...]]) -> dict[int, tuple[Any, ...]]:
+    """Drawn events (an id, then what the event carries) by id: an id stands for one event, and its
+    retries carry what its first sending carried."""
+    first: dict[int, tuple[Any, ...]] = {}
+    for number, *carried in drawn:
+        first.setdefault(number, tuple(carried))
+    return first
 
 
 def sums_by_window(aggregates: Iterable[WindowAggregate]) -> dict[tuple[str, str, int], list[int]]:

@@ -10,6 +10,7 @@ import pytest
 from meterline.config import load_config
 from meterline.core.config import ConfigError, Secret
 from tests.support.cli import meterline
+from tests.support.config import problems_of
 
 
 def test_the_defaults_are_valid() -> None:
@@ -226,15 +227,6 @@ def test_config_check_bounds_what_stripe_bounds() -> None:
         f"the price lookup key 'meterline_{long_plan}_api_calls' is 210"
     )
     assert load_config(None, {"METERLINE__METERS__API_CALLS__STRIPE_EVENT_NAME": "e" * 100})
-
-
-def problems_of(tmp_path: Path, toml: str) -> dict[str, str]:
-    """field -> why, for every problem `config check` would report in `toml` over the defaults."""
-    path = tmp_path / "meterline.toml"
-    path.write_text(toml)
-    with pytest.raises(ConfigError) as caught:
-        load_config(path, {})
-    return {p.field: p.why for p in caught.value.problems}
 
 
 def test_a_max_meter_is_declared_with_its_reset(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from meterline.config import load_config
-from meterline.core.config import Config, ConfigError
+from meterline.core.config import Config
 from meterline.core.dimensions import declared_of
 from meterline.reconciler.billing.pricing import invoice
 from meterline.schemas.errors import InvalidEventError
@@ -20,6 +20,7 @@ from meterline.streams.judge import Judge
 from meterline.streams.processor import PartitionProcessor, rules_from
 from meterline.streams.state import UnsavedStore
 from meterline.streams.windows import DAY_MS
+from tests.support.config import problems_of
 
 CONFIG = load_config(None, {})
 SERDE = AvroSerde()
@@ -77,14 +78,6 @@ def test_the_judge_counts_an_event_in_its_series_and_dead_letters_a_value_not_de
         "huge",
     )
     assert "prices the models small, medium, large" in str(refused.value)
-
-
-def problems_of(tmp_path: Path, toml: str) -> dict[str, str]:
-    path = tmp_path / "meterline.toml"
-    path.write_text(toml)
-    with pytest.raises(ConfigError) as caught:
-        load_config(path, {})
-    return {p.field: p.why for p in caught.value.problems}
 
 
 def test_config_check_names_what_stripe_cannot_bill_per_value(tmp_path: Path) -> None:

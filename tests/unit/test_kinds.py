@@ -17,7 +17,7 @@ from meterline.schemas.serde import AvroSerde
 from meterline.streams.judge import Judge
 from meterline.streams.processor import rules_from
 from meterline.streams.windows import DAY_MS, combine, fold, later, period_answer, running
-from tests.support.processor import CRASH_PLANS, run_with_crashes, sums_by_window
+from tests.support.processor import CRASH_PLANS, first_sendings, run_with_crashes, sums_by_window
 
 LEVELS = {  # in this module, compute_ms is a peak and egress_bytes a level at the period's end
     "METERLINE__METERS__COMPUTE_MS__AGGREGATION": "max",
@@ -64,10 +64,7 @@ def test_a_peak_and_a_latest_level_are_exact_for_any_order_duplication_and_crash
     crashes: int,
     commit_rate: float,
 ) -> None:
-    # An id stands for one event: its retries carry what its first sending carried.
-    first: dict[int, tuple[str, str, int, int]] = {}
-    for number, customer, meter, quantity, offset_ms in drawn:
-        first.setdefault(number, (customer, meter, quantity, offset_ms))
+    first = first_sendings(drawn)  # customer, meter, quantity, offset
     sent = [
         UsageEvent(
             f"e{n}",

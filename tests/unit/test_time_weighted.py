@@ -29,6 +29,7 @@ from meterline.streams.windows import DAY_MS
 from tests.support.processor import (
     CRASH_PLANS,
     Log,
+    first_sendings,
     recovered,
     run_with_crashes,
     start_processor,
@@ -83,7 +84,7 @@ events = st.lists(
 )
 
 
-@settings(deadline=None, max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(drawn=events, **CRASH_PLANS)
 def test_each_hour_accrues_the_level_exactly_for_any_order_duplication_reset_and_crash(
     drawn: list[tuple[int, str, str, int, int]],
@@ -92,10 +93,7 @@ def test_each_hour_accrues_the_level_exactly_for_any_order_duplication_reset_and
     crashes: int,
     commit_rate: float,
 ) -> None:
-    # An id stands for one event: its retries carry what its first sending carried.
-    first: dict[int, tuple[str, str, int, int]] = {}
-    for number, customer, meter, offset_ms, quantity in drawn:
-        first.setdefault(number, (customer, meter, offset_ms, quantity))
+    first = first_sendings(drawn)  # customer, meter, offset, level
     sent = [usage(n, first[n][0], first[n][1], START + first[n][2], first[n][3]) for n, *_ in drawn]
     plan = random.Random(arrival_seed)
     plan.shuffle(sent)  # any arrival order: late and out-of-order events alike

@@ -28,6 +28,7 @@ from meterline.streams.windows import DAY_MS
 from tests.support.processor import (
     CRASH_PLANS,
     ChangelogEntries,
+    first_sendings,
     range_totals,
     run_with_crashes,
     sums_by_window,
@@ -88,10 +89,7 @@ def test_distinct_values_are_exact_for_any_order_duplication_reset_and_crash(
     crashes: int,
     commit_rate: float,
 ) -> None:
-    # An id stands for one event: its retries carry what its first sending carried.
-    first: dict[int, tuple[str, str, str | None, int]] = {}
-    for number, customer, meter, user, offset_ms in drawn:
-        first.setdefault(number, (customer, meter, user, offset_ms))
+    first = first_sendings(drawn)  # customer, meter, user, offset
     sent = [
         usage(n, first[n][0], first[n][1], START + first[n][3], first[n][2], quantity=n) for n, *_ in drawn
     ]
