@@ -213,13 +213,16 @@ def _per_value(
         label = base.get("label", meter.replace("_", " "))
         for suffix, name in series.items():
             override = overrides.get(suffix, {})
-            tables[name] = {
-                "label": f"{label} {suffix}",
-                **base,
-                **(override if isinstance(override, dict) else {}),
-            }
-            if "label" in base and "label" not in override:
-                tables[name]["label"] = f"{label} {suffix}"
+            if not isinstance(override, dict):
+                problems.append(
+                    ConfigProblem(
+                        f"{where}.{meter}.values.{suffix}",
+                        override,
+                        'the fields this value prices otherwise, e.g. { overage_price = "0.015" }',
+                    )
+                )
+                override = {}
+            tables[name] = {**base, "label": f"{label} {suffix}", **override}
     return tables
 
 

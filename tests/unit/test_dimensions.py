@@ -87,12 +87,13 @@ def test_config_check_names_what_stripe_cannot_bill_per_value(tmp_path: Path) ->
         '[meters.calls]\nunit = "call"\ndimensions = { tier = ["1.0", "1_0"] }\n'
         '[plans.standard]\ncurrency = "usd"\n'
         '[plans.standard.prices.tokens]\nunit = "token"\noverage_price = "1"\nshared = true\n'
-        'values = { c = { overage_price = "2" } }\n',
+        'values = { c = { overage_price = "2" }, b = "2" }\n',
     )
     assert "letters, digits" in found["meters.tokens.dimensions.region"]
     assert "values must differ" in found["meters.calls.dimensions.tier"]
     assert found["plans.standard.prices.tokens.values.c"].startswith("not a declared value of tokens")
     assert "cannot be shared across values" in found["plans.standard.prices.tokens.shared"]
+    assert found["plans.standard.prices.tokens.values.b"].startswith("the fields this value prices otherwise")
 
 
 def test_a_meter_without_dimensions_keeps_its_name_and_event_name() -> None:
