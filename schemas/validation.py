@@ -67,9 +67,9 @@ def _why_invalid(event: UsageEvent, meter_units: Mapping[str, str]) -> InvalidEv
     return None
 
 
-MAX_LEVEL = 277_777_777_777
-"""The highest level a `time_weighted` meter takes: an hour of it in level-seconds is a 15-digit
-number, the most a Stripe meter event value holds (streams.accrual)."""
+MAX_LEVEL = (10**15 - 1) // 3600
+"""The highest level a `time_weighted` meter takes, 277,777,777,777: an hour of it in level-seconds
+is a 15-digit number, the most a Stripe meter event value holds (streams.accrual)."""
 
 
 @dataclass(frozen=True)

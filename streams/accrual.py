@@ -8,7 +8,7 @@ day and month exactly, so a period's accrual is the sum of its windows'.
 
 A level takes effect at the start of the second its event is stamped in (whole seconds: Stripe's
 meter values are whole numbers, and level-milliseconds would leave a 15-digit meter value room for
-levels up to only 277 million an hour; streams.judge bounds the level by `MAX_LEVEL`). Two events
+levels up to only 277 million an hour; schemas.validation bounds the level by `MAX_LEVEL`). Two events
 in one second: the later by time (the event id deciding a tie) holds it.
 """
 
@@ -21,12 +21,6 @@ SLICE_MS = 3_600_000
 """A time-weighted meter's window: one UTC hour."""
 
 SECOND_MS = 1000
-
-MAX_METER_VALUE = 10**15 - 1
-"""Stripe's meter event values have at most 15 digits (sinks.stripe.fake.objects.MAX_VALUE_DIGITS)."""
-
-MAX_LEVEL = MAX_METER_VALUE // (SLICE_MS // SECOND_MS)
-"""The highest level whose hour of accrual is a meter value Stripe takes: 277,777,777,777."""
 
 Change = tuple[int, str, int]
 """A level event in its window: its time (ms), its id, the level it sets."""

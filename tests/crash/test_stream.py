@@ -81,12 +81,8 @@ def test_single_event_records_stay_exact_when_killed_mid_batch_and_rebalanced(
     workers.start("w2")
     producing = PacedProducer(config, workload(40_000, seed=14), seconds=20, packing=False)
     producing.start()
-    workers.wait_processing("w2")
-    time.sleep(rng.uniform(2, 6))
-    workers.kill("w2")  # w1 takes w2's partitions over
-    time.sleep(rng.uniform(1, 4))
-    workers.kill("w1")
-    workers.start("w1")  # alone, behind by everything since its last commit: whole batches to do
+    # w1 restarted alone is behind by everything since its last commit: whole batches to do
+    _kill_one_then_the_other(workers, rng)
     wait_until_exact(config, producing.finish(), workers, timeout=240)
 
     group, topic = workers.env["METERLINE__STREAM__APP_ID"], config.topics.events
@@ -105,8 +101,9 @@ def test_a_latest_level_and_a_distinct_count_stay_exact_through_sigkills_and_a_r
 ) -> None:
     """egress_bytes metered as a `last` meter here (a window holds its latest event's quantity, kept
     in the window's state), beside the default rate card's distinct count (active_users: first
-    sightings in the state store) and peak (seats): a worker killed while its partner has its
-    partitions, then the partner killed and restarted alone, and every window is exact."""
+    sightings in the state store), peak (seats), level held over time (storage: hours carried from
+    one to the next) and tokens priced per model (a series each): a worker killed while its partner
+    has its partitions, then the partner killed and restarted alone, and every window is exact."""
     last = dataclasses.replace(config.meters["egress_bytes"], aggregation="last")
     config = dataclasses.replace(config, meters={**config.meters, "egress_bytes": last})
     workers.env["METERLINE__METERS__EGRESS_BYTES__AGGREGATION"] = "last"
@@ -115,15 +112,30 @@ def test_a_latest_level_and_a_distinct_count_stay_exact_through_sigkills_and_a_r
     workers.start("w2")
     producing = PacedProducer(config, workload(100_000, seed=15), seconds=25)
     producing.start()
+    _kill_one_then_the_other(workers, rng)
+    document = producing.finish()
+    kinds = {
+        "active_users",
+        "egress_bytes",
+        "seats",
+        "storage",
+        "tokens.small",
+        "tokens.medium",
+        "tokens.large",
+    }
+    assert kinds <= {t["meter"] for t in document["totals"]}
+    wait_until_exact(config, document, workers, timeout=240)
+
+
+def _kill_one_then_the_other(workers: Workers, rng: random.Random) -> None:
+    """w2 killed while it processes (w1 takes its partitions over, their state from the changelog),
+    then w1 killed and started again alone."""
     workers.wait_processing("w2")
     time.sleep(rng.uniform(2, 6))
-    workers.kill("w2")  # w1 takes w2's partitions over, their windows and sightings from the changelog
+    workers.kill("w2")
     time.sleep(rng.uniform(1, 4))
     workers.kill("w1")
     workers.start("w1")
-    document = producing.finish()
-    assert {"active_users", "egress_bytes", "seats"} <= {t["meter"] for t in document["totals"]}
-    wait_until_exact(config, document, workers, timeout=240)
 
 
 def _counter(line: str, name: str) -> int:
