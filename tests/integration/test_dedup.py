@@ -13,6 +13,7 @@ from meterline.core.kafka import read_ends
 from meterline.schemas.serde import AvroSerde
 from meterline.sinks.clickhouse.client import connect
 from meterline.streams.windows import window_start
+from tests.support.apache_kafka import on_apache_kafka  # noqa: F401  (this module runs on Apache Kafka)
 from tests.support.cli import meterline
 from tests.support.clickhouse_sink import fresh
 from tests.support.kafka import read_messages

@@ -17,6 +17,7 @@ from meterline.schemas.producer import PackingPolicy, UsageProducer
 from meterline.schemas.records import UsageEvent
 from meterline.schemas.serde import AvroSerde
 from tests.conftest import broker_config
+from tests.support.apache_kafka import on_apache_kafka  # noqa: F401  (this module runs on Apache Kafka)
 from tests.support.kafka import read_messages
 
 UNITS = {"api_calls": "call", "egress_bytes": "byte"}

@@ -28,6 +28,7 @@ from meterline.sinks.clickhouse.rows import REVISION_COLUMNS
 from meterline.sinks.stripe.fake import FakeStripe
 from meterline.streams.windows import DAY_MS
 from meterline.workload import customer_ids
+from tests.support.apache_kafka import on_apache_kafka  # noqa: F401  (this module runs on Apache Kafka)
 from tests.support.clickhouse_sink import fresh
 from tests.support.pipeline import Workers, small_workload, wait_until_exact
 from tests.support.sinks import run_sink

@@ -21,6 +21,7 @@ from meterline.config import load_config
 from meterline.core.config import TopicsConfig
 from meterline.core.kafka import admin, ensure_topics, wait_for_partitions
 from meterline.topics import Observed, check, retained_ms, topic_specs
+from tests.support.apache_kafka import on_apache_kafka  # noqa: F401  (this module runs on Apache Kafka)
 
 DAY_MS = 86_400_000
 

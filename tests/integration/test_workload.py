@@ -18,6 +18,7 @@ from meterline.schemas.serde import AvroSerde
 from meterline.schemas.validation import check_event
 from meterline.streams.windows import DAY_MS
 from meterline.workload import Emission, Expected, WorkloadSpec, generate
+from tests.support.apache_kafka import on_apache_kafka  # noqa: F401  (this module runs on Apache Kafka)
 from tests.support.cli import meterline
 from tests.support.kafka import read_messages
 
