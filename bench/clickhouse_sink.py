@@ -32,13 +32,14 @@ from confluent_kafka import Producer
 
 from meterline.compose import clickhouse_sink
 from meterline.core.config import Config
-from meterline.core.kafka import committed_reaches, group_consumer, isolated_topics, read_ends
+from meterline.core.kafka import committed_reaches, group_consumer, read_ends
 from meterline.schemas.records import WindowAggregate
 from meterline.schemas.serde import AvroSerde
 from meterline.sinks.clickhouse.client import connect
 from meterline.sinks.clickhouse.migrate import migrate
 from meterline.sinks.clickhouse.rows import AGGREGATE_COLUMNS, REVISION_COLUMNS
 from meterline.sinks.clickhouse.sink import CONSUMER_SETTINGS, Flushed
+from meterline.topics import isolated_topics
 
 from harness import local_stack, report
 

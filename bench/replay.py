@@ -15,10 +15,10 @@ import os
 import resource
 import time
 
-from meterline.core.kafka import isolated_topics
 from meterline.produce import produce_workload
 from meterline.reconciler.checks.rederive import rederive
 from meterline.streams.windows import DAY_MS
+from meterline.topics import isolated_topics
 from meterline.workload import WorkloadSpec
 
 from harness import local_stack, report

@@ -38,10 +38,10 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 
 from meterline.core.config import Config
-from meterline.core.kafka import isolated_topics
 from meterline.produce import produce_workload
 from meterline.schemas.serde import AvroSerde
 from meterline.streams.windows import DAY_MS
+from meterline.topics import isolated_topics
 from meterline.workload import WorkloadSpec
 
 from harness import local_stack, report

@@ -30,7 +30,7 @@ from confluent_kafka import Producer
 
 from meterline.compose import stripe_sink
 from meterline.core.config import Config
-from meterline.core.kafka import committed_reaches, isolated_topics, read_ends
+from meterline.core.kafka import committed_reaches, read_ends
 from meterline.schemas.records import WindowAggregate
 from meterline.schemas.serde import AvroSerde
 from meterline.sinks.clickhouse.client import connect
@@ -39,6 +39,7 @@ from meterline.sinks.stripe.calls import caller_for
 from meterline.sinks.stripe.catalog.sync import sync
 from meterline.streams.windows import DAY_MS
 from meterline.table import render
+from meterline.topics import isolated_topics
 from meterline.workload import Expected, WorkloadSpec, generate
 
 from harness import local_stack, machine

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import uuid
@@ -21,7 +20,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from meterline.core import metrics
-from meterline.core.config import Config, KafkaConfig, Secret, TopicsConfig
+from meterline.core.config import KafkaConfig, Secret
 from meterline.core.errors import MeterlineError
 
 log = logging.getLogger("meterline.kafka")
@@ -242,19 +241,6 @@ def committed_reaches(bootstrap: Kafka, group_id: str, ends: Mapping[tuple[str, 
     finally:
         consumer.close()
     return all(tp.offset >= ends[(tp.topic, tp.partition)] for tp in committed)
-
-
-def isolated_topics(config: Config, bootstrap: str, label: str = "", partitions: int | None = None) -> Config:
-    """A copy of `config` on `bootstrap` whose topics carry a suffix of their own, created there:
-    tests and benchmarks that share one broker do not see each other's records."""
-    suffix = f"{label}-{uuid.uuid4().hex[:8]}" if label else uuid.uuid4().hex[:10]
-    topics = TopicsConfig(
-        **{f.name: f"{getattr(config.topics, f.name)}.{suffix}" for f in dataclasses.fields(TopicsConfig)}
-    )
-    ensure_topics(bootstrap, topics.all(), partitions or config.kafka.partitions)
-    return dataclasses.replace(
-        config, topics=topics, kafka=dataclasses.replace(config.kafka, bootstrap=bootstrap)
-    )
 
 
 class Assignment:

@@ -11,13 +11,21 @@ Why the settings matter for exactness:
   shorter retention is a warning: nothing is lost yet, but replay promises less.
 - Partition counts cannot be changed in place: a customer's key would move to another partition,
   and with it its windows' state. A mismatch is an error to resolve by hand.
+- With replicas (replication factor 2 or more), a record acknowledged with `acks=all` must be on
+  more than the leader: `min.insync.replicas` at least 2 where there are 3 or more replicas (a
+  lower one is a warning: one disk then holds an acknowledged record), never more than the replicas
+  (every write would fail: an error). `unclean.leader.election.enable` must be false: an unclean
+  election makes a replica that missed acknowledged records the leader, and they are gone.
+  The broker reports each topic's effective value (its own default where the topic sets none).
 Brokers that do not report a setting (tansu reports only what a topic was created with) are said
 so once; that setting goes unchecked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import uuid
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -25,7 +33,7 @@ from typing import Literal
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType  # type: ignore[attr-defined]
 
-from meterline.core.config import Config
+from meterline.core.config import Config, TopicsConfig
 from meterline.core.errors import MeterlineError
 from meterline.core.kafka import Kafka, KafkaUnavailableError, admin, wait_for_partitions
 from meterline.streams.windows import DAY_MS
@@ -47,9 +55,21 @@ class TopicSpec:
     partitions: int
     replication_factor: int
     settings: Mapping[str, str]
-    """Created with these; each is checked exactly, except retention.ms (see min_retention_ms)."""
+    """Created with these (and `created_with`'s durability settings); each is checked exactly,
+    except retention.ms (see min_retention_ms) and min.insync.replicas (a range)."""
     min_retention_ms: int | None = None
     """retention.ms must be at least this (or -1, forever); shorter is a warning."""
+
+    @property
+    def created_with(self) -> dict[str, str]:
+        """`settings`, and with replicas what an acknowledged record needs to survive a broker."""
+        if self.replication_factor < 2:
+            return dict(self.settings)
+        return {
+            **self.settings,
+            "min.insync.replicas": str(durable_min_insync(self.replication_factor)),
+            "unclean.leader.election.enable": "false",
+        }
 
 
 @dataclass(frozen=True)
@@ -95,6 +115,12 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.errors and all(t.action != "missing" for t in self.topics)
+
+
+def durable_min_insync(replication_factor: int) -> int:
+    """The min.insync.replicas meterline creates topics with: 2 where there are 3 replicas or more
+    (one broker may be down and writes go on, on two copies), 1 with fewer."""
+    return 2 if replication_factor >= 3 else 1
 
 
 def retained_ms(config: Config) -> int:
@@ -155,10 +181,12 @@ def check(spec: TopicSpec, observed: Observed) -> list[Finding]:
                 "kafka.replication_factor",
             )
         )
-    for setting, expected in spec.settings.items():
+    for setting, expected in spec.created_with.items():
         actual = observed.settings.get(setting)
         if actual is None:
             found.append(Finding(spec.name, setting, expected, "", "unreported"))
+        elif setting == "min.insync.replicas":
+            found += _check_min_insync(spec, int(actual))
         elif setting == "retention.ms":
             kept = int(actual)
             if spec.min_retention_ms is not None and kept != FOREVER and kept < spec.min_retention_ms:
@@ -170,6 +198,17 @@ def check(spec: TopicSpec, observed: Observed) -> list[Finding]:
         elif actual != expected:
             found.append(Finding(spec.name, setting, expected, actual, "error"))
     return found
+
+
+def _check_min_insync(spec: TopicSpec, actual: int) -> list[Finding]:
+    wanted = durable_min_insync(spec.replication_factor)
+    if actual > spec.replication_factor:
+        why = f"more than the {spec.replication_factor} replicas: every acks=all write would be refused"
+        return [Finding(spec.name, "min.insync.replicas", f"{wanted}", str(actual), "error", why)]
+    if actual < wanted:
+        why = "an acknowledged record may be on one broker only, and lost with it"
+        return [Finding(spec.name, "min.insync.replicas", f"at least {wanted}", str(actual), "warning", why)]
+    return []
 
 
 def describe(kafka: Kafka, names: Iterable[str], timeout: float = 15) -> dict[str, Observed]:
@@ -242,6 +281,23 @@ def require(kafka: Kafka, specs: list[TopicSpec], role: str, *, create: Collecti
         )
 
 
+def isolated_topics(config: Config, bootstrap: str, label: str = "", partitions: int | None = None) -> Config:
+    """A copy of `config` on `bootstrap` whose topics carry a suffix of their own, created there
+    with their settings (compacted alerts and notices, retention): tests and benchmarks that share
+    one broker do not see each other's records, and a broker that reports settings finds them right."""
+    suffix = f"{label}-{uuid.uuid4().hex[:8]}" if label else uuid.uuid4().hex[:10]
+    topics = TopicsConfig(
+        **{f.name: f"{getattr(config.topics, f.name)}.{suffix}" for f in dataclasses.fields(TopicsConfig)}
+    )
+    count = partitions or config.kafka.partitions
+    kafka = dataclasses.replace(config.kafka, bootstrap=bootstrap, partitions=count)
+    isolated = dataclasses.replace(config, topics=topics, kafka=kafka)
+    report = ensure(bootstrap, [s for s in topic_specs(isolated) if s.name in topics.all()])
+    if report.errors:
+        raise TopicsError("; ".join(str(f) for f in report.errors))
+    return isolated
+
+
 def role_topics(config: Config, role: str) -> list[str]:
     """The topics a role reads or writes."""
     t = config.topics
@@ -279,7 +335,7 @@ def require_for_role(kafka: Kafka, config: Config, role: str) -> None:
 def _create(kafka: Kafka, specs: list[TopicSpec]) -> None:
     client = admin(kafka)  # held until the futures resolve: a collected client cancels them
     futures = client.create_topics(
-        [NewTopic(s.name, s.partitions, s.replication_factor, config=dict(s.settings)) for s in specs],
+        [NewTopic(s.name, s.partitions, s.replication_factor, config=s.created_with) for s in specs],
         request_timeout=30,
     )
     for name, future in futures.items():

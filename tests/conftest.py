@@ -21,8 +21,8 @@ from hypothesis import settings
 from meterline import devstack
 from meterline.config import load_config
 from meterline.core.config import Config
-from meterline.core.kafka import isolated_topics
 from meterline.sinks.stripe.fake import FakeStripe
+from meterline.topics import isolated_topics
 from tests.support import apache_kafka as kraft
 from tests.support.pipeline import Workers
 from tests.support.stripe import serve_fake

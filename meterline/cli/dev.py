@@ -137,7 +137,7 @@ def _topics_ensure(args: argparse.Namespace) -> int:
                     "action": t.action,
                     "partitions": t.spec.partitions,
                     "replication_factor": t.spec.replication_factor,
-                    "settings": dict(t.spec.settings),
+                    "settings": t.spec.created_with,
                     "purpose": t.spec.purpose,
                     "findings": [{"level": f.level, "text": str(f)} for f in t.findings],
                 }
@@ -152,7 +152,7 @@ def _topics_ensure(args: argparse.Namespace) -> int:
                 "action": t.action,
                 "partitions": str(t.spec.partitions),
                 "replicas": str(t.spec.replication_factor),
-                "settings": ", ".join(f"{k}={v}" for k, v in t.spec.settings.items()),
+                "settings": ", ".join(f"{k}={v}" for k, v in t.spec.created_with.items()),
             }
             for t in report.topics
         ]

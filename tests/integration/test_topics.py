@@ -1,8 +1,9 @@
 """Topics as code: `meterline topics ensure` creates every topic with its settings and checks the
 ones that exist, every mismatch at once; a stream worker refuses a state changelog that is not
 compacted or not partitioned like usage.events. The checks are pure; the command and the worker
-run against the local broker (tansu reports the settings a topic was created with, and nothing
-for the others: those are said to be unchecked)."""
+run against Apache Kafka, which reports every topic setting's effective value (tansu, the embedded
+broker, reports only those a topic was created with: the others are said to be unchecked). The
+replicated settings are exercised on three brokers in tests/crash/test_broker_failover.py."""
 
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def test_topics_ensure_creates_every_topic_once_and_a_second_run_changes_nothing
     assert again.returncode == 0, again.stderr
     second = json.loads(again.stdout)
     assert {t["action"] for t in second["topics"]} == {"exists"}
-    # tansu reports what the topics were created with: compacted state, 42 days of raw usage.
+    # Apache Kafka reports every setting checked (none unreported): compacted state, 42 days of raw usage.
     assert all(t["findings"] == [] for t in second["topics"]), second
     table = _meterline(env, "topics", "ensure").stdout
     assert f"topics-{suffix}-state" in table and "cleanup.policy=compact" in table
@@ -144,3 +145,23 @@ def test_a_stream_worker_refuses_a_state_changelog_created_wrongly(
     assert "meterline topics ensure" in refused.stderr
     checked = _meterline(env, "topics", "ensure", "--json")
     assert checked.returncode == 1 and refusal in checked.stdout
+
+
+def test_replicated_topics_need_two_in_sync_copies_and_no_unclean_election() -> None:
+    config = load_config(None, {"METERLINE__KAFKA__REPLICATION_FACTOR": "3"})
+    events = next(s for s in topic_specs(config) if s.name == "usage.events")
+    assert events.created_with["min.insync.replicas"] == "2"
+    assert events.created_with["unclean.leader.election.enable"] == "false"
+    sound = {**events.created_with}
+    assert check(events, Observed(4, 3, sound)) == []
+    one_copy = check(events, Observed(4, 3, {**sound, "min.insync.replicas": "1"}))
+    assert [(f.setting, f.level) for f in one_copy] == [("min.insync.replicas", "warning")]
+    assert "lost with it" in str(one_copy[0])
+    unwritable = check(events, Observed(4, 3, {**sound, "min.insync.replicas": "4"}))
+    assert [(f.setting, f.level) for f in unwritable] == [("min.insync.replicas", "error")]
+    assert "every acks=all write would be refused" in str(unwritable[0])
+    unclean = check(events, Observed(4, 3, {**sound, "unclean.leader.election.enable": "true"}))
+    assert [(f.setting, f.level) for f in unclean] == [("unclean.leader.election.enable", "error")]
+    # One broker: nothing to elect from, no durability settings to ask for.
+    single = next(s for s in topic_specs(load_config(None, {})) if s.name == "usage.events")
+    assert "min.insync.replicas" not in single.created_with

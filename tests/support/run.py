@@ -73,6 +73,8 @@ def wait_until_settled(
     (Expected.at_stripe: a peak meter's are its months' peaks)."""
     wanted_windows = {k: (v, n) for k, (v, n) in expected.totals.items()}
     wanted_stripe = expected.at_stripe()
+    # The workload's customers, and any whose usage came another way (the HTTP ingest).
+    customers = sorted(set(customer_ids(spec)) | {customer for customer, _, _ in expected.totals})
     starts = [start for _, _, start in expected.totals]  # late events reach before the span's start
     span = (min(starts), max(starts) + 60_000)
     deadline = time.monotonic() + timeout
@@ -80,7 +82,7 @@ def wait_until_settled(
     stripe: dict[tuple[str, str], int] = {}
     while time.monotonic() < deadline:
         windows = clickhouse_windows(run)
-        stripe = stripe_totals(base, meters, customer_ids(spec), span)
+        stripe = stripe_totals(base, meters, customers, span)
         if windows == wanted_windows and stripe == wanted_stripe:
             return
         time.sleep(3)
