@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import (
@@ -17,7 +18,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic  # type: ignore[attr-defined]
 
 from meterline.core import metrics
 from meterline.core.config import KafkaConfig, Secret
@@ -102,6 +103,85 @@ def admin(kafka: Kafka, **extra: str | int) -> AdminClient:
     return AdminClient(settings(kafka, {"socket.timeout.ms": 5000, **extra}))  # type: ignore[arg-type]
 
 
+# `FAIL [rdkafka#producer-1] [thrd:...]: ` (a log line's) and `sasl_ssl://host:port/bootstrap: `
+_LIBRDKAFKA_PREFIX = re.compile(r"^(?:\w+ \[rdkafka[^\]]*\] \[thrd:[^\]]*\]: )?(?:\S+/\S+: )?")
+
+
+class _Heard(logging.Handler):
+    """What librdkafka said while a client tried to connect: its log lines and its errors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        _LIBRDKAFKA.handle(record)
+
+    def error(self, error: KafkaError) -> None:
+        self.lines.append(str(error.str()))
+
+
+def diagnose(heard: Sequence[str], kafka: Kafka) -> str | None:
+    """The setting a failed connection points at, from what librdkafka said, or None when it says
+    nothing conclusive (a broker not up yet is waited for, not diagnosed). Pure."""
+    properties = brokers(kafka).properties
+    protocol = str(properties.get("security.protocol", "PLAINTEXT"))
+
+    def said(*parts: str) -> str | None:
+        """The first line saying all of `parts`, without its log and broker prefixes."""
+        line = next((line for line in heard if all(part in line for part in parts)), None)
+        return _LIBRDKAFKA_PREFIX.sub("", line) if line else None
+
+    if line := said("mechanism handshake failed"):
+        return f"the broker does not offer kafka.sasl_mechanism = {properties.get('sasl.mechanism')} ({line})"
+    if line := said("SASL authentication error"):
+        return (
+            f"the broker refused the credentials of user {properties.get('sasl.username')!r}: "
+            f"check kafka.sasl_username and kafka.sasl_password ({line})"
+        )
+    if said("certificate verify failed"):
+        ca = properties.get("ssl.ca.location") or "the system's CA certificates"
+        return (
+            "the broker's TLS certificate is not signed by a CA of kafka.ssl_ca_location "
+            f"({ca}), or does not name the address connected to"
+        )
+    if said("connecting to a PLAINTEXT broker listener"):
+        return f"kafka.security_protocol is {protocol}, but the broker's listener speaks PLAINTEXT"
+    if sum("Disconnected" in line and "APIVERSION_QUERY" in line for line in heard) >= 2:
+        return (
+            f"the broker closed every connection at its first request: its listener does not speak "
+            f"kafka.security_protocol = {protocol} (a TLS or SASL listener?)"
+        )
+    return None
+
+
+def cluster_metadata(kafka: Kafka, topic: str | None = None, timeout: float = 15) -> ClusterMetadata:
+    """The cluster's metadata (of `topic` alone, if given). Where librdkafka says why it cannot
+    connect (credentials refused, a certificate not trusted, a listener of another protocol), the
+    KafkaUnavailableError names the setting at once instead of after `timeout`; a broker that does
+    not answer yet is waited for."""
+    heard = _Heard()
+    logger = logging.Logger("meterline.librdkafka")
+    logger.addHandler(heard)
+    probe = {"socket.timeout.ms": 5000, "logger": logger, "error_cb": heard.error}
+    client = AdminClient(settings(kafka, probe))  # type: ignore[arg-type]  # a logger, as in admin()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.list_topics(topic, timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+        except KafkaException as exc:
+            client.poll(0)  # serves error_cb
+            why = diagnose(heard.lines, kafka)
+            if why:
+                raise KafkaUnavailableError(f"Kafka at {kafka} refused the connection: {why}") from exc
+            if time.monotonic() >= deadline:
+                last = heard.lines[-1] if heard.lines else exc.args[0].str()
+                raise KafkaUnavailableError(
+                    f"Kafka at {kafka} did not answer within {timeout:.0f} s: {last}"
+                ) from exc
+
+
 def broker_answers(bootstrap: Kafka, timeout: float = 2.0) -> bool:
     """True when a broker at `bootstrap` answers a metadata request."""
     try:
@@ -157,7 +237,7 @@ def wait_for_partitions(kafka: Kafka, names: list[str], timeout: float = 30) -> 
 
 
 def partition_count(bootstrap: Kafka, topic: str, timeout: float = 15) -> int:
-    metadata = admin(bootstrap).list_topics(topic, timeout=timeout)
+    metadata = cluster_metadata(bootstrap, topic, timeout)
     found = metadata.topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
         raise KafkaUnavailableError(f"topic {topic!r} is not usable (run `meterline dev up`?)")

