@@ -11,10 +11,13 @@ import dataclasses
 import random
 import time
 
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
 from meterline.core.config import Config
+from meterline.core.kafka import admin
 from meterline.produce import produce_workload
 from meterline.schemas.serde import AvroSerde
-from tests.support.kafka import committed_behind, read_messages
+from tests.support.kafka import committed_behind, compacted_away, read_messages
 from tests.support.pipeline import PacedProducer, Workers, wait_until_exact, workload
 
 
@@ -51,6 +54,37 @@ def test_sigkill_three_times_mid_run_changes_no_total(config: Config, workers: W
         workers.kill("w1")
         workers.start("w1")
     wait_until_exact(config, producing.finish(), workers, timeout=240)
+
+
+def test_a_worker_recovering_from_a_changelog_the_broker_compacted_stays_exact(
+    config: Config, workers: Workers
+) -> None:
+    """Apache Kafka's log cleaner compacts the state changelog for real while the workload runs (it
+    rolls a segment every 100 ms and cleans whatever is dirty): a worker SIGKILLed after that
+    recovers from what compaction kept, each window's and each event id's latest record, and takes
+    the rest of the workload (late events and duplicates of compacted windows among it) exactly."""
+    state = f"{workers.env['METERLINE__STREAM__APP_ID']}-state"
+    compacting = {
+        "cleanup.policy": "compact",
+        "segment.ms": "100",
+        "min.cleanable.dirty.ratio": "0.01",
+        "min.compaction.lag.ms": "0",
+    }
+    client = admin(config.kafka.bootstrap)
+    [created] = client.create_topics([NewTopic(state, 4, 1, config=compacting)]).values()
+    created.result(timeout=30)
+    workers.start("w1")
+    producing = PacedProducer(config, workload(200_000, seed=15), seconds=40)
+    producing.start()
+    workers.wait_processing("w1")
+    deadline = time.monotonic() + 60
+    while (removed := compacted_away(config.kafka.bootstrap, state)) == 0:
+        assert time.monotonic() < deadline and producing.is_alive(), "the changelog was not compacted"
+        time.sleep(1)
+    workers.kill("w1")
+    workers.start("w1")  # a memory store: everything it knows comes from the compacted changelog
+    wait_until_exact(config, producing.finish(), workers, timeout=240)
+    assert removed > 0
 
 
 def test_a_rebalance_after_one_of_two_workers_is_killed_changes_no_total(

@@ -36,3 +36,28 @@ def committed_behind(bootstrap: str, group: str, topic: str, partitions: int) ->
         return behind
     finally:
         consumer.close()
+
+
+def compacted_away(bootstrap: str, topic: str, timeout: float = 60.0) -> int:
+    """How many offsets of `topic`, between each partition's first and last, hold no record any more:
+    what the log cleaner removed (0 before it has run). Reads every partition to its end."""
+    consumer = consumer_from_beginning(bootstrap, topic, "tests-compaction")
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions}
+        seen = dict.fromkeys(partitions, 0)
+        last = dict.fromkeys(partitions, -1)
+        deadline = time.monotonic() + timeout
+
+        def behind() -> bool:
+            return any(last[p] < high - 1 for p, (_, high) in ends.items() if high)
+
+        while behind() and time.monotonic() < deadline:
+            for message in consumer.consume(1000, timeout=0.2):
+                partition, offset = message.partition() or 0, message.offset() or 0
+                if not message.error() and offset < ends[partition][1]:
+                    seen[partition] += 1
+                    last[partition] = offset
+        return sum(high - low - seen[p] for p, (low, high) in ends.items())
+    finally:
+        consumer.close()
