@@ -16,6 +16,9 @@ core: on two cores shared by both, it tells a worker that waits from one that co
 
 Run: .venv/bin/python bench/stream.py [--events 1000000] [--single-events 200000] [--memory-events 5000000]
      [--quix-python PATH] [--meterline-only] [--profile DIR] [--before DIR]
+     [--brokers tansu,apache-kafka] [--exactly-once]
+(--brokers runs every row on each broker in turn, in one run: the ratios between brokers and rows
+are of one session; --exactly-once adds a packed row with Faust's exactly_once.)
 (--profile samples each meterline worker with py-spy, if installed, into DIR as collapsed stacks;
 --before runs every meterline row a second time, just before, with the worker of another checkout,
 e.g. `git worktree add /tmp/before <commit>` with its compiled reader built or copied in, so that
@@ -44,7 +47,7 @@ from meterline.streams.windows import DAY_MS
 from meterline.topics import isolated_topics
 from meterline.workload import WorkloadSpec
 
-from harness import local_stack, report
+from harness import broker_stack, report
 from processes import cpu_between, cpu_seconds, process_tree, rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +69,18 @@ def _arguments() -> argparse.ArgumentParser:
         "--profile", type=Path, help="sample the meterline workers with py-spy into this directory"
     )
     parser.add_argument(
+        "--brokers",
+        default="tansu",
+        help="comma-separated, each running every row: tansu (the local stack) and/or apache-kafka "
+        "(4.x from its jars, tests/support/apache_kafka.py; ./run.sh test copies them)",
+    )
+    parser.add_argument(
+        "--exactly-once",
+        action="store_true",
+        help="a packed row with Faust's exactly_once beside at_least_once (Apache Kafka: tansu's "
+        "transactions do not hold, DESIGN §7)",
+    )
+    parser.add_argument(
         "--before", type=Path, help="a checkout whose meterline worker runs beside each meterline row"
     )
     return parser
@@ -73,97 +88,113 @@ def _arguments() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = _arguments().parse_args()
-    with local_stack("stream") as (base, bootstrap, state, services):
-        broker = services["kafka"].pid
-        rows: list[dict[str, object]] = []
-        packed = isolated_topics(base, bootstrap, "packed")
-        single = isolated_topics(base, bootstrap, "single")
-        packed_messages = _produce(packed, bootstrap, args.events, packing=True)
-        single_messages = _produce(single, bootstrap, args.single_events, packing=False)
-        print(
-            f"produced {args.events:,} packed events ({packed_messages:,} messages), "
-            f"{args.single_events:,} single",
-            file=sys.stderr,
-        )
-
-        if not args.meterline_only:
-            for reader in ("fastavro", "compiled reader"):
-                rows.append(_floor(bootstrap, packed, args.events, packed_messages, "packed", reader))
-                rows.append(
-                    _floor(bootstrap, single, args.single_events, single_messages, "single-event", reader)
-                )
-            for kind in ("faust-bare", "faust-table"):
-                rows.append(
-                    _worker(state, bootstrap, broker, single, args.single_events, single_messages, kind)
-                )
-        if args.quix_python and not args.meterline_only:
-            rows.append(
-                _worker(
-                    state,
-                    bootstrap,
-                    broker,
-                    single,
-                    args.single_events,
-                    single_messages,
-                    "quix",
-                    args.quix_python,
-                )
-            )
-        elif not args.meterline_only:
-            print("no --quix-python: the Quix Streams row is left out", file=sys.stderr)
-        sources = [args.before.resolve(), ROOT] if args.before else [ROOT]
-
-        def meterline(
-            config: Config,
-            events: int,
-            messages: int,
-            suffix: str = "",
-            overrides: dict[str, str] | None = None,
-        ) -> None:
-            for source in sources:
-                row = _worker(
-                    state,
-                    bootstrap,
-                    broker,
-                    config,
-                    events,
-                    messages,
-                    "meterline",
-                    profile=args.profile,
-                    source=source,
-                    overrides=overrides,
-                )
-                row["what"] = f"{row['what']}{suffix}{' [before]' if source != ROOT else ''}"
-                rows.append(row)
-
-        meterline(packed, args.events, packed_messages, ", one day")
-        # The same events with the default rate card's peak meter (seats), distinct count
-        # (active_users, a first-sighting lookup per event) and level held (storage, hourly windows
-        # accruing level-seconds) folded as sums: what the kinds that do not add cost beside the
-        # adding ones (issue 37).
-        meterline(
-            packed,
-            args.events,
-            packed_messages,
-            ", one day, seats, active users and storage summed (every meter adding)",
-            {
-                "METERLINE__METERS__SEATS__AGGREGATION": "sum",
-                "METERLINE__METERS__ACTIVE_USERS__AGGREGATION": "sum",
-                "METERLINE__METERS__ACTIVE_USERS__UNIQUE_BY": '""',
-                "METERLINE__METERS__STORAGE__AGGREGATION": "sum",
-                "METERLINE__PLANS__TEAM__PRICES__STORAGE__UNIT": '"GB"',  # a sum's price is in its unit
-            },
-        )
-        meterline(single, args.single_events, single_messages)
-        # Live traffic: the same 1M events over 20 minutes of event time (3,000 windows, ~330
-        # events each), as a worker keeping up with the present sees them.
-        live = isolated_topics(base, bootstrap, "live")
-        live_messages = _produce(live, bootstrap, args.events, packing=True, span_ms=LIVE_SPAN_MS)
-        meterline(live, args.events, live_messages, ", 20 min of event time")
-        big = isolated_topics(base, bootstrap, "memory")
-        big_messages = _produce(big, bootstrap, args.memory_events, packing=True)
-        meterline(big, args.memory_events, big_messages, ", one day")
+    brokers = args.brokers.split(",")
+    rows: list[dict[str, object]] = []
+    for broker in brokers:
+        with broker_stack(broker, "stream") as (base, bootstrap, state, services):
+            found = _rows(args, base, bootstrap, state, services["kafka"].pid, broker)
+        for row in found:
+            row["broker"] = broker
+        rows += found
     report(rows)
+
+
+def _rows(
+    args: argparse.Namespace, base: Config, bootstrap: str, state: Path, broker: int | None, name: str
+) -> list[dict[str, object]]:
+    """Every row of one broker: the baselines, then the meterline worker's."""
+    rows: list[dict[str, object]] = []
+    packed = isolated_topics(base, bootstrap, "packed")
+    single = isolated_topics(base, bootstrap, "single")
+    packed_messages = _produce(packed, bootstrap, args.events, packing=True)
+    single_messages = _produce(single, bootstrap, args.single_events, packing=False)
+    print(
+        f"{name}: produced {args.events:,} packed events ({packed_messages:,} messages), "
+        f"{args.single_events:,} single",
+        file=sys.stderr,
+    )
+
+    if not args.meterline_only:
+        for reader in ("fastavro", "compiled reader"):
+            rows.append(_floor(bootstrap, packed, args.events, packed_messages, "packed", reader))
+            rows.append(
+                _floor(bootstrap, single, args.single_events, single_messages, "single-event", reader)
+            )
+        for kind in ("faust-bare", "faust-table"):
+            rows.append(_worker(state, bootstrap, broker, single, args.single_events, single_messages, kind))
+    if args.quix_python and not args.meterline_only:
+        rows.append(
+            _worker(
+                state,
+                bootstrap,
+                broker,
+                single,
+                args.single_events,
+                single_messages,
+                "quix",
+                args.quix_python,
+            )
+        )
+    elif not args.meterline_only:
+        print("no --quix-python: the Quix Streams row is left out", file=sys.stderr)
+    sources = [args.before.resolve(), ROOT] if args.before else [ROOT]
+
+    def meterline(
+        config: Config,
+        events: int,
+        messages: int,
+        suffix: str = "",
+        overrides: dict[str, str] | None = None,
+    ) -> None:
+        for source in sources:
+            row = _worker(
+                state,
+                bootstrap,
+                broker,
+                config,
+                events,
+                messages,
+                "meterline",
+                profile=args.profile,
+                source=source,
+                overrides=overrides,
+            )
+            row["what"] = f"{row['what']}{suffix}{' [before]' if source != ROOT else ''}"
+            rows.append(row)
+
+    meterline(packed, args.events, packed_messages, ", one day")
+    if args.exactly_once:
+        # Faust's transactions: its offsets commit in a transaction per partition (meterline's own
+        # output producer stays outside it, streams.app), beside at_least_once on the same events.
+        eos = {"METERLINE__STREAM__PROCESSING_GUARANTEE": "exactly_once"}
+        meterline(packed, args.events, packed_messages, ", one day, exactly_once", eos)
+    # The same events with the default rate card's peak meter (seats), distinct count
+    # (active_users, a first-sighting lookup per event) and level held (storage, hourly windows
+    # accruing level-seconds) folded as sums: what the kinds that do not add cost beside the
+    # adding ones (issue 37).
+    meterline(
+        packed,
+        args.events,
+        packed_messages,
+        ", one day, seats, active users and storage summed (every meter adding)",
+        {
+            "METERLINE__METERS__SEATS__AGGREGATION": "sum",
+            "METERLINE__METERS__ACTIVE_USERS__AGGREGATION": "sum",
+            "METERLINE__METERS__ACTIVE_USERS__UNIQUE_BY": '""',
+            "METERLINE__METERS__STORAGE__AGGREGATION": "sum",
+            "METERLINE__PLANS__TEAM__PRICES__STORAGE__UNIT": '"GB"',  # a sum's price is in its unit
+        },
+    )
+    meterline(single, args.single_events, single_messages)
+    # Live traffic: the same 1M events over 20 minutes of event time (3,000 windows, ~330
+    # events each), as a worker keeping up with the present sees them.
+    live = isolated_topics(base, bootstrap, "live")
+    live_messages = _produce(live, bootstrap, args.events, packing=True, span_ms=LIVE_SPAN_MS)
+    meterline(live, args.events, live_messages, ", 20 min of event time")
+    big = isolated_topics(base, bootstrap, "memory")
+    big_messages = _produce(big, bootstrap, args.memory_events, packing=True)
+    meterline(big, args.memory_events, big_messages, ", one day")
+    return rows
 
 
 def _spec(events: int, span_ms: int = DAY_MS) -> WorkloadSpec:

@@ -2,17 +2,20 @@
 Confluent's Avro serializer (magic byte 0, the 4-byte schema id, the Avro body) with the subject
 `meterline.UsageEvent` (RecordNameStrategy), the customer id as a UTF-8 string key, and the Java
 client's default partitioner (murmur2; a Go client sets librdkafka's `partitioner: murmur2_random`,
-which picks the same partitions). Neither toolchain is on this machine: the bytes are made by
-confluent-kafka's own AvroSerializer and StringSerializer, the serializers of the same family, sent
-through librdkafka (which confluent-kafka-go wraps) configured as the Go recipe says, and pinned
-to the wire format the Java serializer writes. The stream app, its registry a separate process's,
-counts them exactly."""
+which picks the same partitions). The workload's bytes are made by confluent-kafka's own
+AvroSerializer and StringSerializer, the serializers of the same family, sent through librdkafka
+(which confluent-kafka-go wraps) configured as the Go recipe says, and pinned to the wire format
+the Java serializer writes. The stream app, its registry a separate process's, counts them exactly.
+The partitioner is checked against the Java client itself: a KafkaProducer (kafka-clients from
+Maven Central) sends 10,000 customer ids to Apache Kafka."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
 import struct
+import subprocess
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -24,15 +27,18 @@ from confluent_kafka.serialization import MessageField, SerializationContext, St
 from fastavro import schemaless_writer
 
 from meterline.core.config import Config
+from meterline.core.kafka import ensure_topics
 from meterline.schemas.catalog import USAGE_EVENT, SchemaCatalog
 from meterline.schemas.datums import event_to_avro
 from meterline.schemas.partitioner import partition_for
 from meterline.schemas.records import UsageEvent
 from meterline.workload import Emission, Expected, generate
+from tests.support import apache_kafka as kraft
 from tests.support.pipeline import Workers, small_workload, wait_until_exact
 from tests.support.schema_registry import Registry, serve_registry
 
 SCHEMA = SchemaCatalog().latest(USAGE_EVENT)
+JAVA = Path(__file__).parents[1] / "support" / "java"
 
 
 @pytest.fixture
@@ -117,3 +123,26 @@ def test_events_from_java_and_go_producers_are_counted_exactly(
         workers.stop_all()
     assert result.windows_matching == result.windows_expected > 0
     assert result.dlq_found == result.dlq_expected and sum(result.dlq_found.values()) > 0
+
+
+def test_the_java_clients_default_partitioner_picks_the_sdks_partition(
+    apache_kafka: kraft.Cluster, tmp_path: Path
+) -> None:
+    """A real Java KafkaProducer (kafka-clients 4.x from Maven Central, tests/support/java) sends
+    10,000 customer ids, ASCII and not, keyed as the Java recipe keys them: the broker puts each in
+    the partition meterline's SDK and HTTP ingest pick (schemas.partitioner)."""
+    topic, partitions = f"partitions-{uuid.uuid4().hex[:8]}", 12
+    ensure_topics(apache_kafka.bootstrap, [topic], partitions)
+    ids = [f"cust-{n}" for n in range(9_990)] + [f"kunde-{c}" for c in "äöüßéñ中文日本"]
+    answered = subprocess.run(
+        ["java", "-cp", f"{kraft.JARS}/*", str(JAVA / "PartitionOf.java"), apache_kafka.bootstrap, topic],
+        input="\n".join(ids).encode(),
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
+    lines = [line.split(" ", 1) for line in answered.stdout.decode().splitlines()]
+    java = {customer: int(partition) for partition, customer in lines}
+    assert len(java) == 10_000
+    assert java == {i: partition_for(i.encode(), partitions) for i in ids}
+    assert len(set(java.values())) == partitions  # every partition taken: the ids are spread

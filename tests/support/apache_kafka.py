@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import ipaddress
 import os
 import re
 import shutil
@@ -26,6 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from meterline.core.kafka import Brokers, admin
 from tests.support.pipeline import free_port
@@ -89,11 +94,6 @@ class Secured:
 
 def make_ca(directory: Path, name: str = "meterline test CA") -> tuple[Path, Path]:
     """A CA certificate and key (PEM files) under `directory`."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -110,13 +110,6 @@ def make_ca(directory: Path, name: str = "meterline test CA") -> tuple[Path, Pat
 def sign_server(directory: Path, ca_cert: Path, ca_key: Path) -> Path:
     """A server certificate for 127.0.0.1 and localhost signed by the CA, with its key, in one PEM
     file (Kafka's PEM keystore: the key, then the chain)."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     issuer = x509.load_pem_x509_certificate(ca_cert.read_bytes())
     issuer_key = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -136,7 +129,7 @@ def sign_server(directory: Path, ca_cert: Path, ca_key: Path) -> Path:
     return path
 
 
-def _valid(builder):  # type: ignore[no-untyped-def]
+def _valid(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
     # Fixed dates: the certificates do not depend on the day the tests run (until 2036).
     start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
     return (
@@ -146,9 +139,7 @@ def _valid(builder):  # type: ignore[no-untyped-def]
     )
 
 
-def _key_bytes(key) -> bytes:  # type: ignore[no-untyped-def]
-    from cryptography.hazmat.primitives import serialization
-
+def _key_bytes(key: ec.EllipticCurvePrivateKey) -> bytes:
     return bytes(
         key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -156,9 +147,9 @@ def _key_bytes(key) -> bytes:  # type: ignore[no-untyped-def]
     )
 
 
-def _write_pem(directory: Path, stem: str, certificate, key) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
-    from cryptography.hazmat.primitives import serialization
-
+def _write_pem(
+    directory: Path, stem: str, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> tuple[Path, Path]:
     cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(_key_bytes(key))
