@@ -38,7 +38,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from meterline.core.config import Config
 from meterline.produce import produce_workload
@@ -163,7 +163,7 @@ def _rows(
             rows.append(row)
 
     meterline(packed, args.events, packed_messages, ", one day")
-    if args.exactly_once:
+    if args.exactly_once and name == "apache-kafka":
         # Faust's transactions: its offsets commit in a transaction per partition (meterline's own
         # output producer stays outside it, streams.app), beside at_least_once on the same events.
         eos = {"METERLINE__STREAM__PROCESSING_GUARANTEE": "exactly_once"}
@@ -413,9 +413,24 @@ def _worker(
     }
 
 
+# What a fresh Apache Kafka answers while it creates and loads __consumer_offsets (librdkafka does
+# not mark these retriable on committed()).
+COORDINATOR_MOVING = (
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+)
+
+
 def _committed(commits: Consumer, topic: str, partitions: int) -> int:
-    """The messages of `topic` the reader's group has committed, over all partitions."""
-    offsets = commits.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    """The messages of `topic` the reader's group has committed, over all partitions (0 while
+    Apache Kafka's group coordinator is still loading or moving: retriable)."""
+    try:
+        offsets = commits.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    except KafkaException as exc:
+        if exc.args[0].code() not in COORDINATOR_MOVING:
+            raise
+        return 0
     return sum(max(tp.offset, 0) for tp in offsets)
 
 

@@ -6,7 +6,9 @@ make (Python, Java and Go serializers alike) as the registry documents them
 - POST /subjects/{subject}/versions   register; the same schema gets the same id in every subject
 - POST /subjects/{subject}            look a schema up in a subject (404 40401 / 40403)
 - GET  /schemas/ids/{id}              the schema of an id (404 40403)
-- GET  /subjects/{subject}/versions/latest, GET /subjects
+- GET  /schemas/ids/{id}/versions     the subjects and versions an id is registered as (franz-go
+                                      asks after registering)
+- GET  /subjects/{subject}/versions/{version or latest}, GET /subjects
 
 A schema is the same when its JSON is, key order and whitespace aside (the registry compares a
 canonical form too). No compatibility checks, modes, contexts or deletes: no test needs them.
@@ -57,10 +59,24 @@ class Registry:
             **({"references": stored["references"]} if stored["references"] else {}),
         }
 
-    def latest(self, subject: str) -> tuple[int, dict[str, Any]]:
+    def versions_of(self, schema_id: int) -> tuple[int, Any]:
+        if not 0 < schema_id <= len(self.schemas):
+            return 404, {"error_code": 40403, "message": f"Schema {schema_id} not found"}
+        return 200, [
+            {"subject": subject, "version": ids.index(schema_id) + 1}
+            for subject, ids in sorted(self.subjects.items())
+            if schema_id in ids
+        ]
+
+    def version(self, subject: str, version: str) -> tuple[int, dict[str, Any]]:
+        """`version` a number from 1, or "latest"."""
         if subject not in self.subjects:
             return 404, {"error_code": 40401, "message": f"Subject '{subject}' not found."}
-        return 200, self._version(subject, len(self.subjects[subject]))
+        count = len(self.subjects[subject])
+        number = count if version == "latest" else int(version)
+        if not 0 < number <= count:
+            return 404, {"error_code": 40402, "message": f"Version {version} not found."}
+        return 200, self._version(subject, number)
 
     def _version(self, subject: str, version: int) -> dict[str, Any]:
         schema_id = self.subjects[subject][version - 1]
@@ -101,8 +117,10 @@ def _handler(registry: Registry) -> type[BaseHTTPRequestHandler]:
             path = urlsplit(self.path).path
             if found := re.fullmatch(r"/schemas/ids/(\d+)", path):
                 self._answer(*registry.by_id(int(found[1])))
-            elif found := re.fullmatch(_SUBJECT + "/versions/latest", path):
-                self._answer(*registry.latest(unquote(found[1])))
+            elif found := re.fullmatch(r"/schemas/ids/(\d+)/versions", path):
+                self._answer(*registry.versions_of(int(found[1])))
+            elif found := re.fullmatch(_SUBJECT + r"/versions/(latest|\d+)", path):
+                self._answer(*registry.version(unquote(found[1]), found[2]))
             elif path == "/subjects":
                 self._answer(200, sorted(registry.subjects))
             else:
