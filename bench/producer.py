@@ -2,6 +2,7 @@
 the SDK alone on pre-built events, and plain confluent-kafka as the same-session baseline.
 
 Run: .venv/bin/python bench/producer.py [--events 1000000] [--single-events 200000]
+     [--brokers tansu,apache-kafka]
 """
 
 from __future__ import annotations
@@ -18,40 +19,51 @@ from meterline.produce import make_producer, produce_workload
 from meterline.streams.windows import DAY_MS
 from meterline.workload import Expected, WorkloadSpec, generate
 
-from harness import local_stack, report
+from harness import broker_stack, report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--single-events", type=int, default=200_000)
+    parser.add_argument(
+        "--brokers", default="tansu", help="comma-separated, tansu and/or apache-kafka: each runs every row"
+    )
     args = parser.parse_args()
-    with local_stack("producer") as (config, bootstrap, _, _):
-        rows = []
-        start = int(time.time() * 1000) - DAY_MS
-
-        def spec(events: int) -> WorkloadSpec:
-            return WorkloadSpec(seed=1, events=events, customers=50, start_ms=start, span_ms=DAY_MS)
-
-        rows.append(_baseline(bootstrap, args.single_events))
-        cores = os.cpu_count() or 1
-        runs = [(args.events, True, 1), (args.events, True, cores), (args.single_events, False, cores)]
-        for events, packing, workers in runs:
-            ensure_topics(bootstrap, [config.topics.events], config.kafka.partitions)
-            result, _ = produce_workload(config, bootstrap, spec(events), packing=packing, workers=workers)
-            rows.append(
-                {
-                    "what": f"meterline generate ({'packed' if packing else 'single-event'}, "
-                    f"{workers} worker{'s' if workers > 1 else ''})",
-                    "events": events,
-                    "messages": result.messages,
-                    "events/s": round(result.records_per_second),
-                    "messages/s": round(result.messages_per_second),
-                }
-            )
-        for events, packing in ((args.events // 2, True), (args.single_events, False)):
-            rows.append(_sdk_only(config, bootstrap, spec(events), packing))
+    rows = []
+    for broker in args.brokers.split(","):
+        with broker_stack(broker, "producer") as (config, bootstrap, _, _):
+            found = _rows(config, bootstrap, args.events, args.single_events)
+        rows += [{"broker": broker, **row} for row in found]
     report(rows)
+
+
+def _rows(config: Config, bootstrap: str, events: int, single_events: int) -> list[dict[str, object]]:
+    rows = []
+    start = int(time.time() * 1000) - DAY_MS
+
+    def spec(count: int) -> WorkloadSpec:
+        return WorkloadSpec(seed=1, events=count, customers=50, start_ms=start, span_ms=DAY_MS)
+
+    rows.append(_baseline(bootstrap, single_events))
+    cores = os.cpu_count() or 1
+    runs = [(events, True, 1), (events, True, cores), (single_events, False, cores)]
+    for count, packing, workers in runs:
+        ensure_topics(bootstrap, [config.topics.events], config.kafka.partitions)
+        result, _ = produce_workload(config, bootstrap, spec(count), packing=packing, workers=workers)
+        rows.append(
+            {
+                "what": f"meterline generate ({'packed' if packing else 'single-event'}, "
+                f"{workers} worker{'s' if workers > 1 else ''})",
+                "events": count,
+                "messages": result.messages,
+                "events/s": round(result.records_per_second),
+                "messages/s": round(result.messages_per_second),
+            }
+        )
+    for count, packing in ((events // 2, True), (single_events, False)):
+        rows.append(_sdk_only(config, bootstrap, spec(count), packing))
+    return rows
 
 
 def _baseline(bootstrap: str, messages: int) -> dict[str, object]:

@@ -16,9 +16,9 @@ core: on two cores shared by both, it tells a worker that waits from one that co
 
 Run: .venv/bin/python bench/stream.py [--events 1000000] [--single-events 200000] [--memory-events 5000000]
      [--quix-python PATH] [--meterline-only] [--profile DIR] [--before DIR]
-     [--brokers tansu,apache-kafka] [--exactly-once]
+     [--brokers tansu,apache-kafka]
 (--brokers runs every row on each broker in turn, in one run: the ratios between brokers and rows
-are of one session; --exactly-once adds a packed row with Faust's exactly_once.)
+are of one session.)
 (--profile samples each meterline worker with py-spy, if installed, into DIR as collapsed stacks;
 --before runs every meterline row a second time, just before, with the worker of another checkout,
 e.g. `git worktree add /tmp/before <commit>` with its compiled reader built or copied in, so that
@@ -73,12 +73,6 @@ def _arguments() -> argparse.ArgumentParser:
         default="tansu",
         help="comma-separated, each running every row: tansu (the local stack) and/or apache-kafka "
         "(4.x from its jars, tests/support/apache_kafka.py; ./run.sh test copies them)",
-    )
-    parser.add_argument(
-        "--exactly-once",
-        action="store_true",
-        help="a packed row with Faust's exactly_once beside at_least_once (Apache Kafka: tansu's "
-        "transactions do not hold, DESIGN §7)",
     )
     parser.add_argument(
         "--before", type=Path, help="a checkout whose meterline worker runs beside each meterline row"
@@ -163,11 +157,6 @@ def _rows(
             rows.append(row)
 
     meterline(packed, args.events, packed_messages, ", one day")
-    if args.exactly_once and name == "apache-kafka":
-        # Faust's transactions: its offsets commit in a transaction per partition (meterline's own
-        # output producer stays outside it, streams.app), beside at_least_once on the same events.
-        eos = {"METERLINE__STREAM__PROCESSING_GUARANTEE": "exactly_once"}
-        meterline(packed, args.events, packed_messages, ", one day, exactly_once", eos)
     # The same events with the default rate card's peak meter (seats), distinct count
     # (active_users, a first-sighting lookup per event) and level held (storage, hourly windows
     # accruing level-seconds) folded as sums: what the kinds that do not add cost beside the

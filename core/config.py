@@ -128,7 +128,7 @@ class WindowsConfig:
 class StreamConfig:
     app_id: str
     """Faust's application id: the consumer group and the prefix of the state's changelog topic."""
-    processing_guarantee: Literal["at_least_once", "exactly_once"]
+    processing_guarantee: Literal["at_least_once"]
     store: str
     """Where window and dedup state lives between changelog writes: rocksdb:// or memory://."""
     commit_interval_seconds: float

@@ -299,13 +299,12 @@ def build_app(config: Config, bootstrap: Kafka, data_dir: Path) -> tuple[faust.A
 
 
 def _deliver_ours_before_commits(app: faust.App, runtime: StreamRuntime, output: Output) -> None:
-    # Before every commit Faust awaits its producer: flush() at_least_once, commit_transactions()
-    # exactly_once (its own producer; ours stays outside the transaction). Write the state behind
-    # and deliver our writes first. Faust chose the offsets to commit before it called this, so
-    # records processed while the flush runs are neither in the write nor in the commit.
+    # Before every commit Faust awaits its producer's flush() (at_least_once, the only guarantee
+    # meterline runs). Write the state behind and deliver our writes first. Faust chose the offsets
+    # to commit before it called this, so records processed while the flush runs are neither in the
+    # write nor in the commit.
     faust_producer = app.producer
     faust_flush = faust_producer.flush
-    faust_commit_transactions = faust_producer.commit_transactions
 
     async def deliver_ours() -> None:
         runtime.write_behind()
@@ -315,12 +314,7 @@ def _deliver_ours_before_commits(app: faust.App, runtime: StreamRuntime, output:
         await deliver_ours()
         await faust_flush()
 
-    async def commit_transactions_after_ours(*args: Any, **kwargs: Any) -> None:
-        await deliver_ours()
-        await faust_commit_transactions(*args, **kwargs)
-
     faust_producer.flush = flush_then_commit  # type: ignore[method-assign]
-    faust_producer.commit_transactions = commit_transactions_after_ours  # type: ignore[method-assign]
 
 
 def _add_timers_and_rebalance_hooks(

@@ -305,3 +305,15 @@ def test_two_meters_reporting_into_one_stripe_meter_are_refused(tmp_path: Path) 
     )
     why = found["meters.calls_v2.stripe_event_name"]
     assert why.startswith("meters calls and calls_v2 would report into one Stripe meter")
+
+
+def test_exactly_once_is_refused_with_the_evidence() -> None:
+    """Faust's exactly_once ran on Apache Kafka 4.1.1: exact through SIGKILLs, but after a rebalance
+    its transactions fenced the surviving worker's producer and stopped the worker (README, "The
+    stream app"), and it never covered meterline's own writes."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"METERLINE__STREAM__PROCESSING_GUARANTEE": "exactly_once"})
+    [problem] = caught.value.problems
+    assert problem.field == "stream.processing_guarantee"
+    assert "fenced the surviving worker's producer" in problem.why and "use at_least_once" in problem.why
+    assert load_config(None, {}).stream.processing_guarantee == "at_least_once"
