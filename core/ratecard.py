@@ -45,3 +45,27 @@ class Plan:
     currency: Currency
     base_fee: Decimal
     prices: Mapping[str, MeterPrice]
+
+
+def terms(price: MeterPrice, currency: Currency, usage_unit: str) -> str:
+    """How a price bills, in words, as `config check` shows the rate card: "500000 call included,
+    then 0.001 usd per call"; "graduated: up to 1000 at 0.01 usd, then at 0.005 usd per 1K tokens
+    (1000 token each)". Quantities are in the billed unit. Pure."""
+    code, unit = currency.code, price.billed_unit
+    if price.tiers:
+        steps = [
+            (f"up to {t.up_to:f}" if t.up_to is not None else "then")
+            + f" at {t.unit_price:f} {code}"
+            + (f" + {t.flat_fee:f} {code} flat" if t.flat_fee else "")
+            for t in price.tiers
+        ]
+        text = f"{price.tiers_mode}: {', '.join(steps)} per {unit}"
+    else:
+        text = f"{price.overage_price or 0:f} {code} per {unit}"
+    if price.per != 1:
+        text += f" ({price.per:f} {usage_unit} each)"
+    if price.included:
+        text = f"{price.included:f} {unit} included, then {text}"
+    if not price.billed_by_stripe:
+        text += "; not billed through Stripe"
+    return text

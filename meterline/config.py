@@ -7,6 +7,7 @@ $METERLINE_CONFIG, ./meterline.toml, or /etc/meterline/meterline.toml), then the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from typing import Any
 
 from meterline.config_alerts import build_alerts
 from meterline.config_checks import (
+    EnvValue,
     Section,
 )
 from meterline.config_ratecard import build_meters, build_plans, legacy_levels, plan_history
@@ -70,11 +72,17 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         if "meters" in user or "plans" in user:  # ...and the example plans, which price them
             raw.pop("plans")
         _merge(raw, user)
-    _apply_env(raw, env, problems)
+    overridden = _apply_env(raw, env, problems)
     config = _build(raw, problems, source)
     if problems:
-        raise ConfigError(problems, source)
+        named = [_naming_its_variable(problem, overridden) for problem in problems]
+        raise ConfigError(named, f"{source} and the environment" if overridden else source)
     return config
+
+
+def _naming_its_variable(problem: ConfigProblem, overridden: Mapping[str, str]) -> ConfigProblem:
+    variable = overridden.get(problem.field)
+    return dataclasses.replace(problem, why=f"{problem.why} (set by {variable})") if variable else problem
 
 
 def _default_path(env: Mapping[str, str]) -> Path | None:
@@ -93,10 +101,13 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> None:
             base[key] = value
 
 
-def _apply_env(raw: dict[str, Any], env: Mapping[str, str], problems: list[ConfigProblem]) -> None:
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str], problems: list[ConfigProblem]) -> dict[str, str]:
+    """Put the environment's overrides into `raw`; returns each overridden field's variable."""
+    overridden: dict[str, str] = {}
     for name, (section, key) in ENV_ALIASES.items():
         if name in env:
-            raw.setdefault(section, {})[key] = env[name]
+            raw.setdefault(section, {})[key] = EnvValue(env[name])
+            overridden[f"{section}.{key}"] = name
     for name, text in env.items():
         if not name.startswith(ENV_PREFIX):
             continue
@@ -107,15 +118,9 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str], problems: list[Confi
         table = raw
         for part in path[:-1]:
             table = table.setdefault(part, {})
-        table[path[-1]] = _parse_env_value(text)
-
-
-def _parse_env_value(text: str) -> Any:
-    """TOML value syntax where it parses (numbers, booleans, arrays), else the plain string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+        table[path[-1]] = EnvValue(text)  # typed by the field that reads it
+        overridden[".".join(path)] = name
+    return overridden
 
 
 def _build(raw: dict[str, Any], problems: list[ConfigProblem], source: str) -> Config:

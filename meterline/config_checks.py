@@ -4,6 +4,7 @@ each problem recorded with its field, value and why, never stopping at the first
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -13,6 +14,27 @@ from meterline.core.config import ConfigProblem, Secret
 from meterline.core.currencies import UnknownCurrency, currency
 
 
+class EnvValue(str):
+    """An override's text as the environment gave it: typed by the field that reads it
+    (Section.get), not by how it looks."""
+
+    def typed(self, kind: type | tuple[type, ...]) -> Any:
+        """The text as the field's kind: TOML value syntax where it gives that kind (`5`, `true`,
+        `["a"]`, `"quoted"`), else the text itself for a string field (`123456` as a password)."""
+        try:
+            parsed = tomllib.loads(f"v = {self}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = None
+        wanted = kind if isinstance(kind, tuple) else (kind,)
+        if (
+            parsed is not None
+            and isinstance(parsed, wanted)
+            and (bool in wanted or not isinstance(parsed, bool))
+        ):
+            return parsed
+        return str(self) if str in wanted or parsed is None else parsed
+
+
 class Section:
     """Reads one table, recording type errors and unknown keys instead of stopping at the first."""
 
@@ -20,6 +42,8 @@ class Section:
         self.name = name
         self.problems = problems
         table = raw.get(name, {})
+        if isinstance(table, EnvValue):  # a whole table from one variable: `{ unit = "call" }`
+            table = table.typed(dict)
         if not isinstance(table, dict):
             self.problem("", table, "must be a table")
             table = {}
@@ -40,6 +64,8 @@ class Section:
     ) -> Any:
         self.seen.add(key)
         value = self.table.get(key, fallback)
+        if isinstance(value, EnvValue):
+            value = value.typed(kind)
         shown = Secret(str(value)) if secret else value
         ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
         if not ok:

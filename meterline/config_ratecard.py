@@ -91,7 +91,8 @@ def build_plans(
             if meter not in meters:
                 p.problem("", meter, f"no meter {meter!r} in [meters]")
             expected_unit = meters[meter].usage_unit if meter in meters else ""
-            p.get("unit", str, expected_unit, unit_check(expected_unit))
+            # An unknown meter is one problem: its unit is not checked against a unit it lacks.
+            p.get("unit", str, expected_unit, unit_check(expected_unit) if meter in meters else None)
             tiers_mode = p.get(
                 "tiers_mode",
                 str,

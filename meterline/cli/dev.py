@@ -15,6 +15,7 @@ from meterline.cli.common import (
 from meterline.config_sections import dedup_promise
 from meterline.core.config import ConfigError
 from meterline.core.kafka import Brokers, security_properties
+from meterline.core.ratecard import terms
 from meterline.table import render
 
 if TYPE_CHECKING:
@@ -73,6 +74,18 @@ def _config_check(args: argparse.Namespace) -> int:
         }
         for m in config.meters.values()
     ]
+    # The rate card as it will bill: a row per plan and meter (the base fee on the plan's first row).
+    plans = [
+        {
+            "plan": plan.name,
+            "currency": plan.currency.code,
+            "base fee": str(plan.base_fee) if n == 0 else "",
+            "meter": meter,
+            "price": terms(price, plan.currency, config.meters[meter].usage_unit),
+        }
+        for plan in config.plans.values()
+        for n, (meter, price) in enumerate(plan.prices.items())
+    ]
     kafka = Brokers(config.kafka.bootstrap or "(the local stack)", security_properties(config.kafka))
     dedup = {"horizon_days": config.windows.dedup_horizon_days, "promise": dedup_promise(config.windows)}
     if args.json:
@@ -82,6 +95,7 @@ def _config_check(args: argparse.Namespace) -> int:
             "kafka": kafka.redacted(),
             "dedup": dedup,
             "meters": meters,
+            "plans": plans,
         }
         print(json.dumps(document, indent=2))
     else:
@@ -95,6 +109,8 @@ def _config_check(args: argparse.Namespace) -> int:
         )
         print(f"dedup: {dedup['promise']}")
         print(render(meters))
+        print()
+        print(render(plans))
     return 0
 
 

@@ -75,9 +75,12 @@ def test_unknown_keys_sections_and_types_are_named() -> None:
             },
         )
     text = str(caught.value)
-    assert "windows.size_minute = 5: unknown key" in text
+    assert (
+        "windows.size_minute = '5': unknown key" in text
+        and "(set by METERLINE__WINDOWS__SIZE_MINUTE)" in text
+    )
     assert "kafka.partitions = 'many': must be an integer" in text
-    assert "colour = {'red': 1}: unknown section" in text
+    assert "colour = {'red': '1'}: unknown section" in text
 
 
 def test_secrets_are_never_printed(tmp_path: Path) -> None:
@@ -182,7 +185,7 @@ def test_the_dedup_horizon_is_the_lateness_horizon_unless_shortened_to_a_day_or_
             },
         )
     assert [(p.field, p.value) for p in caught.value.problems] == [
-        ("windows.dedup_retention_seconds", 3600),
+        ("windows.dedup_retention_seconds", "3600"),  # as the environment gave it
         ("windows.dedup_horizon_days", 0),
     ]
     assert "replaced by windows.dedup_horizon_days" in caught.value.problems[0].why
@@ -221,7 +224,8 @@ def test_config_check_bounds_what_stripe_bounds() -> None:
         )
     whys = {p.field: p.why for p in caught.value.problems}
     assert whys["meters.api_calls.stripe_event_name"] == (
-        "is 101 characters: Stripe's meter event names take at most 100"
+        "is 101 characters: Stripe's meter event names take at most 100 "
+        "(set by METERLINE__METERS__API_CALLS__STRIPE_EVENT_NAME)"
     )
     assert whys[f"plans.{long_plan}"].startswith(
         f"the price lookup key 'meterline_{long_plan}_api_calls' is 210"
@@ -317,3 +321,51 @@ def test_exactly_once_is_refused_with_the_evidence() -> None:
     assert problem.field == "stream.processing_guarantee"
     assert "fenced the surviving worker's producer" in problem.why and "use at_least_once" in problem.why
     assert load_config(None, {}).stream.processing_guarantee == "at_least_once"
+
+
+def test_an_environment_override_is_typed_by_its_field_and_named_in_its_problem() -> None:
+    config = load_config(
+        None,
+        {
+            "METERLINE__NOTICES__SMTP_PASSWORD": "123456",  # a string field: digits stay a string
+            "METERLINE__KAFKA__PARTITIONS": "6",
+            "METERLINE__CLICKHOUSE__RAW_EVENTS": "true",
+            "METERLINE__METERS__ACTIVE_USERS__UNIQUE_BY": '"account"',  # TOML's quoted string still works
+        },
+    )
+    assert config.notices.smtp_password.reveal() == "123456"
+    assert config.kafka.partitions == 6 and config.clickhouse.raw_events is True
+    assert config.meters["active_users"].unique_by == "account"
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"METERLINE__KAFKA__PARTITIONS": "many", "KAFKA_SASL_PASSWORD": "left-over"})
+    assert {str(p) for p in caught.value.problems} >= {
+        "kafka.partitions = 'many': must be an integer (set by METERLINE__KAFKA__PARTITIONS)",
+    }
+    assert any("(set by KAFKA_SASL_PASSWORD)" in str(p) for p in caught.value.problems)
+
+
+def test_a_price_for_an_unknown_meter_is_one_problem() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            None,
+            {"METERLINE__PLANS__TEAM__PRICES__NO_SUCH_METER": '{ unit = "call", overage_price = "0.01" }'},
+        )
+    about = [str(p) for p in caught.value.problems if "no_such_meter" in p.field]
+    assert about == [
+        "plans.team.prices.no_such_meter = 'no_such_meter': no meter 'no_such_meter' in [meters] "
+        "(set by METERLINE__PLANS__TEAM__PRICES__NO_SUCH_METER)"
+    ]
+
+
+def test_config_check_shows_the_rate_card_as_it_will_bill() -> None:
+    shown = meterline("config", "check", "--json")
+    assert shown.returncode == 0, shown.stderr
+    plans = {(row["plan"], row["meter"]): row for row in json.loads(shown.stdout)["plans"]}
+    assert plans[("team", "api_calls")]["price"] == "500000 call included, then 0.001 usd per call"
+    assert plans[("team", "storage")]["price"] == "0.10 usd per GB-month (2592000 GB-second each)"
+    assert plans[("standard", "compute_ms")]["price"] == (
+        "graduated: up to 3600000 at 0 usd, then at 0.0000001 usd per millisecond"
+    )
+    assert plans[("team", "seats")]["base fee"] == "" and any(
+        row["base fee"] == "29" for (plan, _), row in plans.items() if plan == "team"
+    )
