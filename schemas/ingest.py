@@ -21,6 +21,7 @@ import json
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message
@@ -35,7 +36,7 @@ from meterline.schemas.ingest_openapi import openapi
 from meterline.schemas.partitioner import partition_for
 from meterline.schemas.records import UsageEvent
 from meterline.schemas.serde import AvroSerde
-from meterline.schemas.validation import MeterRules, check_event
+from meterline.schemas.validation import MeterRules, check_event, check_timing
 
 PATH = "/v1/events"
 DELIVERY_TIMEOUT_S = 10.0
@@ -68,11 +69,15 @@ def key_digest(key: str) -> str:
 
 
 class Ingest:
-    def __init__(self, config: Config, bootstrap: Kafka) -> None:
+    def __init__(self, config: Config, bootstrap: Kafka, clock: Callable[[], float] = time.time) -> None:
+        """`clock`: what its records will be stamped with (the broker's CreateTime), in seconds."""
         self.config = config
+        self._clock = clock
         self.topic = config.topics.events
         self._units = config.meter_units
         self._meter_rules = MeterRules.of(declared_of(config.meters).values())
+        self._lateness_ms = config.windows.max_lateness_days * 86_400_000
+        self._skew_ms = config.windows.max_clock_skew_seconds * 1000
         self._serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
         self._partitions = partition_count(bootstrap, self.topic)
         self._producer = idempotent_producer(
@@ -117,7 +122,7 @@ class Ingest:
             return Response.error(
                 413, f"{len(documents)} events: at most {self.config.ingest.max_events_per_request}"
             )
-        results, accepted = self._judge(documents)
+        results, accepted = self._judge(documents, int(self._clock() * 1000))
         undelivered = self._deliver(accepted)
         for index, event in accepted:
             results[index] = {
@@ -150,7 +155,9 @@ class Ingest:
                 found = source
         return found
 
-    def _judge(self, documents: list[Any]) -> tuple[list[dict[str, Any]], list[tuple[int, UsageEvent]]]:
+    def _judge(
+        self, documents: list[Any], now_ms: int
+    ) -> tuple[list[dict[str, Any]], list[tuple[int, UsageEvent]]]:
         results: list[dict[str, Any]] = [{} for _ in documents]
         accepted = []
         for index, document in enumerate(documents):
@@ -160,7 +167,12 @@ class Ingest:
             except CloudEventError as exc:
                 results[index] = _refused(event_id, exc.field, "malformed", exc.why)
                 continue
-            invalid = check_event(event, self._units) or self._meter_rules.check(event)
+            invalid = (
+                check_event(event, self._units)
+                or self._meter_rules.check(event)
+                # As the stream will judge it: against its record's timestamp, which is now.
+                or check_timing(event.timestamp, now_ms, self._lateness_ms, self._skew_ms)
+            )
             if invalid is not None:
                 results[index] = _refused(event_id, invalid.field, str(invalid.reason), invalid.detail)
                 continue

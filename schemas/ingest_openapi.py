@@ -68,6 +68,12 @@ def event_schema(config: Config) -> dict[str, Any]:
                 "type": "string",
                 "format": "date-time",
                 "pattern": "^(19(7[1-9]|[89][0-9])|[2-9][0-9]{3})-",
+                "description": (
+                    f"the event's time: at most {config.windows.max_lateness_days} days before the "
+                    f"server's clock (else refused too_late) and at most "
+                    f"{config.windows.max_clock_skew_seconds} s after it (too_far_future), as the "
+                    "stream judges it"
+                ),
             },
             "datacontenttype": {"const": "application/json"},
             "data": {

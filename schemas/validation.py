@@ -40,8 +40,11 @@ def check_event(event: UsageEvent, meter_units: Mapping[str, str]) -> InvalidEve
 
 
 def _why_invalid(event: UsageEvent, meter_units: Mapping[str, str]) -> InvalidEventError | None:
-    """The first rule `event` breaks, in the order the SDK reports them."""
+    """The first rule `event` breaks, in the order the SDK reports them: an unknown meter before an
+    empty unit, which only a declared meter could have told."""
     for name in _REQUIRED_TEXT:
+        if name == "unit" and event.meter not in meter_units:
+            return _unknown_meter(event, meter_units)
         if not getattr(event, name):
             return InvalidEventError(
                 RejectReason.MISSING_FIELD, name, getattr(event, name), "must not be empty"
@@ -56,10 +59,7 @@ def _why_invalid(event: UsageEvent, meter_units: Mapping[str, str]) -> InvalidEv
         )
     unit = meter_units.get(event.meter)
     if unit is None:
-        known = ", ".join(sorted(meter_units)) or "none"
-        return InvalidEventError(
-            RejectReason.UNKNOWN_METER, "meter", event.meter, f"not a declared meter (declared: {known})"
-        )
+        return _unknown_meter(event, meter_units)
     if event.unit != unit:
         return InvalidEventError(
             RejectReason.UNIT_MISMATCH, "unit", event.unit, f"meter {event.meter!r} is counted in {unit!r}"
@@ -133,6 +133,13 @@ class MeterRules:
                 f"{MAX_LEVEL:,} is more than a Stripe meter value's 15 digits: report it in a larger unit",
             )
         return None
+
+
+def _unknown_meter(event: UsageEvent, meter_units: Mapping[str, str]) -> InvalidEventError:
+    known = ", ".join(sorted(meter_units)) or "none"
+    return InvalidEventError(
+        RejectReason.UNKNOWN_METER, "meter", event.meter, f"not a declared meter (declared: {known})"
+    )
 
 
 def require_valid(event: UsageEvent, meter_units: Mapping[str, str], rules: MeterRules | None = None) -> None:

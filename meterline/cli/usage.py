@@ -82,6 +82,7 @@ def register(commands: Any) -> None:
 def _emit(args: argparse.Namespace) -> int:
     from meterline.produce import make_producer
     from meterline.schemas.delivery import DeliveryReport
+    from meterline.schemas.validation import MeterRules, check_event, check_timing
 
     config = load(args)
     meter = declared_of(config.meters).get(args.meter)
@@ -95,6 +96,22 @@ def _emit(args: argparse.Namespace) -> int:
         source=args.source,
         attributes=dict(args.attr),
     )
+    # Judged before the broker is asked anything, as the stream will judge it (its record is
+    # stamped now): a mistake is named even where Kafka is down.
+    now_ms = int(time.time() * 1000)
+    invalid = (
+        check_event(event, config.meter_units)
+        or MeterRules.of(declared_of(config.meters).values()).check(event)
+        or check_timing(
+            event.timestamp,
+            now_ms,
+            config.windows.max_lateness_days * 86_400_000,
+            config.windows.max_clock_skew_seconds * 1000,
+        )
+    )
+    if invalid is not None:
+        print(f"error: not sent: {invalid}", file=sys.stderr)
+        return 1
     reports: list[DeliveryReport] = []
     with make_producer(
         config, devstack.kafka_brokers(config), packing=False, on_delivery=reports.append

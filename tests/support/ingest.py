@@ -8,6 +8,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,10 @@ from meterline.schemas.ingest import key_digest
 from tests.support.pipeline import free_port, start_meterline
 
 KEY = "ml_test_key_7c2f90"
+# The start of the hour an hour ago: what the door accepts today (within the lateness horizon,
+# not ahead of the clock), so the events do not age out of the tests.
+HOUR_AGO_MS = int((time.time() // 3600 - 1) * 3_600_000)
+HOUR_AGO = datetime.fromtimestamp(HOUR_AGO_MS / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def cloud_event(n: int, **data: Any) -> dict[str, Any]:
@@ -25,7 +30,7 @@ def cloud_event(n: int, **data: Any) -> dict[str, Any]:
         "source": "//billing-svc",
         "type": "com.acme.usage.api_calls",
         "subject": f"cust-{n % 3}",
-        "time": "2026-12-01T10:00:00Z",
+        "time": HOUR_AGO,
         "data": {"quantity": n, "attributes": {"status": "200"}, **data},
     }
 
