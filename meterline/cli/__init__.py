@@ -37,11 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except UsageError as exc:
-        if "--json" in argv:
-            print(json.dumps({"ok": False, "error": str(exc), "kind": "UsageError"}))
-        else:
-            print(f"{exc.usage}meterline: error: {exc}", file=sys.stderr)
-        return 2
+        return _usage_error(exc, argv)
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
@@ -53,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return forward.forward(running, argv)
         code: int = args.run(args)
         return code
+    except UsageError as exc:  # a command's own check of its arguments (`args.parser.error`)
+        return _usage_error(exc, argv)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -61,6 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _usage_error(exc: UsageError, argv: Sequence[str]) -> int:
+    if "--json" in argv:
+        print(json.dumps({"ok": False, "error": str(exc), "kind": "UsageError"}))
+    else:
+        print(f"{exc.usage}meterline: error: {exc}", file=sys.stderr)
+    return 2
 
 
 def _parser() -> argparse.ArgumentParser:

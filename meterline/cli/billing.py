@@ -70,7 +70,7 @@ def register(commands: Any) -> None:
     )
     quote.add_argument("--currency", help="the plan's currency, stated to check it (no conversion)")
     quote.add_argument("--json", action="store_true")
-    quote.set_defaults(run=_invoice_quote)
+    quote.set_defaults(run=_invoice_quote, parser=quote)
 
 
 def _stripe_sync(args: argparse.Namespace) -> int:
@@ -189,19 +189,23 @@ def _invoice_quote(args: argparse.Namespace) -> int:
         )
     usage: dict[str, int] = {}
     problems = []
-    for text in args.usage:
-        meter, _, quantity = text.partition("=")
-        if meter not in plan.prices:
+    for text in args.usage:  # every problem at once, each naming its argument
+        meter, equals, quantity = text.partition("=")
+        if not equals:
+            problems.append(f"--usage {text!r}: expected METER=QUANTITY, e.g. {text}=1200000")
+        elif meter not in plan.prices:
             problems.append(f"--usage {text!r}: plan {plan.name!r} prices no meter {meter!r}")
         elif not quantity.isdigit():
             unit = config.meters[meter].unit if meter in config.meters else "base unit"
             problems.append(
                 f"--usage {text!r}: the quantity is a whole number of {unit}s, e.g. {meter}=1200000"
             )
+        elif meter in usage:
+            problems.append(f"--usage {text!r}: {meter} given twice; state each meter's usage once")
         else:
-            usage[meter] = usage.get(meter, 0) + int(quantity)
+            usage[meter] = int(quantity)
     if problems:
-        raise MeterlineError("; ".join(problems))
+        args.parser.error("; ".join(problems))  # argument errors exit 2, as argparse's own
     heading = f"Quote on plan {plan.name} for " + (
         ", ".join(f"{m} {q:,} ({config.meters[m].usage_unit})" for m, q in usage.items()) or "no usage"
     )

@@ -128,10 +128,15 @@ def test_a_quote_prices_the_usage_stated_with_the_preview_s_lines_and_no_clickho
 
 
 def test_a_quote_names_each_bad_argument() -> None:
-    refused = quote("--plan", "standard", "--usage", "gpu_hours=5", "--usage", "api_calls=1.5")
-    assert refused.returncode == 1
+    refused = quote(
+        "--plan", "standard", "--usage", "gpu_hours=5", "--usage", "api_calls=1.5", "--usage", "egress_bytes",
+        "--usage", "compute_ms=1", "--usage", "compute_ms=2",
+    )  # fmt: skip
+    assert refused.returncode == 2  # argument errors, as argparse's own: every one at once
     assert "--usage 'gpu_hours=5': plan 'standard' prices no meter 'gpu_hours'" in refused.stderr
     assert "--usage 'api_calls=1.5': the quantity is a whole number of calls" in refused.stderr
+    assert "--usage 'egress_bytes': expected METER=QUANTITY, e.g. egress_bytes=1200000" in refused.stderr
+    assert "--usage 'compute_ms=2': compute_ms given twice" in refused.stderr
     wrong = quote("--plan", "standard", "--currency", "eur")
     assert "plan 'standard' is priced in usd" in wrong.stderr and wrong.returncode == 1
     assert "no such plan" in quote("--plan", "gold").stderr
