@@ -31,6 +31,13 @@ def register(commands: Any) -> None:
         "sync", help="create the meters and products the configured meters need"
     )
     sync.add_argument("--dry-run", action="store_true", help="show what would be created, change nothing")
+    sync.add_argument(
+        "--give-up-after",
+        type=float,
+        default=120,
+        metavar="SECONDS",
+        help="how long Stripe may fail to answer before sync exits 2 (default 120)",
+    )
     sync.add_argument("--json", action="store_true")
     sync.set_defaults(run=_stripe_sync)
     customers = stripe_commands.add_parser(
@@ -76,11 +83,14 @@ def register(commands: Any) -> None:
 def _stripe_sync(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from meterline.sinks.stripe.calls import caller_for
+    from meterline.sinks.stripe.calls import StripeUnavailableError, caller_for
     from meterline.sinks.stripe.catalog.sync import refused, sync
 
     config = load(args)
-    made = sync(config, caller_for(config), dry_run=args.dry_run)
+    try:
+        made = sync(config, caller_for(config, give_up_after_s=args.give_up_after), dry_run=args.dry_run)
+    except StripeUnavailableError as exc:  # what was made before stays made: sync again later
+        return cannot_run("stripe sync", exc, args.json)
     changes = [dataclasses.asdict(c) for c in made]
     print(json.dumps(changes) if args.json else render(changes))
     return 1 if refused(made) else 0

@@ -79,3 +79,16 @@ def test_reconcile_exits_2_on_bad_arguments_with_json_errors(tmp_path: Path) -> 
         "error": "argument --threshold: invalid int value: 'many'",
         "kind": "UsageError",
     }
+
+
+def test_stripe_sync_gives_up_on_an_unreachable_stripe_and_exits_2() -> None:
+    """It retried forever (272 retries in 300 s, issue 40): now `--give-up-after` bounds it, as
+    reconcile's does, and what was made before stays made for the next sync."""
+    env = {
+        "STRIPE_API_KEY": "sk_test_unreachable",
+        "METERLINE__STRIPE__API_BASE": f"http://127.0.0.1:{free_port()}",
+    }
+    gave_up = meterline("stripe", "sync", "--give-up-after", "1", "--json", env=env)
+    assert gave_up.returncode == 2, gave_up.stderr
+    answer = json.loads(gave_up.stdout)
+    assert answer["ok"] is False and "Stripe did not answer for 1 s" in answer["error"]
