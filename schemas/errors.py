@@ -54,3 +54,7 @@ class InvalidEventError(MeterlineError):
 
 class TopicNotFoundError(MeterlineError):
     """The topic events are produced to does not exist on the broker."""
+
+
+class BrokerUnreachableError(MeterlineError):
+    """No broker answered: down, a wrong address, or a connection refused for its security."""

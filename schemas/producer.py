@@ -21,7 +21,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from meterline.schemas.delivery import DeliveryFailedError, DeliveryReport
-from meterline.schemas.errors import TopicNotFoundError
+from meterline.schemas.errors import BrokerUnreachableError, TopicNotFoundError
 from meterline.schemas.partitioner import partition_for
 from meterline.schemas.records import UsageEvent
 from meterline.schemas.serde import AvroSerde
@@ -49,6 +49,10 @@ class _PendingBatch:
     size: int = _BATCH_OVERHEAD
 
 
+METADATA_TIMEOUT_S = 15.0
+"""How long the producer waits for the brokers' first answer (the topic's partitions) at start."""
+
+
 class UsageProducer:
     def __init__(
         self,
@@ -74,6 +78,7 @@ class UsageProducer:
         self._serde = AvroSerde.from_registry_url(registry_url)
         self._packing = packing or PackingPolicy()
         self._on_delivery = on_delivery
+        self._bootstrap = bootstrap
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -224,9 +229,14 @@ class UsageProducer:
 
     def _partition_count(self) -> int:
         try:
-            metadata = self._producer.list_topics(self.topic, timeout=15)
+            metadata = self._producer.list_topics(self.topic, timeout=METADATA_TIMEOUT_S)
         except KafkaException as exc:
-            raise TopicNotFoundError(f"cannot read metadata of topic {self.topic!r}: {exc}") from exc
+            # No answer at all is the brokers', not the topic's (the topic is not known either way).
+            raise BrokerUnreachableError(
+                f"no Kafka broker at {self._bootstrap} answered within {METADATA_TIMEOUT_S:g} s "
+                f"({exc.args[0].str()}): is it up, is the address right, does its listener expect "
+                "security (security.protocol, sasl.*, ssl.* in kafka_config)?"
+            ) from exc
         topic = metadata.topics.get(self.topic)
         if topic is None or topic.error is not None or not topic.partitions:
             reason = topic.error if topic is not None else "not in the metadata"

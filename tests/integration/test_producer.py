@@ -10,8 +10,9 @@ import pytest
 from meterline import devstack
 from meterline.core.config import Config
 from meterline.core.kafka import ensure_topics
+from meterline.schemas import producer as producer_module
 from meterline.schemas.delivery import DeliveryFailedError, DeliveryReport
-from meterline.schemas.errors import InvalidEventError, RejectReason
+from meterline.schemas.errors import BrokerUnreachableError, InvalidEventError, RejectReason
 from meterline.schemas.partitioner import murmur2, partition_for
 from meterline.schemas.producer import PackingPolicy, UsageProducer
 from meterline.schemas.records import UsageEvent
@@ -19,6 +20,7 @@ from meterline.schemas.serde import AvroSerde
 from tests.conftest import broker_config
 from tests.support.apache_kafka import on_apache_kafka  # noqa: F401  (this module runs on Apache Kafka)
 from tests.support.kafka import read_messages
+from tests.support.pipeline import free_port
 
 UNITS = {"api_calls": "call", "egress_bytes": "byte"}
 NOW = int(time.time() * 1000)
@@ -204,3 +206,14 @@ def test_a_delivery_callback_gets_the_failures_instead(tmp_path: Path) -> None:
     failed = sorted(e.event_id for r in reports if r.error is not None for e in r.events)
     assert delivered == ["e-1"]
     assert failed == sorted(f"e-{n}" for n in range(2, 12))
+
+
+def test_no_broker_is_named_as_such_not_as_a_missing_topic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing listening, the SDK said TopicNotFoundError (issue 40): the brokers are what is
+    missing, and the error says where it looked and what to check."""
+    monkeypatch.setattr(producer_module, "METADATA_TIMEOUT_S", 1.0)
+    nowhere = f"127.0.0.1:{free_port()}"
+    with pytest.raises(BrokerUnreachableError) as caught:
+        UsageProducer(nowhere, "usage.events", {"api_calls": "call"})
+    assert f"no Kafka broker at {nowhere} answered within 1 s" in str(caught.value)
+    assert "security.protocol" in str(caught.value)
