@@ -91,6 +91,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _serves(pattern: str, path: str) -> bool:
+    return path == pattern or (pattern.endswith("*") and path.startswith(pattern[:-1]))
+
+
 def dispatch(routes: Mapping[str, Route]) -> Route:
     """One route for a table of "METHOD /path" (exact) and "METHOD /path/*" (everything under it);
     the longest prefix wins."""
@@ -101,9 +105,16 @@ def dispatch(routes: Mapping[str, Route]) -> Route:
         if exact is not None:
             return exact(request)
         prefixes = [k for k in routes if k.endswith("*") and key.startswith(k[:-1])]
-        if not prefixes:
-            return Response.error(404, f"no route for {request.method} {request.path}")
-        return routes[max(prefixes, key=len)](request)
+        if prefixes:
+            return routes[max(prefixes, key=len)](request)
+        allowed = sorted({k.split(" ", 1)[0] for k in routes if _serves(k.split(" ", 1)[1], request.path)})
+        if allowed:  # RFC 9110 §15.5.6: a 405 names the methods the path takes
+            return Response.error(
+                405,
+                f"{request.method} {request.path}: the path takes {', '.join(allowed)}",
+                (("Allow", ", ".join(allowed)),),
+            )
+        return Response.error(404, f"no route for {request.method} {request.path}")
 
     return route
 

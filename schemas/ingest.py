@@ -42,6 +42,7 @@ PATH = "/v1/events"
 DELIVERY_TIMEOUT_S = 10.0
 """How long a request waits for the broker before answering `retry` (503)."""
 EVENTS_PER_MESSAGE = 1000
+CHALLENGE = 'Bearer realm="meterline-ingest"'
 
 
 class RateLimiter:
@@ -98,9 +99,20 @@ class Ingest:
         return response
 
     def _receive(self, request: Request) -> Response:
-        source = self._source(request.headers.get("authorization", ""))
+        authorization = request.headers.get("authorization", "")
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            # RFC 6750 §3: a challenge on every 401; no error code when no credentials came.
+            return Response.error(
+                401, "an API key is required: Authorization: Bearer <key>", (("WWW-Authenticate", CHALLENGE),)
+            )
+        source = self._source(key.strip())
         if source is None:
-            return Response.error(401, "an API key is required: Authorization: Bearer <key>")
+            return Response.error(
+                401,
+                "the API key is not one of this ingest's keys (ingest.keys holds their SHA-256)",
+                (("WWW-Authenticate", f'{CHALLENGE}, error="invalid_token"'),),
+            )
         wait = self._limiter.wait_for(source, time.monotonic())
         if wait:
             return Response.error(
@@ -144,11 +156,9 @@ class Ingest:
         single_refused = content_type == STRUCTURED and answer["refused"]
         return Response.json(answer, 400 if single_refused else 200)
 
-    def _source(self, authorization: str) -> str | None:
-        scheme, _, key = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not key:
-            return None
-        digest = key_digest(key.strip())
+    def _source(self, key: str) -> str | None:
+        """The source whose key this is, or None."""
+        digest = key_digest(key)
         found = None
         for source, stored in self.config.ingest.keys.items():  # every one compared: constant time
             if hmac.compare_digest(digest, stored):

@@ -5,10 +5,13 @@ stream counts an event id once), and every refusal class with its reason."""
 from __future__ import annotations
 
 import dataclasses
+import urllib.error
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
@@ -64,8 +67,22 @@ def test_a_batch_is_answered_event_by_event_and_lands_as_the_sdk_sends_it(
         status, _, single = post(url, {**cloud_event(10), "time": "noon"}, STRUCTURED)
         assert status == 400 and single["results"][0]["field"] == "time"
         # Refused whole, each with its reason, nothing sent.
-        assert post(url, batch, key="")[0] == 401
-        assert post(url, batch, key="ml_wrong")[0] == 401
+        status, headers, refused = post(url, batch, key="")
+        assert (status, headers["WWW-Authenticate"]) == (
+            401,
+            'Bearer realm="meterline-ingest"',
+        )  # RFC 6750 §3
+        assert refused["error"] == "an API key is required: Authorization: Bearer <key>"
+        status, headers, refused = post(url, batch, key="ml_wrong")
+        assert (status, headers["WWW-Authenticate"]) == (
+            401,
+            'Bearer realm="meterline-ingest", error="invalid_token"',
+        )
+        assert "not one of this ingest's keys" in refused["error"]
+        wrong_method = urllib.request.Request(url, method="GET")
+        with pytest.raises(urllib.error.HTTPError) as answered:
+            urllib.request.urlopen(wrong_method, timeout=10)
+        assert (answered.value.code, answered.value.headers["Allow"]) == (405, "POST")  # RFC 9110 §15.5.6
         assert post(url, batch, content_type="text/plain")[0] == 415
         assert post(url, {"not": "a batch"})[0] == 400
         assert post(url, [cloud_event(n) for n in range(1001)])[0] == 413

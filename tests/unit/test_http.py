@@ -177,3 +177,22 @@ def test_a_port_in_use_is_the_callers_error() -> None:
 )
 def test_loopback_is_this_machine_only(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_a_path_asked_with_a_method_it_does_not_take_is_405_naming_those_it_does() -> None:
+    """RFC 9110 §15.5.6: a 405 carries Allow; an unknown path stays a 404."""
+    ok = Response.json({})
+    route = dispatch(
+        {"POST /v1/events": lambda _: ok, "GET /customers/*": lambda _: ok, "HEAD /customers/*": lambda _: ok}
+    )
+
+    def ask(method: str, path: str) -> Response:
+        return route(Request(method, path, {}, b""))
+
+    wrong = ask("GET", "/v1/events")
+    assert (wrong.status, dict(wrong.headers)["Allow"]) == (405, "POST")
+    assert (ask("POST", "/customers/c1").status, dict(ask("POST", "/customers/c1").headers)["Allow"]) == (
+        405,
+        "GET, HEAD",
+    )
+    assert ask("GET", "/nowhere").status == 404 and ask("POST", "/v1/events") is ok
