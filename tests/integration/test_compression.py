@@ -12,7 +12,7 @@ from meterline.core.kafka import Brokers
 from meterline.produce import make_producer, send
 from meterline.workload import Expected, generate
 from tests.support.apache_kafka import on_apache_kafka  # noqa: F401  (this module runs on Apache Kafka)
-from tests.support.pipeline import Workers, wait_until_exact, workload
+from tests.support.pipeline import counted_by_one_worker, workload
 
 CODECS = ("gzip", "snappy", "lz4", "zstd")
 
@@ -38,10 +38,5 @@ def test_batches_of_every_compression_codec_are_counted_exactly(config: Config, 
         producer.close()
     assert all(sent.values()), sent  # every codec carried records
 
-    workers = Workers(config, tmp_path)
-    workers.start("w1")
-    try:
-        result = wait_until_exact(config, expected.to_json(spec), workers, timeout=180)
-    finally:
-        workers.stop_all()
+    result = counted_by_one_worker(config, expected.to_json(spec), tmp_path)
     assert result.windows_matching == result.windows_expected > 0

@@ -159,11 +159,14 @@ def test_security_mistakes_are_config_errors_reported_together(tmp_path: Path) -
             },
         )
     problems = {(p.field, p.why) for p in refused.value.problems}
-    assert {
-        ("kafka.sasl_mechanism", 'must be one of "", PLAIN, SCRAM-SHA-256, SCRAM-SHA-512'),
+    assert {  # each names the variable that set it (an override is its own problem's source)
+        (
+            "kafka.sasl_mechanism",
+            'must be one of "", PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (set by KAFKA_SASL_MECHANISM)',
+        ),
         ("kafka.sasl_username", "required with security_protocol = SASL_SSL"),
         ("kafka.sasl_password", "required with security_protocol = SASL_SSL"),
-        ("kafka.ssl_ca_location", "no such file"),
+        ("kafka.ssl_ca_location", "no such file (set by KAFKA_SSL_CA_LOCATION)"),
         ("kafka.ssl_key_location", "a client certificate needs its key, and a key its certificate"),
     } <= problems
     with pytest.raises(ConfigError) as ignored:

@@ -39,7 +39,7 @@ from meterline.schemas.records import UsageEvent
 from meterline.workload import Emission, Expected, generate
 from tests.support import apache_kafka as kraft
 from tests.support.apache_kafka import on_apache_kafka  # noqa: F401  (this module runs on Apache Kafka)
-from tests.support.pipeline import Workers, small_workload, wait_until_exact
+from tests.support.pipeline import counted_by_one_worker, small_workload
 from tests.support.schema_registry import Registry, serve_registry
 
 SCHEMA = SchemaCatalog().latest(USAGE_EVENT)
@@ -122,12 +122,7 @@ def test_events_from_java_and_go_producers_are_counted_exactly(
     first_event = next(e.event for e in emissions if e.event is not None)
     assert first == wire_format(1, first_event)
 
-    workers = Workers(config, tmp_path)
-    workers.start("w1")
-    try:
-        result = wait_until_exact(config, expected.to_json(spec), workers, timeout=180)
-    finally:
-        workers.stop_all()
+    result = counted_by_one_worker(config, expected.to_json(spec), tmp_path)
     assert result.windows_matching == result.windows_expected > 0
     assert result.dlq_found == result.dlq_expected and sum(result.dlq_found.values()) > 0
 
@@ -199,12 +194,7 @@ def test_the_go_recipe_runs_as_a_go_program_and_is_counted_exactly(
     assert all(p == partition_for(key.encode(), partitions) for p, key in keyed)
     assert served.subjects == {"meterline.UsageEvent": [1]}
 
-    workers = Workers(config, tmp_path)
-    workers.start("w1")
-    try:
-        result = wait_until_exact(config, expected.to_json(spec), workers, timeout=180)
-    finally:
-        workers.stop_all()
+    result = counted_by_one_worker(config, expected.to_json(spec), tmp_path)
     assert result.windows_matching == result.windows_expected > 0
     assert result.dlq_found == result.dlq_expected and sum(result.dlq_found.values()) > 0
 

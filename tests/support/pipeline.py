@@ -132,6 +132,19 @@ class Workers:
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.tmp_path.glob("*.log")))
 
 
+def counted_by_one_worker(
+    config: Config, expected: dict, tmp_path: Path, timeout: float = 180
+) -> Verification:
+    """What is on usage.events, counted by one `meterline stream` worker started for it (stopped
+    afterwards), once its outputs are exactly `expected` (Expected.to_json)."""
+    workers = Workers(config, tmp_path)
+    workers.start("w1")
+    try:
+        return wait_until_exact(config, expected, workers, timeout=timeout)
+    finally:
+        workers.stop_all()
+
+
 def wait_until_exact(config: Config, expected: dict, workers: Workers, timeout: float) -> Verification:
     """Poll the outputs until they match, then check they stay so: a total that first matches
     and then moves on (a late double count) fails too."""
