@@ -88,7 +88,10 @@ def _kafka(s: Section) -> KafkaConfig:
         partitions=s.get("partitions", int, 4, at_least(1)),
         replication_factor=s.get("replication_factor", int, 1, at_least(1)),
         replay_margin_days=s.get("replay_margin_days", int, 7, between(0, 3650)),
-        security_protocol=s.get("security_protocol", str, "PLAINTEXT", one_of(*SECURITY_PROTOCOLS)),
+        # Case-insensitive, as Kafka's own clients take it (`sasl_ssl` in librdkafka's docs).
+        security_protocol=s.get(
+            "security_protocol", str, "PLAINTEXT", lambda v: one_of(*SECURITY_PROTOCOLS)(v.upper())
+        ).upper(),
         sasl_mechanism=s.get("sasl_mechanism", str, "", one_of("", *SASL_MECHANISMS)),
         sasl_username=s.get("sasl_username", str, ""),
         sasl_password=Secret(s.get("sasl_password", str, "", secret=True)),

@@ -123,6 +123,18 @@ def test_sasl_scram_from_the_environment_for_both_clients() -> None:
     )
 
 
+def test_the_protocol_is_taken_in_any_case_as_kafkas_clients_take_it() -> None:
+    """librdkafka's CONFIGURATION.md writes `sasl_ssl`; the Java client upper-cases it too."""
+    env = {"KAFKA_SECURITY_PROTOCOL": "sasl_ssl", "KAFKA_SASL_MECHANISM": "PLAIN"}
+    config = load_config(None, {**env, "KAFKA_SASL_USERNAME": "key", "KAFKA_SASL_PASSWORD": "secret-1"})
+    assert config.kafka.security_protocol == "SASL_SSL"
+    assert security_properties(config.kafka)["security.protocol"] == "SASL_SSL"
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, {"KAFKA_SECURITY_PROTOCOL": "tls"})
+    [problem] = refused.value.problems
+    assert problem.field == "kafka.security_protocol" and "must be one of" in problem.why
+
+
 def test_mutual_tls_names_the_ca_certificate_and_key_files(tmp_path: Path) -> None:
     ca, key = _pem_pair(tmp_path)
     config = load_config(
