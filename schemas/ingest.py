@@ -77,8 +77,8 @@ class Ingest:
         self.topic = config.topics.events
         self._units = config.meter_units
         self._meter_rules = MeterRules.of(declared_of(config.meters).values())
-        self._lateness_ms = config.windows.max_lateness_days * 86_400_000
-        self._skew_ms = config.windows.max_clock_skew_seconds * 1000
+        self._lateness_ms = config.windows.max_lateness_ms
+        self._skew_ms = config.windows.max_clock_skew_ms
         self._serde = AvroSerde.from_registry_url(config.kafka.schema_registry_url)
         self._partitions = partition_count(bootstrap, self.topic)
         self._producer = idempotent_producer(

@@ -105,8 +105,8 @@ def _emit(args: argparse.Namespace) -> int:
         or check_timing(
             event.timestamp,
             now_ms,
-            config.windows.max_lateness_days * 86_400_000,
-            config.windows.max_clock_skew_seconds * 1000,
+            config.windows.max_lateness_ms,
+            config.windows.max_clock_skew_ms,
         )
     )
     if invalid is not None:
